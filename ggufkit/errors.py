@@ -1,0 +1,33 @@
+"""Errors a user can act on. The CLI prints them as one line, `error: <file>: <problem>`, and exits non-zero.
+
+Exit codes (documented in the README):
+  1  bad input (a model file, config, tokenizer or GGUF is missing, malformed or unsupported)
+  2  usage error (click's own)
+  3  output problem (destination not writable, disk full)
+  4  runtime problem (the model could not be loaded or run)
+  130 interrupted
+"""
+from __future__ import annotations
+
+
+class GgufkitError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str, path=None):
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class InputError(GgufkitError):
+    """A model file, config, tokenizer or GGUF is missing, malformed or unsupported."""
+    exit_code = 1
+
+
+class OutputError(GgufkitError):
+    """The destination cannot be written (permissions, full disk)."""
+    exit_code = 3
+
+
+class RuntimeFailure(GgufkitError):
+    """A model could not be loaded or run."""
+    exit_code = 4

@@ -1,0 +1,52 @@
+/*
+ * ggufkit_quants.h — the C API of ggufkit's block-quantization core.
+ *
+ * A GGML block type turns `block_size` consecutive floats of one row into `type_size` bytes. A row of n floats
+ * (n a multiple of block_size) becomes n / block_size blocks laid end to end. Every type registers one
+ * gk_type_traits entry in the table of its family file (quants_legacy.c, quants_k.c, quants_iq4.c):
+ *
+ *   quantize_row(x, y, n, imatrix)   x: n f32, y: (n / block_size) * type_size bytes, imatrix: n f32 importance
+ *                                    weights for the row's columns, or NULL. Must reproduce llama.cpp's
+ *                                    ggml_quantize_chunk bytes exactly for the same inputs (the plain path is
+ *                                    the reference; see DESIGN.md).
+ *   quantize_row_simd(...)           optional, same contract, vectorised; NULL if the type has none. Chosen at run
+ *                                    time when the CPU has the feature and GGUFKIT_FORCE_SCALAR is unset.
+ *   dequantize_row(y, x, n)          the inverse, bit for bit equal to gguf-py's dequantization.
+ *
+ * Threading and the GIL are handled by module.c; the kernels are pure functions of their inputs.
+ */
+#ifndef GGUFKIT_QUANTS_H
+#define GGUFKIT_QUANTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef void (*gk_quantize_row_fn)(const float *x, void *y, int64_t n, const float *imatrix);
+typedef void (*gk_dequantize_row_fn)(const void *y, float *x, int64_t n);
+
+typedef struct {
+    int ggml_type;               /* the GGML type id (enum ggml_type) */
+    const char *name;            /* "Q4_0", "Q4_K", ... as in gguf-py's GGMLQuantizationType */
+    int block_size;              /* floats per block */
+    int type_size;               /* bytes per block */
+    gk_quantize_row_fn quantize_row;
+    gk_quantize_row_fn quantize_row_simd;    /* NULL: none */
+    const char *simd_feature;                /* "avx2", "neon", or NULL */
+    gk_dequantize_row_fn dequantize_row;
+} gk_type_traits;
+
+/* Family tables, each ended by an entry with name == NULL. */
+extern const gk_type_traits gk_legacy_types[];
+extern const gk_type_traits gk_kquant_types[];
+extern const gk_type_traits gk_iq4_types[];
+
+/* ---- helpers shared by the families (quants_common.c) */
+
+/* IEEE binary16 <-> binary32, round to nearest even (what GGML's converters do). */
+uint16_t gk_fp32_to_fp16(float f);
+float gk_fp16_to_fp32(uint16_t h);
+
+/* Round half to even (rintf in the default rounding mode); |f| < 2^22. Not roundf (half away from zero). */
+int gk_nearest_int(float f);
+
+#endif

@@ -1,0 +1,240 @@
+// The CPython binding of the quantization core: type lookup, row-parallel quantize / dequantize with the GIL
+// released, a finiteness scan, and the run-time choice between the plain and SIMD paths.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ggufkit_quants.h"
+
+// ---- type registry
+
+static const gk_type_traits *const families[] = {gk_legacy_types, gk_kquant_types, gk_iq4_types};
+
+static const gk_type_traits *find_type(int ggml_type) {
+    for (size_t f = 0; f < sizeof families / sizeof families[0]; f++)
+        for (const gk_type_traits *t = families[f]; t->name != NULL; t++)
+            if (t->ggml_type == ggml_type) return t;
+    return NULL;
+}
+
+static int cpu_has(const char *feature) {
+    if (feature == NULL) return 0;
+#if defined(__x86_64__) || defined(__i386__)
+    if (strcmp(feature, "avx2") == 0) return __builtin_cpu_supports("avx2");
+    return 0;
+#elif defined(__aarch64__)
+    return strcmp(feature, "neon") == 0;  // Advanced SIMD is mandatory on AArch64
+#else
+    return 0;
+#endif
+}
+
+static int force_scalar(void) {
+    const char *v = getenv("GGUFKIT_FORCE_SCALAR");
+    return v != NULL && v[0] != '\0' && strcmp(v, "0") != 0;
+}
+
+static gk_quantize_row_fn pick_quantizer(const gk_type_traits *t) {
+    if (t->quantize_row_simd != NULL && !force_scalar() && cpu_has(t->simd_feature)) return t->quantize_row_simd;
+    return t->quantize_row;
+}
+
+// ---- row-parallel work
+
+typedef struct {
+    const gk_type_traits *type;
+    gk_quantize_row_fn quantize;
+    const float *x;           // (rows, cols) f32
+    uint8_t *y;               // (rows, row_bytes) u8
+    const float *imatrix;     // (cols,) f32 or NULL
+    int64_t row_begin, row_end, cols, row_bytes;
+    int dequant;
+} rows_job;
+
+static void *run_rows(void *arg) {
+    rows_job *j = (rows_job *)arg;
+    for (int64_t r = j->row_begin; r < j->row_end; r++) {
+        if (j->dequant)
+            j->type->dequantize_row(j->y + r * j->row_bytes, (float *)j->x + r * j->cols, j->cols);
+        else
+            j->quantize(j->x + r * j->cols, j->y + r * j->row_bytes, j->cols, j->imatrix);
+    }
+    return NULL;
+}
+
+// Splits [0, rows) into `threads` contiguous ranges; the calling thread takes the first. Which thread does which
+// rows never changes the bytes: every row is quantized independently.
+enum { MAX_THREADS = 256 };
+
+static void run_parallel(rows_job base, int64_t rows, int threads) {
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > rows) threads = (int)rows;
+    if (threads < 1) threads = 1;
+    pthread_t tids[MAX_THREADS];
+    int joinable[MAX_THREADS] = {0};
+    rows_job jobs[MAX_THREADS];
+    for (int i = 0; i < threads; i++) {
+        jobs[i] = base;
+        jobs[i].row_begin = rows * i / threads;
+        jobs[i].row_end = rows * (i + 1) / threads;
+    }
+    for (int i = 1; i < threads; i++) {
+        if (pthread_create(&tids[i], NULL, run_rows, &jobs[i]) == 0)
+            joinable[i] = 1;
+        else
+            run_rows(&jobs[i]);  // could not start a thread: do its share here
+    }
+    run_rows(&jobs[0]);
+    for (int i = 1; i < threads; i++)
+        if (joinable[i]) pthread_join(tids[i], NULL);
+}
+
+// ---- Python functions
+
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) != 0) {
+        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous%s buffer", what, writable ? " writable" : "");
+        return -1;
+    }
+    return 0;
+}
+
+static const gk_type_traits *type_or_raise(int ggml_type) {
+    const gk_type_traits *t = find_type(ggml_type);
+    if (t == NULL) PyErr_Format(PyExc_ValueError, "GGML type %d has no native quantizer", ggml_type);
+    return t;
+}
+
+PyDoc_STRVAR(quantize_doc,
+    "quantize(ggml_type, x, rows, cols, imatrix, threads, out)\n"
+    "x: (rows, cols) f32 buffer; imatrix: (cols,) f32 buffer or None; out: (rows, row_bytes) u8 buffer.\n"
+    "Shapes are checked by ggufkit.quant; this only checks buffer sizes.");
+
+static PyObject *py_quantize(PyObject *self, PyObject *args) {
+    (void)self;
+    int ggml_type, threads;
+    Py_ssize_t rows, cols;
+    PyObject *xo, *imo, *outo;
+    if (!PyArg_ParseTuple(args, "iOnnOiO", &ggml_type, &xo, &rows, &cols, &imo, &threads, &outo)) return NULL;
+    const gk_type_traits *t = type_or_raise(ggml_type);
+    if (t == NULL) return NULL;
+    if (rows < 0 || cols <= 0 || cols % t->block_size != 0)
+        return PyErr_Format(PyExc_ValueError, "%s: cols=%zd is not a positive multiple of the block size %d",
+                            t->name, cols, t->block_size);
+    Py_buffer xb, ob, ib;
+    int has_im = imo != Py_None;
+    if (get_buffer(xo, &xb, 0, "x") != 0) return NULL;
+    if (get_buffer(outo, &ob, 1, "out") != 0) { PyBuffer_Release(&xb); return NULL; }
+    if (has_im && get_buffer(imo, &ib, 0, "imatrix") != 0) {
+        PyBuffer_Release(&xb); PyBuffer_Release(&ob); return NULL;
+    }
+    int64_t row_bytes = (int64_t)(cols / t->block_size) * t->type_size;
+    PyObject *result = NULL;
+    if (xb.len != (Py_ssize_t)(rows * cols * 4) || ob.len != (Py_ssize_t)(rows * row_bytes) ||
+        (has_im && ib.len != (Py_ssize_t)(cols * 4))) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match rows, cols and the type");
+    } else {
+        rows_job job = {t, pick_quantizer(t), (const float *)xb.buf, (uint8_t *)ob.buf,
+                        has_im ? (const float *)ib.buf : NULL, 0, 0, cols, row_bytes, 0};
+        Py_BEGIN_ALLOW_THREADS
+        run_parallel(job, rows, threads);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&ob);
+    if (has_im) PyBuffer_Release(&ib);
+    return result;
+}
+
+PyDoc_STRVAR(dequantize_doc,
+    "dequantize(ggml_type, data, rows, cols, threads, out)\n"
+    "data: (rows, row_bytes) u8 buffer; out: (rows, cols) f32 writable buffer.");
+
+static PyObject *py_dequantize(PyObject *self, PyObject *args) {
+    (void)self;
+    int ggml_type, threads;
+    Py_ssize_t rows, cols;
+    PyObject *yo, *outo;
+    if (!PyArg_ParseTuple(args, "iOnniO", &ggml_type, &yo, &rows, &cols, &threads, &outo)) return NULL;
+    const gk_type_traits *t = type_or_raise(ggml_type);
+    if (t == NULL) return NULL;
+    if (rows < 0 || cols <= 0 || cols % t->block_size != 0)
+        return PyErr_Format(PyExc_ValueError, "%s: cols=%zd is not a positive multiple of the block size %d",
+                            t->name, cols, t->block_size);
+    Py_buffer yb, ob;
+    if (get_buffer(yo, &yb, 0, "data") != 0) return NULL;
+    if (get_buffer(outo, &ob, 1, "out") != 0) { PyBuffer_Release(&yb); return NULL; }
+    int64_t row_bytes = (int64_t)(cols / t->block_size) * t->type_size;
+    PyObject *result = NULL;
+    if (yb.len != (Py_ssize_t)(rows * row_bytes) || ob.len != (Py_ssize_t)(rows * cols * 4)) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match rows, cols and the type");
+    } else {
+        rows_job job = {t, NULL, (const float *)ob.buf, (uint8_t *)yb.buf, NULL, 0, 0, cols, row_bytes, 1};
+        Py_BEGIN_ALLOW_THREADS
+        run_parallel(job, rows, threads);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&yb);
+    PyBuffer_Release(&ob);
+    return result;
+}
+
+PyDoc_STRVAR(scan_nonfinite_doc,
+    "scan_nonfinite(x) -> (count, first_index)\n"
+    "Counts NaN/Inf in a C-contiguous f32 buffer; first_index is the flat index of the first, or -1.");
+
+static PyObject *py_scan_nonfinite(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer xb;
+    if (get_buffer(arg, &xb, 0, "x") != 0) return NULL;
+    const float *x = (const float *)xb.buf;
+    Py_ssize_t n = xb.len / 4, count = 0, first = -1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!isfinite(x[i])) {
+            if (first < 0) first = i;
+            count++;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&xb);
+    return Py_BuildValue("nn", count, first);
+}
+
+PyDoc_STRVAR(types_doc,
+    "types() -> list of (ggml_type, name, block_size, type_size, simd_feature or None, simd_active)");
+
+static PyObject *py_types(PyObject *self, PyObject *noargs) {
+    (void)self; (void)noargs;
+    PyObject *list = PyList_New(0);
+    if (list == NULL) return NULL;
+    for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
+        for (const gk_type_traits *t = families[f]; t->name != NULL; t++) {
+            int active = pick_quantizer(t) != t->quantize_row;
+            PyObject *item = Py_BuildValue("isiizO", t->ggml_type, t->name, t->block_size, t->type_size,
+                                           t->quantize_row_simd ? t->simd_feature : NULL,
+                                           active ? Py_True : Py_False);
+            if (item == NULL || PyList_Append(list, item) != 0) { Py_XDECREF(item); Py_DECREF(list); return NULL; }
+            Py_DECREF(item);
+        }
+    }
+    return list;
+}
+
+static PyMethodDef methods[] = {
+    {"quantize", py_quantize, METH_VARARGS, quantize_doc},
+    {"dequantize", py_dequantize, METH_VARARGS, dequantize_doc},
+    {"scan_nonfinite", py_scan_nonfinite, METH_O, scan_nonfinite_doc},
+    {"types", py_types, METH_NOARGS, types_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_quants",
+                                    "ggufkit's native block-quantization core.", -1, methods};
+
+PyMODINIT_FUNC PyInit__quants(void) { return PyModule_Create(&module); }

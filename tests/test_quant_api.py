@@ -1,0 +1,61 @@
+"""ggufkit.quant's API contract: shapes, bad input, thread invariance, and one type checked end to end against
+llama.cpp. (Per-type byte-exactness on many distributions lives in test_kernels.py.)"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize as gguf_dequantize
+
+from ggml_ref import describe_mismatch, ggml_quantize
+from ggufkit import quant
+
+
+def test_q8_0_bytes_equal_llama_cpp_and_dequantize_equals_gguf_py():
+    x = np.random.default_rng(1).standard_normal((16, 512)).astype(np.float32)
+    ours = quant.quantize(x, "q8_0")
+    ref = ggml_quantize(x, T.Q8_0)
+    assert np.array_equal(ours, ref), describe_mismatch(ours, ref, 34)
+    back = quant.dequantize(ours, T.Q8_0, x.shape)
+    assert np.array_equal(back, gguf_dequantize(ours, T.Q8_0).reshape(x.shape))
+
+
+def test_row_size():
+    assert quant.row_size("Q8_0", 4096) == 4096 // 32 * 34
+    with pytest.raises(ValueError, match="multiple of the block size 32"):
+        quant.row_size("Q8_0", 100)
+
+
+def test_threads_do_not_change_bytes():
+    x = np.random.default_rng(2).standard_normal((37, 256)).astype(np.float32)
+    one = quant.quantize(x, "Q8_0", threads=1)
+    for n in (2, 3, 8, 64):
+        assert np.array_equal(one, quant.quantize(x, "Q8_0", threads=n))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((2, 100), np.float32), "cols=100 is not a positive multiple of the block size 32"),
+    (np.zeros((2, 64), np.float64), "float32"),
+    (np.zeros(64, np.float32), "2-D"),
+])
+def test_bad_input_is_named(bad, message):
+    with pytest.raises(ValueError, match=message):
+        quant.quantize(bad, "Q8_0")
+
+
+def test_nonfinite_input_reports_count_and_first_position():
+    x = np.zeros((3, 64), np.float32)
+    x[1, 5] = np.nan
+    x[2, 0] = np.inf
+    with pytest.raises(ValueError, match=r"2 non-finite .*row 1, col 5"):
+        quant.quantize(x, "Q8_0")
+
+
+def test_imatrix_of_wrong_length_is_refused():
+    with pytest.raises(ValueError, match=r"imatrix has shape \(32,\), expected \(64,\)"):
+        quant.quantize(np.zeros((1, 64), np.float32), "Q8_0", imatrix=np.ones(32, np.float32))
+
+
+def test_unknown_type_is_refused():
+    with pytest.raises(ValueError, match="unknown quantization type"):
+        quant.quantize(np.zeros((1, 64), np.float32), "Q9_9")
