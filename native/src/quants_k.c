@@ -92,7 +92,7 @@ float kq_fit_symmetric(int n, int nmax, const float *x, const float *weights, in
 // the level the current best-fit scale suggests when that improves sumlx^2 / suml2 (weights x^2). The returned
 // q are offset by nmax.
 
-static float fit_symmetric_descent(int n, int nmax, const float *x, int8_t *q) {
+float kq_fit_symmetric_descent(int n, int nmax, const float *x, int8_t *q) {
     float max = 0.0f, amax = 0.0f;
     for (int i = 0; i < n; i++) {
         float a = fabsf(x[i]);
@@ -331,7 +331,7 @@ static inline int unpack_scale6_q3(const uint8_t *p, int j) {
 enum { Q2K_SCALES = 0, Q2K_QS = 16, Q2K_D = 80, Q2K_DMIN = 82 };
 
 // Final 2-bit levels from the stored (fp16) scales; groups with a zero scale keep the fitted levels.
-void kq_q2k_requantize(const float *x, uint8_t *blk, uint8_t *levels) {
+static void kq_q2k_requantize(const float *x, uint8_t *blk, uint8_t *levels) {
     const float d = load_fp16(blk + Q2K_D), dmin = load_fp16(blk + Q2K_DMIN);
     for (int g = 0; g < 16; g++) {
         const float dg = d * (blk[Q2K_SCALES + g] & 0xF);
@@ -346,10 +346,16 @@ void kq_q2k_requantize(const float *x, uint8_t *blk, uint8_t *levels) {
 static void q2k_block_plain(const float *x, uint8_t *blk) {
     uint8_t levels[256];
     float weights[16], scales[16], mins[16];
-    float max_scale = 0.0f, max_min = 0.0f;
     for (int g = 0; g < 16; g++) {
         for (int i = 0; i < 16; i++) weights[i] = fabsf(x[16 * g + i]);
         scales[g] = kq_fit_affine(16, 3, x + 16 * g, weights, levels + 16 * g, &mins[g], -0.5f, 0.1f, 15, 1);
+    }
+    kq_q2k_finish_plain(x, blk, scales, mins, levels);
+}
+
+void kq_q2k_finish_plain(const float *x, uint8_t *blk, const float *scales, const float *mins, uint8_t *levels) {
+    float max_scale = 0.0f, max_min = 0.0f;
+    for (int g = 0; g < 16; g++) {
         if (scales[g] > max_scale) max_scale = scales[g];
         if (mins[g] > max_min) max_min = mins[g];
     }
@@ -372,7 +378,7 @@ static void q2k_block_plain(const float *x, uint8_t *blk) {
 }
 
 static void q2k_block_weighted(const float *x, const float *imatrix, uint8_t *blk) {
-    uint8_t levels[256], ls[16], lm[16];
+    uint8_t levels[256];
     float weights[16], scales[16], mins[16], group_w[16];
     float sumx2 = 0.0f;
     for (int i = 0; i < 256; i++) sumx2 += x[i] * x[i];
@@ -385,6 +391,12 @@ static void q2k_block_weighted(const float *x, const float *imatrix, uint8_t *bl
         group_w[g] = sw;
         scales[g] = kq_fit_affine(16, 3, x + 16 * g, weights, levels + 16 * g, &mins[g], -0.9f, 0.05f, 36, 0);
     }
+    kq_q2k_finish_weighted(x, blk, scales, mins, group_w, levels);
+}
+
+void kq_q2k_finish_weighted(const float *x, uint8_t *blk, const float *scales, const float *mins,
+                            const float *group_w, uint8_t *levels) {
+    uint8_t ls[16], lm[16];
     float d = kq_fit_positive(16, 15, scales, group_w, ls);
     float dmin = kq_fit_positive(16, 15, mins, group_w, lm);
     store_fp16(blk + Q2K_D, d);
@@ -426,7 +438,7 @@ static void dequantize_row_q2_k(const void *vy, float *x, int64_t n) {
 enum { Q3K_HMASK = 0, Q3K_QS = 32, Q3K_SCALES = 96, Q3K_D = 108 };
 
 // Final levels from the stored scales (groups with zero scale keep the fitted levels), then packing.
-void kq_q3k_requantize(const float *x, uint8_t *blk, int8_t *levels) {
+static void kq_q3k_requantize(const float *x, uint8_t *blk, int8_t *levels) {
     const float d = load_fp16(blk + Q3K_D);
     for (int g = 0; g < 16; g++) {
         const float dg = d * unpack_scale6_q3(blk + Q3K_SCALES, g);
@@ -450,9 +462,13 @@ void kq_q3k_requantize(const float *x, uint8_t *blk, int8_t *levels) {
 static void q3k_block_plain(const float *x, uint8_t *blk) {
     int8_t levels[256];
     float scales[16];
+    for (int g = 0; g < 16; g++) scales[g] = kq_fit_symmetric_descent(16, 4, x + 16 * g, levels + 16 * g);
+    kq_q3k_finish_plain(x, blk, scales, levels);
+}
+
+void kq_q3k_finish_plain(const float *x, uint8_t *blk, const float *scales, int8_t *levels) {
     float max_scale = 0.0f, amax = 0.0f;
     for (int g = 0; g < 16; g++) {
-        scales[g] = fit_symmetric_descent(16, 4, x + 16 * g, levels + 16 * g);
         float a = fabsf(scales[g]);
         if (a > amax) { amax = a; max_scale = scales[g]; }
     }
@@ -473,7 +489,7 @@ static void q3k_block_plain(const float *x, uint8_t *blk) {
 }
 
 static void q3k_block_weighted(const float *x, const float *imatrix, uint8_t *blk) {
-    int8_t levels[256], ls[16];
+    int8_t levels[256];
     float weights[16], scales[16], group_w[16];
     float sumx2 = 0.0f;
     for (int i = 0; i < 256; i++) sumx2 += x[i] * x[i];
@@ -486,6 +502,12 @@ static void q3k_block_weighted(const float *x, const float *imatrix, uint8_t *bl
         group_w[g] = sw;
         scales[g] = kq_fit_symmetric(16, 4, x + 16 * g, weights, levels + 16 * g);
     }
+    kq_q3k_finish_weighted(x, blk, scales, group_w, levels);
+}
+
+void kq_q3k_finish_weighted(const float *x, uint8_t *blk, const float *scales, const float *group_w,
+                            int8_t *levels) {
+    int8_t ls[16];
     float d = kq_fit_symmetric(16, 32, scales, group_w, ls);
     uint8_t s6[16];
     for (int g = 0; g < 16; g++) s6[g] = (uint8_t)ls[g];
@@ -529,7 +551,7 @@ static void dequantize_row_q3_k(const void *vy, float *x, int64_t n) {
 enum { Q45K_D = 0, Q45K_DMIN = 2, Q45K_SCALES = 4, Q4K_QS = 16, Q5K_QH = 16, Q5K_QS = 48 };
 
 // Final levels in [0, nmax] from the stored scales (zero-scale groups keep the fitted levels), then packing.
-void kq_q45k_requantize(const float *x, uint8_t *blk, uint8_t *levels, int nmax) {
+static void kq_q45k_requantize(const float *x, uint8_t *blk, uint8_t *levels, int nmax) {
     const float d = load_fp16(blk + Q45K_D), dmin = load_fp16(blk + Q45K_DMIN);
     for (int g = 0; g < 8; g++) {
         uint8_t s, m;
@@ -558,18 +580,25 @@ void kq_q45k_requantize(const float *x, uint8_t *blk, uint8_t *levels, int nmax)
 // Without importance: per-group weights av + |x| (av = rms of the group), range-stretch search, then the eight
 // scales and mins are mapped to 6 bits against their maxima.
 static void q45k_block_plain(const float *x, uint8_t *blk, int nmax) {
-    uint8_t levels[256], s6[8], m6[8];
+    uint8_t levels[256];
     float weights[32], scales[8], mins[8];
-    const float rmin = nmax == 15 ? -1.0f : -0.5f;
-    const int nstep = nmax == 15 ? 20 : 15;
-    float max_scale = 0.0f, max_min = 0.0f;
     for (int g = 0; g < 8; g++) {
         const float *xg = x + 32 * g;
         float sumx2 = 0.0f;
         for (int i = 0; i < 32; i++) sumx2 += xg[i] * xg[i];
         const float av = sqrtf(sumx2 / 32);
         for (int i = 0; i < 32; i++) weights[i] = av + fabsf(xg[i]);
-        scales[g] = kq_fit_affine(32, nmax, xg, weights, levels + 32 * g, &mins[g], rmin, 0.1f, nstep, 0);
+        scales[g] = kq_fit_affine(32, nmax, xg, weights, levels + 32 * g, &mins[g], KQ_Q45K_RMIN(nmax), 0.1f,
+                                  KQ_Q45K_NSTEP(nmax), 0);
+    }
+    kq_q45k_finish_plain(x, blk, scales, mins, levels, nmax);
+}
+
+void kq_q45k_finish_plain(const float *x, uint8_t *blk, const float *scales, const float *mins, uint8_t *levels,
+                          int nmax) {
+    uint8_t s6[8], m6[8];
+    float max_scale = 0.0f, max_min = 0.0f;
+    for (int g = 0; g < 8; g++) {
         if (scales[g] > max_scale) max_scale = scales[g];
         if (mins[g] > max_min) max_min = mins[g];
     }
@@ -588,7 +617,7 @@ static void q45k_block_plain(const float *x, uint8_t *blk, int nmax) {
 }
 
 static void q45k_block_weighted(const float *x, const float *imatrix, uint8_t *blk, int nmax) {
-    uint8_t levels[256], s6[8], m6[8];
+    uint8_t levels[256];
     float weights[32], scales[8], mins[8], group_w[8];
     float sumx2 = 0.0f;
     for (int i = 0; i < 256; i++) sumx2 += x[i] * x[i];
@@ -601,6 +630,12 @@ static void q45k_block_weighted(const float *x, const float *imatrix, uint8_t *b
         group_w[g] = sw;
         scales[g] = kq_fit_affine(32, nmax, xg, weights, levels + 32 * g, &mins[g], -0.9f, 0.05f, 36, 0);
     }
+    kq_q45k_finish_weighted(x, blk, scales, mins, group_w, levels, nmax);
+}
+
+void kq_q45k_finish_weighted(const float *x, uint8_t *blk, const float *scales, const float *mins,
+                             const float *group_w, uint8_t *levels, int nmax) {
+    uint8_t s6[8], m6[8];
     float d = kq_fit_positive(8, 63, scales, group_w, s6);
     float dmin = kq_fit_positive(8, 63, mins, group_w, m6);
     // A negative fitted scale can wrap to a byte above 63; llama.cpp caps that for Q5_K only.
@@ -665,8 +700,12 @@ static void dequantize_row_q5_k(const void *vy, float *x, int64_t n) {
 
 enum { Q6K_QL = 0, Q6K_QH = 128, Q6K_SCALES = 192, Q6K_D = 208 };
 
-void kq_q6k_finish(const float *x, uint8_t *blk, const float *scales, float max_scale, float max_abs_scale,
-                   int8_t *levels) {
+void kq_q6k_finish(const float *x, uint8_t *blk, const float *scales, int8_t *levels) {
+    float max_scale = 0.0f, max_abs_scale = 0.0f;
+    for (int g = 0; g < 16; g++) {
+        float a = fabsf(scales[g]);
+        if (a > max_abs_scale) { max_abs_scale = a; max_scale = scales[g]; }
+    }
     if (max_abs_scale < KQ_ZERO_GROUP) {
         memset(blk, 0, 210);
         return;
@@ -699,13 +738,9 @@ void kq_q6k_finish(const float *x, uint8_t *blk, const float *scales, float max_
 static void q6k_block(const float *x, const float *imatrix, uint8_t *blk) {
     int8_t levels[256];
     float scales[16];
-    float max_scale = 0.0f, max_abs_scale = 0.0f;
-    for (int g = 0; g < 16; g++) {
+    for (int g = 0; g < 16; g++)
         scales[g] = kq_fit_symmetric(16, 32, x + 16 * g, imatrix ? imatrix + 16 * g : NULL, levels + 16 * g);
-        float a = fabsf(scales[g]);
-        if (a > max_abs_scale) { max_abs_scale = a; max_scale = scales[g]; }
-    }
-    kq_q6k_finish(x, blk, scales, max_scale, max_abs_scale, levels);
+    kq_q6k_finish(x, blk, scales, levels);
 }
 
 static void quantize_row_q6_k(const float *x, void *vy, int64_t n, const float *imatrix) {

@@ -16,10 +16,24 @@ void kq_pack_2bit(const uint8_t *levels, uint8_t *qs);
 void kq_pack_scale_min6(const uint8_t *s, const uint8_t *m, uint8_t *out);
 void kq_pack_scale6_q3(const uint8_t *s, uint8_t *out);
 
-void kq_q2k_requantize(const float *x, uint8_t *blk, uint8_t *levels);
-void kq_q3k_requantize(const float *x, uint8_t *blk, int8_t *levels);
-void kq_q45k_requantize(const float *x, uint8_t *blk, uint8_t *levels, int nmax);
-void kq_q6k_finish(const float *x, uint8_t *blk, const float *scales, float max_scale, float max_abs_scale,
-                   int8_t *levels);
+float kq_fit_symmetric_descent(int n, int nmax, const float *x, int8_t *q);
+
+// Q4_K's and Q5_K's range-stretch search without importance (Q4_K: nmax 15, Q5_K: nmax 31).
+#define KQ_Q45K_RMIN(nmax) ((nmax) == 15 ? -1.0f : -0.5f)
+#define KQ_Q45K_NSTEP(nmax) ((nmax) == 15 ? 20 : 15)
+
+// Block finishing: from the per-group fits (scales, mins, group weight sums, fitted levels of one 256-block) to
+// the block's bytes: super-block scales, packed group scales, requantized and packed levels. levels is scratch.
+void kq_q2k_finish_plain(const float *x, uint8_t *blk, const float *scales, const float *mins, uint8_t *levels);
+void kq_q2k_finish_weighted(const float *x, uint8_t *blk, const float *scales, const float *mins,
+                            const float *group_w, uint8_t *levels);
+void kq_q3k_finish_plain(const float *x, uint8_t *blk, const float *scales, int8_t *levels);
+void kq_q3k_finish_weighted(const float *x, uint8_t *blk, const float *scales, const float *group_w,
+                            int8_t *levels);
+void kq_q45k_finish_plain(const float *x, uint8_t *blk, const float *scales, const float *mins, uint8_t *levels,
+                          int nmax);
+void kq_q45k_finish_weighted(const float *x, uint8_t *blk, const float *scales, const float *mins,
+                             const float *group_w, uint8_t *levels, int nmax);
+void kq_q6k_finish(const float *x, uint8_t *blk, const float *scales, int8_t *levels);
 
 #endif
