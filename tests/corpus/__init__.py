@@ -1,0 +1,1 @@
+"""Malformed-input corpus: framework.py (cases, writer), <kind>_cases.py (the cases), make_*_corpus.py."""
