@@ -1,8 +1,417 @@
 // Legacy block types: 32 floats a block, one scale (and for _1 types a minimum) per block.
+//
+// Without importance weights llama.cpp quantizes these with a single closed-form pass per block (the "reference"
+// rows). With weights it searches the scale per block, weighting each column by imatrix[j] * sqrt(sigma2 + x^2)
+// where sigma2 is the mean square of the whole row. Both paths are reproduced here operation by operation.
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
 #include "ggufkit_quants.h"
+
+enum { LEGACY_BLOCK = 32, HALF_BLOCK = 16 };
+
+// Blocks whose largest magnitude is below this are treated as all zero by the weighted searches.
+#define ALL_ZERO_BELOW 1e-15f
+
+// ---- shared helpers
+
+// Round half to even through the float adder: adding 1.5 * 2^23 leaves the rounded integer in the low mantissa
+// bits. Same result as gk_nearest_int for |f| < 2^22, and (unlike rintf + cast) the same well-defined garbage as
+// llama.cpp's rounding for anything outside that range, so degenerate inputs still give identical bytes.
+static inline int round_via_magic(float f) {
+    float biased = f + 12582912.0f;
+    int32_t bits;
+    memcpy(&bits, &biased, 4);
+    return (bits & 0x007fffff) - 0x00400000;
+}
+
+static inline void store_half(uint8_t *dst, float f) {
+    uint16_t h = gk_fp32_to_fp16(f);
+    memcpy(dst, &h, 2);
+}
+
+static inline float load_half(const uint8_t *src) {
+    uint16_t h;
+    memcpy(&h, src, 2);
+    return gk_fp16_to_fp32(h);
+}
+
+// The value with the largest magnitude (the first one on ties), sign kept.
+static inline float signed_absmax(const float *x, int n) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < n; j++) {
+        if (fabsf(x[j]) > amax) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    }
+    return max;
+}
+
+// Mean square of a whole row, the "sigma2" of the importance weighting: sequential f32 sum / n.
+static float row_mean_square(const float *x, int64_t n) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) sum += x[j] * x[j];
+    return sum / (float)n;
+}
+
+// (32,) f32 block, (32,) imatrix slice -> (32,) weights imatrix[j] * sqrt(sigma2 + x[j]^2)
+static inline void importance_weights(const float *x, const float *im, float sigma2, float *w) {
+    for (int j = 0; j < LEGACY_BLOCK; j++) w[j] = im[j] * sqrtf(sigma2 + x[j] * x[j]);
+}
+
+// Nibble j holds q[j] (low half) and q[j + 16] (high half) for j < 16.
+static inline void pack_nibbles(const uint8_t *q, uint8_t *qs) {
+    for (int j = 0; j < HALF_BLOCK; j++) qs[j] = (uint8_t)((q[j] & 0x0f) | ((q[j + HALF_BLOCK] & 0x0f) << 4));
+}
+
+// Bit j of the little-endian u32 is bit 4 of q[j].
+static inline void pack_fifth_bits(const uint8_t *q, uint8_t *qh) {
+    uint32_t bits = 0;
+    for (int j = 0; j < LEGACY_BLOCK; j++) bits |= (uint32_t)((q[j] >> 4) & 1u) << j;
+    memcpy(qh, &bits, 4);
+}
+
+// ---- weighted symmetric fit (Q4_0, Q5_0 with an imatrix)
+// Finds d with x[j] ~= d * (q[j] - levels/2), q in [0, levels), maximising (sum w x l)^2 / (sum w l^2) over the
+// inverse scales -(levels/2 + k/10) / max for k = 0, +-1 .. +-9 (k = 0 first; a later k must be strictly better).
+
+// The two weighted sums for one candidate inverse scale; l = clamp(round(iscale * x), -half, half - 1).
+static inline void symmetric_sums(const float *x, const float *w, int half, float iscale, float *sum_wxl,
+                                  float *sum_wll) {
+    float sxl = 0.0f, sll = 0.0f;
+    for (int j = 0; j < LEGACY_BLOCK; j++) {
+        int l = round_via_magic(iscale * x[j]);
+        l = l < -half ? -half : l > half - 1 ? half - 1 : l;
+        const float lf = (float)l;
+        sxl += w[j] * x[j] * lf;
+        sll += w[j] * lf * lf;
+    }
+    *sum_wxl = sxl;
+    *sum_wll = sll;
+}
+
+static inline void symmetric_levels(const float *x, int half, float iscale, uint8_t *q) {
+    for (int j = 0; j < LEGACY_BLOCK; j++) {
+        int l = round_via_magic(iscale * x[j]);
+        l = l < -half ? -half : l > half - 1 ? half - 1 : l;
+        q[j] = (uint8_t)(l + half);
+    }
+}
+
+// Returns d; q receives the unsigned levels (l + half).
+static float fit_symmetric_weighted(const float *x, const float *w, int half, uint8_t *q) {
+    const float max = signed_absmax(x, LEGACY_BLOCK);
+    if (fabsf(max) < ALL_ZERO_BELOW) {
+        memset(q, 0, LEGACY_BLOCK);
+        return 0.0f;
+    }
+    float iscale = (float)(-half) / max;
+    float sxl, sll;
+    symmetric_sums(x, w, half, iscale, &sxl, &sll);
+    symmetric_levels(x, half, iscale, q);
+    float scale = sll != 0.0f ? sxl / sll : 0.0f;
+    float best = scale * sxl;
+    for (int k = -9; k <= 9; k++) {
+        if (k == 0) continue;
+        iscale = -((float)half + 0.1f * (float)k) / max;
+        symmetric_sums(x, w, half, iscale, &sxl, &sll);
+        if (sll > 0.0f && sxl * sxl > best * sll) {
+            symmetric_levels(x, half, iscale, q);
+            scale = sxl / sll;
+            best = scale * sxl;
+        }
+    }
+    return scale;
+}
+
+// ---- weighted affine fit (Q4_1, Q5_1 with an imatrix)
+// Finds (d, m) with x[j] ~= d * q[j] + m, q in [0, nmax], m <= 0, minimising sum w (d q + m - x)^2. Starts from the
+// min/max grid, then tries the inverse scales (nmax - 0.9 + 0.05 k) / (max - min), k = 0..36, each with the
+// weighted least-squares (d, m) for its levels (m clamped to 0 by refitting d alone); keeps strict improvements.
+
+static inline int clamp_level(int l, int nmax) { return l < 0 ? 0 : l > nmax ? nmax : l; }
+
+// Returns d; *neg_min receives -m (as llama.cpp hands it on), q the levels.
+static float fit_affine_weighted(const float *x, const float *w, int nmax, uint8_t *q, float *neg_min) {
+    float min = x[0], max = x[0];
+    float sum_w = w[0];
+    float sum_x = sum_w * x[0];
+    for (int j = 1; j < LEGACY_BLOCK; j++) {
+        if (x[j] < min) min = x[j];
+        if (x[j] > max) max = x[j];
+        sum_w += w[j];
+        sum_x += w[j] * x[j];
+    }
+    if (min > 0.0f) min = 0.0f;
+    if (max <= min) {
+        memset(q, 0, LEGACY_BLOCK);
+        *neg_min = -min;
+        return 0.0f;
+    }
+    float iscale = (float)nmax / (max - min);
+    float scale = 1.0f / iscale;
+    float best_err = 0.0f;
+    for (int j = 0; j < LEGACY_BLOCK; j++) {
+        q[j] = (uint8_t)clamp_level(round_via_magic(iscale * (x[j] - min)), nmax);
+        const float diff = scale * (float)q[j] + min - x[j];
+        best_err += w[j] * (diff * diff);
+    }
+    uint8_t trial[LEGACY_BLOCK];
+    for (int k = 0; k <= 36; k++) {
+        iscale = (-0.9f + 0.05f * (float)k + (float)nmax) / (max - min);
+        float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
+        for (int j = 0; j < LEGACY_BLOCK; j++) {
+            const int l = clamp_level(round_via_magic(iscale * (x[j] - min)), nmax);
+            trial[j] = (uint8_t)l;
+            const float lf = (float)l;
+            sum_l += w[j] * lf;
+            sum_l2 += w[j] * lf * lf;
+            sum_xl += w[j] * lf * x[j];
+        }
+        const float det = sum_w * sum_l2 - sum_l * sum_l;
+        if (!(det > 0.0f)) continue;
+        float this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+        float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+        if (this_min > 0.0f) {
+            this_min = 0.0f;
+            this_scale = sum_xl / sum_l2;
+        }
+        float err = 0.0f;
+        for (int j = 0; j < LEGACY_BLOCK; j++) {
+            const float diff = this_scale * (float)trial[j] + this_min - x[j];
+            err += w[j] * (diff * diff);
+        }
+        if (err < best_err) {
+            memcpy(q, trial, LEGACY_BLOCK);
+            best_err = err;
+            scale = this_scale;
+            min = this_min;
+        }
+    }
+    *neg_min = -min;
+    return scale;
+}
+
+// ---- Q4_0
+// block (18 bytes): | d: fp16 | qs: 16 bytes, byte j = q[j] | q[j+16] << 4 |    x[j] = d * (q[j] - 8)
+// Plain: d = (value of largest magnitude) / -8, q = min(15, trunc(x / d + 8.5)).
+
+enum { Q4_0_BYTES = 2 + 16 };
+
+static void quantize_block_q4_0_plain(const float *x, uint8_t *y) {
+    const float d = signed_absmax(x, LEGACY_BLOCK) / -8.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_half(y, d);
+    uint8_t q[LEGACY_BLOCK];
+    for (int j = 0; j < LEGACY_BLOCK; j++) {
+        const int l = (int8_t)(int)(x[j] * id + 8.5f);
+        q[j] = (uint8_t)(l < 15 ? l : 15);
+    }
+    pack_nibbles(q, y + 2);
+}
+
+static void quantize_row_q4_0(const float *x, void *vy, int64_t n, const float *imatrix) {
+    uint8_t *y = (uint8_t *)vy;
+    const int64_t nb = n / LEGACY_BLOCK;
+    if (imatrix == NULL) {
+        for (int64_t b = 0; b < nb; b++) quantize_block_q4_0_plain(x + b * LEGACY_BLOCK, y + b * Q4_0_BYTES);
+        return;
+    }
+    const float sigma2 = row_mean_square(x, n);
+    float w[LEGACY_BLOCK];
+    uint8_t q[LEGACY_BLOCK];
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * LEGACY_BLOCK;
+        uint8_t *yb = y + b * Q4_0_BYTES;
+        importance_weights(xb, imatrix + b * LEGACY_BLOCK, sigma2, w);
+        store_half(yb, fit_symmetric_weighted(xb, w, 8, q));
+        pack_nibbles(q, yb + 2);
+    }
+}
+
+static void dequantize_row_q4_0(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / LEGACY_BLOCK; b++, x += LEGACY_BLOCK, y += Q4_0_BYTES) {
+        const float d = load_half(y);
+        for (int j = 0; j < HALF_BLOCK; j++) {
+            x[j] = d * (float)((y[2 + j] & 0x0f) - 8);
+            x[j + HALF_BLOCK] = d * (float)((y[2 + j] >> 4) - 8);
+        }
+    }
+}
+
+// ---- Q4_1
+// block (20 bytes): | d: fp16 | m: fp16 | qs: 16 bytes, byte j = q[j] | q[j+16] << 4 |    x[j] = d * q[j] + m
+// Plain: m = min, d = (max - min) / 15, q = min(15, trunc((x - min) / d + 0.5)).
+
+enum { Q4_1_BYTES = 2 + 2 + 16 };
+
+static void quantize_block_q4_1_plain(const float *x, uint8_t *y) {
+    float min = FLT_MAX, max = -FLT_MAX;
+    for (int j = 0; j < LEGACY_BLOCK; j++) {
+        if (x[j] < min) min = x[j];
+        if (x[j] > max) max = x[j];
+    }
+    const float d = (max - min) / 15.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_half(y, d);
+    store_half(y + 2, min);
+    uint8_t q[LEGACY_BLOCK];
+    for (int j = 0; j < LEGACY_BLOCK; j++) {
+        const int l = (int8_t)(int)((x[j] - min) * id + 0.5f);
+        q[j] = (uint8_t)(l < 15 ? l : 15);
+    }
+    pack_nibbles(q, y + 4);
+}
+
+static void quantize_row_q4_1(const float *x, void *vy, int64_t n, const float *imatrix) {
+    uint8_t *y = (uint8_t *)vy;
+    const int64_t nb = n / LEGACY_BLOCK;
+    if (imatrix == NULL) {
+        for (int64_t b = 0; b < nb; b++) quantize_block_q4_1_plain(x + b * LEGACY_BLOCK, y + b * Q4_1_BYTES);
+        return;
+    }
+    const float sigma2 = row_mean_square(x, n);
+    float w[LEGACY_BLOCK];
+    uint8_t q[LEGACY_BLOCK];
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * LEGACY_BLOCK;
+        uint8_t *yb = y + b * Q4_1_BYTES;
+        importance_weights(xb, imatrix + b * LEGACY_BLOCK, sigma2, w);
+        float neg_min;
+        store_half(yb, fit_affine_weighted(xb, w, 15, q, &neg_min));
+        store_half(yb + 2, -neg_min);
+        pack_nibbles(q, yb + 4);
+    }
+}
+
+static void dequantize_row_q4_1(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / LEGACY_BLOCK; b++, x += LEGACY_BLOCK, y += Q4_1_BYTES) {
+        const float d = load_half(y), m = load_half(y + 2);
+        for (int j = 0; j < HALF_BLOCK; j++) {
+            x[j] = d * (float)(y[4 + j] & 0x0f) + m;
+            x[j + HALF_BLOCK] = d * (float)(y[4 + j] >> 4) + m;
+        }
+    }
+}
+
+// ---- Q5_0
+// block (22 bytes): | d: fp16 | qh: u32 LE, bit j = bit 4 of q[j] | qs: 16 bytes, low nibbles as in Q4_0 |
+//                   x[j] = d * (q[j] - 16)
+// Plain: d = (value of largest magnitude) / -16, q = min(31, trunc(x / d + 16.5)).
+
+enum { Q5_0_BYTES = 2 + 4 + 16 };
+
+static void quantize_block_q5_0_plain(const float *x, uint8_t *y) {
+    const float d = signed_absmax(x, LEGACY_BLOCK) / -16.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_half(y, d);
+    uint8_t q[LEGACY_BLOCK];
+    for (int j = 0; j < LEGACY_BLOCK; j++) {
+        const int l = (int8_t)(int)(x[j] * id + 16.5f);
+        q[j] = (uint8_t)(l < 31 ? l : 31);
+    }
+    pack_fifth_bits(q, y + 2);
+    pack_nibbles(q, y + 6);
+}
+
+static void quantize_row_q5_0(const float *x, void *vy, int64_t n, const float *imatrix) {
+    uint8_t *y = (uint8_t *)vy;
+    const int64_t nb = n / LEGACY_BLOCK;
+    if (imatrix == NULL) {
+        for (int64_t b = 0; b < nb; b++) quantize_block_q5_0_plain(x + b * LEGACY_BLOCK, y + b * Q5_0_BYTES);
+        return;
+    }
+    const float sigma2 = row_mean_square(x, n);
+    float w[LEGACY_BLOCK];
+    uint8_t q[LEGACY_BLOCK];
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * LEGACY_BLOCK;
+        uint8_t *yb = y + b * Q5_0_BYTES;
+        importance_weights(xb, imatrix + b * LEGACY_BLOCK, sigma2, w);
+        store_half(yb, fit_symmetric_weighted(xb, w, 16, q));
+        pack_fifth_bits(q, yb + 2);
+        pack_nibbles(q, yb + 6);
+    }
+}
+
+static void dequantize_row_q5_0(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / LEGACY_BLOCK; b++, x += LEGACY_BLOCK, y += Q5_0_BYTES) {
+        const float d = load_half(y);
+        uint32_t qh;
+        memcpy(&qh, y + 2, 4);
+        for (int j = 0; j < HALF_BLOCK; j++) {
+            const int lo = (y[6 + j] & 0x0f) | (int)(((qh >> j) & 1u) << 4);
+            const int hi = (y[6 + j] >> 4) | (int)(((qh >> (j + HALF_BLOCK)) & 1u) << 4);
+            x[j] = d * (float)(lo - 16);
+            x[j + HALF_BLOCK] = d * (float)(hi - 16);
+        }
+    }
+}
+
+// ---- Q5_1
+// block (24 bytes): | d: fp16 | m: fp16 | qh: u32 LE, bit j = bit 4 of q[j] | qs: 16 bytes of low nibbles |
+//                   x[j] = d * q[j] + m
+// Plain: m = min, d = (max - min) / 31, q = trunc((x - min) / d + 0.5) (no clamp: the top value lands on 31).
+
+enum { Q5_1_BYTES = 2 + 2 + 4 + 16 };
+
+static void quantize_block_q5_1_plain(const float *x, uint8_t *y) {
+    float min = FLT_MAX, max = -FLT_MAX;
+    for (int j = 0; j < LEGACY_BLOCK; j++) {
+        if (x[j] < min) min = x[j];
+        if (x[j] > max) max = x[j];
+    }
+    const float d = (max - min) / 31.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_half(y, d);
+    store_half(y + 2, min);
+    uint8_t q[LEGACY_BLOCK];
+    for (int j = 0; j < LEGACY_BLOCK; j++) q[j] = (uint8_t)(int)((x[j] - min) * id + 0.5f);
+    pack_fifth_bits(q, y + 4);
+    pack_nibbles(q, y + 8);
+}
+
+static void quantize_row_q5_1(const float *x, void *vy, int64_t n, const float *imatrix) {
+    uint8_t *y = (uint8_t *)vy;
+    const int64_t nb = n / LEGACY_BLOCK;
+    if (imatrix == NULL) {
+        for (int64_t b = 0; b < nb; b++) quantize_block_q5_1_plain(x + b * LEGACY_BLOCK, y + b * Q5_1_BYTES);
+        return;
+    }
+    const float sigma2 = row_mean_square(x, n);
+    float w[LEGACY_BLOCK];
+    uint8_t q[LEGACY_BLOCK];
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * LEGACY_BLOCK;
+        uint8_t *yb = y + b * Q5_1_BYTES;
+        importance_weights(xb, imatrix + b * LEGACY_BLOCK, sigma2, w);
+        float neg_min;
+        store_half(yb, fit_affine_weighted(xb, w, 31, q, &neg_min));
+        store_half(yb + 2, -neg_min);
+        pack_fifth_bits(q, yb + 4);
+        pack_nibbles(q, yb + 8);
+    }
+}
+
+static void dequantize_row_q5_1(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / LEGACY_BLOCK; b++, x += LEGACY_BLOCK, y += Q5_1_BYTES) {
+        const float d = load_half(y), m = load_half(y + 2);
+        uint32_t qh;
+        memcpy(&qh, y + 4, 4);
+        for (int j = 0; j < HALF_BLOCK; j++) {
+            const int lo = (y[8 + j] & 0x0f) | (int)(((qh >> j) & 1u) << 4);
+            const int hi = (y[8 + j] >> 4) | (int)(((qh >> (j + HALF_BLOCK)) & 1u) << 4);
+            x[j] = d * (float)lo + m;
+            x[j + HALF_BLOCK] = d * (float)hi + m;
+        }
+    }
+}
 
 // ---- Q8_0
 // block (34 bytes): | d: fp16 | qs: 32 x int8 |    x[j] = d * qs[j]
@@ -39,6 +448,10 @@ static void dequantize_row_q8_0(const void *vy, float *x, int64_t n) {
 // ---- table
 
 const gk_type_traits gk_legacy_types[] = {
+    {2, "Q4_0", LEGACY_BLOCK, Q4_0_BYTES, quantize_row_q4_0, NULL, NULL, dequantize_row_q4_0},
+    {3, "Q4_1", LEGACY_BLOCK, Q4_1_BYTES, quantize_row_q4_1, NULL, NULL, dequantize_row_q4_1},
+    {6, "Q5_0", LEGACY_BLOCK, Q5_0_BYTES, quantize_row_q5_0, NULL, NULL, dequantize_row_q5_0},
+    {7, "Q5_1", LEGACY_BLOCK, Q5_1_BYTES, quantize_row_q5_1, NULL, NULL, dequantize_row_q5_1},
     {8, "Q8_0", Q8_0_BLOCK, Q8_0_BYTES, quantize_row_q8_0, NULL, NULL, dequantize_row_q8_0},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
