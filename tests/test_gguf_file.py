@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGUFReader
-
 from corpus.framework import load_cases, write_corpus
 from corpus.gguf_builder import small_model
 from corpus.llama_gguf import read_in_subprocess
+from gguf import GGUFReader
+
 from ggufkit.errors import InputError
 from ggufkit.gguf_file import GGUFArray, open_reader, validate_gguf
 

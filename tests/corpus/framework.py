@@ -17,9 +17,9 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 CORPUS_DIR = Path(__file__).resolve().parent
 

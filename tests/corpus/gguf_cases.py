@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from gguf import GGMLQuantizationType, GGUFValueType
 

@@ -24,7 +24,7 @@ def _lib() -> ctypes.CDLL:
 
     spec = importlib.util.find_spec("llama_cpp")  # its directory only; importing llama_cpp loads much more
     lib_dir = Path(spec.origin).parent / "lib"
-    lib = ctypes.CDLL(str(sorted(lib_dir.glob("libggml-base.so*"))[0]))
+    lib = ctypes.CDLL(str(min(lib_dir.glob("libggml-base.so*"))))
     ctx, i64, size = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t
     signatures = {
         "gguf_init_from_file": (ctx, [ctypes.c_char_p, _InitParams]),
@@ -76,7 +76,8 @@ def read_in_subprocess(paths: list[str | os.PathLike]) -> list[dict]:
     results: list[dict] = []
     while len(results) < len(paths):
         rest = [os.fspath(p) for p in paths[len(results):]]
-        proc = subprocess.run([sys.executable, __file__, *rest], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([sys.executable, __file__, *rest], capture_output=True, text=True,
+                              timeout=300, check=False)
         results += [json.loads(line) for line in proc.stdout.splitlines()]
         if proc.returncode != 0 and len(results) < len(paths):
             results.append({"ok": False, "reason": f"llama.cpp crashed (exit {proc.returncode})"})
