@@ -26,19 +26,25 @@ def demo_rows(demo_dir) -> dict[str, np.ndarray]:
     out = {}
     with safe_open(str(demo_dir / "model.safetensors"), "pt") as f:
         for name in names:
-            # (rows, cols) bf16 -> (24, 2304) f32
-            out[name] = f.get_tensor(name).float().numpy().reshape(-1, 2304)[:24].copy()
+            # (rows, cols) bf16 -> (16, 2304) f32
+            out[name] = f.get_tensor(name).float().numpy().reshape(-1, 2304)[:16].copy()
     return out
 
 
 def degenerate_rows() -> dict[str, np.ndarray]:
+    """Rows of 9 blocks: the SIMD path takes 8 blocks at a time (one per lane), the 9th goes the plain way."""
     rng = np.random.default_rng(7)
-    cols = 512
+    cols = 9 * 256
     outlier = np.zeros((2, cols), np.float32)
     outlier[0, 5], outlier[1, 300] = 3.0, -1e4
     mixed = rng.standard_normal((2, cols)).astype(np.float32)
     mixed[:, :256] = 0  # one all-zero super-block next to a normal one
+    # every lane of one SIMD group a different kind of block: masks must keep the lanes apart
+    lanes = np.stack([np.zeros(256), np.full(256, 0.37), rng.standard_normal(256) * 1e-30,
+                      rng.standard_normal(256) * 1e30, rng.standard_normal(256), rng.standard_t(1, 256),
+                      rng.uniform(0, 1, 256), rng.standard_normal(256) * 1e-39, rng.standard_normal(256)])
     return {
+        "mixed_lanes": lanes.reshape(1, -1).astype(np.float32),
         "student_t": rng.standard_t(2, (4, cols)).astype(np.float32),
         "uniform_positive": rng.uniform(0, 1, (2, cols)).astype(np.float32),
         "zero": np.zeros((2, cols), np.float32),

@@ -405,7 +405,7 @@ void kq_q2k_finish_weighted(const float *x, uint8_t *blk, const float *scales, c
     kq_q2k_requantize(x, blk, levels);
 }
 
-static void quantize_row_q2_k(const float *x, void *vy, int64_t n, const float *imatrix) {
+void kq_quantize_row_q2_k(const float *x, void *vy, int64_t n, const float *imatrix) {
     uint8_t *y = (uint8_t *)vy;
     for (int64_t b = 0; b < n / 256; b++) {
         if (imatrix)
@@ -516,7 +516,7 @@ void kq_q3k_finish_weighted(const float *x, uint8_t *blk, const float *scales, c
     kq_q3k_requantize(x, blk, levels);
 }
 
-static void quantize_row_q3_k(const float *x, void *vy, int64_t n, const float *imatrix) {
+void kq_quantize_row_q3_k(const float *x, void *vy, int64_t n, const float *imatrix) {
     uint8_t *y = (uint8_t *)vy;
     for (int64_t b = 0; b < n / 256; b++) {
         if (imatrix)
@@ -649,7 +649,7 @@ void kq_q45k_finish_weighted(const float *x, uint8_t *blk, const float *scales, 
     kq_q45k_requantize(x, blk, levels, nmax);
 }
 
-static void quantize_row_q4_k(const float *x, void *vy, int64_t n, const float *imatrix) {
+void kq_quantize_row_q4_k(const float *x, void *vy, int64_t n, const float *imatrix) {
     uint8_t *y = (uint8_t *)vy;
     for (int64_t b = 0; b < n / 256; b++) {
         if (imatrix)
@@ -659,7 +659,7 @@ static void quantize_row_q4_k(const float *x, void *vy, int64_t n, const float *
     }
 }
 
-static void quantize_row_q5_k(const float *x, void *vy, int64_t n, const float *imatrix) {
+void kq_quantize_row_q5_k(const float *x, void *vy, int64_t n, const float *imatrix) {
     uint8_t *y = (uint8_t *)vy;
     for (int64_t b = 0; b < n / 256; b++) {
         if (imatrix)
@@ -743,7 +743,7 @@ static void q6k_block(const float *x, const float *imatrix, uint8_t *blk) {
     kq_q6k_finish(x, blk, scales, levels);
 }
 
-static void quantize_row_q6_k(const float *x, void *vy, int64_t n, const float *imatrix) {
+void kq_quantize_row_q6_k(const float *x, void *vy, int64_t n, const float *imatrix) {
     uint8_t *y = (uint8_t *)vy;
     for (int64_t b = 0; b < n / 256; b++) q6k_block(x + 256 * b, imatrix ? imatrix + 256 * b : NULL, y + 210 * b);
 }
@@ -764,11 +764,17 @@ static void dequantize_row_q6_k(const void *vy, float *x, int64_t n) {
 
 // ---- table
 
+#if defined(__x86_64__) || defined(__i386__)
+#define KQ_SIMD(t) kq_quantize_row_##t##_avx2, "avx2"
+#else
+#define KQ_SIMD(t) NULL, NULL
+#endif
+
 const gk_type_traits gk_kquant_types[] = {
-    {10, "Q2_K", 256, 84, quantize_row_q2_k, NULL, NULL, dequantize_row_q2_k},
-    {11, "Q3_K", 256, 110, quantize_row_q3_k, NULL, NULL, dequantize_row_q3_k},
-    {12, "Q4_K", 256, 144, quantize_row_q4_k, NULL, NULL, dequantize_row_q4_k},
-    {13, "Q5_K", 256, 176, quantize_row_q5_k, NULL, NULL, dequantize_row_q5_k},
-    {14, "Q6_K", 256, 210, quantize_row_q6_k, NULL, NULL, dequantize_row_q6_k},
+    {10, "Q2_K", 256, 84, kq_quantize_row_q2_k, KQ_SIMD(q2_k), dequantize_row_q2_k},
+    {11, "Q3_K", 256, 110, kq_quantize_row_q3_k, KQ_SIMD(q3_k), dequantize_row_q3_k},
+    {12, "Q4_K", 256, 144, kq_quantize_row_q4_k, KQ_SIMD(q4_k), dequantize_row_q4_k},
+    {13, "Q5_K", 256, 176, kq_quantize_row_q5_k, KQ_SIMD(q5_k), dequantize_row_q5_k},
+    {14, "Q6_K", 256, 210, kq_quantize_row_q6_k, KQ_SIMD(q6_k), dequantize_row_q6_k},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };

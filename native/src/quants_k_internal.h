@@ -36,4 +36,16 @@ void kq_q45k_finish_weighted(const float *x, uint8_t *blk, const float *scales, 
                              const float *group_w, uint8_t *levels, int nmax);
 void kq_q6k_finish(const float *x, uint8_t *blk, const float *scales, int8_t *levels);
 
+// The plain-C row quantizers (the reference) and their AVX2 versions (quants_k_avx2.c, x86 only).
+void kq_quantize_row_q2_k(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q3_k(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q4_k(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q5_k(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q6_k(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q2_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q3_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q4_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q5_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q6_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
+
 #endif
