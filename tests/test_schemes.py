@@ -1,0 +1,160 @@
+"""ggufkit.schemes against llama.cpp: for every scheme and a set of model layouts, the type and byte size of every
+tensor in the plan equal what llama_model_quantize (llama-cpp-python) writes from an F32 GGUF of that layout."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import gguf
+import pytest
+
+from ggufkit.schemes import (SCHEMES, ModelInfo, format_plan, get_scheme, plan, plan_rows, quantize_order,
+                             summarize)
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is the reference")
+from llama_quantize_schemes import (Layout, dense_layout, falcon_layout, llama_quantize,  # noqa: E402
+                                    moe_layout, write_f32_gguf)
+
+T = gguf.GGMLQuantizationType
+
+LAYOUTS: dict[str, Layout] = {lay.label: lay for lay in (
+    # every row length a multiple of 256; GQA 4; a rope_freqs vector like Llama 3's
+    dense_layout("llama-16L-gqa4-untied", ModelInfo("llama", 16, 8, 2, 256), 512, tied=False,
+                 extra=(("rope_freqs.weight", (16,)),)),
+    dense_layout("llama-12L-gqa2-tied", ModelInfo("llama", 12, 8, 4, 256), 768, tied=True),
+    # the demo model's widths (576: K-quant fallbacks), tied as the demo is, and untied
+    dense_layout("demo576-30L-tied", ModelInfo("llama", 30, 9, 3, 576), 1536, tied=True),
+    dense_layout("demo576-30L-untied", ModelInfo("llama", 30, 9, 3, 576), 1536, tied=False),
+    # rows of 80 and 160: not a multiple of 32 either -> F16
+    dense_layout("odd80-3L", ModelInfo("llama", 3, 5, 1, 80), 160, tied=False),
+    moe_layout("moe-8x-8L", ModelInfo("llama", 8, 8, 2, 256, n_expert=8), 512),
+    moe_layout("moe-4x-8L", ModelInfo("llama", 8, 8, 2, 256, n_expert=4), 512),
+    # 80 layers: llama.cpp sizes a GQA llama as 70B (attn_v bump), an MHA one as 65B (none), qwen2 always 70B
+    dense_layout("llama-80L-gqa8", ModelInfo("llama", 80, 8, 1, 256), 256, tied=False, rows=2),
+    dense_layout("llama-80L-mha", ModelInfo("llama", 80, 4, 4, 256), 256, tied=False, rows=2),
+    dense_layout("qwen2-80L-mha", ModelInfo("qwen2", 80, 4, 4, 256), 256, tied=False, rows=2),
+    falcon_layout("falcon-16L", ModelInfo("falcon", 16, 8, 1, 256), 512),
+)}
+
+# all quantized schemes with an importance matrix on these layouts (the imatrix changes Q4_0/Q5_0/IQ4 rules)
+IMATRIX_LAYOUTS = ("llama-16L-gqa4-untied", "demo576-30L-tied", "moe-8x-8L")
+
+CASES = [(lay, name, False) for lay in LAYOUTS for name in SCHEMES]
+CASES += [(lay, name, True) for lay in IMATRIX_LAYOUTS for name in SCHEMES if SCHEMES[name].quantized]
+
+
+@pytest.fixture(scope="session")
+def f32_gguf(tmp_path_factory):
+    """Factory: layout label -> Path of its F32 GGUF (written once per session)."""
+    root = tmp_path_factory.mktemp("schemes")
+    made: dict[str, Path] = {}
+
+    def get(label: str) -> Path:
+        if label not in made:
+            made[label] = write_f32_gguf(root / f"{label}.gguf", LAYOUTS[label])
+        return made[label]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reference(f32_gguf, tmp_path_factory):
+    """Factory: (layout, scheme, imatrix) -> llama_model_quantize's result (cached per session)."""
+    root = tmp_path_factory.mktemp("quantized")
+    done = {}
+
+    def get(label: str, scheme_name: str, imatrix: bool):
+        key = (label, scheme_name, imatrix)
+        if key not in done:
+            layout = LAYOUTS[label]
+            # one importance value per input column, per expert for 3-D expert tensors
+            names = [(n, shape[-1] * (shape[0] if len(shape) == 3 else 1))
+                     for n, shape in layout.tensors if len(shape) >= 2] if imatrix else None
+            dst = root / f"{label}-{scheme_name}{'-imat' if imatrix else ''}.gguf"
+            done[key] = llama_quantize(f32_gguf(label), dst, SCHEMES[scheme_name].file_type, names)
+            dst.unlink()
+        return done[key]
+
+    return get
+
+
+@pytest.mark.parametrize("label,scheme_name,imatrix", CASES,
+                         ids=[f"{lay}-{s}{'-imatrix' if im else ''}" for lay, s, im in CASES])
+def test_plan_matches_llama_quantize(label, scheme_name, imatrix, reference):
+    layout = LAYOUTS[label]
+    ref = reference(label, scheme_name, imatrix)
+    rows = plan_rows(get_scheme(scheme_name), layout.tensors, layout.info, has_imatrix=imatrix)
+
+    assert [r.name for r in rows] == [n for n, _ in layout.tensors]
+    assert sorted(ref.tensors) == sorted(r.name for r in rows)
+    wrong = [f"{r.name} {r.shape}: ours {r.type.name} ({r.nbytes} B), llama.cpp {ref.tensors[r.name][0].name} "
+             f"({ref.tensors[r.name][1]} B)" for r in rows if (r.type, r.nbytes) != ref.tensors[r.name]]
+    assert not wrong, f"{len(wrong)} of {len(rows)} tensors differ:\n" + "\n".join(wrong[:20])
+    # llama-quantize writes tensors in its own visiting order, which the layer counters follow
+    assert list(ref.tensors) == quantize_order(n for n, _ in layout.tensors)
+    # the dry-run summary: bits per weight as llama.cpp reports them (2 decimals)
+    assert f"{summarize(rows).bits_per_weight:.2f}" == f"{ref.quant_bpw():.2f}"
+
+
+def _types_by_role(ref, role: str) -> set[str]:
+    return {t.name for name, (t, _) in ref.tensors.items() if name.endswith(f".{role}.weight")}
+
+
+def test_layouts_exercise_the_rules(reference):
+    """The layouts above are only worth something if llama.cpp treats their tensors differently; check that it
+    does where the comparison above relies on it (these are facts about llama.cpp's output, not our plan)."""
+    q4km = reference("llama-16L-gqa4-untied", "Q4_K_M", False)
+    assert _types_by_role(q4km, "attn_v") == {"Q4_K", "Q6_K"}        # layer-pattern promotion
+    assert _types_by_role(q4km, "ffn_down") == {"Q4_K", "Q6_K"}
+    assert q4km.tensors["output.weight"][0] == T.Q6_K and q4km.tensors["token_embd.weight"][0] == T.Q4_K
+    assert q4km.tensors["rope_freqs.weight"][0] == T.F32
+    demo = reference("demo576-30L-tied", "Q4_K_M", False)
+    assert demo.tensors["token_embd.weight"][0] == T.Q8_0             # tied: output rule; 576 % 256 != 0
+    assert _types_by_role(demo, "attn_q") == {"Q5_0"}                 # Q4_K fallback
+    assert _types_by_role(demo, "attn_v") == {"Q5_0", "Q8_0"}         # Q4_K / Q6_K fallbacks
+    assert _types_by_role(reference("odd80-3L", "Q4_K_M", False), "attn_q") == {"F16"}
+    assert _types_by_role(reference("llama-80L-gqa8", "Q3_K_M", False), "attn_v") == {"Q5_K"}
+    assert _types_by_role(reference("llama-80L-mha", "Q3_K_M", False), "attn_v") == {"Q4_K", "Q5_K"}
+    assert _types_by_role(reference("moe-8x-8L", "Q4_K_M", False), "attn_k") == {"Q8_0"}
+    q2 = [_types_by_role(reference("llama-16L-gqa4-untied", "Q2_K", False), "attn_v"),
+          _types_by_role(reference("llama-12L-gqa2-tied", "Q2_K", False), "attn_v")]
+    assert q2 == [{"Q4_K"}, {"Q3_K"}]                                 # GQA-dependent
+    q40 = [_types_by_role(reference("llama-16L-gqa4-untied", "Q4_0", im), "ffn_down") for im in (False, True)]
+    assert q40 == [{"Q4_0"}, {"Q4_0", "Q4_1"}]                        # imatrix-dependent
+    falcon = reference("falcon-16L", "Q3_K_L", False)
+    assert _types_by_role(falcon, "attn_output") == {"Q4_K"} and _types_by_role(falcon, "attn_qkv") == {"Q5_K"}
+
+
+# ---- API
+
+def test_get_scheme_is_case_insensitive_and_lists_known_names():
+    assert get_scheme("q4_k_m") is get_scheme("Q4_K_M") is SCHEMES["Q4_K_M"]
+    assert get_scheme("bf16").file_type == gguf.LlamaFileType.MOSTLY_BF16
+    assert get_scheme("Q5_K_S").base_type == T.Q5_K
+    with pytest.raises(ValueError, match=r"unknown scheme 'q4_k_x'.*q8_0.*q4_k_m"):
+        get_scheme("q4_k_x")
+
+
+def test_required_schemes_exist():
+    required = "f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k"
+    for name in required.split():
+        scheme = get_scheme(name)
+        assert scheme.file_type.name.endswith(scheme.name)
+
+
+def test_plan_keeps_input_order_and_format_plan_prints_totals():
+    layout = LAYOUTS["demo576-30L-tied"]
+    types = plan(get_scheme("q8_0"), layout.tensors, layout.info)
+    assert list(types) == [n for n, _ in layout.tensors]
+    rows = plan_rows(get_scheme("q4_k_m"), layout.tensors, layout.info)
+    text = format_plan(rows, get_scheme("q4_k_m"))
+    lines = text.splitlines()
+    assert len(lines) == len(rows) + 2
+    assert "blk.0.attn_q.weight" in text and "fallback from Q4_K" in text
+    s = summarize(rows)
+    assert lines[-1].startswith(f"Q4_K_M: {len(rows)} tensors") and f"{s.bits_per_weight:.2f} bits per weight" in text
+
+
+def test_plan_rejects_duplicate_names():
+    with pytest.raises(ValueError, match="duplicate"):
+        plan(get_scheme("q8_0"), [("a.weight", (4, 32)), ("a.weight", (4, 32))], ModelInfo("llama", 1, 1, 1, 32))
