@@ -158,7 +158,7 @@ class _Cursor:
         try:
             return GGUFValueType(raw)
         except ValueError:
-            self.fail(f"key '{key}' has unknown value type {raw}")
+            self.fail(f"key {key!r} has unknown value type {raw}")
 
 
 def _string_items(cur: _Cursor, count: int, key: str) -> list[str]:
@@ -170,11 +170,11 @@ def _string_items(cur: _Cursor, count: int, key: str) -> list[str]:
     for i in range(count):
         if size - pos < 8:
             cur.pos = pos
-            cur.need(8, f"item {i} of '{key}' length")
+            cur.need(8, f"item {i} of {key!r} length")
         (length,) = unpack_length(buf, pos)
         pos += 8
         if length > size - pos:
-            cur.fail(f"item {i} of '{key}' length {length} at offset {pos - 8} exceeds the {size - pos} bytes "
+            cur.fail(f"item {i} of {key!r} length {length} at offset {pos - 8} exceeds the {size - pos} bytes "
                      "left in the file")
         items.append(buf[pos:pos + length].decode("utf-8", errors="replace"))
         pos += length
@@ -184,19 +184,19 @@ def _string_items(cur: _Cursor, count: int, key: str) -> list[str]:
 
 def _read_value(cur: _Cursor, vtype: GGUFValueType, key: str):
     if vtype == GGUFValueType.STRING:
-        return cur.text(f"value of '{key}'")
+        return cur.text(f"value of {key!r}")
     if vtype in _SCALARS:
         code, _, size = _SCALARS[vtype]
-        return cur.unpack(code, size, f"value of '{key}'")
+        return cur.unpack(code, size, f"value of {key!r}")
     # ARRAY
-    item_type = cur.value_type(cur.u32(f"array type of '{key}'"), key)
-    count = cur.u64(f"array length of '{key}'")
+    item_type = cur.value_type(cur.u32(f"array type of {key!r}"), key)
+    count = cur.u64(f"array length of {key!r}")
     if item_type == GGUFValueType.ARRAY:
-        cur.fail(f"key '{key}' is an array of arrays, which GGUF readers do not support")
+        cur.fail(f"key {key!r} is an array of arrays, which GGUF readers do not support")
     item_min = 8 if item_type == GGUFValueType.STRING else _SCALARS[item_type][2]
     left = cur.size - cur.pos
     if count > left // item_min:
-        cur.fail(f"key '{key}': array length {count} at offset {cur.pos - 8} cannot fit in the {left} bytes "
+        cur.fail(f"key {key!r}: array length {count} at offset {cur.pos - 8} cannot fit in the {left} bytes "
                  "left in the file")
     if item_type == GGUFValueType.STRING:
         items = _string_items(cur, count, key)
@@ -236,24 +236,24 @@ def _read_tensor_info(cur: _Cursor, index: int) -> tuple[str, tuple[int, ...], G
     name = cur.name(f"name of tensor {index}")
     if len(name.encode()) > MAX_NAME_BYTES:
         cur.fail(f"tensor {index} name is {len(name.encode())} bytes long, the limit is {MAX_NAME_BYTES}")
-    n_dims = cur.u32(f"dimension count of '{name}'")
+    n_dims = cur.u32(f"dimension count of {name!r}")
     if n_dims > MAX_DIMS:
-        cur.fail(f"tensor '{name}' has {n_dims} dimensions, the limit is {MAX_DIMS}")
-    shape = tuple(cur.u64(f"dimension {d} of '{name}'") for d in range(n_dims))
-    raw_type = cur.u32(f"type of '{name}'")
-    offset = cur.u64(f"data offset of '{name}'")
+        cur.fail(f"tensor {name!r} has {n_dims} dimensions, the limit is {MAX_DIMS}")
+    shape = tuple(cur.u64(f"dimension {d} of {name!r}") for d in range(n_dims))
+    raw_type = cur.u32(f"type of {name!r}")
+    offset = cur.u64(f"data offset of {name!r}")
     if any(ne >= 2**63 for ne in shape):
-        cur.fail(f"tensor '{name}' has a negative dimension {shape}")
+        cur.fail(f"tensor {name!r} has a negative dimension {shape}")
     n_elements = math.prod(shape)
     if n_elements >= 2**63:
-        cur.fail(f"tensor '{name}' shape {shape} has more than 2**63 elements")
+        cur.fail(f"tensor {name!r} shape {shape} has more than 2**63 elements")
     try:
         ggml_type = GGMLQuantizationType(raw_type)
     except ValueError:
-        cur.fail(f"tensor '{name}' has unknown ggml type {raw_type}")
+        cur.fail(f"tensor {name!r} has unknown ggml type {raw_type}")
     block_size = GGML_QUANT_SIZES[ggml_type][0]
     if shape and shape[0] % block_size:
-        cur.fail(f"tensor '{name}' of type {ggml_type.name} has rows of {shape[0]} elements, not a multiple "
+        cur.fail(f"tensor {name!r} of type {ggml_type.name} has rows of {shape[0]} elements, not a multiple "
                  f"of its block size {block_size}")
     return name, shape, ggml_type, offset
 
@@ -278,8 +278,8 @@ def _parse(buf, size: int, path: Path) -> GGUFFile:
     for i in range(n_kv):
         key = cur.name(f"key {i}")
         if key in metadata:
-            cur.fail(f"duplicate key '{key}'")
-        vtype = cur.value_type(cur.u32(f"value type of '{key}'"), key)
+            cur.fail(f"duplicate key {key!r}")
+        vtype = cur.value_type(cur.u32(f"value type of {key!r}"), key)
         metadata[key] = _read_value(cur, vtype, key)
         types[key] = vtype
     alignment = _check_alignment(cur, metadata, types)
@@ -289,7 +289,7 @@ def _parse(buf, size: int, path: Path) -> GGUFFile:
     for i in range(n_tensors):
         info = _read_tensor_info(cur, i)
         if info[0] in seen:
-            cur.fail(f"duplicate tensor name '{info[0]}'")
+            cur.fail(f"duplicate tensor name {info[0]!r}")
         seen.add(info[0])
         infos.append(info)
 
@@ -301,13 +301,13 @@ def _parse(buf, size: int, path: Path) -> GGUFFile:
         n_elements = math.prod(shape)
         n_bytes = n_elements // block_size * type_size
         if offset % alignment:
-            cur.fail(f"tensor '{name}' data offset {offset} is not a multiple of the alignment {alignment}")
+            cur.fail(f"tensor {name!r} data offset {offset} is not a multiple of the alignment {alignment}")
         if offset != expected:
-            cur.fail(f"tensor '{name}' data offset {offset}, expected {expected} (tensors must follow each other "
+            cur.fail(f"tensor {name!r} data offset {offset}, expected {expected} (tensors must follow each other "
                      "in order)")
         end = data_offset + offset + n_bytes
         if end > size:
-            cur.fail(f"tensor '{name}' data (bytes {data_offset + offset}..{end}) lies beyond the end of the "
+            cur.fail(f"tensor {name!r} data (bytes {data_offset + offset}..{end}) lies beyond the end of the "
                      f"file ({size} bytes)")
         tensors.append(TensorInfo(name, shape, ggml_type, offset, data_offset + offset, n_elements, n_bytes))
         expected = offset + -(-n_bytes // alignment) * alignment

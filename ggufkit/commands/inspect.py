@@ -16,6 +16,11 @@ import click
 from ggufkit.gguf_file import summarize, validate_gguf
 
 
+def _printable(text) -> str:
+    """Text from the file with control characters escaped, so a crafted name cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -59,11 +64,11 @@ def _tokenizer_line(t: dict) -> str:
 
 def render_text(s: dict) -> str:
     """The human-readable report of a summarize() dict."""
-    lines = [f"{s['file']}  ({_size(s['file_size'])}, GGUF v{s['gguf_version']}, {s['metadata_keys']} keys)"]
+    lines = [f"{_printable(s['file'])}  ({_size(s['file_size'])}, GGUF v{s['gguf_version']}, {s['metadata_keys']} keys)"]
 
     def row(label: str, value) -> None:
         if value is not None:
-            lines.append(f"  {label:<17} {value}")
+            lines.append(f"  {label:<17} {_printable(value)}")
 
     h = s["hyperparameters"]
     row("architecture", s["architecture"])
@@ -87,11 +92,12 @@ def render_text(s: dict) -> str:
         lines.append(f"  {name:<10} {t['count']:>6} {t['parameters']:>14} {t['bytes']:>14} {bpw:>6.2f}")
     if "tensors" in s:
         lines.append("")
-        width = max((len(t["name"]) for t in s["tensors"]), default=4)
+        names = [_printable(t["name"]) for t in s["tensors"]]
+        width = max((len(name) for name in names), default=4)
         lines.append(f"  {'name':<{width}} {'shape':<20} {'type':<8} {'bytes':>12}")
-        for t in s["tensors"]:
+        for name, t in zip(names, s["tensors"]):
             shape = " x ".join(str(d) for d in t["shape"])
-            lines.append(f"  {t['name']:<{width}} {shape:<20} {t['type']:<8} {t['bytes']:>12}")
+            lines.append(f"  {name:<{width}} {shape:<20} {t['type']:<8} {t['bytes']:>12}")
     return "\n".join(lines)
 
 

@@ -54,7 +54,8 @@ def read(path: str) -> dict:
         return {"ok": False, "reason": "gguf_init_from_file failed"}
     try:
         data_offset = lib.gguf_get_data_offset(ctx)
-        tensors = [{"name": lib.gguf_get_tensor_name(ctx, i).decode(errors="replace"), "type": lib.gguf_get_tensor_type(ctx, i),
+        tensors = [{"name": lib.gguf_get_tensor_name(ctx, i).decode(errors="replace"),
+                    "type": lib.gguf_get_tensor_type(ctx, i),
                     "offset": lib.gguf_get_tensor_offset(ctx, i), "bytes": lib.gguf_get_tensor_size(ctx, i)}
                    for i in range(lib.gguf_get_n_tensors(ctx))]
         info = {"ok": True, "version": lib.gguf_get_version(ctx), "alignment": lib.gguf_get_alignment(ctx),
@@ -77,7 +78,7 @@ def read_in_subprocess(paths: list[str | os.PathLike]) -> list[dict]:
     while len(results) < len(paths):
         rest = [os.fspath(p) for p in paths[len(results):]]
         proc = subprocess.run([sys.executable, __file__, *rest], capture_output=True, text=True,
-                              timeout=300, check=False)
+                              errors="replace", timeout=300, check=False)
         results += [json.loads(line) for line in proc.stdout.splitlines()]
         if proc.returncode != 0 and len(results) < len(paths):
             results.append({"ok": False, "reason": f"llama.cpp crashed (exit {proc.returncode})"})
