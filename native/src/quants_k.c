@@ -13,17 +13,7 @@
 
 #include "quants_k_internal.h"
 
-// ---- rounding
-
-// Round to nearest, ties to even, by adding 1.5 * 2^23 and reading the low mantissa bits: for |v| < 2^22 this is
-// rintf(v). For values outside that range (inf, NaN, huge) it returns the same deterministic garbage llama.cpp's
-// helper does, which the byte-exact contract needs on degenerate blocks (e.g. denormal ranges giving inf scales).
-int kq_round_magic(float v) {
-    float shifted = v + 12582912.0f;
-    int32_t bits;
-    memcpy(&bits, &shifted, 4);
-    return (bits & 0x007fffff) - 0x00400000;
-}
+// ---- small helpers (rounding: kq_round_magic in quants_k_internal.h)
 
 static inline int clamp_int(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
@@ -330,15 +320,24 @@ static inline int unpack_scale6_q3(const uint8_t *p, int j) {
 
 enum { Q2K_SCALES = 0, Q2K_QS = 16, Q2K_D = 80, Q2K_DMIN = 82 };
 
-// Final 2-bit levels from the stored (fp16) scales; groups with a zero scale keep the fitted levels.
-static void kq_q2k_requantize(const float *x, uint8_t *blk, uint8_t *levels) {
+// Per group, the stored (fp16) scale and min as floats: x ~ dg * q - mg.
+void kq_q2k_group_factors(const uint8_t *blk, float *dg, float *mg) {
     const float d = load_fp16(blk + Q2K_D), dmin = load_fp16(blk + Q2K_DMIN);
     for (int g = 0; g < 16; g++) {
-        const float dg = d * (blk[Q2K_SCALES + g] & 0xF);
-        if (dg == 0.0f) continue;
-        const float mg = dmin * (blk[Q2K_SCALES + g] >> 4);
+        dg[g] = d * (blk[Q2K_SCALES + g] & 0xF);
+        mg[g] = dmin * (blk[Q2K_SCALES + g] >> 4);
+    }
+}
+
+// Final 2-bit levels from the stored scales (groups with a zero scale keep the fitted levels; x == NULL: the
+// levels are final already), then packing.
+void kq_q2k_requantize_pack(const float *x, uint8_t *blk, uint8_t *levels) {
+    float dg[16], mg[16];
+    kq_q2k_group_factors(blk, dg, mg);
+    for (int g = 0; x != NULL && g < 16; g++) {
+        if (dg[g] == 0.0f) continue;
         for (int i = 0; i < 16; i++)
-            levels[16 * g + i] = (uint8_t)clamp_int(kq_round_magic((x[16 * g + i] + mg) / dg), 0, 3);
+            levels[16 * g + i] = (uint8_t)clamp_int(kq_round_magic((x[16 * g + i] + mg[g]) / dg[g]), 0, 3);
     }
     kq_pack_2bit(levels, blk + Q2K_QS);
 }
@@ -374,7 +373,7 @@ void kq_q2k_finish_plain(const float *x, uint8_t *blk, const float *scales, cons
     } else {
         store_fp16(blk + Q2K_DMIN, 0.0f);
     }
-    kq_q2k_requantize(x, blk, levels);
+    if (x) kq_q2k_requantize_pack(x, blk, levels);
 }
 
 static void q2k_block_weighted(const float *x, const float *imatrix, uint8_t *blk) {
@@ -402,7 +401,7 @@ void kq_q2k_finish_weighted(const float *x, uint8_t *blk, const float *scales, c
     store_fp16(blk + Q2K_D, d);
     store_fp16(blk + Q2K_DMIN, dmin);
     for (int g = 0; g < 16; g++) blk[Q2K_SCALES + g] = (uint8_t)(ls[g] | (lm[g] << 4));
-    kq_q2k_requantize(x, blk, levels);
+    if (x) kq_q2k_requantize_pack(x, blk, levels);
 }
 
 void kq_quantize_row_q2_k(const float *x, void *vy, int64_t n, const float *imatrix) {
@@ -437,14 +436,20 @@ static void dequantize_row_q2_k(const void *vy, float *x, int64_t n) {
 
 enum { Q3K_HMASK = 0, Q3K_QS = 32, Q3K_SCALES = 96, Q3K_D = 108 };
 
-// Final levels from the stored scales (groups with zero scale keep the fitted levels), then packing.
-static void kq_q3k_requantize(const float *x, uint8_t *blk, int8_t *levels) {
+void kq_q3k_group_factors(const uint8_t *blk, float *dg) {
     const float d = load_fp16(blk + Q3K_D);
-    for (int g = 0; g < 16; g++) {
-        const float dg = d * unpack_scale6_q3(blk + Q3K_SCALES, g);
-        if (dg == 0.0f) continue;
+    for (int g = 0; g < 16; g++) dg[g] = d * unpack_scale6_q3(blk + Q3K_SCALES, g);
+}
+
+// Final levels from the stored scales (zero-scale groups keep the fitted levels; x == NULL: levels are final),
+// then packing.
+void kq_q3k_requantize_pack(const float *x, uint8_t *blk, int8_t *levels) {
+    float dg[16];
+    kq_q3k_group_factors(blk, dg);
+    for (int g = 0; x != NULL && g < 16; g++) {
+        if (dg[g] == 0.0f) continue;
         for (int i = 0; i < 16; i++)
-            levels[16 * g + i] = (int8_t)(clamp_int(kq_round_magic(x[16 * g + i] / dg), -4, 3) + 4);
+            levels[16 * g + i] = (int8_t)(clamp_int(kq_round_magic(x[16 * g + i] / dg[g]), -4, 3) + 4);
     }
     uint8_t low[256];
     memset(blk + Q3K_HMASK, 0, 32);
@@ -485,7 +490,7 @@ void kq_q3k_finish_plain(const float *x, uint8_t *blk, const float *scales, int8
         memset(blk + Q3K_SCALES, 0, 12);
         store_fp16(blk + Q3K_D, 0.0f);
     }
-    kq_q3k_requantize(x, blk, levels);
+    if (x) kq_q3k_requantize_pack(x, blk, levels);
 }
 
 static void q3k_block_weighted(const float *x, const float *imatrix, uint8_t *blk) {
@@ -513,7 +518,7 @@ void kq_q3k_finish_weighted(const float *x, uint8_t *blk, const float *scales, c
     for (int g = 0; g < 16; g++) s6[g] = (uint8_t)ls[g];
     kq_pack_scale6_q3(s6, blk + Q3K_SCALES);
     store_fp16(blk + Q3K_D, d);
-    kq_q3k_requantize(x, blk, levels);
+    if (x) kq_q3k_requantize_pack(x, blk, levels);
 }
 
 void kq_quantize_row_q3_k(const float *x, void *vy, int64_t n, const float *imatrix) {
@@ -550,17 +555,25 @@ static void dequantize_row_q3_k(const void *vy, float *x, int64_t n) {
 
 enum { Q45K_D = 0, Q45K_DMIN = 2, Q45K_SCALES = 4, Q4K_QS = 16, Q5K_QH = 16, Q5K_QS = 48 };
 
-// Final levels in [0, nmax] from the stored scales (zero-scale groups keep the fitted levels), then packing.
-static void kq_q45k_requantize(const float *x, uint8_t *blk, uint8_t *levels, int nmax) {
+void kq_q45k_group_factors(const uint8_t *blk, float *dg, float *mg) {
     const float d = load_fp16(blk + Q45K_D), dmin = load_fp16(blk + Q45K_DMIN);
     for (int g = 0; g < 8; g++) {
         uint8_t s, m;
         unpack_scale_min6(blk + Q45K_SCALES, g, &s, &m);
-        const float dg = d * s;
-        if (dg == 0.0f) continue;
-        const float mg = dmin * m;
+        dg[g] = d * s;
+        mg[g] = dmin * m;
+    }
+}
+
+// Final levels in [0, nmax] from the stored scales (zero-scale groups keep the fitted levels; x == NULL: levels
+// are final), then packing.
+void kq_q45k_requantize_pack(const float *x, uint8_t *blk, uint8_t *levels, int nmax) {
+    float dg[8], mg[8];
+    kq_q45k_group_factors(blk, dg, mg);
+    for (int g = 0; x != NULL && g < 8; g++) {
+        if (dg[g] == 0.0f) continue;
         for (int i = 0; i < 32; i++)
-            levels[32 * g + i] = (uint8_t)clamp_int(kq_round_magic((x[32 * g + i] + mg) / dg), 0, nmax);
+            levels[32 * g + i] = (uint8_t)clamp_int(kq_round_magic((x[32 * g + i] + mg[g]) / dg[g]), 0, nmax);
     }
     if (nmax == 15) {
         for (int c = 0; c < 4; c++)
@@ -613,7 +626,7 @@ void kq_q45k_finish_plain(const float *x, uint8_t *blk, const float *scales, con
     kq_pack_scale_min6(s6, m6, blk + Q45K_SCALES);
     store_fp16(blk + Q45K_D, max_scale / 63.0f);
     store_fp16(blk + Q45K_DMIN, max_min / 63.0f);
-    kq_q45k_requantize(x, blk, levels, nmax);
+    if (x) kq_q45k_requantize_pack(x, blk, levels, nmax);
 }
 
 static void q45k_block_weighted(const float *x, const float *imatrix, uint8_t *blk, int nmax) {
@@ -646,7 +659,7 @@ void kq_q45k_finish_weighted(const float *x, uint8_t *blk, const float *scales, 
     kq_pack_scale_min6(s6, m6, blk + Q45K_SCALES);
     store_fp16(blk + Q45K_D, d);
     store_fp16(blk + Q45K_DMIN, dmin);
-    kq_q45k_requantize(x, blk, levels, nmax);
+    if (x) kq_q45k_requantize_pack(x, blk, levels, nmax);
 }
 
 void kq_quantize_row_q4_k(const float *x, void *vy, int64_t n, const float *imatrix) {
@@ -700,7 +713,8 @@ static void dequantize_row_q5_k(const void *vy, float *x, int64_t n) {
 
 enum { Q6K_QL = 0, Q6K_QH = 128, Q6K_SCALES = 192, Q6K_D = 208 };
 
-void kq_q6k_finish(const float *x, uint8_t *blk, const float *scales, int8_t *levels) {
+// Writes d and the int8 scales; returns 1 when the block is all zero (then it is complete: nothing to pack).
+int kq_q6k_header(uint8_t *blk, const float *scales) {
     float max_scale = 0.0f, max_abs_scale = 0.0f;
     for (int g = 0; g < 16; g++) {
         float a = fabsf(scales[g]);
@@ -708,7 +722,7 @@ void kq_q6k_finish(const float *x, uint8_t *blk, const float *scales, int8_t *le
     }
     if (max_abs_scale < KQ_ZERO_GROUP) {
         memset(blk, 0, 210);
-        return;
+        return 1;
     }
     const float inv = -128.0f / max_scale;
     store_fp16(blk + Q6K_D, 1.0f / inv);
@@ -716,12 +730,23 @@ void kq_q6k_finish(const float *x, uint8_t *blk, const float *scales, int8_t *le
         int s = kq_round_magic(inv * scales[g]);
         blk[Q6K_SCALES + g] = (uint8_t)(int8_t)(s < 127 ? s : 127);
     }
+    return 0;
+}
+
+void kq_q6k_group_factors(const uint8_t *blk, float *dg) {
     const float d = load_fp16(blk + Q6K_D);
-    for (int g = 0; g < 16; g++) {
-        const float dg = d * (int8_t)blk[Q6K_SCALES + g];
-        if (dg == 0.0f) continue;
+    for (int g = 0; g < 16; g++) dg[g] = d * (int8_t)blk[Q6K_SCALES + g];
+}
+
+// Final levels from the stored scales (zero-scale groups keep the fitted levels; x == NULL: levels are final),
+// then packing.
+void kq_q6k_requantize_pack(const float *x, uint8_t *blk, int8_t *levels) {
+    float dg[16];
+    kq_q6k_group_factors(blk, dg);
+    for (int g = 0; x != NULL && g < 16; g++) {
+        if (dg[g] == 0.0f) continue;
         for (int i = 0; i < 16; i++)
-            levels[16 * g + i] = (int8_t)(clamp_int(kq_round_magic(x[16 * g + i] / dg), -32, 31) + 32);
+            levels[16 * g + i] = (int8_t)(clamp_int(kq_round_magic(x[16 * g + i] / dg[g]), -32, 31) + 32);
     }
     for (int h = 0; h < 2; h++) {
         const int8_t *lv = levels + 128 * h;
@@ -740,7 +765,7 @@ static void q6k_block(const float *x, const float *imatrix, uint8_t *blk) {
     float scales[16];
     for (int g = 0; g < 16; g++)
         scales[g] = kq_fit_symmetric(16, 32, x + 16 * g, imatrix ? imatrix + 16 * g : NULL, levels + 16 * g);
-    kq_q6k_finish(x, blk, scales, levels);
+    if (!kq_q6k_header(blk, scales)) kq_q6k_requantize_pack(x, blk, levels);
 }
 
 void kq_quantize_row_q6_k(const float *x, void *vy, int64_t n, const float *imatrix) {

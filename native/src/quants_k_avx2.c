@@ -264,6 +264,25 @@ KQ_AVX2 static __m256 importance_weights_v(int n, const __m256 *x, const __m256 
     return sw;
 }
 
+// ---- requantization against the stored scales, eight blocks at once
+
+// For each group g of `size` elements: lanes whose stored scale dg is non-zero get
+// clamp(round((x + mg) / dg), lo, hi) + offset (x / dg when mg is NULL); the others keep their fitted levels.
+KQ_AVX2 static void requantize_v(const __m256 *x, __m256 *q, int groups, int size, float dg[][8], float mg[][8],
+                                 int lo, int hi, float offset) {
+    const __m256 zero = _mm256_setzero_ps(), off = v_set(offset);
+    for (int g = 0; g < groups; g++) {
+        const __m256 d = _mm256_loadu_ps(dg[g]);
+        const __m256 keep = v_eq(d, zero);
+        if (_mm256_movemask_ps(keep) == 0xff) continue;
+        const __m256 m = mg ? _mm256_loadu_ps(mg[g]) : zero;
+        for (int i = size * g; i < size * (g + 1); i++) {
+            const __m256 v = mg ? v_div(v_add(x[i], m), d) : v_div(x[i], d);
+            q[i] = v_pick(v_add(v_round_clamp(v, lo, hi), off), q[i], keep);
+        }
+    }
+}
+
 // ---- the eight-block drivers
 
 typedef struct {
@@ -272,6 +291,7 @@ typedef struct {
     __m256 q[256];      // (256, 8) fitted levels
     __m256 w[32];       // one group's weights
     float scales[16][8], mins[16][8], group_w[16][8];
+    float dg[16][8], mg[16][8];  // per group and lane: the stored scale and min as floats
 } lanes8;
 
 KQ_AVX2 static void load_lanes(lanes8 *s, const float *x, const float *imatrix) {
@@ -283,6 +303,10 @@ KQ_AVX2 static void store_group(float dst[8], __m256 v) { _mm256_storeu_ps(dst, 
 
 static inline void lane_column(float src[][8], int groups, int lane, float *out) {
     for (int g = 0; g < groups; g++) out[g] = src[g][lane];
+}
+
+static inline void set_lane_column(float dst[][8], int groups, int lane, const float *in) {
+    for (int g = 0; g < groups; g++) dst[g][lane] = in[g];
 }
 
 KQ_AVX2 static void q2k_eight(lanes8 *s, const float *x, const float *imatrix, uint8_t *y) {
@@ -303,17 +327,26 @@ KQ_AVX2 static void q2k_eight(lanes8 *s, const float *x, const float *imatrix, u
         store_group(s->mins[g], neg_min);
     }
     for (int b = 0; b < 8; b++) {
-        uint8_t levels[256];
+        uint8_t levels[256];  // unused until packing: the header step does not read it
         float scales[16], mins[16], group_w[16];
-        lane_levels_u8(s->q, b, levels);
         lane_column(s->scales, 16, b, scales);
         lane_column(s->mins, 16, b, mins);
         if (imatrix) {
             lane_column(s->group_w, 16, b, group_w);
-            kq_q2k_finish_weighted(x + 256 * b, y + 84 * b, scales, mins, group_w, levels);
+            kq_q2k_finish_weighted(NULL, y + 84 * b, scales, mins, group_w, levels);
         } else {
-            kq_q2k_finish_plain(x + 256 * b, y + 84 * b, scales, mins, levels);
+            kq_q2k_finish_plain(NULL, y + 84 * b, scales, mins, levels);
         }
+        float dg[16], mg[16];
+        kq_q2k_group_factors(y + 84 * b, dg, mg);
+        set_lane_column(s->dg, 16, b, dg);
+        set_lane_column(s->mg, 16, b, mg);
+    }
+    requantize_v(s->x, s->q, 16, 16, s->dg, s->mg, 0, 3, 0.0f);
+    for (int b = 0; b < 8; b++) {
+        uint8_t levels[256];
+        lane_levels_u8(s->q, b, levels);
+        kq_q2k_requantize_pack(NULL, y + 84 * b, levels);
     }
 }
 
@@ -335,14 +368,22 @@ KQ_AVX2 static void q3k_eight(lanes8 *s, const float *x, const float *imatrix, u
     for (int b = 0; b < 8; b++) {
         int8_t levels[256];
         float scales[16], group_w[16];
-        lane_levels_i8(s->q, b, levels);
         lane_column(s->scales, 16, b, scales);
         if (imatrix) {
             lane_column(s->group_w, 16, b, group_w);
-            kq_q3k_finish_weighted(x + 256 * b, y + 110 * b, scales, group_w, levels);
+            kq_q3k_finish_weighted(NULL, y + 110 * b, scales, group_w, levels);
         } else {
-            kq_q3k_finish_plain(x + 256 * b, y + 110 * b, scales, levels);
+            kq_q3k_finish_plain(NULL, y + 110 * b, scales, levels);
         }
+        float dg[16];
+        kq_q3k_group_factors(y + 110 * b, dg);
+        set_lane_column(s->dg, 16, b, dg);
+    }
+    requantize_v(s->x, s->q, 16, 16, s->dg, NULL, -4, 3, 4.0f);
+    for (int b = 0; b < 8; b++) {
+        int8_t levels[256];
+        lane_levels_i8(s->q, b, levels);
+        kq_q3k_requantize_pack(NULL, y + 110 * b, levels);
     }
 }
 
@@ -371,15 +412,24 @@ KQ_AVX2 static void q45k_eight(lanes8 *s, const float *x, const float *imatrix, 
     for (int b = 0; b < 8; b++) {
         uint8_t levels[256];
         float scales[8], mins[8], group_w[8];
-        lane_levels_u8(s->q, b, levels);
         lane_column(s->scales, 8, b, scales);
         lane_column(s->mins, 8, b, mins);
         if (imatrix) {
             lane_column(s->group_w, 8, b, group_w);
-            kq_q45k_finish_weighted(x + 256 * b, y + block_bytes * b, scales, mins, group_w, levels, nmax);
+            kq_q45k_finish_weighted(NULL, y + block_bytes * b, scales, mins, group_w, levels, nmax);
         } else {
-            kq_q45k_finish_plain(x + 256 * b, y + block_bytes * b, scales, mins, levels, nmax);
+            kq_q45k_finish_plain(NULL, y + block_bytes * b, scales, mins, levels, nmax);
         }
+        float dg[8], mg[8];
+        kq_q45k_group_factors(y + block_bytes * b, dg, mg);
+        set_lane_column(s->dg, 8, b, dg);
+        set_lane_column(s->mg, 8, b, mg);
+    }
+    requantize_v(s->x, s->q, 8, 32, s->dg, s->mg, 0, nmax, 0.0f);
+    for (int b = 0; b < 8; b++) {
+        uint8_t levels[256];
+        lane_levels_u8(s->q, b, levels);
+        kq_q45k_requantize_pack(NULL, y + block_bytes * b, levels, nmax);
     }
 }
 
@@ -388,12 +438,21 @@ KQ_AVX2 static void q6k_eight(lanes8 *s, const float *x, const float *imatrix, u
     for (int g = 0; g < 16; g++)
         store_group(s->scales[g], fit_symmetric_v(16, 32, s->x + 16 * g, imatrix ? s->im + 16 * g : NULL,
                                                   s->q + 16 * g));
+    int done[8];
     for (int b = 0; b < 8; b++) {
-        int8_t levels[256];
-        float scales[16];
-        lane_levels_i8(s->q, b, levels);
+        float scales[16], dg[16];
         lane_column(s->scales, 16, b, scales);
-        kq_q6k_finish(x + 256 * b, y + 210 * b, scales, levels);
+        done[b] = kq_q6k_header(y + 210 * b, scales);
+        if (done[b]) memset(dg, 0, sizeof dg);  // all-zero block: written, nothing to requantize
+        else kq_q6k_group_factors(y + 210 * b, dg);
+        set_lane_column(s->dg, 16, b, dg);
+    }
+    requantize_v(s->x, s->q, 16, 16, s->dg, NULL, -32, 31, 32.0f);
+    for (int b = 0; b < 8; b++) {
+        if (done[b]) continue;
+        int8_t levels[256];
+        lane_levels_i8(s->q, b, levels);
+        kq_q6k_requantize_pack(NULL, y + 210 * b, levels);
     }
 }
 

@@ -5,7 +5,17 @@
 
 #include "ggufkit_quants.h"
 
-int kq_round_magic(float v);
+#include <string.h>
+
+// Round to nearest, ties to even, by adding 1.5 * 2^23 and reading the low mantissa bits: for |v| < 2^22 this is
+// rintf(v). For values outside that range (inf, NaN, huge) it returns the same deterministic garbage llama.cpp's
+// helper does, which the byte-exact contract needs on degenerate blocks (e.g. denormal ranges giving inf scales).
+static inline int kq_round_magic(float v) {
+    float shifted = v + 12582912.0f;
+    int32_t bits;
+    memcpy(&bits, &shifted, 4);
+    return (bits & 0x007fffff) - 0x00400000;
+}
 
 float kq_fit_symmetric(int n, int nmax, const float *x, const float *weights, int8_t *q);
 float kq_fit_affine(int n, int nmax, const float *x, const float *weights, uint8_t *q, float *neg_min,
@@ -24,6 +34,8 @@ float kq_fit_symmetric_descent(int n, int nmax, const float *x, int8_t *q);
 
 // Block finishing: from the per-group fits (scales, mins, group weight sums, fitted levels of one 256-block) to
 // the block's bytes: super-block scales, packed group scales, requantized and packed levels. levels is scratch.
+// With x == NULL only the header (super-block scales, group scales) is written; the caller then requantizes
+// (using the *_group_factors) and calls *_requantize_pack(NULL, blk, levels) to pack.
 void kq_q2k_finish_plain(const float *x, uint8_t *blk, const float *scales, const float *mins, uint8_t *levels);
 void kq_q2k_finish_weighted(const float *x, uint8_t *blk, const float *scales, const float *mins,
                             const float *group_w, uint8_t *levels);
@@ -34,7 +46,16 @@ void kq_q45k_finish_plain(const float *x, uint8_t *blk, const float *scales, con
                           int nmax);
 void kq_q45k_finish_weighted(const float *x, uint8_t *blk, const float *scales, const float *mins,
                              const float *group_w, uint8_t *levels, int nmax);
-void kq_q6k_finish(const float *x, uint8_t *blk, const float *scales, int8_t *levels);
+int kq_q6k_header(uint8_t *blk, const float *scales);
+
+void kq_q2k_group_factors(const uint8_t *blk, float *dg, float *mg);
+void kq_q3k_group_factors(const uint8_t *blk, float *dg);
+void kq_q45k_group_factors(const uint8_t *blk, float *dg, float *mg);
+void kq_q6k_group_factors(const uint8_t *blk, float *dg);
+void kq_q2k_requantize_pack(const float *x, uint8_t *blk, uint8_t *levels);
+void kq_q3k_requantize_pack(const float *x, uint8_t *blk, int8_t *levels);
+void kq_q45k_requantize_pack(const float *x, uint8_t *blk, uint8_t *levels, int nmax);
+void kq_q6k_requantize_pack(const float *x, uint8_t *blk, int8_t *levels);
 
 // The plain-C row quantizers (the reference) and their AVX2 versions (quants_k_avx2.c, x86 only).
 void kq_quantize_row_q2_k(const float *x, void *y, int64_t n, const float *imatrix);
