@@ -19,7 +19,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEMO_DIR = HERE / "smollm2-135m-instruct"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                   "tokenizer.model")
 
 # Shared shape: hidden 256, 4 heads of 64, 2 KV heads, FFN 512, 2 layers. Vocab comes from the tokenizer.
 BASE = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
@@ -33,7 +34,11 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                                 "high_freq_factor": 4.0,
                                                 "original_max_position_embeddings": 1024})),
     "mistral": ("mistral", dict(tie_word_embeddings=False, rope_theta=1000000.0, sliding_window=None)),
+    "llama-spm": ("llama", dict(tie_word_embeddings=False, rope_theta=10000.0)),
 }
+# Entries whose tokenizer is not the demo model's BPE one: name -> kind. "spm" is a SentencePiece tokenizer
+# trained locally by models/spm_tokenizer.py (cached next to the checkpoint, as `spm-tokenizer/`).
+TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
@@ -72,6 +77,9 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
     if name not in TINY_CONFIGS:
         raise ValueError(f"unknown tiny architecture {name!r}; known: {', '.join(TINY_CONFIGS)}")
     model_type, overrides = TINY_CONFIGS[name]
+    tokenizer_class = "GPT2TokenizerFast"
+    if TINY_TOKENIZERS.get(name) == "spm" and tokenizer_dir == DEMO_DIR:
+        tokenizer_dir, tokenizer_class = _spm_tokenizer_dir(out.parent / "spm-tokenizer"), "LlamaTokenizerFast"
     tok_json = json.loads((tokenizer_dir / "tokenizer.json").read_text())
     vocab_size = len(tok_json["model"]["vocab"]) + sum(
         1 for t in tok_json.get("added_tokens", []) if t["content"] not in tok_json["model"]["vocab"])
@@ -96,13 +104,21 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
         if (tokenizer_dir / f).is_file():
             shutil.copy(tokenizer_dir / f, tmp / f)
     if transformers4:
-        as_transformers4(tmp)
+        as_transformers4(tmp, tokenizer_class)
     tmp.chmod(0o755)
     (tmp / ".complete").write_text(f"models/tiny.py {name} seed={seed} transformers4={transformers4}\n")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def _spm_tokenizer_dir(cache: Path) -> Path:
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import spm_tokenizer
+
+    return spm_tokenizer.make_spm_tokenizer(cache)
 
 
 if __name__ == "__main__":

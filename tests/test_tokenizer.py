@@ -355,3 +355,16 @@ def test_embedding_smaller_than_tokenizer_is_input_error(demo_dir, tmp_path):
     writer = gguf.GGUFWriter(str(tmp_path / "x.gguf"), "llama")
     with pytest.raises(InputError, match="vocab_size is 1000"):
         add_tokenizer(writer, demo_dir, {"vocab_size": 1000})
+
+
+# ---- the tiny checkpoint with the SentencePiece tokenizer (for convert tests), transformers 4 form
+
+def test_tiny_llama_spm_checkpoint_tf4(tiny_checkpoint, tmp_path):
+    model_dir = tiny_checkpoint("llama-spm", transformers4=True)
+    hf_config = json.loads((model_dir / "config.json").read_text())
+    assert json.loads((model_dir / "tokenizer_config.json").read_text())["tokenizer_class"] == "LlamaTokenizerFast"
+    assert (model_dir / "tokenizer.model").is_file() and hf_config["vocab_size"] == 2048
+    case = Case(model_dir, tmp_path / "tiny-spm.gguf", hf_config)
+    for text in TEXTS + SPM_SPECIAL_TEXTS:
+        assert case.llama_ids(text, add_bos=True) == case.hf.encode(text), text
+    assert case.llm.n_vocab() == 2048
