@@ -26,13 +26,27 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, LlamaFileType as FT
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
+from gguf import LlamaFileType as FT
 
-__all__ = ["Scheme", "SCHEMES", "get_scheme", "ModelInfo", "plan", "plan_rows", "PlanRow", "PlanSummary",
-           "summarize", "format_plan", "quantize_order", "tensor_bytes"]
+__all__ = [
+    "SCHEMES",
+    "ModelInfo",
+    "PlanRow",
+    "PlanSummary",
+    "Scheme",
+    "format_plan",
+    "get_scheme",
+    "plan",
+    "plan_rows",
+    "quantize_order",
+    "summarize",
+    "tensor_bytes",
+]
 
 
 # ---- model facts the rules depend on

@@ -2,18 +2,30 @@
 tensor in the plan equal what llama_model_quantize (llama-cpp-python) writes from an F32 GGUF of that layout."""
 from __future__ import annotations
 
-from collections import defaultdict
+import re
 from pathlib import Path
 
 import gguf
 import pytest
+from llama_quantize_schemes import (
+    Layout,
+    dense_layout,
+    falcon_layout,
+    llama_quantize,
+    moe_layout,
+    write_f32_gguf,
+)
 
-from ggufkit.schemes import (SCHEMES, ModelInfo, format_plan, get_scheme, plan, plan_rows, quantize_order,
-                             summarize)
-
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is the reference")
-from llama_quantize_schemes import (Layout, dense_layout, falcon_layout, llama_quantize,  # noqa: E402
-                                    moe_layout, write_f32_gguf)
+from ggufkit.schemes import (
+    SCHEMES,
+    ModelInfo,
+    format_plan,
+    get_scheme,
+    plan,
+    plan_rows,
+    quantize_order,
+    summarize,
+)
 
 T = gguf.GGMLQuantizationType
 
@@ -22,8 +34,7 @@ LAYOUTS: dict[str, Layout] = {lay.label: lay for lay in (
     dense_layout("llama-16L-gqa4-untied", ModelInfo("llama", 16, 8, 2, 256), 512, tied=False,
                  extra=(("rope_freqs.weight", (16,)),)),
     dense_layout("llama-12L-gqa2-tied", ModelInfo("llama", 12, 8, 4, 256), 768, tied=True),
-    # the demo model's widths (576: K-quant fallbacks), tied as the demo is, and untied
-    dense_layout("demo576-30L-tied", ModelInfo("llama", 30, 9, 3, 576), 1536, tied=True),
+    # the demo model's widths (576: K-quant fallbacks) untied; the tied demo itself is DEMO below
     dense_layout("demo576-30L-untied", ModelInfo("llama", 30, 9, 3, 576), 1536, tied=False),
     # rows of 80 and 160: not a multiple of 32 either -> F16
     dense_layout("odd80-3L", ModelInfo("llama", 3, 5, 1, 80), 160, tied=False),
@@ -36,29 +47,52 @@ LAYOUTS: dict[str, Layout] = {lay.label: lay for lay in (
     falcon_layout("falcon-16L", ModelInfo("falcon", 16, 8, 1, 256), 512),
 )}
 
-# all quantized schemes with an importance matrix on these layouts (the imatrix changes Q4_0/Q5_0/IQ4 rules)
-IMATRIX_LAYOUTS = ("llama-16L-gqa4-untied", "demo576-30L-tied", "moe-8x-8L")
+# The demo checkpoint's real tensor list (SmolLM2-135M: 576 wide, tied), as ggufkit's llama architecture names it.
+DEMO = "smollm2-135m-real"
 
-CASES = [(lay, name, False) for lay in LAYOUTS for name in SCHEMES]
+# all quantized schemes with an importance matrix on these layouts (the imatrix changes Q4_0/Q5_0/IQ4 rules)
+IMATRIX_LAYOUTS = ("llama-16L-gqa4-untied", DEMO, "moe-8x-8L")
+
+CASES = [(lay, name, False) for lay in [*LAYOUTS, DEMO] for name in SCHEMES]
 CASES += [(lay, name, True) for lay in IMATRIX_LAYOUTS for name in SCHEMES if SCHEMES[name].quantized]
 
 
 @pytest.fixture(scope="session")
-def f32_gguf(tmp_path_factory):
+def demo_tensors(demo_dir) -> tuple[list[tuple[str, tuple[int, ...]]], ModelInfo, int]:
+    """The demo checkpoint's GGUF tensor list at full size, its ModelInfo and FFN width (headers only)."""
+    from ggufkit.archs import for_config
+    from ggufkit.source import open_checkpoint
+
+    ckpt = open_checkpoint(demo_dir)
+    arch = for_config(ckpt.config, ckpt.config_path)
+    return ([(t.name, tuple(t.shape)) for t in arch.tensors(ckpt)], arch.model_info(),
+            int(ckpt.config["intermediate_size"]))
+
+
+@pytest.fixture(scope="session")
+def layouts(demo_tensors) -> dict[str, Layout]:
+    tensors, info, n_ff = demo_tensors
+    # rows cut to 2 (types depend on row length, not row count; 2 keeps every matrix 2-D)
+    small = tuple((n, shape if len(shape) == 1 else (min(shape[0], 2), *shape[1:])) for n, shape in tensors)
+    return {**LAYOUTS, DEMO: Layout(DEMO, info, n_ff, small)}
+
+
+@pytest.fixture(scope="session")
+def f32_gguf(tmp_path_factory, layouts):
     """Factory: layout label -> Path of its F32 GGUF (written once per session)."""
     root = tmp_path_factory.mktemp("schemes")
     made: dict[str, Path] = {}
 
     def get(label: str) -> Path:
         if label not in made:
-            made[label] = write_f32_gguf(root / f"{label}.gguf", LAYOUTS[label])
+            made[label] = write_f32_gguf(root / f"{label}.gguf", layouts[label])
         return made[label]
 
     return get
 
 
 @pytest.fixture(scope="session")
-def reference(f32_gguf, tmp_path_factory):
+def reference(f32_gguf, tmp_path_factory, layouts):
     """Factory: (layout, scheme, imatrix) -> llama_model_quantize's result (cached per session)."""
     root = tmp_path_factory.mktemp("quantized")
     done = {}
@@ -66,7 +100,7 @@ def reference(f32_gguf, tmp_path_factory):
     def get(label: str, scheme_name: str, imatrix: bool):
         key = (label, scheme_name, imatrix)
         if key not in done:
-            layout = LAYOUTS[label]
+            layout = layouts[label]
             # one importance value per input column, per expert for 3-D expert tensors
             names = [(n, shape[-1] * (shape[0] if len(shape) == 3 else 1))
                      for n, shape in layout.tensors if len(shape) >= 2] if imatrix else None
@@ -80,8 +114,8 @@ def reference(f32_gguf, tmp_path_factory):
 
 @pytest.mark.parametrize("label,scheme_name,imatrix", CASES,
                          ids=[f"{lay}-{s}{'-imatrix' if im else ''}" for lay, s, im in CASES])
-def test_plan_matches_llama_quantize(label, scheme_name, imatrix, reference):
-    layout = LAYOUTS[label]
+def test_plan_matches_llama_quantize(label, scheme_name, imatrix, reference, layouts):
+    layout = layouts[label]
     ref = reference(label, scheme_name, imatrix)
     rows = plan_rows(get_scheme(scheme_name), layout.tensors, layout.info, has_imatrix=imatrix)
 
@@ -108,7 +142,7 @@ def test_layouts_exercise_the_rules(reference):
     assert _types_by_role(q4km, "ffn_down") == {"Q4_K", "Q6_K"}
     assert q4km.tensors["output.weight"][0] == T.Q6_K and q4km.tensors["token_embd.weight"][0] == T.Q4_K
     assert q4km.tensors["rope_freqs.weight"][0] == T.F32
-    demo = reference("demo576-30L-tied", "Q4_K_M", False)
+    demo = reference(DEMO, "Q4_K_M", False)
     assert demo.tensors["token_embd.weight"][0] == T.Q8_0             # tied: output rule; 576 % 256 != 0
     assert _types_by_role(demo, "attn_q") == {"Q5_0"}                 # Q4_K fallback
     assert _types_by_role(demo, "attn_v") == {"Q5_0", "Q8_0"}         # Q4_K / Q6_K fallbacks
@@ -142,8 +176,21 @@ def test_required_schemes_exist():
         assert scheme.file_type.name.endswith(scheme.name)
 
 
+def test_demo_plan_at_full_size_equals_the_cut_down_one(demo_tensors, layouts, reference):
+    """The comparison above runs on the demo's tensor list with rows cut to 2; at full size (which is what convert
+    plans) the types are the same, and llama.cpp's bits per weight for the real model match ours."""
+    tensors, info, _ = demo_tensors
+    for name, scheme in SCHEMES.items():
+        assert plan(scheme, tensors, info) == plan(scheme, layouts[DEMO].tensors, info), name
+    rows = plan_rows(get_scheme("Q4_K_M"), tensors, info)
+    ref = reference(DEMO, "Q4_K_M", False)
+    assert {r.name: r.type for r in rows} == {n: t for n, (t, _) in ref.tensors.items()}
+    reported = re.search(r"(\d+) of \d+ tensor\(s\) required fallback", ref.log)
+    assert reported and summarize(rows).n_fallback == int(reported.group(1)) > 0
+
+
 def test_plan_keeps_input_order_and_format_plan_prints_totals():
-    layout = LAYOUTS["demo576-30L-tied"]
+    layout = LAYOUTS["demo576-30L-untied"]
     types = plan(get_scheme("q8_0"), layout.tensors, layout.info)
     assert list(types) == [n for n, _ in layout.tensors]
     rows = plan_rows(get_scheme("q4_k_m"), layout.tensors, layout.info)
