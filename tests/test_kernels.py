@@ -54,6 +54,8 @@ def _rows(kind: str, rows: int = ROWS, cols: int = COLS, seed: int = 0) -> np.nd
         x[np.arange(rows), rng.integers(0, cols, rows)] = 50.0
     elif kind == "tiny":                 # denormal-ish: 1e-38 .. 1e-30
         x = sign * 10.0 ** rng.uniform(-38, -30, shape)
+    elif kind == "subnormal":            # ~1e-39: the block scale is subnormal and 1/scale overflows to inf
+        x = 1e-39 * rng.standard_normal(shape)
     elif kind == "huge":                 # 1e30-ish: squares overflow f32
         x = sign * 10.0 ** rng.uniform(29, 31, shape)
     else:
@@ -61,7 +63,7 @@ def _rows(kind: str, rows: int = ROWS, cols: int = COLS, seed: int = 0) -> np.nd
     return x.astype(np.float32)
 
 
-KINDS = ["normal", "uniform", "student_t", "zero", "constant", "outlier", "tiny", "huge"]
+KINDS = ["normal", "uniform", "student_t", "zero", "constant", "outlier", "tiny", "subnormal", "huge"]
 
 
 def _imatrix(variant: str, cols: int, seed: int = 1) -> np.ndarray | None:
@@ -92,7 +94,8 @@ def _assert_bytes_equal_reference(x, qtype, imatrix, monkeypatch, what: str) -> 
     ref = ggml_quantize(x, int(qtype), imatrix)
     for path, ours in _both_paths(x, qtype, imatrix, monkeypatch).items():
         assert ours.shape == ref.shape
-        assert np.array_equal(ours, ref), f"{qtype.name} {what} ({path} path): " + describe_mismatch(
+        same = bool(np.array_equal(ours, ref))
+        assert same, f"{qtype.name} {what} ({path} path): " + describe_mismatch(
             ours, ref, _BYTES[qtype])
 
 
@@ -229,5 +232,6 @@ def test_golden_blocks_are_reproduced(qtype, monkeypatch):
     for weighted, weights in (("", None), ("+imatrix", im)):
         want = GOLDEN[qtype.name + weighted][None, :]
         for path, ours in _both_paths(x, qtype, weights, monkeypatch).items():
-            assert np.array_equal(ours, want), f"{qtype.name}{weighted} ({path}): " + describe_mismatch(
+            same = bool(np.array_equal(ours, want))
+            assert same, f"{qtype.name}{weighted} ({path}): " + describe_mismatch(
                 ours, want, _BYTES[qtype])

@@ -445,13 +445,218 @@ static void dequantize_row_q8_0(const void *vy, float *x, int64_t n) {
     }
 }
 
+// ---- AVX2: the plain (no imatrix) blocks, 32 floats in four 8-lane registers
+// Exact by construction: the plain paths have no sums, only max/min (order-free: the result is the same value
+// whichever order the lanes are compared in; where the sign of a zero or a tie matters, the first occurrence is
+// looked up as the scalar loop would find it) and per-element arithmetic done in the scalar order. Conversions
+// truncate like cvttss2si (out-of-range -> INT_MIN, whose low byte and nibbles are 0, as in the scalar code).
+// With an imatrix the scalar weighted path runs (its per-block sums are sequential and stay so).
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define GK_AVX2 __attribute__((target("avx2,f16c")))
+#define HAVE_LEGACY_AVX2 1
+
+// Round-to-nearest-even f32 -> f16 in hardware (F16C ships with every AVX2 CPU); same bits as gk_fp32_to_fp16,
+// NaN included (both give sign | 0x7e00 for the quiet NaNs arithmetic produces).
+GK_AVX2 static inline void store_half_f16c(uint8_t *dst, float f) {
+    const uint16_t h = (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT), 0);
+    memcpy(dst, &h, 2);
+}
+
+GK_AVX2 static inline __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+
+GK_AVX2 static inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+GK_AVX2 static inline float hmin8(__m256 v) {
+    __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+// 32-bit mask of the lanes of v[0..3] equal to t.
+GK_AVX2 static inline uint32_t lanes_equal(const __m256 v[4], __m256 t) {
+    uint32_t m = 0;
+    for (int r = 0; r < 4; r++) m |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v[r], t, _CMP_EQ_OQ)) << (8 * r);
+    return m;
+}
+
+// The value of largest magnitude, first one on ties, +0.0 for an all-zero block (signed_absmax's answer).
+GK_AVX2 static inline float signed_absmax8x4(const float *x, const __m256 v[4]) {
+    const float amax = hmax8(_mm256_max_ps(_mm256_max_ps(abs8(v[0]), abs8(v[1])), _mm256_max_ps(abs8(v[2]), abs8(v[3]))));
+    if (amax == 0.0f) return 0.0f;
+    const __m256 a[4] = {abs8(v[0]), abs8(v[1]), abs8(v[2]), abs8(v[3])};
+    return x[__builtin_ctz(lanes_equal(a, _mm256_set1_ps(amax)))];
+}
+
+// min and max of the block as the scalar loops find them; only the sign of a zero extreme depends on order (the
+// first zero wins), so a zero result is replaced by the first zero element.
+GK_AVX2 static inline void min_max8x4(const float *x, const __m256 v[4], float *min, float *max) {
+    float lo = hmin8(_mm256_min_ps(_mm256_min_ps(v[0], v[1]), _mm256_min_ps(v[2], v[3])));
+    float hi = hmax8(_mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3])));
+    if (lo == 0.0f || hi == 0.0f) {
+        const float first_zero = x[__builtin_ctz(lanes_equal(v, _mm256_setzero_ps()))];
+        if (lo == 0.0f) lo = first_zero;
+        if (hi == 0.0f) hi = first_zero;
+    }
+    *min = lo;
+    *max = hi;
+}
+
+// Four registers of 8 levels (elements 0-7, 8-15, 16-23, 24-31) -> 16 bytes, byte j = (q[j] & 15) | q[j+16] << 4.
+GK_AVX2 static inline void pack_nibbles8x4(const __m256i q[4], uint8_t *qs) {
+    const __m256i m4 = _mm256_set1_epi32(0x0f);
+    const __m256i b0 = _mm256_or_si256(_mm256_and_si256(q[0], m4), _mm256_slli_epi32(_mm256_and_si256(q[2], m4), 4));
+    const __m256i b1 = _mm256_or_si256(_mm256_and_si256(q[1], m4), _mm256_slli_epi32(_mm256_and_si256(q[3], m4), 4));
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(b0, b1), 0xd8);   // 16 x u16, in order
+    _mm_storeu_si128((__m128i *)qs, _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+}
+
+// Bit 4 of each of the 32 levels, as the little-endian u32 the Q5 layouts store.
+GK_AVX2 static inline void pack_fifth_bits8x4(const __m256i q[4], uint8_t *qh) {
+    uint32_t bits = 0;
+    for (int r = 0; r < 4; r++)
+        bits |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q[r], 27))) << (8 * r);
+    memcpy(qh, &bits, 4);
+}
+
+// Symmetric plain block (Q4_0: half 8, top 15; Q5_0: half 16, top 31): q = min(top, trunc(x * id + half + 0.5)).
+GK_AVX2 static inline float symmetric_plain8x4(const float *x, float half, int top, __m256i q[4]) {
+    __m256 v[4];
+    for (int r = 0; r < 4; r++) v[r] = _mm256_loadu_ps(x + 8 * r);
+    const float d = signed_absmax8x4(x, v) / -half;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id), off = _mm256_set1_ps(half + 0.5f);
+    for (int r = 0; r < 4; r++)
+        q[r] = _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v[r], vid), off)),
+                                _mm256_set1_epi32(top));
+    return d;
+}
+
+// Affine plain block (Q4_1: top 15, clamped; Q5_1: top 31, not clamped): q = trunc((x - min) * id + 0.5).
+GK_AVX2 static inline float affine_plain8x4(const float *x, float top, int clamp, __m256i q[4], float *min_out) {
+    __m256 v[4];
+    for (int r = 0; r < 4; r++) v[r] = _mm256_loadu_ps(x + 8 * r);
+    float min, max;
+    min_max8x4(x, v, &min, &max);
+    const float d = (max - min) / top;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id), vmin = _mm256_set1_ps(min), half = _mm256_set1_ps(0.5f);
+    for (int r = 0; r < 4; r++) {
+        q[r] = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v[r], vmin), vid), half));
+        if (clamp) q[r] = _mm256_min_epi32(q[r], _mm256_set1_epi32((int)top));
+    }
+    *min_out = min;
+    return d;
+}
+
+GK_AVX2 static void quantize_row_q4_0_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
+    if (imatrix != NULL) {
+        quantize_row_q4_0(x, vy, n, imatrix);
+        return;
+    }
+    uint8_t *y = (uint8_t *)vy;
+    __m256i q[4];
+    for (int64_t b = 0; b < n / LEGACY_BLOCK; b++, x += LEGACY_BLOCK, y += Q4_0_BYTES) {
+        store_half_f16c(y, symmetric_plain8x4(x, 8.0f, 15, q));
+        pack_nibbles8x4(q, y + 2);
+    }
+}
+
+GK_AVX2 static void quantize_row_q5_0_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
+    if (imatrix != NULL) {
+        quantize_row_q5_0(x, vy, n, imatrix);
+        return;
+    }
+    uint8_t *y = (uint8_t *)vy;
+    __m256i q[4];
+    for (int64_t b = 0; b < n / LEGACY_BLOCK; b++, x += LEGACY_BLOCK, y += Q5_0_BYTES) {
+        store_half_f16c(y, symmetric_plain8x4(x, 16.0f, 31, q));
+        pack_fifth_bits8x4(q, y + 2);
+        pack_nibbles8x4(q, y + 6);
+    }
+}
+
+GK_AVX2 static void quantize_row_q4_1_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
+    if (imatrix != NULL) {
+        quantize_row_q4_1(x, vy, n, imatrix);
+        return;
+    }
+    uint8_t *y = (uint8_t *)vy;
+    __m256i q[4];
+    float min;
+    for (int64_t b = 0; b < n / LEGACY_BLOCK; b++, x += LEGACY_BLOCK, y += Q4_1_BYTES) {
+        store_half_f16c(y, affine_plain8x4(x, 15.0f, 1, q, &min));
+        store_half_f16c(y + 2, min);
+        pack_nibbles8x4(q, y + 4);
+    }
+}
+
+GK_AVX2 static void quantize_row_q5_1_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
+    if (imatrix != NULL) {
+        quantize_row_q5_1(x, vy, n, imatrix);
+        return;
+    }
+    uint8_t *y = (uint8_t *)vy;
+    __m256i q[4];
+    float min;
+    for (int64_t b = 0; b < n / LEGACY_BLOCK; b++, x += LEGACY_BLOCK, y += Q5_1_BYTES) {
+        store_half_f16c(y, affine_plain8x4(x, 31.0f, 0, q, &min));
+        store_half_f16c(y + 2, min);
+        pack_fifth_bits8x4(q, y + 4);
+        pack_nibbles8x4(q, y + 8);
+    }
+}
+
+// Q8_0: roundf (half away from zero) as trunc(v + copysign(0.5 - 2^-25, v)), equal to roundf for |v| < 2^23
+// (and NaN/inf stay NaN/inf, then convert to INT_MIN like the scalar cast); bytes are the low 8 bits.
+GK_AVX2 static void quantize_row_q8_0_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
+    (void)imatrix;
+    uint8_t *y = (uint8_t *)vy;
+    const __m256 sign = _mm256_set1_ps(-0.0f), below_half = _mm256_set1_ps(0.49999997f);
+    const __m256i low_byte = _mm256_set1_epi32(0xff);
+    for (int64_t b = 0; b < n / Q8_0_BLOCK; b++, x += Q8_0_BLOCK, y += Q8_0_BYTES) {
+        __m256 v[4];
+        for (int r = 0; r < 4; r++) v[r] = _mm256_loadu_ps(x + 8 * r);
+        const float amax = hmax8(_mm256_max_ps(_mm256_max_ps(abs8(v[0]), abs8(v[1])),
+                                               _mm256_max_ps(abs8(v[2]), abs8(v[3]))));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        store_half_f16c(y, d);
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int r = 0; r < 4; r++) {
+            const __m256 s = _mm256_mul_ps(v[r], vid);
+            const __m256 t = _mm256_add_ps(s, _mm256_or_ps(below_half, _mm256_and_ps(s, sign)));
+            q[r] = _mm256_and_si256(_mm256_cvttps_epi32(t), low_byte);
+        }
+        const __m256i w01 = _mm256_permute4x64_epi64(_mm256_packus_epi32(q[0], q[1]), 0xd8);  // 0..15 as u16
+        const __m256i w23 = _mm256_permute4x64_epi64(_mm256_packus_epi32(q[2], q[3]), 0xd8);  // 16..31 as u16
+        const __m256i bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(w01, w23), 0xd8);
+        _mm256_storeu_si256((__m256i *)(y + 2), bytes);
+    }
+}
+#endif
+
 // ---- table
 
+#ifdef HAVE_LEGACY_AVX2
+#define LEGACY_SIMD(fn) fn##_avx2, "avx2"
+#else
+#define LEGACY_SIMD(fn) NULL, NULL
+#endif
+
 const gk_type_traits gk_legacy_types[] = {
-    {2, "Q4_0", LEGACY_BLOCK, Q4_0_BYTES, quantize_row_q4_0, NULL, NULL, dequantize_row_q4_0},
-    {3, "Q4_1", LEGACY_BLOCK, Q4_1_BYTES, quantize_row_q4_1, NULL, NULL, dequantize_row_q4_1},
-    {6, "Q5_0", LEGACY_BLOCK, Q5_0_BYTES, quantize_row_q5_0, NULL, NULL, dequantize_row_q5_0},
-    {7, "Q5_1", LEGACY_BLOCK, Q5_1_BYTES, quantize_row_q5_1, NULL, NULL, dequantize_row_q5_1},
-    {8, "Q8_0", Q8_0_BLOCK, Q8_0_BYTES, quantize_row_q8_0, NULL, NULL, dequantize_row_q8_0},
+    {2, "Q4_0", LEGACY_BLOCK, Q4_0_BYTES, quantize_row_q4_0, LEGACY_SIMD(quantize_row_q4_0), dequantize_row_q4_0},
+    {3, "Q4_1", LEGACY_BLOCK, Q4_1_BYTES, quantize_row_q4_1, LEGACY_SIMD(quantize_row_q4_1), dequantize_row_q4_1},
+    {6, "Q5_0", LEGACY_BLOCK, Q5_0_BYTES, quantize_row_q5_0, LEGACY_SIMD(quantize_row_q5_0), dequantize_row_q5_0},
+    {7, "Q5_1", LEGACY_BLOCK, Q5_1_BYTES, quantize_row_q5_1, LEGACY_SIMD(quantize_row_q5_1), dequantize_row_q5_1},
+    {8, "Q8_0", Q8_0_BLOCK, Q8_0_BYTES, quantize_row_q8_0, LEGACY_SIMD(quantize_row_q8_0), dequantize_row_q8_0},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
