@@ -556,62 +556,168 @@ GK_AVX2 static inline float affine_plain8x4(const float *x, float top, int clamp
     return d;
 }
 
-GK_AVX2 static void quantize_row_q4_0_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
-    if (imatrix != NULL) {
-        quantize_row_q4_0(x, vy, n, imatrix);
-        return;
+// ---- AVX2: eight blocks at a time
+// The per-block reductions of eight blocks are folded into one register, block k in lane k, so the divisions and
+// the fp16 conversions run once per eight blocks. Then each block is quantized with its lane's inverse scale.
+
+// lane k of the result = max (min) over the 8 lanes of a[k]; exact, max/min do not depend on order.
+#define LANES_REDUCE(name, op)                                                                                  \
+    GK_AVX2 static inline __m256 name(const __m256 a[8]) {                                                     \
+        __m256 t[4], u[2];                                                                                     \
+        for (int i = 0; i < 4; i++)                                                                            \
+            t[i] = op(_mm256_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm256_unpackhi_ps(a[2 * i], a[2 * i + 1])); \
+        for (int i = 0; i < 2; i++)                                                                            \
+            u[i] = op(_mm256_shuffle_ps(t[2 * i], t[2 * i + 1], 0x44), _mm256_shuffle_ps(t[2 * i], t[2 * i + 1], 0xee)); \
+        return op(_mm256_permute2f128_ps(u[0], u[1], 0x20), _mm256_permute2f128_ps(u[0], u[1], 0x31));         \
     }
-    uint8_t *y = (uint8_t *)vy;
-    __m256i q[4];
-    for (int64_t b = 0; b < n / LEGACY_BLOCK; b++, x += LEGACY_BLOCK, y += Q4_0_BYTES) {
-        store_half_f16c(y, symmetric_plain8x4(x, 8.0f, 15, q));
-        pack_nibbles8x4(q, y + 2);
+LANES_REDUCE(lanes_max, _mm256_max_ps)
+LANES_REDUCE(lanes_min, _mm256_min_ps)
+
+// Block k's min and max for k = 0..7 (x: 8 consecutive 32-float blocks) -> lane k of *mn, *mx.
+GK_AVX2 static inline void group_min_max(const float *x, __m256 *mn, __m256 *mx) {
+    __m256 lo[8], hi[8];
+    for (int k = 0; k < 8; k++) {
+        const float *xb = x + k * LEGACY_BLOCK;
+        const __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+        const __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        lo[k] = _mm256_min_ps(_mm256_min_ps(v0, v1), _mm256_min_ps(v2, v3));
+        hi[k] = _mm256_max_ps(_mm256_max_ps(v0, v1), _mm256_max_ps(v2, v3));
+    }
+    *mn = lanes_min(lo);
+    *mx = lanes_max(hi);
+}
+
+GK_AVX2 static inline void store_half8(uint8_t *y, int stride, __m256 v) {
+    uint16_t h[8];
+    _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    for (int k = 0; k < 8; k++) memcpy(y + k * stride, &h[k], 2);
+}
+
+GK_AVX2 static inline __m256 safe_inverse(__m256 d) {
+    const __m256 nonzero = _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_NEQ_UQ);
+    return _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), d), nonzero);
+}
+
+// Levels of one block with inverse scale id: trunc(x * id + offset) (Q4_0/Q5_0) or trunc((x - min) * id + 0.5)
+// (Q4_1/Q5_1), clamped above at top when top > 0.
+GK_AVX2 static inline void block_levels(const float *x, float id, float min, float offset, int top, __m256i q[4]) {
+    const __m256 vid = _mm256_set1_ps(id), vmin = _mm256_set1_ps(min), off = _mm256_set1_ps(offset);
+    for (int r = 0; r < 4; r++) {
+        __m256 v = _mm256_loadu_ps(x + 8 * r);
+        if (min != 0.0f) v = _mm256_sub_ps(v, vmin);   // x - 0 == x for every finite x: skipping it is exact
+        q[r] = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v, vid), off));
+        if (top > 0) q[r] = _mm256_min_epi32(q[r], _mm256_set1_epi32(top));
     }
 }
 
-GK_AVX2 static void quantize_row_q5_0_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
-    if (imatrix != NULL) {
-        quantize_row_q5_0(x, vy, n, imatrix);
-        return;
-    }
-    uint8_t *y = (uint8_t *)vy;
+// Q4_0 (half 8, top 15, 18 bytes) and Q5_0 (half 16, top 31, 22 bytes, with the fifth-bit word).
+GK_AVX2 static void symmetric_plain_row_avx2(const float *x, uint8_t *y, int64_t nb, float half, int top,
+                                             int bytes, int fifth_bit) {
+    const int qs_at = fifth_bit ? 6 : 2;
     __m256i q[4];
-    for (int64_t b = 0; b < n / LEGACY_BLOCK; b++, x += LEGACY_BLOCK, y += Q5_0_BYTES) {
-        store_half_f16c(y, symmetric_plain8x4(x, 16.0f, 31, q));
-        pack_fifth_bits8x4(q, y + 2);
-        pack_nibbles8x4(q, y + 6);
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8, x += 8 * LEGACY_BLOCK, y += 8 * bytes) {
+        __m256 mn, mx;
+        group_min_max(x, &mn, &mx);
+        const __m256 neg_mn = _mm256_xor_ps(mn, _mm256_set1_ps(-0.0f));
+        const __m256 amax = _mm256_max_ps(mx, neg_mn);
+        const __m256 is_max = _mm256_cmp_ps(mx, amax, _CMP_EQ_OQ);
+        const __m256 is_min = _mm256_cmp_ps(neg_mn, amax, _CMP_EQ_OQ);
+        const __m256 nonzero = _mm256_cmp_ps(amax, _mm256_setzero_ps(), _CMP_NEQ_UQ);
+        float extreme[8];   // the signed value of largest magnitude per block; +0.0 for all-zero blocks
+        _mm256_storeu_ps(extreme, _mm256_and_ps(_mm256_blendv_ps(mn, mx, is_max), nonzero));
+        // +a and -a both present: the first one in the block decides, as in the scalar loop
+        int ties = _mm256_movemask_ps(_mm256_and_ps(_mm256_and_ps(is_max, is_min), nonzero));
+        while (ties) {
+            const int k = __builtin_ctz((unsigned)ties);
+            ties &= ties - 1;
+            extreme[k] = signed_absmax(x + k * LEGACY_BLOCK, LEGACY_BLOCK);
+        }
+        const __m256 d = _mm256_div_ps(_mm256_loadu_ps(extreme), _mm256_set1_ps(-half));
+        float id[8];
+        _mm256_storeu_ps(id, safe_inverse(d));
+        store_half8(y, bytes, d);
+        for (int k = 0; k < 8; k++) {
+            block_levels(x + k * LEGACY_BLOCK, id[k], 0.0f, half + 0.5f, top, q);
+            if (fifth_bit) pack_fifth_bits8x4(q, y + k * bytes + 2);
+            pack_nibbles8x4(q, y + k * bytes + qs_at);
+        }
+    }
+    for (; b < nb; b++, x += LEGACY_BLOCK, y += bytes) {
+        store_half_f16c(y, symmetric_plain8x4(x, half, top, q));
+        if (fifth_bit) pack_fifth_bits8x4(q, y + 2);
+        pack_nibbles8x4(q, y + qs_at);
     }
 }
 
-GK_AVX2 static void quantize_row_q4_1_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
-    if (imatrix != NULL) {
-        quantize_row_q4_1(x, vy, n, imatrix);
-        return;
-    }
-    uint8_t *y = (uint8_t *)vy;
+// Q4_1 (top 15, clamped, 20 bytes) and Q5_1 (top 31, not clamped, 24 bytes, with the fifth-bit word).
+GK_AVX2 static void affine_plain_row_avx2(const float *x, uint8_t *y, int64_t nb, float top, int clamp, int bytes,
+                                          int fifth_bit) {
+    const int qs_at = fifth_bit ? 8 : 4;
     __m256i q[4];
-    float min;
-    for (int64_t b = 0; b < n / LEGACY_BLOCK; b++, x += LEGACY_BLOCK, y += Q4_1_BYTES) {
-        store_half_f16c(y, affine_plain8x4(x, 15.0f, 1, q, &min));
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8, x += 8 * LEGACY_BLOCK, y += 8 * bytes) {
+        __m256 mn, mx;
+        group_min_max(x, &mn, &mx);
+        // a zero extreme takes the sign of the block's first zero, as the scalar loop's first hit does
+        const __m256 zero = _mm256_setzero_ps();
+        int zeros = _mm256_movemask_ps(_mm256_or_ps(_mm256_cmp_ps(mn, zero, _CMP_EQ_OQ),
+                                                    _mm256_cmp_ps(mx, zero, _CMP_EQ_OQ)));
+        if (zeros) {
+            float lo[8], hi[8];
+            _mm256_storeu_ps(lo, mn);
+            _mm256_storeu_ps(hi, mx);
+            while (zeros) {
+                const int k = __builtin_ctz((unsigned)zeros);
+                zeros &= zeros - 1;
+                const float *xb = x + k * LEGACY_BLOCK;
+                int j = 0;
+                while (xb[j] != 0.0f) j++;
+                if (lo[k] == 0.0f) lo[k] = xb[j];
+                if (hi[k] == 0.0f) hi[k] = xb[j];
+            }
+            mn = _mm256_loadu_ps(lo);
+            mx = _mm256_loadu_ps(hi);
+        }
+        const __m256 d = _mm256_div_ps(_mm256_sub_ps(mx, mn), _mm256_set1_ps(top));
+        float id[8], min[8];
+        _mm256_storeu_ps(id, safe_inverse(d));
+        _mm256_storeu_ps(min, mn);
+        store_half8(y, bytes, d);
+        store_half8(y + 2, bytes, mn);
+        for (int k = 0; k < 8; k++) {
+            block_levels(x + k * LEGACY_BLOCK, id[k], min[k], 0.5f, clamp ? (int)top : 0, q);
+            if (fifth_bit) pack_fifth_bits8x4(q, y + k * bytes + 4);
+            pack_nibbles8x4(q, y + k * bytes + qs_at);
+        }
+    }
+    for (; b < nb; b++, x += LEGACY_BLOCK, y += bytes) {
+        float min;
+        store_half_f16c(y, affine_plain8x4(x, top, clamp, q, &min));
         store_half_f16c(y + 2, min);
-        pack_nibbles8x4(q, y + 4);
+        if (fifth_bit) pack_fifth_bits8x4(q, y + 4);
+        pack_nibbles8x4(q, y + qs_at);
     }
 }
 
-GK_AVX2 static void quantize_row_q5_1_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
-    if (imatrix != NULL) {
-        quantize_row_q5_1(x, vy, n, imatrix);
-        return;
-    }
-    uint8_t *y = (uint8_t *)vy;
-    __m256i q[4];
-    float min;
-    for (int64_t b = 0; b < n / LEGACY_BLOCK; b++, x += LEGACY_BLOCK, y += Q5_1_BYTES) {
-        store_half_f16c(y, affine_plain8x4(x, 31.0f, 0, q, &min));
-        store_half_f16c(y + 2, min);
-        pack_fifth_bits8x4(q, y + 4);
-        pack_nibbles8x4(q, y + 8);
-    }
+GK_AVX2 static void quantize_row_q4_0_avx2(const float *x, void *y, int64_t n, const float *imatrix) {
+    if (imatrix != NULL) quantize_row_q4_0(x, y, n, imatrix);
+    else symmetric_plain_row_avx2(x, (uint8_t *)y, n / LEGACY_BLOCK, 8.0f, 15, Q4_0_BYTES, 0);
+}
+
+GK_AVX2 static void quantize_row_q5_0_avx2(const float *x, void *y, int64_t n, const float *imatrix) {
+    if (imatrix != NULL) quantize_row_q5_0(x, y, n, imatrix);
+    else symmetric_plain_row_avx2(x, (uint8_t *)y, n / LEGACY_BLOCK, 16.0f, 31, Q5_0_BYTES, 1);
+}
+
+GK_AVX2 static void quantize_row_q4_1_avx2(const float *x, void *y, int64_t n, const float *imatrix) {
+    if (imatrix != NULL) quantize_row_q4_1(x, y, n, imatrix);
+    else affine_plain_row_avx2(x, (uint8_t *)y, n / LEGACY_BLOCK, 15.0f, 1, Q4_1_BYTES, 0);
+}
+
+GK_AVX2 static void quantize_row_q5_1_avx2(const float *x, void *y, int64_t n, const float *imatrix) {
+    if (imatrix != NULL) quantize_row_q5_1(x, y, n, imatrix);
+    else affine_plain_row_avx2(x, (uint8_t *)y, n / LEGACY_BLOCK, 31.0f, 0, Q5_1_BYTES, 1);
 }
 
 // Q8_0: roundf (half away from zero) as trunc(v + copysign(0.5 - 2^-25, v)), equal to roundf for |v| < 2^23
