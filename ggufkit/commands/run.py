@@ -1,0 +1,80 @@
+"""Generate text from a prompt with a GGUF model, streamed to stdout.
+
+MODEL is a GGUF file, or a Hugging Face checkpoint directory / hub id that is converted once (to --scheme,
+default q4_k_m) into the cache (~/.cache/ggufkit) and reused. --chat wraps the prompt in the model's own chat
+template (from the GGUF metadata). --stats prints token counts and speeds to stderr.
+
+\b
+Example:
+  ggufkit run model.Q8_0.gguf --chat -p "What is the capital of France?" --temp 0
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ggufkit import runtime
+
+
+def model_options(f):
+    """MODEL, --scheme, --ctx, --threads: shared by run, chat, serve."""
+    f = click.option("--threads", type=click.IntRange(1), default=None,
+                     help="CPU threads (default: all available).")(f)
+    f = click.option("--ctx", type=click.IntRange(16), default=2048, show_default=True,
+                     help="Context size in tokens.")(f)
+    f = click.option("--scheme", default=None,
+                     help="For an HF checkpoint: the quant scheme to convert to (default q4_k_m).")(f)
+    return click.argument("model")(f)
+
+
+def sampling_options(f):
+    """--max-tokens, --temp, --top-p, --top-k, --seed: shared by run and chat."""
+    f = click.option("--seed", type=int, default=None, help="Sampling seed (default: random).")(f)
+    f = click.option("--top-k", type=click.IntRange(0), default=40, show_default=True)(f)
+    f = click.option("--top-p", type=click.FloatRange(0, 1), default=0.95, show_default=True)(f)
+    f = click.option("--temp", type=click.FloatRange(0), default=0.8, show_default=True,
+                     help="Temperature; 0 is greedy.")(f)
+    return click.option("--max-tokens", "-n", type=click.IntRange(1), default=256, show_default=True,
+                        help="Most tokens to generate.")(f)
+
+
+def make_sampling(max_tokens, temp, top_p, top_k, seed) -> runtime.Sampling:
+    return runtime.Sampling(max_tokens=max_tokens, temp=temp, top_p=top_p, top_k=top_k, seed=seed)
+
+
+@click.command("run")
+@model_options
+@sampling_options
+@click.option("--prompt", "-p", default=None, help="The prompt (default: read stdin).")
+@click.option("--chat", is_flag=True, help="Apply the model's chat template (prompt = one user message).")
+@click.option("--system", default=None, help="With --chat: a system message.")
+@click.option("--stats", is_flag=True, help="Print token counts and speeds to stderr.")
+def command(model, scheme, ctx, threads, max_tokens, temp, top_p, top_k, seed, prompt, chat, system, stats):
+    if prompt is None:
+        prompt = sys.stdin.read()
+    path = runtime.resolve_model(model, scheme)
+    llm = runtime.load(path, n_ctx=ctx, n_threads=threads)
+    if chat:
+        template = runtime.ChatTemplate.from_llama(llm, source=str(path))
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}]
+        tokens = runtime.chat_prompt_tokens(llm, template, messages)
+    else:
+        tokens = runtime.prompt_tokens(llm, prompt)
+    info = runtime.GenerationStats()
+    out = sys.stdout
+    with runtime.sigint_as_flag() as interrupted:
+        for piece in runtime.generate(llm, tokens, make_sampling(max_tokens, temp, top_p, top_k, seed), info,
+                                      should_stop=interrupted):
+            out.write(piece)
+            out.flush()
+    out.write("\n")
+    out.flush()
+    if stats:
+        click.echo(info.summary(), err=True)
+    if info.stop_reason == "interrupted":
+        raise click.exceptions.Abort()
+
+
+command.help = __doc__

@@ -1,0 +1,338 @@
+"""The runtime layer over llama-cpp-python: find (or convert) a model, load it, render its chat template, and
+stream generated text. `run`, `chat`, `serve` and `bench` are thin commands on top of this module.
+
+What llama-cpp-python already does well is used as is: `Llama` loads the file and keeps the KV cache (its
+`generate` reuses the longest cached prefix, so a chat turn only evaluates the new tokens), and its
+`Jinja2ChatFormatter` renders the GGUF chat template in jinja2's ImmutableSandboxedEnvironment (a template is
+untrusted input from a downloaded file; the sandbox blocks attribute walks such as `''.__class__.__mro__`).
+"""
+from __future__ import annotations
+
+import codecs
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ggufkit import __version__
+from ggufkit.errors import InputError, OutputError, RuntimeFailure
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_SCHEME = "q4_k_m"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+# ---- finding the model: a GGUF file, or an HF checkpoint converted once into the cache
+
+def cache_root() -> Path:
+    """Where converted models are kept: $GGUFKIT_CACHE, else $XDG_CACHE_HOME/ggufkit, else ~/.cache/ggufkit."""
+    if os.environ.get("GGUFKIT_CACHE"):
+        return Path(os.environ["GGUFKIT_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "ggufkit"
+
+
+def is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def _checkpoint_dir(model: str) -> Path:
+    """A local HF directory as is; a hub id through huggingface-hub (honours HF_HUB_OFFLINE and its cache)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if not HUB_ID.match(model):
+        raise InputError("no such GGUF file, checkpoint directory or hub id", model)
+    import huggingface_hub
+
+    try:
+        snapshot = huggingface_hub.snapshot_download(
+            model, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]
+        )
+    except Exception as e:  # hub errors come in many classes (offline, 404, gated); all are bad input here
+        raise InputError(f"cannot fetch from the Hugging Face hub: {type(e).__name__}: {e}", model) from e
+    return Path(snapshot)
+
+
+def _cache_key(src: Path, scheme: str) -> str:
+    """Source identity (path + every file's name, size and mtime) + scheme + ggufkit version, hashed.
+
+    A hub snapshot's path already holds the commit hash; a local directory that changes gets a new key."""
+    files = sorted(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in src.iterdir() if p.is_file()
+    )
+    blob = json.dumps({"src": str(src), "files": files, "scheme": scheme, "ggufkit": __version__})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cached_gguf_path(src: Path, scheme: str) -> Path:
+    return cache_root() / "models" / f"{src.name}-{scheme}-{_cache_key(src, scheme)}.gguf"
+
+
+def resolve_model(model: str, scheme: str | None = None, quiet: bool = False) -> Path:
+    """MODEL argument -> a GGUF path. A GGUF file is used directly; an HF directory or hub id is converted to
+    `scheme` (default q4_k_m) once into the cache and reused on later calls."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        if not is_gguf(path):
+            raise InputError("not a GGUF file (no GGUF magic); pass a GGUF file or an HF checkpoint directory",
+                             path)
+        if scheme:
+            raise InputError("--scheme applies to HF checkpoints only; this is already a GGUF file", path)
+        return path
+    src = _checkpoint_dir(model)
+    scheme = (scheme or DEFAULT_SCHEME).lower()
+    out = cached_gguf_path(src, scheme)
+    if out.is_file():
+        return out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the model cache: {e.strerror}", out.parent) from e
+    import fcntl
+
+    # Two processes asking for the same model at once: the second waits for the first's file.
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.is_file():
+            try:
+                from ggufkit.convert import convert
+            except ImportError as e:
+                raise RuntimeFailure("this ggufkit has no converter (ggufkit.convert is missing)", src) from e
+            if not quiet:
+                print(f"converting {src} to {scheme} (once; cached as {out})", flush=True)
+            convert(str(src), str(out), scheme=scheme, quiet=quiet)
+    return out
+
+
+# ---- loading
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def load_check(path: Path | str) -> Path:
+    """The path, if it names a GGUF file; else a one-line InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", path)
+    if not is_gguf(path):
+        raise InputError("not a GGUF file (no GGUF magic)", path)
+    return path
+
+
+def load(path: Path | str, n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0, n_batch: int = 512):
+    """A GGUF file -> llama_cpp.Llama (quiet, sampling-only logits). Bad files become one-line errors."""
+    path = load_check(path)
+    import llama_cpp
+
+    threads = n_threads or default_threads()
+    try:
+        return llama_cpp.Llama(
+            model_path=str(path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=threads,
+            n_threads_batch=threads, seed=seed, logits_all=False, verbose=False,
+        )
+    except (ValueError, RuntimeError) as e:
+        raise RuntimeFailure(f"llama.cpp could not load the model: {e}", path) from e
+
+
+def context_size(llm) -> int:
+    """Usable context in tokens. llama.cpp pads the context it allocates (to a multiple of 256) and
+    `Llama.n_ctx()` reports the padded size, but Llama's token buffer has the size that was asked for:
+    the smaller of the two is what fits."""
+    return min(llm.n_ctx(), len(llm.input_ids))
+
+
+# ---- chat templates (sandboxed)
+
+class ChatTemplate:
+    """The GGUF's `tokenizer.chat_template`, rendered by llama-cpp-python's Jinja2ChatFormatter, which uses
+    jinja2.sandbox.ImmutableSandboxedEnvironment (tests/test_chat_template.py holds it to that)."""
+
+    def __init__(self, template: str, bos_token: str, eos_token: str, source: str = "model"):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.source = source
+        try:
+            self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
+        except Exception as e:  # jinja2 TemplateSyntaxError and friends
+            raise InputError(f"chat template does not parse: {e}", source) from e
+
+    @classmethod
+    def from_llama(cls, llm, source: str = "model") -> ChatTemplate:
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise InputError("the GGUF has no tokenizer.chat_template; use plain prompts (without --chat)", source)
+
+        def text(token_id: int) -> str:
+            return llm.detokenize([token_id], special=True).decode("utf-8", "replace") if token_id >= 0 else ""
+
+        return cls(template, bos_token=text(llm.token_bos()), eos_token=text(llm.token_eos()), source=source)
+
+    def render(self, messages: list[dict]) -> str:
+        """messages [{role, content}] -> the prompt text, ending with the assistant's generation prompt."""
+        from jinja2.exceptions import SecurityError, TemplateError
+
+        try:
+            return self._formatter(messages=messages).prompt
+        except SecurityError as e:
+            raise InputError(f"chat template tried an unsafe operation: {e}", self.source) from e
+        except (TemplateError, ValueError, TypeError) as e:  # raise_exception() in a template gives ValueError
+            raise InputError(f"chat template failed: {e}", self.source) from e
+
+
+def chat_prompt_tokens(llm, template: ChatTemplate, messages: list[dict]) -> list[int]:
+    """Rendered chat prompt -> token ids. Special tokens in the text are parsed; no BOS is added because the
+    template writes its own (as llama-cpp-python's chat handler does)."""
+    return llm.tokenize(template.render(messages).encode("utf-8"), add_bos=False, special=True)
+
+
+def prompt_tokens(llm, text: str) -> list[int]:
+    """A plain prompt -> token ids, with BOS if the model asks for it (tokenizer.ggml.add_bos_token)."""
+    add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
+    return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
+
+
+# ---- generation
+
+@dataclass
+class Sampling:
+    max_tokens: int = 256
+    temp: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0   # prompt tokens whose KV entries were reused from the previous call
+    generated_tokens: int = 0
+    prompt_seconds: float = 0.0     # start -> first token sampled
+    generation_seconds: float = 0.0  # first token -> last token
+    stop_reason: str = ""            # "eog", "length", "context", "interrupted"
+    token_ids: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        pp = self.prompt_tokens / self.prompt_seconds if self.prompt_seconds else 0.0
+        tg = (self.generated_tokens - 1) / self.generation_seconds if self.generation_seconds else 0.0
+        return (f"prompt {self.prompt_tokens} tokens ({self.cached_tokens} cached) {pp:.1f} tok/s, "
+                f"generated {self.generated_tokens} tokens {tg:.1f} tok/s, stop: {self.stop_reason}")
+
+
+def generate(llm, tokens: list[int], sampling: Sampling, stats: GenerationStats | None = None,
+             should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
+    """Prompt token ids -> text pieces as they are sampled, until an end-of-generation token, max_tokens, a full
+    context, or should_stop() turns true (checked between tokens, so llama.cpp is never interrupted mid-call).
+
+    Uses Llama.generate (KV prefix reuse, llama.cpp's sampler chain). Bytes are decoded incrementally, so a
+    character split across tokens comes out whole."""
+    import llama_cpp
+
+    stats = stats if stats is not None else GenerationStats()
+    stats.prompt_tokens = len(tokens)
+    stats.cached_tokens = llm.longest_token_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
+    room = context_size(llm) - len(tokens)
+    if room <= 0:
+        raise RuntimeFailure(f"the prompt has {len(tokens)} tokens; the context holds {context_size(llm)}")
+    budget = min(sampling.max_tokens, room)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    if sampling.seed is not None:
+        llm.set_seed(sampling.seed)
+    start = time.perf_counter()
+    first = None
+    stats.stop_reason = "context" if budget < sampling.max_tokens else "length"
+    for token in llm.generate(tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
+                              temp=sampling.temp, repeat_penalty=sampling.repeat_penalty):
+        now = time.perf_counter()
+        if first is None:
+            first = now
+            stats.prompt_seconds = now - start
+        stats.generation_seconds = now - first
+        if llama_cpp.llama_vocab_is_eog(vocab, token):
+            stats.stop_reason = "eog"
+            break
+        stats.generated_tokens += 1
+        stats.token_ids.append(token)
+        piece = decoder.decode(llm.detokenize([token]))
+        if piece:
+            yield piece
+        if should_stop is not None and should_stop():
+            stats.stop_reason = "interrupted"
+            break
+        if stats.generated_tokens >= budget:
+            break
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
+
+
+@contextlib.contextmanager
+def sigint_as_flag():
+    """While active, Ctrl-C sets a flag instead of raising, so generation stops cleanly between tokens."""
+    import signal
+
+    state = {"hit": False}
+
+    def handler(signum, frame):
+        state["hit"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: state["hit"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ---- conversations that fit the context
+
+class Conversation:
+    """A system message plus user/assistant turns; `prompt()` drops the oldest turns until the rendered prompt
+    leaves `reserve` tokens of the context for the answer."""
+
+    def __init__(self, llm, template: ChatTemplate, system: str | None = None, reserve: int = 256):
+        self.llm, self.template, self.system = llm, template, system
+        self.turns: list[tuple[str, str]] = []  # (user, assistant)
+        self.reserve = min(reserve, context_size(llm) // 2)
+
+    def messages(self, user: str | None = None) -> list[dict]:
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        for question, answer in self.turns:
+            out += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        if user is not None:
+            out.append({"role": "user", "content": user})
+        return out
+
+    def prompt(self, user: str) -> tuple[list[int], int]:
+        """The next prompt's tokens and how many old turns were dropped to make it fit."""
+        dropped = 0
+        while True:
+            tokens = chat_prompt_tokens(self.llm, self.template, self.messages(user))
+            if len(tokens) + self.reserve <= context_size(self.llm) or not self.turns:
+                break
+            self.turns.pop(0)
+            dropped += 1
+        if len(tokens) >= context_size(self.llm):
+            raise InputError(f"this message alone is {len(tokens)} tokens; the context holds "
+                             f"{context_size(self.llm)}",
+                             "input")
+        return tokens, dropped
+
+    def add(self, user: str, answer: str) -> None:
+        self.turns.append((user, answer))
+
+    def reset(self) -> None:
+        self.turns.clear()
