@@ -144,7 +144,10 @@ class _Cursor:
         return data
 
     def name(self, what: str) -> str:
+        """A key or tensor name: UTF-8 without NUL (llama.cpp looks names up as C strings)."""
         raw = self.raw_string(what)
+        if b"\0" in raw:
+            self.fail(f"{what} at offset {self.pos - len(raw)} contains a NUL byte")
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -252,8 +255,9 @@ def _read_tensor_info(cur: _Cursor, index: int) -> tuple[str, tuple[int, ...], G
     except ValueError:
         cur.fail(f"tensor {name!r} has unknown ggml type {raw_type}")
     block_size = GGML_QUANT_SIZES[ggml_type][0]
-    if shape and shape[0] % block_size:
-        cur.fail(f"tensor {name!r} of type {ggml_type.name} has rows of {shape[0]} elements, not a multiple "
+    row = shape[0] if shape else 1  # missing dimensions count as 1, as in ggml
+    if row % block_size:
+        cur.fail(f"tensor {name!r} of type {ggml_type.name} has rows of {row} elements, not a multiple "
                  f"of its block size {block_size}")
     return name, shape, ggml_type, offset
 

@@ -17,9 +17,9 @@ from ggufkit.errors import InputError
 from ggufkit.gguf_file import GGUFArray, open_reader, validate_gguf
 
 GGUF_CASES = load_cases(["gguf"])
-# llama.cpp's gguf reader does not check that names are UTF-8; ggufkit refuses them (gguf-py cannot read them,
-# and no llama.cpp key or tensor lookup can ever match such a name).
-STRICTER_THAN_LLAMA_CPP = {"key_not_utf8", "tensor_name_not_utf8"}
+# llama.cpp's gguf reader does not check that names are UTF-8 without NUL; ggufkit refuses them (gguf-py cannot
+# read them, and llama.cpp looks names up as C strings, so such a tensor or key is never found).
+STRICTER_THAN_LLAMA_CPP = {"key_not_utf8", "tensor_name_not_utf8", "tensor_name_with_nul"}
 
 
 def demo_gguf() -> Path:

@@ -230,6 +230,11 @@ def _():
     return _with_tensor(1, name=b"output_norm.\xc3\x28")
 
 
+@gguf_case("tensor_name_with_nul", "name of tensor 3 at offset")
+def _():
+    return _with_tensor(3, name=b"blk.0\0ffn_up.weight")
+
+
 @gguf_case("duplicate_tensor_name", "duplicate tensor name 'token_embd.weight'")
 def _():
     return _with_tensor(2, name="token_embd.weight")
@@ -296,3 +301,16 @@ def _():
 @gguf_case("dims_overflow_size", "lies beyond the end of the file")
 def _():
     return _with_tensor(3, dims=[2**40, 2**20], ggml_type=int(GGMLQuantizationType.F32))
+
+
+# ---- regressions found by fuzzing (tests/test_fuzz_gguf.py, bench/fuzz_gguf.py)
+
+@gguf_case("name_with_newline", r"tensor 'output_norm\nweight' has unknown ggml type 99")
+def _():
+    # a control character in a name must not split the one-line error
+    return _with_tensor(1, name="output_norm\nweight", ggml_type=99)
+
+
+@gguf_case("scalar_tensor_of_block_type", "tensor 'blk.0.ffn_up.weight' of type Q4_K has rows of 1 elements")
+def _():
+    return _with_tensor(3, dims=[], data=b"")  # no dimensions: one element, less than a Q4_K block
