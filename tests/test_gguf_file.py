@@ -11,7 +11,7 @@ import pytest
 from corpus.framework import load_cases, write_corpus
 from corpus.gguf_builder import small_model
 from corpus.llama_gguf import read_in_subprocess
-from gguf import GGUFReader
+from gguf import GGUFEndian, GGUFReader, GGUFWriter
 
 from ggufkit.errors import InputError
 from ggufkit.gguf_file import GGUFArray, open_reader, validate_gguf
@@ -67,6 +67,36 @@ def test_small_file_structure_equals_llama_cpp_and_gguf_py(small_file):
         if isinstance(value, GGUFArray):
             value = value.items.tolist() if isinstance(value.items, np.ndarray) else value.items
         assert value == pytest.approx(expected) if isinstance(value, float) else value == expected, key
+
+
+@pytest.mark.parametrize(("endian", "alignment"), [("LITTLE", 64), ("BIG", None)])
+def test_file_written_by_gguf_py_reads_the_same_as_gguf_py(tmp_path, endian, alignment):
+    """gguf-py's own writer (byte order and alignment as options) and reader against validate_gguf."""
+    path = tmp_path / "writer.gguf"
+    writer = GGUFWriter(path, "llama", endianess=GGUFEndian[endian])
+    if alignment:
+        writer.add_custom_alignment(alignment)
+    writer.add_name("writer-test")
+    writer.add_context_length(64)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_token_list(["<s>", "a", "b"])
+    writer.add_token_scores([0.0, -1.5, -2.5])
+    writer.add_tensor("output_norm.weight", np.arange(32, dtype=np.float32))
+    writer.add_tensor("token_embd.weight", np.ones((3, 32), dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    ours, reader = validate_gguf(path), GGUFReader(path)
+    assert ours.byte_order == (">" if endian == "BIG" else "<")
+    assert ours.alignment == reader.alignment == (alignment or 32)
+    assert ours.data_offset == reader.data_offset
+    assert [(t.name, t.ggml_type, t.shape, t.file_offset, t.n_bytes) for t in ours.tensors] == \
+           [(t.name, t.tensor_type, tuple(int(d) for d in t.shape), t.data_offset, t.n_bytes) for t in reader.tensors]
+    for key, value in ours.metadata.items():
+        if isinstance(value, GGUFArray):
+            value = value.items.tolist() if isinstance(value.items, np.ndarray) else value.items
+        assert value == pytest.approx(reader.fields[key].contents()), key
 
 
 def test_open_reader_gives_gguf_py_reader_after_validation(small_file, corpus):
