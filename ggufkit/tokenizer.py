@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,7 @@ _EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
 _EOM_TEXTS = ("<|eom_id|>",)
 
 SPM_UNUSED_SCORE = -1000.0
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 @dataclass
@@ -138,10 +140,14 @@ def read_vocab(model_dir: Path, hf_config: dict) -> GgufVocab:
     else:
         tok_json = _read_json(json_file)
         kind = _json_tokenizer_kind(tok_json, json_file)
-        if kind != "bytelevel-bpe":
-            raise InputError(f"unsupported tokenizer: {kind} (supported: byte-level BPE tokenizer.json, "
-                             "SentencePiece tokenizer.model)", json_file)
-        vocab = _bpe_vocab(tokenizer, tok_json, json_file, _n_vocab(hf_config, len(tokenizer), json_file))
+        n_vocab = _n_vocab(hf_config, len(tokenizer), json_file)
+        if kind == "bytelevel-bpe":
+            vocab = _bpe_vocab(tokenizer, tok_json, json_file, n_vocab)
+        elif kind == "sentencepiece-bpe":
+            vocab = _sentencepiece_json_vocab(tokenizer, tok_json, json_file, n_vocab)
+        else:
+            raise InputError(f"unsupported tokenizer: {kind} (supported: byte-level BPE or SentencePiece-style "
+                             "BPE tokenizer.json, SentencePiece tokenizer.model)", json_file)
     vocab.add_bos, vocab.add_eos = _hf_adds_bos_eos(tokenizer)
     vocab.extra_ids = _end_of_turn_ids(vocab)
     return vocab
@@ -189,7 +195,7 @@ def _json_tokenizer_kind(tok_json: dict, path: Path) -> str:
     if model_type != "BPE":
         return f"{model_type or 'unknown'} model"
     if model.get("byte_fallback"):
-        return "SentencePiece-style BPE in tokenizer.json without tokenizer.model"
+        return "sentencepiece-bpe"
     if "bytelevel" not in " ".join(_pre_tokenizer_signature(tok_json.get("pre_tokenizer"))):
         return "BPE without a ByteLevel pre-tokenizer"
     return "bytelevel-bpe"
@@ -290,18 +296,74 @@ def _sentencepiece_vocab(spm_file: Path, tokenizer, n_vocab: int) -> GgufVocab:
         types[i] = (TokenType.UNKNOWN if sp.IsUnknown(i) else TokenType.CONTROL if sp.IsControl(i)
                     else TokenType.UNUSED if sp.IsUnused(i) else TokenType.BYTE if sp.IsByte(i)
                     else TokenType.NORMAL)
+    _overlay_added_tokens(tokenizer, tokens, scores, types, sp.vocab_size(), spm_file)
+    return GgufVocab(model="llama", pre="default", tokens=tokens, types=[int(t) for t in types], scores=scores,
+                     add_space_prefix=_sentencepiece_adds_prefix(sp))
+
+
+def _overlay_added_tokens(tokenizer, tokens: list[str], scores: list[float], types: list[int], n_base: int,
+                          path: Path) -> None:
+    """HF's added tokens over the base pieces, in place: special (or special-looking) ones CONTROL, others
+    USER_DEFINED with "▁" written as a space (llama.cpp matches them against raw text)."""
+    n_vocab = len(tokens)
     for i, info in tokenizer.added_tokens_decoder.items():
         if i >= n_vocab:
-            raise InputError(f"added token {info.content!r} has id {i}, beyond vocab_size {n_vocab}", spm_file)
-        if i < sp.vocab_size() and tokens[i] == info.content:
-            continue  # the piece itself (<unk>, <s>, </s>): keep SentencePiece's type and score
+            raise InputError(f"added token {info.content!r} has id {i}, beyond vocab_size {n_vocab}", path)
+        if i < n_base and tokens[i] == info.content:
+            # the piece itself (<unk>, <s>, </s>): keep its score; a plain piece flagged special is a control
+            if types[i] == TokenType.NORMAL and info.special:
+                types[i] = TokenType.UNKNOWN if info.content == tokenizer.unk_token else TokenType.CONTROL
+            continue
         if info.special or _looks_special(info.content):
             tokens[i], types[i] = info.content, TokenType.CONTROL
         else:
             tokens[i], types[i] = info.content.replace("\u2581", " "), TokenType.USER_DEFINED
         scores[i] = SPM_UNUSED_SCORE
+
+
+def _sentencepiece_json_vocab(tokenizer, tok_json: dict, path: Path, n_vocab: int) -> GgufVocab:
+    """A SentencePiece-derived BPE (byte fallback, "▁" for spaces) found only as tokenizer.json, as transformers
+    5 saves Llama-2 / Mistral / Gemma style tokenizers. llama.cpp's SentencePiece tokenizer repeatedly merges the
+    adjacent pair whose concatenation has the highest score; HF's BPE applies the lowest-ranked merge. Scoring
+    each piece by minus the rank of the first merge producing it makes both pick the same merge at every step.
+    (gguf-py's LlamaHfVocab gives every piece the same score, which loses that order.)"""
+    model = tok_json["model"]
+    first_rank: dict[str, int] = {}
+    for rank, merge in enumerate(model.get("merges") or []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        first_rank.setdefault(left + right, rank)
+    tokens = [f"[PAD{i}]" for i in range(n_vocab)]
+    scores = [SPM_UNUSED_SCORE] * n_vocab
+    types = [int(TokenType.UNUSED)] * n_vocab
+    n_base = 0
+    for piece, i in model["vocab"].items():
+        if i >= n_vocab:
+            raise InputError(f"token {piece!r} has id {i}, beyond vocab_size {n_vocab}", path)
+        tokens[i] = piece
+        scores[i] = -float(first_rank[piece]) if piece in first_rank else 0.0
+        types[i] = TokenType.BYTE if _BYTE_PIECE.fullmatch(piece) else TokenType.NORMAL
+        n_base = max(n_base, i + 1)
+    if model.get("unk_token") in model["vocab"]:
+        types[model["vocab"][model["unk_token"]]] = TokenType.UNKNOWN
+    _overlay_added_tokens(tokenizer, tokens, scores, types, n_base, path)
     return GgufVocab(model="llama", pre="default", tokens=tokens, types=[int(t) for t in types], scores=scores,
-                     add_space_prefix=_sentencepiece_adds_prefix(sp))
+                     add_space_prefix=_json_adds_prefix(tok_json))
+
+
+def _json_adds_prefix(tok_json: dict) -> bool:
+    """Whether tokenizer.json prepends "▁" to the text: a Metaspace pre-tokenizer with prepend_scheme first or
+    always (add_prefix_space in older files), or a Prepend("▁") normaliser."""
+    def steps(node: dict | None, key: str) -> list[dict]:
+        if not node:
+            return []
+        return [s for n in node.get(key, []) for s in steps(n, key)] if node.get("type") == "Sequence" else [node]
+
+    for step in steps(tok_json.get("pre_tokenizer"), "pretokenizers"):
+        if step.get("type") == "Metaspace":
+            scheme = step.get("prepend_scheme", "always" if step.get("add_prefix_space", True) else "never")
+            return scheme != "never"
+    return any(s.get("type") == "Prepend" and s.get("prepend") == "\u2581"
+               for s in steps(tok_json.get("normalizer"), "normalizers"))
 
 
 def _sentencepiece_adds_prefix(sp) -> bool:

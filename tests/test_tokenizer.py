@@ -106,8 +106,9 @@ def gguf_field(reader: gguf.GGUFReader, key: str):
 class Case:
     """One tokenizer under test: its HF directory, the GGUF we wrote for it, and both tokenizers loaded."""
 
-    def __init__(self, model_dir: Path, gguf_path: Path, hf_config: dict):
+    def __init__(self, model_dir: Path, gguf_path: Path, hf_config: dict, spm_model: Path | None = None):
         self.model_dir = model_dir
+        self.spm_model = spm_model  # the SentencePiece model behind the tokenizer, if any (a reference)
         self.gguf_path = write_vocab_only_gguf(model_dir, gguf_path, hf_config)
         self.hf = hf_tokenizer(model_dir)
         self.llm = load_vocab(self.gguf_path)
@@ -162,7 +163,20 @@ def spm_dir() -> Path:
 @pytest.fixture(scope="session")
 def spm_case(spm_dir, tmp_path_factory) -> Case:
     """The local SentencePiece model in HF form; embedding rows rounded up to 2048 (48 padding tokens)."""
-    return Case(spm_dir, tmp_path_factory.mktemp("tok") / "spm.gguf", {"vocab_size": 2048})
+    return Case(spm_dir, tmp_path_factory.mktemp("tok") / "spm.gguf", {"vocab_size": 2048},
+                spm_model=spm_dir / "tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def spm_json_case(spm_dir, tmp_path_factory) -> Case:
+    """The same tokenizer as transformers 5 saves it: tokenizer.json only, no tokenizer.model."""
+    work = copy_tokenizer(spm_dir, tmp_path_factory.mktemp("spm-json"))
+    (work / "tokenizer.model").unlink()
+    return Case(work, tmp_path_factory.mktemp("tok") / "spm-json.gguf", {"vocab_size": 2048},
+                spm_model=spm_dir / "tokenizer.model")
+
+
+SPM_CASES = ["spm_case", "spm_json_case"]
 
 
 # ---- byte-level BPE (the demo model's tokenizer, transformers 5 and 4 forms)
@@ -189,7 +203,7 @@ def test_bpe_chat_conversation_ids_equal_hf(case_name, request):
     hf_ids = case.hf.encode(rendered, add_special_tokens=False)
     assert case.llama_ids(rendered, add_bos=False) == hf_ids
     # The chat template in the GGUF is the one HF renders with.
-    assert gguf_field(case.reader, "tokenizer.chat_template") == case.hf.chat_template
+    assert case.llm.metadata["tokenizer.chat_template"] == case.hf.chat_template  # as llama.cpp reads it
 
 
 @pytest.mark.parametrize("case_name", ["bpe_case", "bpe_tf4_case"])
@@ -246,7 +260,7 @@ def sentencepiece_reference(case: Case, text: str) -> list[int]:
 
     import sentencepiece
 
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(case.model_dir / "tokenizer.model"))
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(case.spm_model))
     specials = sorted((t for t in case.hf.all_special_tokens), key=len, reverse=True)
     ids: list[int] = []
     for part in re.split("(" + "|".join(re.escape(t) for t in specials) + ")", text):
@@ -257,7 +271,9 @@ def sentencepiece_reference(case: Case, text: str) -> list[int]:
     return ids
 
 
-def test_spm_ids_equal_hf(spm_case):
+@pytest.mark.parametrize("case_name", SPM_CASES)
+def test_spm_ids_equal_hf(case_name, request):
+    spm_case: Case = request.getfixturevalue(case_name)
     texts = [t for t in TEXTS + SPM_SPECIAL_TEXTS if not t[:1].isspace()]
     assert len(texts) >= 30
     mismatches = []
@@ -269,14 +285,18 @@ def test_spm_ids_equal_hf(spm_case):
     assert not mismatches, mismatches[:3]
 
 
-def test_spm_ids_equal_sentencepiece(spm_case):
+@pytest.mark.parametrize("case_name", SPM_CASES)
+def test_spm_ids_equal_sentencepiece(case_name, request):
     """Every text (including the known-difference ones) against sentencepiece's own encoding."""
+    spm_case: Case = request.getfixturevalue(case_name)
     for text in TEXTS + SPM_SPECIAL_TEXTS + [" Hello", "  two spaces", " ", "<s> after bos", "</s>[INST] x"]:
         assert spm_case.llama_ids(text, add_bos=False) == sentencepiece_reference(spm_case, text), text
 
 
-def test_spm_known_leading_space_difference(spm_case):
+@pytest.mark.parametrize("case_name", SPM_CASES)
+def test_spm_known_leading_space_difference(case_name, request):
     """The documented difference, pinned down exactly: HF drops SentencePiece's extra "▁" piece."""
+    spm_case: Case = request.getfixturevalue(case_name)
     sp_space = spm_case.hf.convert_tokens_to_ids("\u2581")
     for text in [" Hello", "  two spaces", " 42"]:
         hf_ids = spm_case.hf.encode(text, add_special_tokens=False)
@@ -289,19 +309,23 @@ def test_spm_known_leading_space_difference(spm_case):
         assert llama_ids[0] == sp_space or llama_pieces.startswith("\u2581\u2581")
 
 
-def test_spm_chat_conversation(spm_case):
+@pytest.mark.parametrize("case_name", SPM_CASES)
+def test_spm_chat_conversation(case_name, request):
     """The rendered conversation puts text right after <s>/</s>, where the known difference applies: llama.cpp
     must equal sentencepiece there, and HF on every text piece that starts a conversation turn's content."""
+    spm_case: Case = request.getfixturevalue(case_name)
     rendered = spm_case.hf.apply_chat_template(CONVERSATION[1:], tokenize=False)
     assert rendered.startswith("<s>[INST]")
     assert spm_case.llama_ids(rendered, add_bos=False) == sentencepiece_reference(spm_case, rendered)
     for message in CONVERSATION[1:]:
         content = message["content"]
         assert spm_case.llama_ids(content, False) == spm_case.hf.encode(content, add_special_tokens=False)
-    assert gguf_field(spm_case.reader, "tokenizer.chat_template") == spm_case.hf.chat_template
+    assert spm_case.llm.metadata["tokenizer.chat_template"] == spm_case.hf.chat_template
 
 
-def test_spm_detokenize_round_trip(spm_case):
+@pytest.mark.parametrize("case_name", SPM_CASES)
+def test_spm_detokenize_round_trip(case_name, request):
+    spm_case: Case = request.getfixturevalue(case_name)
     for text in TEXTS + SPM_SPECIAL_TEXTS:
         ids = spm_case.hf.encode(text, add_special_tokens=True)
         assert ids[0] == spm_case.hf.bos_token_id
@@ -368,3 +392,13 @@ def test_tiny_llama_spm_checkpoint_tf4(tiny_checkpoint, tmp_path):
     for text in TEXTS + SPM_SPECIAL_TEXTS:
         assert case.llama_ids(text, add_bos=True) == case.hf.encode(text), text
     assert case.llm.n_vocab() == 2048
+
+
+def test_spm_json_only_metadata(spm_json_case, spm_case):
+    """Without tokenizer.model: same pieces and types as from the .model file; scores from the merge order."""
+    ours, ref = spm_json_case.reader, spm_case.reader
+    assert gguf_field(ours, "tokenizer.ggml.model") == "llama"
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.add_space_prefix",
+                "tokenizer.ggml.add_bos_token", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                "tokenizer.chat_template"):
+        assert gguf_field(ours, key) == gguf_field(ref, key), key
