@@ -700,13 +700,140 @@ GK_AVX2 static void affine_plain_row_avx2(const float *x, uint8_t *y, int64_t nb
     }
 }
 
+// ---- AVX2: the weighted (imatrix) symmetric fit, eight blocks at a time
+// Lane k works on block k of a group of eight, walking j = 0..31 in the scalar order, so every per-block sum is
+// accumulated exactly as fit_symmetric_weighted does it. Inputs are transposed to (32, 8): row j = element j of
+// the eight blocks.
+
+// In-place transpose of an 8x8 f32 tile.
+GK_AVX2 static inline void transpose8x8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xee);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+
+// Eight blocks of 32 (stride 32 floats) -> (32, 8): t[j] lane k = src[k * 32 + j].
+GK_AVX2 static inline void transpose_group(const float *src, __m256 t[LEGACY_BLOCK]) {
+    for (int c = 0; c < LEGACY_BLOCK; c += 8) {
+        for (int k = 0; k < 8; k++) t[c + k] = _mm256_loadu_ps(src + k * LEGACY_BLOCK + c);
+        transpose8x8(t + c);
+    }
+}
+
+// round_via_magic on eight lanes (same bit trick, same results for every input).
+GK_AVX2 static inline __m256i round_via_magic8(__m256 v) {
+    const __m256i bits = _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12582912.0f)));
+    return _mm256_sub_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x00400000));
+}
+
+GK_AVX2 static inline void symmetric_sums8(const __m256 xt[32], const __m256 wx[32], const __m256 wt[32], int half,
+                                           __m256 iscale, __m256 *sum_wxl, __m256 *sum_wll) {
+    const __m256i lo = _mm256_set1_epi32(-half), hi = _mm256_set1_epi32(half - 1);
+    __m256 sxl = _mm256_setzero_ps(), sll = _mm256_setzero_ps();
+    for (int j = 0; j < LEGACY_BLOCK; j++) {
+        const __m256i l = _mm256_min_epi32(_mm256_max_epi32(round_via_magic8(_mm256_mul_ps(iscale, xt[j])), lo), hi);
+        const __m256 lf = _mm256_cvtepi32_ps(l);
+        sxl = _mm256_add_ps(sxl, _mm256_mul_ps(wx[j], lf));
+        sll = _mm256_add_ps(sll, _mm256_mul_ps(_mm256_mul_ps(wt[j], lf), lf));
+    }
+    *sum_wxl = sxl;
+    *sum_wll = sll;
+}
+
+// Eight blocks of fit_symmetric_weighted: x, im at the group's first block; writes d[8] and q[8][32].
+GK_AVX2 static void fit_symmetric_weighted8(const float *x, const float *im, float sigma2, int half, float d[8],
+                                            uint8_t q[8][LEGACY_BLOCK]) {
+    __m256 xt[LEGACY_BLOCK], wt[LEGACY_BLOCK], wx[LEGACY_BLOCK];
+    transpose_group(x, xt);
+    transpose_group(im, wt);
+    const __m256 sign = _mm256_set1_ps(-0.0f), s2 = _mm256_set1_ps(sigma2);
+    __m256 amax = _mm256_setzero_ps(), max = _mm256_setzero_ps();
+    for (int j = 0; j < LEGACY_BLOCK; j++) {
+        // w = im * sqrt(sigma2 + x*x) (sqrt is correctly rounded in both paths)
+        wt[j] = _mm256_mul_ps(wt[j], _mm256_sqrt_ps(_mm256_add_ps(s2, _mm256_mul_ps(xt[j], xt[j]))));
+        wx[j] = _mm256_mul_ps(wt[j], xt[j]);
+        const __m256 ax = _mm256_andnot_ps(sign, xt[j]);
+        const __m256 gt = _mm256_cmp_ps(ax, amax, _CMP_GT_OQ);   // first occurrence of the largest magnitude
+        amax = _mm256_blendv_ps(amax, ax, gt);
+        max = _mm256_blendv_ps(max, xt[j], gt);
+    }
+    const __m256 live = _mm256_cmp_ps(amax, _mm256_set1_ps(ALL_ZERO_BELOW), _CMP_GE_OQ);
+    __m256 iscale = _mm256_div_ps(_mm256_set1_ps((float)(-half)), max);
+    __m256 sxl, sll;
+    symmetric_sums8(xt, wx, wt, half, iscale, &sxl, &sll);
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 scale = _mm256_and_ps(_mm256_div_ps(sxl, sll), _mm256_cmp_ps(sll, zero, _CMP_NEQ_UQ));
+    __m256 best = _mm256_mul_ps(scale, sxl);
+    __m256 best_iscale = iscale;
+    for (int k = -9; k <= 9; k++) {
+        if (k == 0) continue;
+        iscale = _mm256_div_ps(_mm256_set1_ps(-((float)half + 0.1f * (float)k)), max);
+        symmetric_sums8(xt, wx, wt, half, iscale, &sxl, &sll);
+        const __m256 better = _mm256_and_ps(_mm256_cmp_ps(sll, zero, _CMP_GT_OQ),
+                                            _mm256_cmp_ps(_mm256_mul_ps(sxl, sxl), _mm256_mul_ps(best, sll), _CMP_GT_OQ));
+        const __m256 cand = _mm256_div_ps(sxl, sll);
+        scale = _mm256_blendv_ps(scale, cand, better);
+        best = _mm256_blendv_ps(best, _mm256_mul_ps(cand, sxl), better);
+        best_iscale = _mm256_blendv_ps(best_iscale, iscale, better);
+    }
+    float is[8];
+    _mm256_storeu_ps(d, _mm256_and_ps(scale, live));
+    _mm256_storeu_ps(is, best_iscale);
+    const int live_mask = _mm256_movemask_ps(live);
+    for (int k = 0; k < 8; k++) {
+        if (live_mask >> k & 1)
+            symmetric_levels(x + k * LEGACY_BLOCK, half, is[k], q[k]);
+        else
+            memset(q[k], 0, LEGACY_BLOCK);
+    }
+}
+
+// Q4_0 / Q5_0 with an imatrix: groups of eight blocks in lanes, the rest with the scalar fit.
+GK_AVX2 static void symmetric_weighted_row_avx2(const float *x, uint8_t *y, int64_t n, const float *im, int half,
+                                                int bytes, int fifth_bit) {
+    const int qs_at = fifth_bit ? 6 : 2;
+    const float sigma2 = row_mean_square(x, n);
+    const int64_t nb = n / LEGACY_BLOCK;
+    float d[8], w[LEGACY_BLOCK];
+    uint8_t q[8][LEGACY_BLOCK];
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        fit_symmetric_weighted8(x + b * LEGACY_BLOCK, im + b * LEGACY_BLOCK, sigma2, half, d, q);
+        for (int k = 0; k < 8; k++) {
+            uint8_t *yb = y + (b + k) * bytes;
+            store_half_f16c(yb, d[k]);
+            if (fifth_bit) pack_fifth_bits(q[k], yb + 2);
+            pack_nibbles(q[k], yb + qs_at);
+        }
+    }
+    for (; b < nb; b++) {
+        uint8_t *yb = y + b * bytes;
+        importance_weights(x + b * LEGACY_BLOCK, im + b * LEGACY_BLOCK, sigma2, w);
+        store_half_f16c(yb, fit_symmetric_weighted(x + b * LEGACY_BLOCK, w, half, q[0]));
+        if (fifth_bit) pack_fifth_bits(q[0], yb + 2);
+        pack_nibbles(q[0], yb + qs_at);
+    }
+}
+
 GK_AVX2 static void quantize_row_q4_0_avx2(const float *x, void *y, int64_t n, const float *imatrix) {
-    if (imatrix != NULL) quantize_row_q4_0(x, y, n, imatrix);
+    if (imatrix != NULL) symmetric_weighted_row_avx2(x, (uint8_t *)y, n, imatrix, 8, Q4_0_BYTES, 0);
     else symmetric_plain_row_avx2(x, (uint8_t *)y, n / LEGACY_BLOCK, 8.0f, 15, Q4_0_BYTES, 0);
 }
 
 GK_AVX2 static void quantize_row_q5_0_avx2(const float *x, void *y, int64_t n, const float *imatrix) {
-    if (imatrix != NULL) quantize_row_q5_0(x, y, n, imatrix);
+    if (imatrix != NULL) symmetric_weighted_row_avx2(x, (uint8_t *)y, n, imatrix, 16, Q5_0_BYTES, 1);
     else symmetric_plain_row_avx2(x, (uint8_t *)y, n / LEGACY_BLOCK, 16.0f, 31, Q5_0_BYTES, 1);
 }
 
