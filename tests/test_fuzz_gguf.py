@@ -21,7 +21,7 @@ from ggufkit.gguf_file import validate_gguf
 SEED = small_model().to_bytes()
 
 
-@settings(max_examples=800, derandomize=True, database=None, deadline=None,
+@settings(max_examples=600, derandomize=True, database=None, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(edits=mutation)
 def test_mutated_gguf_is_valid_or_input_error(edits, tmp_path):
@@ -37,15 +37,15 @@ def test_every_truncation_is_rejected(tmp_path):
 
 
 def test_ggufkit_and_llama_cpp_agree_on_random_mutants(tmp_path):
-    """1500 fixed random mutants: every file ggufkit accepts, llama.cpp's reader accepts; every file only
+    """1000 fixed random mutants: every file ggufkit accepts, llama.cpp's reader accepts; every file only
     llama.cpp accepts has a name that is not UTF-8 or holds a NUL (see STRICTER_THAN_LLAMA_CPP in test_gguf_file.py)."""
     rng = random.Random(1234)
     paths, ours = [], []
-    for i in range(1500):
+    for i in range(1000):
         paths.append(tmp_path / f"m{i}.gguf")
         ours.append(check(apply(SEED, random_edits(rng)), paths[-1]) == "valid")
     theirs = [r["ok"] for r in read_in_subprocess(paths)]
-    assert sum(ours) >= 100  # the mutations reach valid files too (metadata values, tensor data)
+    assert sum(ours) >= 50  # the mutations reach valid files too (metadata values, tensor data)
     assert [p.name for p, a, b in zip(paths, ours, theirs, strict=True) if a and not b] == []
     for path, a, b in zip(paths, ours, theirs, strict=True):
         if b and not a:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
+from ggufkit.commands.inspect import render_text
 from ggufkit.errors import InputError
 from ggufkit.gguf_file import summarize, validate_gguf
 
@@ -73,7 +74,7 @@ def check(data: bytes, path: Path) -> str:
     tracemalloc.start()
     try:
         try:
-            summarize(validate_gguf(path), with_tensors=True)
+            render_text(summarize(validate_gguf(path), with_tensors=True))  # what `inspect` prints
             outcome = "valid"
         except InputError as e:
             message = str(e)
