@@ -44,7 +44,8 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 __all__ = ["ModelShape", "MemoryEstimate", "shape_from_gguf", "shape_from_checkpoint", "shape_from_tensors",
-           "estimate", "repacked_types", "measure_peak_rss", "MIB"]
+           "model_info_from_gguf", "with_scheme", "estimate", "repacked_types", "host_features",
+           "measure_peak_rss", "MIB"]
 
 MIB = 1 << 20
 
@@ -163,13 +164,45 @@ def shape_from_gguf(path) -> ModelShape:
         raise InputError(str(e).split(": ", 1)[1], path) from None
 
 
-def shape_from_checkpoint(src, scheme: str) -> ModelShape:
-    """From a Hugging Face checkpoint and a scheme: the tensor types ggufkit.convert would write (no data read)."""
+def shape_from_checkpoint(src, scheme: str = "F32"):
+    """From a Hugging Face checkpoint and a scheme: the tensor types ggufkit.convert would write (no data read).
+    Returns (ModelShape, ggufkit.schemes.ModelInfo)."""
     from ggufkit.convert import make_plan
 
     plan = make_plan(src, scheme)
     tensors = [(t.tensor.name, tuple(t.tensor.shape), t.qtype) for t in plan.tensors]
-    return shape_from_tensors(plan.checkpoint.name, tensors, plan.arch.model_info().n_head)
+    info = plan.arch.model_info()
+    return shape_from_tensors(plan.checkpoint.name, tensors, info.n_head), info
+
+
+def model_info_from_gguf(path):
+    """ggufkit.schemes.ModelInfo from a GGUF's metadata (what the scheme rules need)."""
+    from ggufkit.errors import InputError
+    from ggufkit.gguf_file import validate_gguf
+    from ggufkit.schemes import ModelInfo
+
+    g = validate_gguf(path)
+    arch = g.architecture
+
+    def get(key, default=None):
+        value = g.get(f"{arch}.{key}", default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InputError(f"{arch}.{key} missing or not an integer", path)
+        return value
+
+    return ModelInfo(arch=arch, n_layer=get("block_count"), n_head=get("attention.head_count"),
+                     n_head_kv=get("attention.head_count_kv", get("attention.head_count")),
+                     n_embd=get("embedding_length"), n_expert=get("expert_count", 0))
+
+
+def with_scheme(shape: ModelShape, info, scheme) -> ModelShape:
+    """The same model with every tensor typed as llama-quantize's `scheme` would type it (ggufkit.schemes)."""
+    from ggufkit import schemes
+
+    sch = schemes.get_scheme(scheme) if isinstance(scheme, str) else scheme
+    types = schemes.plan(sch, [(n, s) for n, s, _ in shape.tensors], info)
+    tensors = tuple((n, s, T(types[n])) for n, s, _ in shape.tensors)
+    return ModelShape(shape.name, shape.n_layer, shape.n_head, shape.n_embd, shape.n_vocab, shape.kv_width, tensors)
 
 
 # ---- the estimate

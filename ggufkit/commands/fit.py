@@ -1,0 +1,133 @@
+"""Which scheme fits a device: predicted RAM of every scheme at a context size, and the best one that fits.
+
+SRC is a Hugging Face checkpoint (directory or hub id) or a GGUF file. For each scheme the tensor types are
+llama-quantize's (ggufkit.schemes), and the predicted RAM is the peak RSS of llama-cpp-python with a full
+context on that device's CPU (ggufkit.memory: weights, KV cache, compute buffers, runtime). A scheme fits when
+that prediction, minus page cache the kernel can drop, stays within the device's RAM after the OS's share and
+the headroom. The pick is the best-quality scheme that fits (llama.cpp's perplexity table; schemes within
+0.01 ppl of each other count as equal and the smaller wins). For a GGUF file its own types are shown first.
+
+\b
+Example:
+  ggufkit fit ./SmolLM2-135M-Instruct --device rpi5-8gb --ctx 4096
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ggufkit import memory
+from ggufkit.devices import DEVICES, get_device
+from ggufkit.errors import InputError
+
+# Perplexity increase over F16 on Llama-3-8B, from llama.cpp's quantize tool (tools/quantize/quantize.cpp).
+# F16/BF16 are its Mistral-7B figures. IQ4_NL/IQ4_XS have no figure there: placed just below Q4_K_S (estimate).
+QUALITY_PPL = {
+    "F32": 0.0, "BF16": -0.0050, "F16": 0.0020, "Q8_0": 0.0026, "Q6_K": 0.0217, "Q5_K_M": 0.0569,
+    "Q5_K_S": 0.1049, "Q5_1": 0.1062, "Q5_0": 0.1316, "Q4_K_M": 0.1754, "Q4_K_S": 0.2689, "IQ4_NL": 0.27,
+    "IQ4_XS": 0.28, "Q4_1": 0.4511, "Q4_0": 0.4685, "Q3_K_L": 0.5562, "Q3_K_M": 0.6569, "Q3_K_S": 1.6321,
+    "Q2_K": 3.5199,
+}
+SAME_QUALITY_PPL = 0.01
+MIB = memory.MIB
+
+
+def _rows(shape, info, n_ctx, features):
+    from ggufkit.schemes import SCHEMES
+
+    rows = []
+    for name in SCHEMES:
+        typed = memory.with_scheme(shape, info, name)
+        est = memory.estimate(typed, n_ctx, features)
+        n_params = sum(_count(s) for _, s, _ in typed.tensors)
+        rows.append({"scheme": name, "file_mib": round(typed.weight_bytes / MIB, 1),
+                     "bits_per_weight": round(8 * typed.weight_bytes / n_params, 2),
+                     "ppl_increase": QUALITY_PPL.get(name), **est.as_dict()})
+    return rows
+
+
+def _count(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def pick_best(rows: list[dict]) -> dict | None:
+    """Best quality among the rows that fit; near-equal quality (within SAME_QUALITY_PPL) -> smallest needed."""
+    fitting = [r for r in rows if r["fits"] and r["ppl_increase"] is not None]
+    if not fitting:
+        return None
+    best = min(r["ppl_increase"] for r in fitting)
+    equal = [r for r in fitting if r["ppl_increase"] <= best + SAME_QUALITY_PPL]
+    return min(equal, key=lambda r: r["needed_mib"])
+
+
+def fit_report(src: str, device_name: str, n_ctx: int, headroom: float, reserve_mib: int | None) -> dict:
+    dev = get_device(device_name)
+    path = Path(src).expanduser()
+    file_row = None
+    if path.is_file():
+        shape = memory.shape_from_gguf(path)
+        info = memory.model_info_from_gguf(path)
+        file_est = memory.estimate(shape, n_ctx, dev.features)
+        file_row = {"scheme": "(this file)", "file_mib": round(shape.weight_bytes / MIB, 1),
+                    "bits_per_weight": round(8 * shape.weight_bytes / sum(_count(s) for _, s, _ in shape.tensors), 2),
+                    "ppl_increase": None, **file_est.as_dict()}
+    else:
+        try:
+            shape, info = memory.shape_from_checkpoint(src)
+        except ValueError as e:
+            raise InputError(str(e), src) from None
+    reserve = dev.os_reserve_mib if reserve_mib is None else reserve_mib
+    budget = (dev.ram_mib - reserve) * (1 - headroom)
+    rows = _rows(shape, info, n_ctx, dev.features)
+    for r in rows + ([file_row] if file_row else []):
+        r["fits"] = r["needed_mib"] <= budget
+    pick = pick_best(rows)
+    return {"model": shape.name, "n_ctx": n_ctx,
+            "device": {"name": dev.name, "title": dev.title, "ram_mib": dev.ram_mib, "os_reserve_mib": reserve,
+                       "headroom": headroom, "budget_mib": round(budget, 1), "features": sorted(dev.features),
+                       "threads": dev.threads},
+            "file": file_row, "schemes": rows, "pick": pick["scheme"] if pick else None}
+
+
+def _print(report: dict) -> None:
+    d = report["device"]
+    click.echo(f"{d['name']}: {d['title']}, {d['ram_mib']} MiB RAM - {d['os_reserve_mib']} MiB for the OS, "
+               f"{d['headroom']:.0%} headroom -> budget {d['budget_mib']:.0f} MiB")
+    click.echo(f"model: {report['model']}, context {report['n_ctx']} tokens")
+    click.echo("RSS: predicted peak RSS with a full context; RAM: RSS minus page cache the kernel can drop "
+               "(weights llama.cpp copied into repacked buffers); fits: RAM <= budget")
+    click.echo(f"{'scheme':<12} {'file MiB':>9} {'bpw':>6} {'KV MiB':>7} {'RSS MiB':>8} {'RAM MiB':>8} {'fits':>5}  quality")
+    rows = ([report["file"]] if report["file"] else []) + report["schemes"]
+    for r in rows:
+        ppl = "" if r["ppl_increase"] is None else f"{r['ppl_increase']:+.4f} ppl"
+        mark = "  <- pick" if r["scheme"] == report["pick"] else ""
+        click.echo(f"{r['scheme']:<12} {r['file_mib']:>9.1f} {r['bits_per_weight']:>6.2f} {r['kv_cache_mib']:>7.1f} "
+                   f"{r['total_mib']:>8.1f} {r['needed_mib']:>8.1f} {'yes' if r['fits'] else 'no':>5}  {ppl}{mark}")
+    if report["pick"]:
+        click.echo(f"best fit: {report['pick']}")
+    else:
+        click.echo("no scheme fits: use a smaller context (--ctx), a smaller model or a bigger device")
+
+
+@click.command("fit", help=__doc__)
+@click.argument("src")
+@click.option("--device", "device", required=True, type=click.Choice(sorted(DEVICES), case_sensitive=False),
+              help="Target device profile.")
+@click.option("--ctx", type=click.IntRange(16), default=4096, show_default=True, help="Context size in tokens.")
+@click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.15, show_default=True,
+              help="Fraction of the RAM budget kept free (covers the memory model's 15% accuracy).")
+@click.option("--reserve", "reserve_mib", type=click.IntRange(0), default=None,
+              help="MiB the OS keeps for itself (default: the device profile's estimate).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def command(src, device, ctx, headroom, reserve_mib, as_json):
+    report = fit_report(src, device, ctx, headroom, reserve_mib)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print(report)
+
