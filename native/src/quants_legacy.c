@@ -827,6 +827,116 @@ GK_AVX2 static void symmetric_weighted_row_avx2(const float *x, uint8_t *y, int6
     }
 }
 
+// ---- AVX2: the weighted affine fit (Q4_1/Q5_1 with an imatrix), eight blocks at a time
+// Same lane layout as the symmetric fit: every per-block sum walks j = 0..31 in the order fit_affine_weighted uses.
+
+// clamp(round(iscale * (x - min)), 0, nmax) as floats, for the 32 rows of a transposed group.
+GK_AVX2 static inline void affine_levels8(const __m256 xt[32], __m256 iscale, __m256 min, int nmax, __m256 l[32]) {
+    const __m256i top = _mm256_set1_epi32(nmax), zero = _mm256_setzero_si256();
+    for (int j = 0; j < LEGACY_BLOCK; j++) {
+        const __m256i r = round_via_magic8(_mm256_mul_ps(iscale, _mm256_sub_ps(xt[j], min)));
+        l[j] = _mm256_cvtepi32_ps(_mm256_min_epi32(_mm256_max_epi32(r, zero), top));
+    }
+}
+
+// sum w * (scale * l + min - x)^2 in the scalar order.
+GK_AVX2 static inline __m256 affine_error8(const __m256 xt[32], const __m256 wt[32], const __m256 l[32], __m256 scale,
+                                           __m256 min) {
+    __m256 err = _mm256_setzero_ps();
+    for (int j = 0; j < LEGACY_BLOCK; j++) {
+        const __m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, l[j]), min), xt[j]);
+        err = _mm256_add_ps(err, _mm256_mul_ps(wt[j], _mm256_mul_ps(diff, diff)));
+    }
+    return err;
+}
+
+// Eight blocks of fit_affine_weighted: writes d[8], neg_min[8] and q[8][32].
+GK_AVX2 static void fit_affine_weighted8(const float *x, const float *im, float sigma2, int nmax, float d[8],
+                                         float neg_min[8], uint8_t q[8][LEGACY_BLOCK]) {
+    __m256 xt[LEGACY_BLOCK], wt[LEGACY_BLOCK], best_l[LEGACY_BLOCK], trial[LEGACY_BLOCK];
+    transpose_group(x, xt);
+    transpose_group(im, wt);
+    const __m256 s2 = _mm256_set1_ps(sigma2), zero = _mm256_setzero_ps();
+    for (int j = 0; j < LEGACY_BLOCK; j++)
+        wt[j] = _mm256_mul_ps(wt[j], _mm256_sqrt_ps(_mm256_add_ps(s2, _mm256_mul_ps(xt[j], xt[j]))));
+    __m256 min = xt[0], max = xt[0], sum_w = wt[0], sum_x = _mm256_mul_ps(wt[0], xt[0]);
+    for (int j = 1; j < LEGACY_BLOCK; j++) {
+        min = _mm256_blendv_ps(min, xt[j], _mm256_cmp_ps(xt[j], min, _CMP_LT_OQ));
+        max = _mm256_blendv_ps(max, xt[j], _mm256_cmp_ps(xt[j], max, _CMP_GT_OQ));
+        sum_w = _mm256_add_ps(sum_w, wt[j]);
+        sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(wt[j], xt[j]));
+    }
+    min = _mm256_blendv_ps(min, zero, _mm256_cmp_ps(min, zero, _CMP_GT_OQ));
+    const __m256 live = _mm256_cmp_ps(max, min, _CMP_GT_OQ);
+    __m256 iscale = _mm256_div_ps(_mm256_set1_ps((float)nmax), _mm256_sub_ps(max, min));
+    __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), iscale);
+    affine_levels8(xt, iscale, min, nmax, best_l);
+    __m256 best_err = affine_error8(xt, wt, best_l, scale, min);
+    for (int k = 0; k <= 36; k++) {
+        iscale = _mm256_div_ps(_mm256_set1_ps(-0.9f + 0.05f * (float)k + (float)nmax), _mm256_sub_ps(max, min));
+        affine_levels8(xt, iscale, min, nmax, trial);
+        __m256 sum_l = zero, sum_l2 = zero, sum_xl = zero;
+        for (int j = 0; j < LEGACY_BLOCK; j++) {
+            const __m256 wl = _mm256_mul_ps(wt[j], trial[j]);
+            sum_l = _mm256_add_ps(sum_l, wl);
+            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, trial[j]));
+            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, xt[j]));
+        }
+        const __m256 det = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
+        const __m256 solvable = _mm256_and_ps(_mm256_cmp_ps(det, zero, _CMP_GT_OQ), live);
+        if (_mm256_movemask_ps(solvable) == 0) continue;
+        __m256 this_scale = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)), det);
+        __m256 this_min = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)), det);
+        const __m256 positive = _mm256_cmp_ps(this_min, zero, _CMP_GT_OQ);
+        this_min = _mm256_blendv_ps(this_min, zero, positive);
+        this_scale = _mm256_blendv_ps(this_scale, _mm256_div_ps(sum_xl, sum_l2), positive);
+        const __m256 err = affine_error8(xt, wt, trial, this_scale, this_min);
+        const __m256 better = _mm256_and_ps(solvable, _mm256_cmp_ps(err, best_err, _CMP_LT_OQ));
+        if (_mm256_movemask_ps(better) == 0) continue;
+        for (int j = 0; j < LEGACY_BLOCK; j++) best_l[j] = _mm256_blendv_ps(best_l[j], trial[j], better);
+        best_err = _mm256_blendv_ps(best_err, err, better);
+        scale = _mm256_blendv_ps(scale, this_scale, better);
+        min = _mm256_blendv_ps(min, this_min, better);
+    }
+    _mm256_storeu_ps(d, _mm256_and_ps(scale, live));
+    _mm256_storeu_ps(neg_min, _mm256_xor_ps(min, _mm256_set1_ps(-0.0f)));
+    // (32, 8) levels back to (8, 32) bytes; dead lanes (max <= min) keep level 0
+    float lt[LEGACY_BLOCK][8];
+    for (int j = 0; j < LEGACY_BLOCK; j++) _mm256_storeu_ps(lt[j], _mm256_and_ps(best_l[j], live));
+    for (int k = 0; k < 8; k++)
+        for (int j = 0; j < LEGACY_BLOCK; j++) q[k][j] = (uint8_t)lt[j][k];
+}
+
+// Q4_1 / Q5_1 with an imatrix: groups of eight blocks in lanes, the rest with the scalar fit.
+GK_AVX2 static void affine_weighted_row_avx2(const float *x, uint8_t *y, int64_t n, const float *im, int nmax,
+                                             int bytes, int fifth_bit) {
+    const int qs_at = fifth_bit ? 8 : 4;
+    const float sigma2 = row_mean_square(x, n);
+    const int64_t nb = n / LEGACY_BLOCK;
+    float d[8], neg_min[8], w[LEGACY_BLOCK];
+    uint8_t q[8][LEGACY_BLOCK];
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        fit_affine_weighted8(x + b * LEGACY_BLOCK, im + b * LEGACY_BLOCK, sigma2, nmax, d, neg_min, q);
+        for (int k = 0; k < 8; k++) {
+            uint8_t *yb = y + (b + k) * bytes;
+            store_half_f16c(yb, d[k]);
+            store_half_f16c(yb + 2, -neg_min[k]);
+            if (fifth_bit) pack_fifth_bits(q[k], yb + 4);
+            pack_nibbles(q[k], yb + qs_at);
+        }
+    }
+    for (; b < nb; b++) {
+        uint8_t *yb = y + b * bytes;
+        float nm;
+        importance_weights(x + b * LEGACY_BLOCK, im + b * LEGACY_BLOCK, sigma2, w);
+        store_half_f16c(yb, fit_affine_weighted(x + b * LEGACY_BLOCK, w, nmax, q[0], &nm));
+        store_half_f16c(yb + 2, -nm);
+        if (fifth_bit) pack_fifth_bits(q[0], yb + 4);
+        pack_nibbles(q[0], yb + qs_at);
+    }
+}
+
 GK_AVX2 static void quantize_row_q4_0_avx2(const float *x, void *y, int64_t n, const float *imatrix) {
     if (imatrix != NULL) symmetric_weighted_row_avx2(x, (uint8_t *)y, n, imatrix, 8, Q4_0_BYTES, 0);
     else symmetric_plain_row_avx2(x, (uint8_t *)y, n / LEGACY_BLOCK, 8.0f, 15, Q4_0_BYTES, 0);
@@ -838,12 +948,12 @@ GK_AVX2 static void quantize_row_q5_0_avx2(const float *x, void *y, int64_t n, c
 }
 
 GK_AVX2 static void quantize_row_q4_1_avx2(const float *x, void *y, int64_t n, const float *imatrix) {
-    if (imatrix != NULL) quantize_row_q4_1(x, y, n, imatrix);
+    if (imatrix != NULL) affine_weighted_row_avx2(x, (uint8_t *)y, n, imatrix, 15, Q4_1_BYTES, 0);
     else affine_plain_row_avx2(x, (uint8_t *)y, n / LEGACY_BLOCK, 15.0f, 1, Q4_1_BYTES, 0);
 }
 
 GK_AVX2 static void quantize_row_q5_1_avx2(const float *x, void *y, int64_t n, const float *imatrix) {
-    if (imatrix != NULL) quantize_row_q5_1(x, y, n, imatrix);
+    if (imatrix != NULL) affine_weighted_row_avx2(x, (uint8_t *)y, n, imatrix, 31, Q5_1_BYTES, 1);
     else affine_plain_row_avx2(x, (uint8_t *)y, n / LEGACY_BLOCK, 31.0f, 0, Q5_1_BYTES, 1);
 }
 
