@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -400,7 +401,15 @@ def _end_of_turn_ids(vocab: GgufVocab) -> dict[str, int]:
 def _special_vocab(model_dir: Path, vocab: GgufVocab) -> gguf.SpecialVocab:
     """gguf-py's SpecialVocab (merges, bos/eos/unk/pad ids, chat template), with add_bos/add_eos replaced by the
     measured HF behaviour and eot/eom added."""
-    special = gguf.SpecialVocab(model_dir, load_merges=vocab.model == "gpt2", n_vocab=len(vocab.tokens))
+    # SpecialVocab logs warnings about post-processor shapes it cannot parse; add_bos/add_eos are measured
+    # below instead, so those warnings would only be noise on the convert command's output.
+    vocab_logger = logging.getLogger("gguf.vocab")
+    level = vocab_logger.level
+    vocab_logger.setLevel(logging.ERROR)
+    try:
+        special = gguf.SpecialVocab(model_dir, load_merges=vocab.model == "gpt2", n_vocab=len(vocab.tokens))
+    finally:
+        vocab_logger.setLevel(level)
     if vocab.model == "gpt2" and not special.merges:
         raise InputError("byte-level BPE tokenizer without merges", model_dir / "tokenizer.json")
     special.add_special_token = {k: v for k, v in special.add_special_token.items() if k not in ("bos", "eos")}

@@ -402,3 +402,25 @@ def test_spm_json_only_metadata(spm_json_case, spm_case):
                 "tokenizer.ggml.add_bos_token", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
                 "tokenizer.chat_template"):
         assert gguf_field(ours, key) == gguf_field(ref, key), key
+
+
+# ---- a byte-level BPE vocabulary llama.cpp's hash table does not know: the pre-tokenizer is recognised from
+# tokenizer.json's structure (GPT-2 split rules -> "gpt-2") and must still reproduce HF's ids
+
+def test_unknown_hash_bytelevel_bpe_falls_back_to_structure(tmp_path):
+    import spm_tokenizer
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train([str(spm_tokenizer.training_text())], trainer)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}))
+    case = Case(tmp_path, tmp_path / "bpe-trained.gguf", {"vocab_size": 1280})
+    assert case.llm.metadata["tokenizer.ggml.pre"] == "gpt-2"
+    for text in TEXTS + ["<|endoftext|>"]:
+        assert case.llama_ids(text, add_bos=False) == case.hf.encode(text, add_special_tokens=False), text
