@@ -1,0 +1,211 @@
+"""Serve a GGUF model over an OpenAI-compatible HTTP API, with a chat page at /.
+
+Endpoints: GET /v1/models, POST /v1/chat/completions (streaming SSE or not), POST /v1/completions,
+GET /health, and the page at /. Binds 127.0.0.1 unless --host says otherwise. With --api-key (or the
+GGUFKIT_API_KEY environment variable) every API request needs `Authorization: Bearer KEY`. Requests are
+answered one at a time, in order; --max-tokens caps what one request may generate. Cross-origin requests are
+refused unless --cors ORIGIN allows them.
+
+\b
+Example:
+  ggufkit serve model.Q4_K_M.gguf --port 8080 --api-key secret
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ggufkit import runtime
+from ggufkit.commands.run import model_options
+from ggufkit.errors import InputError, RuntimeFailure
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+PUBLIC_PATHS = {"/", "/health", "/favicon.ico"}
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _error_body(status: int, message: str, kind: str) -> bytes:
+    """The OpenAI error shape, so the official clients show the message."""
+    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
+
+
+# ---- the request guard: key, size, JSON, schema, max_tokens cap (one ASGI layer in front of everything)
+
+class ApiGuard:
+    """Pure ASGI middleware in front of llama-cpp-python's FastAPI app.
+
+    - API key: checked first (so a stranger learns nothing about body rules), with hmac.compare_digest.
+    - Body: at most `max_body` bytes (413), valid JSON (400), and for the completion endpoints valid against
+      llama-cpp-python's own request models (400 instead of its 500 for a schema error).
+    - max_tokens: absent, null or above `max_tokens` becomes `max_tokens`.
+    """
+
+    def __init__(self, app, api_key: str | None, max_body: int, max_tokens: int):
+        from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
+
+        self.app, self.api_key, self.max_body, self.max_tokens = app, api_key, max_body, max_tokens
+        self.schemas = {"/v1/chat/completions": CreateChatCompletionRequest,
+                        "/v1/completions": CreateCompletionRequest}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        public = path in PUBLIC_PATHS or path.startswith("/web/")
+        headers = dict(scope["headers"])
+        if self.api_key and not public and not self._authorized(headers.get(b"authorization", b"")):
+            return await self._reply(send, 401, "invalid or missing API key (Authorization: Bearer KEY)",
+                                     "authentication_error", {"www-authenticate": "Bearer"})
+        if scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_body:
+            return await self._reply(send, 413, f"request body over {self.max_body} bytes", "invalid_request_error")
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body:
+                return await self._reply(send, 413, f"request body over {self.max_body} bytes",
+                                         "invalid_request_error")
+            if not message.get("more_body"):
+                break
+        body, problem = self._check_body(path, body)
+        if problem:
+            return await self._reply(send, 400, problem, "invalid_request_error")
+        # The body is known to be JSON now: say so (curl's default form content type would make FastAPI
+        # hand the route raw bytes), with its new length.
+        kept = [(k, v) for k, v in scope["headers"] if k not in (b"content-length", b"content-type")]
+        scope = dict(scope, headers=kept + [(b"content-length", str(len(body)).encode()),
+                                            (b"content-type", b"application/json")])
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if delivered:
+                return await receive()  # after the body: wait for disconnect like a normal request
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    def _authorized(self, header: bytes) -> bool:
+        scheme, _, token = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key.encode())
+
+    def _check_body(self, path: str, body: bytes) -> tuple[bytes, str | None]:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            return body, f"request body is not valid JSON: {e}"
+        schema = self.schemas.get(path)
+        if schema is None:
+            return body, None
+        if not isinstance(data, dict):
+            return body, "request body must be a JSON object"
+        from pydantic import ValidationError
+
+        try:
+            schema.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return body, f"{where}: {first['msg']} ({e.error_count()} problem(s) in the request body)"
+        if data.get("max_tokens") is None or data["max_tokens"] > self.max_tokens:
+            data["max_tokens"] = self.max_tokens
+        return json.dumps(data).encode(), None
+
+    @staticmethod
+    async def _reply(send, status: int, message: str, kind: str, extra: dict | None = None):
+        payload = _error_body(status, message, kind)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+# ---- the app: llama-cpp-python's server, adjusted
+
+def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = None, api_key: str | None = None,
+              cors: tuple[str, ...] = (), max_tokens: int = 512, max_body: int = 1 << 20):
+    """llama-cpp-python's FastAPI app for one model, plus ggufkit's page, /health and ApiGuard; its
+    allow-all CORS is replaced; a new request waits for the running one instead of interrupting it."""
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from llama_cpp.server import app as llama_app
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    if not runtime.is_gguf(model_path):
+        raise InputError("not a GGUF file (no GGUF magic)", model_path)
+    alias = model_path.stem
+    threads = n_threads or runtime.default_threads()
+    # model_construct: the settings are exactly these values; pydantic-settings would otherwise also read
+    # environment variables such as PORT, API_KEY or N_CTX.
+    server_settings = ServerSettings.model_construct(api_key=api_key, interrupt_requests=False)
+    model_settings = ModelSettings.model_construct(
+        model=str(model_path), model_alias=alias, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+        logits_all=False, embedding=False, cache=False, verbose=False)
+    os.environ.pop("CONFIG_FILE", None)  # create_app would take all its settings from that file instead
+    try:
+        app = llama_app.create_app(server_settings=server_settings, model_settings=[model_settings])
+    except (ValueError, RuntimeError) as e:
+        raise RuntimeFailure(f"llama.cpp could not load the model: {e}", model_path) from e
+
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
+    if cors:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(ApiGuard, api_key=api_key, max_body=max_body, max_tokens=max_tokens)
+
+    async def constant_time_authenticate():  # ApiGuard has checked the key before any route runs
+        return True
+
+    app.dependency_overrides[llama_app.authenticate] = constant_time_authenticate
+
+    @app.get("/health", include_in_schema=False)
+    async def health():
+        return JSONResponse({"status": "ok", "model": alias})
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(WEB_DIR / "index.html", headers={
+            "content-security-policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:",
+            "x-content-type-options": "nosniff"})
+
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+    return app
+
+
+@click.command("serve")
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--api-key", envvar="GGUFKIT_API_KEY", default=None, help="Require this bearer key.")
+@click.option("--cors", multiple=True, metavar="ORIGIN", help="Allow cross-origin requests from ORIGIN.")
+@click.option("--max-tokens", type=click.IntRange(1), default=512, show_default=True,
+              help="Most tokens one request may generate (larger requests are capped).")
+@click.option("--max-body-kb", type=click.IntRange(1), default=1024, show_default=True,
+              help="Largest request body accepted, in KiB.")
+def command(model, scheme, ctx, threads, host, port, api_key, cors, max_tokens, max_body_kb):
+    import uvicorn
+
+    path = runtime.resolve_model(model, scheme)
+    app = build_app(path, n_ctx=ctx, n_threads=threads, api_key=api_key, cors=cors, max_tokens=max_tokens,
+                    max_body=max_body_kb * 1024)
+    if host not in LOOPBACK and not api_key:
+        click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"serving {path.name} on http://{shown}:{port}/ (API at /v1, Ctrl-C stops)", err=True)
+    sys.stderr.flush()
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+command.help = __doc__
