@@ -10,7 +10,7 @@ LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS=-ffp-contract=off -DCMAKE_CXX_FLAGS=-ffp-con
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup native models demo test bench lint clean llama-wheel
+.PHONY: setup native models demo test bench lint fuzz clean llama-wheel
 
 # setup: the virtualenv with ggufkit (editable) and its run + dev extras; llama-cpp-python from the wheel cache.
 setup: $(VENV)/.setup-done
@@ -51,6 +51,10 @@ test: native models
 # bench: the benchmarks under bench/; results go in BENCHMARKS.md by hand.
 bench: native models
 	@for f in bench/*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# fuzz: a longer fuzzing run of the GGUF reader than the test suite's (10 minutes).
+fuzz: setup
+	$(BIN)/python bench/fuzz_gguf.py --minutes 10
 
 # lint: ruff over the package, tests, models and bench.
 lint: setup

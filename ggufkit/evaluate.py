@@ -1,0 +1,154 @@
+"""Perplexity and KL divergence of a GGUF model on a text, computed the way llama-perplexity does.
+
+The text is tokenized once (with BOS if the vocabulary adds one) and cut into chunks of `ctx` tokens; each chunk
+is evaluated from scratch (its first token replaced by BOS when the vocabulary adds one) and only its second half
+is scored: the logits at positions ctx/2 .. ctx-2 predict the tokens after them (ctx/2 - 1 predictions a chunk).
+
+    PPL  = exp(mean negative log-likelihood of the scored tokens)
+    with a reference model (same vocabulary), over the same positions:
+    KLD  = mean over positions of  Σ_v p_ref(v) (log p_ref(v) - log p(v))
+    top1 = share of positions where both models' most likely token agree
+    RMS Δp = sqrt(mean (p(token) - p_ref(token))^2) for the actual next token
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ggufkit.errors import InputError, RuntimeFailure
+
+
+@dataclass
+class EvalResult:
+    model: str
+    ctx: int
+    chunks: int
+    tokens_scored: int
+    ppl: float
+    ppl_stderr: float
+    ref: str | None = None
+    ref_ppl: float | None = None
+    kld: float | None = None
+    top1: float | None = None
+    rms_dp: float | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """(n, vocab) f32 -> (n, vocab) f64 log-probabilities, max-shifted for stability."""
+    x = logits.astype(np.float64)
+    x -= x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def scored_positions(ctx: int) -> slice:
+    """Positions whose logits are scored in a chunk: ctx/2 .. ctx-2 (each predicts the token after it)."""
+    return slice(ctx // 2, ctx - 1)
+
+
+def read_text(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise InputError(f"cannot read text: {e.strerror}", path) from None
+
+
+def chunk_tokens(tokens: list[int], ctx: int, chunks: int | None, bos: int | None) -> list[list[int]]:
+    """Cut tokens into whole chunks of ctx; the first token of each becomes BOS when bos is given."""
+    n = len(tokens) // ctx
+    if chunks is not None:
+        n = min(n, chunks)
+    out = []
+    for c in range(n):
+        chunk = list(tokens[c * ctx: (c + 1) * ctx])
+        if bos is not None:
+            chunk[0] = bos
+        out.append(chunk)
+    return out
+
+
+class _LlamaScorer:
+    """A GGUF model through llama-cpp-python, returning the logits of every position of a chunk."""
+
+    def __init__(self, path: Path, ctx: int, threads: int | None):
+        from ggufkit.runtime import default_threads, is_gguf
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError("no such file", self.path)
+        if not is_gguf(self.path):
+            raise InputError("not a GGUF file (no GGUF magic)", self.path)
+        import llama_cpp
+
+        n = threads or default_threads()
+        try:  # logits for every position, which runtime.load (sampling only) does not keep
+            self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx,
+                                       n_threads=n, n_threads_batch=n, logits_all=True, verbose=False)
+        except (ValueError, RuntimeError) as e:
+            raise RuntimeFailure(f"llama.cpp could not load the model: {e}", self.path) from e
+
+    def tokenize(self, text: str) -> tuple[list[int], int | None]:
+        """Token ids of the text with BOS if the vocabulary adds one; and that BOS id (or None)."""
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        bos = self.llm.token_bos()
+        adds_bos = bool(ids) and ids[0] == bos and self.llm._model.add_bos_token()
+        return ids, (bos if adds_bos else None)
+
+    def logits(self, chunk: list[int]) -> np.ndarray:
+        """(len(chunk), vocab) f32 logits."""
+        self.llm.reset()
+        self.llm.eval(chunk)
+        return np.array(self.llm.scores[: len(chunk)], dtype=np.float32)
+
+
+def evaluate(model: Path, text_path: Path, ctx: int = 512, chunks: int | None = None, ref: Path | None = None,
+             threads: int | None = None, progress: bool = False) -> EvalResult:
+    if ctx < 8 or ctx % 2:
+        raise InputError(f"--ctx {ctx} must be an even number >= 8")
+    text = read_text(text_path)
+    if chunks is not None:
+        text = text[: chunks * ctx * 16]  # tokenizing a whole encyclopedia for two chunks is wasted work
+    scorer = _LlamaScorer(model, ctx, threads)
+    tokens, bos = scorer.tokenize(text)
+    parts = chunk_tokens(tokens, ctx, chunks, bos)
+    if not parts:
+        raise InputError(f"{len(tokens)} tokens are fewer than one chunk of {ctx}", text_path)
+    ref_scorer = _LlamaScorer(ref, ctx, threads) if ref is not None else None
+    if ref_scorer is not None and ref_scorer.llm.n_vocab() != scorer.llm.n_vocab():
+        raise InputError(f"vocabulary of {ref_scorer.llm.n_vocab()} tokens, the model has "
+                         f"{scorer.llm.n_vocab()}: not the same model family", ref)
+
+    from tqdm import tqdm
+
+    pos = scored_positions(ctx)
+    nll, ref_nll, kld, top1, dp2 = [], [], [], [], []
+    for chunk in tqdm(parts, desc="eval", unit="chunk", disable=not progress):
+        targets = np.array(chunk[pos.start + 1: pos.stop + 1])  # (ctx/2 - 1,) the tokens being predicted
+        lp = log_softmax(scorer.logits(chunk)[pos])  # (ctx/2 - 1, vocab)
+        rows = np.arange(len(targets))
+        nll.append(-lp[rows, targets])
+        if ref_scorer is not None:
+            lq = log_softmax(ref_scorer.logits(chunk)[pos])
+            ref_nll.append(-lq[rows, targets])
+            pq = np.exp(lq)
+            kld.append((pq * (lq - lp)).sum(axis=1))
+            top1.append(lp.argmax(axis=1) == lq.argmax(axis=1))
+            dp2.append((np.exp(lp[rows, targets]) - pq[rows, targets]) ** 2)
+    nll_all = np.concatenate(nll)
+    mean = float(nll_all.mean())
+    # standard error of the PPL by the delta method: PPL * stderr(mean nll)
+    stderr = float(math.exp(mean) * nll_all.std(ddof=1) / math.sqrt(len(nll_all))) if len(nll_all) > 1 else 0.0
+    result = EvalResult(model=str(model), ctx=ctx, chunks=len(parts), tokens_scored=int(len(nll_all)),
+                        ppl=math.exp(mean), ppl_stderr=stderr)
+    if ref_scorer is not None:
+        result.ref = str(ref)
+        result.ref_ppl = math.exp(float(np.concatenate(ref_nll).mean()))
+        result.kld = float(np.concatenate(kld).mean())
+        result.top1 = float(np.concatenate(top1).mean())
+        result.rms_dp = float(math.sqrt(np.concatenate(dp2).mean()))
+    return result
