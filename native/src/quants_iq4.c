@@ -149,37 +149,44 @@ static void dequantize_row_iq4_nl(const void *vy, float *x, int64_t n) {
 
 enum { IQ4_XS_BYTES = 2 + 2 + 4 + 128 };
 
+// Given the eight sub-block scales of a super-block, writes d, the 6-bit scale codes and the level indices.
+static void finish_iq4_xs_block(const float *x, const float scales[XS_SUBS], uint8_t *y) {
+    float max_scale = 0.0f, amax_scale = 0.0f;
+    for (int s = 0; s < XS_SUBS; s++) {
+        if (fabsf(scales[s]) > amax_scale) {
+            amax_scale = fabsf(scales[s]);
+            max_scale = scales[s];
+        }
+    }
+    const float d = -max_scale / 32.0f;   // an all-zero super-block gives -0.0 (fp16 0x8000), as in llama.cpp
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_half(y, d);
+    uint16_t scales_h = 0;
+    uint8_t *scales_l = y + 4;
+    memset(scales_l, 0, 4);
+    for (int s = 0; s < XS_SUBS; s++) {
+        int l = round_via_magic(id * scales[s]);
+        l = l < -32 ? -32 : l > 31 ? 31 : l;
+        const float dl = d * (float)l;
+        pack_sub_block(x + s * SUB, dl != 0.0f ? 1.0f / dl : 0.0f, y + 8 + s * SUB_HALF);
+        const int code = l + 32;
+        scales_l[s / 2] |= (uint8_t)((code & 0x0f) << (4 * (s % 2)));
+        scales_h |= (uint16_t)((code >> 4) << (2 * s));
+    }
+    memcpy(y + 2, &scales_h, 2);
+}
+
 static void quantize_row_iq4_xs(const float *x, void *vy, int64_t n, const float *imatrix) {
     uint8_t *y = (uint8_t *)vy;
     float w[SUB], scales[XS_SUBS];
     for (int64_t b = 0; b < n / XS_SUPER; b++, x += XS_SUPER, y += IQ4_XS_BYTES) {
         const float *im = imatrix ? imatrix + b * XS_SUPER : NULL;
         const float sigma2 = doubled_mean_square(x, XS_SUPER);
-        float max_scale = 0.0f, amax_scale = 0.0f;
         for (int s = 0; s < XS_SUBS; s++) {
             sub_block_weights(x + s * SUB, im ? im + s * SUB : NULL, sigma2, w);
             scales[s] = search_sub_scale(x + s * SUB, w);
-            if (fabsf(scales[s]) > amax_scale) {
-                amax_scale = fabsf(scales[s]);
-                max_scale = scales[s];
-            }
         }
-        const float d = -max_scale / 32.0f;   // an all-zero super-block gives -0.0 (fp16 0x8000), as in llama.cpp
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        store_half(y, d);
-        uint16_t scales_h = 0;
-        uint8_t *scales_l = y + 4;
-        memset(scales_l, 0, 4);
-        for (int s = 0; s < XS_SUBS; s++) {
-            int l = round_via_magic(id * scales[s]);
-            l = l < -32 ? -32 : l > 31 ? 31 : l;
-            const float dl = d * (float)l;
-            pack_sub_block(x + s * SUB, dl != 0.0f ? 1.0f / dl : 0.0f, y + 8 + s * SUB_HALF);
-            const int code = l + 32;
-            scales_l[s / 2] |= (uint8_t)((code & 0x0f) << (4 * (s % 2)));
-            scales_h |= (uint16_t)((code >> 4) << (2 * s));
-        }
-        memcpy(y + 2, &scales_h, 2);
+        finish_iq4_xs_block(x, scales, y);
     }
 }
 
@@ -201,10 +208,158 @@ static void dequantize_row_iq4_xs(const void *vy, float *x, int64_t n) {
     }
 }
 
+// ---- AVX2: eight sub-blocks in lanes
+// Lane k searches the scale of sub-block k (IQ4_NL: eight consecutive blocks; IQ4_XS: the eight sub-blocks of one
+// super-block), walking j = 0..31 in the scalar order, so every sum is the scalar one. The nearest level is found
+// by counting levels <= v instead of bisecting; both give the pair around v, then the same float comparison picks.
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define GK_AVX2 __attribute__((target("avx2,f16c")))
+#define HAVE_IQ4_AVX2 1
+
+// Eight blocks of 32 (stride 32 floats) -> (32, 8): t[j] lane k = src[k * 32 + j].
+GK_AVX2 static inline void transpose_group(const float *src, __m256 t[SUB]) {
+    for (int c = 0; c < SUB; c += 8) {
+        __m256 *r = t + c, a[8], u[8];
+        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(src + k * SUB + c);
+        for (int i = 0; i < 4; i++) {
+            a[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            a[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        for (int i = 0; i < 2; i++) {
+            u[4 * i + 0] = _mm256_shuffle_ps(a[4 * i + 0], a[4 * i + 2], 0x44);
+            u[4 * i + 1] = _mm256_shuffle_ps(a[4 * i + 0], a[4 * i + 2], 0xee);
+            u[4 * i + 2] = _mm256_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0x44);
+            u[4 * i + 3] = _mm256_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0xee);
+        }
+        for (int i = 0; i < 4; i++) {
+            r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+            r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+        }
+    }
+}
+
+// (float)IQ4_LEVELS[idx] for idx in 0..15.
+GK_AVX2 static inline __m256 level_of8(__m256i idx) {
+    const __m256 lo = _mm256_setr_ps(-127, -104, -83, -65, -49, -35, -22, -10);
+    const __m256 hi = _mm256_setr_ps(1, 13, 25, 38, 53, 69, 89, 113);
+    const __m256 upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7)));
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), upper);
+}
+
+// nearest_level on eight lanes, same answers including the ends and NaN.
+GK_AVX2 static inline __m256i nearest_level8(__m256 v) {
+    __m256i hi = _mm256_set1_epi32(1);   // 1 + #{i in 1..14 : level[i] <= v}: the level just above v
+    for (int i = 1; i < 15; i++)
+        hi = _mm256_sub_epi32(hi, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_set1_ps((float)IQ4_LEVELS[i]),
+                                                                    _CMP_GE_OQ)));
+    const __m256i lo = _mm256_sub_epi32(hi, _mm256_set1_epi32(1));
+    const __m256 take_lo = _mm256_cmp_ps(_mm256_sub_ps(v, level_of8(lo)), _mm256_sub_ps(level_of8(hi), v), _CMP_LT_OQ);
+    __m256i idx = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(hi), _mm256_castsi256_ps(lo), take_lo));
+    const __m256 at_bottom = _mm256_cmp_ps(v, _mm256_set1_ps((float)IQ4_LEVELS[0]), _CMP_LE_OQ);
+    const __m256 at_top = _mm256_cmp_ps(v, _mm256_set1_ps((float)IQ4_LEVELS[15]), _CMP_NLT_UQ);  // or NaN
+    idx = _mm256_andnot_si256(_mm256_castps_si256(at_bottom), idx);
+    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(idx), _mm256_castsi256_ps(_mm256_set1_epi32(15)),
+                                                at_top));
+}
+
+GK_AVX2 static inline void level_sums8(const __m256 xt[SUB], const __m256 wt[SUB], __m256 iscale, __m256 *svx,
+                                       __m256 *svv) {
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+    for (int j = 0; j < SUB; j++) {
+        const __m256 v = level_of8(nearest_level8(_mm256_mul_ps(iscale, xt[j])));
+        const __m256 wv = _mm256_mul_ps(wt[j], v);
+        a = _mm256_add_ps(a, _mm256_mul_ps(wv, xt[j]));
+        b = _mm256_add_ps(b, _mm256_mul_ps(wv, v));
+    }
+    *svx = a;
+    *svv = b;
+}
+
+// search_sub_scale for eight sub-blocks: xt, wt (32, 8) -> scale per lane.
+GK_AVX2 static inline __m256 search_sub_scale8(const __m256 xt[SUB], const __m256 wt[SUB]) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
+    __m256 amax = zero, max = zero;
+    for (int j = 0; j < SUB; j++) {
+        const __m256 ax = _mm256_andnot_ps(sign, xt[j]);
+        const __m256 gt = _mm256_cmp_ps(ax, amax, _CMP_GT_OQ);
+        amax = _mm256_blendv_ps(amax, ax, gt);
+        max = _mm256_blendv_ps(max, xt[j], gt);
+    }
+    const __m256 live = _mm256_cmp_ps(amax, _mm256_set1_ps(ALL_ZERO_BELOW), _CMP_GE_OQ);
+    const __m256 d0 = _mm256_div_ps(_mm256_xor_ps(max, sign), _mm256_set1_ps((float)IQ4_LEVELS[0]));
+    __m256 svx, svv;
+    level_sums8(xt, wt, _mm256_div_ps(_mm256_set1_ps(1.0f), d0), &svx, &svv);
+    __m256 d = _mm256_and_ps(_mm256_div_ps(svx, svv), _mm256_cmp_ps(svv, zero, _CMP_GT_OQ));
+    __m256 best = _mm256_mul_ps(d, svx);
+    for (int k = -SEARCH_STEPS; k <= SEARCH_STEPS; k++) {
+        level_sums8(xt, wt, _mm256_div_ps(_mm256_set1_ps((float)(k + IQ4_LEVELS[0])), max), &svx, &svv);
+        const __m256 better = _mm256_and_ps(_mm256_cmp_ps(svv, zero, _CMP_GT_OQ),
+                                            _mm256_cmp_ps(_mm256_mul_ps(svx, svx), _mm256_mul_ps(best, svv), _CMP_GT_OQ));
+        const __m256 cand = _mm256_div_ps(svx, svv);
+        d = _mm256_blendv_ps(d, cand, better);
+        best = _mm256_blendv_ps(best, _mm256_mul_ps(cand, svx), better);
+    }
+    return _mm256_and_ps(d, live);
+}
+
+// Weights of eight transposed sub-blocks: x^2, or im * sqrt(sigma2 + x^2) with sigma2 per lane.
+GK_AVX2 static inline void weights8(const __m256 xt[SUB], const float *im, __m256 sigma2, __m256 wt[SUB]) {
+    if (im == NULL) {
+        for (int j = 0; j < SUB; j++) wt[j] = _mm256_mul_ps(xt[j], xt[j]);
+        return;
+    }
+    transpose_group(im, wt);
+    for (int j = 0; j < SUB; j++)
+        wt[j] = _mm256_mul_ps(wt[j], _mm256_sqrt_ps(_mm256_add_ps(sigma2, _mm256_mul_ps(xt[j], xt[j]))));
+}
+
+GK_AVX2 static void quantize_row_iq4_nl_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
+    uint8_t *y = (uint8_t *)vy;
+    const int64_t nb = n / SUB;
+    __m256 xt[SUB], wt[SUB];
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        const float *xg = x + b * SUB;
+        transpose_group(xg, xt);
+        __m256 sum = _mm256_setzero_ps();   // per-block sum of squares, sequential in j as in the scalar path
+        for (int j = 0; j < SUB; j++) sum = _mm256_add_ps(sum, _mm256_mul_ps(xt[j], xt[j]));
+        weights8(xt, imatrix ? imatrix + b * SUB : NULL, _mm256_mul_ps(sum, _mm256_set1_ps(2.0f / (float)SUB)), wt);
+        float d[8];
+        _mm256_storeu_ps(d, search_sub_scale8(xt, wt));
+        for (int k = 0; k < 8; k++) {
+            uint8_t *yb = y + (b + k) * IQ4_NL_BYTES;
+            store_half(yb, d[k]);
+            pack_sub_block(xg + k * SUB, d[k] != 0.0f ? 1.0f / d[k] : 0.0f, yb + 2);
+        }
+    }
+    if (b < nb) quantize_row_iq4_nl(x + b * SUB, y + b * IQ4_NL_BYTES, (nb - b) * SUB, imatrix ? imatrix + b * SUB : NULL);
+}
+
+GK_AVX2 static void quantize_row_iq4_xs_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
+    uint8_t *y = (uint8_t *)vy;
+    __m256 xt[SUB], wt[SUB];
+    float scales[XS_SUBS];
+    for (int64_t b = 0; b < n / XS_SUPER; b++, x += XS_SUPER, y += IQ4_XS_BYTES) {
+        transpose_group(x, xt);
+        weights8(xt, imatrix ? imatrix + b * XS_SUPER : NULL, _mm256_set1_ps(doubled_mean_square(x, XS_SUPER)), wt);
+        _mm256_storeu_ps(scales, search_sub_scale8(xt, wt));
+        finish_iq4_xs_block(x, scales, y);
+    }
+}
+#endif
+
 // ---- table
 
+#ifdef HAVE_IQ4_AVX2
+#define IQ4_SIMD(fn) fn##_avx2, "avx2"
+#else
+#define IQ4_SIMD(fn) NULL, NULL
+#endif
+
 const gk_type_traits gk_iq4_types[] = {
-    {20, "IQ4_NL", SUB, IQ4_NL_BYTES, quantize_row_iq4_nl, NULL, NULL, dequantize_row_iq4_nl},
-    {23, "IQ4_XS", XS_SUPER, IQ4_XS_BYTES, quantize_row_iq4_xs, NULL, NULL, dequantize_row_iq4_xs},
+    {20, "IQ4_NL", SUB, IQ4_NL_BYTES, quantize_row_iq4_nl, IQ4_SIMD(quantize_row_iq4_nl), dequantize_row_iq4_nl},
+    {23, "IQ4_XS", XS_SUPER, IQ4_XS_BYTES, quantize_row_iq4_xs, IQ4_SIMD(quantize_row_iq4_xs), dequantize_row_iq4_xs},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
