@@ -450,7 +450,7 @@ static void dequantize_row_q8_0(const void *vy, float *x, int64_t n) {
 // whichever order the lanes are compared in; where the sign of a zero or a tie matters, the first occurrence is
 // looked up as the scalar loop would find it) and per-element arithmetic done in the scalar order. Conversions
 // truncate like cvttss2si (out-of-range -> INT_MIN, whose low byte and nibbles are 0, as in the scalar code).
-// With an imatrix the scalar weighted path runs (its per-block sums are sequential and stay so).
+// The weighted (imatrix) fits have per-block sums; their AVX2 versions below keep one block per lane instead.
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -936,6 +936,8 @@ GK_AVX2 static void affine_weighted_row_avx2(const float *x, uint8_t *y, int64_t
         pack_nibbles(q[0], yb + qs_at);
     }
 }
+
+// ---- AVX2 entry points (the quantize_row_simd column of the table)
 
 GK_AVX2 static void quantize_row_q4_0_avx2(const float *x, void *y, int64_t n, const float *imatrix) {
     if (imatrix != NULL) symmetric_weighted_row_avx2(x, (uint8_t *)y, n, imatrix, 8, Q4_0_BYTES, 0);
