@@ -516,9 +516,13 @@ void kq_q3k_finish_weighted(const float *x, uint8_t *blk, const float *scales, c
     float d = kq_fit_symmetric(16, 32, scales, group_w, ls);
     uint8_t s6[16];
     for (int g = 0; g < 16; g++) s6[g] = (uint8_t)ls[g];
+    kq_q3k_write_header(blk, s6, d);
+    if (x) kq_q3k_requantize_pack(x, blk, levels);
+}
+
+void kq_q3k_write_header(uint8_t *blk, const uint8_t *s6, float d) {
     kq_pack_scale6_q3(s6, blk + Q3K_SCALES);
     store_fp16(blk + Q3K_D, d);
-    if (x) kq_q3k_requantize_pack(x, blk, levels);
 }
 
 void kq_quantize_row_q3_k(const float *x, void *vy, int64_t n, const float *imatrix) {
@@ -791,6 +795,8 @@ static void dequantize_row_q6_k(const void *vy, float *x, int64_t n) {
 
 #if defined(__x86_64__) || defined(__i386__)
 #define KQ_SIMD(t) kq_quantize_row_##t##_avx2, "avx2"
+#elif defined(__aarch64__)
+#define KQ_SIMD(t) kq_quantize_row_##t##_neon, "neon"
 #else
 #define KQ_SIMD(t) NULL, NULL
 #endif

@@ -1,5 +1,6 @@
-// Shared between quants_k.c (plain C, the reference) and quants_k_avx2.c: the fitting helpers and the block
-// finishing/packing steps, so both paths produce their bytes through the same code where it is not vectorised.
+// Shared between quants_k.c (plain C, the reference) and the lane paths (quants_k_lanes.h): the fitting helpers
+// and the block finishing/packing steps, so both paths produce their bytes through the same code where it is not
+// vectorised.
 #ifndef GGUFKIT_QUANTS_K_INTERNAL_H
 #define GGUFKIT_QUANTS_K_INTERNAL_H
 
@@ -47,6 +48,8 @@ void kq_q45k_finish_plain(const float *x, uint8_t *blk, const float *scales, con
 void kq_q45k_finish_weighted(const float *x, uint8_t *blk, const float *scales, const float *mins,
                              const float *group_w, uint8_t *levels, int nmax);
 int kq_q6k_header(uint8_t *blk, const float *scales);
+// Q3_K header from the 6-bit scales (stored +32) and the super-block scale d.
+void kq_q3k_write_header(uint8_t *blk, const uint8_t *s6, float d);
 
 void kq_q2k_group_factors(const uint8_t *blk, float *dg, float *mg);
 void kq_q3k_group_factors(const uint8_t *blk, float *dg);
@@ -57,7 +60,8 @@ void kq_q3k_requantize_pack(const float *x, uint8_t *blk, int8_t *levels);
 void kq_q45k_requantize_pack(const float *x, uint8_t *blk, uint8_t *levels, int nmax);
 void kq_q6k_requantize_pack(const float *x, uint8_t *blk, int8_t *levels);
 
-// The plain-C row quantizers (the reference) and their AVX2 versions (quants_k_avx2.c, x86 only).
+// The plain-C row quantizers (the reference) and their lane versions (quants_k_lanes.h): AVX2 (quants_k_avx2.c,
+// x86 only) and NEON (quants_k_neon.c, aarch64 only).
 void kq_quantize_row_q2_k(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q3_k(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q4_k(const float *x, void *y, int64_t n, const float *imatrix);
@@ -68,5 +72,10 @@ void kq_quantize_row_q3_k_avx2(const float *x, void *y, int64_t n, const float *
 void kq_quantize_row_q4_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q5_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q6_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q2_k_neon(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q3_k_neon(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q4_k_neon(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q5_k_neon(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q6_k_neon(const float *x, void *y, int64_t n, const float *imatrix);
 
 #endif

@@ -1,0 +1,528 @@
+// The lane-per-block K-quant quantizers, written once for every SIMD backend: eight 256-float blocks of a row at
+// a time, block b in lane b of an eight-lane float vector.
+//
+// Exactness: lane b performs, for its own block, exactly the float operations of the plain-C fitting in
+// quants_k.c, in the same order (sums run element by element within a block; nothing is reordered or
+// reassociated). Data-dependent branches become per-lane masks and picks; a lane that the scalar code would skip
+// (a `continue`, an early `break`) computes throw-away values that are never picked. Division and sqrt are the
+// IEEE-exact instructions; no reciprocal approximations, no FMA (the including files are built with
+// -ffp-contract=off and use separate multiply and add). The per-group fits run here, and so does the packing of
+// Q3_K's and Q6_K's levels (pure data movement); the small per-block header steps (super-block scales) run
+// through the shared plain-C code. Blocks left over when a row holds fewer than eight go through the plain path.
+//
+// The including file (quants_k_avx2.c, quants_k_neon.c) defines, before including this header:
+//   KQ_TARGET                function attribute (target ISA) or nothing
+//   KQ_ROW_NAME(t)           the row entry point's name for type t (kq_quantize_row_<t>_<isa>)
+//   kv, km, kvi              eight floats, eight lane masks, eight int32
+//   v_set v_zero v_add v_sub v_mul v_div v_sqrt v_abs v_neg    float lane arithmetic (IEEE, no fusion)
+//   v_gt v_lt v_eq (ordered: false on NaN) v_ne (true on NaN), m_and m_or m_true m_any m_all
+//   v_pick(a, b, m)          m ? b : a per lane
+//   v_round_clamp(v, lo, hi) kq_round_magic per lane, clamped to [lo, hi] as an int, returned as an exact float
+//   v_load(p) v_store(p, v)  eight consecutive floats
+//   vi_from(v)               exact small-integer floats -> int32 lanes;  vi_and vi_or vi_shl vi_shr vi_set
+//   transpose8(in, out)      8x8 transpose of 32-bit lanes: out[j] lane b = in[b] lane j (kv; kvi via casts
+//                            inside vi_transpose8)
+//   vi_store_block_rows(w, y, stride)  w: 8 kvi, lane b of w[k] = word k of block b -> 32 bytes at y + b*stride
+#ifndef GGUFKIT_QUANTS_K_LANES_H
+#define GGUFKIT_QUANTS_K_LANES_H
+
+#include <math.h>
+#include <string.h>
+
+#include "quants_k_internal.h"
+
+// ---- transposes between block-major rows and lane-major vectors
+
+// src: 8 blocks of 256 floats, block b at src + b*256 -> dst[e] = element e of the 8 blocks (lane b = block b).
+KQ_TARGET static void to_lanes(const float *src, kv *dst) {
+    for (int e = 0; e < 256; e += 8) {
+        kv rows[8];
+        for (int b = 0; b < 8; b++) rows[b] = v_load(src + 256 * b + e);
+        transpose8(rows, dst + e);
+    }
+}
+
+// (256, 8) lane-major levels (exact small integers as floats) -> lane b's 256 levels as bytes.
+KQ_TARGET static void lane_levels_u8(const kv *q, int lane, uint8_t *out) {
+    const float *f = (const float *)q;
+    for (int e = 0; e < 256; e++) out[e] = (uint8_t)(int)f[8 * e + lane];
+}
+
+// Packed bytes in lanes -> blocks: bytes[p] lane b is byte p of block b (0..255), n a multiple of 32; byte p goes
+// to y + b*stride + p.
+KQ_TARGET static void store_lane_bytes(const kvi *bytes, int n, uint8_t *y, int stride) {
+    for (int c = 0; c < n; c += 32) {
+        kvi words[8];  // lane b of words[k]: bytes c+4k .. c+4k+3 of block b, little-endian
+        for (int k = 0; k < 8; k++) {
+            const kvi *p = bytes + c + 4 * k;
+            words[k] = vi_or(vi_or(p[0], vi_shl(p[1], 8)), vi_or(vi_shl(p[2], 16), vi_shl(p[3], 24)));
+        }
+        vi_store_block_rows(words, y + c, stride);
+    }
+}
+
+// ---- fitting, eight groups at once (see the plain versions in quants_k.c for what each computes)
+
+// kq_fit_affine per lane. q[i] receives the levels as floats.
+KQ_TARGET static kv fit_affine_v(int n, int nmax, const kv *x, const kv *w, kv *q, kv *neg_min, float rmin,
+                                 float rdelta, int nstep, int use_mad) {
+    kv trial_q[32];
+    const kv zero = v_zero();
+    kv min = x[0], max = x[0];
+    kv sum_w = w[0];
+    kv sum_x = v_mul(sum_w, x[0]);
+    for (int i = 1; i < n; i++) {
+        min = v_pick(min, x[i], v_lt(x[i], min));
+        max = v_pick(max, x[i], v_gt(x[i], max));
+        sum_w = v_add(sum_w, w[i]);
+        sum_x = v_add(sum_x, v_mul(w[i], x[i]));
+    }
+    min = v_pick(min, zero, v_gt(min, zero));
+    const km flat = v_eq(max, min);
+    const kv flat_neg_min = v_neg(min);
+    const kv inv = v_div(v_set((float)nmax), v_sub(max, min));
+    kv scale = v_div(v_set(1.0f), inv);
+    kv best_err = zero;
+    for (int i = 0; i < n; i++) {
+        q[i] = v_round_clamp(v_mul(inv, v_sub(x[i], min)), 0, nmax);
+        kv diff = v_sub(v_add(v_mul(scale, q[i]), min), x[i]);
+        diff = use_mad ? v_abs(diff) : v_mul(diff, diff);
+        best_err = v_add(best_err, v_mul(w[i], diff));
+    }
+    for (int k = 0; k <= nstep; k++) {
+        // min is the best fit so far: it moves when a trial is taken, and so do the range and the levels
+        const kv trial = v_div(v_set(rmin + rdelta * k + nmax), v_sub(max, min));
+        kv sum_l = zero, sum_l2 = zero, sum_xl = zero;
+        for (int i = 0; i < n; i++) {
+            const kv l = v_round_clamp(v_mul(trial, v_sub(x[i], min)), 0, nmax);
+            trial_q[i] = l;
+            const kv wl = v_mul(w[i], l);
+            sum_l = v_add(sum_l, wl);
+            sum_l2 = v_add(sum_l2, v_mul(wl, l));
+            sum_xl = v_add(sum_xl, v_mul(wl, x[i]));
+        }
+        const kv det = v_sub(v_mul(sum_w, sum_l2), v_mul(sum_l, sum_l));
+        const km solvable = v_gt(det, zero);
+        if (!m_any(solvable)) continue;
+        kv t_scale = v_div(v_sub(v_mul(sum_w, sum_xl), v_mul(sum_x, sum_l)), det);
+        kv t_min = v_div(v_sub(v_mul(sum_l2, sum_x), v_mul(sum_l, sum_xl)), det);
+        const km positive_min = v_gt(t_min, zero);
+        t_min = v_pick(t_min, zero, positive_min);
+        t_scale = v_pick(t_scale, v_div(sum_xl, sum_l2), positive_min);
+        kv err = zero;
+        for (int i = 0; i < n; i++) {
+            kv diff = v_sub(v_add(v_mul(t_scale, trial_q[i]), t_min), x[i]);
+            diff = use_mad ? v_abs(diff) : v_mul(diff, diff);
+            err = v_add(err, v_mul(w[i], diff));
+        }
+        const km take = m_and(solvable, v_lt(err, best_err));
+        if (!m_any(take)) continue;
+        for (int i = 0; i < n; i++) q[i] = v_pick(q[i], trial_q[i], take);
+        best_err = v_pick(best_err, err, take);
+        scale = v_pick(scale, t_scale, take);
+        min = v_pick(min, t_min, take);
+    }
+    for (int i = 0; i < n; i++) q[i] = v_pick(q[i], zero, flat);
+    *neg_min = v_pick(v_neg(min), flat_neg_min, flat);
+    return v_pick(scale, zero, flat);
+}
+
+// Largest magnitude per lane and the signed value holding it (first occurrence wins, like the scalar scan).
+KQ_TARGET static void signed_absmax_v(int n, const kv *x, kv *amax, kv *max) {
+    kv a_best = v_zero(), m_best = v_zero();
+    for (int i = 0; i < n; i++) {
+        const kv a = v_abs(x[i]);
+        const km bigger = v_gt(a, a_best);
+        a_best = v_pick(a_best, a, bigger);
+        m_best = v_pick(m_best, x[i], bigger);
+    }
+    *amax = a_best;
+    *max = m_best;
+}
+
+// kq_fit_symmetric per lane (w == NULL: weights x^2), n <= 16. q[i] receives the levels (offset by nmax) as
+// floats. w*x and (for w == NULL) x*x are computed once: the scalar code's w * x[i] * l is (w * x[i]) * l, the
+// same rounding. A trial's levels are recomputed when it is taken instead of being stored for every trial.
+KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in, kv *q) {
+    kv w[16], wx[16];
+    const kv zero = v_zero(), offset = v_set((float)nmax);
+    kv amax, max;
+    signed_absmax_v(n, x, &amax, &max);
+    const km all_zero = v_lt(amax, v_set(1e-15f));
+    for (int i = 0; i < n; i++) {
+        w[i] = w_in ? w_in[i] : v_mul(x[i], x[i]);
+        wx[i] = v_mul(w[i], x[i]);
+    }
+    const kv inv = v_div(v_set((float)-nmax), max);
+    kv sumlx = zero, suml2 = zero;
+    for (int i = 0; i < n; i++) {
+        const kv l = v_round_clamp(v_mul(inv, x[i]), -nmax, nmax - 1);
+        q[i] = v_add(l, offset);
+        sumlx = v_add(sumlx, v_mul(wx[i], l));
+        suml2 = v_add(suml2, v_mul(v_mul(w[i], l), l));
+    }
+    kv scale = v_pick(zero, v_div(sumlx, suml2), v_ne(suml2, zero));
+    kv best = v_mul(scale, sumlx);
+    for (int k = -9; k <= 9; k++) {
+        if (k == 0) continue;
+        const kv trial = v_div(v_set(-(nmax + 0.1f * k)), max);
+        kv tlx = zero, tl2 = zero;
+        for (int i = 0; i < n; i++) {
+            const kv l = v_round_clamp(v_mul(trial, x[i]), -nmax, nmax - 1);
+            tlx = v_add(tlx, v_mul(wx[i], l));
+            tl2 = v_add(tl2, v_mul(v_mul(w[i], l), l));
+        }
+        const km take = m_and(v_gt(tl2, zero), v_gt(v_mul(tlx, tlx), v_mul(best, tl2)));
+        if (!m_any(take)) continue;
+        for (int i = 0; i < n; i++)
+            q[i] = v_pick(q[i], v_add(v_round_clamp(v_mul(trial, x[i]), -nmax, nmax - 1), offset), take);
+        const kv t_scale = v_div(tlx, tl2);
+        scale = v_pick(scale, t_scale, take);
+        best = v_pick(best, v_mul(t_scale, tlx), take);
+    }
+    for (int i = 0; i < n; i++) q[i] = v_pick(q[i], zero, all_zero);
+    return v_pick(scale, zero, all_zero);
+}
+
+// kq_fit_symmetric_descent per lane for Q3_K (16 values, nmax 4), on KQ_DESCENT_GROUPS groups at once: x and q
+// hold the groups one after another (16 each). A group's lane stops after the first pass that changes none of its
+// levels. Each step of the descent depends on the one before (the running sums), so the groups are interleaved
+// element by element: independent chains the CPU can overlap.
+#define KQ_DESCENT_GROUPS 4
+
+KQ_TARGET static void fit_descent_v(const kv *x, kv *q, kv *scales) {
+    enum { N = 16, NMAX = 4, G = KQ_DESCENT_GROUPS };
+    const kv zero = v_zero();
+    kv w[G * N], wx[G * N], sumlx[G], suml2[G];
+    km all_zero[G], active[G];
+    for (int g = 0; g < G; g++) {
+        const kv *xg = x + N * g;
+        kv amax, max;
+        signed_absmax_v(N, xg, &amax, &max);
+        all_zero[g] = v_lt(amax, v_set(1e-15f));
+        const kv inv = v_div(v_set((float)-NMAX), max);
+        sumlx[g] = zero;
+        suml2[g] = zero;
+        for (int i = 0; i < N; i++) {
+            kv *qi = q + N * g + i;
+            *qi = v_round_clamp(v_mul(inv, xg[i]), -NMAX, NMAX - 1);
+            w[N * g + i] = v_mul(xg[i], xg[i]);
+            wx[N * g + i] = v_mul(w[N * g + i], xg[i]);
+            sumlx[g] = v_add(sumlx[g], v_mul(wx[N * g + i], *qi));
+            suml2[g] = v_add(suml2[g], v_mul(v_mul(w[N * g + i], *qi), *qi));
+        }
+        active[g] = m_true();
+    }
+    for (int pass = 0; pass < 5; pass++) {
+        km changed[G], any = active[0];
+        for (int g = 1; g < G; g++) any = m_or(any, active[g]);
+        if (!m_any(any)) break;
+        for (int g = 0; g < G; g++) changed[g] = v_lt(zero, zero);
+        for (int i = 0; i < N; i++) {
+            for (int g = 0; g < G; g++) {
+                const int e = N * g + i;
+                kv slx = v_sub(sumlx[g], v_mul(wx[e], q[e]));
+                const km can = v_gt(slx, zero);
+                kv sl2 = v_sub(suml2[g], v_mul(v_mul(w[e], q[e]), q[e]));
+                const kv l = v_round_clamp(v_div(v_mul(x[e], sl2), slx), -NMAX, NMAX - 1);
+                const km differs = v_ne(l, q[e]);
+                slx = v_add(slx, v_mul(wx[e], l));
+                sl2 = v_add(sl2, v_mul(v_mul(w[e], l), l));
+                const km better = m_and(v_gt(sl2, zero), v_gt(v_mul(v_mul(slx, slx), suml2[g]),
+                                                              v_mul(v_mul(sumlx[g], sumlx[g]), sl2)));
+                const km take = m_and(m_and(active[g], can), m_and(differs, better));
+                q[e] = v_pick(q[e], l, take);
+                sumlx[g] = v_pick(sumlx[g], slx, take);
+                suml2[g] = v_pick(suml2[g], sl2, take);
+                changed[g] = m_or(changed[g], take);
+            }
+        }
+        for (int g = 0; g < G; g++) active[g] = m_and(active[g], changed[g]);
+    }
+    const kv offset = v_set((float)NMAX);
+    for (int g = 0; g < G; g++) {
+        for (int i = 0; i < N; i++) q[N * g + i] = v_pick(v_add(q[N * g + i], offset), zero, all_zero[g]);
+        const kv scale = v_pick(zero, v_div(sumlx[g], suml2[g]), v_gt(suml2[g], zero));
+        scales[g] = v_pick(scale, zero, all_zero[g]);
+    }
+}
+
+// ---- shared per-group weight helpers
+
+// Per lane: the sum of x^2 over the whole 256-block, in element order.
+KQ_TARGET static kv block_sumsq_v(const kv *x) {
+    kv s = v_zero();
+    for (int e = 0; e < 256; e++) s = v_add(s, v_mul(x[e], x[e]));
+    return s;
+}
+
+// w[i] = im[i] * sqrt(sigma2 + x[i]^2) for one group; returns the group's sum of w in element order.
+KQ_TARGET static kv importance_weights_v(int n, const kv *x, const kv *im, kv sigma2, kv *w) {
+    kv sw = v_zero();
+    for (int i = 0; i < n; i++) w[i] = v_mul(im[i], v_sqrt(v_add(sigma2, v_mul(x[i], x[i]))));
+    for (int i = 0; i < n; i++) sw = v_add(sw, w[i]);
+    return sw;
+}
+
+// ---- requantization against the stored scales, eight blocks at once
+
+// For each group g of `size` elements: lanes whose stored scale dg is non-zero get
+// clamp(round((x + mg) / dg), lo, hi) + offset (x / dg when mg is NULL); the others keep their fitted levels.
+KQ_TARGET static void requantize_v(const kv *x, kv *q, int groups, int size, float dg[][8], float mg[][8], int lo,
+                                   int hi, float offset) {
+    const kv zero = v_zero(), off = v_set(offset);
+    for (int g = 0; g < groups; g++) {
+        const kv d = v_load(dg[g]);
+        const km keep = v_eq(d, zero);
+        if (m_all(keep)) continue;
+        const kv m = mg ? v_load(mg[g]) : zero;
+        for (int i = size * g; i < size * (g + 1); i++) {
+            const kv v = mg ? v_div(v_add(x[i], m), d) : v_div(x[i], d);
+            q[i] = v_pick(v_add(v_round_clamp(v, lo, hi), off), q[i], keep);
+        }
+    }
+}
+
+// ---- packing in lanes (the same bytes as kq_q3k_requantize_pack / kq_q6k_requantize_pack)
+
+// Q3_K levels 0..7 -> 96 bytes: hmask[j] bit k = bit 2 of level 32k + j; qs[32h + j] bits 2k..2k+1 = low 2 bits
+// of level 128h + 32k + j.
+KQ_TARGET static void pack_q3k_v(const kv *q, kvi *bytes) {
+    const kvi one = vi_set(1), three = vi_set(3);
+    for (int j = 0; j < 32; j++) {
+        kvi h = vi_set(0), lo0 = vi_set(0), lo1 = vi_set(0);
+        for (int k = 0; k < 8; k++) {
+            const kvi l = vi_from(q[32 * k + j]);
+            h = vi_or(h, vi_shl(vi_and(vi_shr(l, 2), one), k));
+            if (k < 4) lo0 = vi_or(lo0, vi_shl(vi_and(l, three), 2 * k));
+            else lo1 = vi_or(lo1, vi_shl(vi_and(l, three), 2 * (k - 4)));
+        }
+        bytes[j] = h;
+        bytes[32 + j] = lo0;
+        bytes[64 + j] = lo1;
+    }
+}
+
+// Q6_K levels 0..63 -> 192 bytes: per half h (levels 128h + 32k + j): ql[64h + j] = low nibbles of k = 0 | k = 2,
+// ql[64h + 32 + j] = k = 1 | k = 3, qh[32h + j] bits 2k..2k+1 = the top 2 bits of level k.
+KQ_TARGET static void pack_q6k_v(const kv *q, kvi *bytes) {
+    const kvi low4 = vi_set(15);
+    for (int h = 0; h < 2; h++) {
+        for (int j = 0; j < 32; j++) {
+            kvi l[4];
+            for (int k = 0; k < 4; k++) l[k] = vi_from(q[128 * h + 32 * k + j]);
+            bytes[64 * h + j] = vi_or(vi_and(l[0], low4), vi_shl(vi_and(l[2], low4), 4));
+            bytes[64 * h + 32 + j] = vi_or(vi_and(l[1], low4), vi_shl(vi_and(l[3], low4), 4));
+            bytes[128 + 32 * h + j] = vi_or(vi_or(vi_shr(l[0], 4), vi_shl(vi_shr(l[1], 4), 2)),
+                                            vi_or(vi_shl(vi_shr(l[2], 4), 4), vi_shl(vi_shr(l[3], 4), 6)));
+        }
+    }
+}
+
+// ---- the eight-block drivers
+
+typedef struct {
+    kv x[256];      // (256 elements, 8 lanes) the blocks' values
+    kv im[256];     // (256, 8) importance, when given
+    kv q[256];      // (256, 8) fitted levels
+    kv w[32];       // one group's weights
+    kvi bytes[192]; // (packed byte, 8 lanes)
+    float scales[16][8], mins[16][8], group_w[16][8];
+    float dg[16][8], mg[16][8];  // per group and lane: the stored scale and min as floats
+} lanes8;
+
+KQ_TARGET static void load_lanes(lanes8 *s, const float *x, const float *imatrix) {
+    to_lanes(x, s->x);
+    if (imatrix) to_lanes(imatrix, s->im);
+}
+
+static inline void lane_column(float src[][8], int groups, int lane, float *out) {
+    for (int g = 0; g < groups; g++) out[g] = src[g][lane];
+}
+
+static inline void set_lane_column(float dst[][8], int groups, int lane, const float *in) {
+    for (int g = 0; g < groups; g++) dst[g][lane] = in[g];
+}
+
+KQ_TARGET static void q2k_eight(lanes8 *s, const float *x, const float *imatrix, uint8_t *y) {
+    load_lanes(s, x, imatrix);
+    kv sigma2 = v_zero();
+    if (imatrix) sigma2 = v_div(block_sumsq_v(s->x), v_set(256.0f));
+    for (int g = 0; g < 16; g++) {
+        const kv *xg = s->x + 16 * g;
+        kv neg_min, scale;
+        if (imatrix) {
+            v_store(s->group_w[g], importance_weights_v(16, xg, s->im + 16 * g, sigma2, s->w));
+            scale = fit_affine_v(16, 3, xg, s->w, s->q + 16 * g, &neg_min, -0.9f, 0.05f, 36, 0);
+        } else {
+            for (int i = 0; i < 16; i++) s->w[i] = v_abs(xg[i]);
+            scale = fit_affine_v(16, 3, xg, s->w, s->q + 16 * g, &neg_min, -0.5f, 0.1f, 15, 1);
+        }
+        v_store(s->scales[g], scale);
+        v_store(s->mins[g], neg_min);
+    }
+    for (int b = 0; b < 8; b++) {
+        uint8_t levels[256];  // unused until packing: the header step does not read it
+        float scales[16], mins[16], group_w[16];
+        lane_column(s->scales, 16, b, scales);
+        lane_column(s->mins, 16, b, mins);
+        if (imatrix) {
+            lane_column(s->group_w, 16, b, group_w);
+            kq_q2k_finish_weighted(NULL, y + 84 * b, scales, mins, group_w, levels);
+        } else {
+            kq_q2k_finish_plain(NULL, y + 84 * b, scales, mins, levels);
+        }
+        float dg[16], mg[16];
+        kq_q2k_group_factors(y + 84 * b, dg, mg);
+        set_lane_column(s->dg, 16, b, dg);
+        set_lane_column(s->mg, 16, b, mg);
+    }
+    requantize_v(s->x, s->q, 16, 16, s->dg, s->mg, 0, 3, 0.0f);
+    for (int b = 0; b < 8; b++) {
+        uint8_t levels[256];
+        lane_levels_u8(s->q, b, levels);
+        kq_q2k_requantize_pack(NULL, y + 84 * b, levels);
+    }
+}
+
+// Q3_K with importance: the sixteen group scales of each block are fitted to 6 bits (kq_q3k_finish_weighted's
+// kq_fit_symmetric over the scales, weighted by the group weights) in lanes too.
+KQ_TARGET static void q3k_scales_weighted(lanes8 *s, uint8_t *y) {
+    kv sc[16], gw[16], ls[16];
+    for (int g = 0; g < 16; g++) {
+        sc[g] = v_load(s->scales[g]);
+        gw[g] = v_load(s->group_w[g]);
+    }
+    float d[8], ls_f[16][8];
+    v_store(d, fit_symmetric_v(16, 32, sc, gw, ls));
+    for (int g = 0; g < 16; g++) v_store(ls_f[g], ls[g]);
+    for (int b = 0; b < 8; b++) {
+        uint8_t s6[16];
+        for (int g = 0; g < 16; g++) s6[g] = (uint8_t)(int)ls_f[g][b];
+        kq_q3k_write_header(y + 110 * b, s6, d[b]);
+    }
+}
+
+KQ_TARGET static void q3k_eight(lanes8 *s, const float *x, const float *imatrix, uint8_t *y) {
+    load_lanes(s, x, imatrix);
+    if (imatrix) {
+        const kv sigma2 = v_div(v_mul(v_set(2.0f), block_sumsq_v(s->x)), v_set(256.0f));
+        for (int g = 0; g < 16; g++) {
+            const kv *xg = s->x + 16 * g;
+            v_store(s->group_w[g], importance_weights_v(16, xg, s->im + 16 * g, sigma2, s->w));
+            v_store(s->scales[g], fit_symmetric_v(16, 4, xg, s->w, s->q + 16 * g));
+        }
+        q3k_scales_weighted(s, y);
+    } else {
+        for (int g = 0; g < 16; g += KQ_DESCENT_GROUPS) {
+            kv scales[KQ_DESCENT_GROUPS];
+            fit_descent_v(s->x + 16 * g, s->q + 16 * g, scales);
+            for (int j = 0; j < KQ_DESCENT_GROUPS; j++) v_store(s->scales[g + j], scales[j]);
+        }
+        for (int b = 0; b < 8; b++) {
+            int8_t levels[256];  // unused: the header step does not read it
+            float scales[16];
+            lane_column(s->scales, 16, b, scales);
+            kq_q3k_finish_plain(NULL, y + 110 * b, scales, levels);
+        }
+    }
+    for (int b = 0; b < 8; b++) {
+        float dg[16];
+        kq_q3k_group_factors(y + 110 * b, dg);
+        set_lane_column(s->dg, 16, b, dg);
+    }
+    requantize_v(s->x, s->q, 16, 16, s->dg, NULL, -4, 3, 4.0f);
+    pack_q3k_v(s->q, s->bytes);
+    store_lane_bytes(s->bytes, 96, y, 110);
+}
+
+KQ_TARGET static void q45k_eight(lanes8 *s, const float *x, const float *imatrix, uint8_t *y, int nmax) {
+    const int block_bytes = nmax == 15 ? 144 : 176;
+    load_lanes(s, x, imatrix);
+    kv sigma2 = v_zero();
+    if (imatrix) sigma2 = v_div(v_mul(v_set(2.0f), block_sumsq_v(s->x)), v_set(256.0f));
+    for (int g = 0; g < 8; g++) {
+        const kv *xg = s->x + 32 * g;
+        kv neg_min, scale;
+        if (imatrix) {
+            v_store(s->group_w[g], importance_weights_v(32, xg, s->im + 32 * g, sigma2, s->w));
+            scale = fit_affine_v(32, nmax, xg, s->w, s->q + 32 * g, &neg_min, -0.9f, 0.05f, 36, 0);
+        } else {
+            kv sumsq = v_zero();
+            for (int i = 0; i < 32; i++) sumsq = v_add(sumsq, v_mul(xg[i], xg[i]));
+            const kv av = v_sqrt(v_div(sumsq, v_set(32.0f)));
+            for (int i = 0; i < 32; i++) s->w[i] = v_add(av, v_abs(xg[i]));
+            scale = fit_affine_v(32, nmax, xg, s->w, s->q + 32 * g, &neg_min, KQ_Q45K_RMIN(nmax), 0.1f,
+                                 KQ_Q45K_NSTEP(nmax), 0);
+        }
+        v_store(s->scales[g], scale);
+        v_store(s->mins[g], neg_min);
+    }
+    for (int b = 0; b < 8; b++) {
+        uint8_t levels[256];
+        float scales[8], mins[8], group_w[8];
+        lane_column(s->scales, 8, b, scales);
+        lane_column(s->mins, 8, b, mins);
+        if (imatrix) {
+            lane_column(s->group_w, 8, b, group_w);
+            kq_q45k_finish_weighted(NULL, y + block_bytes * b, scales, mins, group_w, levels, nmax);
+        } else {
+            kq_q45k_finish_plain(NULL, y + block_bytes * b, scales, mins, levels, nmax);
+        }
+        float dg[8], mg[8];
+        kq_q45k_group_factors(y + block_bytes * b, dg, mg);
+        set_lane_column(s->dg, 8, b, dg);
+        set_lane_column(s->mg, 8, b, mg);
+    }
+    requantize_v(s->x, s->q, 8, 32, s->dg, s->mg, 0, nmax, 0.0f);
+    for (int b = 0; b < 8; b++) {
+        uint8_t levels[256];
+        lane_levels_u8(s->q, b, levels);
+        kq_q45k_requantize_pack(NULL, y + block_bytes * b, levels, nmax);
+    }
+}
+
+KQ_TARGET static void q6k_eight(lanes8 *s, const float *x, const float *imatrix, uint8_t *y) {
+    load_lanes(s, x, imatrix);
+    for (int g = 0; g < 16; g++)
+        v_store(s->scales[g], fit_symmetric_v(16, 32, s->x + 16 * g, imatrix ? s->im + 16 * g : NULL, s->q + 16 * g));
+    int done[8];
+    for (int b = 0; b < 8; b++) {
+        float scales[16], dg[16];
+        lane_column(s->scales, 16, b, scales);
+        done[b] = kq_q6k_header(y + 210 * b, scales);
+        if (done[b]) memset(dg, 0, sizeof dg);  // all-zero block: written, nothing to requantize
+        else kq_q6k_group_factors(y + 210 * b, dg);
+        set_lane_column(s->dg, 16, b, dg);
+    }
+    requantize_v(s->x, s->q, 16, 16, s->dg, NULL, -32, 31, 32.0f);
+    pack_q6k_v(s->q, s->bytes);
+    store_lane_bytes(s->bytes, 192, y, 210);
+    for (int b = 0; b < 8; b++)
+        if (done[b]) memset(y + 210 * b, 0, 192);  // the header step wrote the whole (zero) block
+}
+
+// ---- row entry points
+
+#define KQ_LANES_ROW(t, block_bytes, eight_call)                                                               \
+    KQ_TARGET void KQ_ROW_NAME(t)(const float *x, void *vy, int64_t n, const float *imatrix) {                 \
+        uint8_t *y = (uint8_t *)vy;                                                                            \
+        const int64_t blocks = n / 256;                                                                        \
+        lanes8 s __attribute__((aligned(32)));                                                                 \
+        int64_t b = 0;                                                                                         \
+        for (; b + 8 <= blocks; b += 8) {                                                                      \
+            const float *xb = x + 256 * b, *ib = imatrix ? imatrix + 256 * b : NULL;                           \
+            uint8_t *yb = y + (block_bytes) * b;                                                               \
+            eight_call;                                                                                        \
+        }                                                                                                      \
+        if (b < blocks) kq_quantize_row_##t(x + 256 * b, y + (block_bytes) * b, 256 * (blocks - b),            \
+                                            imatrix ? imatrix + 256 * b : NULL);                               \
+    }
+
+KQ_LANES_ROW(q2_k, 84, q2k_eight(&s, xb, ib, yb))
+KQ_LANES_ROW(q3_k, 110, q3k_eight(&s, xb, ib, yb))
+KQ_LANES_ROW(q4_k, 144, q45k_eight(&s, xb, ib, yb, 15))
+KQ_LANES_ROW(q5_k, 176, q45k_eight(&s, xb, ib, yb, 31))
+KQ_LANES_ROW(q6_k, 210, q6k_eight(&s, xb, ib, yb))
+
+#endif
