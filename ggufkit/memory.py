@@ -240,10 +240,15 @@ def kv_cells(n_ctx: int) -> int:
     return -(-int(n_ctx) // KV_CELL_PAD) * KV_CELL_PAD
 
 
-def estimate(shape: ModelShape, n_ctx: int, features=frozenset(), n_ubatch: int = DEFAULT_UBATCH) -> MemoryEstimate:
-    """Predicted peak RSS of llama-cpp-python running this model with n_ctx on a CPU with these features."""
+def estimate(shape: ModelShape, n_ctx: int, features=frozenset(), n_ubatch: int = DEFAULT_UBATCH,
+             n_tokens: int | None = None) -> MemoryEstimate:
+    """Predicted peak RSS of llama-cpp-python running this model with n_ctx on a CPU with these features, once
+    n_tokens tokens (default n_ctx: a full context, the peak) have been evaluated in batches of n_ubatch."""
     if n_ctx < 1:
         raise ValueError(f"n_ctx={n_ctx} must be >= 1")
+    n_tokens = n_ctx if n_tokens is None else n_tokens
+    if not 1 <= n_tokens <= n_ctx:
+        raise ValueError(f"n_tokens={n_tokens} must be in 1..n_ctx ({n_ctx})")
     repack = repacked_types(features)
     weights = repacked = 0
     for name, s, t in shape.tensors:
@@ -253,9 +258,10 @@ def estimate(shape: ModelShape, n_ctx: int, features=frozenset(), n_ubatch: int 
             repacked += nbytes
     cells = kv_cells(n_ctx)
     kv = cells * shape.kv_width * 2                                   # f16 K and V
-    u = min(n_ubatch, n_ctx)
-    scores = shape.n_head * u * cells * (4 + 2)                       # f32 scores + their f16 copy for V
-    mask = cells * u * 4                                              # f32 causal mask
+    u = min(n_ubatch, n_tokens)                                       # the largest batch ...
+    kv_len = min(cells, kv_cells(n_tokens))                           # ... attending to the filled cells
+    scores = shape.n_head * u * kv_len * (4 + 2)                      # f32 scores + their f16 copy for V
+    mask = kv_len * u * 4                                             # f32 causal mask
     activations = u * shape.n_embd * 4 * 4                            # residual, normed input, q, attention out
     compute = scores + mask + activations + shape.n_vocab * 4 + EVAL_FIXED
     overhead = RUNTIME_BASE + shape.n_vocab * VOCAB_BYTES_PER_TOKEN
