@@ -1,0 +1,108 @@
+"""Llama (Llama 2, Llama 3.x, SmolLM, TinyLlama, ...): HF `model_type` "llama" -> GGUF arch "llama".
+
+What differs from the base decoder:
+- Q and K rows are reordered per head: HF keeps the two rotary halves of a head apart (rows [0, d/2) and
+  [d/2, d)), llama.cpp's rope wants them interleaved (row pairs). Output row h*d + 2i + j comes from source row
+  h*d + j*d/2 + i (i < d/2, j in {0, 1}).
+- RoPE: freq_base, dimension count, linear / YaRN scaling keys, and Llama-3 scaling as a `rope_freqs` tensor of
+  per-frequency divisors (llama.cpp has no key for it).
+"""
+from __future__ import annotations
+
+import math
+
+import gguf
+import numpy as np
+
+from ggufkit.archs import Architecture, OutputTensor
+
+
+class Llama(Architecture):
+    model_type = "llama"
+    gguf_arch = gguf.MODEL_ARCH.LLAMA
+    rope_types = ("default", "linear", "yarn", "llama3")
+
+    def unhandled_features(self) -> list[str]:
+        found = super().unhandled_features()
+        if self.config.get("hidden_act", "silu") != "silu":
+            found.append(f"hidden_act={self.config['hidden_act']!r} (llama.cpp's llama uses silu)")
+        for key in ("attention_bias", "mlp_bias"):
+            if self.config.get(key):
+                found.append(f"{key}=true")
+        if self.rope.type not in self.rope_types:
+            found.append(f"rope type {self.rope.type!r} (supported: {', '.join(self.rope_types)})")
+        elif self.rope.type != "default" and "factor" not in self.rope.params:
+            found.append(f"rope type {self.rope.type!r} without a factor")
+        if self.rope.type == "yarn" and "original_max_position_embeddings" not in self.rope.params:
+            found.append("rope type 'yarn' without original_max_position_embeddings")
+        return found
+
+    def write_hparams(self, w: gguf.GGUFWriter) -> None:
+        super().write_hparams(w)
+        w.add_rope_dimension_count(self.head_dim)
+        w.add_rope_freq_base(self.rope.theta)
+        p = self.rope.params
+        if self.rope.type == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(p["factor"]))
+        elif self.rope.type == "yarn":
+            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            w.add_rope_scaling_factor(float(p["factor"]))
+            w.add_rope_scaling_orig_ctx_len(int(p["original_max_position_embeddings"]))
+            optional = {"extrapolation_factor": w.add_rope_scaling_yarn_ext_factor,
+                        "attention_factor": w.add_rope_scaling_yarn_attn_factor,
+                        "beta_fast": w.add_rope_scaling_yarn_beta_fast,
+                        "beta_slow": w.add_rope_scaling_yarn_beta_slow}
+            for key, add in optional.items():
+                if p.get(key) is not None:
+                    add(float(p[key]))
+
+    # ---- tensors
+
+    def transform(self, out: OutputTensor) -> OutputTensor:
+        if out.name.endswith((".attn_q.weight", ".attn_k.weight")):
+            return self.rope_interleaved(out)
+        return out
+
+    def rope_interleaved(self, out: OutputTensor) -> OutputTensor:
+        """Reorder each head's rows from HF's split halves to llama.cpp's interleaved pairs, head by head, so
+        row blocks stay streamable (a block is whole heads: row_align = head_dim)."""
+        d = self.head_dim
+        source = out.read_rows
+
+        def read_rows(start: int, stop: int) -> np.ndarray:
+            x = source(start, stop)  # (heads*d, cols) f32 -> same shape, rows of each head reordered
+            heads = (stop - start) // d
+            return np.ascontiguousarray(x.reshape(heads, 2, d // 2, -1).swapaxes(1, 2)).reshape(x.shape)
+
+        out.read_rows, out.row_align = read_rows, d
+        return out
+
+    def extra_tensors(self) -> list[OutputTensor]:
+        if self.rope.type != "llama3":
+            return []
+        factors = self.llama3_rope_factors()  # (head_dim/2,) f32
+        return [OutputTensor("rope_freqs.weight", factors.shape, lambda a, b: factors.reshape(1, -1),
+                             self.config_path, "rope_parameters (llama3)")]
+
+    def llama3_rope_factors(self) -> np.ndarray:
+        """Llama-3 RoPE scaling as llama.cpp takes it: a divisor per rotary frequency. Long wavelengths (beyond
+        the original context / low_freq_factor) are divided by `factor`, short ones (below original context /
+        high_freq_factor) kept, and the band between blends the two smoothly."""
+        p, d = self.rope.params, self.head_dim
+        factor = float(p["factor"])
+        low, high = float(p.get("low_freq_factor", 1.0)), float(p.get("high_freq_factor", 4.0))
+        old_ctx = float(p.get("original_max_position_embeddings",
+                              self.config.get("original_max_position_embeddings", 8192)))
+        inv_freq = 1.0 / (np.float32(self.rope.theta) ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d)))
+        result = []
+        for f in inv_freq.astype(np.float32):
+            wavelen = 2 * math.pi / float(f)
+            if wavelen < old_ctx / high:
+                result.append(1.0)
+            elif wavelen > old_ctx / low:
+                result.append(factor)
+            else:
+                smooth = (old_ctx / wavelen - low) / (high - low)
+                result.append(1.0 / ((1 - smooth) / factor + smooth))
+        return np.array(result, dtype=np.float32)

@@ -1,0 +1,65 @@
+"""`ggufkit convert`: the CLI over ggufkit.convert."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ggufkit.convert import default_output, load_imatrix, make_plan, print_plan, run
+
+
+def _scheme(ctx, param, value: str) -> str:
+    from ggufkit import schemes
+
+    try:
+        return schemes.get_scheme(value).name
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@click.command("convert")
+@click.argument("src")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file [default: <model-name>-<SCHEME>.gguf in the current directory].")
+@click.option("--scheme", default="q4_k_m", show_default=True, callback=_scheme,
+              help="Quantization scheme (llama-quantize's names, case-insensitive): f32, f16, bf16, q8_0, "
+                   "q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k.")
+@click.option("--imatrix", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Importance matrix (llama.cpp GGUF or .dat format) to weight the quantization.")
+@click.option("--threads", type=click.IntRange(min=1), help="Quantization threads [default: all cores].")
+@click.option("--dry-run", is_flag=True, help="Print the plan (tensor, shape, type, bytes; total size and bits "
+                                              "per weight) and write nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan or the result as JSON.")
+def command(src, out, scheme, imatrix, threads, dry_run, quiet, as_json):
+    """Convert a Hugging Face checkpoint (safetensors) to a GGUF file in one streaming pass.
+
+    SRC is a local model directory (config.json + model.safetensors or shards with
+    model.safetensors.index.json) or a Hugging Face hub id (HF_HUB_OFFLINE and the cache are honoured).
+    Every tensor gets the type llama-quantize picks for the scheme, with the same bytes.
+
+    \b
+    Example:
+      ggufkit convert ./SmolLM2-135M-Instruct --scheme q4_k_m -o smollm2-q4_k_m.gguf
+      ggufkit convert HuggingFaceTB/SmolLM2-135M-Instruct --scheme q8_0 --dry-run
+    """
+    plan = make_plan(src, scheme, imatrix)
+    out = out if out is not None else default_output(plan)
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps({**plan.summary(), "output": str(out), "tensors": plan.rows()}, indent=1))
+        else:
+            print_plan(plan)
+        return
+    start = time.perf_counter()
+    run(plan, out, threads=threads, imatrix=load_imatrix(imatrix), progress=not quiet and sys.stderr.isatty())
+    seconds = time.perf_counter() - start
+    if as_json:
+        click.echo(json.dumps({**plan.summary(), "output": str(out), "seconds": round(seconds, 3)}))
+    elif not quiet:
+        s = plan.summary()
+        click.echo(f"{out}: {s['scheme']}, {s['tensors']} tensors, {s['bytes'] / 2**20:.1f} MiB, "
+                   f"{s['bits_per_weight']:.2f} bits per weight, {seconds:.1f} s")

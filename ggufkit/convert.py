@@ -1,0 +1,208 @@
+"""Hugging Face safetensors -> GGUF in one streaming pass.
+
+    from ggufkit.convert import convert
+    convert("./SmolLM2-135M-Instruct", "smollm2-q4_k_m.gguf", scheme="q4_k_m")
+
+Per tensor: read a row block from disk -> f32 -> (Q/K reorder) -> check finite -> quantize natively (threads, GIL
+released) -> append to the output -> free. Memory stays at a few row blocks whatever the model size; there is
+no intermediate file. The type of every tensor comes from ggufkit.schemes.plan (llama-quantize's rules).
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from ggufkit import _quants, quant
+from ggufkit.archs import Architecture, OutputTensor, for_config
+from ggufkit.errors import InputError
+from ggufkit.source import Checkpoint, open_checkpoint
+from ggufkit.writer import StreamingGGUF, tensor_nbytes
+
+BLOCK_BYTES = 32 << 20  # f32 bytes per row block: bounds memory per tensor, large enough to keep threads busy
+QT = gguf.GGMLQuantizationType
+
+
+@dataclass
+class PlannedTensor:
+    tensor: OutputTensor
+    qtype: QT
+    nbytes: int
+
+
+@dataclass
+class Plan:
+    """What a conversion will write: the checkpoint, its architecture, the scheme and every tensor's type."""
+    checkpoint: Checkpoint
+    arch: Architecture
+    scheme: object  # ggufkit.schemes.Scheme
+    tensors: list[PlannedTensor]
+    scheme_rows: list  # ggufkit.schemes.PlanRow per tensor (with the fallbacks taken), for printing
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def n_elements(self) -> int:
+        return sum(int(np.prod(t.tensor.shape)) for t in self.tensors)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.total_bytes / max(1, self.n_elements)
+
+    def rows(self) -> list[dict]:
+        return [{"name": t.tensor.name, "shape": list(t.tensor.shape), "type": t.qtype.name, "bytes": t.nbytes}
+                for t in self.tensors]
+
+    def summary(self) -> dict:
+        return {"model": self.checkpoint.name, "architecture": self.arch.arch_name, "scheme": self.scheme.name,
+                "tensors": len(self.tensors), "bytes": self.total_bytes, "parameters": self.n_elements,
+                "bits_per_weight": round(self.bits_per_weight, 4)}
+
+
+def make_plan(src, scheme: str = "q4_k_m", imatrix=None) -> Plan:
+    """Open and validate SRC (config, every safetensors header, every tensor's presence and shape) and decide
+    each tensor's type. Reads no tensor data."""
+    from ggufkit import schemes
+
+    sch = schemes.get_scheme(scheme) if isinstance(scheme, str) else scheme
+    ckpt = open_checkpoint(src)
+    arch = for_config(ckpt.config, ckpt.config_path)
+    by_name = {t.name: t for t in arch.tensors(ckpt)}
+    # llama-quantize writes tensors in this order; using it too makes our file byte-identical to its output
+    tensors = [by_name[n] for n in schemes.quantize_order(by_name)]
+    rows = schemes.plan_rows(sch, [(t.name, t.shape) for t in tensors], arch.model_info(),
+                             has_imatrix=imatrix is not None)
+    planned = [PlannedTensor(t, QT(r.type), tensor_nbytes(t.shape, QT(r.type))) for t, r in zip(tensors, rows)]
+    return Plan(ckpt, arch, sch, planned, rows)
+
+
+def default_output(plan: Plan) -> Path:
+    return Path.cwd() / f"{plan.checkpoint.name}-{plan.scheme.name}.gguf"
+
+
+# ---- imatrix
+
+
+def load_imatrix(imatrix):
+    """None, an object with column_weights(name) (ggufkit.imatrix.Imatrix), a mapping {GGUF tensor name:
+    (cols,) f32}, or a path to an imatrix file in either of llama.cpp's formats -> a lookup name -> weights."""
+    if imatrix is None:
+        return None
+    if hasattr(imatrix, "column_weights"):
+        return imatrix.column_weights
+    if isinstance(imatrix, Mapping):
+        return imatrix.get
+    from ggufkit import imatrix as imatrix_files
+
+    return imatrix_files.load(Path(imatrix)).column_weights
+
+
+# ---- encoding
+
+
+def _check_finite(x: np.ndarray, t: OutputTensor, row0: int) -> None:
+    count, first = _quants.scan_nonfinite(np.ascontiguousarray(x, dtype=np.float32))
+    if count:
+        row, col = divmod(first, x.shape[1])
+        raise InputError(f"tensor {t.source_name or t.name} has {count} NaN/Inf value(s) in rows {row0}.."
+                         f"{row0 + x.shape[0] - 1} (first at row {row0 + row}, col {col})", t.file)
+
+
+def encode(x: np.ndarray, qtype: QT, imatrix: np.ndarray | None, threads: int | None) -> np.ndarray:
+    """(rows, cols) f32 -> the tensor type's bytes for those rows."""
+    if qtype == QT.F32:
+        return x
+    if qtype == QT.F16:
+        return x.astype(np.float16)  # round to nearest even, as ggml's fp32 -> fp16
+    if qtype == QT.BF16:
+        # gguf-py's bf16: round to nearest even, NaN kept quiet - the same as ggml_fp32_to_bf16
+        return gguf.quants.quantize(x, QT.BF16)
+    return quant.quantize(x, qtype, imatrix=imatrix, threads=threads)
+
+
+def _row_blocks(t: OutputTensor):
+    rows_per_block = max(1, BLOCK_BYTES // (4 * t.cols))
+    rows_per_block = max(t.row_align, rows_per_block // t.row_align * t.row_align)
+    for start in range(0, t.rows, rows_per_block):
+        yield start, min(t.rows, start + rows_per_block)
+
+
+# ---- the pass
+
+
+def write_metadata(g: StreamingGGUF, plan: Plan) -> None:
+    from ggufkit.tokenizer import add_tokenizer
+
+    w = g.kv
+    w.add_name(plan.checkpoint.name)
+    w.add_file_type(int(plan.scheme.file_type))
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    plan.arch.write_hparams(w)
+    add_tokenizer(w, plan.checkpoint.dir, plan.checkpoint.config)
+
+
+def convert(src, out=None, scheme: str = "q4_k_m", threads: int | None = None, quiet: bool = False,
+            dry_run: bool = False, imatrix=None) -> Path:
+    """Convert the HF checkpoint SRC (directory or hub id) to a GGUF file at OUT (default
+    `<model-name>-<SCHEME>.gguf` in the current directory). Returns OUT. dry_run: plan only, write nothing
+    (the plan is printed unless quiet)."""
+    plan = make_plan(src, scheme, imatrix)
+    out = Path(out) if out is not None else default_output(plan)
+    if dry_run:
+        if not quiet:
+            print_plan(plan)
+        return out
+    run(plan, out, threads=threads, imatrix=load_imatrix(imatrix),
+        progress=not quiet and sys.stderr.isatty())
+    return out
+
+
+def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
+        progress: bool = False) -> Path:
+    """Write the planned tensors to OUT in one pass. imatrix: name -> (cols,) f32 or None (see load_imatrix)."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc=out.name, leave=False)
+    with StreamingGGUF(out, plan.arch.arch_name) as g:
+        g.open()
+        write_metadata(g, plan)
+        for p in plan.tensors:
+            g.add_tensor_info(p.tensor.name, p.tensor.shape, p.qtype)
+        g.start()
+        for i, p in enumerate(plan.tensors):
+            t = p.tensor
+            im = imatrix(t.name) if imatrix is not None and p.qtype not in (QT.F32, QT.F16, QT.BF16) else None
+            if im is not None and im.shape != (t.cols,):
+                raise InputError(f"importance matrix entry {t.name} has {im.shape[0]} values, the tensor "
+                                 f"has {t.cols} columns")
+            g.begin_tensor(t.name)
+            for start, stop in _row_blocks(t):
+                x = t.read_rows(start, stop)  # (stop-start, cols) f32
+                _check_finite(x, t, start)
+                data = encode(x, p.qtype, im, threads)
+                g.write(data)
+                del x
+                if bar is not None:
+                    bar.update(data.nbytes)
+                del data
+            g.end_tensor()
+            if bar is not None:
+                bar.set_postfix_str(f"{i + 1}/{len(plan.tensors)} tensors")
+        g.commit()
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def print_plan(plan: Plan, file=None) -> None:
+    from ggufkit.schemes import format_plan
+
+    print(format_plan(plan.scheme_rows, plan.scheme), file=file or sys.stdout)
