@@ -35,10 +35,33 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                                 "original_max_position_embeddings": 1024})),
     "mistral": ("mistral", dict(tie_word_embeddings=False, rope_theta=1000000.0, sliding_window=None)),
     "llama-spm": ("llama", dict(tie_word_embeddings=False, rope_theta=10000.0)),
+    # More families (issue 5). Sliding windows of 16 tokens and strong soft-caps, so a 64-token logits test
+    # exercises them; Gemma's query_pre_attn_scalar is head_dim, the value llama.cpp derives for these shapes.
+    # Phi names avoid "phi3": llama.cpp special-cases models *named* phi3 and then needs Phi-3's own tokens.
+    "qwen2": ("qwen2", dict(tie_word_embeddings=True, rope_theta=1000000.0, pad_token_id=0)),
+    "qwen3": ("qwen3", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0, head_dim=128)),
+    "gemma2": ("gemma2", dict(rope_theta=10000.0, sliding_window=16, query_pre_attn_scalar=64,
+                              attn_logit_softcapping=5.0, final_logit_softcapping=10.0, pad_token_id=0)),
+    "gemma3": ("gemma3_text", dict(sliding_window=16, query_pre_attn_scalar=64, pad_token_id=0,
+                                   layer_types=["sliding_attention", "full_attention"],
+                                   rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0,
+                                                                       "rope_theta": 1000000.0},
+                                                    "sliding_attention": {"rope_type": "default",
+                                                                          "rope_theta": 10000.0}})),
+    "phi-mini": ("phi3", dict(tie_word_embeddings=False, rope_theta=10000.0, pad_token_id=0,
+                              sliding_window=None)),
+    "phi-mini-longrope": ("phi3", dict(tie_word_embeddings=True, pad_token_id=0,
+                                       original_max_position_embeddings=512,
+                                       rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                        "partial_rotary_factor": 0.5,
+                                                        "long_factor": [1.0 + 0.5 * i for i in range(16)],
+                                                        "short_factor": [1.0 + 0.25 * i for i in range(16)]})),
 }
 # Entries whose tokenizer is not the demo model's BPE one: name -> kind. "spm" is a SentencePiece tokenizer
 # trained locally by models/spm_tokenizer.py (cached next to the checkpoint, as `spm-tokenizer/`).
 TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
+# Entries whose 1-D weights (norms, biases) are randomised too, so that a mix-up between them shows in the logits.
+TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
@@ -87,7 +110,7 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
     tok_cfg = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
     vocab = tok_json["model"]["vocab"]
     ids = {t["content"]: t["id"] for t in tok_json.get("added_tokens", [])} | vocab
-    config = AutoConfig.for_model(model_type, vocab_size=vocab_size, **BASE, **overrides,
+    config = AutoConfig.for_model(model_type, vocab_size=vocab_size, **(BASE | overrides),
                                   bos_token_id=ids.get(tok_cfg.get("bos_token")),
                                   eos_token_id=ids.get(tok_cfg.get("eos_token")))
     torch.manual_seed(seed)
@@ -96,6 +119,8 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.08)
+            elif name in TINY_RANDOM_VECTORS:
+                p.add_(torch.randn_like(p) * 0.2)
     model = model.to(torch.bfloat16)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
