@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Device", "DEVICES", "get_device"]
+__all__ = ["DEVICES", "Device", "get_device"]
 
 GIB = 1024  # MiB
 
