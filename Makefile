@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # (the kernels on ARM by emulation).
 SYSTEM_PACKAGES := chromium gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 
-.PHONY: system-packages setup native models demo test bench lint fuzz clean llama-wheel
+.PHONY: arm-check system-packages setup native models demo test bench lint fuzz clean llama-wheel
 
 # setup: the virtualenv with ggufkit (editable) and its run + dev extras; llama-cpp-python from the wheel cache.
 setup: $(VENV)/.setup-done
@@ -68,6 +68,12 @@ bench: native models
 # fuzz: a longer fuzzing run of the GGUF reader than the test suite's (10 minutes).
 fuzz: setup
 	$(BIN)/python bench/fuzz_gguf.py --minutes 10
+
+# arm-check: ARM by emulation: the kernels cross-compiled for aarch64 under qemu equal x86-64 bytes (also in
+# `make test`), then llama.cpp cross-compiled for aarch64 runs the demo model's Q4_K_M file under qemu-user.
+arm-check: native models
+	$(BIN)/python -m pytest -q tests/test_arm_kernels.py tests/test_arm_kernels_k.py
+	bash bench/arm/llama_check.sh
 
 # lint: ruff over the package, tests, models and bench.
 lint: setup
