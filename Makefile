@@ -72,6 +72,8 @@ fuzz: setup
 # arm-check: ARM by emulation: the kernels cross-compiled for aarch64 under qemu equal x86-64 bytes (also in
 # `make test`), then llama.cpp cross-compiled for aarch64 runs the demo model's Q4_K_M file under qemu-user.
 arm-check: native models
+	@dpkg -s g++-aarch64-linux-gnu file >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq g++-aarch64-linux-gnu file; }
 	$(BIN)/python -m pytest -q tests/test_arm_kernels.py tests/test_arm_kernels_k.py
 	bash bench/arm/llama_check.sh
 
