@@ -213,3 +213,26 @@ def test_disk_full(tiny, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "disk full" in lines[0], r.stderr
     assert not any(out.parent.iterdir())
+
+
+def test_ctrl_c_leaves_nothing(demo_dir, tmp_path):
+    """SIGINT while tensors are being written: exit 130, no OUT, no temp file."""
+    import time
+
+    out = tmp_path / "o.gguf"
+    proc = subprocess.Popen([sys.executable, "-m", "ggufkit.cli", "convert", str(demo_dir), "--scheme", "f32",
+                             "-o", str(out), "--quiet"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 120
+    # wait until tensor data is flowing: the temp file has grown past its header
+    while time.monotonic() < deadline and proc.poll() is None:
+        temps = list(tmp_path.glob(".o.gguf.*"))
+        if temps and temps[0].exists() and temps[0].stat().st_size > 20_000_000:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "conversion ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["error: interrupted"], err
+    assert not any(tmp_path.iterdir())

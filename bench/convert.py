@@ -1,0 +1,106 @@
+"""ggufkit convert --scheme q4_k_m against the two-step route, side by side in one run.
+
+    python bench/convert.py [--threads N] [--models demo,1b] [--scheme q4_k_m]
+
+For each model (the demo SmolLM2-135M, and the 1B-class random llama from bench/make_1b.py):
+  one-step:  ggufkit convert SRC --scheme q4_k_m                               (one process)
+  two-step:  ggufkit convert SRC --scheme bf16, then llama_model_quantize -> Q4_K_M   (two processes)
+Each step runs in a fresh process, timed by wall clock; peak RSS is the process's ru_maxrss (os.wait4); the
+two-step route's peak is the larger of its two steps, its time the sum. The outputs are compared byte for byte.
+(llama.cpp's own convert_hf_to_gguf.py is not shipped with llama-cpp-python; the BF16 file of the two-step route
+is ggufkit's, which the tests show equals llama.cpp's conversion in its tensor bytes.)
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "models"))
+
+QUANTIZE = """
+import ctypes, sys, llama_cpp
+from ggufkit.schemes import get_scheme
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = int(get_scheme(sys.argv[3]).file_type)
+p.nthread = int(sys.argv[4])
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
+"""
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Run cmd in a fresh process: (wall seconds, peak RSS in MiB). Raises if it fails."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def bench_model(name: str, src: Path, scheme: str, threads: int, work: Path) -> dict:
+    py = sys.executable
+    one = work / f"{name}-{scheme}-ggufkit.gguf"
+    bf16 = work / f"{name}-bf16.gguf"
+    two = work / f"{name}-{scheme}-two-step.gguf"
+    convert = [py, "-m", "ggufkit.cli", "convert", str(src), "--quiet", "--threads", str(threads)]
+    t1, r1 = timed([*convert, "--scheme", scheme, "-o", str(one)])
+    t2a, r2a = timed([*convert, "--scheme", "bf16", "-o", str(bf16)])
+    t2b, r2b = timed([py, "-c", QUANTIZE, str(bf16), str(two), scheme, str(threads)])
+    same = filecmp.cmp(one, two, shallow=False)
+    result = {"model": name, "src_gb": sum(f.stat().st_size for f in src.glob("*.safetensors")) / 1e9,
+                  "one_s": t1, "one_mib": r1, "bf16_s": t2a, "quant_s": t2b, "two_s": t2a + t2b, "two_mib": max(r2a, r2b),
+                  "identical": same, "out_mb": one.stat().st_size / 1e6}
+    for f in (one, bf16, two):
+        f.unlink()
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--models", default="demo,1b")
+    ap.add_argument("--scheme", default="q4_k_m")
+    args = ap.parse_args()
+    models = {}
+    for m in args.models.split(","):
+        if m == "demo":
+            import build_demo
+
+            models["demo (SmolLM2-135M)"] = build_demo.build()
+        elif m == "1b":
+            import make_1b
+
+            models["random llama 1B"] = make_1b.make(ROOT / "models" / "bench-1b")
+    print(f"scheme {args.scheme}, {args.threads} threads")
+    header = ("| model | input | ggufkit: time | ggufkit: peak RSS | two-step: time (bf16 + quantize) | "
+              "two-step: peak RSS | speed-up | RSS ratio | identical bytes |")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ggufkit-bench-", dir=ROOT / "models") as work:
+        for name, src in models.items():
+            r = bench_model(name, src, args.scheme, args.threads, Path(work))
+            rows.append(f"| {name} | {r['src_gb']:.2f} GB | {r['one_s']:.1f} s | {r['one_mib']:.0f} MiB | "
+                        f"{r['two_s']:.1f} s ({r['bf16_s']:.1f} + {r['quant_s']:.1f}) | {r['two_mib']:.0f} MiB | "
+                        f"{r['two_s'] / r['one_s']:.2f}x | {r['one_mib'] / r['two_mib']:.2f} | "
+                        f"{'yes' if r['identical'] else 'NO'} |")
+            print(rows[-1], flush=True)
+    print()
+    print(header)
+    print("|" + " --- |" * 9)
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
