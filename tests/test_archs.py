@@ -101,6 +101,7 @@ REFUSED = [
     ("gemma2", {"tie_word_embeddings": False}, "tie_word_embeddings"),
     ("gemma2", {"hidden_activation": "relu"}, "hidden_activation"),
     ("gemma3", {"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
+    ("gemma3", {"model_type": "gemma3"}, "text_config"),  # the multimodal wrapper needs its text part
     ("phi-mini", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}}, "rope type"),
     ("phi-mini", {"hidden_act": "gelu"}, "hidden_act"),
 ]
@@ -115,3 +116,52 @@ def test_unhandled_feature_is_refused(tiny_checkpoint, tmp_path, name, changes, 
         for_config(_config(tiny_checkpoint, name, **changes), path)
     message = str(err.value)
     assert words in message and "\n" not in message, message
+
+
+# ---- the Gemma 3 multimodal wrapper (model_type "gemma3"): converted to its text model
+
+
+@pytest.fixture(scope="session")
+def gemma3_vision(tiny_checkpoint):
+    """A Gemma3ForConditionalGeneration checkpoint (tiny SigLIP tower) whose language model is exactly the tiny
+    gemma3 text checkpoint's (bf16 -> f32 -> bf16 is lossless). Cached next to the other tiny checkpoints."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    text_dir = tiny_checkpoint("gemma3")
+    out = text_dir.parent / "gemma3-vision"
+    if (out / ".complete").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma3Config, Gemma3ForConditionalGeneration
+
+    text_config = json.loads((text_dir / "config.json").read_text())
+    vision_config = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "image_size": 28, "patch_size": 14}
+    config = Gemma3Config(text_config=text_config, vision_config=vision_config, mm_tokens_per_image=4)
+    model = Gemma3ForConditionalGeneration(config)
+    text_model = AutoModelForCausalLM.from_pretrained(text_dir, dtype=torch.float32)
+    model.model.language_model.load_state_dict(text_model.model.state_dict())
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    model.to(torch.bfloat16).save_pretrained(tmp)
+    for f in text_dir.iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("chat_template.jinja", "special_tokens_map.json"):
+            shutil.copy(f, tmp / f.name)
+    (tmp / ".complete").write_text("tests/test_archs.py gemma3_vision\n")
+    tmp.chmod(0o755)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def test_gemma3_wrapper_converts_to_its_text_model(gemma3_vision, tiny_checkpoint):
+    wrapper = converted(gemma3_vision, "f32")
+    ours = gguf_tensors(wrapper)
+    text = gguf_tensors(converted(tiny_checkpoint("gemma3"), "f32"))
+    assert [(n, t) for n, t, _ in ours] == [(n, t) for n, t, _ in text]  # no vision tensor, same names, types
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(ours, text))
+    assert gguf.GGUFReader(wrapper).get_field("general.architecture").contents() == "gemma3"
+    ids = text_ids(gemma3_vision)  # transformers runs the wrapper (Gemma3ForConditionalGeneration) on text alone
+    diff = np.abs(llama_cpp_logits(wrapper, ids) - transformers_logits(gemma3_vision, tuple(ids)))
+    assert np.median(diff) < 0.01 and diff.max() < 0.05, f"median {np.median(diff)}, max {diff.max()}"
