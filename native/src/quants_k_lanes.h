@@ -20,9 +20,11 @@
 //   v_round_clamp(v, lo, hi) kq_round_magic per lane, clamped to [lo, hi] as an int, returned as an exact float
 //   v_load(p) v_store(p, v)  eight consecutive floats
 //   vi_from(v)               exact small-integer floats -> int32 lanes;  vi_and vi_or vi_shl vi_shr vi_set
-//   transpose8(in, out)      8x8 transpose of 32-bit lanes: out[j] lane b = in[b] lane j (kv; kvi via casts
-//                            inside vi_transpose8)
+//   transpose8(in, out)      8x8 transpose of 32-bit lanes: out[j] lane b = in[b] lane j
 //   vi_store_block_rows(w, y, stride)  w: 8 kvi, lane b of w[k] = word k of block b -> 32 bytes at y + b*stride
+//
+// Lane layout (one pass): x[e] lane b = element e of block b, e = 0..255, b = 0..7; the packed output bytes the
+// same way, bytes[p] lane b = byte p of block b, then transposed 32 bytes at a time into the blocks.
 #ifndef GGUFKIT_QUANTS_K_LANES_H
 #define GGUFKIT_QUANTS_K_LANES_H
 
