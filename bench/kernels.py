@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from gguf import GGMLQuantizationType  # noqa: E402
+from ggml_ref import ggml_quantize
+from gguf import GGMLQuantizationType
 
-from ggml_ref import ggml_quantize  # noqa: E402
-from ggufkit import quant  # noqa: E402
+from ggufkit import quant
 
 
 def best_of(fn, repeats: int) -> float:
@@ -89,8 +89,8 @@ def main() -> None:
         equal = bool(np.array_equal(ref, ours))
         speeds = []
         for threads in (1, all_threads):
-            t_ggml = best_of(lambda: ggml_threaded(x, qtype, im, threads), args.repeats)
-            t_ours = best_of(lambda: quant.quantize(x, qtype, im, threads=threads), args.repeats)
+            t_ggml = best_of(lambda q=qtype, n=threads: ggml_threaded(x, q, im, n), args.repeats)
+            t_ours = best_of(lambda q=qtype, n=threads: quant.quantize(x, q, im, threads=n), args.repeats)
             speeds.append((mb / t_ggml, mb / t_ours))
         (g1, o1), (gn, on) = speeds
         print(f"| {qtype.name} | {'yes' if quant.simd_active(qtype) else 'no'} | {g1:.1f} | {o1:.1f} | "
