@@ -20,7 +20,7 @@ DRIVER = ROOT / "tests" / "arm" / "kernel_driver.c"
 # the flags setup.py builds the extension with (byte-exactness needs -ffp-contract=off, above all on aarch64)
 CFLAGS = ["-O3", "-ffp-contract=off", "-std=c11", "-fno-strict-aliasing", "-Wall", "-Werror=implicit-function-declaration"]
 TOOLS = {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu", "qemu-aarch64": "qemu-user", "gcc": "gcc"}
-ROWS, COLS = 24, 1024
+ROWS, COLS = 24, 2304  # 9 blocks of 256 (72 of 32): every SIMD path runs a full group of 8 and a remainder
 
 
 def _require_tools():
