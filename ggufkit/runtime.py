@@ -121,17 +121,29 @@ def default_threads() -> int:
 
 
 def load_check(path: Path | str) -> Path:
-    """The path, if it names a GGUF file; else a one-line InputError."""
+    """The path, if it names a well-formed GGUF file; else a one-line InputError naming the problem.
+
+    The whole structure is validated (ggufkit.gguf_file, ~0.4 s for 135M parameters) before llama.cpp sees the
+    file: llama.cpp's own refusal is "Failed to load model" without the reason."""
+    from ggufkit.gguf_file import validate_gguf
+
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", path)
     if not is_gguf(path):
         raise InputError("not a GGUF file (no GGUF magic)", path)
+    validate_gguf(path)
     return path
 
 
-def load(path: Path | str, n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0, n_batch: int = 512):
-    """A GGUF file -> llama_cpp.Llama (quiet, sampling-only logits). Bad files become one-line errors."""
+def load(path: Path | str, n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0, n_batch: int = 512,
+         flash_attn: bool = False):
+    """A GGUF file -> llama_cpp.Llama (quiet, sampling-only logits). Bad files become one-line errors.
+
+    flash_attn: off by default, as in llama-cpp-python. llama.cpp's own tools turn it on for CPUs ("auto");
+    it makes generation ~10% faster here but changes the numerics enough that the demo model's greedy answer
+    to the France question turns from "Paris" into French word salad (bench/runtime_overhead.py, BENCHMARKS.md).
+    """
     path = load_check(path)
     import llama_cpp
 
@@ -139,7 +151,7 @@ def load(path: Path | str, n_ctx: int = 2048, n_threads: int | None = None, seed
     try:
         return llama_cpp.Llama(
             model_path=str(path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=threads,
-            n_threads_batch=threads, seed=seed, logits_all=False, verbose=False,
+            n_threads_batch=threads, seed=seed, logits_all=False, flash_attn=flash_attn, verbose=False,
         )
     except (ValueError, RuntimeError) as e:
         raise RuntimeFailure(f"llama.cpp could not load the model: {e}", path) from e

@@ -88,7 +88,7 @@ def ask(child: PtyProcess, text: str) -> str:
 
 @pytest.fixture(scope="module")
 def reference():
-    llm = llama_cpp.Llama(str(DEMO_GGUF), n_ctx=2048, verbose=False, logits_all=False)
+    llm = llama_cpp.Llama(str(DEMO_GGUF), n_ctx=2048, verbose=False)
 
     def answer(messages: list[dict], max_tokens: int) -> str:
         out = llm.create_chat_completion(messages, temperature=0, max_tokens=max_tokens)

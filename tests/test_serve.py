@@ -63,7 +63,7 @@ def client(server):
 @pytest.fixture(scope="module")
 def direct():
     """llama-cpp-python on the same file, no server in between: the reference answers."""
-    return llama_cpp.Llama(str(DEMO_GGUF), n_ctx=2048, verbose=False, logits_all=False)
+    return llama_cpp.Llama(str(DEMO_GGUF), n_ctx=2048, verbose=False)
 
 
 def server_default(name: str):

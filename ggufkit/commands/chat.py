@@ -52,9 +52,9 @@ def _handle_command(line: str, conversation: runtime.Conversation) -> bool:
 @model_options
 @sampling_options
 @click.option("--system", default=None, help="The system message to start with.")
-def command(model, scheme, ctx, threads, max_tokens, temp, top_p, top_k, seed, system):
+def command(model, scheme, ctx, threads, flash_attn, max_tokens, temp, top_p, top_k, seed, system):
     path = runtime.resolve_model(model, scheme)
-    llm = runtime.load(path, n_ctx=ctx, n_threads=threads)
+    llm = runtime.load(path, n_ctx=ctx, n_threads=threads, flash_attn=flash_attn)
     template = runtime.ChatTemplate.from_llama(llm, source=str(path))
     conversation = runtime.Conversation(llm, template, system=system, reserve=max_tokens)
     sampling = make_sampling(max_tokens, temp, top_p, top_k, seed)

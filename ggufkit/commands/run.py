@@ -18,7 +18,9 @@ from ggufkit import runtime
 
 
 def model_options(f):
-    """MODEL, --scheme, --ctx, --threads: shared by run, chat, serve."""
+    """MODEL, --scheme, --ctx, --threads, --flash-attn: shared by run, chat, serve."""
+    f = click.option("--flash-attn", is_flag=True,
+                     help="Use flash attention (faster; slightly different numerics).")(f)
     f = click.option("--threads", type=click.IntRange(1), default=None,
                      help="CPU threads (default: all available).")(f)
     f = click.option("--ctx", type=click.IntRange(16), default=2048, show_default=True,
@@ -50,11 +52,12 @@ def make_sampling(max_tokens, temp, top_p, top_k, seed) -> runtime.Sampling:
 @click.option("--chat", is_flag=True, help="Apply the model's chat template (prompt = one user message).")
 @click.option("--system", default=None, help="With --chat: a system message.")
 @click.option("--stats", is_flag=True, help="Print token counts and speeds to stderr.")
-def command(model, scheme, ctx, threads, max_tokens, temp, top_p, top_k, seed, prompt, chat, system, stats):
+def command(model, scheme, ctx, threads, flash_attn, max_tokens, temp, top_p, top_k, seed, prompt, chat, system,
+            stats):
     if prompt is None:
         prompt = sys.stdin.read()
     path = runtime.resolve_model(model, scheme)
-    llm = runtime.load(path, n_ctx=ctx, n_threads=threads)
+    llm = runtime.load(path, n_ctx=ctx, n_threads=threads, flash_attn=flash_attn)
     if chat:
         template = runtime.ChatTemplate.from_llama(llm, source=str(path))
         messages = ([{"role": "system", "content": system}] if system else []) + [

@@ -22,7 +22,7 @@ import click
 
 from ggufkit import runtime
 from ggufkit.commands.run import model_options
-from ggufkit.errors import InputError, RuntimeFailure
+from ggufkit.errors import RuntimeFailure
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 PUBLIC_PATHS = {"/", "/health", "/favicon.ico"}
@@ -134,7 +134,8 @@ class ApiGuard:
 # ---- the app: llama-cpp-python's server, adjusted
 
 def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = None, api_key: str | None = None,
-              cors: tuple[str, ...] = (), max_tokens: int = 512, max_body: int = 1 << 20):
+              cors: tuple[str, ...] = (), max_tokens: int = 512, max_body: int = 1 << 20,
+              flash_attn: bool = False):
     """llama-cpp-python's FastAPI app for one model, plus ggufkit's page, /health and ApiGuard; its
     allow-all CORS is replaced; a new request waits for the running one instead of interrupting it."""
     from fastapi.middleware.cors import CORSMiddleware
@@ -143,16 +144,18 @@ def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = No
     from llama_cpp.server import app as llama_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    if not runtime.is_gguf(model_path):
-        raise InputError("not a GGUF file (no GGUF magic)", model_path)
+    runtime.load_check(model_path)  # a malformed file: one line naming the problem, before llama.cpp
     alias = model_path.stem
+    # llama.cpp pads the context to a multiple of 256 and llama-cpp-python then budgets with the padded size
+    # while its token buffer has the asked-for size (a prompt near the end overflows it): ask for padded.
+    n_ctx = -(-n_ctx // 256) * 256
     threads = n_threads or runtime.default_threads()
     # model_construct: the settings are exactly these values; pydantic-settings would otherwise also read
     # environment variables such as PORT, API_KEY or N_CTX.
     server_settings = ServerSettings.model_construct(api_key=api_key, interrupt_requests=False)
     model_settings = ModelSettings.model_construct(
         model=str(model_path), model_alias=alias, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-        logits_all=False, embedding=False, cache=False, verbose=False)
+        logits_all=False, embedding=False, cache=False, flash_attn=flash_attn, verbose=False)
     os.environ.pop("CONFIG_FILE", None)  # create_app would take all its settings from that file instead
     try:
         app = llama_app.create_app(server_settings=server_settings, model_settings=[model_settings])
@@ -194,12 +197,12 @@ def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = No
               help="Most tokens one request may generate (larger requests are capped).")
 @click.option("--max-body-kb", type=click.IntRange(1), default=1024, show_default=True,
               help="Largest request body accepted, in KiB.")
-def command(model, scheme, ctx, threads, host, port, api_key, cors, max_tokens, max_body_kb):
+def command(model, scheme, ctx, threads, flash_attn, host, port, api_key, cors, max_tokens, max_body_kb):
     import uvicorn
 
     path = runtime.resolve_model(model, scheme)
     app = build_app(path, n_ctx=ctx, n_threads=threads, api_key=api_key, cors=cors, max_tokens=max_tokens,
-                    max_body=max_body_kb * 1024)
+                    max_body=max_body_kb * 1024, flash_attn=flash_attn)
     if host not in LOOPBACK and not api_key:
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     shown = f"[{host}]" if ":" in host else host
