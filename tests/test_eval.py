@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 import pytest
-
 from convert_fixtures import OUT_DIR, SHAKESPEARE, converted, llama_cpp_logits, transformers_logits
+
 from ggufkit.evaluate import evaluate
 
 CTX, CHUNKS = 128, 2
