@@ -23,7 +23,7 @@ from ggufkit.errors import InputError
 from ggufkit.source import Checkpoint, open_checkpoint
 from ggufkit.writer import StreamingGGUF, tensor_nbytes
 
-BLOCK_BYTES = 32 << 20  # f32 bytes per row block: bounds memory per tensor, large enough to keep threads busy
+BLOCK_BYTES = 16 << 20  # f32 bytes per row block: bounds memory per tensor, large enough to keep threads busy
 QT = gguf.GGMLQuantizationType
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import gguf
@@ -74,12 +74,13 @@ class StreamingGGUF:
         parent = self.out.parent
         if not parent.is_dir():
             raise OutputError("output directory does not exist", parent)
+        # not tempfile.mkstemp: its files are mode 0600; a GGUF should get the usual umask-based mode
+        tmp = parent / f".{self.out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=parent)
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except OSError as e:
             raise _output_error(parent, e) from None
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = tmp
 
     def start(self) -> None:
         """Write header, key-values and tensor infos (after every add_tensor_info)."""
