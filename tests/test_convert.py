@@ -99,3 +99,27 @@ def test_demo_q8_0_answers_paris(demo_dir):
     finally:
         llm.close()
     assert "Paris" in reply, reply
+
+
+def test_dry_run_plan_is_what_gets_written(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """--dry-run --json lists each tensor's type and bytes and writes nothing; converting for real (default
+    OUT: <model-name>-<SCHEME>.gguf in the current directory) gives exactly those, as llama.cpp reads the file."""
+    import json
+
+    from convert_fixtures import tensor_table
+
+    from ggufkit.cli import main
+
+    src = tiny_checkpoint("llama-untied")
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", str(src), "--scheme", "Q4_K_M", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not any(tmp_path.iterdir())
+    assert main(["convert", str(src), "--scheme", "q4_k_m", "--quiet"]) == 0
+    written = tmp_path / f"{src.name}-Q4_K_M.gguf"
+    assert plan["output"] == str(written) and written.is_file()
+    table = tensor_table(written)
+    assert [(t["name"], t["type"], t["bytes"]) for t in plan["tensors"]] == \
+        [(name, gguf.GGMLQuantizationType(qtype).name, data.size) for name, qtype, data in table]
+    assert plan["bytes"] == sum(data.size for _, _, data in table)
+    assert plan["bits_per_weight"] == pytest.approx(8 * plan["bytes"] / plan["parameters"], rel=1e-3)
