@@ -235,9 +235,13 @@ def resolve(src: str | os.PathLike) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    # huggingface-hub reads these variables once, at import; read them again so a change at run time counts
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
     try:
         return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "tokenizer.model",
-                                                            "*.jinja", "*.txt"]))
+                                                            "*.jinja", "*.txt"],
+                                      cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+                                      local_files_only=offline))
     except LocalEntryNotFoundError:
         raise InputError("no such directory, and not in the Hugging Face cache (offline or unreachable hub)",
                          text) from None

@@ -236,3 +236,19 @@ def test_ctrl_c_leaves_nothing(demo_dir, tmp_path):
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["error: interrupted"], err
     assert not any(tmp_path.iterdir())
+
+
+def test_hub_id_from_the_cache_offline(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """SRC as a hub id: resolved by huggingface-hub from its cache with HF_HUB_OFFLINE=1; named after the repo."""
+    src = tiny_checkpoint("llama")
+    cache = tmp_path / "hub"
+    repo = cache / "models--tiny-org--tiny-llama"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(src, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["convert", "tiny-org/tiny-llama", "--scheme", "q8_0", "--quiet"], capsys)[0] == 0
+    assert (tmp_path / "tiny-llama-Q8_0.gguf").is_file()
