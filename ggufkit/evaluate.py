@@ -76,13 +76,9 @@ class _LlamaScorer:
     """A GGUF model through llama-cpp-python, returning the logits of every position of a chunk."""
 
     def __init__(self, path: Path, ctx: int, threads: int | None):
-        from ggufkit.runtime import default_threads, is_gguf
+        from ggufkit.runtime import default_threads, load_check
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise InputError("no such file", self.path)
-        if not is_gguf(self.path):
-            raise InputError("not a GGUF file (no GGUF magic)", self.path)
+        self.path = load_check(path)  # a malformed file: one line naming the problem, before llama.cpp
         import llama_cpp
 
         n = threads or default_threads()

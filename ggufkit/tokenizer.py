@@ -135,6 +135,8 @@ def read_vocab(model_dir: Path, hf_config: dict) -> GgufVocab:
     json_file = model_dir / "tokenizer.json"
     if not spm_file.is_file() and not json_file.is_file():
         raise InputError("no tokenizer.json or tokenizer.model (the GGUF needs the tokenizer)", model_dir)
+    if spm_file.is_file():  # name a corrupt .model here: transformers would fall back to guessing tiktoken
+        _load_sentencepiece(spm_file)
     tokenizer = _load_hf_tokenizer(model_dir)
     if spm_file.is_file():
         vocab = _sentencepiece_vocab(spm_file, tokenizer, _n_vocab(hf_config, len(tokenizer), spm_file))
@@ -167,12 +169,17 @@ def _load_hf_tokenizer(model_dir: Path):
     """transformers' tokenizer for the checkpoint: the reference for ids, added tokens and special flags."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its warnings about a bad file would break the one-line error
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False, local_files_only=True)
     except Exception as e:  # noqa: BLE001 -- transformers raises many types (ValueError, OSError, ...)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"transformers cannot load the tokenizer: {first_line}", model_dir) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if not getattr(tokenizer, "is_fast", False) and not hasattr(tokenizer, "sp_model"):
         raise InputError(f"unsupported tokenizer class {type(tokenizer).__name__}", model_dir)
     return tokenizer
@@ -276,8 +283,7 @@ def _pre_tokenizer_name(tokenizer, tok_json: dict, path: Path) -> str:
 
 # ---- SentencePiece
 
-def _sentencepiece_vocab(spm_file: Path, tokenizer, n_vocab: int) -> GgufVocab:
-    """Pieces, scores and types from the .model file; HF's added tokens on top; "[PAD<i>]" up to n_vocab."""
+def _load_sentencepiece(spm_file: Path):
     from sentencepiece import SentencePieceProcessor
 
     sp = SentencePieceProcessor()
@@ -285,6 +291,12 @@ def _sentencepiece_vocab(spm_file: Path, tokenizer, n_vocab: int) -> GgufVocab:
         sp.LoadFromFile(str(spm_file))
     except (OSError, RuntimeError) as e:
         raise InputError(f"not a SentencePiece model: {e}", spm_file) from None
+    return sp
+
+
+def _sentencepiece_vocab(spm_file: Path, tokenizer, n_vocab: int) -> GgufVocab:
+    """Pieces, scores and types from the .model file; HF's added tokens on top; "[PAD<i>]" up to n_vocab."""
+    sp = _load_sentencepiece(spm_file)
     if sp.vocab_size() > n_vocab:
         raise InputError(f"SentencePiece model has {sp.vocab_size()} pieces but config.json vocab_size is "
                          f"{n_vocab}", spm_file)
