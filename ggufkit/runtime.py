@@ -130,9 +130,7 @@ def load_check(path: Path | str) -> Path:
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", path)
-    if not is_gguf(path):
-        raise InputError("not a GGUF file (no GGUF magic)", path)
-    validate_gguf(path)
+    validate_gguf(path)  # names the problem: empty, no magic, version, truncation, absurd counts, ...
     return path
 
 
