@@ -7,8 +7,8 @@ For each model (the demo SmolLM2-135M, and the 1B-class random llama from bench/
   two-step:  ggufkit convert SRC --scheme bf16, then llama_model_quantize -> Q4_K_M   (two processes)
 Each step runs in a fresh process, timed by wall clock; peak RSS is the process's ru_maxrss (os.wait4); the
 two-step route's peak is the larger of its two steps, its time the sum. The outputs are compared byte for byte.
-(llama.cpp's own convert_hf_to_gguf.py is not shipped with llama-cpp-python; the BF16 file of the two-step route
-is ggufkit's, which the tests show equals llama.cpp's conversion in its tensor bytes.)
+(llama.cpp's own convert_hf_to_gguf.py does not ship with llama-cpp-python, so the BF16 file of the two-step
+route is ggufkit's; llama_model_quantize then does what llama-quantize does.)
 """
 from __future__ import annotations
 
