@@ -169,11 +169,11 @@ class ChatTemplate:
     jinja2.sandbox.ImmutableSandboxedEnvironment (tests/test_chat_template.py holds it to that)."""
 
     def __init__(self, template: str, bos_token: str, eos_token: str, source: str = "model"):
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        from ggufkit.template_sandbox import BoundedChatFormatter
 
         self.source = source
-        try:
-            self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
+        try:  # llama-cpp-python's formatter, sandboxed and also bounded in time and memory
+            self._formatter = BoundedChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
         except Exception as e:  # jinja2 TemplateSyntaxError and friends
             raise InputError(f"chat template does not parse: {e}", source) from e
 
