@@ -79,4 +79,19 @@ def test_bad_model_arguments_are_one_line_errors(tmp_path):
     truncated = tmp_path / "truncated.gguf"
     truncated.write_bytes(DEMO_GGUF.read_bytes()[:100_000])
     result = ggufkit("run", truncated, "-p", "hi")
-    assert result.returncode == 4 and "could not load" in result.stderr
+    assert result.returncode == 1 and result.stderr.startswith(f"error: {truncated}: ")
+    assert "cannot fit" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_well_formed_gguf_llama_cpp_cannot_load_is_exit_4(tmp_path):
+    import gguf
+
+    odd = tmp_path / "odd.gguf"  # written by gguf-py: valid GGUF, an architecture llama.cpp does not know
+    writer = gguf.GGUFWriter(str(odd), "no-such-arch")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    result = ggufkit("run", odd, "-p", "hi")
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.startswith(f"error: {odd}: llama.cpp could not load the model")
