@@ -157,6 +157,9 @@ def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = No
         model=str(model_path), model_alias=alias, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
         logits_all=False, embedding=False, cache=False, flash_attn=flash_attn, verbose=False)
     os.environ.pop("CONFIG_FILE", None)  # create_app would take all its settings from that file instead
+    from ggufkit.template_sandbox import install as bound_chat_templates
+
+    bound_chat_templates()  # the GGUF's chat template renders bounded in time and memory, not only sandboxed
     try:
         app = llama_app.create_app(server_settings=server_settings, model_settings=[model_settings])
     except (ValueError, RuntimeError) as e:
