@@ -59,7 +59,7 @@ class TensorRef:
 
     @property
     def rows(self) -> int:
-        return self.shape[0] if self.shape else 1
+        return self.shape[0] if len(self.shape) > 1 else 1  # a 1-D tensor is one row (see cols)
 
     @property
     def cols(self) -> int:
