@@ -141,10 +141,11 @@ def write_metadata(g: StreamingGGUF, plan: Plan) -> None:
 
     w = g.kv
     w.add_name(plan.checkpoint.name)
-    w.add_file_type(int(plan.scheme.file_type))
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     plan.arch.write_hparams(w)
     add_tokenizer(w, plan.checkpoint.dir, plan.checkpoint.config)
+    # last, in this order: where llama-quantize puts them (it re-sets both), so our file equals its output
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_file_type(int(plan.scheme.file_type))
 
 
 def convert(src, out=None, scheme: str = "q4_k_m", threads: int | None = None, quiet: bool = False,

@@ -1,6 +1,6 @@
 """Every scheme: ggufkit's output equals what llama.cpp's llama_model_quantize writes from ggufkit's own F32
-output of the same checkpoint (same tensors in the same order, same type and same bytes for each), and
-llama.cpp loads and runs it."""
+output of the same checkpoint (same tensors in the same order, same type and same bytes for each; in fact the
+same file, byte for byte), and llama.cpp loads and runs it."""
 from __future__ import annotations
 
 import gguf
@@ -23,8 +23,8 @@ def checkpoint(name, demo_dir, tiny_checkpoint):
 @pytest.mark.parametrize("model", BYTE_MODELS)
 def test_tensors_equal_llama_quantize(model, scheme, demo_dir, tiny_checkpoint):
     model_dir = checkpoint(model, demo_dir, tiny_checkpoint)
-    ours = tensor_table(converted(model_dir, scheme))
-    ref = tensor_table(llama_quantized(converted(model_dir, "f32"), scheme))
+    ours_path, ref_path = converted(model_dir, scheme), llama_quantized(converted(model_dir, "f32"), scheme)
+    ours, ref = tensor_table(ours_path), tensor_table(ref_path)
     assert [n for n, _, _ in ours] == [n for n, _, _ in ref]
     wrong_type = [(n, QT(a).name, QT(b).name) for (n, a, _), (_, b, _) in zip(ours, ref) if a != b]
     assert not wrong_type, f"{len(wrong_type)} tensor types differ (name, ours, llama.cpp): {wrong_type[:5]}"
@@ -32,6 +32,8 @@ def test_tensors_equal_llama_quantize(model, scheme, demo_dir, tiny_checkpoint):
                    for (n, t, a), (_, _, b) in zip(ours, ref) if a.shape != b.shape or not np.array_equal(a, b)]
     assert not wrong_bytes, (f"{len(wrong_bytes)} of {len(ours)} tensors differ (name, type, bytes differing): "
                              f"{wrong_bytes[:5]}")
+    # and the whole file: same key-values in the same order, same layout
+    assert ours_path.read_bytes() == ref_path.read_bytes(), "tensors equal, but metadata or layout differ"
 
 
 @pytest.mark.parametrize("scheme", ALL_SCHEMES)
