@@ -15,7 +15,20 @@ from ggufkit import __version__, commands
 from ggufkit.errors import GgufkitError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CommandsGroup(click.Group):
+    """Finds commands as modules of ggufkit.commands and imports one only when it runs (or --help lists them):
+    start-up stays fast, and a Ctrl-C during an import is caught by main() like any other."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_"))
+
+    def get_command(self, ctx, name: str):
+        if name not in self.list_commands(ctx):
+            return None
+        return getattr(importlib.import_module(f"{commands.__name__}.{name}"), "command", None)
+
+
+@click.group(cls=CommandsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ggufkit")
 def cli():
     """ggufkit: Hugging Face checkpoints to llama.cpp GGUF files, and a runtime for them.
@@ -24,12 +37,6 @@ def cli():
     Example:
       ggufkit convert ./SmolLM2-135M-Instruct --scheme q4_k_m
     """
-
-
-for _info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-    _module = importlib.import_module(f"{commands.__name__}.{_info.name}")
-    if hasattr(_module, "command"):
-        cli.add_command(_module.command)
 
 
 def main(argv=None) -> int:
