@@ -42,3 +42,31 @@ def test_llama_cpp_loads_and_runs(model, scheme, demo_dir, tiny_checkpoint):
     model_dir = checkpoint(model, demo_dir, tiny_checkpoint)
     logits = llama_cpp_logits(converted(model_dir, scheme), [1, 504, 327, 30, 355, 441, 288, 327])
     assert logits.shape[0] == 8 and np.isfinite(logits).all() and logits[-1].std() > 0
+
+
+def test_imatrix_reaches_the_quantizer(tiny_checkpoint, tmp_path):
+    """With an importance matrix, each weight's bytes equal llama.cpp's ggml_quantize_chunk on the same rows with
+    the same per-column weights (source read with safetensors/torch, independently of ggufkit)."""
+    import torch
+    from ggml_ref import ggml_quantize
+    from safetensors.torch import load_file
+
+    from ggufkit.convert import convert
+
+    src = tiny_checkpoint("llama-untied")
+    hf = load_file(src / "model.safetensors")
+    rng = np.random.default_rng(0)
+    checks = {"blk.1.ffn_down.weight": "model.layers.1.mlp.down_proj.weight",
+              "blk.0.attn_v.weight": "model.layers.0.self_attn.v_proj.weight",
+              "blk.0.ffn_up.weight": "model.layers.0.mlp.up_proj.weight"}
+    imatrix = {name: rng.uniform(0.01, 4.0, hf[hf_name].shape[1]).astype(np.float32)
+               for name, hf_name in checks.items()}
+    out = convert(src, tmp_path / "im.gguf", scheme="q4_k_m", quiet=True, imatrix=imatrix)
+    table = {name: (qtype, data) for name, qtype, data in tensor_table(out)}
+    for name, hf_name in checks.items():
+        qtype, data = table[name]
+        x = hf[hf_name].to(torch.float32).numpy()
+        ref = ggml_quantize(x, qtype, imatrix[name]).reshape(-1)
+        plain = ggml_quantize(x, qtype).reshape(-1)
+        assert np.array_equal(data, ref), f"{name} ({QT(qtype).name}): bytes differ from llama.cpp's with imatrix"
+        assert not np.array_equal(data, plain), f"{name}: the imatrix made no difference"
