@@ -57,29 +57,17 @@ file "$BUILD/bin/llama-simple" | grep -q "ARM aarch64" || { echo "error: llama-s
 MODEL="$ARM_CACHE/smollm2-135m-instruct-Q4_K_M.gguf"
 [ -f "$MODEL" ] || "$PY" -c "from ggufkit.convert import convert; convert('models/smollm2-135m-instruct', '$MODEL', scheme='q4_k_m', quiet=True)"
 
-# ---- greedy tokens: aarch64 llama-simple under qemu vs llama-cpp-python on x86-64
+# ---- greedy tokens: aarch64 llama-simple under qemu vs the same steps through llama-cpp-python on x86-64
+# (bench/arm/greedy_x86.py mirrors llama-simple: default context parameters, flash attention "auto" on both sides)
+T0=$(date +%s)
 ARM_OUT="$(qemu-aarch64 -cpu cortex-a76 "$BUILD/bin/llama-simple" -m "$MODEL" -n "$N_PREDICT" "$PROMPT" 2>"$ARM_CACHE/qemu.log")"
-X86_OUT="$("$PY" - "$MODEL" "$N_PREDICT" "$PROMPT" <<'PYEOF'
-import sys
-import llama_cpp
-model, n, prompt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-llm = llama_cpp.Llama(model, n_ctx=256, n_threads=2, verbose=False)
-# llama-simple: the prompt tokenized with special tokens, then argmax sampling until n tokens or end of generation
-tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
-out = b""
-for _ in range(n):
-    llm.eval(tokens)
-    tok = int(llm.scores[llm.n_tokens - 1].argmax())
-    if llm._model.token_is_eog(tok):
-        break
-    out += llm.detokenize([tok])
-    tokens = [tok]
-sys.stdout.write(prompt + out.decode("utf-8", "replace"))
-PYEOF
-)"
-echo "aarch64 (qemu cortex-a76): $ARM_OUT"
-echo "x86-64 (llama-cpp-python): $X86_OUT"
-if [ "$(echo "$ARM_OUT" | tr -s ' \n')" = "$(echo "$X86_OUT" | tr -s ' \n')" ]; then
+T1=$(date +%s)
+X86_OUT="$("$PY" bench/arm/greedy_x86.py "$MODEL" "$N_PREDICT" "$PROMPT" 2>"$ARM_CACHE/x86.log")"
+T2=$(date +%s)
+echo "aarch64 (qemu cortex-a76, $((T1 - T0)) s): $ARM_OUT"
+echo "x86-64 (llama-cpp-python, $((T2 - T1)) s): $X86_OUT"
+grep -h "decoded\|token ids" "$ARM_CACHE/qemu.log" "$ARM_CACHE/x86.log" || true
+if [ "$ARM_OUT" = "$X86_OUT" ]; then
   echo "arm-check: same greedy text on aarch64 and x86-64"
 else
   echo "arm-check: FAILED: the greedy texts differ" >&2
