@@ -59,7 +59,7 @@ demo: native models
 
 # test: the whole test suite, offline.
 test: native models
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # bench: the benchmarks under bench/; results go in BENCHMARKS.md by hand.
 bench: native models
