@@ -161,3 +161,18 @@ def test_corrupt_imatrix_is_a_one_line_error(tmp_path):
     w.close()
     with pytest.raises(InputError, match="model.gguf: a GGUF file but not an importance matrix"):
         imatrix_files.load(not_imatrix)
+
+
+def test_convert_calibration_equals_convert_with_the_same_imatrix(tiny_llama, tmp_path):
+    """--calibration computes the imatrix on the way: same bytes as computing it first and passing the file."""
+    out = tmp_path / "calibrated.gguf"
+    result = CliRunner().invoke(cli, ["convert", str(tiny_llama), "--scheme", "q4_k_m", "-o", str(out), "-q",
+                                      "--calibration", str(SHAKESPEARE), "--calibration-chunks", "2",
+                                      "--calibration-ctx", "64"])
+    assert result.exit_code == 0, result.output
+    im = compute(tiny_llama, SHAKESPEARE, ctx=64, chunks=2, progress=False).save(tmp_path / "im.gguf")
+    ref = convert(tiny_llama, tmp_path / "ref.gguf", scheme="q4_k_m", quiet=True, imatrix=im)
+    assert out.read_bytes() == ref.read_bytes()
+    both = CliRunner().invoke(cli, ["convert", str(tiny_llama), "--imatrix", str(im), "--calibration",
+                                    str(SHAKESPEARE), "-o", str(tmp_path / "never.gguf")])
+    assert both.exit_code == 2 and not (tmp_path / "never.gguf").exists()

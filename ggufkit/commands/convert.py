@@ -26,15 +26,24 @@ def _scheme(ctx, param, value: str) -> str:
               help="Output file [default: <model-name>-<SCHEME>.gguf in the current directory].")
 @click.option("--scheme", default="q4_k_m", show_default=True, callback=_scheme,
               help="Quantization scheme (llama-quantize's names, case-insensitive): f32, f16, bf16, q8_0, "
-                   "q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k.")
+                   "q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, "
+                   "iq4_nl, iq4_xs.")
 @click.option("--imatrix", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Importance matrix (llama.cpp GGUF or .dat format) to weight the quantization.")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Calibration text: compute an importance matrix from it on the way (runs the HF model on the "
+                   "CPU; needs torch) and quantize with it.")
+@click.option("--calibration-chunks", type=click.IntRange(min=1), default=32, show_default=True,
+              help="With --calibration: chunks of --calibration-ctx tokens to run.")
+@click.option("--calibration-ctx", type=click.IntRange(min=16), default=512, show_default=True,
+              help="With --calibration: tokens per chunk.")
 @click.option("--threads", type=click.IntRange(min=1), help="Quantization threads [default: all cores].")
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensor, shape, type, bytes; total size and bits "
                                               "per weight) and write nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or the result as JSON.")
-def command(src, out, scheme, imatrix, threads, dry_run, quiet, as_json):
+def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibration_ctx, threads, dry_run, quiet,
+            as_json):
     """Convert a Hugging Face checkpoint (safetensors) to a GGUF file in one streaming pass.
 
     SRC is a local model directory (config.json + model.safetensors or shards with
@@ -45,7 +54,19 @@ def command(src, out, scheme, imatrix, threads, dry_run, quiet, as_json):
     Example:
       ggufkit convert ./SmolLM2-135M-Instruct --scheme q4_k_m -o smollm2-q4_k_m.gguf
       ggufkit convert HuggingFaceTB/SmolLM2-135M-Instruct --scheme q8_0 --dry-run
+      ggufkit convert ./SmolLM2-135M-Instruct --scheme q4_k_m --calibration hamlet.txt
     """
+    if calibration is not None:
+        if imatrix is not None:
+            raise click.UsageError("--imatrix and --calibration are alternatives: give one")
+        if not dry_run:
+            from ggufkit.imatrix_collect import compute
+            from ggufkit.source import resolve
+
+            imatrix = compute(resolve(src), calibration, ctx=calibration_ctx, chunks=calibration_chunks,
+                              threads=threads, progress=not quiet and sys.stderr.isatty())
+        else:
+            imatrix = calibration  # the plan only needs to know an imatrix will be used
     plan = make_plan(src, scheme, imatrix)
     out = out if out is not None else default_output(plan)
     if dry_run:
