@@ -9,9 +9,11 @@ One entry point, `add_tokenizer(writer, model_dir, hf_config)`, writes every `to
   chat template (tokenizer_config.json or chat_template.jinja).
 
 The vocabulary is padded with unused "[PAD<i>]" tokens up to the embedding's row count (hf_config["vocab_size"]),
-as llama.cpp's own converter does. Readers: transformers' AutoTokenizer (never with remote code) for the token
-table and the reference behaviour, gguf-py's SpecialVocab for merges, special ids and the chat template, and
-sentencepiece for `.model` files.
+as llama.cpp's own converter does. Readers: the `tokenizers` library on tokenizer.json (plus the special tokens
+named in tokenizer_config.json / special_tokens_map.json) for the token table and the reference behaviour,
+gguf-py's SpecialVocab for merges, special ids and the chat template, and sentencepiece for `.model` files. Only a
+checkpoint with tokenizer.model and no tokenizer.json goes through transformers' AutoTokenizer (never with remote
+code): transformers imports torch, which alone costs ~330 MiB of peak RSS during a conversion.
 """
 from __future__ import annotations
 
@@ -137,7 +139,7 @@ def read_vocab(model_dir: Path, hf_config: dict) -> GgufVocab:
         raise InputError("no tokenizer.json or tokenizer.model (the GGUF needs the tokenizer)", model_dir)
     if spm_file.is_file():  # name a corrupt .model here: transformers would fall back to guessing tiktoken
         _load_sentencepiece(spm_file)
-    tokenizer = _load_hf_tokenizer(model_dir)
+    tokenizer = JsonTokenizer(model_dir) if json_file.is_file() else _load_hf_tokenizer(model_dir)
     if spm_file.is_file():
         vocab = _sentencepiece_vocab(spm_file, tokenizer, _n_vocab(hf_config, len(tokenizer), spm_file))
     else:
@@ -160,13 +162,111 @@ def read_vocab(model_dir: Path, hf_config: dict) -> GgufVocab:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise InputError(f"cannot read as JSON: {e}", path) from None
+    if not isinstance(data, dict):
+        raise InputError(f"expected a JSON object, found {type(data).__name__}", path)
+    return data
+
+
+def _named_token(value) -> str | None:
+    """A special token as tokenizer_config.json / special_tokens_map.json write it: a string or an AddedToken
+    dict with "content"."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class JsonTokenizer:
+    """tokenizer.json through the `tokenizers` library, with the special tokens and add_bos/add_eos flags of
+    tokenizer_config.json (special_tokens_map.json as the fallback) applied the way transformers' fast tokenizer
+    applies them. It offers the few members of a transformers tokenizer this module reads (same names, so the
+    transformers fallback for a lone tokenizer.model can stand in): len(), get_vocab, get_added_vocab,
+    added_tokens_decoder, encode, decode, bos/eos_token_id, unk_token. Written here rather than using
+    transformers because importing transformers imports torch."""
+
+    NAMED = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+    def __init__(self, model_dir: Path):
+        from tokenizers import AddedToken, Tokenizer, processors
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        json_file = model_dir / "tokenizer.json"
+        try:
+            self._tok = Tokenizer.from_file(str(json_file))
+        except Exception as e:  # noqa: BLE001 -- the Rust side raises plain Exception for every parse error
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"cannot load the tokenizer: {first_line}", json_file) from None
+        config = self._config(model_dir)
+        self._names = {k: _named_token(config.get(k)) for k in self.NAMED}
+        extra = config.get("additional_special_tokens") or config.get("extra_special_tokens") or []
+        extra = [t for t in map(_named_token, extra if isinstance(extra, list) else []) if t]
+        # transformers adds a named special token missing from the vocabulary as a new special token
+        vocab = self._tok.get_vocab(with_added_tokens=True)
+        missing = [t for t in dict.fromkeys([*self._names.values(), *extra]) if t and t not in vocab]
+        if missing:
+            self._tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+        # transformers 5 rebuilds the post-processor as "[bos] $A [eos]" when tokenizer_config.json sets
+        # add_bos_token / add_eos_token (a flag whose token is not defined counts as False)
+        if "add_bos_token" in config or "add_eos_token" in config:
+            bos, eos = self._names["bos_token"], self._names["eos_token"]
+            add_bos = bool(config.get("add_bos_token")) and bos is not None
+            add_eos = bool(config.get("add_eos_token")) and eos is not None
+            single = " ".join([f"{bos}:0"] * add_bos + ["$A:0"] + [f"{eos}:0"] * add_eos)
+            pair = single + " " + " ".join([f"{bos}:1"] * add_bos + ["$B:1"] + [f"{eos}:1"] * add_eos)
+            specials = [(t, self._tok.token_to_id(t)) for t, on in ((bos, add_bos), (eos, add_eos)) if on]
+            self._tok.post_processor = processors.TemplateProcessing(single=single, pair=pair,
+                                                                     special_tokens=specials)
+
+    @staticmethod
+    def _config(model_dir: Path) -> dict:
+        """tokenizer_config.json's keys over special_tokens_map.json's (transformers' precedence)."""
+        merged: dict = {}
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):
+            if (model_dir / name).is_file():
+                merged.update({k: v for k, v in _read_json(model_dir / name).items() if v is not None})
+        return merged
+
+    def __len__(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self._tok.get_vocab(with_added_tokens=True)
+
+    @property
+    def added_tokens_decoder(self) -> dict:  # id -> tokenizers.AddedToken (content, special, normalized)
+        return self._tok.get_added_tokens_decoder()
+
+    def get_added_vocab(self) -> dict[str, int]:
+        return {t.content: i for i, t in self.added_tokens_decoder.items()}
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+    def _id(self, name: str) -> int | None:
+        text = self._names[name]
+        return None if text is None else self._tok.token_to_id(text)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._id("bos_token")
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._id("eos_token")
+
+    @property
+    def unk_token(self) -> str | None:
+        return self._names["unk_token"]
 
 
 def _load_hf_tokenizer(model_dir: Path):
-    """transformers' tokenizer for the checkpoint: the reference for ids, added tokens and special flags."""
+    """transformers' tokenizer for a checkpoint with only tokenizer.model: the reference for added tokens and
+    special flags (it converts the SentencePiece model; imports torch)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging

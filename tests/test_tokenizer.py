@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf
@@ -424,3 +427,22 @@ def test_unknown_hash_bytelevel_bpe_falls_back_to_structure(tmp_path):
     assert case.llm.metadata["tokenizer.ggml.pre"] == "gpt-2"
     for text in TEXTS + ["<|endoftext|>"]:
         assert case.llama_ids(text, add_bos=False) == case.hf.encode(text, add_special_tokens=False), text
+
+
+# ---- memory: with a tokenizer.json the conversion never imports transformers (which imports torch: ~330 MiB of
+# peak RSS on its own); checked in a fresh interpreter, where nothing else has imported them yet
+
+@pytest.mark.parametrize("checkpoint", ["demo", "llama-spm-tf4"])  # BPE; SentencePiece .model + tokenizer.json
+def test_convert_imports_neither_torch_nor_transformers(checkpoint, demo_dir, tiny_checkpoint, tmp_path):
+    model_dir = demo_dir if checkpoint == "demo" else tiny_checkpoint(checkpoint)
+    assert (model_dir / "tokenizer.json").is_file()
+    out = tmp_path / "out.gguf"
+    script = ("import json, sys\n"
+              "from ggufkit.convert import convert\n"
+              f"convert({str(model_dir)!r}, {str(out)!r}, scheme='q8_0', quiet=True)\n"
+              "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert gguf.GGUFReader(out).get_field("tokenizer.ggml.tokens") is not None
