@@ -7,8 +7,10 @@ process loads it, fills the context with a prompt, and reports VmHWM; the predic
 
     .venv/bin/python bench/fit_memory.py [--ctx 512 2048] [--schemes Q4_K_M Q8_0 Q4_0]
 
-Heavy: ~2 GB of files in models/bench-cache/ and a few minutes of prompt processing per 2048-token run on 2
-cores. Results go into BENCHMARKS.md by hand.
+Heavy: ~4.6 GB of files in models/bench-cache/ (each skipped when already there) and ~3 min of prompt processing
+per 2048-token run on 2 cores. Writing Q8_0 or Q4_0 takes ~30 s; Q4_K_M is the slow one (>20 min on the loaded
+machine: llama.cpp's K-quant search). Measured 2026-11-24 with the files cached: 12.6 min for 3 schemes x 2
+contexts. Results go into BENCHMARKS.md by hand.
 """
 from __future__ import annotations
 
