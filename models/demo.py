@@ -65,10 +65,10 @@ def main() -> int:
     with Step(f"chat (Q8_0): {QUESTION}"):
         print(f"    {ask(q8, QUESTION)}")
 
-    with Step(f"importance matrix: the demo model on 16 x 512 tokens of {CALIBRATION.name}"):
+    with Step(f"importance matrix: the demo model on 8 x 512 tokens of {CALIBRATION.name}"):
         from ggufkit.imatrix_collect import compute
 
-        imatrix = compute(src, CALIBRATION, ctx=512, chunks=16, progress=False)
+        imatrix = compute(src, CALIBRATION, ctx=512, chunks=8, progress=False)
         print(f"    {len(imatrix.entries)} weight matrices")
     with Step("ggufkit convert --scheme q4_k_m --imatrix"):
         q4 = convert(src, OUT_DIR / "SmolLM2-135M-Instruct-Q4_K_M.gguf", scheme="q4_k_m", quiet=True,
