@@ -35,18 +35,33 @@ sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode
 """
 
 
+# Linux keeps a process's peak RSS (ru_maxrss) across fork + exec, so a command forked straight from this process
+# (which imports torch through models/build_demo.py: ~220 MiB) would report at least this process's RSS. Each
+# command is started by this small launcher instead, which reports its own child's peak (in KiB) to a file.
+LAUNCH = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def timed(cmd: list[str]) -> tuple[float, float]:
     """Run cmd in a fresh process: (wall seconds, peak RSS in MiB). Raises if it fails."""
-    with tempfile.TemporaryFile() as log:  # not a pipe: llama.cpp logs a lot, a full pipe would stall it
+    with tempfile.TemporaryFile() as log, tempfile.NamedTemporaryFile("r") as peak:
+        # log is not a pipe: llama.cpp logs a lot, a full pipe would stall it
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCH, peak.name, *cmd], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        _, status, _ = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         if os.waitstatus_to_exitcode(status) != 0:
             log.seek(0)
             raise SystemExit(f"failed: {' '.join(cmd)}\n{log.read().decode(errors='replace')[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+        return wall, int(peak.read()) / 1024
 
 
 def bench_model(name: str, src: Path, scheme: str, threads: int, work: Path) -> dict:
