@@ -65,9 +65,11 @@ test: native models
 bench: native models
 	@for f in bench/*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
-# fuzz: a longer fuzzing run of the GGUF reader than the test suite's (10 minutes).
+# fuzz: longer fuzzing than the test suite's: the GGUF reader for 10 minutes, then the safetensors header checks
+# with a fresh random seed.
 fuzz: setup
 	$(BIN)/python bench/fuzz_gguf.py --minutes 10
+	$(BIN)/python -m pytest -q tests/test_fuzz_safetensors.py --hypothesis-seed=random
 
 # arm-check: ARM by emulation: the kernels cross-compiled for aarch64 under qemu equal x86-64 bytes (also in
 # `make test`), then llama.cpp cross-compiled for aarch64 runs the demo model's Q4_K_M file under qemu-user.
