@@ -69,7 +69,7 @@ bench: native models
 # with a fresh random seed.
 fuzz: setup
 	$(BIN)/python bench/fuzz_gguf.py --minutes 10
-	$(BIN)/python -m pytest -q tests/test_fuzz_safetensors.py --hypothesis-seed=random
+	$(BIN)/python -m pytest -q tests/test_fuzz_safetensors.py --hypothesis-seed=$$(date +%s)
 
 # arm-check: ARM by emulation: the kernels cross-compiled for aarch64 under qemu equal x86-64 bytes (also in
 # `make test`), then llama.cpp cross-compiled for aarch64 runs the demo model's Q4_K_M file under qemu-user.
