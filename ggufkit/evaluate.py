@@ -139,7 +139,7 @@ def evaluate(model: Path, text_path: Path, ctx: int = 512, chunks: int | None = 
     mean = float(nll_all.mean())
     # standard error of the PPL by the delta method: PPL * stderr(mean nll)
     stderr = float(math.exp(mean) * nll_all.std(ddof=1) / math.sqrt(len(nll_all))) if len(nll_all) > 1 else 0.0
-    result = EvalResult(model=str(model), ctx=ctx, chunks=len(parts), tokens_scored=int(len(nll_all)),
+    result = EvalResult(model=str(model), ctx=ctx, chunks=len(parts), tokens_scored=len(nll_all),
                         ppl=math.exp(mean), ppl_stderr=stderr)
     if ref_scorer is not None:
         result.ref = str(ref)

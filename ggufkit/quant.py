@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType
 
 from ggufkit import _quants
 
-__all__ = ["quantize", "dequantize", "row_size", "supported_types", "simd_active", "default_threads"]
+__all__ = ["default_threads", "dequantize", "quantize", "row_size", "simd_active", "supported_types"]
 
 # ggml_type id -> (name, block_size, type_size, simd_feature, simd_active)
 _TRAITS = {t[0]: t[1:] for t in _quants.types()}

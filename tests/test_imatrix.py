@@ -9,8 +9,8 @@ import gguf
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from convert_fixtures import OUT_DIR, SHAKESPEARE, converted
+
 from ggufkit import imatrix as imatrix_files
 from ggufkit.cli import cli
 from ggufkit.convert import convert
@@ -88,11 +88,11 @@ def reference_weights(path) -> dict[str, np.ndarray]:
     r = gguf.GGUFReader(path)
     t = {x.name: np.array(x.data, dtype=np.float32) for x in r.tensors}
     out = {}
-    for name in t:
+    for name, sums in t.items():
         if name.endswith(".in_sum2"):
             base = name[: -len(".in_sum2")]
             count = np.float32(t[base + ".counts"].reshape(-1)[0])
-            out[base] = (t[name].reshape(-1) / count).astype(np.float32)
+            out[base] = (sums.reshape(-1) / count).astype(np.float32)
     return out
 
 

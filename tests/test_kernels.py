@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ggml_ref import describe_mismatch, ggml_quantize
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
-from ggml_ref import describe_mismatch, ggml_quantize
 from ggufkit import quant
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-import make_golden  # noqa: E402  (tests/data/make_golden.py: the golden input and loader)
+import make_golden
 
 TYPES = quant.supported_types()
 TYPE_IDS = [t.name for t in TYPES]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ggml_ref import describe_mismatch, ggml_quantize
 from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize as gguf_dequantize
 
-from ggml_ref import describe_mismatch, ggml_quantize
 from ggufkit import quant
 
 

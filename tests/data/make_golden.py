@@ -51,9 +51,8 @@ def golden_input() -> tuple[np.ndarray, np.ndarray]:
 def main() -> None:
     sys.path.insert(0, str(HERE.parent))
     import llama_cpp
-    from gguf import GGMLQuantizationType
-
     from ggml_ref import ggml_quantize
+    from gguf import GGMLQuantizationType
 
     if llama_cpp.__version__ != REFERENCE_VERSION:
         raise SystemExit(f"llama-cpp-python {llama_cpp.__version__} is installed; the golden blocks come from "
