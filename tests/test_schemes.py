@@ -169,6 +169,28 @@ def test_get_scheme_is_case_insensitive_and_lists_known_names():
         get_scheme("q4_k_x")
 
 
+def test_imatrix_only_schemes_are_refused_like_llama_cpp_refuses_them(tiny_checkpoint):
+    """Each scheme ggufkit names as imatrix-only is one llama_model_quantize refuses without an imatrix (checked
+    on a real F32 file), and ggufkit refuses it with that reason."""
+    import ctypes
+
+    import llama_cpp
+    from convert_fixtures import OUT_DIR, converted
+
+    from ggufkit.schemes import IMATRIX_ONLY_SCHEMES
+
+    src = converted(tiny_checkpoint("llama"), "f32")
+    for name in IMATRIX_ONLY_SCHEMES:
+        with pytest.raises(ValueError, match="only with an importance matrix"):
+            get_scheme(name.lower())
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = int(gguf.LlamaFileType[f"MOSTLY_{name}"])
+        params.nthread = 2
+        out = OUT_DIR / f"refused-{name}.gguf"
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
+        assert rc != 0, f"llama.cpp quantized {name} without an imatrix"
+
+
 def test_required_schemes_exist():
     required = "f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k"
     for name in required.split():
