@@ -214,31 +214,9 @@ static void dequantize_row_iq4_xs(const void *vy, float *x, int64_t n) {
 // by counting levels <= v instead of bisecting; both give the pair around v, then the same float comparison picks.
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define GK_AVX2 __attribute__((target("avx2,f16c")))
+#include "simd_x86.h"
 #define HAVE_IQ4_AVX2 1
 
-// Eight blocks of 32 (stride 32 floats) -> (32, 8): t[j] lane k = src[k * 32 + j].
-GK_AVX2 static inline void transpose_group(const float *src, __m256 t[SUB]) {
-    for (int c = 0; c < SUB; c += 8) {
-        __m256 *r = t + c, a[8], u[8];
-        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(src + k * SUB + c);
-        for (int i = 0; i < 4; i++) {
-            a[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-            a[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-        }
-        for (int i = 0; i < 2; i++) {
-            u[4 * i + 0] = _mm256_shuffle_ps(a[4 * i + 0], a[4 * i + 2], 0x44);
-            u[4 * i + 1] = _mm256_shuffle_ps(a[4 * i + 0], a[4 * i + 2], 0xee);
-            u[4 * i + 2] = _mm256_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0x44);
-            u[4 * i + 3] = _mm256_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0xee);
-        }
-        for (int i = 0; i < 4; i++) {
-            r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-            r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-        }
-    }
-}
 
 // (float)IQ4_LEVELS[idx] for idx in 0..15.
 GK_AVX2 static inline __m256 level_of8(__m256i idx) {
@@ -310,7 +288,7 @@ GK_AVX2 static inline void weights8(const __m256 xt[SUB], const float *im, __m25
         for (int j = 0; j < SUB; j++) wt[j] = _mm256_mul_ps(xt[j], xt[j]);
         return;
     }
-    transpose_group(im, wt);
+    transpose_blocks32(im, wt);
     for (int j = 0; j < SUB; j++)
         wt[j] = _mm256_mul_ps(wt[j], _mm256_sqrt_ps(_mm256_add_ps(sigma2, _mm256_mul_ps(xt[j], xt[j]))));
 }
@@ -322,7 +300,7 @@ GK_AVX2 static void quantize_row_iq4_nl_avx2(const float *x, void *vy, int64_t n
     int64_t b = 0;
     for (; b + 8 <= nb; b += 8) {
         const float *xg = x + b * SUB;
-        transpose_group(xg, xt);
+        transpose_blocks32(xg, xt);
         __m256 sum = _mm256_setzero_ps();   // per-block sum of squares, sequential in j as in the scalar path
         for (int j = 0; j < SUB; j++) sum = _mm256_add_ps(sum, _mm256_mul_ps(xt[j], xt[j]));
         weights8(xt, imatrix ? imatrix + b * SUB : NULL, _mm256_mul_ps(sum, _mm256_set1_ps(2.0f / (float)SUB)), wt);
@@ -342,7 +320,7 @@ GK_AVX2 static void quantize_row_iq4_xs_avx2(const float *x, void *vy, int64_t n
     __m256 xt[SUB], wt[SUB];
     float scales[XS_SUBS];
     for (int64_t b = 0; b < n / XS_SUPER; b++, x += XS_SUPER, y += IQ4_XS_BYTES) {
-        transpose_group(x, xt);
+        transpose_blocks32(x, xt);
         weights8(xt, imatrix ? imatrix + b * XS_SUPER : NULL, _mm256_set1_ps(doubled_mean_square(x, XS_SUPER)), wt);
         _mm256_storeu_ps(scales, search_sub_scale8(xt, wt));
         finish_iq4_xs_block(x, scales, y);

@@ -453,8 +453,7 @@ static void dequantize_row_q8_0(const void *vy, float *x, int64_t n) {
 // The weighted (imatrix) fits have per-block sums; their AVX2 versions below keep one block per lane instead.
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define GK_AVX2 __attribute__((target("avx2,f16c")))
+#include "simd_x86.h"
 #define HAVE_LEGACY_AVX2 1
 
 // Round-to-nearest-even f32 -> f16 in hardware (F16C ships with every AVX2 CPU); same bits as gk_fp32_to_fp16,
@@ -705,33 +704,6 @@ GK_AVX2 static void affine_plain_row_avx2(const float *x, uint8_t *y, int64_t nb
 // accumulated exactly as fit_symmetric_weighted does it. Inputs are transposed to (32, 8): row j = element j of
 // the eight blocks.
 
-// In-place transpose of an 8x8 f32 tile.
-GK_AVX2 static inline void transpose8x8(__m256 r[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 2; i++) {
-        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
-        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xee);
-        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-    }
-}
-
-// Eight blocks of 32 (stride 32 floats) -> (32, 8): t[j] lane k = src[k * 32 + j].
-GK_AVX2 static inline void transpose_group(const float *src, __m256 t[LEGACY_BLOCK]) {
-    for (int c = 0; c < LEGACY_BLOCK; c += 8) {
-        for (int k = 0; k < 8; k++) t[c + k] = _mm256_loadu_ps(src + k * LEGACY_BLOCK + c);
-        transpose8x8(t + c);
-    }
-}
-
 // round_via_magic on eight lanes (same bit trick, same results for every input).
 GK_AVX2 static inline __m256i round_via_magic8(__m256 v) {
     const __m256i bits = _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12582912.0f)));
@@ -756,8 +728,8 @@ GK_AVX2 static inline void symmetric_sums8(const __m256 xt[32], const __m256 wx[
 GK_AVX2 static void fit_symmetric_weighted8(const float *x, const float *im, float sigma2, int half, float d[8],
                                             uint8_t q[8][LEGACY_BLOCK]) {
     __m256 xt[LEGACY_BLOCK], wt[LEGACY_BLOCK], wx[LEGACY_BLOCK];
-    transpose_group(x, xt);
-    transpose_group(im, wt);
+    transpose_blocks32(x, xt);
+    transpose_blocks32(im, wt);
     const __m256 sign = _mm256_set1_ps(-0.0f), s2 = _mm256_set1_ps(sigma2);
     __m256 amax = _mm256_setzero_ps(), max = _mm256_setzero_ps();
     for (int j = 0; j < LEGACY_BLOCK; j++) {
@@ -854,8 +826,8 @@ GK_AVX2 static inline __m256 affine_error8(const __m256 xt[32], const __m256 wt[
 GK_AVX2 static void fit_affine_weighted8(const float *x, const float *im, float sigma2, int nmax, float d[8],
                                          float neg_min[8], uint8_t q[8][LEGACY_BLOCK]) {
     __m256 xt[LEGACY_BLOCK], wt[LEGACY_BLOCK], best_l[LEGACY_BLOCK], trial[LEGACY_BLOCK];
-    transpose_group(x, xt);
-    transpose_group(im, wt);
+    transpose_blocks32(x, xt);
+    transpose_blocks32(im, wt);
     const __m256 s2 = _mm256_set1_ps(sigma2), zero = _mm256_setzero_ps();
     for (int j = 0; j < LEGACY_BLOCK; j++)
         wt[j] = _mm256_mul_ps(wt[j], _mm256_sqrt_ps(_mm256_add_ps(s2, _mm256_mul_ps(xt[j], xt[j]))));
