@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef void (*gk_quantize_row_fn)(const float *x, void *y, int64_t n, const float *imatrix);
 typedef void (*gk_dequantize_row_fn)(const void *y, float *x, int64_t n);
@@ -45,6 +46,18 @@ extern const gk_type_traits gk_iq4_types[];
 /* IEEE binary16 <-> binary32, round to nearest even (what GGML's converters do). */
 uint16_t gk_fp32_to_fp16(float f);
 float gk_fp16_to_fp32(uint16_t h);
+
+/* A block's fp16 field: stored / read little-endian at any alignment. */
+static inline void store_half(uint8_t *dst, float f) {
+    uint16_t h = gk_fp32_to_fp16(f);
+    memcpy(dst, &h, 2);
+}
+
+static inline float load_half(const uint8_t *src) {
+    uint16_t h;
+    memcpy(&h, src, 2);
+    return gk_fp16_to_fp32(h);
+}
 
 /* Round half to even (rintf in the default rounding mode); |f| < 2^22. Not roundf (half away from zero). */
 int gk_nearest_int(float f);

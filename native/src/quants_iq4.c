@@ -41,17 +41,6 @@ static inline int nearest_level(float v) {
     return v - (float)IQ4_LEVELS[hi - 1] < (float)IQ4_LEVELS[hi] - v ? hi - 1 : hi;
 }
 
-static inline void store_half(uint8_t *dst, float f) {
-    uint16_t h = gk_fp32_to_fp16(f);
-    memcpy(dst, &h, 2);
-}
-
-static inline float load_half(const uint8_t *src) {
-    uint16_t h;
-    memcpy(&h, src, 2);
-    return gk_fp16_to_fp32(h);
-}
-
 // 2 * mean square of a super-block of n floats: sequential f32 sum times 2/n.
 static float doubled_mean_square(const float *x, int n) {
     float sum = 0.0f;

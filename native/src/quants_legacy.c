@@ -26,17 +26,6 @@ static inline int round_via_magic(float f) {
     return (bits & 0x007fffff) - 0x00400000;
 }
 
-static inline void store_half(uint8_t *dst, float f) {
-    uint16_t h = gk_fp32_to_fp16(f);
-    memcpy(dst, &h, 2);
-}
-
-static inline float load_half(const uint8_t *src) {
-    uint16_t h;
-    memcpy(&h, src, 2);
-    return gk_fp16_to_fp32(h);
-}
-
 // The value with the largest magnitude (the first one on ties), sign kept.
 static inline float signed_absmax(const float *x, int n) {
     float amax = 0.0f, max = 0.0f;
