@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "models"))
 
 QUANTIZE = """
 import ctypes, sys, llama_cpp
-from ggufkit.schemes import get_scheme
+from ggufkit.plan.schemes import get_scheme
 p = llama_cpp.llama_model_quantize_default_params()
 p.ftype = int(get_scheme(sys.argv[3]).file_type)
 p.nthread = int(sys.argv[4])

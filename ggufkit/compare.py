@@ -71,8 +71,8 @@ class Comparison:
 
 
 def parse_schemes(text: str) -> list[str]:
-    """'q8_0, Q4_K_M' -> ['q8_0', 'q4_k_m'] (validated against ggufkit.schemes, order and duplicates kept out)."""
-    from ggufkit import schemes
+    """'q8_0, Q4_K_M' -> ['q8_0', 'q4_k_m'] (validated against ggufkit.plan.schemes, order and duplicates kept out)."""
+    from ggufkit.plan import schemes
 
     names = []
     for part in text.split(","):
@@ -91,7 +91,7 @@ def parse_schemes(text: str) -> list[str]:
 
 def file_size_and_bpw(path: Path) -> tuple[int, float]:
     """Bytes on disk and bits per weight of the tensors, read back from the written GGUF."""
-    from ggufkit.gguf_file import summarize, validate_gguf
+    from ggufkit.sources.gguf import summarize, validate_gguf
 
     s = summarize(validate_gguf(path))
     return s["file_size"], s["bits_per_weight"]
@@ -120,9 +120,9 @@ def compare(src, variants: list[Variant], text: Path, ctx: int = 512, chunks: in
     """Convert SRC to the reference and every variant into OUT_DIR (a temporary directory, removed at the end,
     when None), evaluate each against the reference on TEXT and measure its generation speed.
     gen_tokens=0 skips the speed measurement."""
-    from ggufkit.convert import convert
+    from ggufkit.conversion import convert
     from ggufkit.evaluate import evaluate
-    from ggufkit.source import resolve
+    from ggufkit.sources.hf import resolve
 
     say = _Progress(progress)
     model_dir = resolve(src)

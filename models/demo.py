@@ -51,7 +51,7 @@ def ask(gguf_path: Path, question: str) -> str:
 
 
 def main() -> int:
-    from ggufkit.convert import convert
+    from ggufkit.conversion import convert
 
     with Step("demo checkpoint"):
         src = build_demo.build()
@@ -66,7 +66,7 @@ def main() -> int:
         print(f"    {ask(q8, QUESTION)}")
 
     with Step(f"importance matrix: the demo model on 8 x 512 tokens of {CALIBRATION.name}"):
-        from ggufkit.imatrix_collect import compute
+        from ggufkit.quant.imatrix_collect import compute
 
         imatrix = compute(src, CALIBRATION, ctx=512, chunks=8, progress=False)
         print(f"    {len(imatrix.entries)} weight matrices")

@@ -24,7 +24,7 @@ ALL_SCHEMES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2
 @functools.cache
 def converted(src: Path, scheme: str) -> Path:
     """ggufkit's conversion of `src` at `scheme` (once per session)."""
-    from ggufkit.convert import convert
+    from ggufkit.conversion import convert
 
     out = OUT_DIR / f"{src.name}-{scheme}.gguf"
     return convert(src, out, scheme=scheme, quiet=True)
@@ -35,7 +35,7 @@ def llama_quantized(src_gguf: Path, scheme: str) -> Path:
     """llama.cpp's llama_model_quantize (default params, ftype of the scheme) applied to `src_gguf`."""
     import llama_cpp
 
-    from ggufkit.schemes import get_scheme
+    from ggufkit.plan.schemes import get_scheme
 
     out = OUT_DIR / f"{src_gguf.stem}-llamacpp-{scheme}.gguf"
     params = llama_cpp.llama_model_quantize_default_params()

@@ -16,7 +16,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from ggufkit.schemes import ModelInfo
+from ggufkit.plan.schemes import ModelInfo
 
 
 @dataclass(frozen=True)

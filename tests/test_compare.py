@@ -56,7 +56,7 @@ def llama_cpp_facts(path) -> tuple[int, float]:
 
 
 def test_json_shape_and_files(json_run):
-    from ggufkit.schemes import get_scheme
+    from ggufkit.plan.schemes import get_scheme
 
     data, out_dir, _ = json_run
     assert set(data) == {"model", "text", "ctx", "chunks", "tokens_scored", "reference", "rows"}

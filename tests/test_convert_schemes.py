@@ -51,7 +51,7 @@ def test_imatrix_reaches_the_quantizer(tiny_checkpoint, tmp_path):
     from ggml_ref import ggml_quantize
     from safetensors.torch import load_file
 
-    from ggufkit.convert import convert
+    from ggufkit.conversion import convert
 
     src = tiny_checkpoint("llama-untied")
     hf = load_file(src / "model.safetensors")

@@ -1,7 +1,7 @@
 """A conversion killed (SIGKILL) or interrupted (SIGINT) at any moment, or stopped by a full disk, never leaves a
 partial file at OUT: OUT is the previous complete file, byte for byte (or absent if there was none).
 
-What the converter does (ggufkit/writer.py): it writes into `.<OUT name>.<random>.tmp` in OUT's directory and
+What the converter does (ggufkit/output/writer.py): it writes into `.<OUT name>.<random>.tmp` in OUT's directory and
 renames it over OUT only after the last byte is written and fsynced. On an exception or Ctrl-C the temp file is
 removed. A SIGKILL cannot be caught, so a killed run may leave that hidden `.tmp` file behind; its name cannot be
 taken for OUT, and the next run does not trip over it.
@@ -52,7 +52,7 @@ def _wait_for(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
 @pytest.fixture(scope="module")
 def previous(tiny_checkpoint, tmp_path_factory) -> tuple[Path, bytes]:
     """(checkpoint, bytes of a complete earlier conversion of it, at f16) - what OUT holds before each run."""
-    from ggufkit.convert import convert
+    from ggufkit.conversion import convert
 
     src = tiny_checkpoint("llama")
     out = convert(src, tmp_path_factory.mktemp("previous") / "prev.gguf", scheme="f16", quiet=True)
@@ -109,7 +109,7 @@ def test_interrupted_conversion_keeps_the_previous_file(previous, tmp_path, sig,
 
 def test_next_run_after_a_kill_completes(previous, tmp_path):
     """A temp file left by a SIGKILL does not stop the next conversion; the new OUT is complete and valid."""
-    from ggufkit.gguf_file import validate_gguf
+    from ggufkit.sources.gguf import validate_gguf
 
     src, before = previous
     out = tmp_path / "model.gguf"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from gguf import GGMLQuantizationType as T
 
-from ggufkit.devices import DEVICES, get_device
-from ggufkit.memory import repacked_types
+from ggufkit.edge.devices import DEVICES, get_device
+from ggufkit.edge.memory import repacked_types
 
 REQUIRED = ["rpi4-4gb", "rpi4-8gb", "rpi5-4gb", "rpi5-8gb", "rpi5-16gb", "orangepi5-8gb",
             "jetson-orin-nano-8gb", "laptop-8gb", "laptop-16gb"]

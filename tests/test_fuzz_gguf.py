@@ -16,7 +16,7 @@ from gguf import GGUFReader
 from hypothesis import HealthCheck, given, settings
 
 from ggufkit.errors import InputError
-from ggufkit.gguf_file import validate_gguf
+from ggufkit.sources.gguf import validate_gguf
 
 SEED = small_model().to_bytes()
 

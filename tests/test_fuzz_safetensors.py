@@ -1,4 +1,4 @@
-"""Fuzzing the safetensors header checks (ggufkit/source.py read_safetensors_header) with hypothesis.
+"""Fuzzing the safetensors header checks (ggufkit/sources/hf.py read_safetensors_header) with hypothesis.
 
 Properties, on mutated real files and on generated headers:
 - the reader either returns tensors whose byte ranges lie inside the data part, match shape x dtype and do not
@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ggufkit.errors import InputError
-from ggufkit.source import KNOWN_DTYPES, SUPPORTED_DTYPES, read_safetensors_header
+from ggufkit.sources.hf import KNOWN_DTYPES, SUPPORTED_DTYPES, read_safetensors_header
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

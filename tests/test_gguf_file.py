@@ -14,7 +14,7 @@ from corpus.llama_gguf import read_in_subprocess
 from gguf import GGUFEndian, GGUFReader, GGUFWriter
 
 from ggufkit.errors import InputError
-from ggufkit.gguf_file import GGUFArray, open_reader, validate_gguf
+from ggufkit.sources.gguf import GGUFArray, open_reader, validate_gguf
 
 GGUF_CASES = load_cases(["gguf"])
 # llama.cpp's gguf reader does not check that names are UTF-8 without NUL; ggufkit refuses them (gguf-py cannot

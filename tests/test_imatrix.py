@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from convert_fixtures import OUT_DIR, SHAKESPEARE, converted
 
-from ggufkit import imatrix as imatrix_files
 from ggufkit.cli import cli
-from ggufkit.convert import convert
-from ggufkit.imatrix_collect import compute
+from ggufkit.conversion import convert
+from ggufkit.quant import imatrix as imatrix_files
+from ggufkit.quant.imatrix_collect import compute
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_legacy_dat_round_trip_gives_the_same_weights(tiny_imatrix):
 
 def reference_weights(path) -> dict[str, np.ndarray]:
     """What llama-quantize feeds llama_model_quantize from an imatrix GGUF: per tensor, in_sum2 / counts
-    (read here with gguf-py, independently of ggufkit.imatrix)."""
+    (read here with gguf-py, independently of ggufkit.quant.imatrix)."""
     r = gguf.GGUFReader(path)
     t = {x.name: np.array(x.data, dtype=np.float32) for x in r.tensors}
     out = {}
@@ -118,7 +118,7 @@ def llama_quantize_with_imatrix(src, out, ftype, weights: dict[str, np.ndarray])
 
 @pytest.mark.parametrize("scheme", ["q4_k_m", "q2_k", "q4_0", "iq4_xs"])
 def test_convert_with_imatrix_equals_llama_quantize(tiny_llama, tiny_imatrix, scheme):
-    from ggufkit.schemes import get_scheme
+    from ggufkit.plan.schemes import get_scheme
 
     ours = convert(tiny_llama, OUT_DIR / f"tiny-imatrix-{scheme}.gguf", scheme=scheme, quiet=True,
                    imatrix=tiny_imatrix)

@@ -25,8 +25,8 @@ def greedy_answer(gguf_path) -> str:
 
 
 def test_imatrix_from_hamlet_makes_q4_k_m_answer_paris(demo_dir):
-    from ggufkit.convert import convert
-    from ggufkit.imatrix_collect import compute
+    from ggufkit.conversion import convert
+    from ggufkit.quant.imatrix_collect import compute
 
     imatrix = compute(demo_dir, SHAKESPEARE, ctx=512, chunks=CALIBRATION_CHUNKS, progress=False)
     assert imatrix.chunk_count == CALIBRATION_CHUNKS

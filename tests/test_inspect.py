@@ -12,7 +12,7 @@ from corpus.framework import load_cases, write_corpus
 from test_gguf_file import demo_gguf
 
 from ggufkit.cli import main
-from ggufkit.gguf_file import GGUFArray, validate_gguf
+from ggufkit.sources.gguf import GGUFArray, validate_gguf
 
 GGUF_CASES = load_cases(["gguf"])
 

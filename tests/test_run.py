@@ -23,7 +23,7 @@ def ggufkit(*args, env=None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def demo_q8_0(demo_dir, tmp_path_factory) -> Path:
-    from ggufkit.convert import convert
+    from ggufkit.conversion import convert
 
     out = tmp_path_factory.mktemp("q8") / "smollm2-q8_0.gguf"
     convert(demo_dir, out, scheme="q8_0", quiet=True)

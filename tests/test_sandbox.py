@@ -1,5 +1,5 @@
 """Chat templates from GGUF files are untrusted code. ggufkit renders them in jinja2's sandbox, bounded in time and
-memory (ggufkit/template_sandbox.py): escapes, file reads, attribute tricks, runaway loops and huge allocations
+memory (ggufkit/runtime/template_sandbox.py): escapes, file reads, attribute tricks, runaway loops and huge allocations
 all end in a one-line InputError, and real templates render exactly as llama-cpp-python's own formatter does.
 
 (tests/test_chat_template.py checks the demo template against transformers; tests/test_server_security.py the
@@ -133,7 +133,7 @@ def _templates() -> dict[str, str]:
 def test_real_templates_render_exactly_as_llama_cpp_python_does():
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from ggufkit.template_sandbox import BoundedChatFormatter
+    from ggufkit.runtime.template_sandbox import BoundedChatFormatter
 
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Capital of France?"}]

@@ -1,4 +1,4 @@
-"""ggufkit.schemes against llama.cpp: for every scheme and a set of model layouts, the type and byte size of every
+"""ggufkit.plan.schemes against llama.cpp: for every scheme and a set of model layouts, the type and byte size of every
 tensor in the plan equal what llama_model_quantize (llama-cpp-python) writes from an F32 GGUF of that layout."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from llama_quantize_schemes import (
     write_f32_gguf,
 )
 
-from ggufkit.schemes import (
+from ggufkit.plan.schemes import (
     SCHEMES,
     ModelInfo,
     format_plan,
@@ -61,7 +61,7 @@ CASES += [(lay, name, True) for lay in IMATRIX_LAYOUTS for name in SCHEMES if SC
 def demo_tensors(demo_dir) -> tuple[list[tuple[str, tuple[int, ...]]], ModelInfo, int]:
     """The demo checkpoint's GGUF tensor list at full size, its ModelInfo and FFN width (headers only)."""
     from ggufkit.archs import for_config
-    from ggufkit.source import open_checkpoint
+    from ggufkit.sources.hf import open_checkpoint
 
     ckpt = open_checkpoint(demo_dir)
     arch = for_config(ckpt.config, ckpt.config_path)
@@ -177,7 +177,7 @@ def test_imatrix_only_schemes_are_refused_like_llama_cpp_refuses_them(tiny_check
     import llama_cpp
     from convert_fixtures import OUT_DIR, converted
 
-    from ggufkit.schemes import IMATRIX_ONLY_SCHEMES
+    from ggufkit.plan.schemes import IMATRIX_ONLY_SCHEMES
 
     src = converted(tiny_checkpoint("llama"), "f32")
     for name in IMATRIX_ONLY_SCHEMES:

@@ -48,7 +48,7 @@ def evil_gguf(tiny_checkpoint, tmp_path_factory) -> Path:
     """The tiny llama checkpoint converted to Q8_0 with EVIL_TEMPLATE as its chat template."""
     from corpus.checkpoint_dir import checkpoint
 
-    from ggufkit.convert import convert
+    from ggufkit.conversion import convert
 
     src = tiny_checkpoint("llama")
     tok_config = json.loads((src / "tokenizer_config.json").read_text())
@@ -56,7 +56,7 @@ def evil_gguf(tiny_checkpoint, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("evil")
     ckpt = checkpoint(work / "evil-llama", {"tokenizer_config.json": tok_config, "chat_template.jinja": None})
     out = convert(ckpt, work / "evil-llama.gguf", scheme="q8_0", quiet=True)
-    from ggufkit.gguf_file import validate_gguf
+    from ggufkit.sources.gguf import validate_gguf
 
     assert validate_gguf(out).metadata["tokenizer.chat_template"] == EVIL_TEMPLATE
     return out

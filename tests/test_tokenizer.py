@@ -438,7 +438,7 @@ def test_convert_imports_neither_torch_nor_transformers(checkpoint, demo_dir, ti
     assert (model_dir / "tokenizer.json").is_file()
     out = tmp_path / "out.gguf"
     script = ("import json, sys\n"
-              "from ggufkit.convert import convert\n"
+              "from ggufkit.conversion import convert\n"
               f"convert({str(model_dir)!r}, {str(out)!r}, scheme='q8_0', quiet=True)\n"
               "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))\n")
     proc = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, cwd=ROOT,

@@ -231,7 +231,7 @@ class Architecture:
         return self.extra_tensors() + [found[n] for n in expected]
 
     def model_info(self):
-        from ggufkit.schemes import ModelInfo
+        from ggufkit.plan.schemes import ModelInfo
 
         return ModelInfo(arch=self.arch_name, n_layer=self.n_layer, n_head=self.n_head,
                          n_head_kv=self.n_head_kv, n_embd=self.n_embd)

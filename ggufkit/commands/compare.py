@@ -89,8 +89,8 @@ def _calibrate(src, text: Path, ctx: int, chunks: int | None, threads, out_dir: 
     import atexit
     import tempfile
 
-    from ggufkit.imatrix_collect import compute
-    from ggufkit.source import resolve
+    from ggufkit.quant.imatrix_collect import compute
+    from ggufkit.sources.hf import resolve
 
     if progress:
         click.echo(f"computing an importance matrix from {text.name} ...", err=True)

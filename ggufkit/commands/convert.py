@@ -1,4 +1,4 @@
-"""`ggufkit convert`: the CLI over ggufkit.convert."""
+"""`ggufkit convert`: the CLI over ggufkit.conversion."""
 from __future__ import annotations
 
 import json
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from ggufkit.convert import default_output, load_imatrix, make_plan, print_plan, run
+from ggufkit.conversion import default_output, load_imatrix, make_plan, print_plan, run
 
 
 def _scheme(ctx, param, value: str) -> str:
-    from ggufkit import schemes
+    from ggufkit.plan import schemes
 
     try:
         return schemes.get_scheme(value).name
@@ -60,8 +60,8 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
         if imatrix is not None:
             raise click.UsageError("--imatrix and --calibration are alternatives: give one")
         if not dry_run:
-            from ggufkit.imatrix_collect import compute
-            from ggufkit.source import resolve
+            from ggufkit.quant.imatrix_collect import compute
+            from ggufkit.sources.hf import resolve
 
             imatrix = compute(resolve(src), calibration, ctx=calibration_ctx, chunks=calibration_chunks,
                               threads=threads, progress=not quiet and sys.stderr.isatty())

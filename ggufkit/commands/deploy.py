@@ -22,8 +22,9 @@ from pathlib import Path
 
 import click
 
-from ggufkit import __version__, memory
-from ggufkit.devices import DEVICES, Device, get_device
+from ggufkit import __version__
+from ggufkit.edge import memory
+from ggufkit.edge.devices import DEVICES, Device, get_device
 from ggufkit.errors import InputError, OutputError
 
 UNIT_NAME = "ggufkit.service"

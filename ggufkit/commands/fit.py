@@ -1,8 +1,8 @@
 """Which scheme fits a device: predicted RAM of every scheme at a context size, and the best one that fits.
 
 SRC is a Hugging Face checkpoint (directory or hub id) or a GGUF file. For each scheme the tensor types are
-llama-quantize's (ggufkit.schemes), and the predicted RAM is the peak RSS of llama-cpp-python with a full
-context on that device's CPU (ggufkit.memory: weights, KV cache, compute buffers, runtime). A scheme fits when
+llama-quantize's (ggufkit.plan.schemes), and the predicted RAM is the peak RSS of llama-cpp-python with a full
+context on that device's CPU (ggufkit.edge.memory: weights, KV cache, compute buffers, runtime). A scheme fits when
 that prediction, minus page cache the kernel can drop, stays within the device's RAM after the OS's share and
 the headroom. The pick is the best-quality scheme that fits (llama.cpp's perplexity table; schemes within
 0.01 ppl of each other count as equal and the smaller wins). For a GGUF file its own types are shown first.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from ggufkit import memory
-from ggufkit.devices import DEVICES, get_device
+from ggufkit.edge import memory
+from ggufkit.edge.devices import DEVICES, get_device
 from ggufkit.errors import InputError
 
 # Perplexity increase over F16 on Llama-3-8B, from llama.cpp's quantize tool (tools/quantize/quantize.cpp).
@@ -35,7 +35,7 @@ MIB = memory.MIB
 
 
 def _rows(shape, info, n_ctx, features):
-    from ggufkit.schemes import SCHEMES
+    from ggufkit.plan.schemes import SCHEMES
 
     rows = []
     for name in SCHEMES:

@@ -33,8 +33,8 @@ from ggufkit.errors import InputError
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def command(src, text, ctx, chunks, process_output, out, threads, quiet, as_json):
-    from ggufkit.imatrix_collect import compute
-    from ggufkit.source import resolve
+    from ggufkit.quant.imatrix_collect import compute
+    from ggufkit.sources.hf import resolve
 
     model_dir = resolve(src)
     if chunks is not None and chunks < 1:

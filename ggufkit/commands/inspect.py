@@ -13,7 +13,7 @@ import json
 
 import click
 
-from ggufkit.gguf_file import summarize, validate_gguf
+from ggufkit.sources.gguf import summarize, validate_gguf
 
 
 def _printable(text) -> str:

@@ -144,7 +144,7 @@ def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = No
     from llama_cpp.server import app as llama_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    runtime.load_check(model_path)  # a malformed file: one line naming the problem, before llama.cpp
+    runtime.load_check(model_path)
     alias = model_path.stem
     # llama.cpp pads the context to a multiple of 256 and llama-cpp-python then budgets with the padded size
     # while its token buffer has the asked-for size (a prompt near the end overflows it): ask for padded.
@@ -157,7 +157,7 @@ def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = No
         model=str(model_path), model_alias=alias, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
         logits_all=False, embedding=False, cache=False, flash_attn=flash_attn, verbose=False)
     os.environ.pop("CONFIG_FILE", None)  # create_app would take all its settings from that file instead
-    from ggufkit.template_sandbox import install as bound_chat_templates
+    from ggufkit.runtime.template_sandbox import install as bound_chat_templates
 
     bound_chat_templates()  # the GGUF's chat template renders bounded in time and memory, not only sandboxed
     try:

@@ -105,9 +105,9 @@ def resolve_model(model: str, scheme: str | None = None, quiet: bool = False) ->
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not out.is_file():
             try:
-                from ggufkit.convert import convert
+                from ggufkit.conversion import convert
             except ImportError as e:
-                raise RuntimeFailure("this ggufkit has no converter (ggufkit.convert is missing)", src) from e
+                raise RuntimeFailure("this ggufkit has no converter (ggufkit.conversion is missing)", src) from e
             if not quiet:
                 print(f"converting {src} to {scheme} (once; cached as {out})", flush=True)
             convert(str(src), str(out), scheme=scheme, quiet=quiet)
@@ -123,9 +123,9 @@ def default_threads() -> int:
 def load_check(path: Path | str) -> Path:
     """The path, if it names a well-formed GGUF file; else a one-line InputError naming the problem.
 
-    The whole structure is validated (ggufkit.gguf_file, ~0.4 s for 135M parameters) before llama.cpp sees the
+    The whole structure is validated (ggufkit.sources.gguf, ~0.4 s for 135M parameters) before llama.cpp sees the
     file: llama.cpp's own refusal is "Failed to load model" without the reason."""
-    from ggufkit.gguf_file import validate_gguf
+    from ggufkit.sources.gguf import validate_gguf
 
     path = Path(path)
     if not path.is_file():
@@ -169,7 +169,7 @@ class ChatTemplate:
     jinja2.sandbox.ImmutableSandboxedEnvironment (tests/test_chat_template.py holds it to that)."""
 
     def __init__(self, template: str, bos_token: str, eos_token: str, source: str = "model"):
-        from ggufkit.template_sandbox import BoundedChatFormatter
+        from ggufkit.runtime.template_sandbox import BoundedChatFormatter
 
         self.source = source
         try:  # llama-cpp-python's formatter, sandboxed and also bounded in time and memory

@@ -1,6 +1,6 @@
 """A byte-level GGUF builder for tests: writes valid small files and, field by field, invalid ones.
 
-gguf-py's GGUFWriter is the right tool for real output (ggufkit/writer.py uses it), but it refuses to write the
+gguf-py's GGUFWriter is the right tool for real output (ggufkit/output/writer.py uses it), but it refuses to write the
 broken counts, lengths, types and offsets the corpus needs; this builder writes whatever it is told. A test checks
 that its unmodified output (`small_model()`) is accepted by gguf-py and by llama.cpp, so each corpus case differs
 from a valid file by exactly the defect it names.

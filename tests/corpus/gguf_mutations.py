@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ggufkit.commands.inspect import render_text
 from ggufkit.errors import InputError
-from ggufkit.gguf_file import summarize, validate_gguf
+from ggufkit.sources.gguf import summarize, validate_gguf
 
 INTERESTING_U64 = [0, 1, 2, 3, 4, 5, 8, 31, 32, 33, 64, 255, 256, 1024, 2**31 - 1, 2**31, 2**32 - 1, 2**32,
                    2**40, 2**62, 2**63 - 1, 2**63, 2**64 - 32, 2**64 - 1]

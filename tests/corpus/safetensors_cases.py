@@ -1,5 +1,5 @@
 """Malformed safetensors weights: each case is the tiny llama checkpoint directory with a broken model.safetensors
-(or a broken shard set). `expect` is a substring of ggufkit's one-line error (ggufkit/source.py's checks).
+(or a broken shard set). `expect` is a substring of ggufkit's one-line error (ggufkit/sources/hf.py's checks).
 
 Every length, shape and offset here is one an attacker controls; none of them may size an allocation.
 """

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ggufkit.errors import InputError
-from ggufkit.imatrix import Imatrix, ImatrixEntry
+from ggufkit.quant.imatrix import Imatrix, ImatrixEntry
 
 
 def _gguf_names(model, model_dir: Path, config: dict) -> dict[str, str]:

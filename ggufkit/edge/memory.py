@@ -158,9 +158,9 @@ def shape_from_tensors(name: str, tensors, n_head: int) -> ModelShape:
 
 
 def shape_from_gguf(path) -> ModelShape:
-    """From a GGUF file's tensor infos and its head count (validated by ggufkit.gguf_file)."""
+    """From a GGUF file's tensor infos and its head count (validated by ggufkit.sources.gguf)."""
     from ggufkit.errors import InputError
-    from ggufkit.gguf_file import validate_gguf
+    from ggufkit.sources.gguf import validate_gguf
 
     g = validate_gguf(path)
     arch = g.architecture
@@ -176,9 +176,9 @@ def shape_from_gguf(path) -> ModelShape:
 
 
 def shape_from_checkpoint(src, scheme: str = "F32"):
-    """From a Hugging Face checkpoint and a scheme: the tensor types ggufkit.convert would write (no data read).
-    Returns (ModelShape, ggufkit.schemes.ModelInfo)."""
-    from ggufkit.convert import make_plan
+    """From a Hugging Face checkpoint and a scheme: the tensor types ggufkit.conversion would write (no data read).
+    Returns (ModelShape, ggufkit.plan.schemes.ModelInfo)."""
+    from ggufkit.conversion import make_plan
 
     plan = make_plan(src, scheme)
     tensors = [(t.tensor.name, tuple(t.tensor.shape), t.qtype) for t in plan.tensors]
@@ -187,10 +187,10 @@ def shape_from_checkpoint(src, scheme: str = "F32"):
 
 
 def model_info_from_gguf(path):
-    """ggufkit.schemes.ModelInfo from a GGUF's metadata (what the scheme rules need)."""
+    """ggufkit.plan.schemes.ModelInfo from a GGUF's metadata (what the scheme rules need)."""
     from ggufkit.errors import InputError
-    from ggufkit.gguf_file import validate_gguf
-    from ggufkit.schemes import ModelInfo
+    from ggufkit.plan.schemes import ModelInfo
+    from ggufkit.sources.gguf import validate_gguf
 
     g = validate_gguf(path)
     arch = g.architecture
@@ -207,8 +207,8 @@ def model_info_from_gguf(path):
 
 
 def with_scheme(shape: ModelShape, info, scheme) -> ModelShape:
-    """The same model with every tensor typed as llama-quantize's `scheme` would type it (ggufkit.schemes)."""
-    from ggufkit import schemes
+    """The same model with every tensor typed as llama-quantize's `scheme` would type it (ggufkit.plan.schemes)."""
+    from ggufkit.plan import schemes
 
     sch = schemes.get_scheme(scheme) if isinstance(scheme, str) else scheme
     types = schemes.plan(sch, [(n, s) for n, s, _ in shape.tensors], info)

@@ -1,11 +1,11 @@
 """Hugging Face safetensors -> GGUF in one streaming pass.
 
-    from ggufkit.convert import convert
+    from ggufkit.conversion import convert
     convert("./SmolLM2-135M-Instruct", "smollm2-q4_k_m.gguf", scheme="q4_k_m")
 
 Per tensor: read a row block from disk -> f32 -> (Q/K reorder) -> check finite -> quantize natively (threads, GIL
 released) -> append to the output -> free. Memory stays at a few row blocks whatever the model size; there is
-no intermediate file. The type of every tensor comes from ggufkit.schemes.plan (llama-quantize's rules).
+no intermediate file. The type of every tensor comes from ggufkit.plan.schemes.plan (llama-quantize's rules).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import numpy as np
 from ggufkit import _quants, quant
 from ggufkit.archs import Architecture, OutputTensor, for_config
 from ggufkit.errors import InputError
-from ggufkit.source import Checkpoint, open_checkpoint
-from ggufkit.writer import StreamingGGUF, tensor_nbytes
+from ggufkit.output.writer import StreamingGGUF, tensor_nbytes
+from ggufkit.sources.hf import Checkpoint, open_checkpoint
 
 BLOCK_BYTES = 16 << 20  # f32 bytes per row block: bounds memory per tensor, large enough to keep threads busy
 QT = gguf.GGMLQuantizationType
@@ -39,9 +39,9 @@ class Plan:
     """What a conversion will write: the checkpoint, its architecture, the scheme and every tensor's type."""
     checkpoint: Checkpoint
     arch: Architecture
-    scheme: object  # ggufkit.schemes.Scheme
+    scheme: object  # ggufkit.plan.schemes.Scheme
     tensors: list[PlannedTensor]
-    scheme_rows: list  # ggufkit.schemes.PlanRow per tensor (with the fallbacks taken), for printing
+    scheme_rows: list  # ggufkit.plan.schemes.PlanRow per tensor (with the fallbacks taken), for printing
 
     @property
     def total_bytes(self) -> int:
@@ -68,7 +68,7 @@ class Plan:
 def make_plan(src, scheme: str = "q4_k_m", imatrix=None) -> Plan:
     """Open and validate SRC (config, every safetensors header, every tensor's presence and shape) and decide
     each tensor's type. Reads no tensor data."""
-    from ggufkit import schemes
+    from ggufkit.plan import schemes
 
     sch = schemes.get_scheme(scheme) if isinstance(scheme, str) else scheme
     ckpt = open_checkpoint(src)
@@ -90,7 +90,7 @@ def default_output(plan: Plan) -> Path:
 
 
 def load_imatrix(imatrix):
-    """None, an object with column_weights(name) (ggufkit.imatrix.Imatrix), a mapping {GGUF tensor name:
+    """None, an object with column_weights(name) (ggufkit.quant.imatrix.Imatrix), a mapping {GGUF tensor name:
     (cols,) f32}, or a path to an imatrix file in either of llama.cpp's formats -> a lookup name -> weights."""
     if imatrix is None:
         return None
@@ -98,7 +98,7 @@ def load_imatrix(imatrix):
         return imatrix.column_weights
     if isinstance(imatrix, Mapping):
         return imatrix.get
-    from ggufkit import imatrix as imatrix_files
+    from ggufkit.quant import imatrix as imatrix_files
 
     return imatrix_files.load(Path(imatrix)).column_weights
 
@@ -204,6 +204,6 @@ def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
 
 
 def print_plan(plan: Plan, file=None) -> None:
-    from ggufkit.schemes import format_plan
+    from ggufkit.plan.schemes import format_plan
 
     print(format_plan(plan.scheme_rows, plan.scheme), file=file or sys.stdout)

@@ -1,7 +1,7 @@
 """Edge device profiles as data: RAM, cores, instruction-set features, threads to use, and how to build
 llama-cpp-python for that CPU.
 
-    from ggufkit.devices import get_device, DEVICES
+    from ggufkit.edge.devices import get_device, DEVICES
     dev = get_device("rpi5-8gb")
     dev.usable_mib          # RAM left for the model process after the OS's own share
     dev.cmake_args          # CMAKE_ARGS for `pip install llama-cpp-python` on the board
@@ -9,7 +9,7 @@ llama-cpp-python for that CPU.
 Adding a board is adding one row to _TABLE. The features use llama.cpp's names (its `system_info` line and
 GGML_CPU_ARM_ARCH extensions): "neon", "dotprod", "i8mm", "fp16", "sve" on AArch64; "avx2", "fma", "f16c" on
 x86-64. They decide which weight types llama.cpp repacks into interleaved copies at load time
-(ggufkit.memory.repacked_types), which changes the memory a model needs on that board.
+(ggufkit.edge.memory.repacked_types), which changes the memory a model needs on that board.
 
 os_reserve_mib is our estimate of what the OS and its services keep for themselves on a typical install (a
 headless Raspberry Pi OS Lite / Armbian server image uses a few hundred MiB; JetPack's Ubuntu desktop about

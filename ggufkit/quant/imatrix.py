@@ -126,7 +126,7 @@ def load(path: Path) -> Imatrix:
 
 
 def _load_gguf(path: Path) -> Imatrix:
-    from ggufkit.gguf_file import open_reader
+    from ggufkit.sources.gguf import open_reader
 
     reader = open_reader(path)  # validated first: a corrupt file is a one-line InputError
     fields = reader.fields

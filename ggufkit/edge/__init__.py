@@ -1,0 +1,1 @@
+"""Edge devices: profiles and the memory model."""

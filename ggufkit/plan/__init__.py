@@ -1,0 +1,1 @@
+"""What each tensor becomes: llama-quantize's schemes as data."""
