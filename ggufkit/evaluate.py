@@ -81,6 +81,9 @@ class _LlamaScorer:
         self.path = load_check(path)  # a malformed file: one line naming the problem, before llama.cpp
         import llama_cpp
 
+        from ggufkit.runtime import backends
+
+        backends.ensure()
         n = threads or default_threads()
         try:  # logits for every position, which runtime.load (sampling only) does not keep
             self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx,

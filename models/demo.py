@@ -41,6 +41,9 @@ def ask(gguf_path: Path, question: str) -> str:
     """One greedy chat turn; llama-cpp-python formats it with the chat template stored in the GGUF."""
     import llama_cpp
 
+    from ggufkit.runtime import backends
+
+    backends.ensure()  # the CPU backend variant for this CPU (and the AMX guard for a user's own build)
     llm = llama_cpp.Llama(str(gguf_path), n_ctx=512, verbose=False)
     try:
         reply = llm.create_chat_completion([{"role": "user", "content": question}], temperature=0.0,

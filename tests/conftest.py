@@ -17,6 +17,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 TINY_CACHE = ROOT / "models" / "tiny-cache"
 
+try:  # tests construct llama_cpp.Llama directly: load the CPU backend variant first, as ggufkit's runtime does
+    from ggufkit.runtime import backends
+
+    backends.ensure()
+except ImportError:  # llama-cpp-python not installed: the tests that need it fail on their own import
+    pass
+
 
 @pytest.fixture(scope="session")
 def demo_dir() -> Path:

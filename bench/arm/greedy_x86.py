@@ -16,6 +16,10 @@ import sys
 
 import llama_cpp as lc
 
+from ggufkit.runtime import backends
+
+backends.ensure()
+
 
 def piece(vocab, token: int) -> bytes:
     buf = ctypes.create_string_buffer(128)

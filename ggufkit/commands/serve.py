@@ -145,6 +145,9 @@ def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = No
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
     runtime.load_check(model_path)
+    from ggufkit.runtime import backends
+
+    backends.ensure()  # a malformed file: one line naming the problem, before llama.cpp
     alias = model_path.stem
     # llama.cpp pads the context to a multiple of 256 and llama-cpp-python then budgets with the padded size
     # while its token buffer has the asked-for size (a prompt near the end overflows it): ask for padded.

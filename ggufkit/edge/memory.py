@@ -284,6 +284,8 @@ def estimate(shape: ModelShape, n_ctx: int, features=frozenset(), n_ubatch: int 
 _PROBE = r"""
 import json, re, sys
 import llama_cpp
+from ggufkit.runtime import backends
+backends.ensure()
 path, n_ctx, n_prompt, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 def status():
     text = open("/proc/self/status").read()

@@ -145,6 +145,9 @@ def load(path: Path | str, n_ctx: int = 2048, n_threads: int | None = None, seed
     path = load_check(path)
     import llama_cpp
 
+    from ggufkit.runtime import backends
+
+    backends.ensure()
     threads = n_threads or default_threads()
     try:
         return llama_cpp.Llama(
