@@ -8,7 +8,7 @@ The library calls (ggufkit.api; imported on first use, so `import ggufkit` stays
 """
 
 __version__ = "0.1.0"
-__all__ = ["load", "convert", "imatrix", "fit", "__version__"]
+__all__ = ["__version__", "convert", "fit", "imatrix", "load"]
 _API = {"load", "convert", "imatrix", "fit"}
 
 

