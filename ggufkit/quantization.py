@@ -172,14 +172,19 @@ class QuantizePlan:
         return text
 
 
-def _override_entry(o: ov.KVOverride) -> tuple[str, bytes]:
+def override_value(o: ov.KVOverride) -> tuple[V, object]:
+    """The GGUF type and value llama-quantize writes for an --override-kv (int: u32 of |value|)."""
     if o.kind == "int":
-        return encode_kv(o.key, V.UINT32, abs(int(o.value)) & 0xFFFFFFFF)
+        return V.UINT32, abs(int(o.value)) & 0xFFFFFFFF
     if o.kind == "float":
-        return encode_kv(o.key, V.FLOAT32, float(o.value))
+        return V.FLOAT32, float(o.value)
     if o.kind == "bool":
-        return encode_kv(o.key, V.BOOL, bool(o.value))
-    return encode_kv(o.key, V.STRING, str(o.value))
+        return V.BOOL, bool(o.value)
+    return V.STRING, str(o.value)
+
+
+def _override_entry(o: ov.KVOverride) -> tuple[str, bytes]:
+    return encode_kv(o.key, *override_value(o))
 
 
 def output_kv(model: GGUFModel, scheme: schemes.Scheme, controls: ov.Controls,

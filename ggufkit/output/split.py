@@ -274,3 +274,64 @@ class GGUFSetWriter:
 
     def __exit__(self, *exc) -> None:
         self.abort()
+
+
+# ---- the streaming interface of output.writer.StreamingGGUF, for a split set
+
+def kv_entries(w) -> list[tuple[str, bytes]]:
+    """A gguf-py GGUFWriter's key-values (after every add_*) as raw entries, encoded by gguf-py itself."""
+    return [(key, w._pack_val(key, GGUFValueType.STRING, add_vtype=False)
+             + w._pack_val(v.value, v.type, add_vtype=True, sub_type=v.sub_type)) for key, v in w.kv_data[0].items()]
+
+
+class SplitStreamingGGUF:
+    """StreamingGGUF's interface (kv, add_tensor_info, open, start, begin_tensor, write, end_tensor, commit)
+    writing a split set by gguf-split's rules (max_size bytes of tensor data or max_tensors tensors per part)."""
+
+    def __init__(self, out: Path, arch: str, max_size: int | None = None, max_tensors: int | None = None):
+        import gguf
+
+        self.out = Path(out)
+        self.kv = gguf.GGUFWriter(path=None, arch=arch)
+        self.max_size, self.max_tensors = max_size, max_tensors
+        self._slots: list[TensorSlot] = []
+        self._w: GGUFSetWriter | None = None
+        self.paths: list[Path] = []
+
+    def add_tensor_info(self, name: str, shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
+        slot = TensorSlot(name, tuple(int(d) for d in reversed(shape)), qtype)
+        self._slots.append(slot)
+        return slot.n_bytes
+
+    def open(self) -> None:
+        parent = self.out.parent
+        if not parent.is_dir():
+            raise OutputError("output directory does not exist", parent)
+
+    def start(self) -> None:
+        parts = assign_parts(self._slots, self.max_size, self.max_tensors)
+        self._w = GGUFSetWriter(self.out, kv_entries(self.kv), self._slots, parts)
+        self._w.open()
+
+    def begin_tensor(self, name: str) -> None:
+        self._w.begin_tensor(name)
+
+    def write(self, data) -> None:
+        self._w.write(data)
+
+    def end_tensor(self) -> None:
+        self._w.end_tensor()
+
+    def commit(self) -> list[Path]:
+        self.paths = self._w.commit()
+        return self.paths
+
+    def abort(self) -> None:
+        if self._w is not None:
+            self._w.abort()
+
+    def __enter__(self) -> SplitStreamingGGUF:  # noqa: PYI034 (typing.Self needs Python 3.11)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
