@@ -271,7 +271,30 @@ def encode(x: np.ndarray, qtype: T, imatrix: np.ndarray | None, threads: int | N
         return x.astype(np.float16)  # round to nearest even, as ggml's fp32 -> fp16
     if qtype == T.BF16:
         return gguf.quants.quantize(x, T.BF16)
-    return quant.quantize(np.ascontiguousarray(x), qtype, imatrix=imatrix, threads=threads)
+    x = np.ascontiguousarray(x)
+    if imatrix is None and schemes.block_size(qtype) == 256 and x.shape[1] % LANE_ROW:
+        return _quantize_regrouped(x, qtype, threads)
+    return quant.quantize(x, qtype, imatrix=imatrix, threads=threads)
+
+
+# The native K-quant kernels run eight 256-value blocks of a row side by side in SIMD lanes; a row of 1536 values
+# (6 blocks) leaves them on the plain path. Without importance weights every block is quantized on its own values
+# alone (llama.cpp's row functions carry nothing from block to block; with an imatrix they do: a per-row sigma),
+# so the same bytes come out of the rows regrouped into rows of 2048 values, which fill the lanes.
+LANE_ROW = 8 * 256
+
+
+def _quantize_regrouped(x: np.ndarray, qtype: T, threads: int | None) -> np.ndarray:
+    """(rows, cols) f32 -> the bytes of quant.quantize(x, qtype), computed on rows of LANE_ROW values."""
+    rows, cols = x.shape
+    per = LANE_ROW // np.gcd(cols, LANE_ROW)  # rows whose values fill whole regrouped rows
+    head = rows - rows % per
+    parts = []
+    if head:
+        parts.append(quant.quantize(x[:head].reshape(-1, LANE_ROW), qtype, threads=threads).reshape(head, -1))
+    if head < rows:
+        parts.append(quant.quantize(x[head:], qtype, threads=threads))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _imatrix_for(p: Planned, im: Imatrix | None) -> np.ndarray | None:
