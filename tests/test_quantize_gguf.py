@@ -195,3 +195,53 @@ def test_dry_run_lists_the_plan_and_writes_nothing(demo_bf16, tmp_path, capsys):
     table = tensor_table(ref)
     assert [(t["name"], t["type"], t["bytes"]) for t in plan["tensors"]] == \
         [(name, T(qtype).name, data.size) for name, qtype, data in table]
+
+
+@pytest.mark.parametrize("layout,first,then", [("dense", "q4_k_m", "q8_0"), ("tied576", "q4_k_m", "q6_k"),
+                                                ("dense", "iq4_xs", "q5_k_m"), ("moe8", "q3_k_l", "q4_0")])
+def test_requantize_k_legacy_and_iq4_inputs_equal_llama(layout, first, then, tmp_path):
+    """Inputs mixing K-quant, legacy (the Q5_0/Q8_0 fallbacks of 576-wide rows) and IQ4 types: ggufkit's
+    dequantization gives llama.cpp's floats, so the requantized bytes match."""
+    mixed = tmp_path / "mixed.gguf"
+    llama_quantize(source(layout, "f32"), mixed, first)
+    ref = tmp_path / "ref.gguf"
+    llama_quantize(mixed, ref, then, allow_requantize=True)
+    ours = quantize(mixed, tmp_path / "ours.gguf", scheme=then, allow_requantize=True)[0]
+    assert ours.read_bytes() == ref.read_bytes(), first_difference(ours.read_bytes(), ref.read_bytes())
+
+
+def test_cli_requantize_warns_and_conflicts_are_usage_errors(tmp_path, capsys):
+    from ggufkit.cli import main
+
+    q8 = tmp_path / "q8.gguf"
+    llama_quantize(source("dense", "f32"), q8, "q8_0")
+    assert main(["quantize", str(q8), "-o", str(tmp_path / "a.gguf"), "--allow-requantize"]) == 0
+    err = capsys.readouterr().err
+    n_matrices = sum(len(shape) == 2 for _, shape in LAYOUTS["dense"]().tensors)  # every one changes type
+    assert f"warning: requantizing {n_matrices} tensor(s) already quantized as Q8_0" in err, err
+    for extra in (["--include-weights", "a", "--exclude-weights", "b"], ["--keep-split", "--split-max-tensors", "3"],
+                  ["--tensor-type", "attn_v"], ["--tensor-type", "attn_v=q9_9"], ["--override-kv", "k=int:x"],
+                  ["--split-max-size", "2T"]):
+        out = tmp_path / "never.gguf"
+        assert main(["quantize", str(q8), "-o", str(out), *extra]) == 2, extra
+        assert not out.exists()
+    capsys.readouterr()
+
+
+def test_failure_midway_leaves_no_part_behind(tmp_path):
+    """A NaN in a late tensor: a one-line error naming it, and none of the split set's parts (or temp files)."""
+    import gguf
+
+    from ggufkit.errors import InputError
+
+    layout = LAYOUTS["dense"]()
+    bad = tmp_path / "in" / "nan.gguf"
+    bad.parent.mkdir()
+    write_f32_gguf(bad, layout)
+    reader = gguf.GGUFReader(bad, "r+")
+    t = next(t for t in reader.tensors if t.name == "blk.6.ffn_up.weight")
+    t.data[3, 5] = np.nan
+    del reader
+    with pytest.raises(InputError, match=r"nan.gguf: tensor blk.6.ffn_up.weight: x has 1 non-finite"):
+        quantize(bad, tmp_path / "out.gguf", scheme="q4_k_m", split_max_tensors=10)
+    assert not list(tmp_path.glob("*out*")) and not list(tmp_path.glob(".*"))
