@@ -33,7 +33,8 @@ def _scheme(ctx, param, value: str) -> str:
 @click.option("--allow-requantize", is_flag=True,
               help="Allow tensors that are already quantized (e.g. a Q8_0 input) to be dequantized and quantized "
                    "again. Quality is then worse than quantizing from 16- or 32-bit weights.")
-@click.option("--keep-split", is_flag=True, help="Write a split input as a split output with the same parts.")
+@click.option("--keep-split", is_flag=True, help="Write a split input as a split output with the same parts (a "
+                                                  "single-file input gives a single file at OUT).")
 @split_options
 @click.option("--threads", type=click.IntRange(min=1), help="Quantization threads [default: all cores].")
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensor, shape, type, bytes; parts) and write nothing.")
