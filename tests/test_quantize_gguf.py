@@ -35,6 +35,8 @@ COMBOS = [
     ("q3_k_m", {"tensor_types": ((r"blk\.0\.attn_v", T.Q8_0),)}),
     ("q5_k_m", {"output_type": T.Q8_0, "embd_type": T.Q4_0}),
     ("q2_k", {"leave_output": True}),
+    # tied embeddings take --output-tensor-type through the rules (then the fallback), untied output directly
+    ("q4_k_m", {"output_type": T.Q5_0}),
     ("q4_k_s", {"imatrix": True}),
     ("q4_0", {"imatrix": True}),
     ("iq4_xs", {"imatrix": True, "tensor_types": (("ffn_up", T.IQ4_NL),)}),
