@@ -249,15 +249,22 @@ def default_output(plan: QuantizePlan) -> Path:
 
 # ---- the data
 
-def to_f32(raw: np.ndarray, qtype: T, cols: int, threads: int | None) -> np.ndarray:
-    """(rows, row_bytes) u8 of `qtype` -> (rows, cols) f32, exactly as ggml's to-float conversions."""
+def to_f32(raw: np.ndarray, qtype: T, cols: int, threads: int | None, out: np.ndarray | None = None) -> np.ndarray:
+    """(rows, row_bytes) u8 of `qtype` -> (rows, cols) f32, exactly as ggml's to-float conversions.
+    out: a reusable f32 buffer of at least rows * cols values (F16/BF16 are widened into it: no allocation)."""
     rows = raw.shape[0]
     if qtype == T.F32:
         return raw.view(np.float32).reshape(rows, cols)
-    if qtype == T.F16:
-        return raw.view(np.float16).reshape(rows, cols).astype(np.float32)
-    if qtype == T.BF16:
-        return (raw.view(np.uint16).reshape(rows, cols).astype(np.uint32) << 16).view(np.float32)
+    if qtype in (T.F16, T.BF16):
+        if out is None or out.size < rows * cols:
+            out = np.empty(rows * cols, dtype=np.float32)
+        dst = out.reshape(-1)[: rows * cols]
+        if qtype == T.F16:
+            np.copyto(dst, raw.view(np.float16).reshape(-1))
+        else:  # bf16 is the high half of an f32
+            np.left_shift(raw.view(np.uint16).reshape(-1), 16, out=dst.view(np.uint32), dtype=np.uint32,
+                          casting="unsafe")
+        return dst.reshape(rows, cols)
     if qtype in quant.supported_types():
         return quant.dequantize(raw, qtype, (rows, cols), threads=threads)
     return gguf.quants.dequantize(raw, qtype).reshape(rows, cols).astype(np.float32, copy=False)
@@ -344,6 +351,7 @@ def run(plan: QuantizePlan, out: Path, threads: int | None = None, allow_requant
 
         bar = tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc=out.name, leave=False)
     buf = np.empty(0, dtype=np.uint8)
+    f32 = np.empty(BLOCK_BYTES // 4, dtype=np.float32)  # widened rows (row blocks are at most BLOCK_BYTES of f32)
     with GGUFSetWriter(out, plan.kv, [p.slot for p in plan.tensors], plan.parts, plan.split_order) as w, \
             plan.model.reader() as reader:
         w.open()
@@ -360,7 +368,7 @@ def run(plan: QuantizePlan, out: Path, threads: int | None = None, allow_requant
                 weights = _imatrix_for(p, plan.imatrix)
                 for start, stop, m in _row_blocks(t):
                     buf = _grow(buf, (stop - start) * t.row_bytes)
-                    x = to_f32(reader.rows(t, start, stop, out=buf), t.ggml_type, t.row_len, threads)
+                    x = to_f32(reader.rows(t, start, stop, out=buf), t.ggml_type, t.row_len, threads, out=f32)
                     try:
                         data = encode(x, p.qtype, None if weights is None else weights[m], threads)
                     except ValueError as e:  # non-finite values
