@@ -271,11 +271,23 @@ def to_f32(raw: np.ndarray, qtype: T, cols: int, threads: int | None, out: np.nd
 
 
 def encode(x: np.ndarray, qtype: T, imatrix: np.ndarray | None, threads: int | None) -> np.ndarray:
-    """(rows, cols) f32 -> the rows' bytes as qtype."""
+    """(rows, cols) f32 -> the rows' bytes as qtype. Non-finite values are a ValueError, as llama.cpp's check of
+    every converted row refuses them (for F16 also finite values beyond its range, which become inf)."""
+    if qtype in FLOAT_TYPES:
+        from ggufkit import _quants
+
+        count, first = _quants.scan_nonfinite(np.ascontiguousarray(x, dtype=np.float32))
+        if count:
+            raise ValueError(f"x has {count} non-finite value(s) (NaN/Inf); first at (row {first // x.shape[1]}, "
+                             f"col {first % x.shape[1]})")
     if qtype == T.F32:
         return x
     if qtype == T.F16:
-        return x.astype(np.float16)  # round to nearest even, as ggml's fp32 -> fp16
+        with np.errstate(over="ignore"):  # overflow is reported below, as an error
+            out = x.astype(np.float16)  # round to nearest even, as ggml's fp32 -> fp16
+        if np.isinf(out).any():
+            raise ValueError(f"x has values beyond F16's range (largest magnitude {np.abs(x).max():g})")
+        return out
     if qtype == T.BF16:
         return gguf.quants.quantize(x, T.BF16)
     x = np.ascontiguousarray(x)

@@ -247,3 +247,22 @@ def test_failure_midway_leaves_no_part_behind(tmp_path):
     with pytest.raises(InputError, match=r"nan.gguf: tensor blk.6.ffn_up.weight: x has 1 non-finite"):
         quantize(bad, tmp_path / "out.gguf", scheme="q4_k_m", split_max_tensors=10)
     assert not list(tmp_path.glob("*out*")) and not list(tmp_path.glob(".*"))
+
+
+def test_values_beyond_f16_are_refused_like_llama(tmp_path):
+    """A weight of 1e6 cannot be F16: llama_model_quantize refuses the row (its check of converted data), and so
+    does ggufkit, with a one-line error and no output."""
+    import gguf
+
+    from ggufkit.errors import InputError
+
+    src = tmp_path / "big.gguf"
+    write_f32_gguf(src, LAYOUTS["dense"]())
+    reader = gguf.GGUFReader(src, "r+")
+    next(t for t in reader.tensors if t.name == "blk.2.attn_q.weight").data[1, 7] = 1e6
+    del reader
+    with pytest.raises(RuntimeError, match="failed"):
+        llama_quantize(src, tmp_path / "ref.gguf", "f16")
+    with pytest.raises(InputError, match=r"tensor blk.2.attn_q.weight: x has values beyond F16's range"):
+        quantize(src, tmp_path / "ours.gguf", scheme="f16")
+    assert not (tmp_path / "ours.gguf").exists()
