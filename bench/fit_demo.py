@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "models"))
 
-from ggufkit.edge import memory  # noqa: E402
+from ggufkit.edge import memory
 
 CASES = [("Q4_K_M", 512), ("Q4_K_M", 4096), ("Q8_0", 512), ("Q8_0", 4096), ("Q4_0", 512)]
 

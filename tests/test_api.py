@@ -12,7 +12,7 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is part of the [run] extra")
 
-import ggufkit  # noqa: E402
+import ggufkit
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"

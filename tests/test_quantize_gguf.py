@@ -266,3 +266,19 @@ def test_values_beyond_f16_are_refused_like_llama(tmp_path):
     with pytest.raises(InputError, match=r"tensor blk.2.attn_q.weight: x has values beyond F16's range"):
         quantize(src, tmp_path / "ours.gguf", scheme="f16")
     assert not (tmp_path / "ours.gguf").exists()
+
+
+def test_library_call_equals_the_cli(tmp_path):
+    import ggufkit
+    from ggufkit.cli import main
+
+    src = source("moe8", "bf16")
+    opts = {"tensor_types": ["ffn_down_exps=q6_k"], "token_embedding_type": "q8_0", "override_kv": ["a.b=int:3"],
+            "split_max_tensors": 20}
+    lib = ggufkit.quantize(src, tmp_path / "lib.gguf", scheme="q3_k_s", **opts)
+    assert main(["quantize", str(src), "-o", str(tmp_path / "cli.gguf"), "--scheme", "q3_k_s", "--tensor-type",
+                 "ffn_down_exps=q6_k", "--token-embedding-type", "q8_0", "--override-kv", "a.b=int:3",
+                 "--split-max-tensors", "20", "-q"]) == 0
+    cli = sorted(tmp_path.glob("cli-*.gguf"))
+    assert len(lib) == len(cli) == 3
+    assert [p.read_bytes() for p in lib] == [p.read_bytes() for p in cli]
