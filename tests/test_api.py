@@ -76,12 +76,21 @@ def test_imatrix_equals_the_cli_and_feeds_convert(demo_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert im.chunk_count == 2 and len(im.entries) == 30 * 7
     assert (tmp_path / "lib.imatrix.gguf").read_bytes() == (tmp_path / "cli.imatrix.gguf").read_bytes()
-    # the library convert takes the Imatrix object and gives the bytes the CLI gives from the file
+    # the library convert takes the Imatrix object and gives the tensors the CLI gives from the file; the CLI's
+    # file also records the imatrix file's name (quantize.imatrix.file, as llama-quantize does), the rest is equal
+    from convert_fixtures import tensor_table
+
+    from ggufkit.sources.gguf import validate_gguf
+
     ggufkit.convert(demo_dir, tmp_path / "lib.gguf", scheme="q4_k_m", imatrix=im)
     proc = cli("convert", demo_dir, "--scheme", "q4_k_m", "--imatrix", tmp_path / "cli.imatrix.gguf", "-o",
                tmp_path / "cli.gguf", "--quiet")
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "lib.gguf").read_bytes() == (tmp_path / "cli.gguf").read_bytes()
+    lib, ref = tensor_table(tmp_path / "lib.gguf"), tensor_table(tmp_path / "cli.gguf")
+    assert [(n, t, d.tobytes()) for n, t, d in lib] == [(n, t, d.tobytes()) for n, t, d in ref]
+    lib_md, cli_md = validate_gguf(tmp_path / "lib.gguf").metadata, validate_gguf(tmp_path / "cli.gguf").metadata
+    assert cli_md.pop("quantize.imatrix.file") == str(tmp_path / "cli.imatrix.gguf")
+    assert {k: str(v) for k, v in lib_md.items()} == {k: str(v) for k, v in cli_md.items()}
 
 
 def test_fit_equals_the_cli(demo_dir):
@@ -97,6 +106,6 @@ def test_library_errors_are_ggufkit_errors(tmp_path):
 
     with pytest.raises(GgufkitError, match="no such"):
         ggufkit.load(tmp_path / "missing.gguf")
-    assert sorted(ggufkit.__all__) == sorted(["load", "convert", "imatrix", "fit", "__version__"])
-    for name in ("load", "convert", "imatrix", "fit"):
+    assert sorted(ggufkit.__all__) == sorted(["load", "convert", "imatrix", "fit", "quantize", "__version__"])
+    for name in ("load", "convert", "imatrix", "fit", "quantize"):
         assert getattr(ggufkit, name).__doc__
