@@ -127,3 +127,19 @@ def test_a_later_part_as_input_names_the_first(split_q8, capsys):
     assert main(["inspect", str(split_q8[1])]) == 1
     assert capsys.readouterr().err.strip() == (f"error: {split_q8[1]}: is part 2 of 3 of a split model; give the "
                                               f"first part, {split_q8[0].name}")
+
+
+def test_eval_and_run_on_a_split_set_equal_the_single_file(split_q8, single_q8, capsys):
+    """`eval` (with the split set also as --ref) and greedy `run` give the single file's numbers and text."""
+    from convert_fixtures import SHAKESPEARE
+
+    results = []
+    for model in (split_q8[0], single_q8):
+        assert main(["eval", str(model), "--text", str(SHAKESPEARE), "--ctx", "128", "--chunks", "2",
+                     "--ref", str(split_q8[0]), "--json", "--quiet", "--threads", "2"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert main(["run", str(model), "-p", "The capital of France is", "-n", "8", "--temp", "0",
+                     "--threads", "2"]) == 0
+        results.append((out["ppl"], out["kld"], capsys.readouterr().out))
+    assert results[0] == results[1]
+    assert results[0][1] == 0.0  # the set against itself
