@@ -5,8 +5,8 @@
 Native builds are plain CMake builds of the vendored llama.cpp (the sdist's vendor/llama.cpp) with
 -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON and, for "noamx", -mno-amx-tile -mno-amx-int8 -mno-amx-bf16; the same
 Python code runs on each through llama-cpp-python's LLAMA_CPP_LIB_PATH. For each model file and build:
-prompt processing (a 512-token prompt, one llama_decode batch) and generation (128 tokens, greedy), tokens/s from
-llama.cpp's own perf counters, alternating builds per repetition; the median of the repetitions is reported.
+prompt processing (a 512-token prompt, one llama_decode batch) and generation (128 single-token decodes),
+tokens/s by wall clock around llama-cpp-python's eval (the same Python code for every build), alternating builds per repetition; the median of the repetitions is reported.
 
 --native-amx also runs a 300-token prompt on the AMX build without and with ggufkit's AMX guard, in child
 processes, and reports how each ended (the crash of llama.cpp #20824, or the text).
@@ -37,17 +37,15 @@ llm = llama_cpp.Llama(path, n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=thr
 n_vocab = llm.n_vocab()
 prompt = [llm.token_bos()] + [(i * 7919) % (n_vocab - 200) + 100 for i in range(511)]
 llm.eval(prompt[:8]); llm.reset()                       # warm-up
-llama_cpp.llama_perf_context_reset(llm.ctx)
+t0 = time.perf_counter()
 llm.eval(prompt)
-pp = llama_cpp.llama_perf_context(llm.ctx)
-pp_tps = pp.n_p_eval / (pp.t_p_eval_ms / 1000)
-llama_cpp.llama_perf_context_reset(llm.ctx)
+pp_tps = len(prompt) / (time.perf_counter() - t0)
 tok = prompt[-1]
+t0 = time.perf_counter()
 for _ in range(128):                                    # the speed does not depend on which tokens
     llm.eval([tok])
     tok = (tok * 31 + 7) % (n_vocab - 200) + 100
-tg = llama_cpp.llama_perf_context(llm.ctx)
-tg_tps = tg.n_eval / (tg.t_eval_ms / 1000)
+tg_tps = 128 / (time.perf_counter() - t0)
 print(json.dumps({"pp": pp_tps, "tg": tg_tps, "cpu": backends.cpu_backend(), "bufts": backends.extra_buffer_types()}))
 """
 
