@@ -96,6 +96,13 @@ def main() -> int:
     builds = {"portable": None, "native-noamx": args.native_noamx}
     with tempfile.TemporaryDirectory() as tmpdir:
         files = demo_files(Path(tmpdir))
+        if args.native_amx:
+            for mode in ("raw", "guard"):
+                proc = run_probe(_CRASH_PROBE, [str(files[0]), mode], args.native_amx)
+                how = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+                       else f"exit {proc.returncode}: {proc.stdout.strip() or proc.stderr.strip()[-200:]}")
+                print(f"native AMX build, 300-token prompt, {'with' if mode == 'guard' else 'without'} "
+                      f"ggufkit's guard: {how}")
         results: dict = {}
         for f in files:
             for rep in range(args.reps):
@@ -108,6 +115,7 @@ def main() -> int:
                     slot["pp"].append(r["pp"])
                     slot["tg"].append(r["tg"])
                     slot["cpu"], slot["bufts"] = r["cpu"], r["bufts"]
+                    print(f"  {f.name} {name} rep {rep}: pp {r['pp']:.1f} tg {r['tg']:.1f} t/s", flush=True)
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
               f"threads {args.threads}; median of {args.reps}")
         print(f"{'file':<18} {'build':<13} {'CPU backend':<24} {'pp t/s':>8} {'tg t/s':>8}")
@@ -118,13 +126,6 @@ def main() -> int:
             p, n = per["portable"], per["native-noamx"]
             print(f"{fname:<18} ratio portable/native-noamx: pp {statistics.median(p['pp']) / statistics.median(n['pp']):.3f}"
                   f"  tg {statistics.median(p['tg']) / statistics.median(n['tg']):.3f}")
-        if args.native_amx:
-            for mode in ("raw", "guard"):
-                proc = run_probe(_CRASH_PROBE, [str(files[0]), mode], args.native_amx)
-                how = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
-                       else f"exit {proc.returncode}: {proc.stdout.strip() or proc.stderr.strip()[-200:]}")
-                print(f"native AMX build, 300-token prompt, {'with' if mode == 'guard' else 'without'} "
-                      f"ggufkit's guard: {how}")
     return 0
 
 
