@@ -56,12 +56,29 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                                         "partial_rotary_factor": 0.5,
                                                         "long_factor": [1.0 + 0.5 * i for i in range(16)],
                                                         "short_factor": [1.0 + 0.25 * i for i in range(16)]})),
+    # Mixtures of experts (issue 13). Per-expert tensors on disk, as save_pretrained writes them; the "-fused"
+    # twins hold the same weights as transformers 5's fused 3-D parameters (TINY_FUSED_EXPERTS). Mixtral has 8
+    # experts, so llama-quantize's 8-expert rules apply; "qwen3-moe-odd" has expert rows that are not a multiple
+    # of 256 (fallback types).
+    "qwen3-moe": ("qwen3_moe", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0, head_dim=64,
+                                    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
+                                    norm_topk_prob=True)),
+    "qwen3-moe-odd": ("qwen3_moe", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0,
+                                        head_dim=64, num_experts=6, num_experts_per_tok=2,
+                                        moe_intermediate_size=160, norm_topk_prob=True)),
+    "mixtral": ("mixtral", dict(tie_word_embeddings=False, rope_theta=1000000.0, sliding_window=None,
+                                num_local_experts=8, num_experts_per_tok=2, intermediate_size=256)),
 }
+TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
+TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
+# Entries saved from the model's in-memory state dict: MoE experts as fused (n_expert, rows, cols) parameters
+TINY_FUSED_EXPERTS = {"qwen3-moe-fused", "mixtral-fused"}
 # Entries whose tokenizer is not the demo model's BPE one: name -> kind. "spm" is a SentencePiece tokenizer
 # trained locally by models/spm_tokenizer.py (cached next to the checkpoint, as `spm-tokenizer/`).
 TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 # Entries whose 1-D weights (norms, biases) are randomised too, so that a mix-up between them shows in the logits.
-TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope"}
+TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
+                       "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
@@ -125,6 +142,13 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     model.save_pretrained(tmp, safe_serialization=True)
+    if name in TINY_FUSED_EXPERTS:  # the same weights under the in-memory (fused expert) names
+        from safetensors.torch import save_file
+
+        for f in tmp.glob("*.safetensors*"):
+            f.unlink()
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     for f in TOKENIZER_FILES:
         if (tokenizer_dir / f).is_file():
             shutil.copy(tokenizer_dir / f, tmp / f)
