@@ -68,6 +68,9 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                         moe_intermediate_size=160, norm_topk_prob=True)),
     "mixtral": ("mixtral", dict(tie_word_embeddings=False, rope_theta=1000000.0, sliding_window=None,
                                 num_local_experts=8, num_experts_per_tok=2, intermediate_size=256)),
+    # SmolLM3 (issue 13): 4 layers, so that layer 3 is one of its no-rope layers
+    "smollm3": ("smollm3", dict(tie_word_embeddings=True, rope_theta=2000000.0, pad_token_id=0,
+                                num_hidden_layers=4)),
 }
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
@@ -78,7 +81,7 @@ TINY_FUSED_EXPERTS = {"qwen3-moe-fused", "mixtral-fused"}
 TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 # Entries whose 1-D weights (norms, biases) are randomised too, so that a mix-up between them shows in the logits.
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
-                       "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused"}
+                       "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -210,7 +209,3 @@ class MoE:
     def tensors(self, ckpt) -> list:
         return super().tensors(ExpertView(ckpt, self.n_expert, self.fused_gate_up))
 
-
-def expert_rows(shape: Sequence[int]) -> int:
-    """Rows per expert of a 3-D (n_expert, rows, cols) tensor; a matrix's row count otherwise."""
-    return shape[-2] if len(shape) == 3 else (shape[0] if len(shape) > 1 else 1)
