@@ -71,6 +71,11 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     # SmolLM3 (issue 13): 4 layers, so that layer 3 is one of its no-rope layers
     "smollm3": ("smollm3", dict(tie_word_embeddings=True, rope_theta=2000000.0, pad_token_id=0,
                                 num_hidden_layers=4)),
+    # gpt-oss (issue 13): experts fused input-major with interleaved gate/up (its only layout); sliding window 16
+    # on the even layers, attention sinks, YaRN rope (transformers' defaults)
+    "gpt-oss": ("gpt_oss", dict(tie_word_embeddings=False, pad_token_id=0, intermediate_size=256,
+                                num_local_experts=4, num_experts_per_tok=2, sliding_window=16,
+                                layer_types=["sliding_attention", "full_attention"])),
 }
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
@@ -81,7 +86,8 @@ TINY_FUSED_EXPERTS = {"qwen3-moe-fused", "mixtral-fused"}
 TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 # Entries whose 1-D weights (norms, biases) are randomised too, so that a mix-up between them shows in the logits.
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
-                       "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3"}
+                       "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
+                       "gpt-oss"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:

@@ -33,11 +33,13 @@ FAMILIES = [
     ("qwen3-moe-odd", "qwen3moe"),  # expert rows of 160: fallback types in the experts
     ("mixtral", "llama"),  # 8 experts: llama-quantize's 8-expert rules
     ("smollm3", "smollm3"),
+    ("gpt-oss", "gpt-oss"),
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
 # were identical to ggufkit's for these, and so were its logits' top-1 / median / max against transformers:
 #   qwen3-moe 1.000 / 0.00056 / 0.0079, qwen3-moe-odd 1.000 / 0.00041 / 0.0054, smollm3 1.000 / 0.00082 / 0.0108,
+#   gpt-oss 1.000 / 0.00162 / 0.0285,
 #   mixtral 1.000 / 0.00077 / 1.750 - a router near-tie that float rounding resolves the other way at one
 #   position (routing is discontinuous), hence its own limit.
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
@@ -117,6 +119,11 @@ REFUSED = [
     ("smollm3", {"no_rope_layers": None, "no_rope_layer_interval": 2}, "no-rope layer pattern"),
     ("smollm3", {"use_sliding_window": True}, "use_sliding_window"),
     ("smollm3", {"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 1e6}}, "rope type"),
+    ("gpt-oss", {"swiglu_limit": 10.0}, "swiglu_limit"),
+    ("gpt-oss", {"swiglu_alpha": 1.0}, "swiglu_alpha"),
+    ("gpt-oss", {"quantization_config": {"quant_method": "mxfp4"}}, "pre-quantized mxfp4"),
+    ("gpt-oss", {"tie_word_embeddings": True}, "tie_word_embeddings"),
+    ("gpt-oss", {"layer_types": ["sliding_attention", "chunked_attention"]}, "layer_types"),
 ]
 
 

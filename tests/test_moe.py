@@ -75,6 +75,33 @@ def test_expert_stacks_stream_the_rows_transformers_holds(tiny_checkpoint, name,
         assert len(log) == 3  # one read per expert touched
 
 
+def test_gpt_oss_experts_are_transposed_and_deinterleaved(tiny_checkpoint):
+    """gpt-oss stores experts input-major with gate/up in alternating columns; the stacks are llama.cpp's
+    (n_expert, out, in) matrices, and the biases split the same way (reference: transformers' parameters)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ggufkit.archs.moe import ExpertView
+    from ggufkit.sources.hf import open_checkpoint
+
+    src = tiny_checkpoint("gpt-oss")
+    view = ExpertView(open_checkpoint(src), 4, layout="interleaved_transposed")
+    experts = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).model.layers[0].mlp.experts
+    gate_up = experts.gate_up_proj.detach().numpy()  # (n_expert, n_embd, 2 * n_ff) f32
+    bias = experts.gate_up_proj_bias.detach().numpy()  # (n_expert, 2 * n_ff) f32
+    want = {"gate_proj.weight": gate_up[:, :, 0::2].transpose(0, 2, 1),
+            "up_proj.weight": gate_up[:, :, 1::2].transpose(0, 2, 1),
+            "down_proj.weight": experts.down_proj.detach().numpy().transpose(0, 2, 1),
+            "gate_proj.bias": bias[:, 0::2], "up_proj.bias": bias[:, 1::2],
+            "down_proj.bias": experts.down_proj_bias.detach().numpy()}
+    for name, full in want.items():
+        stack = view.tensors[f"model.layers.0.mlp.experts.{name}"]
+        assert tuple(stack.shape) == full.shape, name
+        flat = full.reshape(-1, full.shape[-1])
+        got = np.concatenate([stack.read_rows(a, min(a + 100, len(flat))) for a in range(0, len(flat), 100)])
+        np.testing.assert_array_equal(got, flat, err_msg=name)
+
+
 def _damaged_copy(tiny_checkpoint, tmp_path, name, edit):
     """A copy of a tiny checkpoint whose tensors dict went through edit(tensors) -> tensors."""
     from safetensors.torch import load_file, save_file

@@ -88,13 +88,76 @@ def _flat(ref, rows: int, cols: int):
     return dataclasses.replace(ref, shape=(rows, cols))
 
 
+class _TransposedExpert:
+    """Expert x of a fused (n_expert, n_in, n_out) parameter stored input-major (gpt-oss: y = x @ W[x]), seen
+    as the (rows, n_in) matrix llama.cpp wants: row j is source column start + j * step (step 2 picks gate or
+    up out of interleaved gate/up columns). A row block needs every source row of the expert, so the expert's
+    (n_in, n_out) slice is read once and kept while consecutive blocks use it: one expert in memory, not the
+    stacked tensor."""
+
+    def __init__(self, flat, expert: int, n_in: int, n_out: int, start: int, step: int, cache: dict):
+        self.flat, self.expert, self.n_in, self.n_out = flat, expert, n_in, n_out
+        self.start, self.step, self.cache = start, step, cache
+        self.rows, self.cols = len(range(start, n_out, step)), n_in
+        self.file, self.dtype = flat.file, flat.dtype
+        self.nbytes = flat.nbytes // flat.rows * n_in * self.rows // n_out
+
+    def check_dtype(self) -> None:
+        self.flat.check_dtype()
+
+    def read_rows(self, a: int, b: int) -> np.ndarray:
+        if self.cache.get("key") != (self.flat.name, self.expert):
+            self.cache.clear()  # one expert at a time
+            x = self.expert
+            self.cache["value"] = self.flat.read_rows(x * self.n_in, (x + 1) * self.n_in)  # (n_in, n_out) f32
+            self.cache["key"] = (self.flat.name, self.expert)
+        m = self.cache["value"]
+        return np.ascontiguousarray(m[:, self.start + a * self.step:self.start + b * self.step:self.step].T)
+
+
+@dataclasses.dataclass
+class _ColumnSplit:
+    """A small 2-D source (n_expert, 2n) whose every other column belongs to one tensor (gpt-oss's interleaved
+    gate/up biases): (n_expert, n) f32, columns start, start + 2, ..."""
+    name: str
+    ref: object
+    start: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.ref.shape[0], self.ref.shape[1] // 2)
+
+    @property
+    def file(self) -> Path:
+        return self.ref.file
+
+    @property
+    def nbytes(self) -> int:
+        return self.ref.nbytes // 2
+
+    def check_dtype(self) -> None:
+        self.ref.check_dtype()
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return np.ascontiguousarray(self.ref.read_rows(start, stop)[:, self.start::2])
+
+
+_FUSED_BIAS = re.compile(r"(?P<prefix>.+\.experts)\.(?P<proj>gate_up_proj|down_proj)_bias")
+
+
 class ExpertView:
     """A checkpoint with each layer's expert tensors replaced by ExpertStacks (either layout; see the module
-    docstring). Other tensors pass through. Errors name the offending source tensor."""
+    docstring). Other tensors pass through. Errors name the offending source tensor.
 
-    def __init__(self, ckpt, n_expert: int, fused_gate_up: tuple[str, str] = ("gate_proj", "up_proj")):
+    layout: how fused 3-D parameters are laid out - "split" (transformers 5's (n_expert, out, in), gate rows then
+    up rows) or "interleaved_transposed" (gpt-oss: (n_expert, in, out), gate and up in alternating columns, with
+    `gate_up_proj_bias` / `down_proj_bias` beside them)."""
+
+    def __init__(self, ckpt, n_expert: int, fused_gate_up: tuple[str, str] = ("gate_proj", "up_proj"),
+                 layout: str = "split"):
         self.weights_file = ckpt.weights_file
         self.tensors: dict[str, object] = {}
+        self.layout = layout
         groups: dict[tuple[str, str], dict[int, object]] = {}
         for name, ref in ckpt.tensors.items():
             if m := _PER_EXPERT.fullmatch(name):
@@ -106,6 +169,8 @@ class ExpertView:
                 groups.setdefault(key, {})[index] = ref
             elif (m := _FUSED.fullmatch(name)) and len(ref.shape) == 3:
                 self._add_fused(name, ref, m["prefix"], m["proj"], n_expert, fused_gate_up)
+            elif layout == "interleaved_transposed" and (m := _FUSED_BIAS.fullmatch(name)):
+                self._add_fused_bias(name, ref, m["prefix"], m["proj"], n_expert, fused_gate_up)
             else:
                 self.tensors[name] = ref
         for (prefix, proj), by_index in groups.items():
@@ -133,6 +198,18 @@ class ExpertView:
         if e != n_expert:
             raise InputError(f"tensor {name} holds {e} experts, the config has {n_expert}", ref.file)
         flat = _flat(ref, e * rows, cols)  # (n_expert * rows, cols)
+        if self.layout == "interleaved_transposed":  # (n_expert, n_in = rows, n_out = cols)
+            if proj == "gate_up_proj" and cols % 2:
+                raise InputError(f"tensor {name} has shape {list(ref.shape)}: an odd number of gate+up "
+                                 "columns", ref.file)
+            cache: dict = {}
+            halves = tuple(enumerate(fused_gate_up)) if proj == "gate_up_proj" else ((0, proj),)
+            step = 2 if proj == "gate_up_proj" else 1
+            for start, proj_name in halves:
+                merged = f"{prefix}.{proj_name}.weight"
+                parts = [(_TransposedExpert(flat, x, rows, cols, start, step, cache), 0) for x in range(e)]
+                self.tensors[merged] = ExpertStack(merged, parts, parts[0][0].rows, rows)
+            return
         if proj != "gate_up_proj":
             merged = f"{prefix}.{proj}.weight"
             self.tensors[merged] = ExpertStack(merged, [(flat, x * rows) for x in range(e)], rows, cols)
@@ -145,6 +222,18 @@ class ExpertView:
             self.tensors[merged] = ExpertStack(merged, [(flat, x * rows + part * half) for x in range(e)],
                                                half, cols)
 
+    def _add_fused_bias(self, name: str, ref, prefix: str, proj: str, n_expert: int,
+                        fused_gate_up: tuple[str, str]) -> None:
+        if len(ref.shape) != 2 or ref.shape[0] != n_expert:
+            raise InputError(f"tensor {name} has shape {list(ref.shape)}, expected ({n_expert} experts, n)",
+                             ref.file)
+        if proj == "down_proj":
+            self.tensors[f"{prefix}.down_proj.bias"] = ref
+            return
+        for start, proj_name in enumerate(fused_gate_up):
+            merged = f"{prefix}.{proj_name}.bias"
+            self.tensors[merged] = _ColumnSplit(merged, ref, start)
+
 
 class MoE:
     """Mixin for MoE families: put it before the dense parent class. Every layer is an MoE layer unless
@@ -154,6 +243,7 @@ class MoE:
     expert_ff_key: ClassVar[str | None] = "moe_intermediate_size"  # None: the experts use intermediate_size
     writes_expert_ff_length: ClassVar[bool] = True  # expert_feed_forward_length (some llama.cpp archs ignore it)
     fused_gate_up: ClassVar[tuple[str, str]] = ("gate_proj", "up_proj")  # merged names of a gate_up_proj's halves
+    fused_layout: ClassVar[str] = "split"  # see ExpertView
 
     def __init__(self, config: dict, config_path):
         self.config, self.config_path = config, Path(config_path)  # for hparam() before the base __init__
@@ -207,5 +297,5 @@ class MoE:
         return shapes
 
     def tensors(self, ckpt) -> list:
-        return super().tensors(ExpertView(ckpt, self.n_expert, self.fused_gate_up))
+        return super().tensors(ExpertView(ckpt, self.n_expert, self.fused_gate_up, self.fused_layout))
 
