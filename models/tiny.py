@@ -76,6 +76,9 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     "gpt-oss": ("gpt_oss", dict(tie_word_embeddings=False, pad_token_id=0, intermediate_size=256,
                                 num_local_experts=4, num_experts_per_tok=2, sliding_window=16,
                                 layer_types=["sliding_attention", "full_attention"])),
+    # LFM2 (issue 13): conv, attention, conv, attention; intermediate 768 -> FFN width 512 (LFM2's 2/3 rule)
+    "lfm2": ("lfm2", dict(tie_word_embeddings=True, pad_token_id=0, intermediate_size=768, num_hidden_layers=4,
+                          layer_types=["conv", "full_attention", "conv", "full_attention"])),
 }
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
@@ -87,7 +90,7 @@ TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 # Entries whose 1-D weights (norms, biases) are randomised too, so that a mix-up between them shows in the logits.
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
-                       "gpt-oss"}
+                       "gpt-oss", "lfm2"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
