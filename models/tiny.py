@@ -79,6 +79,11 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     # LFM2 (issue 13): conv, attention, conv, attention; intermediate 768 -> FFN width 512 (LFM2's 2/3 rule)
     "lfm2": ("lfm2", dict(tie_word_embeddings=True, pad_token_id=0, intermediate_size=768, num_hidden_layers=4,
                           layer_types=["conv", "full_attention", "conv", "full_attention"])),
+    # LFM2 MoE: layer 0 dense, layers 1-3 MoE (4 experts, routing bias randomised with the other vectors)
+    "lfm2-moe": ("lfm2_moe", dict(tie_word_embeddings=True, pad_token_id=0, num_hidden_layers=4,
+                                  layer_types=["conv", "full_attention", "conv", "full_attention"],
+                                  num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
+                                  num_dense_layers=1)),
 }
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
@@ -90,7 +95,7 @@ TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 # Entries whose 1-D weights (norms, biases) are randomised too, so that a mix-up between them shows in the logits.
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
-                       "gpt-oss", "lfm2"}
+                       "gpt-oss", "lfm2", "lfm2-moe"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
@@ -150,6 +155,9 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
                 p.normal_(0.0, 0.08)
             elif name in TINY_RANDOM_VECTORS:
                 p.add_(torch.randn_like(p) * 0.2)
+        for buffer_name, b in model.named_buffers():  # saved routing biases (LFM2 MoE) are buffers
+            if buffer_name.endswith("expert_bias") and name in TINY_RANDOM_VECTORS:
+                b.add_(torch.randn_like(b) * 0.2)
     model = model.to(torch.bfloat16)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))

@@ -35,12 +35,13 @@ FAMILIES = [
     ("smollm3", "smollm3"),
     ("gpt-oss", "gpt-oss"),
     ("lfm2", "lfm2"),
+    ("lfm2-moe", "lfm2moe"),
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
 # were identical to ggufkit's for these, and so were its logits' top-1 / median / max against transformers:
 #   qwen3-moe 1.000 / 0.00056 / 0.0079, qwen3-moe-odd 1.000 / 0.00041 / 0.0054, smollm3 1.000 / 0.00082 / 0.0108,
-#   gpt-oss 1.000 / 0.00162 / 0.0285, lfm2 1.000 / 0.00015 / 0.0019,
+#   gpt-oss 1.000 / 0.00162 / 0.0285, lfm2 1.000 / 0.00015 / 0.0019, lfm2-moe 1.000 / 0.00012 / 0.0018,
 #   mixtral 1.000 / 0.00077 / 1.750 - a router near-tie that float rounding resolves the other way at one
 #   position (routing is discontinuous), hence its own limit.
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
@@ -128,6 +129,9 @@ REFUSED = [
     ("lfm2", {"conv_bias": True}, "conv_bias"),
     ("lfm2", {"layer_types": ["conv", "sliding_attention", "conv", "full_attention"]}, "layer_types"),
     ("lfm2", {"layer_types": ["conv", "full_attention"]}, "layer_types"),
+    ("lfm2-moe", {"norm_topk_prob": False}, "norm_topk_prob"),
+    ("lfm2-moe", {"routed_scaling_factor": 2.5}, "routed_scaling_factor"),
+    ("lfm2-moe", {"use_expert_bias": False}, "use_expert_bias"),
 ]
 
 

@@ -13,7 +13,7 @@ from ggufkit.conversion import convert
 from ggufkit.quant.imatrix_collect import compute
 
 CTX, CHUNKS = 64, 2
-MOE = ["qwen3-moe", "mixtral", "gpt-oss"]
+MOE = ["qwen3-moe", "mixtral", "gpt-oss", "lfm2-moe"]
 
 
 @pytest.fixture(scope="module", params=MOE)
@@ -24,24 +24,25 @@ def moe_imatrix(request, tiny_checkpoint):
 
 
 def _layer_inputs_and_routes(src, layer: int):
-    """The MoE block input of `layer` and each token's top-k experts, through transformers' own outputs: a hook
-    on the block (not on the experts) and the router logits the model returns."""
+    """The MoE block input of `layer` and each token's chosen experts, from transformers' own modules: a hook on
+    the block (not on the experts) and one on its router, whose third output is the experts it picked."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     text = SHAKESPEARE.read_text(encoding="utf-8", errors="replace")
     ids = AutoTokenizer.from_pretrained(src)(text)["input_ids"][:CTX * CHUNKS]
-    seen = []
-    mlp = model.model.layers[layer].mlp
-    handle = mlp.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().reshape(-1, args[0].shape[-1])))
-    k = model.config.num_experts_per_tok
-    routes = []
+    decoder_layer = model.model.layers[layer]
+    block = getattr(decoder_layer, "mlp", None) or decoder_layer.feed_forward
+    router = getattr(block, "gate", None) or block.router
+    seen, routes = [], []
+    hooks = [block.register_forward_pre_hook(lambda _m, args: seen.append(args[0].reshape(-1, args[0].shape[-1]))),
+             router.register_forward_hook(lambda _m, _args, out: routes.append(out[2].reshape(-1, out[2].shape[-1])))]
     with torch.no_grad():
         for c in range(CHUNKS):
-            out = model(torch.tensor([ids[c * CTX:(c + 1) * CTX]]), output_router_logits=True, use_cache=False)
-            routes.append(out.router_logits[layer].reshape(CTX, -1).topk(k, dim=-1).indices)
-    handle.remove()
+            model(torch.tensor([ids[c * CTX:(c + 1) * CTX]]), use_cache=False)
+    for h in hooks:
+        h.remove()
     return torch.cat(seen).double().numpy(), torch.cat(routes).numpy()
 
 

@@ -154,7 +154,7 @@ class ExpertView:
     `gate_up_proj_bias` / `down_proj_bias` beside them)."""
 
     def __init__(self, ckpt, n_expert: int, fused_gate_up: tuple[str, str] = ("gate_proj", "up_proj"),
-                 layout: str = "split"):
+                 layout: str = "split", proj_names: dict[str, str] | None = None):
         self.weights_file = ckpt.weights_file
         self.tensors: dict[str, object] = {}
         self.layout = layout
@@ -189,7 +189,7 @@ class ExpertView:
                 raise InputError(f"tensor {first.name} has shape {list(first.shape)}, an expert projection is "
                                  "a matrix", first.file)
             rows, cols = first.shape
-            merged = f"{prefix}.{proj}.weight"
+            merged = f"{prefix}.{(proj_names or {}).get(proj, proj)}.weight"
             self.tensors[merged] = ExpertStack(merged, [(ref, 0) for ref in refs], rows, cols)
 
     def _add_fused(self, name: str, ref, prefix: str, proj: str, n_expert: int,
@@ -244,6 +244,7 @@ class MoE:
     writes_expert_ff_length: ClassVar[bool] = True  # expert_feed_forward_length (some llama.cpp archs ignore it)
     fused_gate_up: ClassVar[tuple[str, str]] = ("gate_proj", "up_proj")  # merged names of a gate_up_proj's halves
     fused_layout: ClassVar[str] = "split"  # see ExpertView
+    per_expert_names: ClassVar[dict[str, str]] = {}  # per-expert projection name -> merged name gguf-py maps
 
     def __init__(self, config: dict, config_path):
         self.config, self.config_path = config, Path(config_path)  # for hparam() before the base __init__
@@ -297,5 +298,6 @@ class MoE:
         return shapes
 
     def tensors(self, ckpt) -> list:
-        return super().tensors(ExpertView(ckpt, self.n_expert, self.fused_gate_up, self.fused_layout))
+        return super().tensors(ExpertView(ckpt, self.n_expert, self.fused_gate_up, self.fused_layout,
+                                          self.per_expert_names))
 
