@@ -91,6 +91,13 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                      linear_value_head_dim=64, linear_conv_kernel_dim=4,
                                      rope_parameters={"rope_type": "default", "rope_theta": 10000000.0,
                                                       "partial_rotary_factor": 0.25})),
+    "qwen3.5-moe": ("qwen3_5_moe_text", dict(tie_word_embeddings=False, pad_token_id=0, num_hidden_layers=4,
+                                             linear_num_key_heads=2, linear_num_value_heads=4,
+                                             linear_key_head_dim=64, linear_value_head_dim=64,
+                                             linear_conv_kernel_dim=4, num_experts=4, num_experts_per_tok=2,
+                                             moe_intermediate_size=256, shared_expert_intermediate_size=256,
+                                             rope_parameters={"rope_type": "default", "rope_theta": 10000000.0,
+                                                              "partial_rotary_factor": 0.25})),
 }
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
@@ -102,7 +109,7 @@ TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 # Entries whose 1-D weights (norms, biases) are randomised too, so that a mix-up between them shows in the logits.
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
-                       "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5"}
+                       "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:

@@ -37,13 +37,17 @@ FAMILIES = [
     ("lfm2", "lfm2"),
     ("lfm2-moe", "lfm2moe"),
     ("qwen3.5", "qwen35"),
+    ("qwen3.5-moe", "qwen35moe"),
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
 # were identical to ggufkit's for these, and so were its logits' top-1 / median / max against transformers:
 #   qwen3-moe 1.000 / 0.00056 / 0.0079, qwen3-moe-odd 1.000 / 0.00041 / 0.0054, smollm3 1.000 / 0.00082 / 0.0108,
 #   gpt-oss 1.000 / 0.00162 / 0.0285, lfm2 1.000 / 0.00015 / 0.0019, lfm2-moe 1.000 / 0.00012 / 0.0018,
-#   qwen3.5 1.000 / 0.00003 / 0.0006 (its converter run with --no-mtp; ssm_a = -exp(A_log) differs by 1e-6),
+#   qwen3.5 1.000 / 0.00003 / 0.0006 (its converter run with --no-mtp; ssm_a = -exp(A_log) differs by 1e-6).
+#   qwen3.5-moe: the converter stops at this checkpoint's tokenizer ("BPE pre-tokenizer was not recognized":
+#   transformers picks another tokenizer class for model_type qwen3_5_moe_text); ggufkit's file gives
+#   1.000 / 0.00005 / 0.0008, inside the default limits.
 #   mixtral 1.000 / 0.00077 / 1.750 - a router near-tie that float rounding resolves the other way at one
 #   position (routing is discontinuous), hence its own limit.
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
@@ -138,6 +142,8 @@ REFUSED = [
     ("qwen3.5", {"linear_num_value_heads": 3}, "not a multiple of linear_num_key_heads"),
     ("qwen3.5", {"linear_value_head_dim": 128}, "linear_value_head_dim"),
     ("qwen3.5", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e7}}, "rope type"),
+    ("qwen3.5-moe", {"shared_expert_intermediate_size": None}, "shared_expert_intermediate_size"),
+    ("qwen3.5-moe", {"num_experts_per_tok": 9}, "num_experts_per_tok"),
 ]
 
 
