@@ -27,6 +27,7 @@ import numpy as np
 
 from ggufkit.archs import Architecture, OutputTensor
 from ggufkit.archs.recurrent import gather_rows, row_index, squeezed, v_head_order
+from ggufkit.archs.wrapper import TextOfMultimodal
 
 LAYER_KINDS = ("linear_attention", "full_attention")
 DEFAULT_MROPE_SECTION = [11, 11, 10, 0]  # transformers' Qwen3.5 default, which llama.cpp needs written
@@ -181,3 +182,9 @@ class Qwen35Text(Architecture):
             return out
         out.read_rows = gather_rows(out.read_rows, idx)
         return out
+
+
+class Qwen35(TextOfMultimodal, Qwen35Text):
+    """Qwen 3.5 multimodal (Qwen3_5ForConditionalGeneration), converted to its text model"""
+    model_type = "qwen3_5"
+    text_config_class = "Qwen3_5TextConfig"

@@ -15,6 +15,7 @@ import gguf
 from ggufkit.archs.moe import MoE
 from ggufkit.archs.qwen3_5 import Qwen35Text
 from ggufkit.archs.recurrent import squeezed
+from ggufkit.archs.wrapper import TextOfMultimodal
 
 
 class _SharedGateVector:
@@ -47,3 +48,9 @@ class Qwen35MoeText(MoE, Qwen35Text):
 
     def tensors(self, ckpt) -> list:
         return super().tensors(_SharedGateVector(ckpt))
+
+
+class Qwen35Moe(TextOfMultimodal, Qwen35MoeText):
+    """Qwen 3.5 MoE multimodal (Qwen3_5MoeForConditionalGeneration), converted to its text model"""
+    model_type = "qwen3_5_moe"
+    text_config_class = "Qwen3_5MoeTextConfig"
