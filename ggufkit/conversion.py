@@ -139,6 +139,22 @@ def encode(x: np.ndarray, qtype: QT, imatrix: np.ndarray | None, threads: int | 
     return quant.quantize(x, qtype, imatrix=imatrix, threads=threads)
 
 
+def encode_block(x: np.ndarray, start: int, t: OutputTensor, qtype: QT, imatrix: np.ndarray | None,
+                 threads: int | None) -> np.ndarray:
+    """Rows [start, start + len(x)) of t -> bytes. With a per-expert importance matrix ((n_expert * cols,) for a
+    (n_expert, rows, cols) tensor) each expert's rows are quantized with that expert's slice, as llama-quantize."""
+    if imatrix is None or imatrix.shape[0] == t.cols:
+        return encode(x, qtype, imatrix, threads)
+    per_expert = t.shape[-2]
+    pieces, a = [], 0
+    while a < len(x):
+        expert = (start + a) // per_expert
+        b = min(len(x), (expert + 1) * per_expert - start)
+        pieces.append(encode(x[a:b], qtype, imatrix[expert * t.cols:(expert + 1) * t.cols], threads))
+        a = b
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
 def _row_blocks(t: OutputTensor):
     rows_per_block = max(1, BLOCK_BYTES // (4 * t.cols))
     rows_per_block = max(t.row_align, rows_per_block // t.row_align * t.row_align)
@@ -225,14 +241,15 @@ def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
         for i, p in enumerate(plan.tensors):
             t = p.tensor
             im = imatrix(t.name) if imatrix is not None and p.qtype not in (QT.F32, QT.F16, QT.BF16) else None
-            if im is not None and im.shape != (t.cols,):
+            n_mat = t.shape[0] if len(t.shape) == 3 else 1  # a 3-D expert tensor: one imatrix slice per expert
+            if im is not None and im.shape != (n_mat * t.cols,):
                 raise InputError(f"importance matrix entry {t.name} has {im.shape[0]} values, the tensor "
-                                 f"has {t.cols} columns")
+                                 f"has {t.cols} columns" + (f" x {n_mat} experts" if n_mat > 1 else ""))
             g.begin_tensor(t.name)
             for start, stop in _row_blocks(t):
                 x = t.read_rows(start, stop)  # (stop-start, cols) f32
                 _check_finite(x, t, start)
-                data = encode(x, p.qtype, im, threads)
+                data = encode_block(x, start, t, p.qtype, im, threads)
                 g.write(data)
                 del x
                 if bar is not None:

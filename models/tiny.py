@@ -56,12 +56,60 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                                         "partial_rotary_factor": 0.5,
                                                         "long_factor": [1.0 + 0.5 * i for i in range(16)],
                                                         "short_factor": [1.0 + 0.25 * i for i in range(16)]})),
+    # Mixtures of experts (issue 13). Per-expert tensors on disk, as save_pretrained writes them; the "-fused"
+    # twins hold the same weights as transformers 5's fused 3-D parameters (TINY_FUSED_EXPERTS). Mixtral has 8
+    # experts, so llama-quantize's 8-expert rules apply; "qwen3-moe-odd" has expert rows that are not a multiple
+    # of 256 (fallback types).
+    "qwen3-moe": ("qwen3_moe", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0, head_dim=64,
+                                    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
+                                    norm_topk_prob=True)),
+    "qwen3-moe-odd": ("qwen3_moe", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0,
+                                        head_dim=64, num_experts=6, num_experts_per_tok=2,
+                                        moe_intermediate_size=160, norm_topk_prob=True)),
+    "mixtral": ("mixtral", dict(tie_word_embeddings=False, rope_theta=1000000.0, sliding_window=None,
+                                num_local_experts=8, num_experts_per_tok=2, intermediate_size=256)),
+    # SmolLM3 (issue 13): 4 layers, so that layer 3 is one of its no-rope layers
+    "smollm3": ("smollm3", dict(tie_word_embeddings=True, rope_theta=2000000.0, pad_token_id=0,
+                                num_hidden_layers=4)),
+    # gpt-oss (issue 13): experts fused input-major with interleaved gate/up (its only layout); sliding window 16
+    # on the even layers, attention sinks, YaRN rope (transformers' defaults)
+    "gpt-oss": ("gpt_oss", dict(tie_word_embeddings=False, pad_token_id=0, intermediate_size=256,
+                                num_local_experts=4, num_experts_per_tok=2, sliding_window=16,
+                                layer_types=["sliding_attention", "full_attention"])),
+    # LFM2 (issue 13): conv, attention, conv, attention; intermediate 768 -> FFN width 512 (LFM2's 2/3 rule)
+    "lfm2": ("lfm2", dict(tie_word_embeddings=True, pad_token_id=0, intermediate_size=768, num_hidden_layers=4,
+                          layer_types=["conv", "full_attention", "conv", "full_attention"])),
+    # LFM2 MoE: layer 0 dense, layers 1-3 MoE (4 experts, routing bias randomised with the other vectors)
+    "lfm2-moe": ("lfm2_moe", dict(tie_word_embeddings=True, pad_token_id=0, num_hidden_layers=4,
+                                  layer_types=["conv", "full_attention", "conv", "full_attention"],
+                                  num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
+                                  num_dense_layers=1)),
+    # Qwen 3.5 (issue 13): 3 gated delta-net layers then 1 full-attention layer; 2 key heads, 4 value heads (so
+    # the V-head reordering matters), partial rope (0.25 of head_dim 64)
+    "qwen3.5": ("qwen3_5_text", dict(tie_word_embeddings=False, pad_token_id=0, num_hidden_layers=4,
+                                     linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=64,
+                                     linear_value_head_dim=64, linear_conv_kernel_dim=4,
+                                     rope_parameters={"rope_type": "default", "rope_theta": 10000000.0,
+                                                      "partial_rotary_factor": 0.25})),
+    "qwen3.5-moe": ("qwen3_5_moe_text", dict(tie_word_embeddings=False, pad_token_id=0, num_hidden_layers=4,
+                                             linear_num_key_heads=2, linear_num_value_heads=4,
+                                             linear_key_head_dim=64, linear_value_head_dim=64,
+                                             linear_conv_kernel_dim=4, num_experts=4, num_experts_per_tok=2,
+                                             moe_intermediate_size=256, shared_expert_intermediate_size=256,
+                                             rope_parameters={"rope_type": "default", "rope_theta": 10000000.0,
+                                                              "partial_rotary_factor": 0.25})),
 }
+TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
+TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
+# Entries saved from the model's in-memory state dict: MoE experts as fused (n_expert, rows, cols) parameters
+TINY_FUSED_EXPERTS = {"qwen3-moe-fused", "mixtral-fused"}
 # Entries whose tokenizer is not the demo model's BPE one: name -> kind. "spm" is a SentencePiece tokenizer
 # trained locally by models/spm_tokenizer.py (cached next to the checkpoint, as `spm-tokenizer/`).
 TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 # Entries whose 1-D weights (norms, biases) are randomised too, so that a mix-up between them shows in the logits.
-TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope"}
+TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
+                       "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
+                       "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
@@ -121,10 +169,20 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
                 p.normal_(0.0, 0.08)
             elif name in TINY_RANDOM_VECTORS:
                 p.add_(torch.randn_like(p) * 0.2)
+        for buffer_name, b in model.named_buffers():  # saved routing biases (LFM2 MoE) are buffers
+            if buffer_name.endswith("expert_bias") and name in TINY_RANDOM_VECTORS:
+                b.add_(torch.randn_like(b) * 0.2)
     model = model.to(torch.bfloat16)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     model.save_pretrained(tmp, safe_serialization=True)
+    if name in TINY_FUSED_EXPERTS:  # the same weights under the in-memory (fused expert) names
+        from safetensors.torch import save_file
+
+        for f in tmp.glob("*.safetensors*"):
+            f.unlink()
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     for f in TOKENIZER_FILES:
         if (tokenizer_dir / f).is_file():
             shutil.copy(tokenizer_dir / f, tmp / f)

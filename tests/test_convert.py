@@ -13,7 +13,9 @@ TINY_CASES = [("llama", False), ("llama-untied", False), ("llama3-rope", False),
               ("llama", True), ("llama3-rope", True), ("mistral", True)]
 
 
-def assert_logits_agree(gguf_path, model_dir):
+def assert_logits_agree(gguf_path, model_dir, max_diff: float = 0.05):
+    """max_diff: a family whose routing is discontinuous (MoE) may pass a limit measured with llama.cpp's own
+    converter on the same checkpoint."""
     ids = text_ids(model_dir)
     ours = llama_cpp_logits(gguf_path, ids)
     ref = transformers_logits(model_dir, tuple(ids))
@@ -23,7 +25,7 @@ def assert_logits_agree(gguf_path, model_dir):
     summary = f"top-1 agreement {top1:.3f}, median |diff| {np.median(diff):.5f}, max {diff.max():.5f}"
     assert top1 == 1.0, summary
     assert np.median(diff) < 0.01, summary
-    assert diff.max() < 0.05, summary
+    assert diff.max() < max_diff, summary
     return summary
 
 

@@ -45,7 +45,11 @@ class OutputTensor:
 
     @property
     def rows(self) -> int:
-        return self.shape[0] if len(self.shape) > 1 else 1
+        """Rows as the file lays them out: a 3-D (n_expert, rows, cols) tensor is n_expert * rows rows."""
+        n = 1
+        for d in self.shape[:-1]:
+            n *= d
+        return n
 
     @property
     def cols(self) -> int:
@@ -139,14 +143,16 @@ class Architecture:
 
     def unhandled_features(self) -> list[str]:
         """Config features this architecture cannot convert faithfully (an InputError names them)."""
-        found = []
-        for key in ("num_local_experts", "num_experts", "n_routed_experts"):
-            if self.config.get(key):
-                found.append(f"{key}={self.config[key]} (mixture of experts)")
+        found = self.expert_features()
         if self.config.get("quantization_config"):
             method = (self.config["quantization_config"] or {}).get("quant_method", "unknown")
             found.append(f"quantization_config (a pre-quantized {method} checkpoint)")
         return found
+
+    def expert_features(self) -> list[str]:
+        """A dense architecture refuses expert counts; archs/moe.py's MoE mixin checks them instead."""
+        return [f"{key}={self.config[key]} (mixture of experts)"
+                for key in ("num_local_experts", "num_experts", "n_routed_experts") if self.config.get(key)]
 
     # ---- GGUF metadata
 

@@ -94,6 +94,7 @@ class _TextPart:
 
 
 class Gemma3(Gemma3Text):
+    """Gemma 3 multimodal (Gemma3ForConditionalGeneration), converted to its text model"""
     model_type = "gemma3"
     # wrapper tensor-name prefix -> text model prefix (transformers 4 saves, then transformers 5 saves)
     text_prefixes = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),

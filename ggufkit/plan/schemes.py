@@ -204,6 +204,14 @@ FALCON = When("falcon", lambda c: c.model.arch == "falcon")
 IMATRIX = When("imatrix", lambda c: c.has_imatrix)
 
 
+# Model-wide bumps after a scheme's own rules, for every quantized scheme (llama-quantize: "for the 8-expert model,
+# bumping this to Q8_0 trades just ~128MB"): (role, condition, type).
+MODEL_BUMPS: tuple[tuple[Role, When, T], ...] = (
+    (Role.ATTN_V, EXPERTS_8, T.Q8_0),
+    (Role.ATTN_K, EXPERTS_8, T.Q8_0),
+)
+
+
 def first(k: int) -> When:
     return When(f"first {k}", lambda c: c.i < k)
 
@@ -403,13 +411,9 @@ def _choose(scheme: Scheme, name: str, shape: Sequence[int], role: Role, model: 
         ctx = Ctx(i, n, model, has_imatrix)
         picked = next((t for cond, t in scheme.rules.get(role, ()) if cond(ctx)), None)
         chosen = base if picked is None else picked
-        if role is Role.ATTN_V:
-            if chosen in (T.Q3_K, T.Q4_K) and _IS_70B.get(model.arch, lambda m: False)(model):
-                chosen = T.Q5_K
-            if model.n_expert == 8:
-                chosen = T.Q8_0
-        elif role is Role.ATTN_K and model.n_expert == 8:
-            chosen = T.Q8_0
+        if role is Role.ATTN_V and chosen in (T.Q3_K, T.Q4_K) and _IS_70B.get(model.arch, lambda m: False)(model):
+            chosen = T.Q5_K
+        chosen = next((t for r, cond, t in MODEL_BUMPS if r is role and cond(ctx)), chosen)
     final = _fit_row(chosen, n_cols)
     return final, (chosen if final != chosen else None)
 

@@ -82,6 +82,11 @@ def compute(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | None
         gguf_name = names.get(module_name)
         if gguf_name and (gguf_name.startswith("blk.") or (process_output and gguf_name == "output.weight")):
             handles.append(module.register_forward_pre_hook(hook_for(gguf_name)))
+    expert_sums: dict[str, torch.Tensor] = {}  # (n_expert, n_cols) f64 per 3-D expert tensor
+    expert_tokens: dict[str, torch.Tensor] = {}  # (n_expert,) tokens routed to each expert
+    for module_name, module, exps in _expert_modules(model, model_dir, config):
+        handles.append(module.register_forward_pre_hook(_expert_hook(module, exps, expert_sums, expert_tokens),
+                                                        with_kwargs=True))
 
     from tqdm import tqdm
 
@@ -98,4 +103,71 @@ def compute(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | None
     for name in sorted(sums):
         out.entries[name] = ImatrixEntry(sums[name].numpy().astype(np.float32).reshape(1, -1),
                                          np.array([float(tokens[name])]))
+    for name in sorted(expert_sums):
+        out.entries[name] = ImatrixEntry(expert_sums[name].numpy().astype(np.float32),
+                                         expert_tokens[name].numpy().astype(np.float64))
+    out.entries = dict(sorted(out.entries.items()))
     return out
+
+
+# ---- mixture-of-experts layers
+
+def _expert_modules(model, model_dir: Path, config: dict):
+    """(module name, module, {"gate"/"up"/"down": GGUF name}) for each transformers 5 experts module: the fused
+    3-D parameters gate_up_proj and down_proj, named as archs/moe.py stacks them (ffn_{gate,up,down}_exps)."""
+    import gguf
+
+    from ggufkit.archs import for_config
+
+    arch = for_config(config, model_dir / "config.json")
+    name_map = gguf.get_tensor_name_map(arch.gguf_arch, arch.n_layer)
+    for module_name, module in model.named_modules():
+        params = dict(module.named_parameters(recurse=False))
+        if params.get("gate_up_proj") is None or params.get("down_proj") is None or params["down_proj"].dim() != 3:
+            continue
+        exps = {part: name_map.get_name(f"{module_name}.{part}_proj.weight", try_suffixes=(".weight",))
+                for part in ("gate", "up", "down")}
+        if all(exps.values()):
+            yield module_name, module, exps
+
+
+def _expert_hook(module, exps: dict[str, str], sums: dict, tokens: dict):
+    """What llama-imatrix collects at a MUL_MAT_ID: per expert, the squared inputs of the tokens routed to it
+    (gate and up see the layer input, down the gated intermediate) and their number. The intermediate is
+    recomputed with the experts module's own transformers 5 interface (is_transposed, has_bias, _apply_gate:
+    SwiGLU for qwen3_moe / mixtral, gpt-oss's clamped variant)."""
+    import torch
+
+    transposed = getattr(module, "is_transposed", False)  # (n_expert, in, out) instead of (n_expert, out, in)
+    biases = getattr(module, "has_bias", False)
+
+    def linear(x, w, b):
+        y = x @ w if transposed else torch.nn.functional.linear(x, w)
+        return y + b if b is not None else y
+
+    def hook(_module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        x = x.detach().reshape(-1, x.shape[-1])  # (tokens, n_embd)
+        index = args[1] if len(args) > 1 else kwargs.get("top_k_index", kwargs.get("router_indices"))
+        index = index.reshape(x.shape[0], -1)  # (tokens, top_k) expert ids
+        gate_up, down = module.gate_up_proj.detach(), module.down_proj.detach()
+        n_expert = gate_up.shape[0]
+        n_ff = down.shape[1] if transposed else down.shape[2]
+        sq_in = torch.zeros(n_expert, x.shape[1], dtype=torch.float64)
+        sq_mid = torch.zeros(n_expert, n_ff, dtype=torch.float64)
+        count = torch.zeros(n_expert, dtype=torch.float64)
+        for e in range(n_expert):
+            rows = (index == e).nonzero()[:, 0]  # a token picks an expert at most once
+            if len(rows) == 0:
+                continue
+            xe = x[rows]  # (routed tokens, n_embd)
+            bias = module.gate_up_proj_bias.detach()[e] if biases else None
+            mid = module._apply_gate(linear(xe, gate_up[e], bias))  # (routed tokens, n_ff)
+            sq_in[e] = (xe.double() ** 2).sum(0)
+            sq_mid[e] = (mid.double() ** 2).sum(0)
+            count[e] = len(rows)
+        for part, sq in (("gate", sq_in), ("up", sq_in), ("down", sq_mid)):
+            name = exps[part]
+            sums[name] = sq if name not in sums else sums[name] + sq
+            tokens[name] = count if name not in tokens else tokens[name] + count
+    return hook
