@@ -17,8 +17,10 @@ from ggufkit import _quants
 
 __all__ = ["default_threads", "dequantize", "quantize", "row_size", "simd_active", "supported_types"]
 
-# ggml_type id -> (name, block_size, type_size, simd_feature, simd_active)
-_TRAITS = {t[0]: t[1:] for t in _quants.types()}
+# ggml_type id -> (name, block_size, type_size, simd_feature, simd_active), for the types gguf-py can name (the
+# native core may hold types newer than the pinned gguf-py, e.g. Q2_0; they stay reachable through _quants only)
+_KNOWN_IDS = {int(t) for t in GGMLQuantizationType}
+_TRAITS = {t[0]: t[1:] for t in _quants.types() if t[0] in _KNOWN_IDS}
 
 
 def _resolve(qtype) -> GGMLQuantizationType:
