@@ -168,6 +168,7 @@ class Ctx:
     n: int
     model: ModelInfo
     has_imatrix: bool
+    ne2: int = 1          # ggml's ne[2]: the expert count of a 3-D expert tensor, 1 for a matrix
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ GQA_4 = When("n_gqa >= 4", lambda c: c.model.n_gqa >= 4)
 EXPERTS_8 = When("8 experts", lambda c: c.model.n_expert == 8)
 FALCON = When("falcon", lambda c: c.model.arch == "falcon")
 IMATRIX = When("imatrix", lambda c: c.has_imatrix)
+EXPERT_MATS = When("3-D expert tensor", lambda c: c.ne2 > 1)
 
 
 def first(k: int) -> When:
@@ -220,6 +222,8 @@ class Scheme:
     file_type: FT
     base_type: T
     rules: dict[Role, Rules] = field(default_factory=dict)
+    output: T | None = None      # output.weight's type when not the default (Q6_K, or Q8_0 for Q8_0)
+    model_bumps: bool = True     # step 5 applies (llama.cpp skips it in its MXFP4_MOE and IQ1/IQ2 branches)
 
     @property
     def quantized(self) -> bool:
@@ -229,6 +233,8 @@ class Scheme:
     @property
     def output_type(self) -> T:
         """output.weight (and tied token_embd.weight) when its rows fit the base type's blocks."""
+        if self.output is not None:
+            return self.output
         return T.Q8_0 if self.base_type == T.Q8_0 else T.Q6_K
 
 
@@ -289,6 +295,19 @@ _SCHEME_LIST: tuple[Scheme, ...] = (
     Scheme("Q6_K", FT.MOSTLY_Q6_K, T.Q6_K),
     Scheme("IQ4_NL", FT.MOSTLY_IQ4_NL, T.IQ4_NL, _IQ4_RULES),
     Scheme("IQ4_XS", FT.MOSTLY_IQ4_XS, T.IQ4_XS, _IQ4_RULES),
+    # Q2_K_S: Q2_K without Q2_K's promotions, and only with an importance matrix (see requires_imatrix)
+    Scheme("Q2_K_S", FT.MOSTLY_Q2_K_S, T.Q2_K, {
+        Role.ATTN_V: ((GQA_4, T.Q4_K),),
+        Role.FFN_DOWN: ((FIRST_EIGHTH, T.Q4_K),),
+    }),
+    Scheme("TQ1_0", FT.MOSTLY_TQ1_0, T.TQ1_0, {Role.TOKEN_EMBD: ((ALWAYS, T.Q4_K),)}),
+    Scheme("TQ2_0", FT.MOSTLY_TQ2_0, T.TQ2_0, {Role.TOKEN_EMBD: ((ALWAYS, T.Q4_K),)}),
+    # MXFP4_MOE: 3-D expert tensors MXFP4, every other quantized tensor (token_embd too) and output Q8_0
+    Scheme("MXFP4_MOE", FT.MOSTLY_MXFP4_MOE, T.Q8_0,
+           {role: ((EXPERT_MATS, T.MXFP4),) for role in Role if role is not Role.OUTPUT},
+           output=T.Q8_0, model_bumps=False),
+    Scheme("NVFP4", FT.MOSTLY_NVFP4, T.NVFP4),
+    Scheme("Q1_0", FT.MOSTLY_Q1_0, T.Q1_0),
 )
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in _SCHEME_LIST}
@@ -311,6 +330,18 @@ def get_scheme(name: str) -> Scheme:
             raise ValueError(f"scheme {name!r} is one llama.cpp quantizes only with an importance matrix, and "
                              f"ggufkit does not offer it yet (known: {known})") from None
         raise ValueError(f"unknown scheme {name!r} (known: {known})") from None
+
+
+# The types llama.cpp quantizes only with importance weights (tensor_requires_imatrix), except in token_embd and
+# output; Q2_K only inside a Q2_K_S file.
+_IMATRIX_TYPES = frozenset({T.IQ1_S, T.IQ1_M, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS})
+
+
+def requires_imatrix(scheme: Scheme, name: str, qtype: T) -> bool:
+    """Whether llama-quantize refuses to write this tensor as qtype without an importance matrix."""
+    if name in _TOKEN_EMBD_NAMES or name == "output.weight":
+        return False
+    return qtype in _IMATRIX_TYPES or (qtype == T.Q2_K and scheme.name == "Q2_K_S")
 
 
 # ---- fallbacks for rows that do not fit a type's blocks
@@ -400,15 +431,15 @@ def _choose(scheme: Scheme, name: str, shape: Sequence[int], role: Role, model: 
         chosen = T.Q8_0 if misfit else scheme.output_type
     else:
         i, n = counters.take(role, name)
-        ctx = Ctx(i, n, model, has_imatrix)
+        ctx = Ctx(i, n, model, has_imatrix, shape[-3] if len(shape) >= 3 else 1)
         picked = next((t for cond, t in scheme.rules.get(role, ()) if cond(ctx)), None)
         chosen = base if picked is None else picked
-        if role is Role.ATTN_V:
+        if role is Role.ATTN_V and scheme.model_bumps:
             if chosen in (T.Q3_K, T.Q4_K) and _IS_70B.get(model.arch, lambda m: False)(model):
                 chosen = T.Q5_K
             if model.n_expert == 8:
                 chosen = T.Q8_0
-        elif role is Role.ATTN_K and model.n_expert == 8:
+        elif role is Role.ATTN_K and model.n_expert == 8 and scheme.model_bumps:
             chosen = T.Q8_0
     final = _fit_row(chosen, n_cols)
     return final, (chosen if final != chosen else None)
