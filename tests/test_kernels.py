@@ -132,7 +132,17 @@ def _dequantized_like_reference(ours: np.ndarray, q: np.ndarray, qtype) -> str:
 def test_bytes_equal_llama_cpp(qtype, kind, variant, monkeypatch):
     cols = _cols(qtype)
     x = _rows(kind, cols=cols)
+    if kind == "huge" and qtype.name in ABORTS_ON_HUGE:
+        # llama.cpp's lattice quantizers abort the process here ("found point not on grid": the weighted sums
+        # overflow to inf/NaN); there is no reference, so only check that ours is defined and path-independent
+        out = _both_paths(x, qtype, _imatrix(variant, cols), monkeypatch)
+        assert np.array_equal(out["default"], out["plain"])
+        return
     _assert_bytes_equal_reference(x, qtype, _imatrix(variant, cols), monkeypatch, f"{kind} rows, imatrix {variant}")
+
+
+# The grid (lattice) types whose llama.cpp quantizer aborts on rows of ~1e30 (see above).
+ABORTS_ON_HUGE = {"IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"}
 
 
 def test_row_kinds_are_what_they_claim():

@@ -12,7 +12,7 @@
 // ---- type registry
 
 static const gk_type_traits *const families[] = {gk_legacy_types, gk_kquant_types, gk_iq4_types,
-                                                 gk_ternary_types, gk_fp4_types};
+                                                 gk_ternary_types, gk_fp4_types, gk_iq3_types};
 
 static const gk_type_traits *find_type(int ggml_type) {
     for (size_t f = 0; f < sizeof families / sizeof families[0]; f++)
