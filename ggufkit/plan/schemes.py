@@ -198,6 +198,7 @@ def _more_bits(i: int, n: int) -> bool:
 ALWAYS = When("always", lambda c: True)
 MORE_BITS = When("more-bits layer", lambda c: _more_bits(c.i, c.n))
 FIRST_EIGHTH = When("first 1/8 of layers", lambda c: c.i < c.n // 8)
+LAST_EIGHTH = When("last 1/8 of layers", lambda c: c.i >= 7 * c.n // 8)
 FIRST_SIXTEENTH = When("first 1/16 of layers", lambda c: c.i < c.n // 16)
 GQA_4 = When("n_gqa >= 4", lambda c: c.model.n_gqa >= 4)
 EXPERTS_8 = When("8 experts", lambda c: c.model.n_expert == 8)
@@ -309,15 +310,34 @@ _SCHEME_LIST: tuple[Scheme, ...] = (
     # (NVFP4 has an ftype number but llama_model_quantize 0.3.36 rejects it as "invalid output file type 39";
     # Q2_0 is an ftype gguf-py 0.19 cannot name: neither is a scheme here. Both types have kernels.)
     Scheme("Q1_0", FT.MOSTLY_Q1_0, T.Q1_0),
+    # the 3-bit i-quant mixes on IQ3_S (IQ3_XS also stores IQ3_XXS, so it needs an importance matrix)
+    Scheme("IQ3_XS", FT.MOSTLY_IQ3_XS, T.IQ3_S, {
+        Role.ATTN_V: ((GQA_4, T.Q4_K),),
+        Role.ATTN_K: ((ALWAYS, T.IQ3_XXS),),
+        Role.ATTN_Q: ((ALWAYS, T.IQ3_XXS),),
+        Role.FFN_GATE: ((~FIRST_EIGHTH & ~LAST_EIGHTH, T.IQ3_XXS),),
+        Role.FFN_UP: ((~FIRST_EIGHTH & ~LAST_EIGHTH, T.IQ3_XXS),),
+        Role.ATTN_OUTPUT: _attn_output(experts_8=T.Q5_K),
+    }),
+    Scheme("IQ3_S", FT.MOSTLY_IQ3_S, T.IQ3_S, {
+        Role.ATTN_V: ((GQA_4, T.Q4_K),),
+        Role.ATTN_OUTPUT: _attn_output(experts_8=T.Q5_K),
+    }),
+    Scheme("IQ3_M", FT.MOSTLY_IQ3_M, T.IQ3_S, {
+        Role.ATTN_V: ((ALWAYS, T.Q4_K),),
+        Role.FFN_DOWN: ((FIRST_EIGHTH | (EXPERTS_8 & MORE_BITS), T.Q4_K),),
+        Role.ATTN_OUTPUT: _attn_output(experts_8=T.Q5_K, dense=T.Q4_K),
+    }),
 )
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in _SCHEME_LIST}
 
 
 # llama.cpp's schemes whose types it quantizes only with an importance matrix (its tensor_requires_imatrix:
-# IQ1/IQ2/IQ3_XXS types, and Q2_K inside a Q2_K_S file). ggufkit has no kernels for them yet; asking for one
-# says both facts rather than just "unknown".
-IMATRIX_ONLY_SCHEMES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S")
+# IQ1/IQ2/IQ3_XXS types, and Q2_K inside a Q2_K_S file). Those in SCHEMES are converted with --imatrix or
+# --calibration (ggufkit.conversion refuses them otherwise); for the rest ggufkit has no kernels yet, and asking
+# for one says both facts rather than just "unknown".
+IMATRIX_ONLY_SCHEMES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S", "IQ3_XS")
 
 
 def get_scheme(name: str) -> Scheme:
