@@ -43,6 +43,7 @@ extern const gk_type_traits gk_iq4_types[];
 extern const gk_type_traits gk_ternary_types[];   /* TQ1_0, TQ2_0, Q1_0, Q2_0 (quants_ternary.c) */
 extern const gk_type_traits gk_fp4_types[];       /* MXFP4, NVFP4 (quants_fp4.c) */
 extern const gk_type_traits gk_iq3_types[];       /* IQ3_XXS, IQ3_S (quants_iq3.c) */
+extern const gk_type_traits gk_iq2_types[];       /* IQ2_XXS, IQ2_XS: imatrix required (quants_iq2.c) */
 
 /* ---- helpers shared by the families (quants_common.c) */
 

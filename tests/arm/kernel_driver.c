@@ -82,7 +82,8 @@ int main(int argc, char **argv) {
     const float *x = read_file(argv[3], (size_t)(rows * cols) * sizeof(float));
     const float *im = read_file(argv[4], (size_t)cols * sizeof(float));
     const gk_type_traits *families[] = {gk_legacy_types, gk_kquant_types, gk_iq4_types, gk_ternary_types,
-                                          gk_fp4_types, gk_iq3_types};
+                                          gk_fp4_types, gk_iq3_types,
+                                                 gk_iq2_types};
     for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
         for (const gk_type_traits *t = families[f]; t->name != NULL; t++) {
             for (int with_im = 0; with_im < 2; with_im++) {

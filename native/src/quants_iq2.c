@@ -1,0 +1,434 @@
+// 2-bit lattice types: IQ2_XXS (66 bytes per 256 floats) and IQ2_XS (74 bytes per 256 floats).
+//
+// Groups of 8 values store their magnitudes as one point of a fixed grid (iq_grids.h: 256 points for IQ2_XXS,
+// 512 for IQ2_XS; each coordinate one of the 3 odd levels 2c + 1, c = 0..2) and 7 sign bits (the 8th makes the
+// count of negatives even: the smallest weighted magnitude has its sign flipped to get there). IQ2_XXS scales
+// sub-blocks of 32, IQ2_XS sub-blocks of 16, 4 bits each, under an fp16 super-block scale.
+//
+// llama.cpp quantizes both only with importance weights (ggml_quantize_chunk asserts them); so do these kernels:
+// the Python face refuses a call without them. The fit is llama.cpp's, step for step (same operation order and
+// rounding): weights imatrix * sqrt(sigma2 + x^2), sigma2 = mean square of the super-block; a scan over inverse
+// scales where each group rounds to the lattice and, off the grid, takes the nearest of its precomputed grid
+// neighbours; the best (sum w q x)^2 / (sum w q^2) wins, and groups are re-fitted at the final scale.
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ggufkit_quants.h"
+#include "iq_grids.h"
+#include "quants_k_internal.h"
+
+enum { QK = 256, LATTICE = 43692, MAX_LEVEL = 3, GROUP = 8 };
+
+#define ZERO_BELOW 1e-15f
+
+// ---- rounding (llama.cpp's nearest_int: through the float adder, defined for any input)
+
+static inline int round_magic(float f) {
+    float biased = f + 12582912.0f;
+    int32_t bits;
+    memcpy(&bits, &biased, 4);
+    return (bits & 0x007fffff) - 0x00400000;
+}
+
+static inline int clamp_level(int l) { return l < 0 ? 0 : l > MAX_LEVEL - 1 ? MAX_LEVEL - 1 : l; }
+
+// ---- grids and their neighbour lists
+// index_of[u] for every lattice code u (8 coordinates, 2 bits each, each 0..2): the grid index, or -(offset + 1)
+// into neighbours, where neighbours[offset] = n and then n grid indices: the grid points at the `rings` smallest
+// distinct squared distances from u (in odd-level units), by distance then index (llama.cpp: 2 rings for both).
+
+typedef struct {
+    const uint16_t *codes;
+    int size, rings;
+    int8_t point[1024][GROUP];     // (size, 8) the levels 2c + 1 of each grid point
+    int32_t index_of[LATTICE];
+    uint16_t *neighbours;
+    pthread_once_t once;
+} lattice8;
+
+static lattice8 IQ2XXS_LATTICE = {IQ2XXS_GRID_CODES, 256, 2, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
+static lattice8 IQ2XS_LATTICE = {IQ2XS_GRID_CODES, 512, 2, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
+
+static inline int level_of(int u, int k) { return 2 * ((u >> (2 * k)) & 3) + 1; }
+
+static int is_lattice_code(int u) {
+    for (int k = 0; k < GROUP; k++)
+        if (((u >> (2 * k)) & 3) == 3) return 0;
+    return 1;
+}
+
+// Writes u's neighbour list at out (NULL: only counts); returns its length including the count slot.
+static int neighbour_list(const lattice8 *g, int u, uint16_t *out) {
+    enum { MAX_D2 = GROUP * 4 * 4 };
+    int d2[1024], present[MAX_D2 + 1] = {0};
+    for (int j = 0; j < g->size; j++) {
+        int d = 0;
+        for (int k = 0; k < GROUP; k++) {
+            const int diff = g->point[j][k] - level_of(u, k);
+            d += diff * diff;
+        }
+        d2[j] = d;
+        present[d] = 1;
+    }
+    int limit = -1;
+    for (int d = 0, rings = 0; d <= MAX_D2 && rings < g->rings; d++)
+        if (present[d]) { limit = d; rings++; }
+    int n = 0;
+    for (int d = 0; d <= limit; d++) {
+        if (!present[d]) continue;
+        for (int j = 0; j < g->size; j++)
+            if (d2[j] == d) {
+                if (out) out[1 + n] = (uint16_t)j;
+                n++;
+            }
+    }
+    if (out) out[0] = (uint16_t)n;
+    return n + 1;
+}
+
+// Only codes whose fields are all 0..2 can come out of the rounding; the others get no list (never looked up).
+static void build_lattice(lattice8 *g) {
+    for (int u = 0; u < LATTICE; u++) g->index_of[u] = INT32_MIN;
+    for (int j = 0; j < g->size; j++) {
+        for (int k = 0; k < GROUP; k++) g->point[j][k] = (int8_t)level_of(g->codes[j], k);
+        g->index_of[g->codes[j]] = j;
+    }
+    size_t total = 0;
+    for (int u = 0; u < LATTICE; u++)
+        if (g->index_of[u] == INT32_MIN && is_lattice_code(u)) total += (size_t)neighbour_list(g, u, NULL);
+    g->neighbours = malloc(total * sizeof(uint16_t));
+    if (g->neighbours == NULL) abort();
+    int offset = 0;
+    for (int u = 0; u < LATTICE; u++) {
+        if (g->index_of[u] != INT32_MIN || !is_lattice_code(u)) continue;
+        g->index_of[u] = -(offset + 1);
+        offset += neighbour_list(g, u, g->neighbours + offset);
+    }
+}
+
+static void build_iq2xxs(void) { build_lattice(&IQ2XXS_LATTICE); }
+static void build_iq2xs(void) { build_lattice(&IQ2XS_LATTICE); }
+
+static const lattice8 *get_lattice(int size) {
+    if (size == 256) {
+        pthread_once(&IQ2XXS_LATTICE.once, build_iq2xxs);
+        return &IQ2XXS_LATTICE;
+    }
+    pthread_once(&IQ2XS_LATTICE.once, build_iq2xs);
+    return &IQ2XS_LATTICE;
+}
+
+// ---- one group of 8 onto the grid
+
+// The neighbour of u nearest to xval at `scale` by sum w (scale * level - x)^2 (first of equals); L gets its
+// level indices; returns its grid index.
+static int best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale, int8_t *L) {
+    const uint16_t *nb = g->neighbours - g->index_of[u] - 1;
+    float best_d2 = FLT_MAX;
+    int best = -1;
+    for (int j = 1; j <= nb[0]; j++) {
+        const int8_t *pg = g->point[nb[j]];
+        float d2 = 0.0f;
+        for (int i = 0; i < GROUP; i++) {
+            const float diff = scale * (float)pg[i] - xval[i];
+            d2 += w[i] * diff * diff;
+        }
+        if (d2 < best_d2) {
+            best_d2 = d2;
+            best = nb[j];
+        }
+    }
+    for (int i = 0; i < GROUP; i++) L[i] = (int8_t)((g->point[best][i] - 1) / 2);
+    return best;
+}
+
+// Rounds 8 magnitudes at inverse scale id to level indices (L); returns the lattice code.
+static inline int round_group(const float *xval, float id, int8_t *L) {
+    int u = 0;
+    for (int i = 0; i < GROUP; i++) {
+        L[i] = (int8_t)clamp_level(round_magic(0.5f * (id * xval[i] - 1.0f)));
+        u |= L[i] << (2 * i);
+    }
+    return u;
+}
+
+// Rounds onto the grid: L gets the grid point's level indices; returns its index.
+static inline int onto_grid(const lattice8 *g, const float *xval, const float *w, float id, float scale, int8_t *L) {
+    const int u = round_group(xval, id, L);
+    return g->index_of[u] >= 0 ? g->index_of[u] : best_neighbour(g, u, xval, w, scale, L);
+}
+
+// The grid index of a fitted group; off the grid only after an overflow (llama.cpp aborts there): point 0.
+static inline int grid_index(const lattice8 *g, const int8_t *L) {
+    int u = 0;
+    for (int i = 0; i < GROUP; i++) u |= L[i] << (2 * i);
+    const int j = g->index_of[u];
+    return j >= 0 ? j : 0;
+}
+
+static inline void weighted_sums(int n, const float *weight, const float *xval, const int8_t *L, float *sumqx,
+                                 float *sumq2) {
+    float sx = 0.0f, s2 = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float q = (float)(2 * L[i] + 1);
+        sx += weight[i] * xval[i] * q;
+        s2 += weight[i] * q * q;
+    }
+    *sumqx = sx;
+    *sumq2 = s2;
+}
+
+// ---- shared: weights, signs, the super-block scale
+
+// n values -> weight, waux = sqrt(weight), xval = |x| with one sign per group of 8 flipped back when the group
+// has an odd count of negatives (the element with the least weight * x^2); signs[k] = 7 sign bits of group k.
+static float prepare(int n, const float *xb, const float *qw, float sigma2, float *weight, float *waux, float *xval,
+                     uint8_t *signs) {
+    for (int i = 0; i < n; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
+    for (int i = 0; i < n; i++) waux[i] = sqrtf(weight[i]);
+    for (int k = 0; k < n / GROUP; k++) {
+        int nflip = 0;
+        uint8_t s = 0;
+        for (int i = 0; i < GROUP; i++) {
+            if (xb[8 * k + i] >= 0) {
+                xval[8 * k + i] = xb[8 * k + i];
+            } else {
+                xval[8 * k + i] = -xb[8 * k + i];
+                nflip++;
+                s |= (uint8_t)(1u << i);
+            }
+        }
+        if (nflip % 2) {
+            int imin = 0;
+            float min = weight[8 * k] * xb[8 * k] * xb[8 * k];
+            for (int i = 1; i < GROUP; i++) {
+                const float ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i];
+                if (ax < min) { min = ax; imin = i; }
+            }
+            xval[8 * k + imin] = -xval[8 * k + imin];
+            s ^= (uint8_t)(1u << imin);
+        }
+        signs[k] = s & 127;
+    }
+    float max = xval[0];
+    for (int i = 1; i < n; i++) max = max > xval[i] ? max : xval[i];
+    return max;
+}
+
+static float mean_square(const float *x) {
+    float sumx2 = 0.0f;
+    for (int i = 0; i < QK; i++) sumx2 += x[i] * x[i];
+    return sumx2 / QK;
+}
+
+static inline int scale_code(float id, float scale) {
+    const int l = round_magic(0.5f * (id * scale - 1));
+    return l < 0 ? 0 : l > 15 ? 15 : l;
+}
+
+// ---- IQ2_XXS
+// block (66 bytes): | d: fp16 | per sub-block s of 32: u32 LE = grid indices of its 4 groups (a byte each),
+//                   | u32 LE = bits 7k..7k+6 signs of group k, bits 28..31 scale code |
+// x = d * (0.5 + code) * 0.25 * level * sign, levels 8, 25, 43 (gguf-py's dequantization).
+
+enum { XXS_BYTES = 66, XXS_SUB = 32 };
+
+// One sub-block of 32: 0 when llama.cpp skips it (all zero, or its first fit degenerate), else 1 with *scale and
+// the level indices in L.
+static int fit_xxs(const lattice8 *g, const float *xval, const float *weight, const float *waux, float max,
+                   float *scale_out, int8_t *L) {
+    memset(L, 0, XXS_SUB);
+    if (max < ZERO_BELOW) return 0;
+    float scale = kq_fit_positive(XXS_SUB, MAX_LEVEL + 1, xval, weight, (uint8_t *)L);
+    const float eff_max = scale * MAX_LEVEL;
+    if (eff_max <= 0) {
+        memset(L, 0, XXS_SUB);
+        return 0;
+    }
+    int8_t Laux[XXS_SUB];
+    float best = 0.0f;
+    for (int s = -6; s <= 6; s++) {
+        const float id = (2 * MAX_LEVEL - 1 + s * 0.1f) / eff_max;
+        const float this_scale = 1 / id;
+        for (int k = 0; k < XXS_SUB / GROUP; k++)
+            onto_grid(g, xval + 8 * k, waux + 8 * k, id, this_scale, Laux + 8 * k);
+        float sumqx, sumq2;
+        weighted_sums(XXS_SUB, weight, xval, Laux, &sumqx, &sumq2);
+        if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            memcpy(L, Laux, XXS_SUB);
+        }
+    }
+    if (scale > 0) {
+        const float id = 1 / scale;
+        for (int k = 0; k < XXS_SUB / GROUP; k++) onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
+        float sumqx, sumq2;
+        weighted_sums(XXS_SUB, weight, xval, L, &sumqx, &sumq2);
+        if (sumq2 > 0) scale = sumqx / sumq2;
+    }
+    *scale_out = scale;
+    return 1;
+}
+
+static void quantize_row_iq2_xxs(const float *x, void *vy, int64_t n, const float *imatrix) {
+    const lattice8 *g = get_lattice(256);
+    uint8_t *y = (uint8_t *)vy;
+    float weight[XXS_SUB], waux[XXS_SUB], xval[XXS_SUB], scales[QK / XXS_SUB];
+    int8_t L[XXS_SUB];
+    for (int64_t b = 0; b < n / QK; b++, x += QK, y += XXS_BYTES) {
+        uint32_t q2[2 * (QK / XXS_SUB)] = {0};
+        memset(y, 0, XXS_BYTES);
+        const float sigma2 = mean_square(x);
+        float max_scale = 0.0f;
+        for (int s = 0; s < QK / XXS_SUB; s++) {
+            uint8_t signs[4];
+            const float max = prepare(XXS_SUB, x + XXS_SUB * s, imatrix + b * QK + XXS_SUB * s, sigma2, weight, waux,
+                                      xval, signs);
+            float scale = 0.0f;
+            if (!fit_xxs(g, xval, weight, waux, max, &scale, L)) {
+                scales[s] = 0;
+                continue;
+            }
+            if (scale < 0) {
+                scale = -scale;
+                for (int k = 0; k < 4; k++) signs[k] = (uint8_t)(~signs[k] & 127);
+            }
+            for (int k = 0; k < 4; k++) {
+                q2[2 * s] |= (uint32_t)grid_index(g, L + 8 * k) << (8 * k);
+                q2[2 * s + 1] |= (uint32_t)signs[k] << (7 * k);
+            }
+            scales[s] = scale;
+            max_scale = max_scale > scale ? max_scale : scale;
+        }
+        if (!max_scale) continue;
+        const float d = max_scale / 31;
+        store_half(y, d);
+        const float id = 1 / d;
+        for (int s = 0; s < QK / XXS_SUB; s++) q2[2 * s + 1] |= (uint32_t)scale_code(id, scales[s]) << 28;
+        memcpy(y + 2, q2, sizeof q2);
+    }
+}
+
+// ksigns: 7 stored sign bits -> 8, the 8th restoring an even count of negatives.
+static inline int even_parity_signs(int s7) { return s7 | (__builtin_popcount((unsigned)s7) & 1) << 7; }
+
+static const float IQ2_LEVELS[3] = {8, 25, 43};
+
+// +1 / -1 by a sign bit, as a multiplication that keeps a NaN's sign like numpy (see quants_iq3.c).
+static volatile const float SIGN_OF_BIT[2] = {1.f, -1.f};
+
+static inline void put_group(float db, int code, int signs, float *x) {
+    for (int j = 0; j < GROUP; j++) x[j] = db * IQ2_LEVELS[(code >> (2 * j)) & 3] * SIGN_OF_BIT[(signs >> j) & 1];
+}
+
+static void dequantize_row_iq2_xxs(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / QK; b++, y += XXS_BYTES) {
+        const float d = load_half(y);
+        for (int s = 0; s < QK / XXS_SUB; s++) {
+            uint32_t w[2];
+            memcpy(w, y + 2 + 8 * s, 8);
+            const float db = d * (0.5f + (float)(w[1] >> 28)) * 0.25f;
+            for (int k = 0; k < 4; k++, x += GROUP)
+                put_group(db, IQ2XXS_GRID_CODES[(w[0] >> (8 * k)) & 255], even_parity_signs((int)(w[1] >> (7 * k)) & 127), x);
+        }
+    }
+}
+
+// ---- IQ2_XS
+// block (74 bytes): | d: fp16 | qs: 32 x u16 LE, group k: bits 0..8 grid index, bits 9..15 signs |
+//                   | scales: 8 bytes, nibble s%2 of byte s/2 = scale code of sub-block s (16 values) |
+// x = d * (0.5 + code) * 0.25 * level * sign.
+
+enum { XS_BYTES = 74, XS_SUB = 16 };
+
+static void quantize_row_iq2_xs(const float *x, void *vy, int64_t n, const float *imatrix) {
+    const lattice8 *g = get_lattice(512);
+    uint8_t *y = (uint8_t *)vy;
+    float weight[XS_SUB], waux[XS_SUB], xval[XS_SUB], scales[QK / XS_SUB];
+    int8_t L[XS_SUB], Laux[XS_SUB];
+    for (int64_t b = 0; b < n / QK; b++, x += QK, y += XS_BYTES) {
+        uint16_t q2[2 * (QK / XS_SUB)] = {0};
+        memset(y, 0, XS_BYTES);
+        const float sigma2 = mean_square(x);
+        float max_scale = 0.0f;
+        for (int s = 0; s < QK / XS_SUB; s++) {
+            uint8_t signs[2];
+            const float max = prepare(XS_SUB, x + XS_SUB * s, imatrix + b * QK + XS_SUB * s, sigma2, weight, waux,
+                                      xval, signs);
+            memset(L, 0, XS_SUB);
+            if (max < ZERO_BELOW) {
+                scales[s] = 0;
+                continue;
+            }
+            float best = 0.0f;
+            float scale = max / (2 * MAX_LEVEL - 1);
+            int on_grid[2] = {1, 1}, on_grid_aux[2];
+            for (int is = -9; is <= 9; is++) {
+                const float id = (2 * MAX_LEVEL - 1 + is * 0.1f) / max;
+                const float this_scale = 1 / id;
+                for (int k = 0; k < 2; k++) {
+                    const int u = round_group(xval + 8 * k, id, Laux + 8 * k);
+                    on_grid_aux[k] = g->index_of[u] >= 0;
+                    if (!on_grid_aux[k]) best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Laux + 8 * k);
+                }
+                float sumqx, sumq2;
+                weighted_sums(XS_SUB, weight, xval, Laux, &sumqx, &sumq2);
+                if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+                    scale = sumqx / sumq2;
+                    best = scale * sumqx;
+                    memcpy(L, Laux, XS_SUB);
+                    memcpy(on_grid, on_grid_aux, sizeof on_grid);
+                }
+            }
+            if ((!on_grid[0] || !on_grid[1]) && scale > 0) {
+                const float id = 1 / scale;
+                for (int k = 0; k < 2; k++)
+                    if (!on_grid[k]) onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
+                float sumqx, sumq2;
+                weighted_sums(XS_SUB, weight, xval, L, &sumqx, &sumq2);
+                if (sumq2 > 0) scale = sumqx / sumq2;
+            }
+            if (scale < 0) {
+                scale = -scale;
+                for (int k = 0; k < 2; k++) signs[k] = (uint8_t)(~signs[k] & 127);
+            }
+            for (int k = 0; k < 2; k++) q2[2 * s + k] = (uint16_t)(grid_index(g, L + 8 * k) | (signs[k] << 9));
+            scales[s] = scale;
+            max_scale = max_scale > scale ? max_scale : scale;
+        }
+        if (!max_scale) continue;
+        const float d = max_scale / 31;
+        store_half(y, d);
+        const float id = 1 / d;
+        for (int s = 0; s < QK / XS_SUB; s++) y[66 + s / 2] |= (uint8_t)(scale_code(id, scales[s]) << (4 * (s % 2)));
+        memcpy(y + 2, q2, sizeof q2);
+    }
+}
+
+static void dequantize_row_iq2_xs(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / QK; b++, y += XS_BYTES) {
+        const float d = load_half(y);
+        for (int s = 0; s < QK / XS_SUB; s++) {
+            const float db = d * (0.5f + (float)((y[66 + s / 2] >> (4 * (s % 2))) & 15)) * 0.25f;
+            for (int k = 0; k < 2; k++, x += GROUP) {
+                uint16_t q;
+                memcpy(&q, y + 2 + 2 * (2 * s + k), 2);
+                put_group(db, IQ2XS_GRID_CODES[q & 511], even_parity_signs(q >> 9), x);
+            }
+        }
+    }
+}
+
+// ---- table
+
+const gk_type_traits gk_iq2_types[] = {
+    {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, NULL, NULL, dequantize_row_iq2_xxs},
+    {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, NULL, NULL, dequantize_row_iq2_xs},
+    {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
+};
