@@ -205,6 +205,7 @@ EXPERTS_8 = When("8 experts", lambda c: c.model.n_expert == 8)
 FALCON = When("falcon", lambda c: c.model.arch == "falcon")
 IMATRIX = When("imatrix", lambda c: c.has_imatrix)
 EXPERT_MATS = When("3-D expert tensor", lambda c: c.ne2 > 1)
+GQA_4_OR_EXPERTS_4 = When("n_gqa >= 4 or >= 4 experts", lambda c: c.model.n_gqa >= 4 or c.model.n_expert >= 4)
 
 
 def first(k: int) -> When:
@@ -249,6 +250,18 @@ _IQ4_RULES: dict[Role, Rules] = {
     Role.FFN_DOWN: ((FIRST_EIGHTH & ~IMATRIX, T.Q5_K),),
     Role.ATTN_OUTPUT: _attn_output(experts_8=T.Q5_K),
 }
+
+def _iq2_rules(low: T, attn_output: T | None = None) -> dict[Role, Rules]:
+    """llama.cpp's IQ1/IQ2 branch: `low` (Q2_K, or IQ3_S for IQ2_S/IQ2_M) for token_embd, attn_v without GQA and
+    the first eighth of ffn_down; Q4_K for attn_v with GQA or experts and attn_k with 8 experts."""
+    return {
+        Role.TOKEN_EMBD: ((ALWAYS, low),),
+        Role.ATTN_V: ((GQA_4_OR_EXPERTS_4, T.Q4_K), (ALWAYS, low)),
+        Role.ATTN_K: ((EXPERTS_8, T.Q4_K),),
+        Role.FFN_DOWN: ((FIRST_EIGHTH, low),),
+        Role.ATTN_OUTPUT: ((EXPERTS_8, T.Q5_K), (ALWAYS, attn_output)),
+    }
+
 
 _SCHEME_LIST: tuple[Scheme, ...] = (
     Scheme("F32", FT.ALL_F32, T.F32),
@@ -323,6 +336,10 @@ _SCHEME_LIST: tuple[Scheme, ...] = (
         Role.ATTN_V: ((GQA_4, T.Q4_K),),
         Role.ATTN_OUTPUT: _attn_output(experts_8=T.Q5_K),
     }),
+    # the 2-bit i-quant mixes: llama.cpp's IQ1/IQ2 branch (no model-wide bumps; output Q5_K; imatrix-only)
+    Scheme("IQ2_XXS", FT.MOSTLY_IQ2_XXS, T.IQ2_XXS, _iq2_rules(T.Q2_K), output=T.Q5_K, model_bumps=False),
+    Scheme("IQ2_XS", FT.MOSTLY_IQ2_XS, T.IQ2_XS, _iq2_rules(T.Q2_K), output=T.Q5_K, model_bumps=False),
+    Scheme("IQ2_S", FT.MOSTLY_IQ2_S, T.IQ2_XS, _iq2_rules(T.IQ3_S, T.IQ3_S), output=T.Q5_K, model_bumps=False),
     Scheme("IQ3_M", FT.MOSTLY_IQ3_M, T.IQ3_S, {
         Role.ATTN_V: ((ALWAYS, T.Q4_K),),
         Role.FFN_DOWN: ((FIRST_EIGHTH | (EXPERTS_8 & MORE_BITS), T.Q4_K),),
