@@ -22,7 +22,8 @@ CASES = [("demo", s) for s in ("tq1_0", "tq2_0", "mxfp4_moe")]
 CASES += [(m, s) for m in ("llama-untied", "llama") for s in ("tq1_0", "tq2_0", "mxfp4_moe", "q1_0", "iq3_s", "iq3_m")]
 IMATRIX_CASES = [(m, s) for m in ("demo", "llama-untied") for s in ("q2_k_s", "tq1_0")]
 # the i-quants on the tiny models (the demo at IQ3 takes llama.cpp minutes; its plan is checked in test_schemes)
-IMATRIX_CASES += [("llama-untied", s) for s in ("iq3_xs", "iq3_s", "iq3_m")] + [("llama", "iq3_xs")]
+IMATRIX_CASES += [("llama-untied", s) for s in ("iq3_xs", "iq3_s", "iq3_m", "iq2_xxs", "iq2_xs", "iq2_s")]
+IMATRIX_CASES += [("llama", s) for s in ("iq3_xs", "iq2_xxs")]
 
 
 def checkpoint(name, demo_dir, tiny_checkpoint) -> Path:
@@ -96,7 +97,8 @@ def test_file_with_imatrix_equals_llama_quantize(model, scheme, demo_dir, tiny_c
     ref, weights = _llama_quantized_with(converted(src, "f32"), scheme, True)
     ours = convert(src, OUT_DIR / f"{src.name}-{scheme}-imat.gguf", scheme=scheme, quiet=True, imatrix=weights)
     _assert_same_file(ours, ref)
-    if scheme in ("q2_k_s", "iq3_xs"):
-        assert {"q2_k_s": QT.Q2_K, "iq3_xs": QT.IQ3_XXS}[scheme] in {QT(t) for _, t, _ in tensor_table(ours)}
+    marker = {"q2_k_s": QT.Q2_K, "iq3_xs": QT.IQ3_XXS, "iq2_xxs": QT.IQ2_XXS, "iq2_xs": QT.IQ2_XS, "iq2_s": QT.IQ2_XS}
+    if scheme in marker:   # the imatrix-only type really is in the file, and llama.cpp runs it
+        assert marker[scheme] in {QT(t) for _, t, _ in tensor_table(ours)}
         logits = llama_cpp_logits(ours, [1, 504, 327, 30, 355, 441, 288, 327])
         assert np.isfinite(logits).all() and logits[-1].std() > 0

@@ -340,6 +340,15 @@ _SCHEME_LIST: tuple[Scheme, ...] = (
     Scheme("IQ2_XXS", FT.MOSTLY_IQ2_XXS, T.IQ2_XXS, _iq2_rules(T.Q2_K), output=T.Q5_K, model_bumps=False),
     Scheme("IQ2_XS", FT.MOSTLY_IQ2_XS, T.IQ2_XS, _iq2_rules(T.Q2_K), output=T.Q5_K, model_bumps=False),
     Scheme("IQ2_S", FT.MOSTLY_IQ2_S, T.IQ2_XS, _iq2_rules(T.IQ3_S, T.IQ3_S), output=T.Q5_K, model_bumps=False),
+    Scheme("IQ2_M", FT.MOSTLY_IQ2_M, T.IQ2_S, _iq2_rules(T.IQ3_S, T.IQ3_S), output=T.Q5_K, model_bumps=False),
+    Scheme("IQ3_XXS", FT.MOSTLY_IQ3_XXS, T.IQ3_XXS, {
+        Role.TOKEN_EMBD: ((ALWAYS, T.IQ3_S),),
+        Role.ATTN_V: ((GQA_4, T.Q4_K), (~IMATRIX, T.IQ3_S)),
+        Role.ATTN_K: ((ALWAYS, T.IQ2_S),),
+        Role.ATTN_Q: ((ALWAYS, T.IQ2_S),),
+        Role.FFN_DOWN: ((~IMATRIX & FIRST_EIGHTH, T.Q4_K), (~IMATRIX, T.Q3_K)),
+        Role.ATTN_OUTPUT: _attn_output(experts_8=T.Q5_K, dense=T.IQ3_S),
+    }, output=T.Q5_K),
     Scheme("IQ3_M", FT.MOSTLY_IQ3_M, T.IQ3_S, {
         Role.ATTN_V: ((ALWAYS, T.Q4_K),),
         Role.FFN_DOWN: ((FIRST_EIGHTH | (EXPERTS_8 & MORE_BITS), T.Q4_K),),

@@ -51,6 +51,7 @@ typedef struct {
 
 static lattice8 IQ2XXS_LATTICE = {IQ2XXS_GRID_CODES, 256, 2, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
 static lattice8 IQ2XS_LATTICE = {IQ2XS_GRID_CODES, 512, 2, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
+static lattice8 IQ2S_LATTICE = {IQ2S_GRID_CODES, 1024, 1, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
 
 static inline int level_of(int u, int k) { return 2 * ((u >> (2 * k)) & 3) + 1; }
 
@@ -111,14 +112,19 @@ static void build_lattice(lattice8 *g) {
 
 static void build_iq2xxs(void) { build_lattice(&IQ2XXS_LATTICE); }
 static void build_iq2xs(void) { build_lattice(&IQ2XS_LATTICE); }
+static void build_iq2s(void) { build_lattice(&IQ2S_LATTICE); }
 
 static const lattice8 *get_lattice(int size) {
     if (size == 256) {
         pthread_once(&IQ2XXS_LATTICE.once, build_iq2xxs);
         return &IQ2XXS_LATTICE;
     }
-    pthread_once(&IQ2XS_LATTICE.once, build_iq2xs);
-    return &IQ2XS_LATTICE;
+    if (size == 512) {
+        pthread_once(&IQ2XS_LATTICE.once, build_iq2xs);
+        return &IQ2XS_LATTICE;
+    }
+    pthread_once(&IQ2S_LATTICE.once, build_iq2s);
+    return &IQ2S_LATTICE;
 }
 
 // ---- one group of 8 onto the grid
@@ -425,10 +431,120 @@ static void dequantize_row_iq2_xs(const void *vy, float *x, int64_t n) {
     }
 }
 
+// ---- IQ2_S
+// block (82 bytes): | d: fp16 | qs: 32 bytes, low 8 bits of group g's grid index | signs: 32 bytes, a bit per value |
+//                   | qh: 8 bytes, bits 2(g%4)..+1 of qh[g/4] = bits 8..9 of group g's index |
+//                   | scales: 8 bytes, nibble s%2 of byte s/2 = scale code of sub-block s (16 values) |
+// No sign-parity trick (all 8 sign bits stored), importance weights optional (without: 0.25 sigma2 + x^2,
+// sigma2 = 2 * mean square), one neighbour ring. x = d * (0.5 + code) * 0.25 * level * sign.
+
+enum { S_BYTES = 82, S_SIGNS = 2 + 32, S_QH = 2 + 64, S_SCALES = 2 + 72 };
+#define S_ZERO_BELOW 1e-8f
+
+static void quantize_row_iq2_s(const float *x, void *vy, int64_t n, const float *imatrix) {
+    const lattice8 *g = get_lattice(1024);
+    uint8_t *y = (uint8_t *)vy;
+    float weight[XS_SUB], waux[XS_SUB], xval[XS_SUB], scales[QK / XS_SUB];
+    int8_t L[XS_SUB], Laux[XS_SUB];
+    for (int64_t b = 0; b < n / QK; b++, x += QK, y += S_BYTES) {
+        memset(y, 0, S_BYTES);
+        const float sigma2 = 2 * mean_square(x);
+        float max_scale = 0.0f;
+        for (int s = 0; s < QK / XS_SUB; s++) {
+            const float *xb = x + XS_SUB * s;
+            if (imatrix) {
+                const float *qw = imatrix + b * QK + XS_SUB * s;
+                for (int i = 0; i < XS_SUB; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
+            } else {
+                for (int i = 0; i < XS_SUB; i++) weight[i] = 0.25f * sigma2 + xb[i] * xb[i];
+            }
+            for (int i = 0; i < XS_SUB; i++) waux[i] = sqrtf(weight[i]);
+            uint8_t signs[2] = {0, 0};
+            for (int i = 0; i < XS_SUB; i++) {
+                if (xb[i] >= 0) {
+                    xval[i] = xb[i];
+                } else {
+                    xval[i] = -xb[i];
+                    signs[i / 8] |= (uint8_t)(1u << (i % 8));
+                }
+            }
+            float max = xval[0];
+            for (int i = 1; i < XS_SUB; i++) max = max > xval[i] ? max : xval[i];
+            memset(L, 0, XS_SUB);
+            if (max < S_ZERO_BELOW) {
+                scales[s] = 0;
+                continue;
+            }
+            float best = 0.0f;
+            float scale = max / (2 * MAX_LEVEL - 1);
+            int on_grid[2] = {1, 1}, on_grid_aux[2];
+            for (int is = -9; is <= 9; is++) {
+                const float id = (2 * MAX_LEVEL - 1 + is * 0.1f) / max;
+                const float this_scale = 1 / id;
+                for (int k = 0; k < 2; k++) {
+                    const int u = round_group(xval + 8 * k, id, Laux + 8 * k);
+                    on_grid_aux[k] = g->index_of[u] >= 0;
+                    if (!on_grid_aux[k]) best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Laux + 8 * k);
+                }
+                float sumqx, sumq2;
+                weighted_sums(XS_SUB, weight, xval, Laux, &sumqx, &sumq2);
+                if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+                    scale = sumqx / sumq2;
+                    best = scale * sumqx;
+                    memcpy(L, Laux, XS_SUB);
+                    memcpy(on_grid, on_grid_aux, sizeof on_grid);
+                }
+            }
+            if ((!on_grid[0] || !on_grid[1]) && scale > 0) {
+                const float id = 1 / scale;
+                for (int k = 0; k < 2; k++)
+                    if (!on_grid[k]) onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
+                float sumqx, sumq2;
+                weighted_sums(XS_SUB, weight, xval, L, &sumqx, &sumq2);
+                if (sumq2 > 0) scale = sumqx / sumq2;
+            }
+            if (scale < 0) {
+                scale = -scale;
+                signs[0] = (uint8_t)~signs[0];
+                signs[1] = (uint8_t)~signs[1];
+            }
+            for (int k = 0; k < 2; k++) {
+                const int grp = 2 * s + k, j = grid_index(g, L + 8 * k);
+                y[2 + grp] = (uint8_t)(j & 255);
+                y[S_QH + grp / 4] |= (uint8_t)((j >> 8) << (2 * (grp % 4)));
+                y[S_SIGNS + grp] = signs[k];
+            }
+            scales[s] = scale;
+            max_scale = max_scale > scale ? max_scale : scale;
+        }
+        if (!max_scale) continue;
+        const float d = max_scale / 31;
+        store_half(y, d * 0.9875f);
+        const float id = 1 / d;
+        for (int s = 0; s < QK / XS_SUB; s++) y[S_SCALES + s / 2] |= (uint8_t)(scale_code(id, scales[s]) << (4 * (s % 2)));
+    }
+}
+
+static void dequantize_row_iq2_s(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / QK; b++, y += S_BYTES) {
+        const float d = load_half(y);
+        for (int s = 0; s < QK / XS_SUB; s++) {
+            const float db = d * (0.5f + (float)((y[S_SCALES + s / 2] >> (4 * (s % 2))) & 15)) * 0.25f;
+            for (int k = 0; k < 2; k++, x += GROUP) {
+                const int grp = 2 * s + k;
+                const int j = y[2 + grp] | (((y[S_QH + grp / 4] >> (2 * (grp % 4))) & 3) << 8);
+                put_group(db, IQ2S_GRID_CODES[j], y[S_SIGNS + grp], x);
+            }
+        }
+    }
+}
+
 // ---- table
 
 const gk_type_traits gk_iq2_types[] = {
     {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, NULL, NULL, dequantize_row_iq2_xxs},
     {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, NULL, NULL, dequantize_row_iq2_xs},
+    {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, NULL, NULL, dequantize_row_iq2_s},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
