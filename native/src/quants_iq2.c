@@ -43,7 +43,7 @@ static inline int clamp_level(int l) { return l < 0 ? 0 : l > MAX_LEVEL - 1 ? MA
 typedef struct {
     const uint16_t *codes;
     int size, rings;
-    int8_t point[1024][GROUP];     // (size, 8) the levels 2c + 1 of each grid point
+    int8_t point[2048][GROUP];     // (size, 8) the levels 2c + 1 of each grid point
     int32_t index_of[LATTICE];
     uint16_t *neighbours;
     pthread_once_t once;
@@ -52,6 +52,7 @@ typedef struct {
 static lattice8 IQ2XXS_LATTICE = {IQ2XXS_GRID_CODES, 256, 2, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
 static lattice8 IQ2XS_LATTICE = {IQ2XS_GRID_CODES, 512, 2, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
 static lattice8 IQ2S_LATTICE = {IQ2S_GRID_CODES, 1024, 1, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
+static lattice8 IQ1S_LATTICE = {IQ1S_GRID_CODES, 2048, 3, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
 
 static inline int level_of(int u, int k) { return 2 * ((u >> (2 * k)) & 3) + 1; }
 
@@ -64,7 +65,7 @@ static int is_lattice_code(int u) {
 // Writes u's neighbour list at out (NULL: only counts); returns its length including the count slot.
 static int neighbour_list(const lattice8 *g, int u, uint16_t *out) {
     enum { MAX_D2 = GROUP * 4 * 4 };
-    int d2[1024], present[MAX_D2 + 1] = {0};
+    int d2[2048], present[MAX_D2 + 1] = {0};
     for (int j = 0; j < g->size; j++) {
         int d = 0;
         for (int k = 0; k < GROUP; k++) {
@@ -113,6 +114,7 @@ static void build_lattice(lattice8 *g) {
 static void build_iq2xxs(void) { build_lattice(&IQ2XXS_LATTICE); }
 static void build_iq2xs(void) { build_lattice(&IQ2XS_LATTICE); }
 static void build_iq2s(void) { build_lattice(&IQ2S_LATTICE); }
+static void build_iq1s(void) { build_lattice(&IQ1S_LATTICE); }
 
 static const lattice8 *get_lattice(int size) {
     if (size == 256) {
@@ -123,8 +125,12 @@ static const lattice8 *get_lattice(int size) {
         pthread_once(&IQ2XS_LATTICE.once, build_iq2xs);
         return &IQ2XS_LATTICE;
     }
-    pthread_once(&IQ2S_LATTICE.once, build_iq2s);
-    return &IQ2S_LATTICE;
+    if (size == 1024) {
+        pthread_once(&IQ2S_LATTICE.once, build_iq2s);
+        return &IQ2S_LATTICE;
+    }
+    pthread_once(&IQ1S_LATTICE.once, build_iq1s);
+    return &IQ1S_LATTICE;
 }
 
 // ---- one group of 8 onto the grid
@@ -540,11 +546,193 @@ static void dequantize_row_iq2_s(const void *vy, float *x, int64_t n) {
     }
 }
 
+// ---- IQ1_S
+// block (50 bytes): | d: fp16 | qs: 32 bytes, low 8 bits of group g's grid index (11 bits; 2048 points of
+//                     coordinates -1, 0, 1) | qh: 8 x u16 LE, sub-block s of 32: bits 3k..3k+2 = high bits of group
+//                     k's index, bits 12..14 = scale code c, bit 15 = the sign of the shift |
+// x = d * (2c + 1) * (coordinate + delta), delta = +-0.125. Imatrix required (as in llama.cpp).
+// The fit: the 32 values sorted (libc qsort on (value, position) pairs by value, as llama.cpp calls it, so equal
+// values land in the same order), then every split into three runs (levels -1, 0, 1, shifted by +delta or
+// -delta) scored exactly by prefix sums; groups off the grid take their nearest neighbour at the fitted scale.
+
+enum { S1_BYTES = 50, S1_SUB = 32 };
+#define IQ1S_ZERO_BELOW 1e-12f
+#define IQ1_DELTA 0.125f
+
+// The neighbour of u nearest (weighted squared distance) to xval at scale with levels xx[c]; L gets its levels.
+static int iq1_best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale,
+                              const float *xx, int8_t *L) {
+    const uint16_t *nb = g->neighbours - g->index_of[u] - 1;
+    float best_d2 = FLT_MAX;
+    int best = -1;
+    for (int j = 1; j <= nb[0]; j++) {
+        const int8_t *pg = g->point[nb[j]];
+        float d2 = 0.0f;
+        for (int i = 0; i < GROUP; i++) {
+            const float q = xx[(pg[i] - 1) / 2];
+            const float diff = scale * q - xval[i];
+            d2 += w[i] * diff * diff;
+        }
+        if (d2 < best_d2) {
+            best_d2 = d2;
+            best = nb[j];
+        }
+    }
+    if (best < 0) best = 0;   // only when every distance overflowed (llama.cpp then reads past its arrays)
+    for (int i = 0; i < GROUP; i++) L[i] = (int8_t)((g->point[best][i] - 1) / 2);
+    return best;
+}
+
+static int by_value(const void *a, const void *b) {
+    const float l = *(const float *)a, r = *(const float *)b;
+    return l < r ? -1 : l > r ? 1 : 0;
+}
+
+static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float *imatrix) {
+    const lattice8 *g = get_lattice(2048);
+    const float x_p[3] = {-1 + IQ1_DELTA, IQ1_DELTA, 1 + IQ1_DELTA};
+    const float x_m[3] = {-1 - IQ1_DELTA, -IQ1_DELTA, 1 - IQ1_DELTA};
+    uint8_t *y = (uint8_t *)vy;
+    float weight[S1_SUB], scales[QK / S1_SUB], sumx[S1_SUB + 1], sumw[S1_SUB + 1];
+    float pairs[2 * S1_SUB];             // (value, position as int bits) pairs, sorted by value
+    int8_t L[S1_SUB], shifts[QK / S1_SUB];
+    int idx_of[S1_SUB];
+    uint16_t index[S1_SUB / GROUP];
+    for (int64_t b = 0; b < n / QK; b++, x += QK, y += S1_BYTES) {
+        memset(y, 0, S1_BYTES);
+        uint16_t qh[QK / S1_SUB] = {0};
+        const float sigma2 = 2 * mean_square(x);
+        float max_scale = 0.0f;
+        for (int s = 0; s < QK / S1_SUB; s++) {
+            const float *xb = x + S1_SUB * s;
+            const float *qw = imatrix + b * QK + S1_SUB * s;
+            for (int i = 0; i < S1_SUB; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
+            float max = fabsf(xb[0]);
+            for (int i = 1; i < S1_SUB; i++) max = max > fabsf(xb[i]) ? max : fabsf(xb[i]);
+            if (max < IQ1S_ZERO_BELOW) {
+                scales[s] = 0;
+                shifts[s] = 1;
+                continue;
+            }
+            for (int j = 0; j < S1_SUB; j++) {
+                pairs[2 * j] = xb[j];
+                memcpy(&pairs[2 * j + 1], &j, 4);
+            }
+            qsort(pairs, S1_SUB, 2 * sizeof(float), by_value);
+            for (int j = 0; j < S1_SUB; j++) memcpy(&idx_of[j], &pairs[2 * j + 1], 4);
+            sumx[0] = sumw[0] = 0;
+            for (int j = 0; j < S1_SUB; j++) {
+                const int i = idx_of[j];
+                sumx[j + 1] = sumx[j] + weight[i] * xb[i];
+                sumw[j + 1] = sumw[j] + weight[i];
+            }
+            float best_score = -FLT_MAX, scale = max;
+            int besti1 = -1, besti2 = -1, best_shift = 0;
+            for (int i1 = 0; i1 <= S1_SUB; i1++) {
+                for (int i2 = i1; i2 <= S1_SUB; i2++) {
+                    for (int sh = 0; sh < 2; sh++) {
+                        const float *xs = sh == 0 ? x_p : x_m;
+                        const float sumqx = (sumx[i1] - sumx[0]) * xs[0] + (sumx[i2] - sumx[i1]) * xs[1] +
+                                            (sumx[S1_SUB] - sumx[i2]) * xs[2];
+                        const float sumq2 = (sumw[i1] - sumw[0]) * xs[0] * xs[0] + (sumw[i2] - sumw[i1]) * xs[1] * xs[1] +
+                                            (sumw[S1_SUB] - sumw[i2]) * xs[2] * xs[2];
+                        if (sumq2 > 0 && sumqx * sumqx > best_score * sumq2) {
+                            scale = sumqx / sumq2;
+                            best_score = scale * sumqx;
+                            besti1 = i1;
+                            besti2 = i2;
+                            best_shift = sh == 0 ? 1 : -1;
+                        }
+                    }
+                }
+            }
+            if (besti1 < 0 || besti2 < 0 || best_shift == 0) {
+                scales[s] = 0;
+                shifts[s] = 1;
+                continue;
+            }
+            for (int j = 0; j < besti1; j++) L[idx_of[j]] = 0;
+            for (int j = besti1; j < besti2; j++) L[idx_of[j]] = 1;
+            for (int j = besti2; j < S1_SUB; j++) L[idx_of[j]] = 2;
+            if (scale < 0) {
+                for (int j = 0; j < S1_SUB; j++) L[j] = (int8_t)(2 - L[j]);
+                scale = -scale;
+                best_shift = -best_shift;
+            }
+            int all_on_grid = 1;
+            const float *xx = best_shift == 1 ? x_p : x_m;
+            for (int k = 0; k < S1_SUB / GROUP; k++) {
+                int u = 0;
+                for (int j = 0; j < GROUP; j++) u |= L[8 * k + j] << (2 * j);
+                int j = g->index_of[u];
+                if (j < 0) {
+                    all_on_grid = 0;
+                    j = iq1_best_neighbour(g, u, xb + 8 * k, weight + 8 * k, scale, xx, L + 8 * k);
+                }
+                index[k] = (uint16_t)j;
+            }
+            if (!all_on_grid) {
+                float sumqx = 0, sumq2 = 0;
+                for (int k = 0; k < S1_SUB / GROUP; k++) {
+                    const int8_t *pg = g->point[index[k]];
+                    for (int j = 0; j < GROUP; j++) {
+                        const float w = weight[8 * k + j], q = xx[(pg[j] - 1) / 2];
+                        sumqx += w * q * xb[8 * k + j];
+                        sumq2 += w * q * q;
+                    }
+                }
+                if (sumqx > 0 && sumq2 > 0) scale = sumqx / sumq2;
+            }
+            uint16_t h = 0;
+            for (int k = 0; k < S1_SUB / GROUP; k++) {
+                y[2 + (S1_SUB / GROUP) * s + k] = (uint8_t)(index[k] & 255);
+                h |= (uint16_t)((index[k] >> 8) << (3 * k));
+            }
+            qh[s] = h;
+            scales[s] = scale;
+            shifts[s] = (int8_t)best_shift;
+            max_scale = max_scale > scale ? max_scale : scale;
+        }
+        if (!max_scale) {
+            memcpy(y + 34, qh, sizeof qh);
+            continue;
+        }
+        const float d = max_scale / 15;
+        store_half(y, d * 1.125f);
+        const float id = 1 / d;
+        for (int s = 0; s < QK / S1_SUB; s++) {
+            int l = round_magic(0.5f * (id * scales[s] - 1));
+            l = l < 0 ? 0 : l > 7 ? 7 : l;
+            if (shifts[s] == -1) l |= 8;
+            qh[s] |= (uint16_t)(l << 12);
+        }
+        memcpy(y + 34, qh, sizeof qh);
+    }
+}
+
+static void dequantize_row_iq1_s(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / QK; b++, y += S1_BYTES) {
+        const float d = load_half(y);
+        for (int s = 0; s < QK / S1_SUB; s++) {
+            uint16_t qh;
+            memcpy(&qh, y + 34 + 2 * s, 2);
+            const float dl = d * (float)(2 * ((qh >> 12) & 7) + 1);
+            const float delta = qh & 0x8000 ? -IQ1_DELTA : IQ1_DELTA;
+            for (int k = 0; k < 4; k++, x += GROUP) {
+                const int code = IQ1S_GRID_CODES[y[2 + 4 * s + k] | (((qh >> (3 * k)) & 7) << 8)];
+                for (int j = 0; j < GROUP; j++) x[j] = dl * ((float)(((code >> (2 * j)) & 3) - 1) + delta);
+            }
+        }
+    }
+}
+
 // ---- table
 
 const gk_type_traits gk_iq2_types[] = {
     {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, NULL, NULL, dequantize_row_iq2_xxs},
     {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, NULL, NULL, dequantize_row_iq2_xs},
     {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, NULL, NULL, dequantize_row_iq2_s},
+    {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, NULL, NULL, dequantize_row_iq1_s},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
