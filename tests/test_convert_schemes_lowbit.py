@@ -23,7 +23,7 @@ CASES += [(m, s) for m in ("llama-untied", "llama") for s in ("tq1_0", "tq2_0", 
 IMATRIX_CASES = [(m, s) for m in ("demo", "llama-untied") for s in ("q2_k_s", "tq1_0")]
 # the i-quants on the tiny models (the demo at IQ3 takes llama.cpp minutes; its plan is checked in test_schemes)
 IMATRIX_CASES += [("llama-untied", s) for s in ("iq3_xs", "iq3_s", "iq3_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m",
-                                             "iq3_xxs", "iq1_s")]
+                                             "iq3_xxs", "iq1_s", "iq1_m")]
 IMATRIX_CASES += [("llama", s) for s in ("iq3_xs", "iq2_xxs")]
 
 
@@ -99,7 +99,8 @@ def test_file_with_imatrix_equals_llama_quantize(model, scheme, demo_dir, tiny_c
     ours = convert(src, OUT_DIR / f"{src.name}-{scheme}-imat.gguf", scheme=scheme, quiet=True, imatrix=weights)
     _assert_same_file(ours, ref)
     marker = {"q2_k_s": QT.Q2_K, "iq3_xs": QT.IQ3_XXS, "iq2_xxs": QT.IQ2_XXS, "iq2_xs": QT.IQ2_XS, "iq2_s": QT.IQ2_XS,
-              "iq2_m": QT.IQ2_S, "iq3_xxs": QT.IQ3_XXS, "iq1_s": QT.IQ1_S}
+              "iq2_m": QT.IQ2_S, "iq3_xxs": QT.IQ3_XXS, "iq1_s": QT.IQ1_S,
+              "iq1_m": QT.IQ1_M}
     if scheme in marker:   # the imatrix-only type really is in the file, and llama.cpp runs it
         assert marker[scheme] in {QT(t) for _, t, _ in tensor_table(ours)}
         logits = llama_cpp_logits(ours, [1, 504, 327, 30, 355, 441, 288, 327])

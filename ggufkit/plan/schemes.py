@@ -342,6 +342,7 @@ _SCHEME_LIST: tuple[Scheme, ...] = (
     Scheme("IQ2_S", FT.MOSTLY_IQ2_S, T.IQ2_XS, _iq2_rules(T.IQ3_S, T.IQ3_S), output=T.Q5_K, model_bumps=False),
     Scheme("IQ2_M", FT.MOSTLY_IQ2_M, T.IQ2_S, _iq2_rules(T.IQ3_S, T.IQ3_S), output=T.Q5_K, model_bumps=False),
     Scheme("IQ1_S", FT.MOSTLY_IQ1_S, T.IQ1_S, _iq2_rules(T.Q2_K, T.IQ2_XXS), output=T.Q5_K, model_bumps=False),
+    Scheme("IQ1_M", FT.MOSTLY_IQ1_M, T.IQ1_M, _iq2_rules(T.Q2_K, T.IQ2_XXS), output=T.Q5_K, model_bumps=False),
     Scheme("IQ3_XXS", FT.MOSTLY_IQ3_XXS, T.IQ3_XXS, {
         Role.TOKEN_EMBD: ((ALWAYS, T.IQ3_S),),
         Role.ATTN_V: ((GQA_4, T.Q4_K), (~IMATRIX, T.IQ3_S)),

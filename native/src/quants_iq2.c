@@ -727,6 +727,196 @@ static void dequantize_row_iq1_s(const void *vy, float *x, int64_t n) {
     }
 }
 
+// ---- IQ1_M
+// block (56 bytes): | qs: 32 bytes, low 8 bits of group g's grid index |
+//                   | qh: 16 bytes, sub-block s of 16: bits 0..2 / 4..6 = high bits of its groups 0 / 1, bits 3 / 7
+//                     = the shift sign of groups 0 / 1 | scales: 4 x u16 LE, bits 3j..3j+2 of word s/4 = the 3-bit
+//                     scale code of sub-block s (j = s % 4), bits 12..15 of words 0..3 = the fp16 super-block scale,
+//                     a nibble per word, low nibble first |
+// x = d * (2c + 1) * (coordinate + delta). Imatrix optional (without: w = x^2). Each half of a sub-block may take
+// its own shift sign, so the split search scores four sign pairs at once from per-half prefix sums; afterwards
+// the super-block scale is refitted over the whole block at the chosen levels.
+
+enum { M1_BYTES = 56, M1_SUB = 16, M1_QH = 32, M1_SCALES = 48 };
+#define IQ1M_ZERO_BELOW 1e-7f
+
+static void m1_weights(const float *xb, const float *qw, float sigma2, float *weight) {
+    if (qw)
+        for (int i = 0; i < M1_SUB; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
+    else
+        for (int i = 0; i < M1_SUB; i++) weight[i] = xb[i] * xb[i];
+}
+
+static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float *imatrix) {
+    const lattice8 *g = get_lattice(2048);
+    const float x_p[3] = {-1 + IQ1_DELTA, IQ1_DELTA, 1 + IQ1_DELTA};
+    const float x_m[3] = {-1 - IQ1_DELTA, -IQ1_DELTA, 1 - IQ1_DELTA};
+    static const uint8_t masks[4] = {0x00, 0x80, 0x08, 0x88};
+    uint8_t *y = (uint8_t *)vy;
+    float weight[M1_SUB], scales[QK / M1_SUB], pairs[2 * M1_SUB];
+    int8_t L[M1_SUB], shifts[QK / M1_SUB];
+    int idx_of[M1_SUB];
+    uint16_t index[2];
+    for (int64_t b = 0; b < n / QK; b++, x += QK, y += M1_BYTES) {
+        memset(y, 0, M1_BYTES);
+        const float sigma2 = 2 * mean_square(x);
+        const float *imb = imatrix ? imatrix + b * QK : NULL;
+        float max_scale = 0.0f;
+        for (int s = 0; s < QK / M1_SUB; s++) {
+            const float *xb = x + M1_SUB * s;
+            m1_weights(xb, imb ? imb + M1_SUB * s : NULL, sigma2, weight);
+            float max = fabsf(xb[0]);
+            for (int i = 1; i < M1_SUB; i++) max = max > fabsf(xb[i]) ? max : fabsf(xb[i]);
+            if (max < IQ1M_ZERO_BELOW) {
+                scales[s] = 0;
+                shifts[s] = 0;
+                continue;
+            }
+            for (int j = 0; j < M1_SUB; j++) {
+                pairs[2 * j] = xb[j];
+                memcpy(&pairs[2 * j + 1], &j, 4);
+            }
+            qsort(pairs, M1_SUB, 2 * sizeof(float), by_value);
+            for (int j = 0; j < M1_SUB; j++) memcpy(&idx_of[j], &pairs[2 * j + 1], 4);
+            float best_score = -FLT_MAX, scale = max;
+            int besti1 = -1, besti2 = -1, best_k = -1;
+            // per half h of the sub-block: prefix sums of w*x and w in sorted order (the other half's stay flat)
+            float px[2][M1_SUB + 1], pw[2][M1_SUB + 1];
+            px[0][0] = px[1][0] = pw[0][0] = pw[1][0] = 0;
+            for (int j = 0; j < M1_SUB; j++) {
+                const int i = idx_of[j], h = i < M1_SUB / 2 ? 0 : 1;
+                px[h][j + 1] = px[h][j] + weight[i] * xb[i];
+                px[1 - h][j + 1] = px[1 - h][j];
+                pw[h][j + 1] = pw[h][j] + weight[i];
+                pw[1 - h][j + 1] = pw[1 - h][j];
+            }
+            const float txs[2] = {px[0][M1_SUB], px[1][M1_SUB]}, tws[2] = {pw[0][M1_SUB], pw[1][M1_SUB]};
+            const float p2 = x_p[2], m2 = x_m[2];
+            const float cp1 = x_p[0] * x_p[0] - x_p[1] * x_p[1], cp2 = x_p[1] * x_p[1] - x_p[2] * x_p[2];
+            const float cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1], cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2];
+            for (int i1 = 0; i1 <= M1_SUB; i1++) {
+                for (int i2 = i1; i2 <= M1_SUB; i2++) {
+                    float qx_p[2], qx_m[2], q2_p[2], q2_m[2], sqx[4], sq2[4];
+                    for (int h = 0; h < 2; h++) {
+                        const float sx = px[h][i1] + px[h][i2];
+                        qx_p[h] = txs[h] * p2 - sx;
+                        qx_m[h] = txs[h] * m2 - sx;
+                        q2_p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
+                        q2_m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
+                    }
+                    // k: shift signs of (first half, second half): 0 = ++, 1 = +-, 2 = -+, 3 = --
+                    sqx[0] = qx_p[0] + qx_p[1]; sqx[1] = qx_p[0] + qx_m[1];
+                    sqx[2] = qx_m[0] + qx_p[1]; sqx[3] = qx_m[0] + qx_m[1];
+                    sq2[0] = q2_p[0] + q2_p[1]; sq2[1] = q2_p[0] + q2_m[1];
+                    sq2[2] = q2_m[0] + q2_p[1]; sq2[3] = q2_m[0] + q2_m[1];
+                    for (int k = 0; k < 4; k++) {
+                        if (sq2[k] > 0 && sqx[k] * sqx[k] > best_score * sq2[k]) {
+                            scale = sqx[k] / sq2[k];
+                            best_score = scale * sqx[k];
+                            besti1 = i1;
+                            besti2 = i2;
+                            best_k = k;
+                        }
+                    }
+                }
+            }
+            if (besti1 < 0 || besti2 < 0 || best_k < 0) {
+                scales[s] = 0;
+                shifts[s] = 0;
+                continue;
+            }
+            for (int j = 0; j < besti1; j++) L[idx_of[j]] = 0;
+            for (int j = besti1; j < besti2; j++) L[idx_of[j]] = 1;
+            for (int j = besti2; j < M1_SUB; j++) L[idx_of[j]] = 2;
+            if (scale < 0) {
+                for (int j = 0; j < M1_SUB; j++) L[j] = (int8_t)(2 - L[j]);
+                scale = -scale;
+                best_k = 3 - best_k;
+            }
+            int all_on_grid = 1;
+            for (int k = 0; k < 2; k++) {
+                const float *xx = (k == 0 ? best_k < 2 : best_k % 2 == 0) ? x_p : x_m;
+                int u = 0;
+                for (int j = 0; j < GROUP; j++) u |= L[8 * k + j] << (2 * j);
+                int j = g->index_of[u];
+                if (j < 0) {
+                    all_on_grid = 0;
+                    j = iq1_best_neighbour(g, u, xb + 8 * k, weight + 8 * k, scale, xx, L + 8 * k);
+                }
+                index[k] = (uint16_t)j;
+            }
+            if (!all_on_grid) {
+                float sumqx = 0, sumq2 = 0;
+                for (int k = 0; k < 2; k++) {
+                    const float *xx = (k == 0 ? best_k < 2 : best_k % 2 == 0) ? x_p : x_m;
+                    const int8_t *pg = g->point[index[k]];
+                    for (int j = 0; j < GROUP; j++) {
+                        const float w = weight[8 * k + j], q = xx[(pg[j] - 1) / 2];
+                        sumqx += w * q * xb[8 * k + j];
+                        sumq2 += w * q * q;
+                    }
+                }
+                if (sumqx > 0 && sumq2 > 0) scale = sumqx / sumq2;
+            }
+            y[2 * s] = (uint8_t)(index[0] & 255);
+            y[2 * s + 1] = (uint8_t)(index[1] & 255);
+            y[M1_QH + s] = (uint8_t)((index[0] >> 8) | ((index[1] >> 8) << 4));
+            scales[s] = scale;
+            shifts[s] = (int8_t)best_k;
+            max_scale = max_scale > scale ? max_scale : scale;
+        }
+        if (!max_scale) continue;
+        uint16_t sc[4] = {0, 0, 0, 0};
+        float d = max_scale / 15;
+        const float id = 1 / d;
+        float sumqx = 0, sumq2 = 0;
+        for (int s = 0; s < QK / M1_SUB; s++) {
+            int l = round_magic(0.5f * (id * scales[s] - 1));
+            l = l < 0 ? 0 : l > 7 ? 7 : l;
+            sc[s / 4] |= (uint16_t)(l << (3 * (s % 4)));
+            y[M1_QH + s] |= masks[shifts[s]];
+            const float *xb = x + M1_SUB * s;
+            m1_weights(xb, imb ? imb + M1_SUB * s : NULL, sigma2, weight);
+            for (int k = 0; k < 2; k++) {
+                const float *xx = (k == 0 ? shifts[s] < 2 : shifts[s] % 2 == 0) ? x_p : x_m;
+                const int8_t *pg = g->point[y[2 * s + k] + ((y[M1_QH + s] << (8 - 4 * k)) & 0x700)];
+                for (int j = 0; j < GROUP; j++) {
+                    const float w = weight[8 * k + j], q = xx[(pg[j] - 1) / 2] * (float)(2 * l + 1);
+                    sumqx += w * q * xb[8 * k + j];
+                    sumq2 += w * q * q;
+                }
+            }
+        }
+        if (sumq2 > 0) d = sumqx / sumq2;
+        const uint16_t h = gk_fp32_to_fp16(d * 1.1125f);
+        sc[0] |= (uint16_t)((h & 0x000f) << 12);
+        sc[1] |= (uint16_t)((h & 0x00f0) << 8);
+        sc[2] |= (uint16_t)((h & 0x0f00) << 4);
+        sc[3] |= (uint16_t)(h & 0xf000);
+        memcpy(y + M1_SCALES, sc, sizeof sc);
+    }
+}
+
+static void dequantize_row_iq1_m(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / QK; b++, y += M1_BYTES) {
+        uint16_t sc[4];
+        memcpy(sc, y + M1_SCALES, sizeof sc);
+        const uint16_t h = (uint16_t)((sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000));
+        const float d = gk_fp16_to_fp32(h);
+        for (int s = 0; s < QK / M1_SUB; s++) {
+            const float dl = d * (float)(2 * ((sc[s / 4] >> (3 * (s % 4))) & 7) + 1);
+            const uint8_t qh = y[M1_QH + s];
+            for (int k = 0; k < 2; k++, x += GROUP) {
+                const int j = y[2 * s + k] | (((qh >> (4 * k)) & 7) << 8);
+                const float delta = (qh >> (4 * k + 3)) & 1 ? -IQ1_DELTA : IQ1_DELTA;
+                const int code = IQ1S_GRID_CODES[j];
+                for (int i = 0; i < GROUP; i++) x[i] = dl * ((float)(((code >> (2 * i)) & 3) - 1) + delta);
+            }
+        }
+    }
+}
+
 // ---- table
 
 const gk_type_traits gk_iq2_types[] = {
@@ -734,5 +924,6 @@ const gk_type_traits gk_iq2_types[] = {
     {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, NULL, NULL, dequantize_row_iq2_xs},
     {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, NULL, NULL, dequantize_row_iq2_s},
     {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, NULL, NULL, dequantize_row_iq1_s},
+    {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, NULL, NULL, dequantize_row_iq1_m},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
