@@ -27,7 +27,14 @@ static inline float block_amax(const float *x, int n) {
 
 // A value's trit 0, 1, 2 (for -1, 0, +1) as llama.cpp computes it; may leave 0..2 for non-finite products, and
 // the packing below works modulo 256 as llama.cpp's uint8_t arithmetic does.
-static inline int trit_of(float v) { return (int)lroundf(v) + 1; }
+static inline int trit_of(float v) {
+    if (!(fabsf(v) < 8388608.0f)) return (int)lroundf(v) + 1;   // huge or non-finite: llama.cpp's call exactly
+    // lroundf inline for |v| < 2^23: truncate, then step away from zero when the exact remainder is >= 1/2
+    int i = (int)v;
+    const float r = v - (float)i;
+    i += (r >= 0.5f) - (r <= -0.5f);
+    return i + 1;
+}
 
 // ---- TQ1_0
 // block (54 bytes): | qs: 48 bytes, five trits each | qh: 4 bytes, four trits each | d: fp16 |
