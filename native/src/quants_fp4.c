@@ -139,10 +139,72 @@ static void dequantize_row_nvfp4(const void *vy, float *x, int64_t n) {
             unpack_codes(y + 4 + 8 * s, NVFP4_SUB, ue4m3_half(y[s]), x + NVFP4_SUB * s);
 }
 
+// ---- AVX2: eight values in lanes
+// The nearest-code search of eight values at once, each lane doing nearest_code's operations in its order (the
+// products level * d are the scalar ones, shared by all lanes); the scale steps stay scalar.
+
+#if defined(__x86_64__) || defined(__i386__)
+#include "simd_x86.h"
+#define HAVE_FP4_AVX2 1
+
+// codes of x[0..7] at scale d, as 32-bit lanes
+GK_AVX2 static inline __m256i nearest_code8(const float *x, float d) {
+    const __m256 v = _mm256_loadu_ps(x), sign = _mm256_set1_ps(-0.0f);
+    __m256i best = _mm256_setzero_si256();
+    __m256 best_err = _mm256_andnot_ps(sign, _mm256_sub_ps(_mm256_set1_ps((float)FP4_LEVELS[0] * d), v));
+    for (int i = 1; i < 16; i++) {
+        const __m256 err = _mm256_andnot_ps(sign, _mm256_sub_ps(_mm256_set1_ps((float)FP4_LEVELS[i] * d), v));
+        const __m256 lt = _mm256_cmp_ps(err, best_err, _CMP_LT_OQ);
+        best = _mm256_blendv_epi8(best, _mm256_set1_epi32(i), _mm256_castps_si256(lt));
+        best_err = _mm256_blendv_ps(best_err, err, lt);
+    }
+    return best;
+}
+
+// n values (n = 16 or 32) -> n/2 bytes as pack_codes.
+GK_AVX2 static inline void pack_codes_avx2(const float *x, int n, float d, uint8_t *qs) {
+    int32_t c[32];
+    for (int j = 0; j < n; j += 8) _mm256_storeu_si256((__m256i *)(void *)(c + j), nearest_code8(x + j, d));
+    for (int j = 0; j < n / 2; j++) qs[j] = (uint8_t)(c[j] | (c[j + n / 2] << 4));
+}
+
+GK_AVX2 static void quantize_row_mxfp4_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
+    (void)imatrix;
+    uint8_t *y = (uint8_t *)vy;
+    for (int64_t b = 0; b < n / MXFP4_BLOCK; b++, x += MXFP4_BLOCK, y += MXFP4_BYTES) {
+        float amax = 0.0f;
+        for (int j = 0; j < MXFP4_BLOCK; j++)
+            if (amax < fabsf(x[j])) amax = fabsf(x[j]);
+        const uint8_t e = amax > 0.0f ? (uint8_t)(floorf(log2f(amax)) - 2 + 127) : 0;
+        y[0] = e;
+        pack_codes_avx2(x, MXFP4_BLOCK, e8m0_half(e), y + 1);
+    }
+}
+
+GK_AVX2 static void quantize_row_nvfp4_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
+    (void)imatrix;
+    uint8_t *y = (uint8_t *)vy;
+    for (int64_t b = 0; b < n / NVFP4_BLOCK; b++, x += NVFP4_BLOCK, y += NVFP4_BYTES) {
+        for (int s = 0; s < NVFP4_BLOCK / NVFP4_SUB; s++) {
+            const float *xs = x + NVFP4_SUB * s;
+            float amax = 0.0f;
+            for (int j = 0; j < NVFP4_SUB; j++)
+                if (amax < fabsf(xs[j])) amax = fabsf(xs[j]);
+            const uint8_t u = ue4m3_of(amax / 6.0f);
+            y[s] = u;
+            pack_codes_avx2(xs, NVFP4_SUB, ue4m3_half(u), y + 4 + 8 * s);
+        }
+    }
+}
+#define FP4_SIMD(fn) fn##_avx2, "avx2"
+#else
+#define FP4_SIMD(fn) NULL, NULL
+#endif
+
 // ---- table
 
 const gk_type_traits gk_fp4_types[] = {
-    {39, "MXFP4", MXFP4_BLOCK, MXFP4_BYTES, quantize_row_mxfp4, NULL, NULL, dequantize_row_mxfp4},
-    {40, "NVFP4", NVFP4_BLOCK, NVFP4_BYTES, quantize_row_nvfp4, NULL, NULL, dequantize_row_nvfp4},
+    {39, "MXFP4", MXFP4_BLOCK, MXFP4_BYTES, quantize_row_mxfp4, FP4_SIMD(quantize_row_mxfp4), dequantize_row_mxfp4},
+    {40, "NVFP4", NVFP4_BLOCK, NVFP4_BYTES, quantize_row_nvfp4, FP4_SIMD(quantize_row_nvfp4), dequantize_row_nvfp4},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
