@@ -139,15 +139,20 @@ static const lattice8 *get_lattice(int size) {
 // level indices; returns its grid index.
 static int best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale, int8_t *L) {
     const uint16_t *nb = g->neighbours - g->index_of[u] - 1;
+    // term[i][c] = w[i] * (scale * (2c + 1) - x[i])^2, exactly as the per-neighbour loop computes it; a neighbour's
+    // distance sums its eight terms in coordinate order (the same floats, 24 products per group)
+    float term[GROUP][MAX_LEVEL];
+    for (int i = 0; i < GROUP; i++)
+        for (int c = 0; c < MAX_LEVEL; c++) {
+            const float diff = scale * (float)(2 * c + 1) - xval[i];
+            term[i][c] = w[i] * diff * diff;
+        }
     float best_d2 = FLT_MAX;
     int best = -1;
     for (int j = 1; j <= nb[0]; j++) {
-        const int8_t *pg = g->point[nb[j]];
+        const uint16_t code = g->codes[nb[j]];
         float d2 = 0.0f;
-        for (int i = 0; i < GROUP; i++) {
-            const float diff = scale * (float)pg[i] - xval[i];
-            d2 += w[i] * diff * diff;
-        }
+        for (int i = 0; i < GROUP; i++) d2 += term[i][(code >> (2 * i)) & 3];
         if (d2 < best_d2) {
             best_d2 = d2;
             best = nb[j];
@@ -563,16 +568,18 @@ enum { S1_BYTES = 50, S1_SUB = 32 };
 static int iq1_best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale,
                               const float *xx, int8_t *L) {
     const uint16_t *nb = g->neighbours - g->index_of[u] - 1;
+    float term[GROUP][3];   // w[i] * (scale * xx[c] - x[i])^2, as the per-neighbour loop computes it
+    for (int i = 0; i < GROUP; i++)
+        for (int c = 0; c < 3; c++) {
+            const float diff = scale * xx[c] - xval[i];
+            term[i][c] = w[i] * diff * diff;
+        }
     float best_d2 = FLT_MAX;
     int best = -1;
     for (int j = 1; j <= nb[0]; j++) {
-        const int8_t *pg = g->point[nb[j]];
+        const uint16_t code = g->codes[nb[j]];
         float d2 = 0.0f;
-        for (int i = 0; i < GROUP; i++) {
-            const float q = xx[(pg[i] - 1) / 2];
-            const float diff = scale * q - xval[i];
-            d2 += w[i] * diff * diff;
-        }
+        for (int i = 0; i < GROUP; i++) d2 += term[i][(code >> (2 * i)) & 3];
         if (d2 < best_d2) {
             best_d2 = d2;
             best = nb[j];
