@@ -20,7 +20,9 @@ from ggufkit.plan.schemes import get_scheme
 QT = gguf.GGMLQuantizationType
 CASES = [("demo", s) for s in ("tq1_0", "tq2_0", "mxfp4_moe")]
 CASES += [(m, s) for m in ("llama-untied", "llama") for s in ("tq1_0", "tq2_0", "mxfp4_moe", "q1_0", "iq3_s", "iq3_m")]
+CASES += [("mistral", "tq2_0"), ("qwen2", "iq3_m")]   # two more families
 IMATRIX_CASES = [(m, s) for m in ("demo", "llama-untied") for s in ("q2_k_s", "tq1_0")]
+IMATRIX_CASES += [("mistral", "iq2_xs"), ("qwen2", "iq1_m")]
 # the i-quants on the tiny models (the demo at IQ3 takes llama.cpp minutes; its plan is checked in test_schemes)
 IMATRIX_CASES += [("llama-untied", s) for s in ("iq3_xs", "iq3_s", "iq3_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m",
                                              "iq3_xxs", "iq1_s", "iq1_m")]
