@@ -5,11 +5,12 @@ The library calls (ggufkit.api; imported on first use, so `import ggufkit` stays
     ggufkit.convert("./model", "model-Q4_K_M.gguf", scheme="q4_k_m", calibration="text.txt")
     im = ggufkit.imatrix("./model", "text.txt", out="model.imatrix.gguf")
     report = ggufkit.fit("./model", "rpi5-8gb", ctx=4096)
+    ggufkit.quantize("model-BF16.gguf", "model-Q4_K_M.gguf", scheme="q4_k_m", tensor_types=["attn_v=q8_0"])
 """
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "convert", "fit", "imatrix", "load"]
-_API = {"load", "convert", "imatrix", "fit"}
+__all__ = ["__version__", "convert", "fit", "imatrix", "load", "quantize"]
+_API = {"load", "convert", "imatrix", "fit", "quantize"}
 
 
 def __getattr__(name: str):

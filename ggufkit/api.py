@@ -80,3 +80,34 @@ def fit(model: str | Path, device: str, ctx: int = 4096, headroom: float = 0.15,
     from ggufkit.commands.fit import fit_report
 
     return fit_report(str(model), device, ctx, headroom, reserve_mib)
+
+
+def quantize(src: str | Path, out: str | Path | None = None, scheme: str = "q4_k_m", imatrix=None,
+             tensor_types=(), output_tensor_type: str | None = None, token_embedding_type: str | None = None,
+             pure: bool = False, leave_output_tensor: bool = False, include_weights=(), exclude_weights=(),
+             override_kv=(), allow_requantize: bool = False, keep_split: bool = False,
+             split_max_size: int | str | None = None, split_max_tensors: int | None = None,
+             threads: int | None = None, progress: bool = False) -> list[Path]:
+    """Quantize the GGUF model SRC (a file, or the first part of a split set) to SCHEME, as llama-quantize does
+    with the same options (byte for byte); returns the written file(s).
+
+    tensor_types: "REGEX=TYPE" strings; override_kv: "KEY=TYPE:VALUE" strings; types by name ("q8_0");
+    split_max_size: bytes or "2G". See `ggufkit quantize --help` for each option's meaning."""
+    from ggufkit.errors import InputError
+    from ggufkit.plan import overrides as ov
+    from ggufkit.quantization import default_output, make_plan, run
+
+    try:
+        controls = ov.Controls(
+            tensor_types=tuple(ov.parse_tensor_type(t) for t in tensor_types),
+            output_tensor_type=ov.parse_ggml_type(output_tensor_type) if output_tensor_type else None,
+            token_embedding_type=ov.parse_ggml_type(token_embedding_type) if token_embedding_type else None,
+            pure=pure, leave_output_tensor=leave_output_tensor,
+            kv_overrides=tuple(ov.parse_kv_override(o) for o in override_kv),
+            include_weights=tuple(include_weights), exclude_weights=tuple(exclude_weights))
+        plan = make_plan(str(src), scheme, controls, imatrix, keep_split=keep_split, split_max_size=split_max_size,
+                         split_max_tensors=split_max_tensors)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    out = Path(out) if out is not None else default_output(plan)
+    return run(plan, out, threads=threads, allow_requantize=allow_requantize, progress=progress)
