@@ -212,10 +212,27 @@ def convert(src, out=None, scheme: str = "q4_k_m", threads: int | None = None, q
     return out
 
 
+def _check_imatrix_coverage(plan: Plan, imatrix) -> None:
+    """llama-quantize refuses a type it quantizes only with importance weights (IQ1/IQ2/IQ3_XXS, Q2_K in Q2_K_S)
+    for a tensor without them; so does ggufkit, before anything is written."""
+    from ggufkit.plan.schemes import requires_imatrix
+
+    for p in plan.tensors:
+        if requires_imatrix(plan.scheme, p.tensor.name, p.qtype) and (imatrix is None or imatrix(p.tensor.name) is None):
+            what = "has no entry for it" if imatrix is not None else "was given"
+            raise InputError(f"{p.tensor.name}: scheme {plan.scheme.name} stores it as {p.qtype.name}, which needs "
+                             f"an importance matrix, and none {what}: pass --imatrix FILE or --calibration TEXT")
+
+
 def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
         progress: bool = False) -> Path:
     """Write the planned tensors to OUT in one pass. imatrix: name -> (cols,) f32 or None (see load_imatrix).
     Returns OUT, or for a split set the path of its first part."""
+    if imatrix is not None and plan.controls is not None and (plan.controls.include_weights
+                                                              or plan.controls.exclude_weights):
+        lookup, keep = imatrix, plan.controls.filter_imatrix
+        imatrix = lambda name: lookup(name) if keep([name]) else None
+    _check_imatrix_coverage(plan, imatrix)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -228,10 +245,6 @@ def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
                                     plan.split.get("max_tensors"))
     else:
         writer = StreamingGGUF(out, plan.arch.arch_name)
-    if imatrix is not None and plan.controls is not None and (plan.controls.include_weights
-                                                              or plan.controls.exclude_weights):
-        lookup, keep = imatrix, plan.controls.filter_imatrix
-        imatrix = lambda name: lookup(name) if keep([name]) else None
     with writer as g:
         g.open()
         write_metadata(g, plan)

@@ -54,3 +54,25 @@ def describe_mismatch(ours: np.ndarray, ref: np.ndarray, block_bytes: int) -> st
     first = int(bad[0])
     return (f"{len(bad)} of {len(a)} blocks differ; first at row {first // blocks_per_row}, block "
             f"{first % blocks_per_row}:\n  ours={a[first].tobytes().hex()}\n  ref ={b[first].tobytes().hex()}")
+
+
+class _TypeTraits(ctypes.Structure):
+    """ggml.h's struct ggml_type_traits (the fields up to the row converters)."""
+    _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
+                ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
+                ("is_quantized", ctypes.c_bool),
+                ("to_float", ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)),
+                ("from_float_ref", ctypes.c_void_p)]
+
+
+def ggml_dequantize(data: np.ndarray, qtype: int, rows: int, cols: int) -> np.ndarray:
+    """(rows, row_bytes) u8 -> (rows, cols) f32 through ggml's own to_float (for types gguf-py cannot decode)."""
+    lib = libggml_base()
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
+    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    traits = lib.ggml_get_type_traits(int(qtype)).contents
+    q = np.ascontiguousarray(data, dtype=np.uint8).reshape(rows, -1)
+    out = np.zeros((rows, cols), dtype=np.float32)
+    for r in range(rows):   # row by row: ggml's converters take a row count of values, not a byte count
+        traits.to_float(q[r].ctypes.data, out[r].ctypes.data, cols)
+    return out

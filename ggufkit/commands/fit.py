@@ -39,7 +39,10 @@ def _rows(shape, info, n_ctx, features):
 
     rows = []
     for name in SCHEMES:
-        typed = memory.with_scheme(shape, info, name)
+        try:
+            typed = memory.with_scheme(shape, info, name)
+        except ValueError:   # the model's rows fit no block of the scheme (Q1_0 on rows of 576): not a candidate
+            continue
         est = memory.estimate(typed, n_ctx, features)
         n_params = sum(_count(s) for _, s, _ in typed.tensors)
         rows.append({"scheme": name, "file_mib": round(typed.weight_bytes / MIB, 1),

@@ -168,6 +168,7 @@ class Ctx:
     n: int
     model: ModelInfo
     has_imatrix: bool
+    ne2: int = 1          # ggml's ne[2]: the expert count of a 3-D expert tensor, 1 for a matrix
 
 
 @dataclass(frozen=True)
@@ -197,11 +198,14 @@ def _more_bits(i: int, n: int) -> bool:
 ALWAYS = When("always", lambda c: True)
 MORE_BITS = When("more-bits layer", lambda c: _more_bits(c.i, c.n))
 FIRST_EIGHTH = When("first 1/8 of layers", lambda c: c.i < c.n // 8)
+LAST_EIGHTH = When("last 1/8 of layers", lambda c: c.i >= 7 * c.n // 8)
 FIRST_SIXTEENTH = When("first 1/16 of layers", lambda c: c.i < c.n // 16)
 GQA_4 = When("n_gqa >= 4", lambda c: c.model.n_gqa >= 4)
 EXPERTS_8 = When("8 experts", lambda c: c.model.n_expert == 8)
 FALCON = When("falcon", lambda c: c.model.arch == "falcon")
 IMATRIX = When("imatrix", lambda c: c.has_imatrix)
+EXPERT_MATS = When("3-D expert tensor", lambda c: c.ne2 > 1)
+GQA_4_OR_EXPERTS_4 = When("n_gqa >= 4 or >= 4 experts", lambda c: c.model.n_gqa >= 4 or c.model.n_expert >= 4)
 
 
 # Model-wide bumps after a scheme's own rules, for every quantized scheme (llama-quantize: "for the 8-expert model,
@@ -228,6 +232,8 @@ class Scheme:
     file_type: FT
     base_type: T
     rules: dict[Role, Rules] = field(default_factory=dict)
+    output: T | None = None      # output.weight's type when not the default (Q6_K, or Q8_0 for Q8_0)
+    model_bumps: bool = True     # step 5 applies (llama.cpp skips it in its MXFP4_MOE and IQ1/IQ2 branches)
 
     @property
     def quantized(self) -> bool:
@@ -237,6 +243,8 @@ class Scheme:
     @property
     def output_type(self) -> T:
         """output.weight (and tied token_embd.weight) when its rows fit the base type's blocks."""
+        if self.output is not None:
+            return self.output
         return T.Q8_0 if self.base_type == T.Q8_0 else T.Q6_K
 
 
@@ -250,6 +258,18 @@ _IQ4_RULES: dict[Role, Rules] = {
     Role.FFN_DOWN: ((FIRST_EIGHTH & ~IMATRIX, T.Q5_K),),
     Role.ATTN_OUTPUT: _attn_output(experts_8=T.Q5_K),
 }
+
+def _iq2_rules(low: T, attn_output: T | None = None) -> dict[Role, Rules]:
+    """llama.cpp's IQ1/IQ2 branch: `low` (Q2_K, or IQ3_S for IQ2_S/IQ2_M) for token_embd, attn_v without GQA and
+    the first eighth of ffn_down; Q4_K for attn_v with GQA or experts and attn_k with 8 experts."""
+    return {
+        Role.TOKEN_EMBD: ((ALWAYS, low),),
+        Role.ATTN_V: ((GQA_4_OR_EXPERTS_4, T.Q4_K), (ALWAYS, low)),
+        Role.ATTN_K: ((EXPERTS_8, T.Q4_K),),
+        Role.FFN_DOWN: ((FIRST_EIGHTH, low),),
+        Role.ATTN_OUTPUT: ((EXPERTS_8, T.Q5_K), (ALWAYS, attn_output)),
+    }
+
 
 _SCHEME_LIST: tuple[Scheme, ...] = (
     Scheme("F32", FT.ALL_F32, T.F32),
@@ -297,15 +317,63 @@ _SCHEME_LIST: tuple[Scheme, ...] = (
     Scheme("Q6_K", FT.MOSTLY_Q6_K, T.Q6_K),
     Scheme("IQ4_NL", FT.MOSTLY_IQ4_NL, T.IQ4_NL, _IQ4_RULES),
     Scheme("IQ4_XS", FT.MOSTLY_IQ4_XS, T.IQ4_XS, _IQ4_RULES),
+    # Q2_K_S: Q2_K without Q2_K's promotions, and only with an importance matrix (see requires_imatrix)
+    Scheme("Q2_K_S", FT.MOSTLY_Q2_K_S, T.Q2_K, {
+        Role.ATTN_V: ((GQA_4, T.Q4_K),),
+        Role.FFN_DOWN: ((FIRST_EIGHTH, T.Q4_K),),
+    }),
+    Scheme("TQ1_0", FT.MOSTLY_TQ1_0, T.TQ1_0, {Role.TOKEN_EMBD: ((ALWAYS, T.Q4_K),)}),
+    Scheme("TQ2_0", FT.MOSTLY_TQ2_0, T.TQ2_0, {Role.TOKEN_EMBD: ((ALWAYS, T.Q4_K),)}),
+    # MXFP4_MOE: 3-D expert tensors MXFP4, every other quantized tensor (token_embd too) and output Q8_0
+    Scheme("MXFP4_MOE", FT.MOSTLY_MXFP4_MOE, T.Q8_0,
+           {role: ((EXPERT_MATS, T.MXFP4),) for role in Role if role is not Role.OUTPUT},
+           output=T.Q8_0, model_bumps=False),
+    # (NVFP4 has an ftype number but llama_model_quantize 0.3.36 rejects it as "invalid output file type 39";
+    # Q2_0 is an ftype gguf-py 0.19 cannot name: neither is a scheme here. Both types have kernels.)
+    Scheme("Q1_0", FT.MOSTLY_Q1_0, T.Q1_0),
+    # the 3-bit i-quant mixes on IQ3_S (IQ3_XS also stores IQ3_XXS, so it needs an importance matrix)
+    Scheme("IQ3_XS", FT.MOSTLY_IQ3_XS, T.IQ3_S, {
+        Role.ATTN_V: ((GQA_4, T.Q4_K),),
+        Role.ATTN_K: ((ALWAYS, T.IQ3_XXS),),
+        Role.ATTN_Q: ((ALWAYS, T.IQ3_XXS),),
+        Role.FFN_GATE: ((~FIRST_EIGHTH & ~LAST_EIGHTH, T.IQ3_XXS),),
+        Role.FFN_UP: ((~FIRST_EIGHTH & ~LAST_EIGHTH, T.IQ3_XXS),),
+        Role.ATTN_OUTPUT: _attn_output(experts_8=T.Q5_K),
+    }),
+    Scheme("IQ3_S", FT.MOSTLY_IQ3_S, T.IQ3_S, {
+        Role.ATTN_V: ((GQA_4, T.Q4_K),),
+        Role.ATTN_OUTPUT: _attn_output(experts_8=T.Q5_K),
+    }),
+    # the 2-bit i-quant mixes: llama.cpp's IQ1/IQ2 branch (no model-wide bumps; output Q5_K; imatrix-only)
+    Scheme("IQ2_XXS", FT.MOSTLY_IQ2_XXS, T.IQ2_XXS, _iq2_rules(T.Q2_K), output=T.Q5_K, model_bumps=False),
+    Scheme("IQ2_XS", FT.MOSTLY_IQ2_XS, T.IQ2_XS, _iq2_rules(T.Q2_K), output=T.Q5_K, model_bumps=False),
+    Scheme("IQ2_S", FT.MOSTLY_IQ2_S, T.IQ2_XS, _iq2_rules(T.IQ3_S, T.IQ3_S), output=T.Q5_K, model_bumps=False),
+    Scheme("IQ2_M", FT.MOSTLY_IQ2_M, T.IQ2_S, _iq2_rules(T.IQ3_S, T.IQ3_S), output=T.Q5_K, model_bumps=False),
+    Scheme("IQ1_S", FT.MOSTLY_IQ1_S, T.IQ1_S, _iq2_rules(T.Q2_K, T.IQ2_XXS), output=T.Q5_K, model_bumps=False),
+    Scheme("IQ1_M", FT.MOSTLY_IQ1_M, T.IQ1_M, _iq2_rules(T.Q2_K, T.IQ2_XXS), output=T.Q5_K, model_bumps=False),
+    Scheme("IQ3_XXS", FT.MOSTLY_IQ3_XXS, T.IQ3_XXS, {
+        Role.TOKEN_EMBD: ((ALWAYS, T.IQ3_S),),
+        Role.ATTN_V: ((GQA_4, T.Q4_K), (~IMATRIX, T.IQ3_S)),
+        Role.ATTN_K: ((ALWAYS, T.IQ2_S),),
+        Role.ATTN_Q: ((ALWAYS, T.IQ2_S),),
+        Role.FFN_DOWN: ((~IMATRIX & FIRST_EIGHTH, T.Q4_K), (~IMATRIX, T.Q3_K)),
+        Role.ATTN_OUTPUT: _attn_output(experts_8=T.Q5_K, dense=T.IQ3_S),
+    }, output=T.Q5_K),
+    Scheme("IQ3_M", FT.MOSTLY_IQ3_M, T.IQ3_S, {
+        Role.ATTN_V: ((ALWAYS, T.Q4_K),),
+        Role.FFN_DOWN: ((FIRST_EIGHTH | (EXPERTS_8 & MORE_BITS), T.Q4_K),),
+        Role.ATTN_OUTPUT: _attn_output(experts_8=T.Q5_K, dense=T.Q4_K),
+    }),
 )
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in _SCHEME_LIST}
 
 
 # llama.cpp's schemes whose types it quantizes only with an importance matrix (its tensor_requires_imatrix:
-# IQ1/IQ2/IQ3_XXS types, and Q2_K inside a Q2_K_S file). ggufkit has no kernels for them yet; asking for one
-# says both facts rather than just "unknown".
-IMATRIX_ONLY_SCHEMES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S")
+# IQ1/IQ2/IQ3_XXS types, and Q2_K inside a Q2_K_S file). Those in SCHEMES are converted with --imatrix or
+# --calibration (ggufkit.conversion refuses them otherwise); for the rest ggufkit has no kernels yet, and asking
+# for one says both facts rather than just "unknown".
+IMATRIX_ONLY_SCHEMES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S", "IQ3_XS")
 
 
 def get_scheme(name: str) -> Scheme:
@@ -319,6 +387,18 @@ def get_scheme(name: str) -> Scheme:
             raise ValueError(f"scheme {name!r} is one llama.cpp quantizes only with an importance matrix, and "
                              f"ggufkit does not offer it yet (known: {known})") from None
         raise ValueError(f"unknown scheme {name!r} (known: {known})") from None
+
+
+# The types llama.cpp quantizes only with importance weights (tensor_requires_imatrix), except in token_embd and
+# output; Q2_K only inside a Q2_K_S file.
+_IMATRIX_TYPES = frozenset({T.IQ1_S, T.IQ1_M, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS})
+
+
+def requires_imatrix(scheme: Scheme, name: str, qtype: T) -> bool:
+    """Whether llama-quantize refuses to write this tensor as qtype without an importance matrix."""
+    if name in _TOKEN_EMBD_NAMES or name == "output.weight":
+        return False
+    return qtype in _IMATRIX_TYPES or (qtype == T.Q2_K and scheme.name == "Q2_K_S")
 
 
 # ---- fallbacks for rows that do not fit a type's blocks
@@ -408,12 +488,13 @@ def _choose(scheme: Scheme, name: str, shape: Sequence[int], role: Role, model: 
         chosen = T.Q8_0 if misfit else scheme.output_type
     else:
         i, n = counters.take(role, name)
-        ctx = Ctx(i, n, model, has_imatrix)
+        ctx = Ctx(i, n, model, has_imatrix, shape[-3] if len(shape) >= 3 else 1)
         picked = next((t for cond, t in scheme.rules.get(role, ()) if cond(ctx)), None)
         chosen = base if picked is None else picked
-        if role is Role.ATTN_V and chosen in (T.Q3_K, T.Q4_K) and _IS_70B.get(model.arch, lambda m: False)(model):
-            chosen = T.Q5_K
-        chosen = next((t for r, cond, t in MODEL_BUMPS if r is role and cond(ctx)), chosen)
+        if scheme.model_bumps:  # llama.cpp skips these in its MXFP4_MOE and IQ1/IQ2 branches
+            if role is Role.ATTN_V and chosen in (T.Q3_K, T.Q4_K) and _IS_70B.get(model.arch, lambda m: False)(model):
+                chosen = T.Q5_K
+            chosen = next((t for r, cond, t in MODEL_BUMPS if r is role and cond(ctx)), chosen)
     final = _fit_row(chosen, n_cols)
     return final, (chosen if final != chosen else None)
 

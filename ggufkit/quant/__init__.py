@@ -15,10 +15,16 @@ from gguf import GGMLQuantizationType
 
 from ggufkit import _quants
 
-__all__ = ["default_threads", "dequantize", "quantize", "row_size", "simd_active", "supported_types"]
+__all__ = ["REQUIRES_IMATRIX", "default_threads", "dequantize", "quantize", "row_size", "simd_active", "supported_types"]
 
-# ggml_type id -> (name, block_size, type_size, simd_feature, simd_active)
-_TRAITS = {t[0]: t[1:] for t in _quants.types()}
+# ggml_type id -> (name, block_size, type_size, simd_feature, simd_active), for the types gguf-py can name (the
+# native core may hold types newer than the pinned gguf-py, e.g. Q2_0; they stay reachable through _quants only)
+_KNOWN_IDS = {int(t) for t in GGMLQuantizationType}
+_TRAITS = {t[0]: t[1:] for t in _quants.types() if t[0] in _KNOWN_IDS}
+
+
+# Types llama.cpp quantizes only with importance weights (ggml_quantize_requires_imatrix): quantize() needs one.
+REQUIRES_IMATRIX = frozenset({GGMLQuantizationType.IQ2_XXS, GGMLQuantizationType.IQ2_XS, GGMLQuantizationType.IQ1_S})
 
 
 def _resolve(qtype) -> GGMLQuantizationType:
@@ -82,6 +88,8 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, threads: i
         raise ValueError(f"x has {count} non-finite value(s) (NaN/Inf); first at (row {first // cols}, "
                          f"col {first % cols})")
     im = None
+    if imatrix is None and t in REQUIRES_IMATRIX:
+        raise ValueError(f"{t.name} is quantized only with importance weights (as in llama.cpp): pass an imatrix")
     if imatrix is not None:
         im = np.ascontiguousarray(imatrix, dtype=np.float32)
         if im.shape != (cols,):

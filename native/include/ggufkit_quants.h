@@ -3,7 +3,7 @@
  *
  * A GGML block type turns `block_size` consecutive floats of one row into `type_size` bytes. A row of n floats
  * (n a multiple of block_size) becomes n / block_size blocks laid end to end. Every type registers one
- * gk_type_traits entry in the table of its family file (quants_legacy.c, quants_k.c, quants_iq4.c):
+ * gk_type_traits entry in the table of its family file (quants_legacy.c, quants_k.c, quants_iq4.c, ...):
  *
  *   quantize_row(x, y, n, imatrix)   x: n f32, y: (n / block_size) * type_size bytes, imatrix: n f32 importance
  *                                    weights for the row's columns, or NULL. Must reproduce llama.cpp's
@@ -40,6 +40,10 @@ typedef struct {
 extern const gk_type_traits gk_legacy_types[];
 extern const gk_type_traits gk_kquant_types[];
 extern const gk_type_traits gk_iq4_types[];
+extern const gk_type_traits gk_ternary_types[];   /* TQ1_0, TQ2_0, Q1_0, Q2_0 (quants_ternary.c) */
+extern const gk_type_traits gk_fp4_types[];       /* MXFP4, NVFP4 (quants_fp4.c) */
+extern const gk_type_traits gk_iq3_types[];       /* IQ3_XXS, IQ3_S (quants_iq3.c) */
+extern const gk_type_traits gk_iq2_types[];       /* IQ2_XXS, IQ2_XS: imatrix required (quants_iq2.c) */
 
 /* ---- helpers shared by the families (quants_common.c) */
 

@@ -11,7 +11,9 @@
 
 // ---- type registry
 
-static const gk_type_traits *const families[] = {gk_legacy_types, gk_kquant_types, gk_iq4_types};
+static const gk_type_traits *const families[] = {gk_legacy_types, gk_kquant_types, gk_iq4_types,
+                                                 gk_ternary_types, gk_fp4_types, gk_iq3_types,
+                                                 gk_iq2_types};
 
 static const gk_type_traits *find_type(int ggml_type) {
     for (size_t f = 0; f < sizeof families / sizeof families[0]; f++)
@@ -127,6 +129,8 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
                             t->name, cols, t->block_size);
     Py_buffer xb, ob, ib;
     int has_im = imo != Py_None;
+    if (!has_im && (ggml_type == 16 || ggml_type == 17 || ggml_type == 19))  // IQ2_XXS, IQ2_XS, IQ1_S
+        return PyErr_Format(PyExc_ValueError, "%s is quantized only with importance weights", t->name);
     if (get_buffer(xo, &xb, 0, "x") != 0) return NULL;
     if (get_buffer(outo, &ob, 1, "out") != 0) { PyBuffer_Release(&xb); return NULL; }
     if (has_im && get_buffer(imo, &ib, 0, "imatrix") != 0) {

@@ -81,10 +81,14 @@ int main(int argc, char **argv) {
     if (rows <= 0 || cols <= 0 || cols % 256 != 0) { fprintf(stderr, "COLS must be a multiple of 256\n"); return 2; }
     const float *x = read_file(argv[3], (size_t)(rows * cols) * sizeof(float));
     const float *im = read_file(argv[4], (size_t)cols * sizeof(float));
-    const gk_type_traits *families[] = {gk_legacy_types, gk_kquant_types, gk_iq4_types};
+    const gk_type_traits *families[] = {gk_legacy_types, gk_kquant_types, gk_iq4_types, gk_ternary_types,
+                                          gk_fp4_types, gk_iq3_types,
+                                                 gk_iq2_types};
     for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
         for (const gk_type_traits *t = families[f]; t->name != NULL; t++) {
-            for (int with_im = 0; with_im < 2; with_im++) {
+            // IQ2_XXS, IQ2_XS, IQ1_S: quantized only with importance weights (as in llama.cpp)
+            const int needs_im = t->ggml_type == 16 || t->ggml_type == 17 || t->ggml_type == 19;
+            for (int with_im = needs_im; with_im < 2; with_im++) {
                 const float *w = with_im ? im : NULL;
                 run(t, t->quantize_row, "plain", x, w, rows, cols, argv[5]);
                 if (t->quantize_row_simd != NULL && cpu_can(t->simd_feature)) run(t, t->quantize_row_simd, "simd", x, w, rows, cols, argv[5]);

@@ -19,7 +19,9 @@ HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden_blocks.npz"
 REFERENCE_VERSION = "0.3.36"  # llama-cpp-python
 COLS = 256  # one 256-float super-block, eight 32-float blocks
-TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
+         "TQ1_0", "TQ2_0", "Q1_0", "MXFP4", "NVFP4", "IQ3_XXS", "IQ3_S",
+         "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"]
 
 
 def _lcg(n: int, seed: int) -> np.ndarray:
@@ -61,7 +63,9 @@ def main() -> None:
     names, rows = [], []
     for name in TYPES:
         t = int(GGMLQuantizationType[name])
-        for suffix, weights in (("", None), ("+imatrix", im)):
+        # llama.cpp quantizes these only with importance weights (it aborts without): no plain entry
+        needs_im = name in ("IQ2_XXS", "IQ2_XS", "IQ1_S")
+        for suffix, weights in (("", None), ("+imatrix", im))[needs_im:]:
             names.append(name + suffix)
             rows.append(ggml_quantize(x, t, weights)[0])
     offsets = np.cumsum([0] + [len(r) for r in rows]).astype(np.int64)

@@ -1,0 +1,936 @@
+// 2-bit lattice types: IQ2_XXS (66 bytes per 256 floats) and IQ2_XS (74 bytes per 256 floats).
+//
+// Groups of 8 values store their magnitudes as one point of a fixed grid (iq_grids.h: 256 points for IQ2_XXS,
+// 512 for IQ2_XS; each coordinate one of the 3 odd levels 2c + 1, c = 0..2) and 7 sign bits (the 8th makes the
+// count of negatives even: the smallest weighted magnitude has its sign flipped to get there). IQ2_XXS scales
+// sub-blocks of 32, IQ2_XS sub-blocks of 16, 4 bits each, under an fp16 super-block scale.
+//
+// llama.cpp quantizes both only with importance weights (ggml_quantize_chunk asserts them); so do these kernels:
+// the Python face refuses a call without them. The fit is llama.cpp's, step for step (same operation order and
+// rounding): weights imatrix * sqrt(sigma2 + x^2), sigma2 = mean square of the super-block; a scan over inverse
+// scales where each group rounds to the lattice and, off the grid, takes the nearest of its precomputed grid
+// neighbours; the best (sum w q x)^2 / (sum w q^2) wins, and groups are re-fitted at the final scale.
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ggufkit_quants.h"
+#include "iq_grids.h"
+#include "quants_k_internal.h"
+
+enum { QK = 256, LATTICE = 43692, MAX_LEVEL = 3, GROUP = 8 };
+
+#define ZERO_BELOW 1e-15f
+
+// ---- rounding (llama.cpp's nearest_int: through the float adder, defined for any input)
+
+static inline int round_magic(float f) {
+    float biased = f + 12582912.0f;
+    int32_t bits;
+    memcpy(&bits, &biased, 4);
+    return (bits & 0x007fffff) - 0x00400000;
+}
+
+static inline int clamp_level(int l) { return l < 0 ? 0 : l > MAX_LEVEL - 1 ? MAX_LEVEL - 1 : l; }
+
+// ---- grids and their neighbour lists
+// index_of[u] for every lattice code u (8 coordinates, 2 bits each, each 0..2): the grid index, or -(offset + 1)
+// into neighbours, where neighbours[offset] = n and then n grid indices: the grid points at the `rings` smallest
+// distinct squared distances from u (in odd-level units), by distance then index (llama.cpp: 2 rings for both).
+
+typedef struct {
+    const uint16_t *codes;
+    int size, rings;
+    int8_t point[2048][GROUP];     // (size, 8) the levels 2c + 1 of each grid point
+    int32_t index_of[LATTICE];
+    uint16_t *neighbours;
+    pthread_once_t once;
+} lattice8;
+
+static lattice8 IQ2XXS_LATTICE = {IQ2XXS_GRID_CODES, 256, 2, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
+static lattice8 IQ2XS_LATTICE = {IQ2XS_GRID_CODES, 512, 2, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
+static lattice8 IQ2S_LATTICE = {IQ2S_GRID_CODES, 1024, 1, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
+static lattice8 IQ1S_LATTICE = {IQ1S_GRID_CODES, 2048, 3, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
+
+static inline int level_of(int u, int k) { return 2 * ((u >> (2 * k)) & 3) + 1; }
+
+static int is_lattice_code(int u) {
+    for (int k = 0; k < GROUP; k++)
+        if (((u >> (2 * k)) & 3) == 3) return 0;
+    return 1;
+}
+
+// Writes u's neighbour list at out (NULL: only counts); returns its length including the count slot.
+static int neighbour_list(const lattice8 *g, int u, uint16_t *out) {
+    enum { MAX_D2 = GROUP * 4 * 4 };
+    int d2[2048], present[MAX_D2 + 1] = {0};
+    for (int j = 0; j < g->size; j++) {
+        int d = 0;
+        for (int k = 0; k < GROUP; k++) {
+            const int diff = g->point[j][k] - level_of(u, k);
+            d += diff * diff;
+        }
+        d2[j] = d;
+        present[d] = 1;
+    }
+    int limit = -1;
+    for (int d = 0, rings = 0; d <= MAX_D2 && rings < g->rings; d++)
+        if (present[d]) { limit = d; rings++; }
+    int n = 0;
+    for (int d = 0; d <= limit; d++) {
+        if (!present[d]) continue;
+        for (int j = 0; j < g->size; j++)
+            if (d2[j] == d) {
+                if (out) out[1 + n] = (uint16_t)j;
+                n++;
+            }
+    }
+    if (out) out[0] = (uint16_t)n;
+    return n + 1;
+}
+
+// Only codes whose fields are all 0..2 can come out of the rounding; the others get no list (never looked up).
+static void build_lattice(lattice8 *g) {
+    for (int u = 0; u < LATTICE; u++) g->index_of[u] = INT32_MIN;
+    for (int j = 0; j < g->size; j++) {
+        for (int k = 0; k < GROUP; k++) g->point[j][k] = (int8_t)level_of(g->codes[j], k);
+        g->index_of[g->codes[j]] = j;
+    }
+    size_t total = 0;
+    for (int u = 0; u < LATTICE; u++)
+        if (g->index_of[u] == INT32_MIN && is_lattice_code(u)) total += (size_t)neighbour_list(g, u, NULL);
+    g->neighbours = malloc(total * sizeof(uint16_t));
+    if (g->neighbours == NULL) abort();
+    int offset = 0;
+    for (int u = 0; u < LATTICE; u++) {
+        if (g->index_of[u] != INT32_MIN || !is_lattice_code(u)) continue;
+        g->index_of[u] = -(offset + 1);
+        offset += neighbour_list(g, u, g->neighbours + offset);
+    }
+}
+
+static void build_iq2xxs(void) { build_lattice(&IQ2XXS_LATTICE); }
+static void build_iq2xs(void) { build_lattice(&IQ2XS_LATTICE); }
+static void build_iq2s(void) { build_lattice(&IQ2S_LATTICE); }
+static void build_iq1s(void) { build_lattice(&IQ1S_LATTICE); }
+
+static const lattice8 *get_lattice(int size) {
+    if (size == 256) {
+        pthread_once(&IQ2XXS_LATTICE.once, build_iq2xxs);
+        return &IQ2XXS_LATTICE;
+    }
+    if (size == 512) {
+        pthread_once(&IQ2XS_LATTICE.once, build_iq2xs);
+        return &IQ2XS_LATTICE;
+    }
+    if (size == 1024) {
+        pthread_once(&IQ2S_LATTICE.once, build_iq2s);
+        return &IQ2S_LATTICE;
+    }
+    pthread_once(&IQ1S_LATTICE.once, build_iq1s);
+    return &IQ1S_LATTICE;
+}
+
+// ---- one group of 8 onto the grid
+
+// The neighbour of u nearest to xval at `scale` by sum w (scale * level - x)^2 (first of equals); L gets its
+// level indices; returns its grid index.
+static int best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale, int8_t *L) {
+    const uint16_t *nb = g->neighbours - g->index_of[u] - 1;
+    // term[i][c] = w[i] * (scale * (2c + 1) - x[i])^2, exactly as the per-neighbour loop computes it; a neighbour's
+    // distance sums its eight terms in coordinate order (the same floats, 24 products per group)
+    float term[GROUP][MAX_LEVEL];
+    for (int i = 0; i < GROUP; i++)
+        for (int c = 0; c < MAX_LEVEL; c++) {
+            const float diff = scale * (float)(2 * c + 1) - xval[i];
+            term[i][c] = w[i] * diff * diff;
+        }
+    float best_d2 = FLT_MAX;
+    int best = -1;
+    for (int j = 1; j <= nb[0]; j++) {
+        const uint16_t code = g->codes[nb[j]];
+        float d2 = 0.0f;
+        for (int i = 0; i < GROUP; i++) d2 += term[i][(code >> (2 * i)) & 3];
+        if (d2 < best_d2) {
+            best_d2 = d2;
+            best = nb[j];
+        }
+    }
+    for (int i = 0; i < GROUP; i++) L[i] = (int8_t)((g->point[best][i] - 1) / 2);
+    return best;
+}
+
+// Rounds 8 magnitudes at inverse scale id to level indices (L); returns the lattice code.
+static inline int round_group(const float *xval, float id, int8_t *L) {
+    int u = 0;
+    for (int i = 0; i < GROUP; i++) {
+        L[i] = (int8_t)clamp_level(round_magic(0.5f * (id * xval[i] - 1.0f)));
+        u |= L[i] << (2 * i);
+    }
+    return u;
+}
+
+// Rounds onto the grid: L gets the grid point's level indices; returns its index.
+static inline int onto_grid(const lattice8 *g, const float *xval, const float *w, float id, float scale, int8_t *L) {
+    const int u = round_group(xval, id, L);
+    return g->index_of[u] >= 0 ? g->index_of[u] : best_neighbour(g, u, xval, w, scale, L);
+}
+
+// The grid index of a fitted group; off the grid only after an overflow (llama.cpp aborts there): point 0.
+static inline int grid_index(const lattice8 *g, const int8_t *L) {
+    int u = 0;
+    for (int i = 0; i < GROUP; i++) u |= L[i] << (2 * i);
+    const int j = g->index_of[u];
+    return j >= 0 ? j : 0;
+}
+
+static inline void weighted_sums(int n, const float *weight, const float *xval, const int8_t *L, float *sumqx,
+                                 float *sumq2) {
+    float sx = 0.0f, s2 = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float q = (float)(2 * L[i] + 1);
+        sx += weight[i] * xval[i] * q;
+        s2 += weight[i] * q * q;
+    }
+    *sumqx = sx;
+    *sumq2 = s2;
+}
+
+// ---- shared: weights, signs, the super-block scale
+
+// n values -> weight, waux = sqrt(weight), xval = |x| with one sign per group of 8 flipped back when the group
+// has an odd count of negatives (the element with the least weight * x^2); signs[k] = 7 sign bits of group k.
+static float prepare(int n, const float *xb, const float *qw, float sigma2, float *weight, float *waux, float *xval,
+                     uint8_t *signs) {
+    for (int i = 0; i < n; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
+    for (int i = 0; i < n; i++) waux[i] = sqrtf(weight[i]);
+    for (int k = 0; k < n / GROUP; k++) {
+        int nflip = 0;
+        uint8_t s = 0;
+        for (int i = 0; i < GROUP; i++) {
+            if (xb[8 * k + i] >= 0) {
+                xval[8 * k + i] = xb[8 * k + i];
+            } else {
+                xval[8 * k + i] = -xb[8 * k + i];
+                nflip++;
+                s |= (uint8_t)(1u << i);
+            }
+        }
+        if (nflip % 2) {
+            int imin = 0;
+            float min = weight[8 * k] * xb[8 * k] * xb[8 * k];
+            for (int i = 1; i < GROUP; i++) {
+                const float ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i];
+                if (ax < min) { min = ax; imin = i; }
+            }
+            xval[8 * k + imin] = -xval[8 * k + imin];
+            s ^= (uint8_t)(1u << imin);
+        }
+        signs[k] = s & 127;
+    }
+    float max = xval[0];
+    for (int i = 1; i < n; i++) max = max > xval[i] ? max : xval[i];
+    return max;
+}
+
+static float mean_square(const float *x) {
+    float sumx2 = 0.0f;
+    for (int i = 0; i < QK; i++) sumx2 += x[i] * x[i];
+    return sumx2 / QK;
+}
+
+static inline int scale_code(float id, float scale) {
+    const int l = round_magic(0.5f * (id * scale - 1));
+    return l < 0 ? 0 : l > 15 ? 15 : l;
+}
+
+// ---- IQ2_XXS
+// block (66 bytes): | d: fp16 | per sub-block s of 32: u32 LE = grid indices of its 4 groups (a byte each),
+//                   | u32 LE = bits 7k..7k+6 signs of group k, bits 28..31 scale code |
+// x = d * (0.5 + code) * 0.25 * level * sign, levels 8, 25, 43 (gguf-py's dequantization).
+
+enum { XXS_BYTES = 66, XXS_SUB = 32 };
+
+// One sub-block of 32: 0 when llama.cpp skips it (all zero, or its first fit degenerate), else 1 with *scale and
+// the level indices in L.
+static int fit_xxs(const lattice8 *g, const float *xval, const float *weight, const float *waux, float max,
+                   float *scale_out, int8_t *L) {
+    memset(L, 0, XXS_SUB);
+    if (max < ZERO_BELOW) return 0;
+    float scale = kq_fit_positive(XXS_SUB, MAX_LEVEL + 1, xval, weight, (uint8_t *)L);
+    const float eff_max = scale * MAX_LEVEL;
+    if (eff_max <= 0) {
+        memset(L, 0, XXS_SUB);
+        return 0;
+    }
+    int8_t Laux[XXS_SUB];
+    float best = 0.0f;
+    for (int s = -6; s <= 6; s++) {
+        const float id = (2 * MAX_LEVEL - 1 + s * 0.1f) / eff_max;
+        const float this_scale = 1 / id;
+        for (int k = 0; k < XXS_SUB / GROUP; k++)
+            onto_grid(g, xval + 8 * k, waux + 8 * k, id, this_scale, Laux + 8 * k);
+        float sumqx, sumq2;
+        weighted_sums(XXS_SUB, weight, xval, Laux, &sumqx, &sumq2);
+        if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            memcpy(L, Laux, XXS_SUB);
+        }
+    }
+    if (scale > 0) {
+        const float id = 1 / scale;
+        for (int k = 0; k < XXS_SUB / GROUP; k++) onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
+        float sumqx, sumq2;
+        weighted_sums(XXS_SUB, weight, xval, L, &sumqx, &sumq2);
+        if (sumq2 > 0) scale = sumqx / sumq2;
+    }
+    *scale_out = scale;
+    return 1;
+}
+
+static void quantize_row_iq2_xxs(const float *x, void *vy, int64_t n, const float *imatrix) {
+    const lattice8 *g = get_lattice(256);
+    uint8_t *y = (uint8_t *)vy;
+    float weight[XXS_SUB], waux[XXS_SUB], xval[XXS_SUB], scales[QK / XXS_SUB];
+    int8_t L[XXS_SUB];
+    for (int64_t b = 0; b < n / QK; b++, x += QK, y += XXS_BYTES) {
+        uint32_t q2[2 * (QK / XXS_SUB)] = {0};
+        memset(y, 0, XXS_BYTES);
+        const float sigma2 = mean_square(x);
+        float max_scale = 0.0f;
+        for (int s = 0; s < QK / XXS_SUB; s++) {
+            uint8_t signs[4];
+            const float max = prepare(XXS_SUB, x + XXS_SUB * s, imatrix + b * QK + XXS_SUB * s, sigma2, weight, waux,
+                                      xval, signs);
+            float scale = 0.0f;
+            if (!fit_xxs(g, xval, weight, waux, max, &scale, L)) {
+                scales[s] = 0;
+                continue;
+            }
+            if (scale < 0) {
+                scale = -scale;
+                for (int k = 0; k < 4; k++) signs[k] = (uint8_t)(~signs[k] & 127);
+            }
+            for (int k = 0; k < 4; k++) {
+                q2[2 * s] |= (uint32_t)grid_index(g, L + 8 * k) << (8 * k);
+                q2[2 * s + 1] |= (uint32_t)signs[k] << (7 * k);
+            }
+            scales[s] = scale;
+            max_scale = max_scale > scale ? max_scale : scale;
+        }
+        if (!max_scale) continue;
+        const float d = max_scale / 31;
+        store_half(y, d);
+        const float id = 1 / d;
+        for (int s = 0; s < QK / XXS_SUB; s++) q2[2 * s + 1] |= (uint32_t)scale_code(id, scales[s]) << 28;
+        memcpy(y + 2, q2, sizeof q2);
+    }
+}
+
+// ksigns: 7 stored sign bits -> 8, the 8th restoring an even count of negatives.
+static inline int even_parity_signs(int s7) { return s7 | (__builtin_popcount((unsigned)s7) & 1) << 7; }
+
+static const float IQ2_LEVELS[3] = {8, 25, 43};
+
+// +1 / -1 by a sign bit, as a multiplication that keeps a NaN's sign like numpy (see quants_iq3.c).
+static volatile const float SIGN_OF_BIT[2] = {1.f, -1.f};
+
+static inline void put_group(float db, int code, int signs, float *x) {
+    for (int j = 0; j < GROUP; j++) x[j] = db * IQ2_LEVELS[(code >> (2 * j)) & 3] * SIGN_OF_BIT[(signs >> j) & 1];
+}
+
+static void dequantize_row_iq2_xxs(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / QK; b++, y += XXS_BYTES) {
+        const float d = load_half(y);
+        for (int s = 0; s < QK / XXS_SUB; s++) {
+            uint32_t w[2];
+            memcpy(w, y + 2 + 8 * s, 8);
+            const float db = d * (0.5f + (float)(w[1] >> 28)) * 0.25f;
+            for (int k = 0; k < 4; k++, x += GROUP)
+                put_group(db, IQ2XXS_GRID_CODES[(w[0] >> (8 * k)) & 255], even_parity_signs((int)(w[1] >> (7 * k)) & 127), x);
+        }
+    }
+}
+
+// ---- IQ2_XS
+// block (74 bytes): | d: fp16 | qs: 32 x u16 LE, group k: bits 0..8 grid index, bits 9..15 signs |
+//                   | scales: 8 bytes, nibble s%2 of byte s/2 = scale code of sub-block s (16 values) |
+// x = d * (0.5 + code) * 0.25 * level * sign.
+
+enum { XS_BYTES = 74, XS_SUB = 16 };
+
+static void quantize_row_iq2_xs(const float *x, void *vy, int64_t n, const float *imatrix) {
+    const lattice8 *g = get_lattice(512);
+    uint8_t *y = (uint8_t *)vy;
+    float weight[XS_SUB], waux[XS_SUB], xval[XS_SUB], scales[QK / XS_SUB];
+    int8_t L[XS_SUB], Laux[XS_SUB];
+    for (int64_t b = 0; b < n / QK; b++, x += QK, y += XS_BYTES) {
+        uint16_t q2[2 * (QK / XS_SUB)] = {0};
+        memset(y, 0, XS_BYTES);
+        const float sigma2 = mean_square(x);
+        float max_scale = 0.0f;
+        for (int s = 0; s < QK / XS_SUB; s++) {
+            uint8_t signs[2];
+            const float max = prepare(XS_SUB, x + XS_SUB * s, imatrix + b * QK + XS_SUB * s, sigma2, weight, waux,
+                                      xval, signs);
+            memset(L, 0, XS_SUB);
+            if (max < ZERO_BELOW) {
+                scales[s] = 0;
+                continue;
+            }
+            float best = 0.0f;
+            float scale = max / (2 * MAX_LEVEL - 1);
+            int on_grid[2] = {1, 1}, on_grid_aux[2];
+            for (int is = -9; is <= 9; is++) {
+                const float id = (2 * MAX_LEVEL - 1 + is * 0.1f) / max;
+                const float this_scale = 1 / id;
+                for (int k = 0; k < 2; k++) {
+                    const int u = round_group(xval + 8 * k, id, Laux + 8 * k);
+                    on_grid_aux[k] = g->index_of[u] >= 0;
+                    if (!on_grid_aux[k]) best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Laux + 8 * k);
+                }
+                float sumqx, sumq2;
+                weighted_sums(XS_SUB, weight, xval, Laux, &sumqx, &sumq2);
+                if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+                    scale = sumqx / sumq2;
+                    best = scale * sumqx;
+                    memcpy(L, Laux, XS_SUB);
+                    memcpy(on_grid, on_grid_aux, sizeof on_grid);
+                }
+            }
+            if ((!on_grid[0] || !on_grid[1]) && scale > 0) {
+                const float id = 1 / scale;
+                for (int k = 0; k < 2; k++)
+                    if (!on_grid[k]) onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
+                float sumqx, sumq2;
+                weighted_sums(XS_SUB, weight, xval, L, &sumqx, &sumq2);
+                if (sumq2 > 0) scale = sumqx / sumq2;
+            }
+            if (scale < 0) {
+                scale = -scale;
+                for (int k = 0; k < 2; k++) signs[k] = (uint8_t)(~signs[k] & 127);
+            }
+            for (int k = 0; k < 2; k++) q2[2 * s + k] = (uint16_t)(grid_index(g, L + 8 * k) | (signs[k] << 9));
+            scales[s] = scale;
+            max_scale = max_scale > scale ? max_scale : scale;
+        }
+        if (!max_scale) continue;
+        const float d = max_scale / 31;
+        store_half(y, d);
+        const float id = 1 / d;
+        for (int s = 0; s < QK / XS_SUB; s++) y[66 + s / 2] |= (uint8_t)(scale_code(id, scales[s]) << (4 * (s % 2)));
+        memcpy(y + 2, q2, sizeof q2);
+    }
+}
+
+static void dequantize_row_iq2_xs(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / QK; b++, y += XS_BYTES) {
+        const float d = load_half(y);
+        for (int s = 0; s < QK / XS_SUB; s++) {
+            const float db = d * (0.5f + (float)((y[66 + s / 2] >> (4 * (s % 2))) & 15)) * 0.25f;
+            for (int k = 0; k < 2; k++, x += GROUP) {
+                uint16_t q;
+                memcpy(&q, y + 2 + 2 * (2 * s + k), 2);
+                put_group(db, IQ2XS_GRID_CODES[q & 511], even_parity_signs(q >> 9), x);
+            }
+        }
+    }
+}
+
+// ---- IQ2_S
+// block (82 bytes): | d: fp16 | qs: 32 bytes, low 8 bits of group g's grid index | signs: 32 bytes, a bit per value |
+//                   | qh: 8 bytes, bits 2(g%4)..+1 of qh[g/4] = bits 8..9 of group g's index |
+//                   | scales: 8 bytes, nibble s%2 of byte s/2 = scale code of sub-block s (16 values) |
+// No sign-parity trick (all 8 sign bits stored), importance weights optional (without: 0.25 sigma2 + x^2,
+// sigma2 = 2 * mean square), one neighbour ring. x = d * (0.5 + code) * 0.25 * level * sign.
+
+enum { S_BYTES = 82, S_SIGNS = 2 + 32, S_QH = 2 + 64, S_SCALES = 2 + 72 };
+#define S_ZERO_BELOW 1e-8f
+
+static void quantize_row_iq2_s(const float *x, void *vy, int64_t n, const float *imatrix) {
+    const lattice8 *g = get_lattice(1024);
+    uint8_t *y = (uint8_t *)vy;
+    float weight[XS_SUB], waux[XS_SUB], xval[XS_SUB], scales[QK / XS_SUB];
+    int8_t L[XS_SUB], Laux[XS_SUB];
+    for (int64_t b = 0; b < n / QK; b++, x += QK, y += S_BYTES) {
+        memset(y, 0, S_BYTES);
+        const float sigma2 = 2 * mean_square(x);
+        float max_scale = 0.0f;
+        for (int s = 0; s < QK / XS_SUB; s++) {
+            const float *xb = x + XS_SUB * s;
+            if (imatrix) {
+                const float *qw = imatrix + b * QK + XS_SUB * s;
+                for (int i = 0; i < XS_SUB; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
+            } else {
+                for (int i = 0; i < XS_SUB; i++) weight[i] = 0.25f * sigma2 + xb[i] * xb[i];
+            }
+            for (int i = 0; i < XS_SUB; i++) waux[i] = sqrtf(weight[i]);
+            uint8_t signs[2] = {0, 0};
+            for (int i = 0; i < XS_SUB; i++) {
+                if (xb[i] >= 0) {
+                    xval[i] = xb[i];
+                } else {
+                    xval[i] = -xb[i];
+                    signs[i / 8] |= (uint8_t)(1u << (i % 8));
+                }
+            }
+            float max = xval[0];
+            for (int i = 1; i < XS_SUB; i++) max = max > xval[i] ? max : xval[i];
+            memset(L, 0, XS_SUB);
+            if (max < S_ZERO_BELOW) {
+                scales[s] = 0;
+                continue;
+            }
+            float best = 0.0f;
+            float scale = max / (2 * MAX_LEVEL - 1);
+            int on_grid[2] = {1, 1}, on_grid_aux[2];
+            for (int is = -9; is <= 9; is++) {
+                const float id = (2 * MAX_LEVEL - 1 + is * 0.1f) / max;
+                const float this_scale = 1 / id;
+                for (int k = 0; k < 2; k++) {
+                    const int u = round_group(xval + 8 * k, id, Laux + 8 * k);
+                    on_grid_aux[k] = g->index_of[u] >= 0;
+                    if (!on_grid_aux[k]) best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Laux + 8 * k);
+                }
+                float sumqx, sumq2;
+                weighted_sums(XS_SUB, weight, xval, Laux, &sumqx, &sumq2);
+                if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+                    scale = sumqx / sumq2;
+                    best = scale * sumqx;
+                    memcpy(L, Laux, XS_SUB);
+                    memcpy(on_grid, on_grid_aux, sizeof on_grid);
+                }
+            }
+            if ((!on_grid[0] || !on_grid[1]) && scale > 0) {
+                const float id = 1 / scale;
+                for (int k = 0; k < 2; k++)
+                    if (!on_grid[k]) onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
+                float sumqx, sumq2;
+                weighted_sums(XS_SUB, weight, xval, L, &sumqx, &sumq2);
+                if (sumq2 > 0) scale = sumqx / sumq2;
+            }
+            if (scale < 0) {
+                scale = -scale;
+                signs[0] = (uint8_t)~signs[0];
+                signs[1] = (uint8_t)~signs[1];
+            }
+            for (int k = 0; k < 2; k++) {
+                const int grp = 2 * s + k, j = grid_index(g, L + 8 * k);
+                y[2 + grp] = (uint8_t)(j & 255);
+                y[S_QH + grp / 4] |= (uint8_t)((j >> 8) << (2 * (grp % 4)));
+                y[S_SIGNS + grp] = signs[k];
+            }
+            scales[s] = scale;
+            max_scale = max_scale > scale ? max_scale : scale;
+        }
+        if (!max_scale) continue;
+        const float d = max_scale / 31;
+        store_half(y, d * 0.9875f);
+        const float id = 1 / d;
+        for (int s = 0; s < QK / XS_SUB; s++) y[S_SCALES + s / 2] |= (uint8_t)(scale_code(id, scales[s]) << (4 * (s % 2)));
+    }
+}
+
+static void dequantize_row_iq2_s(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / QK; b++, y += S_BYTES) {
+        const float d = load_half(y);
+        for (int s = 0; s < QK / XS_SUB; s++) {
+            const float db = d * (0.5f + (float)((y[S_SCALES + s / 2] >> (4 * (s % 2))) & 15)) * 0.25f;
+            for (int k = 0; k < 2; k++, x += GROUP) {
+                const int grp = 2 * s + k;
+                const int j = y[2 + grp] | (((y[S_QH + grp / 4] >> (2 * (grp % 4))) & 3) << 8);
+                put_group(db, IQ2S_GRID_CODES[j], y[S_SIGNS + grp], x);
+            }
+        }
+    }
+}
+
+// ---- IQ1_S
+// block (50 bytes): | d: fp16 | qs: 32 bytes, low 8 bits of group g's grid index (11 bits; 2048 points of
+//                     coordinates -1, 0, 1) | qh: 8 x u16 LE, sub-block s of 32: bits 3k..3k+2 = high bits of group
+//                     k's index, bits 12..14 = scale code c, bit 15 = the sign of the shift |
+// x = d * (2c + 1) * (coordinate + delta), delta = +-0.125. Imatrix required (as in llama.cpp).
+// The fit: the 32 values sorted (libc qsort on (value, position) pairs by value, as llama.cpp calls it, so equal
+// values land in the same order), then every split into three runs (levels -1, 0, 1, shifted by +delta or
+// -delta) scored exactly by prefix sums; groups off the grid take their nearest neighbour at the fitted scale.
+
+enum { S1_BYTES = 50, S1_SUB = 32 };
+#define IQ1S_ZERO_BELOW 1e-12f
+#define IQ1_DELTA 0.125f
+
+// The neighbour of u nearest (weighted squared distance) to xval at scale with levels xx[c]; L gets its levels.
+static int iq1_best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale,
+                              const float *xx, int8_t *L) {
+    const uint16_t *nb = g->neighbours - g->index_of[u] - 1;
+    float term[GROUP][3];   // w[i] * (scale * xx[c] - x[i])^2, as the per-neighbour loop computes it
+    for (int i = 0; i < GROUP; i++)
+        for (int c = 0; c < 3; c++) {
+            const float diff = scale * xx[c] - xval[i];
+            term[i][c] = w[i] * diff * diff;
+        }
+    float best_d2 = FLT_MAX;
+    int best = -1;
+    for (int j = 1; j <= nb[0]; j++) {
+        const uint16_t code = g->codes[nb[j]];
+        float d2 = 0.0f;
+        for (int i = 0; i < GROUP; i++) d2 += term[i][(code >> (2 * i)) & 3];
+        if (d2 < best_d2) {
+            best_d2 = d2;
+            best = nb[j];
+        }
+    }
+    if (best < 0) best = 0;   // only when every distance overflowed (llama.cpp then reads past its arrays)
+    for (int i = 0; i < GROUP; i++) L[i] = (int8_t)((g->point[best][i] - 1) / 2);
+    return best;
+}
+
+static int by_value(const void *a, const void *b) {
+    const float l = *(const float *)a, r = *(const float *)b;
+    return l < r ? -1 : l > r ? 1 : 0;
+}
+
+static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float *imatrix) {
+    const lattice8 *g = get_lattice(2048);
+    const float x_p[3] = {-1 + IQ1_DELTA, IQ1_DELTA, 1 + IQ1_DELTA};
+    const float x_m[3] = {-1 - IQ1_DELTA, -IQ1_DELTA, 1 - IQ1_DELTA};
+    uint8_t *y = (uint8_t *)vy;
+    float weight[S1_SUB], scales[QK / S1_SUB], sumx[S1_SUB + 1], sumw[S1_SUB + 1];
+    float pairs[2 * S1_SUB];             // (value, position as int bits) pairs, sorted by value
+    int8_t L[S1_SUB], shifts[QK / S1_SUB];
+    int idx_of[S1_SUB];
+    uint16_t index[S1_SUB / GROUP];
+    for (int64_t b = 0; b < n / QK; b++, x += QK, y += S1_BYTES) {
+        memset(y, 0, S1_BYTES);
+        uint16_t qh[QK / S1_SUB] = {0};
+        const float sigma2 = 2 * mean_square(x);
+        float max_scale = 0.0f;
+        for (int s = 0; s < QK / S1_SUB; s++) {
+            const float *xb = x + S1_SUB * s;
+            const float *qw = imatrix + b * QK + S1_SUB * s;
+            for (int i = 0; i < S1_SUB; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
+            float max = fabsf(xb[0]);
+            for (int i = 1; i < S1_SUB; i++) max = max > fabsf(xb[i]) ? max : fabsf(xb[i]);
+            if (max < IQ1S_ZERO_BELOW) {
+                scales[s] = 0;
+                shifts[s] = 1;
+                continue;
+            }
+            for (int j = 0; j < S1_SUB; j++) {
+                pairs[2 * j] = xb[j];
+                memcpy(&pairs[2 * j + 1], &j, 4);
+            }
+            qsort(pairs, S1_SUB, 2 * sizeof(float), by_value);
+            for (int j = 0; j < S1_SUB; j++) memcpy(&idx_of[j], &pairs[2 * j + 1], 4);
+            sumx[0] = sumw[0] = 0;
+            for (int j = 0; j < S1_SUB; j++) {
+                const int i = idx_of[j];
+                sumx[j + 1] = sumx[j] + weight[i] * xb[i];
+                sumw[j + 1] = sumw[j] + weight[i];
+            }
+            float best_score = -FLT_MAX, scale = max;
+            int besti1 = -1, besti2 = -1, best_shift = 0;
+            for (int i1 = 0; i1 <= S1_SUB; i1++) {
+                for (int i2 = i1; i2 <= S1_SUB; i2++) {
+                    for (int sh = 0; sh < 2; sh++) {
+                        const float *xs = sh == 0 ? x_p : x_m;
+                        const float sumqx = (sumx[i1] - sumx[0]) * xs[0] + (sumx[i2] - sumx[i1]) * xs[1] +
+                                            (sumx[S1_SUB] - sumx[i2]) * xs[2];
+                        const float sumq2 = (sumw[i1] - sumw[0]) * xs[0] * xs[0] + (sumw[i2] - sumw[i1]) * xs[1] * xs[1] +
+                                            (sumw[S1_SUB] - sumw[i2]) * xs[2] * xs[2];
+                        if (sumq2 > 0 && sumqx * sumqx > best_score * sumq2) {
+                            scale = sumqx / sumq2;
+                            best_score = scale * sumqx;
+                            besti1 = i1;
+                            besti2 = i2;
+                            best_shift = sh == 0 ? 1 : -1;
+                        }
+                    }
+                }
+            }
+            if (besti1 < 0 || besti2 < 0 || best_shift == 0) {
+                scales[s] = 0;
+                shifts[s] = 1;
+                continue;
+            }
+            for (int j = 0; j < besti1; j++) L[idx_of[j]] = 0;
+            for (int j = besti1; j < besti2; j++) L[idx_of[j]] = 1;
+            for (int j = besti2; j < S1_SUB; j++) L[idx_of[j]] = 2;
+            if (scale < 0) {
+                for (int j = 0; j < S1_SUB; j++) L[j] = (int8_t)(2 - L[j]);
+                scale = -scale;
+                best_shift = -best_shift;
+            }
+            int all_on_grid = 1;
+            const float *xx = best_shift == 1 ? x_p : x_m;
+            for (int k = 0; k < S1_SUB / GROUP; k++) {
+                int u = 0;
+                for (int j = 0; j < GROUP; j++) u |= L[8 * k + j] << (2 * j);
+                int j = g->index_of[u];
+                if (j < 0) {
+                    all_on_grid = 0;
+                    j = iq1_best_neighbour(g, u, xb + 8 * k, weight + 8 * k, scale, xx, L + 8 * k);
+                }
+                index[k] = (uint16_t)j;
+            }
+            if (!all_on_grid) {
+                float sumqx = 0, sumq2 = 0;
+                for (int k = 0; k < S1_SUB / GROUP; k++) {
+                    const int8_t *pg = g->point[index[k]];
+                    for (int j = 0; j < GROUP; j++) {
+                        const float w = weight[8 * k + j], q = xx[(pg[j] - 1) / 2];
+                        sumqx += w * q * xb[8 * k + j];
+                        sumq2 += w * q * q;
+                    }
+                }
+                if (sumqx > 0 && sumq2 > 0) scale = sumqx / sumq2;
+            }
+            uint16_t h = 0;
+            for (int k = 0; k < S1_SUB / GROUP; k++) {
+                y[2 + (S1_SUB / GROUP) * s + k] = (uint8_t)(index[k] & 255);
+                h |= (uint16_t)((index[k] >> 8) << (3 * k));
+            }
+            qh[s] = h;
+            scales[s] = scale;
+            shifts[s] = (int8_t)best_shift;
+            max_scale = max_scale > scale ? max_scale : scale;
+        }
+        if (!max_scale) {
+            memcpy(y + 34, qh, sizeof qh);
+            continue;
+        }
+        const float d = max_scale / 15;
+        store_half(y, d * 1.125f);
+        const float id = 1 / d;
+        for (int s = 0; s < QK / S1_SUB; s++) {
+            int l = round_magic(0.5f * (id * scales[s] - 1));
+            l = l < 0 ? 0 : l > 7 ? 7 : l;
+            if (shifts[s] == -1) l |= 8;
+            qh[s] |= (uint16_t)(l << 12);
+        }
+        memcpy(y + 34, qh, sizeof qh);
+    }
+}
+
+static void dequantize_row_iq1_s(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / QK; b++, y += S1_BYTES) {
+        const float d = load_half(y);
+        for (int s = 0; s < QK / S1_SUB; s++) {
+            uint16_t qh;
+            memcpy(&qh, y + 34 + 2 * s, 2);
+            const float dl = d * (float)(2 * ((qh >> 12) & 7) + 1);
+            const float delta = qh & 0x8000 ? -IQ1_DELTA : IQ1_DELTA;
+            for (int k = 0; k < 4; k++, x += GROUP) {
+                const int code = IQ1S_GRID_CODES[y[2 + 4 * s + k] | (((qh >> (3 * k)) & 7) << 8)];
+                for (int j = 0; j < GROUP; j++) x[j] = dl * ((float)(((code >> (2 * j)) & 3) - 1) + delta);
+            }
+        }
+    }
+}
+
+// ---- IQ1_M
+// block (56 bytes): | qs: 32 bytes, low 8 bits of group g's grid index |
+//                   | qh: 16 bytes, sub-block s of 16: bits 0..2 / 4..6 = high bits of its groups 0 / 1, bits 3 / 7
+//                     = the shift sign of groups 0 / 1 | scales: 4 x u16 LE, bits 3j..3j+2 of word s/4 = the 3-bit
+//                     scale code of sub-block s (j = s % 4), bits 12..15 of words 0..3 = the fp16 super-block scale,
+//                     a nibble per word, low nibble first |
+// x = d * (2c + 1) * (coordinate + delta). Imatrix optional (without: w = x^2). Each half of a sub-block may take
+// its own shift sign, so the split search scores four sign pairs at once from per-half prefix sums; afterwards
+// the super-block scale is refitted over the whole block at the chosen levels.
+
+enum { M1_BYTES = 56, M1_SUB = 16, M1_QH = 32, M1_SCALES = 48 };
+#define IQ1M_ZERO_BELOW 1e-7f
+
+static void m1_weights(const float *xb, const float *qw, float sigma2, float *weight) {
+    if (qw)
+        for (int i = 0; i < M1_SUB; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
+    else
+        for (int i = 0; i < M1_SUB; i++) weight[i] = xb[i] * xb[i];
+}
+
+static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float *imatrix) {
+    const lattice8 *g = get_lattice(2048);
+    const float x_p[3] = {-1 + IQ1_DELTA, IQ1_DELTA, 1 + IQ1_DELTA};
+    const float x_m[3] = {-1 - IQ1_DELTA, -IQ1_DELTA, 1 - IQ1_DELTA};
+    static const uint8_t masks[4] = {0x00, 0x80, 0x08, 0x88};
+    uint8_t *y = (uint8_t *)vy;
+    float weight[M1_SUB], scales[QK / M1_SUB], pairs[2 * M1_SUB];
+    int8_t L[M1_SUB], shifts[QK / M1_SUB];
+    int idx_of[M1_SUB];
+    uint16_t index[2];
+    for (int64_t b = 0; b < n / QK; b++, x += QK, y += M1_BYTES) {
+        memset(y, 0, M1_BYTES);
+        const float sigma2 = 2 * mean_square(x);
+        const float *imb = imatrix ? imatrix + b * QK : NULL;
+        float max_scale = 0.0f;
+        for (int s = 0; s < QK / M1_SUB; s++) {
+            const float *xb = x + M1_SUB * s;
+            m1_weights(xb, imb ? imb + M1_SUB * s : NULL, sigma2, weight);
+            float max = fabsf(xb[0]);
+            for (int i = 1; i < M1_SUB; i++) max = max > fabsf(xb[i]) ? max : fabsf(xb[i]);
+            if (max < IQ1M_ZERO_BELOW) {
+                scales[s] = 0;
+                shifts[s] = 0;
+                continue;
+            }
+            for (int j = 0; j < M1_SUB; j++) {
+                pairs[2 * j] = xb[j];
+                memcpy(&pairs[2 * j + 1], &j, 4);
+            }
+            qsort(pairs, M1_SUB, 2 * sizeof(float), by_value);
+            for (int j = 0; j < M1_SUB; j++) memcpy(&idx_of[j], &pairs[2 * j + 1], 4);
+            float best_score = -FLT_MAX, scale = max;
+            int besti1 = -1, besti2 = -1, best_k = -1;
+            // per half h of the sub-block: prefix sums of w*x and w in sorted order (the other half's stay flat)
+            float px[2][M1_SUB + 1], pw[2][M1_SUB + 1];
+            px[0][0] = px[1][0] = pw[0][0] = pw[1][0] = 0;
+            for (int j = 0; j < M1_SUB; j++) {
+                const int i = idx_of[j], h = i < M1_SUB / 2 ? 0 : 1;
+                px[h][j + 1] = px[h][j] + weight[i] * xb[i];
+                px[1 - h][j + 1] = px[1 - h][j];
+                pw[h][j + 1] = pw[h][j] + weight[i];
+                pw[1 - h][j + 1] = pw[1 - h][j];
+            }
+            const float txs[2] = {px[0][M1_SUB], px[1][M1_SUB]}, tws[2] = {pw[0][M1_SUB], pw[1][M1_SUB]};
+            const float p2 = x_p[2], m2 = x_m[2];
+            const float cp1 = x_p[0] * x_p[0] - x_p[1] * x_p[1], cp2 = x_p[1] * x_p[1] - x_p[2] * x_p[2];
+            const float cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1], cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2];
+            for (int i1 = 0; i1 <= M1_SUB; i1++) {
+                for (int i2 = i1; i2 <= M1_SUB; i2++) {
+                    float qx_p[2], qx_m[2], q2_p[2], q2_m[2], sqx[4], sq2[4];
+                    for (int h = 0; h < 2; h++) {
+                        const float sx = px[h][i1] + px[h][i2];
+                        qx_p[h] = txs[h] * p2 - sx;
+                        qx_m[h] = txs[h] * m2 - sx;
+                        q2_p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
+                        q2_m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
+                    }
+                    // k: shift signs of (first half, second half): 0 = ++, 1 = +-, 2 = -+, 3 = --
+                    sqx[0] = qx_p[0] + qx_p[1]; sqx[1] = qx_p[0] + qx_m[1];
+                    sqx[2] = qx_m[0] + qx_p[1]; sqx[3] = qx_m[0] + qx_m[1];
+                    sq2[0] = q2_p[0] + q2_p[1]; sq2[1] = q2_p[0] + q2_m[1];
+                    sq2[2] = q2_m[0] + q2_p[1]; sq2[3] = q2_m[0] + q2_m[1];
+                    for (int k = 0; k < 4; k++) {
+                        if (sq2[k] > 0 && sqx[k] * sqx[k] > best_score * sq2[k]) {
+                            scale = sqx[k] / sq2[k];
+                            best_score = scale * sqx[k];
+                            besti1 = i1;
+                            besti2 = i2;
+                            best_k = k;
+                        }
+                    }
+                }
+            }
+            if (besti1 < 0 || besti2 < 0 || best_k < 0) {
+                scales[s] = 0;
+                shifts[s] = 0;
+                continue;
+            }
+            for (int j = 0; j < besti1; j++) L[idx_of[j]] = 0;
+            for (int j = besti1; j < besti2; j++) L[idx_of[j]] = 1;
+            for (int j = besti2; j < M1_SUB; j++) L[idx_of[j]] = 2;
+            if (scale < 0) {
+                for (int j = 0; j < M1_SUB; j++) L[j] = (int8_t)(2 - L[j]);
+                scale = -scale;
+                best_k = 3 - best_k;
+            }
+            int all_on_grid = 1;
+            for (int k = 0; k < 2; k++) {
+                const float *xx = (k == 0 ? best_k < 2 : best_k % 2 == 0) ? x_p : x_m;
+                int u = 0;
+                for (int j = 0; j < GROUP; j++) u |= L[8 * k + j] << (2 * j);
+                int j = g->index_of[u];
+                if (j < 0) {
+                    all_on_grid = 0;
+                    j = iq1_best_neighbour(g, u, xb + 8 * k, weight + 8 * k, scale, xx, L + 8 * k);
+                }
+                index[k] = (uint16_t)j;
+            }
+            if (!all_on_grid) {
+                float sumqx = 0, sumq2 = 0;
+                for (int k = 0; k < 2; k++) {
+                    const float *xx = (k == 0 ? best_k < 2 : best_k % 2 == 0) ? x_p : x_m;
+                    const int8_t *pg = g->point[index[k]];
+                    for (int j = 0; j < GROUP; j++) {
+                        const float w = weight[8 * k + j], q = xx[(pg[j] - 1) / 2];
+                        sumqx += w * q * xb[8 * k + j];
+                        sumq2 += w * q * q;
+                    }
+                }
+                if (sumqx > 0 && sumq2 > 0) scale = sumqx / sumq2;
+            }
+            y[2 * s] = (uint8_t)(index[0] & 255);
+            y[2 * s + 1] = (uint8_t)(index[1] & 255);
+            y[M1_QH + s] = (uint8_t)((index[0] >> 8) | ((index[1] >> 8) << 4));
+            scales[s] = scale;
+            shifts[s] = (int8_t)best_k;
+            max_scale = max_scale > scale ? max_scale : scale;
+        }
+        if (!max_scale) continue;
+        uint16_t sc[4] = {0, 0, 0, 0};
+        float d = max_scale / 15;
+        const float id = 1 / d;
+        float sumqx = 0, sumq2 = 0;
+        for (int s = 0; s < QK / M1_SUB; s++) {
+            int l = round_magic(0.5f * (id * scales[s] - 1));
+            l = l < 0 ? 0 : l > 7 ? 7 : l;
+            sc[s / 4] |= (uint16_t)(l << (3 * (s % 4)));
+            y[M1_QH + s] |= masks[shifts[s]];
+            const float *xb = x + M1_SUB * s;
+            m1_weights(xb, imb ? imb + M1_SUB * s : NULL, sigma2, weight);
+            for (int k = 0; k < 2; k++) {
+                const float *xx = (k == 0 ? shifts[s] < 2 : shifts[s] % 2 == 0) ? x_p : x_m;
+                const int8_t *pg = g->point[y[2 * s + k] + ((y[M1_QH + s] << (8 - 4 * k)) & 0x700)];
+                for (int j = 0; j < GROUP; j++) {
+                    const float w = weight[8 * k + j], q = xx[(pg[j] - 1) / 2] * (float)(2 * l + 1);
+                    sumqx += w * q * xb[8 * k + j];
+                    sumq2 += w * q * q;
+                }
+            }
+        }
+        if (sumq2 > 0) d = sumqx / sumq2;
+        const uint16_t h = gk_fp32_to_fp16(d * 1.1125f);
+        sc[0] |= (uint16_t)((h & 0x000f) << 12);
+        sc[1] |= (uint16_t)((h & 0x00f0) << 8);
+        sc[2] |= (uint16_t)((h & 0x0f00) << 4);
+        sc[3] |= (uint16_t)(h & 0xf000);
+        memcpy(y + M1_SCALES, sc, sizeof sc);
+    }
+}
+
+static void dequantize_row_iq1_m(const void *vy, float *x, int64_t n) {
+    const uint8_t *y = (const uint8_t *)vy;
+    for (int64_t b = 0; b < n / QK; b++, y += M1_BYTES) {
+        uint16_t sc[4];
+        memcpy(sc, y + M1_SCALES, sizeof sc);
+        const uint16_t h = (uint16_t)((sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000));
+        const float d = gk_fp16_to_fp32(h);
+        for (int s = 0; s < QK / M1_SUB; s++) {
+            const float dl = d * (float)(2 * ((sc[s / 4] >> (3 * (s % 4))) & 7) + 1);
+            const uint8_t qh = y[M1_QH + s];
+            for (int k = 0; k < 2; k++, x += GROUP) {
+                const int j = y[2 * s + k] | (((qh >> (4 * k)) & 7) << 8);
+                const float delta = (qh >> (4 * k + 3)) & 1 ? -IQ1_DELTA : IQ1_DELTA;
+                const int code = IQ1S_GRID_CODES[j];
+                for (int i = 0; i < GROUP; i++) x[i] = dl * ((float)(((code >> (2 * i)) & 3) - 1) + delta);
+            }
+        }
+    }
+}
+
+// ---- table
+
+const gk_type_traits gk_iq2_types[] = {
+    {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, NULL, NULL, dequantize_row_iq2_xxs},
+    {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, NULL, NULL, dequantize_row_iq2_xs},
+    {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, NULL, NULL, dequantize_row_iq2_s},
+    {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, NULL, NULL, dequantize_row_iq1_s},
+    {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, NULL, NULL, dequantize_row_iq1_m},
+    {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
+};
