@@ -16,7 +16,7 @@ import click
 
 from ggufkit import runtime
 from ggufkit.commands.run import make_sampling, model_options, sampling_options
-from ggufkit.errors import GgufkitError
+from ggufkit.errors import GgufkitError, Terminated
 
 HELP = "commands: /reset, /system TEXT, /exit (Ctrl-D); Ctrl-C stops an answer"
 
@@ -28,6 +28,8 @@ def _read_line(prompt: str) -> str | None:
             return input(prompt)
         except EOFError:
             return None
+        except Terminated:
+            raise
         except KeyboardInterrupt:
             print("\n(/exit or Ctrl-D quits)")
 
