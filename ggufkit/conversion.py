@@ -19,7 +19,7 @@ import numpy as np
 
 from ggufkit import _quants, quant
 from ggufkit.archs import Architecture, OutputTensor, for_config
-from ggufkit.errors import InputError
+from ggufkit.errors import InputError, OutputError
 from ggufkit.output.writer import StreamingGGUF, tensor_nbytes
 from ggufkit.sources.hf import Checkpoint, open_checkpoint
 
@@ -86,6 +86,19 @@ def default_output(plan: Plan) -> Path:
     return Path.cwd() / f"{plan.checkpoint.name}-{plan.scheme.name}.gguf"
 
 
+def check_destination(out: Path, force: bool = False) -> None:
+    """OUT may be replaced when it is absent or a GGUF file (as llama.cpp's tools do); anything else, only with
+    force: a typo in -o must not eat a text file."""
+    out = Path(out)
+    if out.is_dir():
+        raise OutputError("is a directory", out)
+    if out.exists() and not force:
+        with open(out, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise OutputError("exists and is not a GGUF file (--force replaces it)", out)
+
+
 # ---- imatrix
 
 
@@ -149,10 +162,10 @@ def write_metadata(g: StreamingGGUF, plan: Plan) -> None:
 
 
 def convert(src, out=None, scheme: str = "q4_k_m", threads: int | None = None, quiet: bool = False,
-            dry_run: bool = False, imatrix=None) -> Path:
+            dry_run: bool = False, imatrix=None, force: bool = False) -> Path:
     """Convert the HF checkpoint SRC (directory or hub id) to a GGUF file at OUT (default
     `<model-name>-<SCHEME>.gguf` in the current directory). Returns OUT. dry_run: plan only, write nothing
-    (the plan is printed unless quiet)."""
+    (the plan is printed unless quiet). An existing OUT is replaced if it is a GGUF file, else only with force."""
     plan = make_plan(src, scheme, imatrix)
     out = Path(out) if out is not None else default_output(plan)
     if dry_run:
@@ -160,13 +173,15 @@ def convert(src, out=None, scheme: str = "q4_k_m", threads: int | None = None, q
             print_plan(plan)
         return out
     run(plan, out, threads=threads, imatrix=load_imatrix(imatrix),
-        progress=not quiet and sys.stderr.isatty())
+        progress=not quiet and sys.stderr.isatty(), force=force)
     return out
 
 
 def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
-        progress: bool = False) -> Path:
-    """Write the planned tensors to OUT in one pass. imatrix: name -> (cols,) f32 or None (see load_imatrix)."""
+        progress: bool = False, force: bool = False) -> Path:
+    """Write the planned tensors to OUT in one pass. imatrix: name -> (cols,) f32 or None (see load_imatrix).
+    force: replace OUT even if it is not a GGUF file (check_destination)."""
+    check_destination(out, force)
     bar = None
     if progress:
         from tqdm import tqdm

@@ -24,6 +24,12 @@ class InputError(GgufkitError):
     exit_code = 1
 
 
+class UsageError(GgufkitError, ValueError):
+    """An argument the command or the Python API cannot take (an unknown scheme, --chunks 0). A ValueError too,
+    for callers that catch that."""
+    exit_code = 2
+
+
 class OutputError(GgufkitError):
     """The destination cannot be written (permissions, full disk)."""
     exit_code = 3

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ggufkit.conversion import default_output, load_imatrix, make_plan, print_plan, run
+from ggufkit.conversion import check_destination, default_output, load_imatrix, make_plan, print_plan, run
 
 
 def _scheme(ctx, param, value: str) -> str:
@@ -27,7 +27,7 @@ def _scheme(ctx, param, value: str) -> str:
 @click.option("--scheme", default="q4_k_m", show_default=True, callback=_scheme,
               help="Quantization scheme (llama-quantize's names, case-insensitive): f32, f16, bf16, q8_0, "
                    "q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, "
-                   "iq4_nl, iq4_xs.")
+                   "iq4_nl, iq4_xs; aliases q3_k, q4_k, q5_k = the _m schemes.")
 @click.option("--imatrix", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Importance matrix (llama.cpp GGUF or .dat format) to weight the quantization.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -40,10 +40,12 @@ def _scheme(ctx, param, value: str) -> str:
 @click.option("--threads", type=click.IntRange(min=1), help="Quantization threads [default: all cores].")
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensor, shape, type, bytes; total size and bits "
                                               "per weight) and write nothing.")
+@click.option("--force", is_flag=True, help="Replace OUT even if it is not a GGUF file (a GGUF file is always "
+                                            "replaced, as llama.cpp's tools do).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or the result as JSON.")
-def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibration_ctx, threads, dry_run, quiet,
-            as_json):
+def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibration_ctx, threads, dry_run, force,
+            quiet, as_json):
     """Convert a Hugging Face checkpoint (safetensors) to a GGUF file in one streaming pass.
 
     SRC is a local model directory (config.json + model.safetensors or shards with
@@ -56,6 +58,8 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
       ggufkit convert HuggingFaceTB/SmolLM2-135M-Instruct --scheme q8_0 --dry-run
       ggufkit convert ./SmolLM2-135M-Instruct --scheme q4_k_m --calibration hamlet.txt
     """
+    if out is not None and not dry_run:
+        check_destination(out, force)  # before any long work
     if calibration is not None:
         if imatrix is not None:
             raise click.UsageError("--imatrix and --calibration are alternatives: give one")
@@ -76,7 +80,8 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
             print_plan(plan)
         return
     start = time.perf_counter()
-    run(plan, out, threads=threads, imatrix=load_imatrix(imatrix), progress=not quiet and sys.stderr.isatty())
+    run(plan, out, threads=threads, imatrix=load_imatrix(imatrix), progress=not quiet and sys.stderr.isatty(),
+        force=force)
     seconds = time.perf_counter() - start
     if as_json:
         click.echo(json.dumps({**plan.summary(), "output": str(out), "seconds": round(seconds, 3)}))

@@ -297,20 +297,25 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in _SCHEME_LIST}
 # llama.cpp's schemes whose types it quantizes only with an importance matrix (its tensor_requires_imatrix:
 # IQ1/IQ2/IQ3_XXS types, and Q2_K inside a Q2_K_S file). ggufkit has no kernels for them yet; asking for one
 # says both facts rather than just "unknown".
+# llama-quantize's aliases (tools/quantize: "alias for Q4_K_M" and friends)
+SCHEME_ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 IMATRIX_ONLY_SCHEMES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S")
 
 
 def get_scheme(name: str) -> Scheme:
-    """Scheme by name, case-insensitive ("q4_k_m" -> Q4_K_M)."""
+    """Scheme by name, case-insensitive ("q4_k_m" -> Q4_K_M), or by llama-quantize's alias ("q4_k" -> Q4_K_M)."""
     key = name.strip().upper()
+    key = SCHEME_ALIASES.get(key, key)
     try:
         return SCHEMES[key]
     except KeyError:
+        from ggufkit.errors import UsageError  # a ValueError too
+
         known = ", ".join(s.lower() for s in SCHEMES)
         if key in IMATRIX_ONLY_SCHEMES:
-            raise ValueError(f"scheme {name!r} is one llama.cpp quantizes only with an importance matrix, and "
+            raise UsageError(f"scheme {name!r} is one llama.cpp quantizes only with an importance matrix, and "
                              f"ggufkit does not offer it yet (known: {known})") from None
-        raise ValueError(f"unknown scheme {name!r} (known: {known})") from None
+        raise UsageError(f"unknown scheme {name!r} (known: {known})") from None
 
 
 # ---- fallbacks for rows that do not fit a type's blocks

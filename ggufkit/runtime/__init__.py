@@ -52,15 +52,9 @@ def _checkpoint_dir(model: str) -> Path:
         return path.resolve()
     if not HUB_ID.match(model):
         raise InputError("no such GGUF file, checkpoint directory or hub id", model)
-    import huggingface_hub
+    from ggufkit.sources.hf import resolve
 
-    try:
-        snapshot = huggingface_hub.snapshot_download(
-            model, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]
-        )
-    except Exception as e:  # hub errors come in many classes (offline, 404, gated); all are bad input here
-        raise InputError(f"cannot fetch from the Hugging Face hub: {type(e).__name__}: {e}", model) from e
-    return Path(snapshot)
+    return resolve(model)  # hub errors (not cached while offline, 404, gated) as one line naming the id
 
 
 def _cache_key(src: Path, scheme: str) -> str:
