@@ -83,9 +83,12 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
     run(plan, out, threads=threads, imatrix=load_imatrix(imatrix), progress=not quiet and sys.stderr.isatty(),
         force=force)
     seconds = time.perf_counter() - start
+    file_bytes = out.stat().st_size
     if as_json:
-        click.echo(json.dumps({**plan.summary(), "output": str(out), "seconds": round(seconds, 3)}))
+        click.echo(json.dumps({**plan.summary(), "output": str(out), "file_bytes": file_bytes,
+                               "seconds": round(seconds, 3)}))
     elif not quiet:
         s = plan.summary()
-        click.echo(f"{out}: {s['scheme']}, {s['tensors']} tensors, {s['bytes'] / 2**20:.1f} MiB, "
-                   f"{s['bits_per_weight']:.2f} bits per weight, {seconds:.1f} s")
+        click.echo(f"{out}: {s['scheme']}, {s['tensors']} tensors, {file_bytes / 2**20:.1f} MiB "
+                   f"(tensor data {s['bytes'] / 2**20:.1f} MiB), {s['bits_per_weight']:.2f} bits per weight, "
+                   f"{seconds:.1f} s")

@@ -109,7 +109,7 @@ WantedBy=multi-user.target
 
 def readme(dev: Device, model_name: str, prefix: str, n_ctx: int, host: str, port: int,
            est: memory.MemoryEstimate) -> str:
-    budget = dev.usable_mib
+    budget = round(dev.budget_mib())
     fits = "fits" if est.needed / memory.MIB <= budget else "does NOT fit"
     return f"""# {model_name} on {dev.title}
 
@@ -124,7 +124,8 @@ Made by `ggufkit deploy` (ggufkit {__version__}).
 | predicted RAM | {est.needed / memory.MIB:.0f} MiB needed, {est.total / memory.MIB:.0f} MiB peak RSS \
 (weights {est.weights / memory.MIB:.0f}, KV cache {est.kv_cache / memory.MIB:.0f}, \
 compute {est.compute / memory.MIB:.0f}, runtime {est.overhead / memory.MIB:.0f}) |
-| RAM for the model | {budget} MiB of {dev.ram_mib} MiB after the OS: the model {fits} |
+| RAM budget | {budget} MiB: {dev.ram_mib} MiB - {dev.os_reserve_mib} MiB for the OS, 15% headroom \
+(as `ggufkit fit`): the model {fits} |
 
 {dev.notes}
 
@@ -196,8 +197,9 @@ def command(model, device, out, ctx, host, port, prefix, dry_run):
              UNIT_NAME: unit_file(dev, model.name, prefix, ctx, host, port),
              "README.md": readme(dev, model.name, prefix, ctx, host, port, est)}
     needed = est.needed / memory.MIB
-    click.echo(f"{dev.name}: predicted {needed:.0f} MiB needed of {dev.usable_mib} MiB available"
-               f"{'' if needed <= dev.usable_mib else '  (does NOT fit: see ggufkit fit)'}")
+    budget = round(dev.budget_mib())
+    click.echo(f"{dev.name}: predicted {needed:.0f} MiB needed of {budget} MiB budget (as ggufkit fit)"
+               f"{'' if needed <= budget else '  (does NOT fit: see ggufkit fit)'}")
     if dry_run:
         click.echo(f"would write {out}/: {model.name}, " + ", ".join(files))
         return

@@ -494,12 +494,12 @@ def format_plan(rows: Sequence[PlanRow], scheme: Scheme | None = None) -> str:
     width = max((len(r.name) for r in rows), default=6)
     lines = [f"{'tensor':<{width}}  {'shape':<16} {'type':<7} {'bytes':>12}"]
     for r in rows:
-        shape = "x".join(str(d) for d in r.shape)
+        shape = " x ".join(str(d) for d in r.shape)  # rows x cols, as `ggufkit inspect --tensors` shows it
         note = f"  (fallback from {r.fallback_from.name}: row of {r.shape[-1]})" if r.fallback_from else ""
         lines.append(f"{r.name:<{width}}  {shape:<16} {r.type.name:<7} {r.nbytes:>12}{note}")
     s = summarize(rows)
     head = f"{scheme.name}: " if scheme else ""
-    lines.append(f"{head}{s.n_tensors} tensors, {s.n_elements} weights, {_human(s.nbytes)} "
+    lines.append(f"{head}{s.n_tensors} tensors, {s.n_elements} weights, tensor data {s.nbytes / 2**20:.1f} MiB "
                  f"({s.nbytes} bytes), {s.bits_per_weight:.2f} bits per weight"
                  + (f", {s.n_fallback} fallback(s)" if s.n_fallback else ""))
     return "\n".join(lines)
