@@ -1,22 +1,30 @@
-"""Make a deployment bundle for a device: the model, an install script, a systemd unit and a README.
+"""Make a deployment bundle for a device: the model, ggufkit itself, an install script, a systemd unit, a README.
 
 The bundle (written to a temporary directory beside DIR, then renamed into place) holds:
-  MODEL.gguf       a hard link to the model (a copy when DIR is on another file system)
-  install.sh       run on the board: checks the CPU, creates PREFIX/venv, installs ggufkit[run] with the
-                   llama-cpp-python build flags for that CPU (CMAKE_ARGS), copies the model and the unit
-  ggufkit.service  systemd unit running `ggufkit serve` on the model with the device's threads
-  README.md        the steps, the predicted memory use and notes for the board
---dry-run prints the files and the memory prediction and writes nothing.
+  MODEL.gguf              a hard link to the model (a copy when DIR is on another file system)
+  ggufkit-VERSION.tar.gz  ggufkit's source distribution, built by `deploy` from this ggufkit (or --sdist FILE);
+                          the board compiles its C core when installing it: nothing comes from a ggufkit release
+  install.sh              run on the board: checks the CPU, creates PREFIX/venv, installs that sdist and
+                          llama-cpp-python (built with the device's CMAKE_ARGS, or from --find-links wheels),
+                          copies the model, writes PREFIX/bin/ggufkit-serve and the systemd unit
+  ggufkit.service         systemd unit running `ggufkit serve` on the model with the device's threads
+  README.md               the steps, the predicted memory use and notes for the board
+Safe by default: the server binds 127.0.0.1. With --host set to a reachable address, install.sh generates a
+random API key into PREFIX/ggufkit.env (mode 0600) and prints where it is; serving a reachable port without a key
+takes --no-api-key. --dry-run prints the files and the memory prediction and writes nothing.
 
 \b
 Example:
   ggufkit deploy SmolLM2-135M-Instruct-Q4_K_M.gguf --device rpi5-8gb -o ./bundle-rpi5
+  ggufkit deploy SmolLM2-135M-Instruct-Q4_K_M.gguf --device rpi5-8gb -o ./bundle-lan --host 0.0.0.0
 """
 from __future__ import annotations
 
 import os
 import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,62 +36,157 @@ from ggufkit.edge.devices import DEVICES, Device, get_device
 from ggufkit.errors import InputError, OutputError
 
 UNIT_NAME = "ggufkit.service"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# what serving needs besides ggufkit's own dependencies (the [run] extra also has matplotlib, for plots)
+RUNTIME_SPEC = "llama-cpp-python[server]==0.3.36"
+SOURCE_FILES = ("pyproject.toml", "setup.py", "README.md", "MANIFEST.in")
+SOURCE_DIRS = ("ggufkit", "native")
 
 
-def pip_spec() -> str:
-    return f"ggufkit[run]=={__version__}"
+def sdist_name() -> str:
+    return f"ggufkit-{__version__}.tar.gz"
 
 
-def install_script(dev: Device, model_name: str, prefix: str) -> str:
+def source_root() -> Path | None:
+    """The source tree this ggufkit runs from (a checkout or an editable install), if it has one."""
+    root = Path(__file__).resolve().parent.parent.parent
+    return root if all((root / f).is_file() for f in ("pyproject.toml", "setup.py")) and (root / "native").is_dir() \
+        else None
+
+
+def build_sdist(dest: Path) -> Path:
+    """ggufkit's source distribution into dest, built by setuptools from a clean copy of the source tree (the
+    tree itself is not written to). Returns the .tar.gz."""
+    root = source_root()
+    if root is None:
+        raise InputError("this ggufkit has no source tree to build the bundle's sdist from; pass --sdist FILE "
+                         "(a ggufkit-*.tar.gz)")
+    with tempfile.TemporaryDirectory(prefix="ggufkit-sdist-") as work:
+        tree = Path(work) / "src"
+        tree.mkdir()
+        skip = shutil.ignore_patterns("__pycache__", "*.so", "*.o", "*.gguf", "*.egg-info", "build")
+        for name in SOURCE_FILES:
+            if (root / name).is_file():
+                shutil.copy2(root / name, tree / name)
+        for name in SOURCE_DIRS:
+            shutil.copytree(root / name, tree / name, ignore=skip)
+        proc = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--formats=gztar", "--dist-dir", str(dest)],
+                              cwd=tree, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+            raise OutputError(f"building ggufkit's sdist failed: {tail[0]}", root)
+    out = dest / sdist_name()
+    if not out.is_file():
+        raise OutputError(f"building ggufkit's sdist did not produce {out.name}", dest)
+    return out
+
+
+def install_script(dev: Device, model_name: str, prefix: str, sdist: str, host: str, port: int,
+                   api_key: bool) -> str:
     q = shlex.quote
+    key_step = """
+if [ ! -e "$PREFIX/ggufkit.env" ]; then
+  ( umask 077; printf 'GGUFKIT_API_KEY=%s\\n' "$("$PREFIX/venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(24))')" \\
+      > "$PREFIX/ggufkit.env" )
+  echo "API key generated: GGUFKIT_API_KEY in $PREFIX/ggufkit.env (send it as 'Authorization: Bearer KEY')"
+else
+  echo "API key kept: $PREFIX/ggufkit.env"
+fi""" if api_key else """
+if [ ! -e "$PREFIX/ggufkit.env" ]; then
+  ( umask 077; echo "# GGUFKIT_API_KEY=... here makes the server require that bearer key" > "$PREFIX/ggufkit.env" )
+fi"""
     return f"""#!/usr/bin/env bash
-# Installs ggufkit and {model_name} on a {dev.title}; made by `ggufkit deploy`.
-# Run on the board from the bundle directory:  ./install.sh      (uses sudo for {prefix} and systemd)
-# Environment: PREFIX (default {prefix}; the unit expects {prefix}), GGUFKIT_SPEC (what pip installs, default
-# {pip_spec()}: a wheel path or a git URL also work).
+# Installs ggufkit and {model_name} on a {dev.title}; made by `ggufkit deploy` (ggufkit {__version__}).
+# Run on the board from the bundle directory:
+#   ./install.sh                      into {prefix}, with a systemd unit (uses sudo where needed)
+#   ./install.sh --prefix DIR --no-systemd   into DIR, no root, no systemd: start DIR/bin/ggufkit-serve yourself
+#   --find-links DIR                  take llama-cpp-python from wheels in DIR instead of compiling it here
+# The server listens on {host}:{port}{' with a generated API key' if api_key else ''}.
 set -euo pipefail
 cd "$(dirname "$0")"
-PREFIX="${{PREFIX:-{prefix}}}"
-GGUFKIT_SPEC="${{GGUFKIT_SPEC:-{pip_spec()}}}"
+PREFIX={q(prefix)}
+SYSTEMD=1
+FIND_LINKS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) PREFIX="$2"; shift 2 ;;
+    --no-systemd) SYSTEMD=0; shift ;;
+    --find-links) FIND_LINKS+=(--find-links "$(cd "$2" && pwd)"); shift 2 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$PREFIX" in /*) ;; *) PREFIX="$(pwd)/$PREFIX" ;; esac
 MODEL={q(model_name)}
+SDIST={q(sdist)}
 
 arch="$(uname -m)"
 if [ "$arch" != {q(dev.isa)} ]; then
   echo "error: this bundle is for {dev.isa} ({dev.title}); this machine is $arch" >&2
   exit 1
 fi
-for tool in python3 cmake cc c++; do
+tools="python3 cc"
+[ ${{#FIND_LINKS[@]}} -eq 0 ] && tools="$tools cmake c++"   # compiling llama.cpp here
+for tool in $tools; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "error: $tool is missing; install the build tools first:" >&2
     echo "  sudo apt-get install -y python3-venv python3-dev build-essential cmake" >&2
     exit 1
   fi
 done
+SUDO=""
+if [ "$SYSTEMD" = 1 ] && [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
-sudo mkdir -p "$PREFIX"
-sudo chown "$(id -u):$(id -g)" "$PREFIX"
-python3 -m venv "$PREFIX/venv"
-"$PREFIX/venv/bin/pip" install --upgrade pip
-# llama-cpp-python compiles llama.cpp here (10-30 minutes on a board); the flags pick this CPU's instructions.
-CMAKE_ARGS={q(dev.cmake_args)} CMAKE_BUILD_PARALLEL_LEVEL={dev.cores} \\
-  "$PREFIX/venv/bin/pip" install --no-cache-dir --no-binary llama-cpp-python "$GGUFKIT_SPEC"
-cp "$MODEL" "$PREFIX/$MODEL"
-
-sudo install -m 0644 {UNIT_NAME} /etc/systemd/system/{UNIT_NAME}
-if [ ! -e /etc/ggufkit/env ]; then
-  sudo install -d -m 0755 /etc/ggufkit
-  # GGUFKIT_API_KEY=... here makes the server require that bearer key
-  echo "# GGUFKIT_API_KEY=change-me" | sudo tee /etc/ggufkit/env >/dev/null
-  sudo chmod 0600 /etc/ggufkit/env
+if ! mkdir -p "$PREFIX" 2>/dev/null || [ ! -w "$PREFIX" ]; then
+  $SUDO mkdir -p "$PREFIX"
+  $SUDO chown "$(id -u):$(id -g)" "$PREFIX"
 fi
-sudo systemctl daemon-reload
-echo "installed. Start it with:  sudo systemctl enable --now {UNIT_NAME}"
+python3 -m venv "$PREFIX/venv"
+if [ ${{#FIND_LINKS[@]}} -eq 0 ]; then
+  # llama-cpp-python compiles llama.cpp here (10-30 minutes on a board); the flags pick this CPU's instructions.
+  CMAKE_ARGS={q(dev.cmake_args)} CMAKE_BUILD_PARALLEL_LEVEL={dev.cores} \
+    "$PREFIX/venv/bin/pip" install --no-binary llama-cpp-python "./$SDIST" {q(RUNTIME_SPEC)}
+else
+  "$PREFIX/venv/bin/pip" install "${{FIND_LINKS[@]}}" --only-binary llama-cpp-python "./$SDIST" {q(RUNTIME_SPEC)}
+fi
+cp "$MODEL" "$PREFIX/$MODEL"
+{key_step}
+mkdir -p "$PREFIX/bin"
+sed "s#{prefix}#$PREFIX#g" ggufkit-serve > "$PREFIX/bin/ggufkit-serve"
+chmod 0755 "$PREFIX/bin/ggufkit-serve"
+
+if [ "$SYSTEMD" = 1 ]; then
+  sed "s#{prefix}#$PREFIX#g" {UNIT_NAME} > "$PREFIX/{UNIT_NAME}"
+  $SUDO install -m 0644 "$PREFIX/{UNIT_NAME}" /etc/systemd/system/{UNIT_NAME}
+  $SUDO systemctl daemon-reload
+  echo "installed in $PREFIX. Start it with:  sudo systemctl enable --now {UNIT_NAME}"
+else
+  echo "installed in $PREFIX. Start it with:  $PREFIX/bin/ggufkit-serve"
+fi
 """
 
 
-def unit_file(dev: Device, model_name: str, prefix: str, n_ctx: int, host: str, port: int) -> str:
-    exec_start = " ".join([f"{prefix}/venv/bin/ggufkit", "serve", shlex.quote(f"{prefix}/{model_name}"),
-                           "--host", host, "--port", str(port), "--ctx", str(n_ctx), "--threads", str(dev.threads)])
+def serve_argv(dev: Device, model_name: str, prefix: str, n_ctx: int, host: str, port: int,
+               threads: int | None) -> list[str]:
+    return [f"{prefix}/venv/bin/ggufkit", "serve", f"{prefix}/{model_name}", "--host", host, "--port", str(port),
+            "--ctx", str(n_ctx), "--threads", str(threads or dev.threads)]
+
+
+def serve_script(argv: list[str], prefix: str) -> str:
+    """PREFIX/bin/ggufkit-serve: the unit's command with PREFIX/ggufkit.env's settings, for a start by hand."""
+    return f"""#!/bin/sh
+# `ggufkit serve` as the systemd unit runs it, with the settings (API key) from {prefix}/ggufkit.env
+set -a
+[ -r {shlex.quote(prefix + "/ggufkit.env")} ] && . {shlex.quote(prefix + "/ggufkit.env")}
+set +a
+export HF_HUB_OFFLINE=1
+exec {" ".join(shlex.quote(a) for a in argv)} "$@"
+"""
+
+
+def unit_file(dev: Device, model_name: str, prefix: str, n_ctx: int, host: str, port: int,
+              threads: int | None = None) -> str:
+    exec_start = " ".join(shlex.quote(a) for a in serve_argv(dev, model_name, prefix, n_ctx, host, port, threads))
     return f"""[Unit]
 Description=ggufkit serve {model_name} (OpenAI-compatible API) on {dev.title}
 After=network-online.target
@@ -92,7 +195,7 @@ Wants=network-online.target
 [Service]
 Type=simple
 ExecStart={exec_start}
-EnvironmentFile=-/etc/ggufkit/env
+EnvironmentFile=-{prefix}/ggufkit.env
 Environment=HF_HUB_OFFLINE=1
 DynamicUser=yes
 NoNewPrivileges=yes
@@ -108,9 +211,23 @@ WantedBy=multi-user.target
 
 
 def readme(dev: Device, model_name: str, prefix: str, n_ctx: int, host: str, port: int,
-           est: memory.MemoryEstimate) -> str:
+           est: memory.MemoryEstimate, api_key: bool, sdist: str, threads: int | None = None) -> str:
     budget = round(dev.budget_mib())
     fits = "fits" if est.needed / memory.MIB <= budget else "does NOT fit"
+    address = "localhost" if host in ("0.0.0.0", "::") else host
+    curl_key = ' -H "Authorization: Bearer $GGUFKIT_API_KEY"' if api_key else ""
+    if host in LOOPBACK:
+        access = (f"The server listens on {host} only: reachable from the board itself (an SSH tunnel works: "
+                  f"`ssh -L {port}:localhost:{port} pi@board`). To serve the network, make the bundle with "
+                  "`--host 0.0.0.0`: install.sh then generates an API key.")
+    elif api_key:
+        access = (f"The server listens on {host}:{port} and requires an API key: install.sh generates one into "
+                  f"`{prefix}/ggufkit.env` (mode 0600) and prints where it is. Clients send "
+                  "`Authorization: Bearer KEY`.")
+    else:
+        access = (f"**The server listens on {host}:{port} without an API key** (the bundle was made with "
+                  f"--no-api-key): anyone who can reach the port can use the model. Put `GGUFKIT_API_KEY=...` in "
+                  f"`{prefix}/ggufkit.env` to require one.")
     return f"""# {model_name} on {dev.title}
 
 Made by `ggufkit deploy` (ggufkit {__version__}).
@@ -118,7 +235,7 @@ Made by `ggufkit deploy` (ggufkit {__version__}).
 | | |
 | --- | --- |
 | CPU | {dev.cpu} ({', '.join(sorted(dev.features))}) |
-| threads | {dev.threads} |
+| threads | {threads or dev.threads} |
 | llama.cpp build flags | `CMAKE_ARGS="{dev.cmake_args}"` |
 | context | {n_ctx} tokens |
 | predicted RAM | {est.needed / memory.MIB:.0f} MiB needed, {est.total / memory.MIB:.0f} MiB peak RSS \
@@ -126,18 +243,30 @@ Made by `ggufkit deploy` (ggufkit {__version__}).
 compute {est.compute / memory.MIB:.0f}, runtime {est.overhead / memory.MIB:.0f}) |
 | RAM budget | {budget} MiB: {dev.ram_mib} MiB - {dev.os_reserve_mib} MiB for the OS, 15% headroom \
 (as `ggufkit fit`): the model {fits} |
+| access | {host}:{port}, {'API key generated at install' if api_key else 'no API key'} |
 
 {dev.notes}
+
+{access}
+
+## What is in here
+
+- `{model_name}`: the model.
+- `{sdist}`: ggufkit itself, as source: install.sh installs it with pip, which compiles its C core on the board.
+  Nothing is fetched from a ggufkit release; ggufkit's dependencies (numpy, gguf, transformers, ...) and
+  llama-cpp-python come from the Python package index.
+- `install.sh`, `ggufkit-serve` (the server command with the settings from `{prefix}/ggufkit.env`), `{UNIT_NAME}`.
 
 ## Install
 
 1. Copy this directory to the board: `scp -r {Path(model_name).stem}-bundle pi@board:` (any name works).
 2. On the board, with the build tools (`sudo apt-get install -y python3-venv python3-dev build-essential cmake`):
-   `./install.sh` - creates `{prefix}/venv`, builds llama-cpp-python for this CPU, copies the model.
-3. Optional: put `GGUFKIT_API_KEY=...` in `/etc/ggufkit/env` to require a bearer key.
-4. `sudo systemctl enable --now {UNIT_NAME}`; logs: `journalctl -u {UNIT_NAME} -f`.
-5. Test: `curl http://{'localhost' if host in ('0.0.0.0', '::') else host}:{port}/v1/models`, or open the page
-   at that address in a browser.
+   `./install.sh` - creates `{prefix}/venv`, installs ggufkit from `{sdist}` and builds llama-cpp-python for this
+   CPU (10-30 minutes), copies the model, installs the systemd unit.
+   Without root or systemd: `./install.sh --prefix ~/ggufkit --no-systemd`, then start `~/ggufkit/bin/ggufkit-serve`.
+   With llama-cpp-python wheels built elsewhere for this CPU: add `--find-links DIR`.
+3. `sudo systemctl enable --now {UNIT_NAME}`; logs: `journalctl -u {UNIT_NAME} -f`.
+4. Test: `curl{curl_key} http://{address}:{port}/v1/models`, or open the page at that address in a browser.
 """
 
 
@@ -150,7 +279,7 @@ def _link_or_copy(src: Path, dst: Path) -> str:
         return "copy"
 
 
-def write_bundle(model: Path, out: Path, files: dict[str, str]) -> str:
+def write_bundle(model: Path, out: Path, files: dict[str, str], extra: list[Path] = ()) -> str:
     """Everything into a temp dir beside `out`, fsynced, then one rename. Returns how the model got there."""
     if out.exists():
         raise OutputError("already exists (remove it or choose another -o)", out)
@@ -162,13 +291,15 @@ def write_bundle(model: Path, out: Path, files: dict[str, str]) -> str:
         raise OutputError(f"cannot create the bundle: {e.strerror}", out) from None
     try:
         how = _link_or_copy(model, tmp / model.name)
+        for path in extra:
+            shutil.copy2(path, tmp / path.name)
         for name, text in files.items():
             path = tmp / name
             with open(path, "w") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-            if name.endswith(".sh"):
+            if name.endswith(".sh") or name == "ggufkit-serve":
                 path.chmod(0o755)
         os.chmod(tmp, 0o755)
         os.rename(tmp, out)
@@ -184,24 +315,38 @@ def write_bundle(model: Path, out: Path, files: dict[str, str]) -> str:
               help="Target device profile.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Bundle directory.")
 @click.option("--ctx", type=click.IntRange(16), default=2048, show_default=True, help="Context size to serve.")
-@click.option("--host", default="0.0.0.0", show_default=True, help="Address the server binds on the board.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the server binds on the board; any other than loopback gets a generated API key.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--no-api-key", is_flag=True, help="With a non-loopback --host: serve without an API key (anyone who "
+                                                 "can reach the port can use the model).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Threads to serve with [device profile's].")
 @click.option("--prefix", default="/opt/ggufkit", show_default=True, help="Install directory on the board.")
+@click.option("--sdist", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="ggufkit source distribution to bundle [default: built from this ggufkit's source tree].")
 @click.option("--dry-run", is_flag=True, help="Show what would be written; write nothing.")
-def command(model, device, out, ctx, host, port, prefix, dry_run):
+def command(model, device, out, ctx, host, port, no_api_key, threads, prefix, sdist, dry_run):
     if not model.is_file():
         raise InputError("no such file", model)
     dev = get_device(device)
+    api_key = host not in LOOPBACK and not no_api_key
     est = memory.estimate(memory.shape_from_gguf(model), ctx, dev.features)
-    files = {"install.sh": install_script(dev, model.name, prefix),
-             UNIT_NAME: unit_file(dev, model.name, prefix, ctx, host, port),
-             "README.md": readme(dev, model.name, prefix, ctx, host, port, est)}
+    sdist_file = sdist.name if sdist is not None else sdist_name()
+    argv = serve_argv(dev, model.name, prefix, ctx, host, port, threads)
+    files = {"install.sh": install_script(dev, model.name, prefix, sdist_file, host, port, api_key),
+             "ggufkit-serve": serve_script(argv, prefix),
+             UNIT_NAME: unit_file(dev, model.name, prefix, ctx, host, port, threads),
+             "README.md": readme(dev, model.name, prefix, ctx, host, port, est, api_key, sdist_file, threads)}
     needed = est.needed / memory.MIB
     budget = round(dev.budget_mib())
     click.echo(f"{dev.name}: predicted {needed:.0f} MiB needed of {budget} MiB budget (as ggufkit fit)"
                f"{'' if needed <= budget else '  (does NOT fit: see ggufkit fit)'}")
+    if host not in LOOPBACK and no_api_key:
+        click.echo(f"warning: the bundle serves {host}:{port} without an API key", err=True)
     if dry_run:
-        click.echo(f"would write {out}/: {model.name}, " + ", ".join(files))
+        click.echo(f"would write {out}/: {model.name}, {sdist_file}, " + ", ".join(files))
         return
-    how = write_bundle(model, out, files)
-    click.echo(f"wrote {out}/: {model.name} ({how}), " + ", ".join(files))
+    with tempfile.TemporaryDirectory(prefix="ggufkit-deploy-") as work:
+        built = sdist if sdist is not None else build_sdist(Path(work))
+        how = write_bundle(model, out, files, extra=[built])
+    click.echo(f"wrote {out}/: {model.name} ({how}), {sdist_file}, " + ", ".join(files))
