@@ -6,7 +6,7 @@ program. When the conversation outgrows the context (--ctx), the oldest turns ar
 
 \b
 Example:
-  ggufkit chat model.Q8_0.gguf --system "You are a terse assistant." --temp 0.7
+  ggufkit chat SmolLM2-135M-Instruct-Q8_0.gguf --system "You are a terse assistant." --temp 0.7
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ template (from the GGUF metadata). --stats prints token counts and speeds to std
 
 \b
 Example:
-  ggufkit run model.Q8_0.gguf --chat -p "What is the capital of France?" --temp 0
+  ggufkit run SmolLM2-135M-Instruct-Q8_0.gguf --chat -p "What is the capital of France?" --temp 0
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def model_options(f):
     f = click.option("--flash-attn", is_flag=True,
                      help="Use flash attention (faster; slightly different numerics).")(f)
     f = click.option("--threads", type=click.IntRange(1), default=None,
-                     help="CPU threads [default: see `ggufkit bench --help`].")(f)
+                     help="CPU threads [default: physical cores - 1, at least 1].")(f)
     f = click.option("--ctx", type=click.IntRange(16), default=2048, show_default=True,
                      help="Context size in tokens.")(f)
     f = click.option("--scheme", default=None,
