@@ -23,7 +23,7 @@ import click
 @click.option("--chunks", type=click.IntRange(1), default=None, help="Score at most this many chunks (default: all).")
 @click.option("--ref", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Reference GGUF for KL divergence / top-1 agreement.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads [physical cores - 1].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(model, text, ctx, chunks, ref, threads, as_json, quiet):
