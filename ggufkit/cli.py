@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 
 import click
 
 from ggufkit import __version__, commands
-from ggufkit.errors import GgufkitError
+from ggufkit.errors import GgufkitError, Terminated
 
 
 class CommandsGroup(click.Group):
@@ -39,19 +41,39 @@ def cli():
     """
 
 
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     """Entry point: GgufkitError becomes a one-line `error: ...` on stderr and its exit code."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv) -> int:
     try:
         cli.main(args=argv, prog_name="ggufkit", standalone_mode=False)
     except GgufkitError as e:
         click.echo(f"error: {e}", err=True)
         return e.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:
+        if isinstance(e.__cause__, Terminated):  # click turns every KeyboardInterrupt into Abort
+            click.echo("error: terminated", err=True)
+            return 143
         click.echo("error: interrupted", err=True)
         return 130
     except click.ClickException as e:
         e.show()
         return e.exit_code
+    except Terminated:
+        click.echo("error: terminated", err=True)
+        return 143
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130

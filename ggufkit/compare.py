@@ -202,9 +202,9 @@ def format_table(c: Comparison, markdown: bool = False) -> str:
     return "\n".join(fmt.format(*cells) for cells in [COLUMNS, *lines])
 
 
-def plot(c: Comparison, out: Path) -> Path:
-    """Quality against size into a PNG: KLD (log scale) and PPL per variant over file size; written via a temp
-    file + rename."""
+def figure(c: Comparison):
+    """The quality-against-size figure (matplotlib, Agg): KLD (log scale) and PPL per variant over file size.
+    Every point's label stays inside its axes: labels of the right half point left, and the axes keep margins."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,21 +212,34 @@ def plot(c: Comparison, out: Path) -> Path:
 
     fig, (ax_kld, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
     sizes = [r.size_bytes / 2**20 for r in c.rows]
+    middle = (min(sizes) + max(sizes)) / 2 if sizes else 0.0
     for ax, values, title in ((ax_kld, [r.kld for r in c.rows], "mean KL divergence from the reference"),
                               (ax_ppl, [r.ppl for r in c.rows], "perplexity")):
         colors = ["#d1604b" if r.imatrix else "#4b7bd1" for r in c.rows]
         ax.scatter(sizes, values, c=colors, zorder=3)
         for r, x, y in zip(c.rows, sizes, values):
-            ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            right = x > middle
+            ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(-4 if right else 4, 4), fontsize=8,
+                        ha="right" if right else "left", va="bottom")
+        ax.margins(x=0.08, y=0.15)
         ax.set_xlabel("file size (MiB)")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
     if all(r.kld and r.kld > 0 for r in c.rows):
         ax_kld.set_yscale("log")
+        ax_kld.margins(y=0.15)
     ref = c.reference
     ax_ppl.axhline(ref.ppl, color="gray", linestyle="--", label=f"{ref.label} {ref.ppl:.2f}")
     ax_ppl.legend(fontsize=8)
     fig.suptitle(f"{c.model}: quality against size ({Path(c.text).name}, {c.chunks} chunks of {c.ctx})")
+    return fig
+
+
+def plot(c: Comparison, out: Path) -> Path:
+    """figure(c) into a PNG, written via a temp file + rename."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(c)
     tmp = out.with_name(out.name + ".tmp")
     try:
         with open(tmp, "wb") as f:

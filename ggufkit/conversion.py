@@ -19,7 +19,7 @@ import numpy as np
 
 from ggufkit import _quants, quant
 from ggufkit.archs import Architecture, OutputTensor, for_config
-from ggufkit.errors import InputError
+from ggufkit.errors import InputError, OutputError
 from ggufkit.output.writer import StreamingGGUF, tensor_nbytes
 from ggufkit.sources.hf import Checkpoint, open_checkpoint
 
@@ -97,6 +97,19 @@ def make_plan(src, scheme: str = "q4_k_m", imatrix=None, controls=None, split: d
 
 def default_output(plan: Plan) -> Path:
     return Path.cwd() / f"{plan.checkpoint.name}-{plan.scheme.name}.gguf"
+
+
+def check_destination(out: Path, force: bool = False) -> None:
+    """OUT may be replaced when it is absent or a GGUF file (as llama.cpp's tools do); anything else, only with
+    force: a typo in -o must not eat a text file."""
+    out = Path(out)
+    if out.is_dir():
+        raise OutputError("is a directory", out)
+    if out.exists() and not force:
+        with open(out, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise OutputError("exists and is not a GGUF file (--force replaces it)", out)
 
 
 # ---- imatrix
@@ -196,11 +209,13 @@ def _write_overrides(w, plan: Plan) -> None:
 
 
 def convert(src, out=None, scheme: str = "q4_k_m", threads: int | None = None, quiet: bool = False,
-            dry_run: bool = False, imatrix=None, controls=None, split: dict | None = None) -> Path:
+            dry_run: bool = False, imatrix=None, controls=None, split: dict | None = None,
+            force: bool = False) -> Path:
     """Convert the HF checkpoint SRC (directory or hub id) to a GGUF file at OUT (default
     `<model-name>-<SCHEME>.gguf` in the current directory). Returns OUT. dry_run: plan only, write nothing
     (the plan is printed unless quiet). controls / split: see make_plan (a split set is written as
-    <OUT without .gguf>-00001-of-0000N.gguf, ...)."""
+    <OUT without .gguf>-00001-of-0000N.gguf, ...). An existing OUT is replaced if it is a GGUF file, else only
+    with force."""
     plan = make_plan(src, scheme, imatrix, controls, split)
     out = Path(out) if out is not None else default_output(plan)
     if dry_run:
@@ -208,7 +223,7 @@ def convert(src, out=None, scheme: str = "q4_k_m", threads: int | None = None, q
             print_plan(plan)
         return out
     run(plan, out, threads=threads, imatrix=load_imatrix(imatrix),
-        progress=not quiet and sys.stderr.isatty())
+        progress=not quiet and sys.stderr.isatty(), force=force)
     return out
 
 
@@ -225,9 +240,11 @@ def _check_imatrix_coverage(plan: Plan, imatrix) -> None:
 
 
 def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
-        progress: bool = False) -> Path:
+        progress: bool = False, force: bool = False) -> Path:
     """Write the planned tensors to OUT in one pass. imatrix: name -> (cols,) f32 or None (see load_imatrix).
-    Returns OUT, or for a split set the path of its first part."""
+    Returns OUT, or for a split set the path of its first part. force: replace OUT even if it is not a GGUF
+    file (check_destination)."""
+    check_destination(out, force)
     if imatrix is not None and plan.controls is not None and (plan.controls.include_weights
                                                               or plan.controls.exclude_weights):
         lookup, keep = imatrix, plan.controls.filter_imatrix

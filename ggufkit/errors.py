@@ -5,7 +5,8 @@ Exit codes (documented in the README):
   2  usage error (click's own)
   3  output problem (destination not writable, disk full)
   4  runtime problem (the model could not be loaded or run)
-  130 interrupted
+  130 interrupted (Ctrl-C)
+  143 terminated (SIGTERM)
 """
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ class InputError(GgufkitError):
     exit_code = 1
 
 
+class UsageError(GgufkitError, ValueError):
+    """An argument the command or the Python API cannot take (an unknown scheme, --chunks 0). A ValueError too,
+    for callers that catch that."""
+    exit_code = 2
+
+
 class OutputError(GgufkitError):
     """The destination cannot be written (permissions, full disk)."""
     exit_code = 3
@@ -31,3 +38,8 @@ class OutputError(GgufkitError):
 class RuntimeFailure(GgufkitError):
     """A model could not be loaded or run."""
     exit_code = 4
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, systemd and CI send), raised by the CLI as an exception so that it unwinds like
+    Ctrl-C: `with` blocks clean up (a conversion removes its temp file); the exit code is 143 (128 + 15)."""

@@ -61,3 +61,22 @@ def test_table_and_bad_input(tmp_path):
     result = ggufkit("bench", DEMO_GGUF, bad)
     assert result.returncode == 1 and result.stderr.startswith(f"error: {bad}: not a GGUF file")
     assert result.stderr.count("\n") == 1  # one line, before any slow measurement
+
+
+def _physical_cores_by_lscpu() -> int:
+    """Physical cores among this process's CPUs, from util-linux's lscpu (independent of ggufkit's sysfs walk)."""
+    allowed = os.sched_getaffinity(0)
+    out = subprocess.run(["lscpu", "-p=CPU,CORE,SOCKET"], capture_output=True, text=True, check=True).stdout
+    cores = {tuple(line.split(",")[1:]) for line in out.splitlines()
+             if line and not line.startswith("#") and int(line.split(",")[0]) in allowed}
+    return len(cores)
+
+
+def test_default_threads_are_physical_cores_minus_one_and_shown():
+    expected = max(1, _physical_cores_by_lscpu() - 1)
+    result = ggufkit("bench", DEMO_GGUF, "--pp", "8", "--tg", "4", "--reps", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["threads"] == expected  # what llama.cpp was given (Llama.n_threads)
+    table = ggufkit("bench", DEMO_GGUF, "--pp", "8", "--tg", "4", "--reps", "1", "--threads", "1")
+    header, row = table.stdout.strip().splitlines()
+    assert header.split()[-1] == "threads" and row.split()[-1] == "1"

@@ -156,3 +156,17 @@ def test_oldest_turns_are_dropped_with_a_notice():
         assert child.wait() == 0
     finally:
         child.close()
+
+
+def test_help_lists_the_commands():
+    child = start_chat()
+    try:
+        text = ask(child, "/help")
+        for command in ("/help", "/reset", "/system TEXT", "/exit"):
+            assert command in text, text
+        assert "unknown command" not in text
+        assert "/help" in ask(child, "/nonsense")  # the one-line reminder names /help too
+        child.send("/exit\n")
+        assert child.wait() == 0
+    finally:
+        child.close()

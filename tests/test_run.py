@@ -95,3 +95,30 @@ def test_a_well_formed_gguf_llama_cpp_cannot_load_is_exit_4(tmp_path):
     result = ggufkit("run", odd, "-p", "hi")
     assert result.returncode == 4, result.stderr
     assert result.stderr.startswith(f"error: {odd}: llama.cpp could not load the model")
+
+
+def test_prompt_on_stdin_loses_only_its_final_newline():
+    """`echo PROMPT | ggufkit run` answers as `-p PROMPT` does (the shell's newline is not part of the prompt)."""
+    prompt = "The three primary colors are"
+    args = ("run", DEMO_GGUF, "--temp", "0", "-n", "12")
+    piped = subprocess.run([sys.executable, "-m", "ggufkit.cli", *map(str, args)], input=prompt + "\n",
+                           check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    given = ggufkit(*args, "-p", prompt)
+    assert piped.returncode == 0 and given.returncode == 0, (piped.stderr, given.stderr)
+    assert piped.stdout == given.stdout
+
+
+def test_min_p_and_repeat_penalty_reach_the_sampler():
+    """--min-p and --repeat-penalty give what llama-cpp-python gives with the same values (seeded sampling)."""
+    prompt = "one two one two one two one two"
+    llm = llama_cpp.Llama(str(DEMO_GGUF), n_ctx=512, verbose=False)
+    texts = {}
+    for min_p, penalty in [(0.05, 1.0), (0.3, 1.0), (0.05, 1.8)]:
+        result = ggufkit("run", DEMO_GGUF, "-p", prompt, "--temp", "0.9", "--seed", "11", "-n", "16",
+                         "--min-p", min_p, "--repeat-penalty", penalty)
+        assert result.returncode == 0, result.stderr
+        reference = llm.create_completion(prompt, temperature=0.9, seed=11, max_tokens=16, min_p=min_p,
+                                          repeat_penalty=penalty, top_k=40, top_p=0.95)
+        assert result.stdout == reference["choices"][0]["text"] + "\n", (min_p, penalty)
+        texts[min_p, penalty] = result.stdout
+    assert len(set(texts.values())) == 3  # each option changed the answer

@@ -1,13 +1,15 @@
 """Benchmark GGUF models: prompt processing and generation speed, load time, peak memory, file size.
 
-Each model runs in its own fresh process (so load time and peak RSS are its own). Prompt processing
+Each model runs in its own fresh process (so load time and peak RSS are its own), with --threads threads
+(default: the physical cores minus one - ggml's threads wait for each other, and all cores on a machine running
+anything else collapses the speed; see BENCHMARKS.md "Threads"); the table shows the count used. Prompt processing
 evaluates --pp tokens in one go; generation samples and evaluates --tg tokens one at a time (greedy). Each is
 repeated --reps times and the median is reported. --json prints the numbers as JSON; --plot FILE.png draws
 them (needs matplotlib: pip install 'ggufkit[plot]').
 
 \b
 Example:
-  ggufkit bench model.Q4_K_M.gguf model.Q8_0.gguf --reps 5 --plot speeds.png
+  ggufkit bench SmolLM2-135M-Instruct-Q4_K_M.gguf SmolLM2-135M-Instruct-Q8_0.gguf --reps 5 --plot speeds.png
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ def _bench_one(path: str, pp: int, tg: int, reps: int, threads: int | None) -> d
         "model": Path(path).name, "path": str(path), "size_bytes": Path(path).stat().st_size,
         "load_s": load_s, "pp_tokens": pp, "pp_tok_s": pp / statistics.median(pp_times),
         "tg_tokens": tg, "tg_tok_s": tg / statistics.median(tg_times), "reps": reps,
-        "threads": threads or runtime.default_threads(),
+        "threads": llm.n_threads,  # what llama.cpp was given (--threads, else runtime.default_threads())
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
     }
 
@@ -79,9 +81,9 @@ def bench_model(path: Path, pp: int, tg: int, reps: int, threads: int | None) ->
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ["model", "size MiB", "load s", "pp tok/s", "tg tok/s", "peak RSS MiB"]
+    header = ["model", "size MiB", "load s", "pp tok/s", "tg tok/s", "peak RSS MiB", "threads"]
     lines = [[r["model"], f"{r['size_bytes'] / 2**20:.1f}", f"{r['load_s']:.2f}", f"{r['pp_tok_s']:.1f}",
-              f"{r['tg_tok_s']:.1f}", f"{r['peak_rss_bytes'] / 2**20:.0f}"] for r in rows]
+              f"{r['tg_tok_s']:.1f}", f"{r['peak_rss_bytes'] / 2**20:.0f}", str(r["threads"])] for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
     return "\n".join(fmt.format(*row) for row in [header, *lines])
@@ -119,7 +121,8 @@ def plot(rows: list[dict], out: Path) -> None:
 @click.option("--pp", type=click.IntRange(1), default=128, show_default=True, help="Prompt tokens.")
 @click.option("--tg", type=click.IntRange(1), default=64, show_default=True, help="Generated tokens.")
 @click.option("--reps", type=click.IntRange(1), default=3, show_default=True, help="Repetitions (median).")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all available).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads [default: physical cores - 1, at least 1; shown in the table].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw the speeds into this PNG file.")

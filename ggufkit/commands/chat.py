@@ -1,12 +1,12 @@
 """Chat with a GGUF model in the terminal, using the chat template from its metadata.
 
-Answers stream as they are generated. Commands: /reset forgets the conversation, /system TEXT sets the system
-message (/system alone clears it), /exit quits (so does Ctrl-D). Ctrl-C stops the current answer, not the
+Answers stream as they are generated. Commands: /help lists them, /reset forgets the conversation, /system TEXT
+sets the system message (/system alone clears it), /exit quits (so does Ctrl-D). Ctrl-C stops the current answer, not the
 program. When the conversation outgrows the context (--ctx), the oldest turns are dropped, with a notice.
 
 \b
 Example:
-  ggufkit chat model.Q8_0.gguf --system "You are a terse assistant." --temp 0.7
+  ggufkit chat SmolLM2-135M-Instruct-Q8_0.gguf --system "You are a terse assistant." --temp 0.7
 """
 from __future__ import annotations
 
@@ -16,9 +16,14 @@ import click
 
 from ggufkit import runtime
 from ggufkit.commands.run import make_sampling, model_options, sampling_options
-from ggufkit.errors import GgufkitError
+from ggufkit.errors import GgufkitError, Terminated
 
-HELP = "commands: /reset, /system TEXT, /exit (Ctrl-D); Ctrl-C stops an answer"
+HELP = "commands: /help, /reset, /system TEXT, /exit (Ctrl-D); Ctrl-C stops an answer"
+HELP_LONG = """/help         this list
+/reset        forget the conversation (the system message stays)
+/system TEXT  set the system message; /system alone clears it
+/exit, /quit  leave (so does Ctrl-D)
+Ctrl-C stops the answer being written, not the chat."""
 
 
 def _read_line(prompt: str) -> str | None:
@@ -28,6 +33,8 @@ def _read_line(prompt: str) -> str | None:
             return input(prompt)
         except EOFError:
             return None
+        except Terminated:
+            raise
         except KeyboardInterrupt:
             print("\n(/exit or Ctrl-D quits)")
 
@@ -37,7 +44,9 @@ def _handle_command(line: str, conversation: runtime.Conversation) -> bool:
     name, _, arg = line.partition(" ")
     if name in ("/exit", "/quit"):
         return False
-    if name == "/reset":
+    if name in ("/help", "/?"):
+        print(HELP_LONG)
+    elif name == "/reset":
         conversation.reset()
         print("[conversation reset]")
     elif name == "/system":
@@ -52,12 +61,13 @@ def _handle_command(line: str, conversation: runtime.Conversation) -> bool:
 @model_options
 @sampling_options
 @click.option("--system", default=None, help="The system message to start with.")
-def command(model, scheme, ctx, threads, flash_attn, max_tokens, temp, top_p, top_k, seed, system):
+def command(model, scheme, ctx, threads, flash_attn, system, **sampling_params):
+    max_tokens = sampling_params["max_tokens"]
     path = runtime.resolve_model(model, scheme)
     llm = runtime.load(path, n_ctx=ctx, n_threads=threads, flash_attn=flash_attn)
     template = runtime.ChatTemplate.from_llama(llm, source=str(path))
     conversation = runtime.Conversation(llm, template, system=system, reserve=max_tokens)
-    sampling = make_sampling(max_tokens, temp, top_p, top_k, seed)
+    sampling = make_sampling(sampling_params)
     try:
         import readline  # noqa: F401  (line editing and history for input(), where available)
     except ImportError:

@@ -40,7 +40,7 @@ from ggufkit.errors import InputError
 @click.option("--gen-tokens", type=click.IntRange(0), default=32, show_default=True,
               help="Tokens generated per speed run (0: skip the speed column).")
 @click.option("--gen-reps", type=click.IntRange(1), default=3, show_default=True, help="Speed runs (median).")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads [all].")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads [physical cores - 1].")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw quality against size into this PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ggufkit.commands._controls import control_options, pop_controls, split_options
-from ggufkit.conversion import default_output, load_imatrix, make_plan, print_plan, run
+from ggufkit.conversion import check_destination, default_output, load_imatrix, make_plan, print_plan, run
 from ggufkit.plan.overrides import Controls
 
 
@@ -29,7 +29,7 @@ def _scheme(ctx, param, value: str) -> str:
 @click.option("--scheme", default="q4_k_m", show_default=True, callback=_scheme,
               help="Quantization scheme (llama-quantize's names, case-insensitive): f32, f16, bf16, q8_0, "
                    "q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, "
-                   "iq4_nl, iq4_xs.")
+                   "iq4_nl, iq4_xs; aliases q3_k, q4_k, q5_k = the _m schemes.")
 @click.option("--imatrix", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Importance matrix (llama.cpp GGUF or .dat format) to weight the quantization.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -44,10 +44,12 @@ def _scheme(ctx, param, value: str) -> str:
 @click.option("--threads", type=click.IntRange(min=1), help="Quantization threads [default: all cores].")
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensor, shape, type, bytes; total size and bits "
                                               "per weight) and write nothing.")
+@click.option("--force", is_flag=True, help="Replace OUT even if it is not a GGUF file (a GGUF file is always "
+                                            "replaced, as llama.cpp's tools do).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or the result as JSON.")
-def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibration_ctx, threads, dry_run, quiet,
-            as_json, split_max_size, split_max_tensors, **kwargs):
+def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibration_ctx, threads, dry_run, force,
+            quiet, as_json, split_max_size, split_max_tensors, **kwargs):
     """Convert a Hugging Face checkpoint (safetensors) to a GGUF file in one streaming pass.
 
     SRC is a local model directory (config.json + model.safetensors or shards with
@@ -66,6 +68,8 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
         raise click.UsageError("--split-max-size and --split-max-tensors are alternatives: give one")
     split = {"max_size": split_max_size} if split_max_size else \
         {"max_tensors": split_max_tensors} if split_max_tensors else None
+    if out is not None and not dry_run:
+        check_destination(out, force)  # before any long work
     if calibration is not None:
         if imatrix is not None:
             raise click.UsageError("--imatrix and --calibration are alternatives: give one")
@@ -87,11 +91,14 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
         return
     start = time.perf_counter()
     written = run(plan, out, threads=threads, imatrix=load_imatrix(imatrix),
-                  progress=not quiet and sys.stderr.isatty())
+                  progress=not quiet and sys.stderr.isatty(), force=force)
     seconds = time.perf_counter() - start
+    file_bytes = Path(written).stat().st_size
     if as_json:
-        click.echo(json.dumps({**plan.summary(), "output": str(written), "seconds": round(seconds, 3)}))
+        click.echo(json.dumps({**plan.summary(), "output": str(written), "file_bytes": file_bytes,
+                               "seconds": round(seconds, 3)}))
     elif not quiet:
         s = plan.summary()
-        click.echo(f"{written}: {s['scheme']}, {s['tensors']} tensors, {s['bytes'] / 2**20:.1f} MiB, "
-                   f"{s['bits_per_weight']:.2f} bits per weight, {seconds:.1f} s")
+        click.echo(f"{written}: {s['scheme']}, {s['tensors']} tensors, {file_bytes / 2**20:.1f} MiB "
+                   f"(tensor data {s['bytes'] / 2**20:.1f} MiB), {s['bits_per_weight']:.2f} bits per weight, "
+                   f"{seconds:.1f} s")

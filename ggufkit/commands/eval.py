@@ -19,19 +19,16 @@ import click
 @click.command("eval", help=__doc__)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--text", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Text file (UTF-8).")
-@click.option("--ctx", default=512, show_default=True, help="Tokens per chunk.")
-@click.option("--chunks", type=int, default=None, help="Score at most this many chunks (default: all).")
+@click.option("--ctx", type=click.IntRange(8), default=512, show_default=True, help="Tokens per chunk.")
+@click.option("--chunks", type=click.IntRange(1), default=None, help="Score at most this many chunks (default: all).")
 @click.option("--ref", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Reference GGUF for KL divergence / top-1 agreement.")
-@click.option("--threads", type=int, default=None, help="CPU threads.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads [physical cores - 1].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(model, text, ctx, chunks, ref, threads, as_json, quiet):
-    from ggufkit.errors import InputError
     from ggufkit.evaluate import evaluate
 
-    if chunks is not None and chunks < 1:
-        raise InputError(f"--chunks {chunks} must be >= 1")
     r = evaluate(model, text, ctx=ctx, chunks=chunks, ref=ref, threads=threads,
                  progress=not quiet and not as_json)
     if as_json:

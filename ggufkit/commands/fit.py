@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from ggufkit.edge import memory
-from ggufkit.edge.devices import DEVICES, get_device
+from ggufkit.edge.devices import DEFAULT_HEADROOM, DEVICES, get_device
 from ggufkit.errors import InputError
 
 # Perplexity increase over F16 on Llama-3-8B, from llama.cpp's quantize tool (tools/quantize/quantize.cpp).
@@ -45,7 +45,7 @@ def _rows(shape, info, n_ctx, features):
             continue
         est = memory.estimate(typed, n_ctx, features)
         n_params = sum(_count(s) for _, s, _ in typed.tensors)
-        rows.append({"scheme": name, "file_mib": round(typed.weight_bytes / MIB, 1),
+        rows.append({"scheme": name, "tensor_mib": round(typed.weight_bytes / MIB, 1),
                      "bits_per_weight": round(8 * typed.weight_bytes / n_params, 2),
                      "ppl_increase": QUALITY_PPL.get(name), **est.as_dict()})
     return rows
@@ -76,7 +76,8 @@ def fit_report(src: str, device_name: str, n_ctx: int, headroom: float, reserve_
         shape = memory.shape_from_gguf(path)
         info = memory.model_info_from_gguf(path)
         file_est = memory.estimate(shape, n_ctx, dev.features)
-        file_row = {"scheme": "(this file)", "file_mib": round(shape.weight_bytes / MIB, 1),
+        file_row = {"scheme": "(this file)", "tensor_mib": round(shape.weight_bytes / MIB, 1),
+                    "file_mib": round(path.stat().st_size / MIB, 1),
                     "bits_per_weight": round(8 * shape.weight_bytes / sum(_count(s) for _, s, _ in shape.tensors), 2),
                     "ppl_increase": None, **file_est.as_dict()}
     else:
@@ -85,7 +86,7 @@ def fit_report(src: str, device_name: str, n_ctx: int, headroom: float, reserve_
         except ValueError as e:
             raise InputError(str(e), src) from None
     reserve = dev.os_reserve_mib if reserve_mib is None else reserve_mib
-    budget = (dev.ram_mib - reserve) * (1 - headroom)
+    budget = dev.budget_mib(headroom, reserve)
     rows = _rows(shape, info, n_ctx, dev.features)
     for r in rows + ([file_row] if file_row else []):
         r["fits"] = r["needed_mib"] <= budget
@@ -94,7 +95,9 @@ def fit_report(src: str, device_name: str, n_ctx: int, headroom: float, reserve_
             "device": {"name": dev.name, "title": dev.title, "ram_mib": dev.ram_mib, "os_reserve_mib": reserve,
                        "headroom": headroom, "budget_mib": round(budget, 1), "features": sorted(dev.features),
                        "threads": dev.threads},
-            "file": file_row, "schemes": rows, "pick": pick["scheme"] if pick else None}
+            "file": file_row, "schemes": rows, "pick": pick["scheme"] if pick else None,
+            "ppl_increase": "llama.cpp's perplexity increase over F16 for Llama-3-8B (tools/quantize), a generic "
+                            "ranking of the schemes, not measured on this model"}
 
 
 def _print(report: dict) -> None:
@@ -104,12 +107,16 @@ def _print(report: dict) -> None:
     click.echo(f"model: {report['model']}, context {report['n_ctx']} tokens")
     click.echo("RSS: predicted peak RSS with a full context; RAM: RSS minus page cache the kernel can drop "
                "(weights llama.cpp copied into repacked buffers); fits: RAM <= budget")
-    click.echo(f"{'scheme':<12} {'file MiB':>9} {'bpw':>6} {'KV MiB':>7} {'RSS MiB':>8} {'RAM MiB':>8} {'fits':>5}  quality")
+    click.echo("tensors: tensor data (a file adds its metadata; `ggufkit inspect` shows the file size); quality: "
+               "llama.cpp's perplexity increase for Llama-3-8B, a generic ranking, not this model "
+               "(`ggufkit compare` measures this model)")
+    click.echo(f"{'scheme':<12} {'tensors MiB':>11} {'bpw':>6} {'KV MiB':>7} {'RSS MiB':>8} {'RAM MiB':>8} {'fits':>5}"
+               "  quality (Llama-3-8B ΔPPL)")
     rows = ([report["file"]] if report["file"] else []) + report["schemes"]
     for r in rows:
         ppl = "" if r["ppl_increase"] is None else f"{r['ppl_increase']:+.4f} ppl"
         mark = "  <- pick" if r["scheme"] == report["pick"] else ""
-        click.echo(f"{r['scheme']:<12} {r['file_mib']:>9.1f} {r['bits_per_weight']:>6.2f} {r['kv_cache_mib']:>7.1f} "
+        click.echo(f"{r['scheme']:<12} {r['tensor_mib']:>11.1f} {r['bits_per_weight']:>6.2f} {r['kv_cache_mib']:>7.1f} "
                    f"{r['total_mib']:>8.1f} {r['needed_mib']:>8.1f} {'yes' if r['fits'] else 'no':>5}  {ppl}{mark}")
     if report["pick"]:
         click.echo(f"best fit: {report['pick']}")
@@ -122,7 +129,7 @@ def _print(report: dict) -> None:
 @click.option("--device", "device", required=True, type=click.Choice(sorted(DEVICES), case_sensitive=False),
               help="Target device profile.")
 @click.option("--ctx", type=click.IntRange(16), default=4096, show_default=True, help="Context size in tokens.")
-@click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.15, show_default=True,
+@click.option("--headroom", type=click.FloatRange(0, 0.9), default=DEFAULT_HEADROOM, show_default=True,
               help="Fraction of the RAM budget kept free (covers the memory model's 15% accuracy).")
 @click.option("--reserve", "reserve_mib", type=click.IntRange(0), default=None,
               help="MiB the OS keeps for itself (default: the device profile's estimate).")

@@ -17,19 +17,17 @@ from pathlib import Path
 
 import click
 
-from ggufkit.errors import InputError
-
 
 @click.command("imatrix", help=__doc__)
 @click.argument("src")
 @click.option("--text", "text", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Calibration text file (UTF-8).")
-@click.option("--ctx", default=512, show_default=True, help="Tokens per chunk.")
-@click.option("--chunks", type=int, default=None, help="Process at most this many chunks (default: all).")
+@click.option("--ctx", type=click.IntRange(8), default=512, show_default=True, help="Tokens per chunk.")
+@click.option("--chunks", type=click.IntRange(1), default=None, help="Process at most this many chunks (default: all).")
 @click.option("--process-output", is_flag=True, help="Also collect output.weight (llama-imatrix's flag).")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file [default: <model-name>.imatrix.gguf]; .dat selects the legacy format.")
-@click.option("--threads", type=int, default=None, help="CPU threads for the model.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the model.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def command(src, text, ctx, chunks, process_output, out, threads, quiet, as_json):
@@ -37,8 +35,6 @@ def command(src, text, ctx, chunks, process_output, out, threads, quiet, as_json
     from ggufkit.sources.hf import resolve
 
     model_dir = resolve(src)
-    if chunks is not None and chunks < 1:
-        raise InputError(f"--chunks {chunks} must be >= 1")
     out = out or Path.cwd() / f"{str(src).rstrip('/').rsplit('/', 1)[-1]}.imatrix.gguf"
     start = time.perf_counter()
     im = compute(model_dir, text, ctx=ctx, chunks=chunks, process_output=process_output, threads=threads,

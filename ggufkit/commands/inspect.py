@@ -1,12 +1,14 @@
 """Show what is inside a GGUF file: architecture, key metadata, tokenizer, tensor types, size, bits per weight.
 
 The whole file structure is validated first: a truncated or corrupt file gives a one-line error (exit 1).
---tensors lists every tensor (name, shape in ggml order, type, bytes); --json prints the same as JSON.
+--tensors lists every tensor (name, shape as rows x cols - the order of the Hugging Face checkpoint and of
+`convert --dry-run` - type, bytes); --json prints the same as JSON, where "shape" is in ggml's order (ne0, the
+row length, first; as gguf-py reports it).
 The first part of a split set (model-00001-of-00003.gguf) is shown as the whole model, every part checked.
 
 \b
 Example:
-  ggufkit inspect SmolLM2-135M-Instruct.Q4_K_M.gguf --tensors
+  ggufkit inspect SmolLM2-135M-Instruct-Q4_K_M.gguf --tensors
 """
 from __future__ import annotations
 
@@ -24,11 +26,8 @@ def _printable(text) -> str:
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return str(n)
+    """Sizes as everywhere in ggufkit (convert, bench, compare, fit): MiB of 2**20 bytes, one decimal."""
+    return f"{n / 2**20:.1f} MiB"
 
 
 def _count(n: int) -> str:
@@ -88,7 +87,7 @@ def render_text(s: dict) -> str:
     row("tokenizer", _tokenizer_line(s["tokenizer"]))
     bpw = f", {s['bits_per_weight']:.2f} bits per weight" if s["bits_per_weight"] else ""
     row("tensors", f"{s['tensor_count']}, {_count(s['parameters'])} parameters, "
-                   f"{_size(s['tensor_bytes'])}{bpw}")
+                   f"tensor data {_size(s['tensor_bytes'])}{bpw}")
     lines.append("")
     lines.append(f"  {'type':<10} {'count':>6} {'parameters':>14} {'bytes':>14} {'bpw':>6}")
     for name, t in s["tensor_types"].items():
@@ -100,7 +99,7 @@ def render_text(s: dict) -> str:
         width = max((len(name) for name in names), default=4)
         lines.append(f"  {'name':<{width}} {'shape':<20} {'type':<8} {'bytes':>12}")
         for name, t in zip(names, s["tensors"]):
-            shape = " x ".join(str(d) for d in t["shape"])
+            shape = " x ".join(str(d) for d in reversed(t["shape"]))  # rows x cols (ggml lists ne0 first)
             lines.append(f"  {name:<{width}} {shape:<20} {t['type']:<8} {t['bytes']:>12}")
     return "\n".join(lines)
 

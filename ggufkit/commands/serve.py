@@ -1,20 +1,24 @@
 """Serve a GGUF model over an OpenAI-compatible HTTP API, with a chat page at /.
 
-Endpoints: GET /v1/models, POST /v1/chat/completions (streaming SSE or not), POST /v1/completions,
-GET /health, and the page at /. Binds 127.0.0.1 unless --host says otherwise. With --api-key (or the
+Endpoints: GET /v1/models, POST /v1/chat/completions (streaming SSE or not; stream_options.include_usage adds
+a final usage chunk), POST /v1/completions, GET /health, and the page at /. Binds 127.0.0.1 unless --host says
+otherwise; --port 0 takes a free port (the line on stderr names it). Responses name the model by its file stem. With --api-key (or the
 GGUFKIT_API_KEY environment variable) every API request needs `Authorization: Bearer KEY`. Requests are
 answered one at a time, in order; --max-tokens caps what one request may generate. Cross-origin requests are
 refused unless --cors ORIGIN allows them.
 
 \b
 Example:
-  ggufkit serve model.Q4_K_M.gguf --port 8080 --api-key secret
+  ggufkit serve SmolLM2-135M-Instruct-Q4_K_M.gguf --port 8080 --api-key secret
 """
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
+import re
+import socket
 import sys
 from pathlib import Path
 
@@ -22,11 +26,15 @@ import click
 
 from ggufkit import runtime
 from ggufkit.commands.run import model_options
-from ggufkit.errors import RuntimeFailure
+from ggufkit.errors import OutputError, RuntimeFailure
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 PUBLIC_PATHS = {"/", "/health", "/favicon.ico"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+log = logging.getLogger("ggufkit.serve")
+# Sampling fields with a range: OpenAI's ranges (the server would otherwise accept temperature -1).
+RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0),
+          "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0)}
 
 
 def _error_body(status: int, message: str, kind: str) -> bytes:
@@ -42,13 +50,20 @@ class ApiGuard:
     - API key: checked first (so a stranger learns nothing about body rules), with hmac.compare_digest.
     - Body: at most `max_body` bytes (413), valid JSON (400), and for the completion endpoints valid against
       llama-cpp-python's own request models (400 instead of its 500 for a schema error).
+    - Semantics the schema leaves out (400): a chat needs a non-empty `messages` list; sampling values in
+      OpenAI's ranges (RANGES).
     - max_tokens: absent, null or above `max_tokens` becomes `max_tokens`.
+    - model: set to `model_alias`, so answers name the model by its alias, never by its path on disk.
+    - stream_options.include_usage on a stream: a last chunk with `usage` (from `usage`, a UsageCounter)
+      before `data: [DONE]`, as OpenAI's API sends it.
     """
 
-    def __init__(self, app, api_key: str | None, max_body: int, max_tokens: int):
+    def __init__(self, app, api_key: str | None, max_body: int, max_tokens: int, model_alias: str | None = None,
+                 usage: UsageCounter | None = None):
         from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
 
         self.app, self.api_key, self.max_body, self.max_tokens = app, api_key, max_body, max_tokens
+        self.model_alias, self.usage = model_alias, usage
         self.schemas = {"/v1/chat/completions": CreateChatCompletionRequest,
                         "/v1/completions": CreateCompletionRequest}
 
@@ -80,6 +95,8 @@ class ApiGuard:
         body, problem = self._check_body(path, body)
         if problem:
             return await self._reply(send, 400, problem, "invalid_request_error")
+        if self.usage is not None and path in self.schemas and _wants_usage(body):
+            send = self._with_usage_chunk(send)
         # The body is known to be JSON now: say so (curl's default form content type would make FastAPI
         # hand the route raw bytes), with its new length.
         kept = [(k, v) for k, v in scope["headers"] if k not in (b"content-length", b"content-type")]
@@ -118,9 +135,40 @@ class ApiGuard:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
             return body, f"{where}: {first['msg']} ({e.error_count()} problem(s) in the request body)"
+        if path == "/v1/chat/completions" and not (isinstance(data.get("messages"), list) and data["messages"]):
+            return body, "messages: a chat completion needs a non-empty list of messages"
+        for name, (low, high) in RANGES.items():
+            value = data.get(name)
+            if value is not None and not low <= value <= high:
+                return body, f"{name}: {value} is out of range [{low:g}, {high:g}]"
         if data.get("max_tokens") is None or data["max_tokens"] > self.max_tokens:
             data["max_tokens"] = self.max_tokens
+        if self.model_alias is not None:
+            data["model"] = self.model_alias
         return json.dumps(data).encode(), None
+
+    def _with_usage_chunk(self, send):
+        """send, with a usage chunk (OpenAI's shape: no choices) inserted before the stream's `data: [DONE]`."""
+        last = {}
+
+        async def send_with_usage(message):
+            body = message.get("body", b"") if message["type"] == "http.response.body" else b""
+            match = re.search(rb"(?:^|\n)(data: \[DONE\])", body)  # at a line start: not inside a JSON text
+            done = match.start(1) if match else -1
+            for line in body.splitlines():
+                if line.startswith(b"data: {"):
+                    try:
+                        last.update({k: v for k, v in json.loads(line[6:]).items()
+                                     if k in ("id", "object", "created", "model")})
+                    except ValueError:
+                        pass
+            if done >= 0:
+                chunk = {**last, "choices": [], "usage": self.usage.as_dict()}
+                event = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                message = dict(message, body=body[:done] + event + body[done:])
+            await send(message)
+
+        return send_with_usage
 
     @staticmethod
     async def _reply(send, status: int, message: str, kind: str, extra: dict | None = None):
@@ -129,6 +177,45 @@ class ApiGuard:
         headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+def _wants_usage(body: bytes) -> bool:
+    data = json.loads(body)
+    options = data.get("stream_options")
+    return bool(data.get("stream")) and isinstance(options, dict) and options.get("include_usage") is True
+
+
+class UsageCounter:
+    """Token counts of the latest generation of a Llama (requests run one at a time): its `generate` is wrapped
+    to count the prompt it is given and the tokens it yields, end-of-generation tokens excepted - what
+    llama-cpp-python reports as usage for a request that does not stream."""
+
+    def __init__(self):
+        self.prompt_tokens = self.completion_tokens = 0
+
+    def attach(self, llm) -> None:
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        original = llm.generate
+
+        def generate(tokens, *args, **kwargs):
+            self.prompt_tokens, self.completion_tokens = len(tokens), 0
+            for token in original(tokens, *args, **kwargs):
+                if not llama_cpp.llama_vocab_is_eog(vocab, token):
+                    self.completion_tokens += 1
+                yield token
+
+        llm.generate = generate
+
+    def as_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+def _quiet_print(*args, **kwargs) -> None:
+    """llama-cpp-python's server prints client disconnects to stdout: they go to ggufkit's log (debug)."""
+    log.debug(" ".join(str(a) for a in args))
 
 
 # ---- the app: llama-cpp-python's server, adjusted
@@ -168,11 +255,15 @@ def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = No
     except (ValueError, RuntimeError) as e:
         raise RuntimeFailure(f"llama.cpp could not load the model: {e}", model_path) from e
 
+    llama_app.print = _quiet_print  # module-level name lookup: its disconnect prints, and only those
+    usage = UsageCounter()
+    usage.attach(llama_app._llama_proxy._current_model)  # the one model, loaded by create_app
     app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
     if cors:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(ApiGuard, api_key=api_key, max_body=max_body, max_tokens=max_tokens)
+    app.add_middleware(ApiGuard, api_key=api_key, max_body=max_body, max_tokens=max_tokens, model_alias=alias,
+                       usage=usage)
 
     async def constant_time_authenticate():  # ApiGuard has checked the key before any route runs
         return True
@@ -206,15 +297,41 @@ def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = No
 def command(model, scheme, ctx, threads, flash_attn, host, port, api_key, cors, max_tokens, max_body_kb):
     import uvicorn
 
-    path = runtime.resolve_model(model, scheme)
-    app = build_app(path, n_ctx=ctx, n_threads=threads, api_key=api_key, cors=cors, max_tokens=max_tokens,
-                    max_body=max_body_kb * 1024, flash_attn=flash_attn)
+    sock = listen(host, port)  # first: a port in use fails before the model loads, and before any "serving"
+    try:
+        path = runtime.resolve_model(model, scheme)
+        app = build_app(path, n_ctx=ctx, n_threads=threads, api_key=api_key, cors=cors, max_tokens=max_tokens,
+                        max_body=max_body_kb * 1024, flash_attn=flash_attn)
+    except BaseException:
+        sock.close()
+        raise
     if host not in LOOPBACK and not api_key:
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
+    bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"serving {path.name} on http://{shown}:{port}/ (API at /v1, Ctrl-C stops)", err=True)
+    click.echo(f"serving {path.name} on http://{shown}:{bound}/ (API at /v1, Ctrl-C stops)", err=True)
     sys.stderr.flush()
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[sock])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: a free one), or a one-line OutputError."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise OutputError(f"cannot listen: unknown host ({e.strerror})", f"{host}:{port}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise OutputError(f"cannot listen: {e.strerror}", f"{host}:{port}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 command.help = __doc__

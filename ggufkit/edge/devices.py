@@ -23,6 +23,7 @@ from dataclasses import dataclass
 __all__ = ["DEVICES", "Device", "get_device"]
 
 GIB = 1024  # MiB
+DEFAULT_HEADROOM = 0.15  # fraction of the RAM after the OS kept free: the memory model's stated accuracy
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class Device:
     @property
     def usable_mib(self) -> int:
         return self.ram_mib - self.os_reserve_mib
+
+    def budget_mib(self, headroom: float = DEFAULT_HEADROOM, reserve_mib: int | None = None) -> float:
+        """RAM a model may need on this board: (RAM - the OS's share) x (1 - headroom). `ggufkit fit` and
+        `ggufkit deploy` both judge a fit by this one figure."""
+        reserve = self.os_reserve_mib if reserve_mib is None else reserve_mib
+        return (self.ram_mib - reserve) * (1 - headroom)
 
     @property
     def triple(self) -> str:

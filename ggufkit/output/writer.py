@@ -76,11 +76,12 @@ class StreamingGGUF:
             raise OutputError("output directory does not exist", parent)
         # not tempfile.mkstemp: its files are mode 0600; a GGUF should get the usual umask-based mode
         tmp = parent / f".{self.out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        self._tmp = tmp  # before the file exists: a signal right after its creation still finds it in abort()
         try:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except OSError as e:
+            self._tmp = None
             raise _output_error(parent, e) from None
-        self._tmp = tmp
 
     def start(self) -> None:
         """Write header, key-values and tensor infos (after every add_tensor_info)."""

@@ -374,19 +374,24 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in _SCHEME_LIST}
 # --calibration (ggufkit.conversion refuses them otherwise); for the rest ggufkit has no kernels yet, and asking
 # for one says both facts rather than just "unknown".
 IMATRIX_ONLY_SCHEMES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S", "IQ3_XS")
+# llama-quantize's aliases (tools/quantize: "alias for Q4_K_M" and friends)
+SCHEME_ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 
 
 def get_scheme(name: str) -> Scheme:
-    """Scheme by name, case-insensitive ("q4_k_m" -> Q4_K_M)."""
+    """Scheme by name, case-insensitive ("q4_k_m" -> Q4_K_M), or by llama-quantize's alias ("q4_k" -> Q4_K_M)."""
     key = name.strip().upper()
+    key = SCHEME_ALIASES.get(key, key)
     try:
         return SCHEMES[key]
     except KeyError:
+        from ggufkit.errors import UsageError  # a ValueError too
+
         known = ", ".join(s.lower() for s in SCHEMES)
         if key in IMATRIX_ONLY_SCHEMES:
-            raise ValueError(f"scheme {name!r} is one llama.cpp quantizes only with an importance matrix, and "
+            raise UsageError(f"scheme {name!r} is one llama.cpp quantizes only with an importance matrix, and "
                              f"ggufkit does not offer it yet (known: {known})") from None
-        raise ValueError(f"unknown scheme {name!r} (known: {known})") from None
+        raise UsageError(f"unknown scheme {name!r} (known: {known})") from None
 
 
 # The types llama.cpp quantizes only with importance weights (tensor_requires_imatrix), except in token_embd and
@@ -574,12 +579,12 @@ def format_plan(rows: Sequence[PlanRow], scheme: Scheme | None = None) -> str:
     width = max((len(r.name) for r in rows), default=6)
     lines = [f"{'tensor':<{width}}  {'shape':<16} {'type':<7} {'bytes':>12}"]
     for r in rows:
-        shape = "x".join(str(d) for d in r.shape)
+        shape = " x ".join(str(d) for d in r.shape)  # rows x cols, as `ggufkit inspect --tensors` shows it
         note = f"  (fallback from {r.fallback_from.name}: row of {r.shape[-1]})" if r.fallback_from else ""
         lines.append(f"{r.name:<{width}}  {shape:<16} {r.type.name:<7} {r.nbytes:>12}{note}")
     s = summarize(rows)
     head = f"{scheme.name}: " if scheme else ""
-    lines.append(f"{head}{s.n_tensors} tensors, {s.n_elements} weights, {_human(s.nbytes)} "
+    lines.append(f"{head}{s.n_tensors} tensors, {s.n_elements} weights, tensor data {s.nbytes / 2**20:.1f} MiB "
                  f"({s.nbytes} bytes), {s.bits_per_weight:.2f} bits per weight"
                  + (f", {s.n_fallback} fallback(s)" if s.n_fallback else ""))
     return "\n".join(lines)

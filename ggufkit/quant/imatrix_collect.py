@@ -52,7 +52,16 @@ def compute(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | None
     if threads:
         torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if not progress:  # transformers draws its own "Loading weights" bar
+        hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.eval()
 
     ids = tokenizer(text, add_special_tokens=True)["input_ids"]  # (n_tokens,)

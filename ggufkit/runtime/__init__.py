@@ -52,15 +52,9 @@ def _checkpoint_dir(model: str) -> Path:
         return path.resolve()
     if not HUB_ID.match(model):
         raise InputError("no such GGUF file, checkpoint directory or hub id", model)
-    import huggingface_hub
+    from ggufkit.sources.hf import resolve
 
-    try:
-        snapshot = huggingface_hub.snapshot_download(
-            model, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]
-        )
-    except Exception as e:  # hub errors come in many classes (offline, 404, gated); all are bad input here
-        raise InputError(f"cannot fetch from the Hugging Face hub: {type(e).__name__}: {e}", model) from e
-    return Path(snapshot)
+    return resolve(model)  # hub errors (not cached while offline, 404, gated) as one line naming the id
 
 
 def _cache_key(src: Path, scheme: str) -> str:
@@ -117,7 +111,28 @@ def resolve_model(model: str, scheme: str | None = None, quiet: bool = False) ->
 # ---- loading
 
 def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Threads for llama.cpp when none are given: the physical cores this process may use, minus one.
+
+    ggml's threads spin-wait for each other at every operation, so one thread that has to share its core with
+    anything else stalls all of them: with every core in use, generation on a loaded 2-core machine fell from
+    ~10 tok/s (1 thread) to a crawl (BENCHMARKS.md, "Threads"). One core left free keeps that from happening
+    at the price of at most 1/n of the speed on an idle machine; hyper-threads add nothing to llama.cpp's
+    matrix products (llama.cpp's own default is the physical cores too)."""
+    return max(1, physical_cores() - 1)
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (Linux sysfs topology; else the CPU count)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topology.joinpath("physical_package_id").read_text().strip(),
+                       topology.joinpath("core_id").read_text().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
 
 
 def load_check(path: Path | str) -> Path:

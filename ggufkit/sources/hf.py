@@ -218,7 +218,8 @@ class Checkpoint:
         raise InputError(f"no {SINGLE_NAME} (only safetensors checkpoints are supported)", self.dir)
 
 
-_HUB_ID = re.compile(r"[\w.\-]+/[\w.\-]+")
+# owner/name; neither part starts with "." or "-" (so ./model, ../model and .cache/x are paths, not ids)
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.\-]*/[A-Za-z0-9_][\w.\-]*")
 
 
 def resolve(src: str | os.PathLike) -> Path:
