@@ -17,6 +17,7 @@ import click
 from ggufkit import runtime
 from ggufkit.commands.run import make_sampling, model_options, sampling_options
 from ggufkit.errors import GgufkitError
+from ggufkit.runtime import rpc as rpc_runtime
 
 HELP = "commands: /reset, /system TEXT, /exit (Ctrl-D); Ctrl-C stops an answer"
 
@@ -51,10 +52,13 @@ def _handle_command(line: str, conversation: runtime.Conversation) -> bool:
 @click.command("chat")
 @model_options
 @sampling_options
+@rpc_runtime.options
 @click.option("--system", default=None, help="The system message to start with.")
-def command(model, scheme, ctx, threads, flash_attn, max_tokens, temp, top_p, top_k, seed, system):
+def command(model, scheme, ctx, threads, flash_attn, max_tokens, temp, top_p, top_k, seed, system, rpc=None,
+            split=None):
     path = runtime.resolve_model(model, scheme)
-    llm = runtime.load(path, n_ctx=ctx, n_threads=threads, flash_attn=flash_attn)
+    llm = runtime.load(path, n_ctx=ctx, n_threads=threads, flash_attn=flash_attn,
+                       offload=rpc_runtime.offload_for(path, rpc, split))
     template = runtime.ChatTemplate.from_llama(llm, source=str(path))
     conversation = runtime.Conversation(llm, template, system=system, reserve=max_tokens)
     sampling = make_sampling(max_tokens, temp, top_p, top_k, seed)

@@ -15,6 +15,7 @@ import sys
 import click
 
 from ggufkit import runtime
+from ggufkit.runtime import rpc as rpc_runtime
 
 
 def model_options(f):
@@ -48,16 +49,18 @@ def make_sampling(max_tokens, temp, top_p, top_k, seed) -> runtime.Sampling:
 @click.command("run")
 @model_options
 @sampling_options
+@rpc_runtime.options
 @click.option("--prompt", "-p", default=None, help="The prompt (default: read stdin).")
 @click.option("--chat", is_flag=True, help="Apply the model's chat template (prompt = one user message).")
 @click.option("--system", default=None, help="With --chat: a system message.")
 @click.option("--stats", is_flag=True, help="Print token counts and speeds to stderr.")
 def command(model, scheme, ctx, threads, flash_attn, max_tokens, temp, top_p, top_k, seed, prompt, chat, system,
-            stats):
+            stats, rpc=None, split=None):
     if prompt is None:
         prompt = sys.stdin.read()
     path = runtime.resolve_model(model, scheme)
-    llm = runtime.load(path, n_ctx=ctx, n_threads=threads, flash_attn=flash_attn)
+    llm = runtime.load(path, n_ctx=ctx, n_threads=threads, flash_attn=flash_attn,
+                       offload=rpc_runtime.offload_for(path, rpc, split))
     if chat:
         template = runtime.ChatTemplate.from_llama(llm, source=str(path))
         messages = ([{"role": "system", "content": system}] if system else []) + [

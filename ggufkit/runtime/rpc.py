@@ -186,6 +186,21 @@ def start_worker(host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int
     return proc
 
 
+def wait_listening(proc: subprocess.Popen, endpoint: Endpoint, timeout: float = 30.0) -> bool:
+    """True once the worker accepts connections; False if it exits first (rpc-server exits with code 0 when it
+    cannot bind) or does not listen within timeout."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if reachable(endpoint, timeout=1.0):
+            return proc.poll() is None
+        time.sleep(0.05)
+    return False
+
+
 # ---- the head: ggml's device list
 
 def _registry():
@@ -366,3 +381,26 @@ def block_count(path) -> int:
 
 def warn(stream=None) -> None:
     print(WARNING, file=stream or sys.stderr, flush=True)
+
+
+def offload_for(path, rpc: str | None, split: str | None, log=None) -> dict | None:
+    """What run/chat pass to runtime.load for --rpc/--split: None without --rpc; else the workers are checked and
+    added, the layout is printed to `log` (stderr by default) and the Llama kwargs are returned."""
+    if not rpc:
+        if split:
+            raise InputError("--split needs --rpc", "--split")
+        return None
+    plan = setup(rpc, split, block_count(path))
+    print(plan.describe(), file=log or sys.stderr, flush=True)
+    return plan.kwargs
+
+
+def options(f):
+    """--rpc and --split for run, chat and serve."""
+    import click
+
+    f = click.option("--split", default=None, metavar="auto|W0,W1,...",
+                     help="With --rpc: layers per device in proportion to these weights, the local CPU first, "
+                          "then each worker (default auto: by free memory).")(f)
+    return click.option("--rpc", default=None, metavar="HOST:PORT[,...]",
+                        help="Spread the layers over these `ggufkit worker`s and the local CPU.")(f)
