@@ -187,17 +187,20 @@ def start_worker(host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int
 
 
 def wait_listening(proc: subprocess.Popen, endpoint: Endpoint, timeout: float = 30.0) -> bool:
-    """True once the worker accepts connections; False if it exits first (rpc-server exits with code 0 when it
-    cannot bind) or does not listen within timeout."""
+    """True once the worker answers an RPC HELLO; False if it exits first (rpc-server exits with code 0 when it
+    cannot bind) or does not answer within timeout. HELLO rather than a TCP connect: another program may hold
+    the port."""
     import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
-        if reachable(endpoint, timeout=1.0):
+        try:
+            probe(endpoint, timeout=1.0)
             return proc.poll() is None
-        time.sleep(0.05)
+        except RuntimeFailure:
+            time.sleep(0.05)
     return False
 
 
