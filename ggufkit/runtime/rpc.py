@@ -30,6 +30,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,8 +191,6 @@ def wait_listening(proc: subprocess.Popen, endpoint: Endpoint, timeout: float = 
     """True once the worker answers an RPC HELLO; False if it exits first (rpc-server exits with code 0 when it
     cannot bind) or does not answer within timeout. HELLO rather than a TCP connect: another program may hold
     the port."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -280,7 +279,12 @@ def install_abort_handler(endpoints: list[Endpoint], exit_code: int = 4) -> None
 
     def on_abort(message: bytes) -> None:
         text = (message or b"").decode("utf-8", "replace").strip()
-        down = [str(e) for e in endpoints if not reachable(e, timeout=1.0)]
+        down = []
+        for _ in range(20):  # a worker being killed may still hold its port for a moment on a busy machine
+            down = [str(e) for e in endpoints if not reachable(e, timeout=1.0)]
+            if down:
+                break
+            time.sleep(0.1)
         if down:
             line = f"error: RPC worker {', '.join(down)} went away ({text.rsplit(': ', 1)[-1]})\n"
         else:
