@@ -159,7 +159,8 @@ def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = No
     server_settings = ServerSettings.model_construct(api_key=api_key, interrupt_requests=False)
     model_settings = ModelSettings.model_construct(
         model=str(model_path), model_alias=alias, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-        logits_all=False, embedding=False, cache=False, flash_attn=flash_attn, verbose=False, **(offload or {}))
+        logits_all=False, embedding=False, cache=False, flash_attn=flash_attn, verbose=False,
+        **{k: v for k, v in (offload or {}).items() if k != "rpc_endpoints"})
     os.environ.pop("CONFIG_FILE", None)  # create_app would take all its settings from that file instead
     from ggufkit.runtime.template_sandbox import install as bound_chat_templates
 

@@ -151,14 +151,21 @@ def load(path: Path | str, n_ctx: int = 2048, n_threads: int | None = None, seed
 
     backends.ensure()
     threads = n_threads or default_threads()
+    offload = dict(offload or {})
+    workers = offload.pop("rpc_endpoints", None)
     try:
-        return llama_cpp.Llama(
+        llm = llama_cpp.Llama(
             model_path=str(path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=threads,
             n_threads_batch=threads, seed=seed, logits_all=False, flash_attn=flash_attn, verbose=False,
-            **(offload or {}),
+            **offload,
         )
     except (ValueError, RuntimeError) as e:
         raise RuntimeFailure(f"llama.cpp could not load the model: {e}", path) from e
+    if workers:  # a worker that goes silent: an error within ~25 s, not a hang (runtime.rpc)
+        from ggufkit.runtime import rpc
+
+        rpc.harden_connections(workers)
+    return llm
 
 
 def context_size(llm) -> int:

@@ -141,6 +141,18 @@ def probe(endpoint: Endpoint, timeout: float = 5.0) -> WorkerInfo:
     return WorkerInfo(endpoint, f"{major}.{minor}.{patch}", count, free, total)
 
 
+def connect_state(endpoint: Endpoint, timeout: float = 2.0) -> str:
+    """"up" (TCP connection accepted), "refused" (nothing listens: the worker is gone) or "silent" (timeout,
+    unreachable host)."""
+    try:
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout):
+            return "up"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError:
+        return "silent"
+
+
 def reachable(endpoint: Endpoint, timeout: float = 2.0) -> bool:
     """Does anything accept TCP connections there? (No HELLO: a worker busy with our own model is reachable.)"""
     try:
@@ -279,12 +291,7 @@ def install_abort_handler(endpoints: list[Endpoint], exit_code: int = 4) -> None
 
     def on_abort(message: bytes) -> None:
         text = (message or b"").decode("utf-8", "replace").strip()
-        down = []
-        for _ in range(20):  # a worker being killed may still hold its port for a moment on a busy machine
-            down = [str(e) for e in endpoints if not reachable(e, timeout=1.0)]
-            if down:
-                break
-            time.sleep(0.1)
+        down = _down(endpoints)
         if down:
             line = f"error: RPC worker {', '.join(down)} went away ({text.rsplit(': ', 1)[-1]})\n"
         else:
@@ -297,6 +304,78 @@ def install_abort_handler(endpoints: list[Endpoint], exit_code: int = 4) -> None
     callback = _ABORT_T(on_abort)
     _abort_state["callback"] = callback  # keep it alive as long as the process
     base.ggml_set_abort_callback(callback)
+
+
+def _down(endpoints: list[Endpoint], tries: int = 10) -> list[str]:
+    """The workers that are gone: a refused connection counts at once; a timeout is tried again, up to `tries`
+    times (rpc-server's listen backlog is 1: behind a queued connection a live worker's port drops new SYNs
+    until it accepts). One that accepted once is not tried again."""
+    alive: set[Endpoint] = set()
+    silent: set[Endpoint] = set()
+    for _ in range(tries):
+        refused, silent = [], set()
+        for e in endpoints:
+            if e in alive:
+                continue
+            state = connect_state(e, timeout=1.0)
+            if state == "up":
+                alive.add(e)
+            elif state == "refused":
+                refused.append(str(e))
+            else:
+                silent.add(e)
+        if refused:
+            return refused
+        if not silent:
+            return []
+        time.sleep(0.1)
+    return [str(e) for e in endpoints if e in silent]
+
+
+# ---- connections that fail instead of hanging
+
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3   # a silent peer is noticed in ~25 s
+USER_TIMEOUT_MS = 20_000                                          # sent data unacknowledged for 20 s: give up
+
+
+def harden_connections(endpoints: list[Endpoint]) -> int:
+    """TCP keepalive and TCP_USER_TIMEOUT on this process's connections to the workers (found in /proc/self/fd).
+
+    ggml-rpc waits on its sockets without a timeout: a worker whose board loses power or network would hang the
+    head forever. With these options the kernel ends such a connection within ~25 s; ggml-rpc then aborts, which
+    install_abort_handler turns into a one-line error (and serve --rpc into a restart). Linux only; returns how
+    many connections were set."""
+    wanted = set()
+    for e in endpoints:
+        try:
+            wanted |= {(info[4][0], e.port) for info in socket.getaddrinfo(e.host, e.port, socket.AF_INET)}
+        except OSError:
+            pass
+    count = 0
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            s = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if s.family == socket.AF_INET and s.type == socket.SOCK_STREAM and s.getpeername() in wanted:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+                count += 1
+        except OSError:
+            pass
+        finally:
+            s.close()  # closes the duplicate only; ggml's descriptor stays open
+    return count
 
 
 # ---- the split
@@ -399,7 +478,7 @@ def offload_for(path, rpc: str | None, split: str | None, log=None) -> dict | No
         return None
     plan = setup(rpc, split, block_count(path))
     print(plan.describe(), file=log or sys.stderr, flush=True)
-    return plan.kwargs
+    return dict(plan.kwargs, rpc_endpoints=plan.endpoints)
 
 
 def options(f):

@@ -11,8 +11,10 @@ ggml-rpc aborts the process holding the model when a worker stops answering (ggu
   answer yet gets a 502 in the OpenAI error shape naming the worker; a streaming answer at a chunk boundary gets
   a final `data: {"error": ...}` event (the openai client raises it as an APIError) and a proper end; elsewhere
   the connection is closed.
-- A worker that stops answering without dying (power cut, cable): every WATCH_SECONDS the front tries a TCP
-  connection to each worker; one that fails makes it kill the child, with the same errors as above.
+- A worker that stops answering without dying (power cut, cable): the child's connections to the workers carry
+  TCP keepalive and TCP_USER_TIMEOUT (rpc.harden_connections), so the kernel ends them within ~25 s and the child
+  exits as above. (The front does not poll the workers: rpc-server's listen backlog is 1 and it serves one
+  client at a time, so a probe would sit in the queue behind the model's connection.)
 - Then the child is started again with the workers that are still reachable (the split recomputed over them;
   none left: the local CPU alone). Meanwhile requests get a 503 saying so; GET /health always answers 200 with
   {"status": "ok" | "loading" | "restarting" | "failed", "workers": [...]}.
@@ -29,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from ggufkit.runtime import rpc
@@ -138,36 +141,43 @@ class Front:
             writer.close()
 
     def _dead_workers(self) -> list[str]:
-        return [str(e) for e in self.using if not rpc.reachable(e, timeout=2.0)]
+        return rpc._down(self.using)
 
     async def supervise(self) -> None:
-        """Restart the child when it dies or a worker it uses stops answering."""
+        """Restart the child when it dies: noticed by a relay (self.gone) or every WATCH_SECONDS."""
+        self.gone = asyncio.Event()
         await self.start_child()
         while True:
-            await asyncio.sleep(WATCH_SECONDS if self.status == "ok" else RETRY_SECONDS)
-            if self.status == "ok" and self.proc.poll() is None:
-                dead = await asyncio.get_running_loop().run_in_executor(None, self._dead_workers)
-                if not dead:
-                    continue
-                print(f"error: RPC worker {', '.join(dead)} stopped answering; stopping the model process",
-                      file=self.log, flush=True)
-                self.proc.kill()
-            if self.proc.poll() is None:
-                self.proc.wait()
-            dead = self._dead_workers()
+            if self.status != "failed":
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.gone.wait(), WATCH_SECONDS)
+                self.gone.clear()
+                if self.proc.poll() is None:
+                    continue  # alive (or still dying: the next round sees it)
+            else:
+                await asyncio.sleep(RETRY_SECONDS)
             if self.status == "ok":
+                dead = await asyncio.get_running_loop().run_in_executor(None, self._dead_workers)
                 self.reason = (f"RPC worker {', '.join(dead)} went away" if dead else
                                f"the model process stopped (exit code {self.proc.returncode})")
             self.status = "restarting"
             self.restarts += 1
             await self.start_child()
 
-    def worker_problem(self) -> str:
+    def worker_problem(self) -> tuple[str, bool]:
+        """(message for the client, whether the child is gone), after the child's answer broke off."""
+        for _ in range(50):  # the child's abort handler takes up to ~2 s to name the worker and exit
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        gone = self.proc.poll() is not None
         dead = self._dead_workers()
         if dead:
             return (f"RPC worker {', '.join(dead)} went away during the request; the model restarts on the "
-                    "remaining devices")
-        return "the model process stopped during the request; it restarts"
+                    "remaining devices"), gone
+        if gone:
+            return "the model process stopped during the request; it restarts", gone
+        return "the model process broke off its answer", gone
 
     # ---- the relay
 
@@ -276,7 +286,10 @@ class Front:
                                   or (chunks is None and remaining is None))
         if complete:
             return
-        message = await asyncio.get_running_loop().run_in_executor(None, self.worker_problem)
+        message, gone = await asyncio.get_running_loop().run_in_executor(None, self.worker_problem)
+        if gone and self.status == "ok":  # from now on /health and new requests say so, until the child is back
+            self.status, self.reason = "restarting", message.split(" during the request")[0]
+            self.gone.set()
         if not sent_head:
             writer.write(_error(502, message))
         elif chunks is not None and chunks.at_boundary:
@@ -340,6 +353,8 @@ def _child(config: str) -> None:
     model = Path(cfg["model"])
     offload = rpc.offload_for(model, cfg["rpc"], cfg["split"]) if cfg["rpc"] else None
     app = build_app(model, offload=offload, **cfg["app"])
+    if offload:  # the model is loaded: its connections to the workers fail within ~25 s instead of hanging
+        rpc.harden_connections(offload["rpc_endpoints"])
     uvicorn.run(app, uds=cfg["uds"], log_level="warning", access_log=False)
 
 
