@@ -20,9 +20,9 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is part of the [run] extra")
 
-from ggufkit.edge import group, memory  # noqa: E402
-from ggufkit.edge.devices import get_device  # noqa: E402
-from ggufkit.runtime import rpc  # noqa: E402
+from ggufkit.edge import group, memory
+from ggufkit.edge.devices import get_device
+from ggufkit.runtime import rpc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "The capital of France is"
@@ -78,9 +78,9 @@ def workers(tmp_path):
     out = []
     for i in range(2):
         port = free_port()
-        log = open(tmp_path / f"worker{i}.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "ggufkit.cli", "worker", "--port", str(port), "--threads", "1"],
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        with open(tmp_path / f"worker{i}.log", "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "ggufkit.cli", "worker", "--port", str(port), "--threads",
+                                     "1"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         endpoint = rpc.Endpoint("127.0.0.1", port)
         deadline = time.monotonic() + 60
         while not rpc.reachable(endpoint):
@@ -101,7 +101,7 @@ def workers(tmp_path):
 def head(path, workers_arg="", split="", n_ctx=512, fill=0) -> tuple[list[int], dict[str, float], str]:
     """(greedy ids, {device: model buffer MiB} from llama.cpp's log, stderr) of one head process."""
     proc = subprocess.run([sys.executable, "-c", _HEAD, str(path), workers_arg, split, str(n_ctx), str(fill)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     buffers = {m.group(1): float(m.group(2))
                for m in re.finditer(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB", proc.stderr)}
@@ -150,11 +150,12 @@ def test_parse_errors_are_one_line():
 def test_unreachable_worker_is_a_one_line_error(demo_q8):
     port = free_port()
     proc = subprocess.run([sys.executable, "-m", "ggufkit.cli", "run", str(demo_q8), "--rpc", f"127.0.0.1:{port}",
-                           "-p", "hi", "-n", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "-p", "hi", "-n", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
     assert proc.returncode == 4
     lines = proc.stderr.strip().splitlines()
-    assert lines == [f"error: worker 127.0.0.1:{port}: cannot connect: Connection refused (is `ggufkit worker` "
-                     "running there?)"], proc.stderr
+    assert lines == [(f"error: worker 127.0.0.1:{port}: cannot connect: Connection refused (is `ggufkit worker` "
+                      "running there?)")], proc.stderr
 
 
 def test_worker_refuses_a_busy_port_and_warns():
@@ -163,7 +164,7 @@ def test_worker_refuses_a_busy_port_and_warns():
         s.listen(1)
         port = s.getsockname()[1]
         proc = subprocess.run([sys.executable, "-m", "ggufkit.cli", "worker", "--port", str(port)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 4, proc.stderr
     assert "no authentication" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: worker 127.0.0.1:{port}: rpc-server could not "
@@ -175,9 +176,9 @@ def test_worker_refuses_a_busy_port_and_warns():
 def test_three_way_split_same_greedy_tokens_and_buffers_as_planned(demo_q8, workers):
     """CPU + two workers, 10 layers each: the same greedy tokens as the unsplit run, and llama.cpp puts on each
     device exactly the bytes the group plan assigns to it."""
-    ref, ref_buffers, _ = head(demo_q8)
+    ref, _, _ = head(demo_q8)
     endpoints = ",".join(str(e) for e, _, _ in workers)
-    ids, buffers, log = head(demo_q8, endpoints, "1,1,1")
+    ids, buffers, _ = head(demo_q8, endpoints, "1,1,1")
     assert len(ref) == N_TOKENS and ids == ref
     assert set(buffers) == {"CPU_Mapped"} | {f"RPC0[{e}]" for e, _, _ in workers}, buffers
     shape = memory.shape_from_gguf(demo_q8)
@@ -195,7 +196,7 @@ def test_fit_devices_split_and_worker_peak_rss_within_15_percent(demo_q8, worker
     n_ctx = 1024
     proc = subprocess.run([sys.executable, "-m", "ggufkit.cli", "fit", str(demo_q8), "--devices",
                            "laptop-16gb,laptop-8gb,rpi5-8gb", "--ctx", str(n_ctx), "--json"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     row = report["file"]
@@ -233,10 +234,10 @@ def test_serve_rpc_answers_openai_and_survives_a_dying_worker(demo_q8, workers, 
     openai = pytest.importorskip("openai")
     port = free_port()
     endpoints = ",".join(str(e) for e, _, _ in workers)
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "ggufkit.cli", "serve", str(demo_q8), "--port", str(port),
-                               "--rpc", endpoints, "--split", "1,1,1", "--max-tokens", "400", "--ctx", "1024"],
-                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "ggufkit.cli", "serve", str(demo_q8), "--port", str(port),
+                                   "--rpc", endpoints, "--split", "1,1,1", "--max-tokens", "400", "--ctx", "1024"],
+                                  cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
@@ -250,7 +251,8 @@ def test_serve_rpc_answers_openai_and_survives_a_dying_worker(demo_q8, workers, 
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
             time.sleep(0.5)
         client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=600)
-        answer = client.completions.create(model="m", prompt=PROMPT, max_tokens=N_TOKENS, temperature=0)
+        answer = client.completions.create(model="m", prompt=PROMPT, max_tokens=N_TOKENS, temperature=0,
+                                           extra_body={"repeat_penalty": 1.0})  # the library's default
         ref, _, _ = head(demo_q8)
         direct = llama_cpp.Llama(str(demo_q8), n_ctx=512, verbose=False)
         expected = direct.detokenize(ref).decode("utf-8", "replace")
@@ -273,7 +275,8 @@ def test_serve_rpc_answers_openai_and_survives_a_dying_worker(demo_q8, workers, 
         deadline = time.monotonic() + 600
         while True:
             try:
-                again = client.completions.create(model="m", prompt=PROMPT, max_tokens=N_TOKENS, temperature=0)
+                again = client.completions.create(model="m", prompt=PROMPT, max_tokens=N_TOKENS, temperature=0,
+                                              extra_body={"repeat_penalty": 1.0})
                 break
             except openai.APIStatusError as e:
                 assert e.status_code == 503 and "retry" in e.message, e
