@@ -11,6 +11,7 @@ The bundle (written to a temporary directory beside DIR, then renamed into place
 \b
 Example:
   ggufkit deploy SmolLM2-135M-Instruct-Q4_K_M.gguf --device rpi5-8gb -o ./bundle-rpi5
+  ggufkit deploy model.gguf --devices rpi5-8gb,rpi4-4gb --workers 10.0.0.12 -o ./group
 """
 from __future__ import annotations
 
@@ -179,17 +180,25 @@ def write_bundle(model: Path, out: Path, files: dict[str, str]) -> str:
 
 @click.command("deploy", help=__doc__)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--device", required=True, type=click.Choice(sorted(DEVICES), case_sensitive=False),
+@click.option("--device", default=None, type=click.Choice(sorted(DEVICES), case_sensitive=False),
               help="Target device profile.")
+@click.option("--devices", default=None, metavar="HEAD,WORKER[,...]",
+              help="A group sharing the model over RPC (head first): a bundle per board (see ggufkit fit --devices).")
+@click.option("--workers", default=None, metavar="HOST[:PORT],...",
+              help="With --devices: the address of each worker board, in order.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Bundle directory.")
 @click.option("--ctx", type=click.IntRange(16), default=2048, show_default=True, help="Context size to serve.")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address the server binds on the board.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--prefix", default="/opt/ggufkit", show_default=True, help="Install directory on the board.")
 @click.option("--dry-run", is_flag=True, help="Show what would be written; write nothing.")
-def command(model, device, out, ctx, host, port, prefix, dry_run):
+def command(model, device, out, ctx, host, port, prefix, dry_run, devices=None, workers=None):
     if not model.is_file():
         raise InputError("no such file", model)
+    if devices or not device:
+        from ggufkit.commands._deploy_group import deploy_command
+
+        return deploy_command(model, device, devices, workers, out, ctx, host, port, prefix, dry_run)
     dev = get_device(device)
     est = memory.estimate(memory.shape_from_gguf(model), ctx, dev.features)
     files = {"install.sh": install_script(dev, model.name, prefix),
