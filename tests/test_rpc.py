@@ -289,3 +289,57 @@ def test_serve_rpc_answers_openai_and_survives_a_dying_worker(demo_q8, workers, 
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+
+
+# ---- planning and bundles (no model run)
+
+def test_group_plan_accounts_for_every_byte_and_respects_budgets(demo_q8):
+    """The per-board weights add up to the file's tensor bytes (+ the tied embedding llama.cpp duplicates as the
+    output), the KV cache to memory.estimate's, and a small board gets fewer layers than a big one."""
+    shape = memory.shape_from_gguf(demo_q8)
+    boards = [get_device("rpi5-8gb"), get_device("rpi5-8gb"), get_device("rpi4-4gb")]
+    plan = group.plan_group(shape, boards, 4096)
+    _, embd, output, _ = group.layer_weights(shape)
+    assert sum(m.weights for m in plan.members) == shape.weight_bytes + embd  # tied: output = token_embd again
+    assert output > embd  # the output head: the duplicated embedding plus output_norm
+    assert sum(m.kv_cache for m in plan.members) == memory.estimate(shape, 4096).kv_cache
+    assert sum(plan.counts) == shape.n_layer and plan.counts[2] < plan.counts[1]
+    assert plan.members[-1].output and not any(m.output for m in plan.members[:-1])
+
+
+def test_fit_devices_text_and_errors(demo_q8):
+    from click.testing import CliRunner
+
+    from ggufkit.cli import cli, main
+
+    res = CliRunner().invoke(cli, ["fit", str(demo_q8), "--devices", "rpi5-8gb,rpi4-4gb", "--ctx", "2048"])
+    assert res.exit_code == 0, res.output
+    assert "best fit:" in res.output and "--split" in res.output and "+out" in res.output
+    assert main(["fit", str(demo_q8), "--devices", "rpi5-8gb,nosuchboard"]) == 1
+    assert main(["fit", str(demo_q8), "--devices", "rpi5-8gb"]) == 1
+    assert main(["fit", str(demo_q8)]) == 2  # neither --device nor --devices
+
+
+def test_deploy_devices_writes_a_bundle_per_board(demo_q8, tmp_path):
+    from ggufkit.cli import main
+
+    out = tmp_path / "group"
+    assert main(["deploy", str(demo_q8), "--devices", "rpi5-8gb,rpi5-8gb,rpi4-4gb", "--workers",
+                 "10.0.0.12,10.0.0.13:50060", "-o", str(out), "--ctx", "4096"]) == 0
+    dirs = sorted(p.name for p in out.iterdir())
+    assert dirs == ["head-rpi5-8gb", "worker1-rpi5-8gb", "worker2-rpi4-4gb"]
+    plan = group.plan_group(memory.shape_from_gguf(demo_q8), [get_device(n) for n in
+                                                              ("rpi5-8gb", "rpi5-8gb", "rpi4-4gb")], 4096)
+    head_unit = (out / "head-rpi5-8gb" / "ggufkit.service").read_text()
+    assert f"--rpc 10.0.0.12:50052,10.0.0.13:50060 --split {plan.split}" in head_unit
+    assert (out / "head-rpi5-8gb" / demo_q8.name).stat().st_size == demo_q8.stat().st_size
+    worker = (out / "worker2-rpi4-4gb" / "ggufkit-worker.service").read_text()
+    assert f"ggufkit worker --host 0.0.0.0 --port 50060 --mem {int(plan.members[2].budget / memory.MIB)}" in worker
+    assert not list((out / "worker1-rpi5-8gb").glob("*.gguf"))
+    for d in dirs:  # the scripts parse
+        script = out / d / "install.sh"
+        assert os.access(script, os.X_OK)
+        assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    assert main(["deploy", str(demo_q8), "--devices", "rpi5-8gb,rpi4-4gb", "--workers", "a,b", "-o",
+                 str(tmp_path / "g2")]) == 1
+    assert not (tmp_path / "g2").exists()
