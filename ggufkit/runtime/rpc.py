@@ -338,24 +338,20 @@ KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3   # a silent peer
 USER_TIMEOUT_MS = 20_000                                          # sent data unacknowledged for 20 s: give up
 
 
-def harden_connections(endpoints: list[Endpoint]) -> int:
-    """TCP keepalive and TCP_USER_TIMEOUT on this process's connections to the workers (found in /proc/self/fd).
-
-    ggml-rpc waits on its sockets without a timeout: a worker whose board loses power or network would hang the
-    head forever. With these options the kernel ends such a connection within ~25 s; ggml-rpc then aborts, which
-    install_abort_handler turns into a one-line error (and serve --rpc into a restart). Linux only; returns how
-    many connections were set."""
-    wanted = set()
+def _worker_sockets(endpoints: list[Endpoint]):
+    """(endpoint, duplicate socket) for each of this process's TCP connections to the workers (/proc/self/fd).
+    The caller closes the duplicates; ggml's own descriptors stay open."""
+    wanted = {}
     for e in endpoints:
         try:
-            wanted |= {(info[4][0], e.port) for info in socket.getaddrinfo(e.host, e.port, socket.AF_INET)}
+            for info in socket.getaddrinfo(e.host, e.port, socket.AF_INET):
+                wanted[(info[4][0], e.port)] = e
         except OSError:
             pass
-    count = 0
     try:
         fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
     except OSError:
-        return 0
+        return
     for fd in fds:
         try:
             if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
@@ -365,17 +361,53 @@ def harden_connections(endpoints: list[Endpoint]) -> int:
             continue
         try:
             if s.family == socket.AF_INET and s.type == socket.SOCK_STREAM and s.getpeername() in wanted:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
-                count += 1
+                yield wanted[s.getpeername()], s
         except OSError:
             pass
         finally:
-            s.close()  # closes the duplicate only; ggml's descriptor stays open
+            s.close()
+
+
+def harden_connections(endpoints: list[Endpoint]) -> int:
+    """TCP keepalive and TCP_USER_TIMEOUT on this process's connections to the workers.
+
+    ggml-rpc waits on its sockets without a timeout: a worker whose board loses power or network would hang the
+    head forever. With these options the kernel ends such a connection within ~25 s; ggml-rpc then aborts, which
+    install_abort_handler turns into a one-line error (and serve --rpc into a restart). Linux only; returns how
+    many connections were set."""
+    count = 0
+    for _, s in _worker_sockets(endpoints):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+            count += 1
+        except OSError:
+            pass
     return count
+
+
+# Linux struct tcp_info (include/uapi/linux/tcp.h): byte offsets of the fields read here.
+_TCPI = {"rtt_us": (68, "<I"), "bytes_acked": (120, "<Q"), "bytes_received": (128, "<Q"), "segs_out": (136, "<I"),
+         "segs_in": (140, "<I")}
+
+
+def connection_stats(endpoints: list[Endpoint]) -> dict[str, dict]:
+    """Per worker, this process's traffic so far (Linux TCP_INFO): bytes sent (acked) and received, segments
+    out and in, smoothed RTT in microseconds."""
+    out: dict[str, dict] = {}
+    for e, s in _worker_sockets(endpoints):
+        try:
+            raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 192)
+        except OSError:
+            continue
+        stats = {k: struct.unpack_from(fmt, raw, off)[0] for k, (off, fmt) in _TCPI.items() if off < len(raw)}
+        total = out.setdefault(str(e), dict.fromkeys(stats, 0))
+        for k, v in stats.items():
+            total[k] = max(total[k], v) if k == "rtt_us" else total[k] + v
+    return out
 
 
 # ---- the split
