@@ -171,6 +171,32 @@ def test_worker_refuses_a_busy_port_and_warns():
                                                            "listen"), proc.stderr
 
 
+def test_worker_mem_limit_refuses_the_buffers_with_an_error(demo_q8, tmp_path):
+    """--mem 40: the worker cannot take 15 layers + the output head (~83 MiB); the head's load fails with a
+    one-line error (exit 4), and the worker keeps running."""
+    port = free_port()
+    with open(tmp_path / "worker.log", "w") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "ggufkit.cli", "worker", "--port", str(port), "--mem", "40",
+                                   "--threads", "1"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        endpoint = rpc.Endpoint("127.0.0.1", port)
+        deadline = time.monotonic() + 60
+        while not rpc.reachable(endpoint):
+            assert worker.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        proc = subprocess.run([sys.executable, "-m", "ggufkit.cli", "run", str(demo_q8), "--rpc", str(endpoint),
+                               "--split", "1,1", "-p", "hi", "-n", "2"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600, check=False)
+        assert proc.returncode == 4, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and "may not have the memory for its layers" in last, proc.stderr
+        assert "failed to allocate" in (tmp_path / "worker.log").read_text()
+        assert worker.poll() is None
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
 # ---- the split against llama.cpp
 
 def test_three_way_split_same_greedy_tokens_and_buffers_as_planned(demo_q8, workers):

@@ -160,7 +160,9 @@ def load(path: Path | str, n_ctx: int = 2048, n_threads: int | None = None, seed
             **offload,
         )
     except (ValueError, RuntimeError) as e:
-        raise RuntimeFailure(f"llama.cpp could not load the model: {e}", path) from e
+        hint = ("; a worker may not have the memory for its layers (its --mem or free RAM: see its log)"
+                if workers else "")
+        raise RuntimeFailure(f"llama.cpp could not load the model: {e}{hint}", path) from e
     if workers:  # a worker that goes silent: an error within ~25 s, not a hang (runtime.rpc)
         from ggufkit.runtime import rpc
 

@@ -39,8 +39,8 @@ from ggufkit.errors import InputError, RuntimeFailure
 DEFAULT_PORT = 50052
 PROTO_MAJOR = 7           # RPC_PROTO_MAJOR_VERSION of the ggml-rpc in llama-cpp-python 0.3.36
 WARNING = ("warning: llama.cpp's RPC protocol has no authentication and no encryption: anyone who can reach "
-           "this port can run code paths on and read memory of this worker. Keep it on loopback or a trusted "
-           "network.")
+           "this port can use this worker (allocate its memory, run computations, read what it holds) and send it "
+           "malformed data. Keep it on loopback or a trusted network.")
 
 # ---- the wire protocol, as far as a health check needs it (ggml-rpc.cpp)
 # request:  | cmd u8 | size u64 | payload |      response: | size u64 | payload |      (little endian)
@@ -306,30 +306,26 @@ def install_abort_handler(endpoints: list[Endpoint], exit_code: int = 4) -> None
     base.ggml_set_abort_callback(callback)
 
 
-def _down(endpoints: list[Endpoint], tries: int = 10) -> list[str]:
-    """The workers that are gone: a refused connection counts at once; a timeout is tried again, up to `tries`
-    times (rpc-server's listen backlog is 1: behind a queued connection a live worker's port drops new SYNs
-    until it accepts). One that accepted once is not tried again."""
-    alive: set[Endpoint] = set()
-    silent: set[Endpoint] = set()
-    for _ in range(tries):
-        refused, silent = [], set()
+def _down(endpoints: list[Endpoint], tries: int = 10, timeout: float = 0.3) -> list[str]:
+    """The workers that are gone, asked right after a connection to them broke: a refused connection (nothing
+    listens) counts at once. An accepted one proves nothing yet: a killed rpc-server drops its client connection
+    a moment before its listening socket, so every worker is asked up to `tries` times. A worker that never
+    answered at all (timeouts only: power or network gone) counts as gone at the end. A live worker busy with
+    this head may time out after its first answer (its listen backlog is 1), which is not held against it."""
+    answered: set[Endpoint] = set()
+    for i in range(tries):
+        refused = []
         for e in endpoints:
-            if e in alive:
-                continue
-            state = connect_state(e, timeout=1.0)
-            if state == "up":
-                alive.add(e)
-            elif state == "refused":
+            state = connect_state(e, timeout=timeout)
+            if state == "refused":
                 refused.append(str(e))
-            else:
-                silent.add(e)
+            elif state == "up":
+                answered.add(e)
         if refused:
             return refused
-        if not silent:
-            return []
-        time.sleep(0.1)
-    return [str(e) for e in endpoints if e in silent]
+        if i + 1 < tries:
+            time.sleep(0.05)
+    return [str(e) for e in endpoints if e not in answered]
 
 
 # ---- connections that fail instead of hanging
