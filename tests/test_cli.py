@@ -16,7 +16,8 @@ def test_version():
     assert __version__ in result.output
 
 
-EXPECTED = {"bench", "chat", "compare", "convert", "deploy", "eval", "fit", "imatrix", "inspect", "run", "serve"}
+EXPECTED = {"bench", "chat", "compare", "convert", "deploy", "eval", "fit", "imatrix", "inspect", "run", "serve",
+            "worker"}
 
 
 def test_help_lists_every_command():

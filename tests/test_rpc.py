@@ -362,6 +362,19 @@ def test_deploy_devices_writes_a_bundle_per_board(demo_q8, tmp_path):
     worker = (out / "worker2-rpi4-4gb" / "ggufkit-worker.service").read_text()
     assert f"ggufkit worker --host 0.0.0.0 --port 50060 --mem {int(plan.members[2].budget / memory.MIB)}" in worker
     assert not list((out / "worker1-rpi5-8gb").glob("*.gguf"))
+    import shlex
+
+    from ggufkit.commands import serve as serve_cmd
+    from ggufkit.commands import worker as worker_cmd
+
+    def exec_start(text):
+        return shlex.split(next(line for line in text.splitlines() if line.startswith("ExecStart=")).split("=", 1)[1])
+
+    argv = exec_start(head_unit)  # the real commands parse what the units run
+    ctx = serve_cmd.command.make_context("serve", argv[2:], resilient_parsing=True)
+    assert ctx.params["rpc"] == "10.0.0.12:50052,10.0.0.13:50060" and ctx.params["split"] == plan.split
+    ctx = worker_cmd.command.make_context("worker", exec_start(worker)[2:], resilient_parsing=True)
+    assert ctx.params["port"] == 50060 and ctx.params["host"] == "0.0.0.0"
     for d in dirs:  # the scripts parse
         script = out / d / "install.sh"
         assert os.access(script, os.X_OK)
@@ -369,3 +382,20 @@ def test_deploy_devices_writes_a_bundle_per_board(demo_q8, tmp_path):
     assert main(["deploy", str(demo_q8), "--devices", "rpi5-8gb,rpi4-4gb", "--workers", "a,b", "-o",
                  str(tmp_path / "g2")]) == 1
     assert not (tmp_path / "g2").exists()
+
+
+@pytest.mark.skipif(__import__("shutil").which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_group_units_pass_systemd_analyze_verify(demo_q8, tmp_path):
+    from ggufkit.cli import main
+
+    prefix = tmp_path / "opt"
+    (prefix / "venv/bin").mkdir(parents=True)
+    stub = prefix / "venv/bin/ggufkit"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    out = tmp_path / "group"
+    assert main(["deploy", str(demo_q8), "--devices", "rpi5-8gb,rpi4-4gb", "--workers", "10.0.0.12", "-o", str(out),
+                 "--prefix", str(prefix)]) == 0
+    for unit in [out / "head-rpi5-8gb" / "ggufkit.service", out / "worker1-rpi4-4gb" / "ggufkit-worker.service"]:
+        proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, (unit, proc.stderr)
