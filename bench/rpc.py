@@ -62,7 +62,7 @@ from ggufkit import runtime
 from ggufkit.runtime import rpc, backends
 backends.ensure()
 path, workers, split, n_ctx = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-llm = runtime.load(path, n_ctx=n_ctx, n_threads=2, offload=rpc.offload_for(path, workers, split))
+llm = runtime.load(path, n_ctx=n_ctx, n_threads=2, offload=rpc.offload_for(path, workers, split, log=sys.stderr))
 n_vocab = llm.n_vocab()
 llm.eval([llm.token_bos()] + [(i * 7919) % (n_vocab - 200) + 100 for i in range(n_ctx - 9)])
 """

@@ -58,7 +58,7 @@ def command(model, scheme, ctx, threads, flash_attn, max_tokens, temp, top_p, to
             split=None):
     path = runtime.resolve_model(model, scheme)
     llm = runtime.load(path, n_ctx=ctx, n_threads=threads, flash_attn=flash_attn,
-                       offload=rpc_runtime.offload_for(path, rpc, split))
+                       offload=rpc_runtime.offload_for(path, rpc, split, log=sys.stderr))
     template = runtime.ChatTemplate.from_llama(llm, source=str(path))
     conversation = runtime.Conversation(llm, template, system=system, reserve=max_tokens)
     sampling = make_sampling(max_tokens, temp, top_p, top_k, seed)

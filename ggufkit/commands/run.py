@@ -60,7 +60,7 @@ def command(model, scheme, ctx, threads, flash_attn, max_tokens, temp, top_p, to
         prompt = sys.stdin.read()
     path = runtime.resolve_model(model, scheme)
     llm = runtime.load(path, n_ctx=ctx, n_threads=threads, flash_attn=flash_attn,
-                       offload=rpc_runtime.offload_for(path, rpc, split))
+                       offload=rpc_runtime.offload_for(path, rpc, split, log=sys.stderr))
     if chat:
         template = runtime.ChatTemplate.from_llama(llm, source=str(path))
         messages = ([{"role": "system", "content": system}] if system else []) + [

@@ -30,7 +30,7 @@ from ggufkit.errors import RuntimeFailure
 def command(host, port, mem_mib, threads, cache):
     from ggufkit.runtime import rpc
 
-    rpc.warn()
+    click.echo(rpc.WARNING, err=True)
     proc = rpc.start_worker(host, port, threads, mem_mib, cache, stdout=subprocess.DEVNULL)
     signal.signal(signal.SIGTERM, lambda *a: proc.terminate())
     try:

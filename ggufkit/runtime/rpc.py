@@ -29,7 +29,6 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -493,19 +492,17 @@ def block_count(path) -> int:
     return n
 
 
-def warn(stream=None) -> None:
-    print(WARNING, file=stream or sys.stderr, flush=True)
-
 
 def offload_for(path, rpc: str | None, split: str | None, log=None) -> dict | None:
     """What run/chat pass to runtime.load for --rpc/--split: None without --rpc; else the workers are checked and
-    added, the layout is printed to `log` (stderr by default) and the Llama kwargs are returned."""
+    added, the layout is written to `log` (a stream; nothing when None) and the Llama kwargs are returned."""
     if not rpc:
         if split:
             raise InputError("--split needs --rpc", "--split")
         return None
     plan = setup(rpc, split, block_count(path))
-    print(plan.describe(), file=log or sys.stderr, flush=True)
+    if log is not None:
+        print(plan.describe(), file=log, flush=True)
     return dict(plan.kwargs, rpc_endpoints=plan.endpoints)
 
 

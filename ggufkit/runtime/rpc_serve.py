@@ -351,7 +351,7 @@ def _child(config: str) -> None:
 
     cfg = json.loads(config)
     model = Path(cfg["model"])
-    offload = rpc.offload_for(model, cfg["rpc"], cfg["split"]) if cfg["rpc"] else None
+    offload = rpc.offload_for(model, cfg["rpc"], cfg["split"], log=sys.stderr) if cfg["rpc"] else None
     app = build_app(model, offload=offload, **cfg["app"])
     if offload:  # the model is loaded: its connections to the workers fail within ~25 s instead of hanging
         rpc.harden_connections(offload["rpc_endpoints"])
