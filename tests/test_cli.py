@@ -17,7 +17,7 @@ def test_version():
 
 
 EXPECTED = {"bench", "cache", "chat", "compare", "convert", "deploy", "eval", "fit", "imatrix", "inspect", "quantize",
-            "run", "serve"}
+            "run", "serve", "worker"}
 
 
 def test_help_lists_every_command():

@@ -17,6 +17,7 @@ import click
 from ggufkit import runtime
 from ggufkit.commands.run import make_sampling, model_options, sampling_options
 from ggufkit.errors import GgufkitError, Terminated
+from ggufkit.runtime import rpc as rpc_runtime
 
 HELP = "commands: /help, /reset, /system TEXT, /exit (Ctrl-D); Ctrl-C stops an answer"
 HELP_LONG = """/help         this list
@@ -60,11 +61,13 @@ def _handle_command(line: str, conversation: runtime.Conversation) -> bool:
 @click.command("chat")
 @model_options
 @sampling_options
+@rpc_runtime.options
 @click.option("--system", default=None, help="The system message to start with.")
-def command(model, scheme, ctx, threads, flash_attn, system, **sampling_params):
+def command(model, scheme, ctx, threads, flash_attn, system, rpc=None, split=None, **sampling_params):
     max_tokens = sampling_params["max_tokens"]
     path = runtime.resolve_model(model, scheme)
-    llm = runtime.load(path, n_ctx=ctx, n_threads=threads, flash_attn=flash_attn)
+    llm = runtime.load(path, n_ctx=ctx, n_threads=threads, flash_attn=flash_attn,
+                       offload=rpc_runtime.offload_for(path, rpc, split, log=sys.stderr))
     template = runtime.ChatTemplate.from_llama(llm, source=str(path))
     conversation = runtime.Conversation(llm, template, system=system, reserve=max_tokens)
     sampling = make_sampling(sampling_params)

@@ -17,6 +17,7 @@ takes --no-api-key. --dry-run prints the files and the memory prediction and wri
 Example:
   ggufkit deploy SmolLM2-135M-Instruct-Q4_K_M.gguf --device rpi5-8gb -o ./bundle-rpi5
   ggufkit deploy SmolLM2-135M-Instruct-Q4_K_M.gguf --device rpi5-8gb -o ./bundle-lan --host 0.0.0.0
+  ggufkit deploy model.gguf --devices rpi5-8gb,rpi4-4gb --workers 10.0.0.12 -o ./group
 """
 from __future__ import annotations
 
@@ -84,8 +85,12 @@ def write_bundle(model: Path, out: Path, files: dict[str, str], extra: list[Path
 
 @click.command("deploy", help=__doc__)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--device", required=True, type=click.Choice(sorted(DEVICES), case_sensitive=False),
+@click.option("--device", default=None, type=click.Choice(sorted(DEVICES), case_sensitive=False),
               help="Target device profile.")
+@click.option("--devices", default=None, metavar="HEAD,WORKER[,...]",
+              help="A group sharing the model over RPC (head first): a bundle per board (see ggufkit fit --devices).")
+@click.option("--workers", default=None, metavar="HOST[:PORT],...",
+              help="With --devices: the address of each worker board, in order.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Bundle directory.")
 @click.option("--ctx", type=click.IntRange(16), default=2048, show_default=True, help="Context size to serve.")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -98,9 +103,14 @@ def write_bundle(model: Path, out: Path, files: dict[str, str], extra: list[Path
 @click.option("--sdist", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="ggufkit source distribution to bundle [default: built from this ggufkit's source tree].")
 @click.option("--dry-run", is_flag=True, help="Show what would be written; write nothing.")
-def command(model, device, out, ctx, host, port, no_api_key, threads, prefix, sdist, dry_run):
+def command(model, device, out, ctx, host, port, no_api_key, threads, prefix, sdist, dry_run, devices=None,
+            workers=None):
     if not model.is_file():
         raise InputError("no such file", model)
+    if devices or not device:
+        from ggufkit.commands._deploy_group import deploy_command
+
+        return deploy_command(model, device, devices, workers, out, ctx, host, port, prefix, dry_run)
     dev = get_device(device)
     api_key = host not in LOOPBACK and not no_api_key
     est = memory.estimate(memory.shape_from_gguf(model), ctx, dev.features)

@@ -10,6 +10,7 @@ the headroom. The pick is the best-quality scheme that fits (llama.cpp's perplex
 \b
 Example:
   ggufkit fit ./SmolLM2-135M-Instruct --device rpi5-8gb --ctx 4096
+  ggufkit fit ./SmolLM2-135M-Instruct --devices rpi5-8gb,rpi5-8gb,rpi4-4gb --ctx 4096
 """
 from __future__ import annotations
 
@@ -126,15 +127,25 @@ def _print(report: dict) -> None:
 
 @click.command("fit", help=__doc__)
 @click.argument("src")
-@click.option("--device", "device", required=True, type=click.Choice(sorted(DEVICES), case_sensitive=False),
+@click.option("--device", "device", default=None, type=click.Choice(sorted(DEVICES), case_sensitive=False),
               help="Target device profile.")
+@click.option("--devices", default=None, metavar="HEAD,WORKER[,...]",
+              help="A group of boards sharing the model over RPC (the head first): the split and RAM per board.")
 @click.option("--ctx", type=click.IntRange(16), default=4096, show_default=True, help="Context size in tokens.")
 @click.option("--headroom", type=click.FloatRange(0, 0.9), default=DEFAULT_HEADROOM, show_default=True,
               help="Fraction of the RAM budget kept free (covers the memory model's 15% accuracy).")
 @click.option("--reserve", "reserve_mib", type=click.IntRange(0), default=None,
               help="MiB the OS keeps for itself (default: the device profile's estimate).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def command(src, device, ctx, headroom, reserve_mib, as_json):
+def command(src, device, ctx, headroom, reserve_mib, as_json, devices=None):
+    if devices or not device:
+        if not devices or device:
+            raise click.UsageError("give --device (one board) or --devices (a group)")
+        from ggufkit.edge import group
+
+        report = group.group_report(src, devices.split(","), ctx, headroom, reserve_mib)
+        click.echo(json.dumps(report, indent=2) if as_json else "\n".join(group.format_report(report)))
+        return
     report = fit_report(src, device, ctx, headroom, reserve_mib)
     if as_json:
         click.echo(json.dumps(report, indent=2))

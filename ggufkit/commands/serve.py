@@ -27,6 +27,7 @@ import click
 from ggufkit import runtime
 from ggufkit.commands.run import model_options
 from ggufkit.errors import OutputError, RuntimeFailure
+from ggufkit.runtime import rpc as rpc_runtime
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 PUBLIC_PATHS = {"/", "/health", "/favicon.ico"}
@@ -222,7 +223,7 @@ def _quiet_print(*args, **kwargs) -> None:
 
 def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = None, api_key: str | None = None,
               cors: tuple[str, ...] = (), max_tokens: int = 512, max_body: int = 1 << 20,
-              flash_attn: bool = False):
+              flash_attn: bool = False, offload: dict | None = None):
     """llama-cpp-python's FastAPI app for one model, plus ggufkit's page, /health and ApiGuard; its
     allow-all CORS is replaced; a new request waits for the running one instead of interrupting it."""
     from fastapi.middleware.cors import CORSMiddleware
@@ -245,7 +246,8 @@ def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = No
     server_settings = ServerSettings.model_construct(api_key=api_key, interrupt_requests=False)
     model_settings = ModelSettings.model_construct(
         model=str(model_path), model_alias=alias, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-        logits_all=False, embedding=False, cache=False, flash_attn=flash_attn, verbose=False)
+        logits_all=False, embedding=False, cache=False, flash_attn=flash_attn, verbose=False,
+        **{k: v for k, v in (offload or {}).items() if k != "rpc_endpoints"})
     os.environ.pop("CONFIG_FILE", None)  # create_app would take all its settings from that file instead
     from ggufkit.runtime.template_sandbox import install as bound_chat_templates
 
@@ -294,9 +296,24 @@ def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = No
               help="Most tokens one request may generate (larger requests are capped).")
 @click.option("--max-body-kb", type=click.IntRange(1), default=1024, show_default=True,
               help="Largest request body accepted, in KiB.")
-def command(model, scheme, ctx, threads, flash_attn, host, port, api_key, cors, max_tokens, max_body_kb):
+@rpc_runtime.options
+def command(model, scheme, ctx, threads, flash_attn, host, port, api_key, cors, max_tokens, max_body_kb, rpc=None,
+            split=None):
     import uvicorn
 
+    if rpc:  # the model in a supervised child process: a dying worker cannot take the server down
+        from ggufkit.runtime import rpc_serve
+
+        path = runtime.resolve_model(model, scheme)
+        runtime.load_check(path)
+        kwargs = {"n_ctx": ctx, "n_threads": threads, "api_key": api_key, "cors": list(cors),
+                  "max_tokens": max_tokens, "max_body": max_body_kb * 1024, "flash_attn": flash_attn}
+        if host not in LOOPBACK and not api_key:
+            click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
+        click.echo(f"serving {path.name} on http://{host}:{port}/ with workers {rpc} (Ctrl-C stops)", err=True)
+        return rpc_serve.serve(path, kwargs, rpc, split, host, port)
+    if split:
+        raise click.UsageError("--split needs --rpc")
     sock = listen(host, port)  # first: a port in use fails before the model loads, and before any "serving"
     try:
         path = runtime.resolve_model(model, scheme)

@@ -150,8 +150,10 @@ def load_check(path: Path | str) -> Path:
 
 
 def load(path: Path | str, n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0, n_batch: int = 512,
-         flash_attn: bool = False):
+         flash_attn: bool = False, offload: dict | None = None):
     """A GGUF file -> llama_cpp.Llama (quiet, sampling-only logits). Bad files become one-line errors.
+
+    offload: extra Llama kwargs that place layers on other devices (n_gpu_layers, tensor_split; see runtime.rpc).
 
     flash_attn: off by default, as in llama-cpp-python. llama.cpp's own tools turn it on for CPUs ("auto");
     it makes generation ~10% faster here but changes the numerics enough that the demo model's greedy answer
@@ -164,13 +166,23 @@ def load(path: Path | str, n_ctx: int = 2048, n_threads: int | None = None, seed
 
     backends.ensure()
     threads = n_threads or default_threads()
+    offload = dict(offload or {})
+    workers = offload.pop("rpc_endpoints", None)
     try:
-        return llama_cpp.Llama(
+        llm = llama_cpp.Llama(
             model_path=str(path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=threads,
             n_threads_batch=threads, seed=seed, logits_all=False, flash_attn=flash_attn, verbose=False,
+            **offload,
         )
     except (ValueError, RuntimeError) as e:
-        raise RuntimeFailure(f"llama.cpp could not load the model: {e}", path) from e
+        hint = ("; a worker may not have the memory for its layers (its --mem or free RAM: see its log)"
+                if workers else "")
+        raise RuntimeFailure(f"llama.cpp could not load the model: {e}{hint}", path) from e
+    if workers:  # a worker that goes silent: an error within ~25 s, not a hang (runtime.rpc)
+        from ggufkit.runtime import rpc
+
+        rpc.harden_connections(workers)
+    return llm
 
 
 def context_size(llm) -> int:
