@@ -71,3 +71,60 @@ def to_gguf_layout(weights: dict[str, np.ndarray], config: dict) -> dict[str, np
             w = w.reshape(heads, 2, w.shape[0] // heads // 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape)
         out[name] = w
     return out
+
+
+def bnb_exact_cpu_path(model) -> None:
+    """bitsandbytes on a CPU with AVX512-BF16 repacks 4-bit weights and multiplies in bf16 (a faster, rounded
+    path), and a checkpoint saved from a bf16/f16 model computes in that dtype; switch every Linear4bit to its
+    reference path in f32 (dequantize_4bit - values rounded to the state's dtype as stored - then an f32 matmul),
+    which is what llama.cpp's F32 file computes too."""
+    import torch
+
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            module.compute_dtype, module.compute_type_is_set = torch.float32, True
+    for param in model.parameters():  # transformers keeps the unquantized parts in the checkpoint's dtype
+        if param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
+    for module in model.modules():  # and the rotary inverse frequencies
+        for key, buf in list(module.named_buffers(recurse=False)):
+            if buf.dtype in (torch.bfloat16, torch.float16):
+                setattr(module, key, buf.float())
+    from transformers.integrations.bitsandbytes import dequantize_bnb_weight
+
+    for module in model.modules():
+        if type(module).__name__ == "Linear8bitLt":
+            # LLM.int8's forward quantizes the activations to int8 too (and splits outlier columns): no float
+            # runtime computes that. Run bitsandbytes' dequantized weight in f32 instead.
+            weight = dequantize_bnb_weight(module.weight, module.state).float()
+            module.forward = lambda x, w=weight: torch.nn.functional.linear(x, w)
+
+
+def quantized_logits(model_dir: Path, ids: list[int], prepare=None) -> np.ndarray:
+    """transformers' float32 logits (n_tokens, vocab) from a pre-quantized checkpoint, run by its library."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map="cpu")
+    model.eval()
+    if prepare is not None:
+        prepare(model)
+    with torch.no_grad():
+        return model(torch.tensor([list(ids)])).logits[0].float().numpy()
+
+
+def assert_logits_agree(gguf_path: Path, model_dir: Path, prepare=None) -> str:
+    """llama.cpp on gguf_path vs transformers on the quantized model_dir: the families runner's tolerances."""
+    from convert_fixtures import llama_cpp_logits, text_ids
+
+    ids = text_ids(model_dir)
+    ours = llama_cpp_logits(gguf_path, ids)
+    ref = quantized_logits(model_dir, ids, prepare)
+    diff = np.abs(ours - ref)
+    top1 = (ours.argmax(-1) == ref.argmax(-1)).mean()
+    summary = f"top-1 agreement {top1:.3f}, median |diff| {np.median(diff):.5f}, max {diff.max():.5f}"
+    assert top1 == 1.0, summary
+    assert np.median(diff) < 0.01, summary
+    assert diff.max() < 0.05, summary
+    return summary

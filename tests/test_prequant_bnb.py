@@ -10,8 +10,7 @@ import json
 import numpy as np
 import pytest
 from convert_fixtures import converted, tensor_table
-from prequant_fixtures import bnb_checkpoint, bnb_reference, to_gguf_layout
-from test_convert import assert_logits_agree
+from prequant_fixtures import assert_logits_agree, bnb_checkpoint, bnb_exact_cpu_path, bnb_reference, to_gguf_layout
 
 pytest.importorskip("bitsandbytes")
 
@@ -34,7 +33,7 @@ def test_f32_equals_bitsandbytes_dequantize(bnb_model):
 
 
 def test_llama_cpp_logits_match_transformers(bnb_model):
-    print(assert_logits_agree(converted(bnb_model, "f32"), bnb_model))
+    print(assert_logits_agree(converted(bnb_model, "f32"), bnb_model, bnb_exact_cpu_path))
 
 
 def test_dry_run_names_the_source(bnb_model, capsys):
