@@ -10,7 +10,13 @@ import json
 import numpy as np
 import pytest
 from convert_fixtures import converted, tensor_table
-from prequant_fixtures import assert_logits_agree, bnb_checkpoint, bnb_exact_cpu_path, bnb_reference, to_gguf_layout
+from prequant_fixtures import (
+    assert_logits_agree,
+    bnb_checkpoint,
+    bnb_exact_cpu_path,
+    bnb_reference,
+    to_gguf_layout,
+)
 
 pytest.importorskip("bitsandbytes")
 

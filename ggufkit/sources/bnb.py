@@ -109,7 +109,7 @@ def group(tensors: dict, qcfg: dict, config_path) -> dict:
     """Pull every bitsandbytes-quantized weight's parts out of `tensors`; -> {weight name: Bnb4Ref | Bnb8Ref}."""
     out = {}
     for key in [k for k in tensors if _STATE.fullmatch(k)]:
-        name, kind = _STATE.fullmatch(key).groups()
+        name = _STATE.fullmatch(key).group(1)
         state_ref = take(tensors, key, name)
         try:
             state = json.loads(bytes(read_all(state_ref)).decode("utf-8"))

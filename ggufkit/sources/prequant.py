@@ -64,7 +64,7 @@ def read_all(ref) -> np.ndarray:
 def read_window(ref, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
     """A 2-D TensorRef's rows [row0, row1) x columns [col0, col1) in its own dtype: one read per row when the
     window is narrower than the tensor (transposed layouts such as GPTQ's qweight are read this way)."""
-    rows, cols = ref.shape[0], math.prod(ref.shape[1:])
+    cols = math.prod(ref.shape[1:])
     if col0 == 0 and col1 == cols:
         return read_elements(ref, row0 * cols, row1 * cols).reshape(row1 - row0, cols)
     dt = np.dtype(RAW_DTYPES[ref.dtype])
