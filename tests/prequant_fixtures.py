@@ -128,3 +128,82 @@ def assert_logits_agree(gguf_path: Path, model_dir: Path, prepare=None) -> str:
     assert np.median(diff) < 0.01, summary
     assert diff.max() < 0.05, summary
     return summary
+
+
+_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _demo_state(demo_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(demo_dir / "model.safetensors")
+
+
+def _write_checkpoint(demo_dir: Path, out: Path, state: dict, quantization_config: dict) -> Path:
+    import json
+
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((demo_dir / "config.json").read_text())
+    config["quantization_config"] = quantization_config
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    _copy_tokenizer(demo_dir, out)
+    return out
+
+
+@functools.cache
+def fp8_checkpoint(demo_dir: Path, scales: str) -> Path:
+    """The demo's linear weights in FP8 e4m3 the way FP8 releases store them (`weight` F8_E4M3 plus
+    `weight_scale_inv`, the multiplier), written by this test code with torch's float8_e4m3fn cast (no library
+    quantizes FP8 on a CPU). scales: "block64" (64x64 blocks), "block128" (128x128, ragged over 576 columns),
+    "tensor" (one scale), "channel" (one per row)."""
+    import torch
+
+    state = _demo_state(demo_dir)
+    block = {"block64": 64, "block128": 128}.get(scales)
+    for key in [k for k in state if k.rsplit(".", 2)[-2] in _LINEARS]:
+        w = state[key].float()  # (rows, cols)
+        rows, cols = w.shape
+        if block:
+            pad = torch.zeros(-(-rows // block) * block, -(-cols // block) * block)
+            pad[:rows, :cols] = w.abs()
+            amax = pad.reshape(pad.shape[0] // block, block, -1, block).amax(dim=(1, 3))  # (R, C)
+            scale = amax / 448.0
+            full = scale.repeat_interleave(block, 0).repeat_interleave(block, 1)[:rows, :cols]
+        elif scales == "channel":
+            scale = w.abs().amax(dim=1, keepdim=True) / 448.0  # (rows, 1)
+            full = scale
+        else:
+            scale = w.abs().amax() / 448.0  # () per tensor
+            full = scale
+        state[key] = (w / full).to(torch.float8_e4m3fn)
+        state[key + "_scale_inv"] = scale.float().contiguous()
+    qcfg = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+            "weight_block_size": [block, block] if block else None}
+    return _write_checkpoint(demo_dir, OUT_DIR / f"fp8-{scales}", state, qcfg)
+
+
+def fp8_reference(model_dir: Path) -> dict[str, np.ndarray]:
+    """{HF name: (rows, cols) f32}: transformers' FP8 dequantization of every F8_E4M3 weight. Loaded on the CPU,
+    transformers dequantizes FP8 checkpoints itself (Fp8Dequantize, derived from the scale grid); for block
+    grids that do not divide the weight (which that loader refuses) its `_dequantize_fp8_weight`."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers.integrations.finegrained_fp8 import _dequantize_fp8_weight
+
+    qcfg = json.loads((model_dir / "config.json").read_text())["quantization_config"]
+    state = load_file(model_dir / "model.safetensors")
+    weights = [k for k, v in state.items() if v.dtype == torch.float8_e4m3fn]
+    block = qcfg.get("weight_block_size")
+    if block and any(state[k].shape[0] % block[0] or state[k].shape[1] % block[1] for k in weights):
+        return {k: _dequantize_fp8_weight(state[k], state[k + "_scale_inv"], block, torch.float32).numpy()
+                for k in weights}
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map="cpu")
+    params = dict(model.named_parameters())
+    return {k: params[k].detach().float().numpy() for k in weights}

@@ -177,9 +177,12 @@ def method_of(qcfg: dict) -> str:
 
 
 def _module(method: str):
-    from ggufkit.sources import bnb
+    from ggufkit.sources import bnb, fp8
 
-    return {"bitsandbytes": bnb}.get(method)
+    return {"bitsandbytes": bnb, "fp8": fp8}.get(method)
+
+
+SUPPORTED = "bitsandbytes, fp8"
 
 
 def unsupported(qcfg) -> str | None:
@@ -189,7 +192,7 @@ def unsupported(qcfg) -> str | None:
     method = method_of(qcfg)
     mod = _module(method)
     if mod is None:
-        return f"pre-quantized {method} checkpoints are not supported (supported: bitsandbytes)"
+        return f"pre-quantized {method} checkpoints are not supported (supported: {SUPPORTED})"
     return mod.unsupported(qcfg)
 
 
