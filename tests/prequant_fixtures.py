@@ -207,3 +207,83 @@ def fp8_reference(model_dir: Path) -> dict[str, np.ndarray]:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map="cpu")
     params = dict(model.named_parameters())
     return {k: params[k].detach().float().numpy() for k in weights}
+
+
+@functools.cache
+def ct_packed_checkpoint(demo_dir: Path, bits: int, symmetric: bool, group_size: int | None,
+                         dtype: str = "float16") -> Path:
+    """The demo's linear weights in compressed-tensors' pack-quantized format, made by compressed-tensors itself:
+    scales and zero points from its calculate_qparams over each group's min/max (round to nearest, what
+    llm-compressor's QuantizationModifier does without GPTQ), quantized and packed by its
+    PackedQuantizationCompressor.compress. group_size None: one scale per output channel."""
+    import torch
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    strategy = "group" if group_size else "channel"
+    args = QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy=strategy,
+                            group_size=group_size)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    state = _demo_state(demo_dir)
+    for key in [k for k in state if k.rsplit(".", 2)[-2] in _LINEARS]:
+        w = state.pop(key).to(getattr(torch, dtype))  # (rows, cols)
+        g = group_size or w.shape[1]
+        grouped = w.reshape(w.shape[0], -1, g)
+        lo, hi = grouped.amin(dim=2), grouped.amax(dim=2)  # (rows, groups)
+        scale, zero = calculate_qparams(lo, hi, args)
+        module = key[:-len(".weight")]
+        local = PackedQuantizationCompressor.compress({"weight": w, "weight_scale": scale, "weight_zero_point": zero},
+                                                      scheme)
+        state |= {f"{module}.{k}": v for k, v in local.items()}
+    qcfg = {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+            "config_groups": {"group_0": {**scheme.model_dump(mode="json"), "format": "pack-quantized"}},
+            "ignore": ["lm_head"]}
+    name = f"ct-int{bits}-{'sym' if symmetric else 'asym'}-{group_size or 'channel'}-{dtype}"
+    return _write_checkpoint(demo_dir, OUT_DIR / name, state, qcfg)
+
+
+def ct_reference(model_dir: Path) -> dict[str, np.ndarray]:
+    """{HF weight name: (rows, cols) f32}: compressed-tensors' own decompress of every pack-quantized module."""
+    import json
+
+    import torch
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+    from safetensors.torch import load_file
+
+    qcfg = json.loads((model_dir / "config.json").read_text())["quantization_config"]
+    scheme = QuantizationScheme.model_validate(
+        {k: v for k, v in qcfg["config_groups"]["group_0"].items() if k != "format"})
+    state = load_file(model_dir / "model.safetensors")
+    out = {}
+    for key in [k for k in state if k.endswith(".weight_packed")]:
+        module = key[:-len(".weight_packed")]
+        local = {k.rsplit(".", 1)[1]: v for k, v in state.items() if k.rsplit(".", 1)[0] == module}
+        out[f"{module}.weight"] = PackedQuantizationCompressor.decompress(local, scheme)["weight"].to(
+            torch.float32).numpy()
+    return out
+
+
+def ct_grid(model_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{HF weight name: (q (rows, cols) signed ints, scale (rows, groups) f32, zero (rows, groups))}, unpacked by
+    compressed-tensors' unpack_from_int32: the exact grid, for the lossless paths."""
+    import json
+
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from safetensors.torch import load_file
+
+    qcfg = json.loads((model_dir / "config.json").read_text())["quantization_config"]
+    bits = qcfg["config_groups"]["group_0"]["weights"]["num_bits"]
+    state = load_file(model_dir / "model.safetensors")
+    out = {}
+    for key in [k for k in state if k.endswith(".weight_packed")]:
+        module = key[:-len(".weight_packed")]
+        shape = tuple(state[f"{module}.weight_shape"].tolist())
+        scale = state[f"{module}.weight_scale"].float()
+        q = unpack_from_int32(state[key], bits, shape).numpy().astype(np.float32)
+        zp = state.get(f"{module}.weight_zero_point")
+        zero = (unpack_from_int32(zp, bits, (shape[0], scale.shape[1]), packed_dim=0).numpy().astype(np.float32)
+                if zp is not None else np.zeros(scale.shape, np.float32))
+        out[f"{module}.weight"] = (q, scale.numpy(), zero)
+    return out

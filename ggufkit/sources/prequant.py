@@ -177,12 +177,12 @@ def method_of(qcfg: dict) -> str:
 
 
 def _module(method: str):
-    from ggufkit.sources import bnb, fp8
+    from ggufkit.sources import bnb, compressed_tensors, fp8
 
-    return {"bitsandbytes": bnb, "fp8": fp8}.get(method)
+    return {"bitsandbytes": bnb, "fp8": fp8, "compressed-tensors": compressed_tensors}.get(method)
 
 
-SUPPORTED = "bitsandbytes, fp8"
+SUPPORTED = "bitsandbytes, fp8, compressed-tensors"
 
 
 def unsupported(qcfg) -> str | None:
