@@ -287,3 +287,33 @@ def ct_grid(model_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarr
                 if zp is not None else np.zeros(scale.shape, np.float32))
         out[f"{module}.weight"] = (q, scale.numpy(), zero)
     return out
+
+
+@functools.cache
+def gptq_checkpoint(demo_dir: Path, bits: int, symmetric: bool, group_size: int | None, dtype: str,
+                    v1: bool) -> Path:
+    """The grid of ct_packed_checkpoint (made by compressed-tensors) stored in the GPTQ format (qweight, qzeros,
+    scales, g_idx), packed by compressed-tensors' pack_to_int32: GPTQ's qweight is the same dense little-endian
+    stream, down the input dimension of the transposed weight, and qzeros along the outputs. v1 stores each zero
+    point minus one. (GPTQModel, the GPTQ tool, does not install on this CPU-only machine.)"""
+    import torch
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+    from safetensors.torch import load_file
+
+    src = ct_packed_checkpoint(demo_dir, bits, symmetric, group_size, dtype)
+    grid = ct_grid(src)
+    state = {k: v for k, v in load_file(src / "model.safetensors").items() if ".weight_" not in k}
+    offset = 1 << (bits - 1)
+    for name, (q, scale, zero) in grid.items():
+        module = name[:-len(".weight")]
+        stored_zero = zero + offset - (1 if v1 else 0)  # unsigned zero point as the format stores it
+        state[f"{module}.qweight"] = pack_to_int32(torch.from_numpy(q.T.astype(np.int8)).contiguous(), bits,
+                                                   packed_dim=0)
+        state[f"{module}.qzeros"] = pack_to_int32(torch.from_numpy((stored_zero.T - offset).astype(np.int8))
+                                                  .contiguous(), bits, packed_dim=1)
+        state[f"{module}.scales"] = torch.from_numpy(scale.T.copy()).to(getattr(torch, dtype))
+        g = group_size or q.shape[1]
+        state[f"{module}.g_idx"] = torch.arange(q.shape[1], dtype=torch.int32) // g
+    qcfg = {"quant_method": "gptq", "bits": bits, "group_size": group_size or -1, "sym": symmetric,
+            "desc_act": False, "checkpoint_format": "gptq" if v1 else "gptq_v2"}
+    return _write_checkpoint(demo_dir, OUT_DIR / f"gptq-{src.name}-{'v1' if v1 else 'v2'}", state, qcfg)

@@ -22,7 +22,7 @@ def _with_config(demo_dir, tmp_path, qcfg):
 
 
 @pytest.mark.parametrize("qcfg,words", [
-    ({"quant_method": "gptq", "bits": 4, "group_size": 128}, "pre-quantized gptq checkpoints are not supported"),
+    ({"quant_method": "gptq", "bits": 5, "group_size": 128}, "gptq with 5 bits is not supported"),
     ({"quant_method": "awq", "bits": 4, "version": "gemm"}, "pre-quantized awq checkpoints are not supported"),
     ({"quant_method": "hqq"}, "pre-quantized hqq checkpoints are not supported"),
     ({"quant_method": "fp8", "fmt": "e5m2"}, "fp8 format 'e5m2' is not supported"),

@@ -177,12 +177,12 @@ def method_of(qcfg: dict) -> str:
 
 
 def _module(method: str):
-    from ggufkit.sources import bnb, compressed_tensors, fp8
+    from ggufkit.sources import bnb, compressed_tensors, fp8, gptq
 
-    return {"bitsandbytes": bnb, "fp8": fp8, "compressed-tensors": compressed_tensors}.get(method)
+    return {"bitsandbytes": bnb, "fp8": fp8, "compressed-tensors": compressed_tensors, "gptq": gptq}.get(method)
 
 
-SUPPORTED = "bitsandbytes, fp8, compressed-tensors"
+SUPPORTED = "bitsandbytes, fp8, compressed-tensors, gptq"
 
 
 def unsupported(qcfg) -> str | None:
