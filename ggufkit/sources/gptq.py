@@ -68,13 +68,15 @@ class GptqRef(QuantRef):
         words = read_window(self.qweight, 0, self.qweight.shape[0], start, stop)  # (K, n) i4
         q = intgrid.unpack_bits(np.ascontiguousarray(words.T).view(np.uint8), self.bits, 0, self.cols)
         scale = to_f32(read_window(self.scales, 0, self.scales.shape[0], start, stop), self.scales.dtype).T
+        return np.ascontiguousarray(q), np.ascontiguousarray(scale), self._zeros(start, stop)
+
+    def _zeros(self, start: int, stop: int) -> np.ndarray:
+        """Zero points of output rows [start, stop): (n, groups) f32."""
         w0, w1 = start * self.bits // 32, -(-stop * self.bits // 32)
         zw = read_window(self.qzeros, 0, self.qzeros.shape[0], w0, w1)  # (groups, w1-w0) i4
         zero = intgrid.unpack_bits(np.ascontiguousarray(zw).view(np.uint8), self.bits, start * self.bits - w0 * 32,
                                    stop - start).T.astype(np.float32)  # (n, groups)
-        if self.v1:
-            zero = zero + 1  # v1 stores zero - 1 (4-bit: 7 for the symmetric 8); the add is exact
-        return np.ascontiguousarray(q), np.ascontiguousarray(scale), zero
+        return zero + 1 if self.v1 else zero  # v1 stores zero - 1 (4-bit: 7 for the symmetric 8); exact
 
     @property
     def lossless(self):
@@ -85,9 +87,8 @@ class GptqRef(QuantRef):
                 if not intgrid.f16_exact(scales):
                     t = None
                 elif t == intgrid.QT.Q4_0:  # symmetric only if every zero point is 8 (some asym files say sym)
-                    zeros = self._grid(0, self.rows)[2]
-                    t = intgrid.QT.Q4_0 if np.all(zeros == 8) else intgrid.QT.Q4_1
-                elif t == intgrid.QT.Q8_0 and not np.all(self._grid(0, self.rows)[2] == 128):
+                    t = intgrid.QT.Q4_0 if np.all(self._zeros(0, self.rows) == 8) else intgrid.QT.Q4_1
+                elif t == intgrid.QT.Q8_0 and not np.all(self._zeros(0, self.rows) == 128):
                     t = None
             self._lossless = t
         return self._lossless
