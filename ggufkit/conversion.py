@@ -60,6 +60,9 @@ class Plan:
 
     def rows(self) -> list[dict]:
         return [{"name": t.tensor.name, "shape": list(t.tensor.shape), "type": t.qtype.name, "bytes": t.nbytes}
+                | ({"source": t.tensor.source_quant,
+                    "lossless": t.tensor.lossless is not None and t.qtype == t.tensor.lossless}
+                   if t.tensor.source_quant else {})
                 for t in self.tensors]
 
     def summary(self) -> dict:
@@ -74,7 +77,8 @@ def make_plan(src, scheme: str = "q4_k_m", imatrix=None, controls=None, split: d
     ...); split: {"max_size": bytes} or {"max_tensors": n} to write a split set."""
     from ggufkit.plan import schemes
 
-    sch = schemes.get_scheme(scheme) if isinstance(scheme, str) else scheme
+    keep_source = isinstance(scheme, str) and scheme.strip().lower() == SOURCE_SCHEME
+    sch = schemes.get_scheme(SOURCE_BASE if keep_source else scheme) if isinstance(scheme, str) else scheme
     ckpt = open_checkpoint(src)
     arch = for_config(ckpt.config, ckpt.config_path)
     by_name = {t.name: t for t in arch.tensors(ckpt)}
@@ -91,8 +95,34 @@ def make_plan(src, scheme: str = "q4_k_m", imatrix=None, controls=None, split: d
                                 has_imatrix=imatrix is not None, controls=controls)
         except ValueError as e:
             raise InputError(str(e), ckpt.dir) from None
+    if keep_source:
+        sch, rows = _source_scheme(sch, tensors, rows)
     planned = [PlannedTensor(t, QT(r.type), tensor_nbytes(t.shape, QT(r.type))) for t, r in zip(tensors, rows)]
     return Plan(ckpt, arch, sch, planned, rows, controls, imatrix, dict(split or {}))
+
+
+# ---- --scheme source: keep a pre-quantized checkpoint's grid where a GGUF type holds it exactly
+
+SOURCE_SCHEME = "source"
+SOURCE_BASE = "q8_0"  # tensors without a lossless type (floats, NF4, int8, ...) are planned as this scheme
+
+
+def _source_scheme(base, tensors: list[OutputTensor], rows: list) -> tuple:
+    """The rows of SOURCE_BASE with every tensor that has a lossless type switched to it (no second rounding)."""
+    import dataclasses
+
+    from ggufkit.plan.schemes import Scheme
+
+    rows = [dataclasses.replace(r, type=QT(t.lossless), nbytes=tensor_nbytes(t.shape, QT(t.lossless)),
+                                fallback_from=None) if t.lossless is not None else r
+            for t, r in zip(tensors, rows)]
+    kept = [QT(t.lossless) for t in tensors if t.lossless is not None]
+    file_type = base.file_type
+    if kept:
+        main = max(set(kept), key=kept.count)
+        file_type = {QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0, QT.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1,
+                     QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}.get(main, base.file_type)
+    return Scheme("SOURCE", file_type, base.base_type, base.rules), rows
 
 
 def default_output(plan: Plan) -> Path:
@@ -277,6 +307,12 @@ def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
                                  f"has {t.cols} columns" + (f" x {n_mat} experts" if n_mat > 1 else ""))
             g.begin_tensor(t.name)
             for start, stop in _row_blocks(t):
+                if t.read_blocks is not None and p.qtype == t.lossless:  # the source's grid, copied
+                    data = t.read_blocks(start, stop)  # (stop-start, row_bytes) u8
+                    g.write(data)
+                    if bar is not None:
+                        bar.update(data.nbytes)
+                    continue
                 x = t.read_rows(start, stop)  # (stop-start, cols) f32
                 _check_finite(x, t, start)
                 data = encode_block(x, start, t, p.qtype, im, threads)
@@ -297,4 +333,15 @@ def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
 def print_plan(plan: Plan, file=None) -> None:
     from ggufkit.plan.schemes import format_plan
 
-    print(format_plan(plan.scheme_rows, plan.scheme), file=file or sys.stdout)
+    text = format_plan(plan.scheme_rows, plan.scheme)
+    sources = {t.tensor.name: t for t in plan.tensors if t.tensor.source_quant}
+    if sources:  # a pre-quantized checkpoint: say per tensor what it was, and whether its grid is kept
+        lines = text.split("\n")
+        width = max(len(line) for line in lines[:-1])
+        for i, line in enumerate(lines[1:-1], 1):
+            p = sources.get(line.split(" ", 1)[0])
+            if p is not None:
+                kept = "  lossless" if p.tensor.lossless is not None and p.qtype == p.tensor.lossless else ""
+                lines[i] = f"{line:<{width}}  from {p.tensor.source_quant}{kept}"
+        text = "\n".join(lines)
+    print(text, file=file or sys.stdout)

@@ -42,6 +42,10 @@ class OutputTensor:
     source_name: str = ""
     row_align: int = 1
     source_bytes: int = 0
+    source_quant: str = ""  # what a pre-quantized source held, e.g. "gptq int4 g128 sym" ("" for floats)
+    # the lossless path: (start, stop) -> (stop-start, row_bytes) u8 blocks of type `lossless`, no rounding
+    read_blocks: Callable[[int, int], np.ndarray] | None = None
+    lossless: object = None  # gguf.GGMLQuantizationType or None
 
     @property
     def rows(self) -> int:
@@ -145,8 +149,11 @@ class Architecture:
         """Config features this architecture cannot convert faithfully (an InputError names them)."""
         found = self.expert_features()
         if self.config.get("quantization_config"):
-            method = (self.config["quantization_config"] or {}).get("quant_method", "unknown")
-            found.append(f"quantization_config (a pre-quantized {method} checkpoint)")
+            from ggufkit.sources.prequant import unsupported
+
+            reason = unsupported(self.config["quantization_config"])  # None: sources/prequant.py reads it
+            if reason:
+                found.append(f"quantization_config ({reason})")
         return found
 
     def expert_features(self) -> list[str]:
@@ -228,8 +235,12 @@ class Architecture:
                 raise InputError(f"tensor {hf_name} has shape {list(ref.shape)}, the config implies "
                                  f"{list(expected[gguf_name])}", ref.file)
             ref.check_dtype()
-            found[gguf_name] = self.transform(OutputTensor(gguf_name, ref.shape, ref.read_rows, ref.file,
-                                                           hf_name, source_bytes=ref.nbytes))
+            t = OutputTensor(gguf_name, ref.shape, ref.read_rows, ref.file, hf_name, source_bytes=ref.nbytes,
+                             source_quant=getattr(ref, "source", ""))
+            if getattr(ref, "lossless", None) is not None:
+                t.lossless = ref.lossless
+                t.read_blocks = lambda a, b, ref=ref: ref.read_blocks(a, b, ref.lossless)
+            found[gguf_name] = _keep_lossless_if_rows_only(t, self.transform)
         for gguf_name in expected:
             if gguf_name not in found:
                 raise InputError(f"tensor {gguf_name} is missing (no tensor in the checkpoint maps to it)",
@@ -241,6 +252,18 @@ class Architecture:
 
         return ModelInfo(arch=self.arch_name, n_layer=self.n_layer, n_head=self.n_head,
                          n_head_kv=self.n_head_kv, n_embd=self.n_embd)
+
+
+def _keep_lossless_if_rows_only(t: OutputTensor, transform) -> OutputTensor:
+    """Apply an architecture's transform. A transform that rewrites values (not just row order) would make the
+    source's blocks wrong: its read_blocks is dropped unless it declares itself a row permutation (row_perm)."""
+    if t.read_blocks is None:
+        return transform(t)
+    reader, blocks = t.read_rows, t.read_blocks
+    out = transform(t)
+    if out.read_rows is not reader and out.read_blocks is blocks:
+        out.read_blocks, out.lossless = None, None
+    return out
 
 
 def _load_all() -> None:

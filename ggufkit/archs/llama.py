@@ -70,12 +70,17 @@ class Llama(Architecture):
         d = self.head_dim
         source = out.read_rows
 
-        def read_rows(start: int, stop: int) -> np.ndarray:
-            x = source(start, stop)  # (heads*d, cols) f32 -> same shape, rows of each head reordered
-            heads = (stop - start) // d
+        def permute(x: np.ndarray) -> np.ndarray:  # (heads*d, any) -> same shape, rows of each head reordered
+            heads = x.shape[0] // d
             return np.ascontiguousarray(x.reshape(heads, 2, d // 2, -1).swapaxes(1, 2)).reshape(x.shape)
 
+        def read_rows(start: int, stop: int) -> np.ndarray:
+            return permute(source(start, stop))  # (heads*d, cols) f32
+
         out.read_rows, out.row_align = read_rows, d
+        if out.read_blocks is not None:  # a pre-quantized source's blocks: the same rows, moved whole
+            blocks = out.read_blocks
+            out.read_blocks = lambda start, stop: permute(blocks(start, stop))  # (heads*d, row_bytes) u8
         return out
 
     def extra_tensors(self) -> list[OutputTensor]:

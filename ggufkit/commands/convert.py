@@ -14,8 +14,11 @@ from ggufkit.plan.overrides import Controls
 
 
 def _scheme(ctx, param, value: str) -> str:
+    from ggufkit.conversion import SOURCE_SCHEME
     from ggufkit.plan import schemes
 
+    if value.strip().lower() == SOURCE_SCHEME:
+        return SOURCE_SCHEME
     try:
         return schemes.get_scheme(value).name
     except ValueError as e:
@@ -29,7 +32,9 @@ def _scheme(ctx, param, value: str) -> str:
 @click.option("--scheme", default="q4_k_m", show_default=True, callback=_scheme,
               help="Quantization scheme (llama-quantize's names, case-insensitive): f32, f16, bf16, q8_0, "
                    "q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, "
-                   "iq4_nl, iq4_xs; aliases q3_k, q4_k, q5_k = the _m schemes.")
+                   "iq4_nl, iq4_xs; aliases q3_k, q4_k, q5_k = the _m schemes; `source` keeps a "
+                   "pre-quantized checkpoint's grid where a GGUF type holds it exactly (GPTQ/AWQ 4-bit -> "
+                   "Q4_0/Q4_1, MXFP4), the rest as q8_0.")
 @click.option("--imatrix", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Importance matrix (llama.cpp GGUF or .dat format) to weight the quantization.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -185,6 +185,10 @@ class Checkpoint:
                 if tensor in self.tensors:
                     raise InputError(f"tensor {tensor} also appears in {self.tensors[tensor].file.name}", shard)
                 self.tensors[tensor] = ref
+        # a pre-quantized checkpoint (bitsandbytes, FP8, GPTQ, ...): one QuantRef per quantized weight
+        from ggufkit.sources import prequant
+
+        self.tensors = prequant.wrap(self.tensors, self.config, cfg_path)
 
     def _shards(self) -> dict[Path, list[str]]:
         """{shard path: tensor names the index promises in it} (one file, or the shards of the index)."""
