@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
@@ -42,6 +42,7 @@ class Plan:
     scheme: object  # ggufkit.plan.schemes.Scheme
     tensors: list[PlannedTensor]
     scheme_rows: list  # ggufkit.plan.schemes.PlanRow per tensor (with the fallbacks taken), for printing
+    metadata: dict = field(default_factory=dict)  # extra string key-values (ggufkit's opt-in options); none by default
 
     @property
     def total_bytes(self) -> int:
@@ -143,6 +144,8 @@ def write_metadata(g: StreamingGGUF, plan: Plan) -> None:
     w.add_name(plan.checkpoint.name)
     plan.arch.write_hparams(w)
     add_tokenizer(w, plan.checkpoint.dir, plan.checkpoint.config)
+    for key, value in plan.metadata.items():  # ggufkit.plan.budget / quant.rounding record what they did
+        w.add_string(key, value)
     # last, in this order: where llama-quantize puts them (it re-sets both), so our file equals its output
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_file_type(int(plan.scheme.file_type))
