@@ -43,6 +43,7 @@ class Plan:
     tensors: list[PlannedTensor]
     scheme_rows: list  # ggufkit.plan.schemes.PlanRow per tensor (with the fallbacks taken), for printing
     metadata: dict = field(default_factory=dict)  # extra string key-values (ggufkit's opt-in options); none by default
+    refine: object = None  # opt-in re-encoder (x, qtype, imatrix, data) -> data, e.g. ggufkit.quant.rounding.refine
 
     @property
     def total_bytes(self) -> int:
@@ -192,6 +193,8 @@ def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
                 x = t.read_rows(start, stop)  # (stop-start, cols) f32
                 _check_finite(x, t, start)
                 data = encode(x, p.qtype, im, threads)
+                if plan.refine is not None:
+                    data = plan.refine(x, p.qtype, im, data)
                 g.write(data)
                 del x
                 if bar is not None:

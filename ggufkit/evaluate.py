@@ -112,6 +112,20 @@ class _LlamaScorer:
         self.llm.close()
 
 
+def _vocabulary_size(path: Path) -> int | None:
+    from ggufkit.sources.gguf import validate_gguf
+
+    tokens = validate_gguf(path).get("tokenizer.ggml.tokens")
+    return len(tokens) if tokens is not None else None
+
+
+def _same_vocabulary(model: Path, ref: Path) -> None:
+    """Refuse a reference of another vocabulary before running anything (from the files' tokenizer keys)."""
+    n_model, n_ref = _vocabulary_size(model), _vocabulary_size(ref)
+    if n_model is not None and n_ref is not None and n_model != n_ref:
+        raise InputError(f"vocabulary of {n_ref} tokens, the model has {n_model}: not the same model family", ref)
+
+
 def prepare_chunks(scorer: _LlamaScorer, text_path: Path, ctx: int, chunks: int | None) -> list[list[int]]:
     """The text cut into the chunks that are scored (tokenized by SCORER's vocabulary)."""
     if ctx < 8 or ctx % 2:
@@ -154,6 +168,7 @@ def evaluate(model: Path, text_path: Path | None, ctx: int = 512, chunks: int | 
             from ggufkit.runtime import load_check
 
             load_check(model)  # a bad candidate fails before the reference has run
+            _same_vocabulary(model, ref)
             reflogits.save_reference(ref, text_path, path, ctx=ctx, chunks=chunks,
                                      topk=ref_topk or reflogits.DEFAULT_TOPK, threads=threads, progress=progress)
             result = reflogits.score(model, reflogits.Reference(path), threads=threads, progress=progress,

@@ -16,18 +16,20 @@ What is stored per scored position (ctx/2 - 1 per chunk, see ggufkit.evaluate):
     tail codes     (n_vocab,) u8 every other token's log p on 255 equal steps between the tail's smallest and
                                  largest log p (255 marks a top-k token)
     tail masses    (255,) f32    the exact reference probability in each of those buckets
-    tail entropy   f64           sum over the tail of p log p, exact
+    tail log sums  (255,) f64    the sum of log p over each bucket's tokens, exact
 
 The KL divergence is then
 
-    KLD = sum_{top-k} p (log p - log q)  +  H_tail  -  sum_b (mass_b / count_b) sum_{v in bucket b} log q(v)
+    KLD = sum_{top-k} p (log p - log q)  +  sum_b (mass_b / count_b) sum_{v in bucket b} (log p(v) - log q(v))
 
-exact except that within a bucket (1/255 of the tail's log-range, ~0.1 nats) every token gets the bucket's mean
-probability. Why this form (measured on the demo model, Q4_K_M vs F32, Hamlet, whose distributions have long
-tails: PPL 73): the top-k alone with the tail lumped into one outcome underestimates the KLD by 13% at k = 256
-(24% at k = 64) because 10% of the probability sits outside the top 256; 16 tail buckets overestimate it by 36%;
-255 buckets are within 0.13% (0.05% at k = 1024). llama-perplexity's --kl-divergence-base stores every
-log-probability in 16 bits (2 bytes x n_vocab a position); this file needs ~1 byte x n_vocab + 3 KB, half of it,
+exact except that within a bucket (1/255 of the tail's log-range, ~0.1 nats) each token's weight p(v) is the
+bucket's mean; the log-ratios themselves are exact sums, so a model scored against itself gets exactly 0. Why
+this form (measured on the demo model, Q4_K_M vs F32, Hamlet, whose distributions have long tails: PPL 73): the
+top-k alone with the tail lumped into one outcome underestimates the KLD by 13% at k = 256 (24% at k = 64),
+because 10% of the probability sits outside the top 256; bucketing the weights but not the log-ratios leaves an
+error of the order of the covariance of p and log q inside a bucket (+0.13% at k = 256 with 255 buckets); with
+exact log sums per bucket that covariance is replaced by the one of p and the (noise-like) log-ratio. llama-perplexity's --kl-divergence-base stores every
+log-probability in 16 bits (2 bytes x n_vocab a position); this file needs ~1 byte x n_vocab + 5 KB, half of it,
 with the values that decide the top-1, the PPL and most of the KLD stored exactly. k = n_vocab stores everything
 exactly (no tail): the in-memory result to the last bits.
 
@@ -35,8 +37,8 @@ File: a GGUF (general.type = "ggufkit.ref_logits"), key-values ref_logits.{ctx, 
 text}, and tensors
     tokens                                (chunks, ctx) i32   the token chunks the reference saw (BOS in place)
     c<N>.ids, c<N>.logits                 (n_pos, k) i32/f32  per chunk N
-    c<N>.target, c<N>.lse, c<N>.htail     (n_pos,) f32/f64/f64
-    c<N>.codes, c<N>.mass                 (n_pos, n_vocab) i8 (the u8 codes) / (n_pos, 255) f32
+    c<N>.target, c<N>.lse                 (n_pos,) f32/f64
+    c<N>.codes, c<N>.mass, c<N>.sumlp     (n_pos, n_vocab) i8 (the u8 codes) / (n_pos, 255) f32 / (n_pos, 255) f64
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ class ChunkRef:
     logits: np.ndarray   # (n_pos, k) f32
     target: np.ndarray   # (n_pos,) f32
     lse: np.ndarray      # (n_pos,) f64
-    htail: np.ndarray    # (n_pos,) f64
+    sumlp: np.ndarray    # (n_pos, N_BUCKETS) f64
     codes: np.ndarray    # (n_pos, vocab) u8, TOP_CODE for top-k tokens
     mass: np.ndarray     # (n_pos, N_BUCKETS) f32
 
@@ -83,8 +85,8 @@ class ChunkRef:
 
 def summarize_chunk(logits: np.ndarray, targets: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
     """(n_pos, vocab) f32 logits, (n_pos,) targets -> the stored arrays in _chunk_names order: ids (n_pos, k)
-    i32, top logits (n_pos, k) f32, target logits (n_pos,) f32, lse (n_pos,) f64, tail entropy (n_pos,) f64,
-    tail codes (n_pos, vocab) u8, tail masses (n_pos, N_BUCKETS) f32."""
+    i32, top logits (n_pos, k) f32, target logits (n_pos,) f32, lse (n_pos,) f64, tail log sums (n_pos,
+    N_BUCKETS) f64, tail codes (n_pos, vocab) u8 (as i8), tail masses (n_pos, N_BUCKETS) f32."""
     n_pos, vocab = logits.shape
     k = min(k, vocab)
     if k < vocab:
@@ -106,7 +108,7 @@ def summarize_chunk(logits: np.ndarray, targets: np.ndarray, k: int) -> tuple[np
     np.put_along_axis(in_top, ids.astype(np.intp), True, axis=1)
     tail_lp = np.where(in_top, np.nan, lp)
     codes = np.full((n_pos, vocab), TOP_CODE, dtype=np.uint8)
-    htail = np.zeros(n_pos)
+    sumlp = np.zeros((n_pos, N_BUCKETS))
     mass = np.zeros((n_pos, N_BUCKETS), dtype=np.float32)
     if k < vocab:
         lo = np.nanmin(tail_lp, axis=1, keepdims=True)
@@ -116,11 +118,13 @@ def summarize_chunk(logits: np.ndarray, targets: np.ndarray, k: int) -> tuple[np
         code = np.clip(step, 0, N_BUCKETS - 1).astype(np.uint8)
         codes = np.where(in_top, np.uint8(TOP_CODE), code)
         p = np.where(in_top, 0.0, np.exp(lp))
-        htail = (p * np.where(in_top, 0.0, lp)).sum(axis=1)
         flat = (rows[:, None] * (N_BUCKETS + 1) + codes).reshape(-1)
-        mass = np.bincount(flat, weights=p.reshape(-1), minlength=n_pos * (N_BUCKETS + 1))
+        size = n_pos * (N_BUCKETS + 1)
+        mass = np.bincount(flat, weights=p.reshape(-1), minlength=size)
         mass = mass.reshape(n_pos, N_BUCKETS + 1)[:, :N_BUCKETS].astype(np.float32)
-    return ids, top, logits[rows, targets].astype(np.float32), lse, htail, codes.view(np.int8), mass
+        # the same sum, in the same order, as chunk_scores takes over the candidate's log q
+        sumlp = np.bincount(flat, weights=lp.reshape(-1), minlength=size).reshape(n_pos, -1)[:, :N_BUCKETS]
+    return ids, top, logits[rows, targets].astype(np.float32), lse, sumlp, codes.view(np.int8), mass
 
 
 def chunk_scores(lp: np.ndarray, ref: ChunkRef, targets: np.ndarray) -> dict[str, np.ndarray]:
@@ -131,13 +135,13 @@ def chunk_scores(lp: np.ndarray, ref: ChunkRef, targets: np.ndarray) -> dict[str
     lref = ref.logp()                                   # (n_pos, k)
     lq = np.take_along_axis(lp, ref.ids.astype(np.intp), axis=1)  # (n_pos, k)
     kld = (np.exp(lref) * (lref - lq)).sum(axis=1)
-    if ref.ids.shape[1] < lp.shape[1]:  # the tail buckets: H_tail - sum_b mean p_b * sum_{v in b} log q(v)
+    if ref.ids.shape[1] < lp.shape[1]:  # the tail: sum_b mean p_b * sum_{v in b} (log p(v) - log q(v))
         flat = (rows[:, None] * (N_BUCKETS + 1) + ref.codes).reshape(-1)
         size = n_pos * (N_BUCKETS + 1)
         count = np.bincount(flat, minlength=size).reshape(n_pos, -1)[:, :N_BUCKETS]
         sum_lq = np.bincount(flat, weights=lp.reshape(-1), minlength=size).reshape(n_pos, -1)[:, :N_BUCKETS]
         mean_p = ref.mass.astype(np.float64) / np.maximum(count, 1)
-        kld += ref.htail - (mean_p * sum_lq).sum(axis=1)
+        kld += (mean_p * (ref.sumlp - sum_lq)).sum(axis=1)
     top1 = lp.argmax(axis=1) == ref.ids[:, 0]
     tref = ref.target_logp()
     dp2 = (np.exp(lp[rows, targets]) - np.exp(tref)) ** 2
@@ -148,7 +152,7 @@ def chunk_scores(lp: np.ndarray, ref: ChunkRef, targets: np.ndarray) -> dict[str
 
 
 def _chunk_names(c: int) -> tuple[str, ...]:
-    return f"c{c}.ids", f"c{c}.logits", f"c{c}.target", f"c{c}.lse", f"c{c}.htail", f"c{c}.codes", f"c{c}.mass"
+    return f"c{c}.ids", f"c{c}.logits", f"c{c}.target", f"c{c}.lse", f"c{c}.sumlp", f"c{c}.codes", f"c{c}.mass"
 
 
 def save_reference(model: Path, text_path: Path, out: Path, ctx: int = 512, chunks: int | None = None,
@@ -187,7 +191,7 @@ def save_reference(model: Path, text_path: Path, out: Path, ctx: int = 512, chun
                 g.add_tensor_info(lg, (n_pos, k), QT.F32)
                 g.add_tensor_info(tg, (n_pos,), QT.F32)
                 g.add_tensor_info(ls, (n_pos,), QT.F64)
-                g.add_tensor_info(ht, (n_pos,), QT.F64)
+                g.add_tensor_info(ht, (n_pos, N_BUCKETS), QT.F64)
                 g.add_tensor_info(cd, (n_pos, vocab), QT.I8)
                 g.add_tensor_info(ms, (n_pos, N_BUCKETS), QT.F32)
             g.start()
@@ -262,7 +266,7 @@ class Reference:
             raise InputError(f"reference-logits file without chunk {c}", self.path) from None
         k = self.topk
         return ChunkRef(np.asarray(self.tokens[c]), ids.reshape(-1, k), lg.reshape(-1, k), tg.reshape(-1),
-                        ls.reshape(-1), ht.reshape(-1), cd.view(np.uint8).reshape(-1, self.n_vocab),
+                        ls.reshape(-1), ht.reshape(-1, N_BUCKETS), cd.view(np.uint8).reshape(-1, self.n_vocab),
                         ms.reshape(-1, N_BUCKETS))
 
     def chunks(self, limit: int | None = None) -> Iterator[ChunkRef]:

@@ -71,3 +71,41 @@ def test_other_types_pass_through():
     x = np.ones((2, 256), dtype=np.float32)
     data = quant.quantize(x, "Q6_K")
     assert rounding.refine(x, "Q6_K", None, data) is data
+
+
+def test_convert_optimize_loads_and_is_never_worse(tiny_checkpoint, tmp_path):
+    """`convert --optimize`: llama.cpp loads and runs the file, it records the method, and every Q4_K / Q5_K
+    tensor's error against the F32 weights (gguf-py's dequantizer) is at most that of the default file."""
+    import llama_cpp
+    from click.testing import CliRunner
+    from convert_fixtures import converted, tensor_table
+
+    from ggufkit.cli import cli
+
+    src = tiny_checkpoint("llama-untied")
+    out = tmp_path / "opt.gguf"
+    run = CliRunner().invoke(cli, ["convert", str(src), "--scheme", "q4_k_m", "--optimize", "-o", str(out), "-q"])
+    assert run.exit_code == 0, run.output
+    default = converted(src, "q4_k_m")
+    f32 = {n: np.asarray(d).view(np.float32) for n, _, d in tensor_table(converted(src, "f32"))}
+    ours, theirs = tensor_table(out), {n: (t, d) for n, t, d in tensor_table(default)}
+    changed = 0
+    for name, t, data in ours:
+        assert t == theirs[name][0]  # same types: only the encoding differs
+        if QT(t) not in rounding.SUPPORTED:
+            assert np.array_equal(data, theirs[name][1]), name
+            continue
+        x = f32[name].reshape(-1, 256)
+        err = [((x - gguf.quants.dequantize(np.asarray(d), QT(t)).reshape(x.shape)) ** 2).sum()
+               for d in (data, theirs[name][1])]
+        assert err[0] <= err[1], name
+        changed += err[0] < err[1]
+    assert changed >= 4
+    meta = gguf.GGUFReader(out).fields["ggufkit.optimize.rounding"]
+    assert bytes(meta.parts[-1]).decode() == rounding.METHOD
+    llm = llama_cpp.Llama(str(out), n_ctx=64, n_threads=2, verbose=False)
+    try:
+        llm.eval(llm.tokenize(b"To be, or not to be"))
+        assert np.isfinite(np.array(llm.scores[: llm.n_tokens])).all()
+    finally:
+        llm.close()

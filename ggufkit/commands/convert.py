@@ -48,8 +48,10 @@ def _scheme(ctx, param, value: str) -> str:
 @click.option("--device", default=None, help="Budget: what fits a device profile (see `ggufkit fit`) at --ctx.")
 @click.option("--ctx", "budget_ctx", type=click.IntRange(min=16), default=None,
               help="With --device: the context the budget leaves room for [4096].")
+@click.option("--optimize", is_flag=True, help="Search Q4_K/Q5_K scales against the importance-weighted error "
+              "(never worse per block than llama.cpp's; recorded in ggufkit.optimize.rounding). Changes the bytes.")
 def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibration_ctx, threads, dry_run, quiet,
-            as_json, target_size, target_bpw, device, budget_ctx):
+            as_json, target_size, target_bpw, device, budget_ctx, optimize):
     """Convert a Hugging Face checkpoint (safetensors) to a GGUF file in one streaming pass.
 
     SRC is a local model directory (config.json + model.safetensors or shards with
@@ -83,6 +85,10 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
             imatrix = calibration  # the plan only needs to know an imatrix will be used
     plan = make_plan(src, scheme, imatrix)
     out = out if out is not None else default_output(plan)
+    if optimize:
+        from ggufkit.quant import rounding
+
+        rounding.enable(plan)
     if budget is not None:
         allocation = budgets.allocate_plan(plan, budget, load_imatrix(imatrix), threads=threads,
                                            progress=not quiet and sys.stderr.isatty())

@@ -115,14 +115,19 @@ def _sample_rows(t, n: int) -> np.ndarray:
     return np.concatenate([t.read_rows(int(s), int(s) + per) for s in sorted(set(starts.tolist()))])
 
 
-def relative_error(x: np.ndarray, qtype: QT, w: np.ndarray | None, threads: int | None = None) -> float:
-    """sum w (x - Q(x))^2 / sum w x^2 for rows x (rows, cols) f32 quantized as qtype with importance w (cols,)."""
+def relative_error(x: np.ndarray, qtype: QT, w: np.ndarray | None, threads: int | None = None,
+                   refine=None) -> float:
+    """sum w (x - Q(x))^2 / sum w x^2 for rows x (rows, cols) f32 quantized as qtype with importance w (cols,)
+    (and re-encoded by refine, as the conversion will, when given)."""
     from ggufkit import quant
 
     if qtype == QT.F16:
         y = x.astype(np.float16).astype(np.float32)
     else:
-        y = quant.dequantize(quant.quantize(x, qtype, imatrix=w, threads=threads), qtype, x.shape, threads=threads)
+        data = quant.quantize(x, qtype, imatrix=w, threads=threads)
+        if refine is not None:
+            data = refine(x, qtype, w, data)
+        y = quant.dequantize(data, qtype, x.shape, threads=threads)
     ww = np.ones(x.shape[1]) if w is None else w.astype(np.float64)
     d = (x.astype(np.float64) - y) ** 2
     signal = float((x.astype(np.float64) ** 2 @ ww).sum())
@@ -291,7 +296,8 @@ def metadata(budget: Budget, method: str) -> dict:
 def allocate_plan(plan, budget: Budget, imatrix: Callable[[str], np.ndarray | None] | None = None,
                   threads: int | None = None, progress: bool = False, method: str = "budget") -> Allocation:
     """Retype PLAN's quantizable tensors (in place: plan.tensors, plan.scheme_rows, plan.metadata) to minimise
-    the predicted error under BUDGET. imatrix: GGUF tensor name -> (cols,) f32 importance, or None."""
+    the predicted error under BUDGET. imatrix: GGUF tensor name -> (cols,) f32 importance, or None. With
+    plan.refine set (--optimize) the errors are those of the refined encodings."""
     from ggufkit.output.writer import tensor_nbytes
     from ggufkit.plan.schemes import PlanRow, is_quantizable
 
@@ -314,9 +320,9 @@ def allocate_plan(plan, budget: Budget, imatrix: Callable[[str], np.ndarray | No
         w = imatrix(t.name) if imatrix is not None else None
         if w is not None and w.shape != (t.cols,):
             w = None
-        e = {q: relative_error(x, q, w, threads) for q in candidate_types(t.cols)}
+        e = {q: relative_error(x, q, w, threads, plan.refine) for q in candidate_types(t.cols)}
         if p.qtype not in e:  # the scheme's own type, for the comparison
-            e[p.qtype] = relative_error(x, p.qtype, w, threads)
+            e[p.qtype] = relative_error(x, p.qtype, w, threads, plan.refine)
         errs[t.name] = e
         options = [(q, cost_of(tensor_nbytes(t.shape, q)), err) for q, err in e.items() if q in
                    candidate_types(t.cols)]

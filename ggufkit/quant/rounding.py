@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-__all__ = ["SUPPORTED", "decode", "pack", "refine", "unpack", "weighted_error"]
+__all__ = ["SUPPORTED", "decode", "enable", "pack", "refine", "unpack", "weighted_error"]
 
 SUPPORTED = (QT.Q4_K, QT.Q5_K)
 ROUNDS = 2
@@ -198,6 +198,15 @@ def refine_blocks(x: np.ndarray, w: np.ndarray, data: np.ndarray, qtype: QT) -> 
     out = np.ascontiguousarray(data).reshape(-1, _BLOCK_BYTES[qtype]).copy()
     out[better] = new[better]
     return out
+
+
+METHOD = "scale-search-1 (Q4_K, Q5_K)"
+
+
+def enable(plan) -> None:
+    """Turn the search on for a conversion plan (ggufkit.conversion.Plan), and record it in the file."""
+    plan.refine = refine
+    plan.metadata["ggufkit.optimize.rounding"] = METHOD
 
 
 def refine(x: np.ndarray, qtype, imatrix: np.ndarray | None, data: np.ndarray) -> np.ndarray:
