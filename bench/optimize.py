@@ -1,6 +1,6 @@
 """Better files at the same size: ggufkit's size budget and rounding search against llama.cpp's imatrix route.
 
-    .venv/bin/python bench/optimize.py [--schemes q4_k_m,q3_k_m,q2_k,iq4_xs] [--chunks 8] [--keep DIR]
+    .venv/bin/python bench/optimize.py [--schemes q2_k,q3_k_m,iq4_xs,q4_k_m] [--chunks 8] [--keep DIR]
 
 On models/smollm2-135m-instruct, with one importance matrix computed by ggufkit from Hamlet (calibration):
   reference  BF16, run once into a reference-logits file (ggufkit.reflogits) on held-out text (the Britannica
@@ -85,7 +85,7 @@ def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimiz
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--schemes", default="q4_k_m,q3_k_m,q2_k,iq4_xs")
+    ap.add_argument("--schemes", default="q2_k,q3_k_m,iq4_xs,q4_k_m")
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--calibration-chunks", type=int, default=16)
@@ -94,6 +94,7 @@ def main() -> None:
 
     from ggufkit.conversion import convert
     from ggufkit.evaluate import evaluate
+    from ggufkit.quant import imatrix as imatrix_files
     from ggufkit.quant.imatrix_collect import compute
     from ggufkit.reflogits import save_reference
     from ggufkit.runtime import backends
@@ -105,11 +106,15 @@ def main() -> None:
     text.write_text(BRITANNICA.read_text(encoding="utf-8", errors="replace")[EVAL_START:EVAL_START + EVAL_CHARS])
     t0 = time.time()
     try:
-        im = compute(DEMO, HAMLET, ctx=args.ctx, chunks=args.calibration_chunks, progress=False)
-        imatrix = im.save(work / "hamlet.imatrix.gguf")
+        imatrix = work / f"hamlet-{args.calibration_chunks}.imatrix.gguf"
+        if imatrix.exists():  # --keep DIR: a rerun reuses the calibration and the reference
+            im = imatrix_files.load(imatrix)
+        else:
+            im = compute(DEMO, HAMLET, ctx=args.ctx, chunks=args.calibration_chunks, progress=False)
+            im.save(imatrix)
         f32 = convert(DEMO, work / "demo-F32.gguf", scheme="f32", quiet=True)
         bf16 = convert(DEMO, work / "demo-BF16.gguf", scheme="bf16", quiet=True)
-        ref = work / "demo-BF16.ref-logits"
+        ref = work / f"demo-BF16-{args.chunks}x{args.ctx}.ref-logits"
         own = save_reference(bf16, text, ref, ctx=args.ctx, chunks=args.chunks)
         print(f"reference BF16: PPL {own.ppl:.3f} over {own.tokens_scored} tokens", file=sys.stderr)
         rows = []

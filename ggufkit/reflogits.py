@@ -54,6 +54,7 @@ from ggufkit.errors import InputError
 
 FILE_TYPE = "ggufkit.ref_logits"
 DEFAULT_TOPK = 256
+SLICE = 32  # positions per step: the (positions, vocab) f64 temporaries stay ~SLICE x vocab x 8 bytes each
 N_BUCKETS = 255
 TOP_CODE = 255
 QT = gguf.GGMLQuantizationType
@@ -69,6 +70,11 @@ class ChunkRef:
     sumlp: np.ndarray    # (n_pos, N_BUCKETS) f64
     codes: np.ndarray    # (n_pos, vocab) u8, TOP_CODE for top-k tokens
     mass: np.ndarray     # (n_pos, N_BUCKETS) f32
+
+    def rows(self, sl: slice) -> ChunkRef:
+        """The same chunk restricted to the positions sl."""
+        return ChunkRef(self.tokens, self.ids[sl], self.logits[sl], self.target[sl], self.lse[sl], self.sumlp[sl],
+                        self.codes[sl], self.mass[sl])
 
     def logp(self) -> np.ndarray:
         """(n_pos, k) f64 log-probabilities of the stored tokens (same float ops as evaluate.log_softmax)."""
@@ -201,14 +207,17 @@ def save_reference(model: Path, text_path: Path, out: Path, ctx: int = 512, chun
             for c, chunk in enumerate(tqdm(parts, desc="reference", unit="chunk", disable=not progress)):
                 targets = np.array(chunk[pos.start + 1: pos.stop + 1])
                 logits = scorer.logits(chunk)[pos]  # (n_pos, vocab) f32
-                arrays = summarize_chunk(logits, targets, k)
-                for name, data in zip(_chunk_names(c), arrays):
+                parts_c = [summarize_chunk(logits[i:i + SLICE], targets[i:i + SLICE], k)
+                           for i in range(0, n_pos, SLICE)]
+                for j, name in enumerate(_chunk_names(c)):
                     g.begin_tensor(name)
-                    g.write(data)
+                    for part in parts_c:
+                        g.write(part[j])
                     g.end_tensor()
-                lp = log_softmax(logits)
-                nll.append(-lp[np.arange(len(targets)), targets])
-                del logits, lp
+                for i in range(0, n_pos, SLICE):
+                    lp = log_softmax(logits[i:i + SLICE])
+                    nll.append(-lp[np.arange(len(lp)), targets[i:i + SLICE]])
+                del logits, lp, parts_c
             g.commit()
     finally:
         scorer.close()
@@ -303,11 +312,14 @@ def score(model: Path, ref: Reference, chunks: int | None = None, threads: int |
         for c in tqdm(ref.chunks(n), total=n, desc="eval", unit="chunk", disable=not progress):
             chunk = [int(t) for t in c.tokens]
             targets = np.array(chunk[pos.start + 1: pos.stop + 1])
-            lp = log_softmax(scorer.logits(chunk)[pos])  # (n_pos, vocab) f64
-            acc["nll"].append(-lp[np.arange(len(targets)), targets])
-            for key, v in chunk_scores(lp, c, targets).items():
-                acc[key].append(v)
-            del lp
+            logits = scorer.logits(chunk)[pos]  # (n_pos, vocab) f32
+            for i in range(0, len(targets), SLICE):
+                sl = slice(i, i + SLICE)
+                lp = log_softmax(logits[sl])  # (SLICE, vocab) f64
+                acc["nll"].append(-lp[np.arange(len(lp)), targets[sl]])
+                for key, v in chunk_scores(lp, c.rows(sl), targets[sl]).items():
+                    acc[key].append(v)
+            del logits, lp
     finally:
         scorer.close()
     cat = {k: np.concatenate(v) for k, v in acc.items()}
