@@ -8,7 +8,7 @@ On models/smollm2-135m-instruct, with one importance matrix computed by ggufkit 
   llama.cpp  per scheme: llama_model_quantize (llama-cpp-python 0.3.36) on the F32 GGUF with that imatrix
   budget     ggufkit convert --target-size <llama.cpp's file size> with the same imatrix
   budget+opt the same with --optimize (Q4_K/Q5_K scale search)
-  scheme+opt the scheme's own types with --optimize (the rounding search alone)
+  scheme+opt with --rounding-alone: the scheme's own types with --optimize (the rounding search alone)
 Each candidate is scored alone against the stored reference: KLD, top-1 agreement, PPL. Prints a Markdown table
 (machine, date) and the raw numbers as JSON. AutoRound's GGUF export is not run here (see BENCHMARKS.md).
 """
@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--calibration-chunks", type=int, default=16)
     ap.add_argument("--keep", type=Path, default=None)
+    ap.add_argument("--rounding-alone", action="store_true", help="Also the scheme's own types + --optimize.")
     args = ap.parse_args()
 
     from ggufkit.conversion import convert
@@ -122,8 +123,10 @@ def main() -> None:
             base = llama_cpp_quantize(f32, work / f"demo-{scheme}-llamacpp.gguf", scheme, im)
             size = base.stat().st_size
             variants = [("llama.cpp imatrix", base, {})]
-            for label, target, opt in (("ggufkit budget", size, False), ("ggufkit budget + optimize", size, True),
-                                       ("ggufkit scheme + optimize", None, True)):
+            todo = [("ggufkit budget", size, False), ("ggufkit budget + optimize", size, True)]
+            if args.rounding_alone:
+                todo.append(("ggufkit scheme + optimize", None, True))
+            for label, target, opt in todo:
                 stem = label.split()[-1] if target is None else ("budget-opt" if opt else "budget")
                 path, info = ggufkit_convert(work / f"demo-{scheme}-{stem}-{'scheme' if target is None else 'b'}"
                                              f".gguf", scheme, imatrix, target, opt)

@@ -294,10 +294,14 @@ def metadata(budget: Budget, method: str) -> dict:
 
 
 def allocate_plan(plan, budget: Budget, imatrix: Callable[[str], np.ndarray | None] | None = None,
-                  threads: int | None = None, progress: bool = False, method: str = "budget") -> Allocation:
+                  threads: int | None = None, progress: bool = False, method: str = "budget",
+                  refine_estimates: bool = False) -> Allocation:
     """Retype PLAN's quantizable tensors (in place: plan.tensors, plan.scheme_rows, plan.metadata) to minimise
-    the predicted error under BUDGET. imatrix: GGUF tensor name -> (cols,) f32 importance, or None. With
-    plan.refine set (--optimize) the errors are those of the refined encodings."""
+    the predicted error under BUDGET. imatrix: GGUF tensor name -> (cols,) f32 importance, or None.
+    refine_estimates: with plan.refine set (--optimize), estimate the errors of the refined encodings (slower:
+    the search runs on every sampled K-quant candidate); by default the allocation uses llama.cpp's encodings,
+    which the search then only improves."""
+    refine = plan.refine if refine_estimates else None
     from ggufkit.output.writer import tensor_nbytes
     from ggufkit.plan.schemes import PlanRow, is_quantizable
 
@@ -320,9 +324,9 @@ def allocate_plan(plan, budget: Budget, imatrix: Callable[[str], np.ndarray | No
         w = imatrix(t.name) if imatrix is not None else None
         if w is not None and w.shape != (t.cols,):
             w = None
-        e = {q: relative_error(x, q, w, threads, plan.refine) for q in candidate_types(t.cols)}
+        e = {q: relative_error(x, q, w, threads, refine) for q in candidate_types(t.cols)}
         if p.qtype not in e:  # the scheme's own type, for the comparison
-            e[p.qtype] = relative_error(x, p.qtype, w, threads, plan.refine)
+            e[p.qtype] = relative_error(x, p.qtype, w, threads, refine)
         errs[t.name] = e
         options = [(q, cost_of(tensor_nbytes(t.shape, q)), err) for q, err in e.items() if q in
                    candidate_types(t.cols)]

@@ -228,11 +228,11 @@ def _levels(x, s, mn, f: Form):
 
 
 def _sub_error(x, w, s, mn, f: Form):
-    """x, w (..., sub_len); s, mn (...) f32 -> error (...) f64 at the best levels."""
+    """x, w (..., sub_len) f32; s, mn (...) f32 -> error (...) at the best levels. In f32: it only ranks the
+    candidates (refine_blocks accepts a result on its f64 error)."""
     q = _levels(x, s[..., None], mn[..., None], f)
-    y = (s[..., None] * q.astype(np.float32) - mn[..., None]).astype(np.float32)
-    diff = x.astype(np.float64) - y
-    return (w * diff * diff).sum(axis=-1)
+    diff = x - (s[..., None] * q.astype(np.float32) - mn[..., None])
+    return (w * diff * diff).sum(axis=-1, dtype=np.float32)
 
 
 def _block_error(x, w, d, dmin, sc, m, f: Form):
