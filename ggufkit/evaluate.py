@@ -186,8 +186,10 @@ def evaluate(model: Path, text_path: Path | None, ctx: int = 512, chunks: int | 
         nll = []
         for chunk in tqdm(parts, desc="eval", unit="chunk", disable=not progress):
             targets = np.array(chunk[pos.start + 1: pos.stop + 1])  # (ctx/2 - 1,) the tokens being predicted
-            lp = log_softmax(scorer.logits(chunk)[pos])  # (ctx/2 - 1, vocab)
-            nll.append(-lp[np.arange(len(targets)), targets])
+            logits = scorer.logits(chunk)[pos]  # (ctx/2 - 1, vocab) f32
+            for i in range(0, len(targets), reflogits.SLICE):  # bounded f64 temporaries
+                lp = log_softmax(logits[i:i + reflogits.SLICE])
+                nll.append(-lp[np.arange(len(lp)), targets[i:i + reflogits.SLICE]])
     finally:
         scorer.close()
     nll_all = np.concatenate(nll)
