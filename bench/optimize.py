@@ -8,7 +8,8 @@ On models/smollm2-135m-instruct, with one importance matrix computed by ggufkit 
   llama.cpp  per scheme: llama_model_quantize (llama-cpp-python 0.3.36) on the F32 GGUF with that imatrix
   budget     ggufkit convert --target-size <llama.cpp's file size> with the same imatrix
   budget+opt the same with --optimize (Q4_K/Q5_K scale search)
-  scheme+opt with --rounding-alone: the scheme's own types with --optimize (the rounding search alone)
+  scheme+opt the scheme's own types with --optimize (the rounding search alone)
+  blind      (--variants ...,blind,blind-opt) budgets without Q4_1/Q5_1, the types that re-fit the demo's grid
 Each candidate is scored alone against the stored reference: KLD, top-1 agreement, PPL. Prints a Markdown table
 (machine, date) and the raw numbers as JSON. AutoRound's GGUF export is not run here (see BENCHMARKS.md).
 """
@@ -64,7 +65,19 @@ def llama_cpp_quantize(src: Path, out: Path, scheme: str, imatrix) -> Path:
     return out
 
 
-def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimize: bool) -> tuple[Path, dict]:
+# variant key -> (label, size budget?, --optimize?, candidate types excluded)
+VARIANTS = {
+    "budget": ("ggufkit budget", True, False, ()),
+    "budget-opt": ("ggufkit budget + optimize", True, True, ()),
+    "scheme-opt": ("ggufkit scheme + optimize", False, True, ()),
+    # without the two affine 32-blocks types that can re-fit the demo's Q4_1 grid almost exactly
+    "blind": ("ggufkit budget, no Q4_1/Q5_1", True, False, ("Q4_1", "Q5_1")),
+    "blind-opt": ("ggufkit budget + optimize, no Q4_1/Q5_1", True, True, ("Q4_1", "Q5_1")),
+}
+
+
+def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimize: bool,
+                    exclude: tuple[str, ...] = ()) -> tuple[Path, dict]:
     from ggufkit.conversion import load_imatrix, make_plan, run
     from ggufkit.plan import budget as budgets
     from ggufkit.quant import rounding
@@ -74,7 +87,9 @@ def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimiz
         rounding.enable(plan)
     info = {}
     if target is not None:
-        a = budgets.allocate_plan(plan, budgets.parse_budget(target_size=target), load_imatrix(imatrix))
+        types = tuple(t for t in budgets.CANDIDATES if t.name not in exclude)
+        a = budgets.allocate_plan(plan, budgets.parse_budget(target_size=target), load_imatrix(imatrix),
+                                  types=types)
         counts: dict[str, int] = {}
         for r in a.rows:
             counts[r["type"]] = counts.get(r["type"], 0) + 1
@@ -90,7 +105,8 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--calibration-chunks", type=int, default=16)
     ap.add_argument("--keep", type=Path, default=None)
-    ap.add_argument("--rounding-alone", action="store_true", help="Also the scheme's own types + --optimize.")
+    ap.add_argument("--variants", default="budget,budget-opt,scheme-opt",
+                    help=f"ggufkit variants, from {', '.join(VARIANTS)}")
     args = ap.parse_args()
 
     from ggufkit.conversion import convert
@@ -119,25 +135,32 @@ def main() -> None:
         own = save_reference(bf16, text, ref, ctx=args.ctx, chunks=args.chunks)
         print(f"reference BF16: PPL {own.ppl:.3f} over {own.tokens_scored} tokens", file=sys.stderr)
         rows = []
+        cache_file = work / "results.json"  # --keep DIR: rows already measured are not measured again
+        cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
         for scheme in args.schemes.split(","):
             base = llama_cpp_quantize(f32, work / f"demo-{scheme}-llamacpp.gguf", scheme, im)
             size = base.stat().st_size
-            variants = [("llama.cpp imatrix", base, {})]
-            todo = [("ggufkit budget", size, False), ("ggufkit budget + optimize", size, True)]
-            if args.rounding_alone:
-                todo.append(("ggufkit scheme + optimize", None, True))
-            for label, target, opt in todo:
-                stem = label.split()[-1] if target is None else ("budget-opt" if opt else "budget")
-                path, info = ggufkit_convert(work / f"demo-{scheme}-{stem}-{'scheme' if target is None else 'b'}"
-                                             f".gguf", scheme, imatrix, target, opt)
-                variants.append((label, path, info))
-            for label, path, info in variants:
+            variants = [("llama.cpp", "llama.cpp imatrix", base, {})]
+            for key in args.variants.split(","):
+                label, budgeted, opt, exclude = VARIANTS[key]
+                path = work / f"demo-{scheme}-{key}.gguf"
+                if f"{scheme}/{key}" in cache and path.exists():
+                    variants.append((key, label, path, None))
+                    continue
+                path, info = ggufkit_convert(path, scheme, imatrix, size if budgeted else None, opt, exclude)
+                variants.append((key, label, path, info))
+            for key, label, path, info in variants:
+                if info is None or (key == "llama.cpp" and f"{scheme}/{key}" in cache):
+                    rows.append(cache[f"{scheme}/{key}"])
+                    continue
                 t = time.time()
                 r = evaluate(path, None, ref=ref)
                 row = {"scheme": scheme.upper(), "variant": label, "size_bytes": path.stat().st_size,
                        "size_vs_llama_cpp": path.stat().st_size / size, "kld": r.kld, "top1": r.top1, "ppl": r.ppl,
                        "eval_s": round(time.time() - t, 1), **info}
                 rows.append(row)
+                cache[f"{scheme}/{key}"] = row
+                cache_file.write_text(json.dumps(cache, indent=1))
                 print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
         if args.keep is None:

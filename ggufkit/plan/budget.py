@@ -134,12 +134,12 @@ def relative_error(x: np.ndarray, qtype: QT, w: np.ndarray | None, threads: int 
     return float((d @ ww).sum()) / max(signal, 1e-30)
 
 
-def candidate_types(cols: int) -> list[QT]:
+def candidate_types(cols: int, types=CANDIDATES) -> list[QT]:
     """The standard types a row of cols can take (llama.cpp's fallbacks applied), cheapest first."""
     from ggufkit.plan.schemes import _fit_row
 
     out: list[QT] = []
-    for t in CANDIDATES:
+    for t in types:
         fit = _fit_row(t, cols)
         if fit not in out:
             out.append(fit)
@@ -295,12 +295,13 @@ def metadata(budget: Budget, method: str) -> dict:
 
 def allocate_plan(plan, budget: Budget, imatrix: Callable[[str], np.ndarray | None] | None = None,
                   threads: int | None = None, progress: bool = False, method: str = "budget",
-                  refine_estimates: bool = False) -> Allocation:
+                  refine_estimates: bool = False, types=CANDIDATES) -> Allocation:
     """Retype PLAN's quantizable tensors (in place: plan.tensors, plan.scheme_rows, plan.metadata) to minimise
     the predicted error under BUDGET. imatrix: GGUF tensor name -> (cols,) f32 importance, or None.
     refine_estimates: with plan.refine set (--optimize), estimate the errors of the refined encodings (slower:
     the search runs on every sampled K-quant candidate); by default the allocation uses llama.cpp's encodings,
-    which the search then only improves."""
+    which the search then only improves.
+    types: the candidate types (before fallbacks), CANDIDATES by default."""
     refine = plan.refine if refine_estimates else None
     from ggufkit.output.writer import tensor_nbytes
     from ggufkit.plan.schemes import PlanRow, is_quantizable
@@ -324,12 +325,12 @@ def allocate_plan(plan, budget: Budget, imatrix: Callable[[str], np.ndarray | No
         w = imatrix(t.name) if imatrix is not None else None
         if w is not None and w.shape != (t.cols,):
             w = None
-        e = {q: relative_error(x, q, w, threads, refine) for q in candidate_types(t.cols)}
+        allowed = candidate_types(t.cols, types)
+        e = {q: relative_error(x, q, w, threads, refine) for q in allowed}
         if p.qtype not in e:  # the scheme's own type, for the comparison
             e[p.qtype] = relative_error(x, p.qtype, w, threads, refine)
         errs[t.name] = e
-        options = [(q, cost_of(tensor_nbytes(t.shape, q)), err) for q, err in e.items() if q in
-                   candidate_types(t.cols)]
+        options = [(q, cost_of(tensor_nbytes(t.shape, q)), err) for q, err in e.items() if q in allowed]
         choices.append(Choice(t.name, _pareto(options)))
     solve(choices, limit)
     result = Allocation(budget, limit)
