@@ -110,7 +110,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ggufkit.conversion import convert
-    from ggufkit.evaluate import evaluate
+    from ggufkit.evaluate import EvalResult, evaluate
     from ggufkit.quant import imatrix as imatrix_files
     from ggufkit.quant.imatrix_collect import compute
     from ggufkit.reflogits import save_reference
@@ -129,10 +129,17 @@ def main() -> None:
         else:
             im = compute(DEMO, HAMLET, ctx=args.ctx, chunks=args.calibration_chunks, progress=False)
             im.save(imatrix)
-        f32 = convert(DEMO, work / "demo-F32.gguf", scheme="f32", quiet=True)
-        bf16 = convert(DEMO, work / "demo-BF16.gguf", scheme="bf16", quiet=True)
+        f32, bf16 = work / "demo-F32.gguf", work / "demo-BF16.gguf"
+        for path, scheme in ((f32, "f32"), (bf16, "bf16")):
+            if not path.exists():
+                convert(DEMO, path, scheme=scheme, quiet=True)
         ref = work / f"demo-BF16-{args.chunks}x{args.ctx}.ref-logits"
-        own = save_reference(bf16, text, ref, ctx=args.ctx, chunks=args.chunks)
+        own_file = ref.with_suffix(".json")
+        if ref.exists() and own_file.exists():
+            own = EvalResult(**json.loads(own_file.read_text()))
+        else:
+            own = save_reference(bf16, text, ref, ctx=args.ctx, chunks=args.chunks)
+            own_file.write_text(json.dumps(own.as_dict()))
         print(f"reference BF16: PPL {own.ppl:.3f} over {own.tokens_scored} tokens", file=sys.stderr)
         rows = []
         cache_file = work / "results.json"  # --keep DIR: rows already measured are not measured again
