@@ -42,6 +42,9 @@ class Plan:
     scheme: object  # ggufkit.plan.schemes.Scheme
     tensors: list[PlannedTensor]
     scheme_rows: list  # ggufkit.plan.schemes.PlanRow per tensor (with the fallbacks taken), for printing
+    controls: object = None  # ggufkit.plan.overrides.Controls (llama-quantize's options) or None
+    imatrix_source: object = None  # what make_plan got as imatrix (a path or an Imatrix: its quantize.* keys)
+    split: dict = field(default_factory=dict)  # {"max_size": bytes} or {"max_tensors": n}: a split set
     metadata: dict = field(default_factory=dict)  # extra string key-values (ggufkit's opt-in options); none by default
     refine: object = None  # opt-in re-encoder (x, qtype, imatrix, data) -> data, e.g. ggufkit.quant.rounding.refine
 
@@ -67,9 +70,10 @@ class Plan:
                 "bits_per_weight": round(self.bits_per_weight, 4)}
 
 
-def make_plan(src, scheme: str = "q4_k_m", imatrix=None) -> Plan:
+def make_plan(src, scheme: str = "q4_k_m", imatrix=None, controls=None, split: dict | None = None) -> Plan:
     """Open and validate SRC (config, every safetensors header, every tensor's presence and shape) and decide
-    each tensor's type. Reads no tensor data."""
+    each tensor's type. Reads no tensor data. controls: ggufkit.plan.overrides.Controls (--tensor-type, --pure,
+    ...); split: {"max_size": bytes} or {"max_tensors": n} to write a split set."""
     from ggufkit.plan import schemes
 
     sch = schemes.get_scheme(scheme) if isinstance(scheme, str) else scheme
@@ -78,10 +82,19 @@ def make_plan(src, scheme: str = "q4_k_m", imatrix=None) -> Plan:
     by_name = {t.name: t for t in arch.tensors(ckpt)}
     # llama-quantize writes tensors in this order; using it too makes our file byte-identical to its output
     tensors = [by_name[n] for n in schemes.quantize_order(by_name)]
-    rows = schemes.plan_rows(sch, [(t.name, t.shape) for t in tensors], arch.model_info(),
-                             has_imatrix=imatrix is not None)
+    if controls is None:
+        rows = schemes.plan_rows(sch, [(t.name, t.shape) for t in tensors], arch.model_info(),
+                                 has_imatrix=imatrix is not None)
+    else:
+        from ggufkit.plan.overrides import plan_tensors
+
+        try:
+            rows = plan_tensors(sch, [(t.name, t.shape, QT.F32) for t in tensors], arch.model_info(),
+                                has_imatrix=imatrix is not None, controls=controls)
+        except ValueError as e:
+            raise InputError(str(e), ckpt.dir) from None
     planned = [PlannedTensor(t, QT(r.type), tensor_nbytes(t.shape, QT(r.type))) for t, r in zip(tensors, rows)]
-    return Plan(ckpt, arch, sch, planned, rows)
+    return Plan(ckpt, arch, sch, planned, rows, controls, imatrix, dict(split or {}))
 
 
 def default_output(plan: Plan) -> Path:
@@ -150,14 +163,33 @@ def write_metadata(g: StreamingGGUF, plan: Plan) -> None:
     # last, in this order: where llama-quantize puts them (it re-sets both), so our file equals its output
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_file_type(int(plan.scheme.file_type))
+    _write_overrides(w, plan)
+
+
+def _write_overrides(w, plan: Plan) -> None:
+    """--override-kv and the quantize.imatrix.* keys, after file_type and each moved last when set, as
+    llama-quantize sets them (ggufkit.quantization.output_kv does the same for GGUF input)."""
+    from ggufkit.plan.overrides import Controls
+    from ggufkit.quantization import load_imatrix, override_value
+
+    controls = plan.controls or Controls()
+    entries = [(o.key, *override_value(o)) for o in controls.kv_overrides]
+    source = plan.imatrix_source
+    if source is not None and not isinstance(source, Mapping):
+        im = load_imatrix(source, controls)
+        entries += im.metadata if im else []
+    for key, vtype, value in entries:
+        w.kv_data[0].pop(key, None)
+        w.add_key_value(key, value, vtype)
 
 
 def convert(src, out=None, scheme: str = "q4_k_m", threads: int | None = None, quiet: bool = False,
-            dry_run: bool = False, imatrix=None) -> Path:
+            dry_run: bool = False, imatrix=None, controls=None, split: dict | None = None) -> Path:
     """Convert the HF checkpoint SRC (directory or hub id) to a GGUF file at OUT (default
     `<model-name>-<SCHEME>.gguf` in the current directory). Returns OUT. dry_run: plan only, write nothing
-    (the plan is printed unless quiet)."""
-    plan = make_plan(src, scheme, imatrix)
+    (the plan is printed unless quiet). controls / split: see make_plan (a split set is written as
+    <OUT without .gguf>-00001-of-0000N.gguf, ...)."""
+    plan = make_plan(src, scheme, imatrix, controls, split)
     out = Path(out) if out is not None else default_output(plan)
     if dry_run:
         if not quiet:
@@ -170,13 +202,25 @@ def convert(src, out=None, scheme: str = "q4_k_m", threads: int | None = None, q
 
 def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
         progress: bool = False) -> Path:
-    """Write the planned tensors to OUT in one pass. imatrix: name -> (cols,) f32 or None (see load_imatrix)."""
+    """Write the planned tensors to OUT in one pass. imatrix: name -> (cols,) f32 or None (see load_imatrix).
+    Returns OUT, or for a split set the path of its first part."""
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc=out.name, leave=False)
-    with StreamingGGUF(out, plan.arch.arch_name) as g:
+    if plan.split:
+        from ggufkit.output.split import SplitStreamingGGUF
+
+        writer = SplitStreamingGGUF(out, plan.arch.arch_name, plan.split.get("max_size"),
+                                    plan.split.get("max_tensors"))
+    else:
+        writer = StreamingGGUF(out, plan.arch.arch_name)
+    if imatrix is not None and plan.controls is not None and (plan.controls.include_weights
+                                                              or plan.controls.exclude_weights):
+        lookup, keep = imatrix, plan.controls.filter_imatrix
+        imatrix = lambda name: lookup(name) if keep([name]) else None
+    with writer as g:
         g.open()
         write_metadata(g, plan)
         for p in plan.tensors:
@@ -203,10 +247,10 @@ def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
             g.end_tensor()
             if bar is not None:
                 bar.set_postfix_str(f"{i + 1}/{len(plan.tensors)} tensors")
-        g.commit()
+        written = g.commit()
     if bar is not None:
         bar.close()
-    return out
+    return written[0] if plan.split else out  # a split set: its first part
 
 
 def print_plan(plan: Plan, file=None) -> None:

@@ -171,7 +171,8 @@ def test_convert_calibration_equals_convert_with_the_same_imatrix(tiny_llama, tm
                                       "--calibration-ctx", "64"])
     assert result.exit_code == 0, result.output
     im = compute(tiny_llama, SHAKESPEARE, ctx=64, chunks=2, progress=False).save(tmp_path / "im.gguf")
-    ref = convert(tiny_llama, tmp_path / "ref.gguf", scheme="q4_k_m", quiet=True, imatrix=im)
+    # the file read back, not its path: a path is also recorded in quantize.imatrix.file, as llama-quantize does
+    ref = convert(tiny_llama, tmp_path / "ref.gguf", scheme="q4_k_m", quiet=True, imatrix=imatrix_files.load(im))
     assert out.read_bytes() == ref.read_bytes()
     both = CliRunner().invoke(cli, ["convert", str(tiny_llama), "--imatrix", str(im), "--calibration",
                                     str(SHAKESPEARE), "-o", str(tmp_path / "never.gguf")])

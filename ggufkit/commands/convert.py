@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
+from ggufkit.commands._controls import control_options, pop_controls, split_options
 from ggufkit.conversion import default_output, load_imatrix, make_plan, print_plan, run
+from ggufkit.plan.overrides import Controls
 
 
 def _scheme(ctx, param, value: str) -> str:
@@ -37,6 +39,8 @@ def _scheme(ctx, param, value: str) -> str:
               help="With --calibration: chunks of --calibration-ctx tokens to run.")
 @click.option("--calibration-ctx", type=click.IntRange(min=16), default=512, show_default=True,
               help="With --calibration: tokens per chunk.")
+@control_options
+@split_options
 @click.option("--threads", type=click.IntRange(min=1), help="Quantization threads [default: all cores].")
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensor, shape, type, bytes; total size and bits "
                                               "per weight) and write nothing.")
@@ -48,10 +52,11 @@ def _scheme(ctx, param, value: str) -> str:
 @click.option("--device", default=None, help="Budget: what fits a device profile (see `ggufkit fit`) at --ctx.")
 @click.option("--ctx", "budget_ctx", type=click.IntRange(min=16), default=None,
               help="With --device: the context the budget leaves room for [4096].")
-@click.option("--optimize", is_flag=True, help="Search Q4_K/Q5_K scales against the importance-weighted error "
+@click.option("--optimize", is_flag=True, help="Search K-quant scales against the importance-weighted error "
               "(never worse per block than llama.cpp's; recorded in ggufkit.optimize.rounding). Changes the bytes.")
 def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibration_ctx, threads, dry_run, quiet,
-            as_json, target_size, target_bpw, device, budget_ctx, optimize):
+            as_json, split_max_size, split_max_tensors, target_size, target_bpw, device, budget_ctx, optimize,
+            **kwargs):
     """Convert a Hugging Face checkpoint (safetensors) to a GGUF file in one streaming pass.
 
     SRC is a local model directory (config.json + model.safetensors or shards with
@@ -63,15 +68,24 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
       ggufkit convert ./SmolLM2-135M-Instruct --scheme q4_k_m -o smollm2-q4_k_m.gguf
       ggufkit convert HuggingFaceTB/SmolLM2-135M-Instruct --scheme q8_0 --dry-run
       ggufkit convert ./SmolLM2-135M-Instruct --scheme q4_k_m --calibration hamlet.txt
+      ggufkit convert ./model --scheme q4_k_m --tensor-type "ffn_down=q6_k" --split-max-size 2G
       ggufkit convert ./SmolLM2-135M-Instruct --calibration hamlet.txt --target-size 90MB --dry-run
 
     With --target-size, --target-bpw or --device (+ --ctx) the types are chosen per tensor under that budget
     (standard types only; the file records the budget in ggufkit.optimize.* keys); without them the bytes are
     llama-quantize's.
     """
+    controls = pop_controls(kwargs)
+    if split_max_size and split_max_tensors:
+        raise click.UsageError("--split-max-size and --split-max-tensors are alternatives: give one")
+    split = {"max_size": split_max_size} if split_max_size else \
+        {"max_tensors": split_max_tensors} if split_max_tensors else None
     from ggufkit.plan import budget as budgets
 
     budget = budgets.parse_budget(target_size, target_bpw, device, budget_ctx)
+    if budget is not None and (controls != Controls() or split):
+        raise click.UsageError("a size budget chooses every tensor's type for one file: give it, or the type "
+                               "controls / a split, not both")
     if calibration is not None:
         if imatrix is not None:
             raise click.UsageError("--imatrix and --calibration are alternatives: give one")
@@ -83,7 +97,7 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
                               threads=threads, progress=not quiet and sys.stderr.isatty())
         else:
             imatrix = calibration  # the plan only needs to know an imatrix will be used
-    plan = make_plan(src, scheme, imatrix)
+    plan = make_plan(src, scheme, imatrix, controls if controls != Controls() else None, split)
     out = out if out is not None else default_output(plan)
     if optimize:
         from ggufkit.quant import rounding
@@ -106,11 +120,12 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
             print_plan(plan)
         return
     start = time.perf_counter()
-    run(plan, out, threads=threads, imatrix=load_imatrix(imatrix), progress=not quiet and sys.stderr.isatty())
+    written = run(plan, out, threads=threads, imatrix=load_imatrix(imatrix),
+                  progress=not quiet and sys.stderr.isatty())
     seconds = time.perf_counter() - start
     if as_json:
-        click.echo(json.dumps({**plan.summary(), "output": str(out), "seconds": round(seconds, 3)}))
+        click.echo(json.dumps({**plan.summary(), "output": str(written), "seconds": round(seconds, 3)}))
     elif not quiet:
         s = plan.summary()
-        click.echo(f"{out}: {s['scheme']}, {s['tensors']} tensors, {s['bytes'] / 2**20:.1f} MiB, "
+        click.echo(f"{written}: {s['scheme']}, {s['tensors']} tensors, {s['bytes'] / 2**20:.1f} MiB, "
                    f"{s['bits_per_weight']:.2f} bits per weight, {seconds:.1f} s")

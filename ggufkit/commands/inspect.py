@@ -2,6 +2,7 @@
 
 The whole file structure is validated first: a truncated or corrupt file gives a one-line error (exit 1).
 --tensors lists every tensor (name, shape in ggml order, type, bytes); --json prints the same as JSON.
+The first part of a split set (model-00001-of-00003.gguf) is shown as the whole model, every part checked.
 
 \b
 Example:
@@ -13,7 +14,8 @@ import json
 
 import click
 
-from ggufkit.sources.gguf import summarize, validate_gguf
+from ggufkit.sources.gguf import summarize
+from ggufkit.sources.gguf_model import open_gguf_model
 
 
 def _printable(text) -> str:
@@ -65,6 +67,8 @@ def _tokenizer_line(t: dict) -> str:
 def render_text(s: dict) -> str:
     """The human-readable report of a summarize() dict."""
     lines = [f"{_printable(s['file'])}  ({_size(s['file_size'])}, GGUF v{s['gguf_version']}, {s['metadata_keys']} keys)"]
+    if s.get("split_parts"):
+        lines[0] += f", split set of {len(s['split_parts'])} parts"
 
     def row(label: str, value) -> None:
         if value is not None:
@@ -106,7 +110,10 @@ def render_text(s: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--tensors", is_flag=True, help="List every tensor (name, shape, type, bytes).")
 def command(file: str, as_json: bool, tensors: bool) -> None:
-    summary = summarize(validate_gguf(file), with_tensors=tensors)
+    model = open_gguf_model(file)  # a split set (its first part) is summarized as one model
+    summary = summarize(model.as_gguf_file(), with_tensors=tensors)
+    if len(model.parts) > 1:
+        summary["split_parts"] = [str(p.path) for p in model.parts]
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     else:

@@ -125,12 +125,12 @@ def load_check(path: Path | str) -> Path:
 
     The whole structure is validated (ggufkit.sources.gguf, ~0.4 s for 135M parameters) before llama.cpp sees the
     file: llama.cpp's own refusal is "Failed to load model" without the reason."""
-    from ggufkit.sources.gguf import validate_gguf
+    from ggufkit.sources.gguf_model import open_gguf_model
 
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", path)
-    validate_gguf(path)  # names the problem: empty, no magic, version, truncation, absurd counts, ...
+    open_gguf_model(path)  # names the problem: empty, no magic, ..., a missing or mismatched part of a split set
     return path
 
 

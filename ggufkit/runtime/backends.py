@@ -16,6 +16,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -28,25 +30,49 @@ GGML_BACKEND_DEVICE_TYPE_CPU = 0
 
 
 def lib_dir() -> Path:
+    """Where llama-cpp-python loads its libraries from: $LLAMA_CPP_LIB_PATH (its own override), else its lib/."""
     import llama_cpp
 
-    return Path(llama_cpp.__file__).resolve().parent / "lib"
+    override = os.environ.get("LLAMA_CPP_LIB_PATH")
+    return Path(override) if override else Path(llama_cpp.__file__).resolve().parent / "lib"
 
 
 def build_stamp() -> dict | None:
     """The configuration ggufkit's build recorded in the wheel (llama_build.STAMP), or None for another build."""
-    path = lib_dir().parent / "ggufkit_build.json"
+    import llama_cpp
+
+    path = Path(llama_cpp.__file__).resolve().parent / "ggufkit_build.json"
+    if os.environ.get("LLAMA_CPP_LIB_PATH"):
+        return None  # another build's libraries are in use
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
+def _loaded(name: str) -> str:
+    """The path of the copy of lib<name>.so that libllama loaded. A wheel stores libggml.so, .so.0 and .so.0.x
+    as three separate files (zip has no symlinks); libllama binds to the soname (.so.0), and a second copy would
+    have a registry of its own. Linux: from /proc/self/maps; else the soname file."""
+    pattern = re.compile(rf"/lib{re.escape(name)}\.so(\.\d+)*$")
+    try:
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            path = line.split(None, 5)[-1] if line.count(" ") >= 5 else ""
+            if pattern.search(path):
+                return path
+    except OSError:
+        pass
+    for candidate in (f"lib{name}.so.0", f"lib{name}.so"):
+        if (lib_dir() / candidate).exists():
+            return str(lib_dir() / candidate)
+    return f"lib{name}.so"
+
+
 @functools.lru_cache(maxsize=1)
 def _ggml() -> ctypes.CDLL:
     import llama_cpp  # noqa: F401 - loads libllama, and with it libggml and libggml-base
 
-    lib = ctypes.CDLL(str(lib_dir() / "libggml.so"))
+    lib = ctypes.CDLL(_loaded("ggml"))
     lib.ggml_backend_reg_count.restype = ctypes.c_size_t
     lib.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
     lib.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
@@ -59,7 +85,7 @@ def _ggml() -> ctypes.CDLL:
     lib.ggml_backend_reg_name.restype = ctypes.c_char_p
     lib.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
     lib.ggml_backend_dev_description.restype = ctypes.c_char_p
-    base = ctypes.CDLL(str(lib_dir() / "libggml-base.so"))
+    base = ctypes.CDLL(_loaded("ggml-base"))
     base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
     base.ggml_backend_buft_name.restype = ctypes.c_char_p
     lib.buft_name = base.ggml_backend_buft_name
@@ -131,7 +157,10 @@ def ensure() -> dict:
         lib = _ggml()
         loaded_from = None
         if _cpu_device() is None:
-            lib.ggml_backend_load_all_from_path(str(lib_dir()).encode())
+            from llama_cpp._utils import suppress_stdout_stderr
+
+            with suppress_stdout_stderr(disable=False):  # ggml logs each library it loads on stderr
+                lib.ggml_backend_load_all_from_path(str(lib_dir()).encode())
             loaded_from = str(lib_dir())
         if _cpu_device() is None:
             raise RuntimeFailure("llama-cpp-python has no CPU backend (no libggml-cpu*.so that runs on this CPU); "

@@ -89,6 +89,7 @@ class GGUFFile:
     metadata: dict[str, Any] = field(default_factory=dict)  # key -> int | float | bool | str | GGUFArray
     value_types: dict[str, GGUFValueType] = field(default_factory=dict)
     tensors: list[TensorInfo] = field(default_factory=list)
+    kv_spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (start, end) of its raw entry
 
     def get(self, key: str, default=None):
         return self.metadata.get(key, default)
@@ -279,13 +280,16 @@ def _parse(buf, size: int, path: Path) -> GGUFFile:
 
     metadata: dict[str, Any] = {}
     types: dict[str, GGUFValueType] = {}
+    spans: dict[str, tuple[int, int]] = {}
     for i in range(n_kv):
+        start = cur.pos
         key = cur.name(f"key {i}")
         if key in metadata:
             cur.fail(f"duplicate key {key!r}")
         vtype = cur.value_type(cur.u32(f"value type of {key!r}"), key)
         metadata[key] = _read_value(cur, vtype, key)
         types[key] = vtype
+        spans[key] = (start, cur.pos)
     alignment = _check_alignment(cur, metadata, types)
 
     infos = []
@@ -315,7 +319,7 @@ def _parse(buf, size: int, path: Path) -> GGUFFile:
                      f"file ({size} bytes)")
         tensors.append(TensorInfo(name, shape, ggml_type, offset, data_offset + offset, n_elements, n_bytes))
         expected = offset + -(-n_bytes // alignment) * alignment
-    return GGUFFile(path, size, version, cur.order, alignment, data_offset, metadata, types, tensors)
+    return GGUFFile(path, size, version, cur.order, alignment, data_offset, metadata, types, tensors, spans)
 
 
 def validate_gguf(path: str | os.PathLike) -> GGUFFile:
