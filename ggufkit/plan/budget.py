@@ -135,13 +135,14 @@ def relative_error(x: np.ndarray, qtype: QT, w: np.ndarray | None, threads: int 
 
 
 def candidate_types(cols: int, types=CANDIDATES) -> list[QT]:
-    """The standard types a row of cols can take (llama.cpp's fallbacks applied), cheapest first."""
+    """The types of `types` a row of cols can take, cheapest first: a type's llama.cpp fallback (Q5_K -> Q5_1
+    for rows that are not a multiple of 256, ...) counts only if the fallback is one of `types` too."""
     from ggufkit.plan.schemes import _fit_row
 
     out: list[QT] = []
     for t in types:
         fit = _fit_row(t, cols)
-        if fit not in out:
+        if fit in types and fit not in out:
             out.append(fit)
     return out
 
