@@ -5,7 +5,8 @@ For every variant (a scheme, with or without an importance matrix):
     agreement and RMS Δp against the reference file (ggufkit.evaluate, llama-perplexity's procedure) ->
     generation speed (ggufkit bench's measurement: greedy tokens one at a time, median of a few runs).
 The reference is the same checkpoint at a 16-bit scheme (bf16 by default), so ΔPPL and KLD measure only what
-the quantization loses.
+the quantization loses. It is run once, into a reference-logits file (ggufkit.reflogits) next to the variants;
+each variant is then scored alone against that file, so no two models are in memory together.
 """
 from __future__ import annotations
 
@@ -122,6 +123,7 @@ def compare(src, variants: list[Variant], text: Path, ctx: int = 512, chunks: in
     gen_tokens=0 skips the speed measurement."""
     from ggufkit.conversion import convert
     from ggufkit.evaluate import evaluate
+    from ggufkit.reflogits import save_reference
     from ggufkit.sources.hf import resolve
 
     say = _Progress(progress)
@@ -140,10 +142,13 @@ def compare(src, variants: list[Variant], text: Path, ctx: int = 512, chunks: in
     out_dir = Path(out_dir)
 
     def measured(variant: Variant, path: Path, ref: Path | None):
-        """-> (Row, EvalResult)"""
+        """-> (Row, EvalResult). ref None: PATH is the reference; its logits are written to ref_logits."""
         size, bpw = file_size_and_bpw(path)
         say(f"evaluating {variant.label} on {Path(text).name} ...")
-        r = evaluate(path, text, ctx=ctx, chunks=chunks, ref=ref, threads=threads, progress=progress)
+        if ref is None:  # the reference runs once; every variant is scored alone against its stored logits
+            r = save_reference(path, text, ref_logits, ctx=ctx, chunks=chunks, threads=threads, progress=progress)
+        else:
+            r = evaluate(path, None, ctx=ctx, ref=ref, threads=threads, progress=progress)
         speed = None
         if gen_tokens > 0:
             say(f"generation speed of {variant.label} ...")
@@ -155,6 +160,7 @@ def compare(src, variants: list[Variant], text: Path, ctx: int = 512, chunks: in
     try:
         ref_variant = Variant(ref_scheme)
         ref_path = out_dir / f"{name}-{ref_variant.file_stem}.gguf"
+        ref_logits = out_dir / f"{name}-{ref_variant.file_stem}.ref-logits"
         say(f"converting {name} to {ref_variant.label} (reference) ...")
         convert(model_dir, ref_path, scheme=ref_scheme, threads=threads, quiet=True)
         ref_row, ref_eval = measured(ref_variant, ref_path, None)
@@ -165,7 +171,7 @@ def compare(src, variants: list[Variant], text: Path, ctx: int = 512, chunks: in
             path = out_dir / f"{name}-{v.file_stem}.gguf"
             say(f"converting {name} to {v.label} ...")
             convert(model_dir, path, scheme=v.scheme, threads=threads, quiet=True, imatrix=v.imatrix)
-            row, _ = measured(v, path, ref_path)
+            row, _ = measured(v, path, ref_logits)
             row.delta_ppl = row.ppl - ref_row.ppl
             rows.append(row)
             if on_row:

@@ -45,6 +45,8 @@ class Plan:
     controls: object = None  # ggufkit.plan.overrides.Controls (llama-quantize's options) or None
     imatrix_source: object = None  # what make_plan got as imatrix (a path or an Imatrix: its quantize.* keys)
     split: dict = field(default_factory=dict)  # {"max_size": bytes} or {"max_tensors": n}: a split set
+    metadata: dict = field(default_factory=dict)  # extra string key-values (ggufkit's opt-in options); none by default
+    refine: object = None  # opt-in re-encoder (x, qtype, imatrix, data) -> data, e.g. ggufkit.quant.rounding.refine
 
     @property
     def total_bytes(self) -> int:
@@ -215,6 +217,8 @@ def write_metadata(g: StreamingGGUF, plan: Plan) -> None:
     w.add_name(plan.checkpoint.name)
     plan.arch.write_hparams(w)
     add_tokenizer(w, plan.checkpoint.dir, plan.checkpoint.config)
+    for key, value in plan.metadata.items():  # ggufkit.plan.budget / quant.rounding record what they did
+        w.add_string(key, value)
     # last, in this order: where llama-quantize puts them (it re-sets both), so our file equals its output
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_file_type(int(plan.scheme.file_type))
@@ -316,6 +320,8 @@ def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
                 x = t.read_rows(start, stop)  # (stop-start, cols) f32
                 _check_finite(x, t, start)
                 data = encode_block(x, start, t, p.qtype, im, threads)
+                if plan.refine is not None:
+                    data = plan.refine(x, p.qtype, im, data)
                 g.write(data)
                 del x
                 if bar is not None:

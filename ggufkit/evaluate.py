@@ -9,6 +9,9 @@ is scored: the logits at positions ctx/2 .. ctx-2 predict the tokens after them 
     KLD  = mean over positions of  Σ_v p_ref(v) (log p_ref(v) - log p(v))
     top1 = share of positions where both models' most likely token agree
     RMS Δp = sqrt(mean (p(token) - p_ref(token))^2) for the actual next token
+
+The reference is never in memory together with the model: it is run first into a reference-logits file (top-k
+logits and the log-sum-exp per position, ggufkit.reflogits), and the model is scored against that file.
 """
 from __future__ import annotations
 
@@ -104,50 +107,94 @@ class _LlamaScorer:
         self.llm.eval(chunk)
         return np.array(self.llm.scores[: len(chunk)], dtype=np.float32)
 
+    def close(self) -> None:
+        """Free the model now (not when the garbage collector gets to it): the next model may need the RAM."""
+        self.llm.close()
 
-def evaluate(model: Path, text_path: Path, ctx: int = 512, chunks: int | None = None, ref: Path | None = None,
-             threads: int | None = None, progress: bool = False) -> EvalResult:
+
+def _vocabulary_size(path: Path) -> int | None:
+    from ggufkit.sources.gguf import validate_gguf
+
+    tokens = validate_gguf(path).get("tokenizer.ggml.tokens")
+    return len(tokens) if tokens is not None else None
+
+
+def _same_vocabulary(model: Path, ref: Path) -> None:
+    """Refuse a reference of another vocabulary before running anything (from the files' tokenizer keys)."""
+    n_model, n_ref = _vocabulary_size(model), _vocabulary_size(ref)
+    if n_model is not None and n_ref is not None and n_model != n_ref:
+        raise InputError(f"vocabulary of {n_ref} tokens, the model has {n_model}: not the same model family", ref)
+
+
+def prepare_chunks(scorer: _LlamaScorer, text_path: Path, ctx: int, chunks: int | None) -> list[list[int]]:
+    """The text cut into the chunks that are scored (tokenized by SCORER's vocabulary)."""
     if ctx < 8 or ctx % 2:
         raise InputError(f"--ctx {ctx} must be an even number >= 8")
     text = read_text(text_path)
     if chunks is not None:
         text = text[: chunks * ctx * 16]  # tokenizing a whole encyclopedia for two chunks is wasted work
-    scorer = _LlamaScorer(model, ctx, threads)
     tokens, bos = scorer.tokenize(text)
     parts = chunk_tokens(tokens, ctx, chunks, bos)
     if not parts:
         raise InputError(f"{len(tokens)} tokens are fewer than one chunk of {ctx}", text_path)
-    ref_scorer = _LlamaScorer(ref, ctx, threads) if ref is not None else None
-    if ref_scorer is not None and ref_scorer.llm.n_vocab() != scorer.llm.n_vocab():
-        raise InputError(f"vocabulary of {ref_scorer.llm.n_vocab()} tokens, the model has "
-                         f"{scorer.llm.n_vocab()}: not the same model family", ref)
+    return parts
 
+
+def evaluate(model: Path, text_path: Path | None, ctx: int = 512, chunks: int | None = None,
+             ref: Path | None = None, threads: int | None = None, progress: bool = False,
+             ref_topk: int | None = None) -> EvalResult:
+    """PPL of MODEL on TEXT_PATH; with REF also KLD, top-1 and RMS Δp against it.
+
+    REF is a reference GGUF model or a reference-logits file (ggufkit.reflogits). A model is run first, alone,
+    into a temporary reference-logits file (ref_topk logits per position), then MODEL is scored alone against
+    it: the two models are never in memory together. With a reference-logits file its stored chunks are
+    scored (TEXT_PATH and ctx are not needed)."""
+    from ggufkit import reflogits
+
+    if ctx < 8 or ctx % 2:
+        raise InputError(f"--ctx {ctx} must be an even number >= 8")
+    if ref is not None:
+        if not Path(ref).is_file():
+            raise InputError("no such file", ref)
+        if reflogits.is_reference_file(ref):
+            return reflogits.score(model, reflogits.Reference(ref), chunks=chunks, threads=threads,
+                                   progress=progress)
+        import tempfile
+
+        if text_path is None:
+            raise InputError("a text is needed to run the reference model (--text)")
+        with tempfile.TemporaryDirectory(prefix="ggufkit-eval-") as tmp:
+            path = Path(tmp) / "ref-logits.gguf"
+            from ggufkit.runtime import load_check
+
+            load_check(model)  # a bad candidate fails before the reference has run
+            _same_vocabulary(model, ref)
+            reflogits.save_reference(ref, text_path, path, ctx=ctx, chunks=chunks,
+                                     topk=ref_topk or reflogits.DEFAULT_TOPK, threads=threads, progress=progress)
+            result = reflogits.score(model, reflogits.Reference(path), threads=threads, progress=progress,
+                                     ref_name=ref)
+        result.ref = str(ref)
+        return result
+    if text_path is None:
+        raise InputError("--text is needed (or a reference-logits file as --ref)")
     from tqdm import tqdm
 
-    pos = scored_positions(ctx)
-    nll, ref_nll, kld, top1, dp2 = [], [], [], [], []
-    for chunk in tqdm(parts, desc="eval", unit="chunk", disable=not progress):
-        targets = np.array(chunk[pos.start + 1: pos.stop + 1])  # (ctx/2 - 1,) the tokens being predicted
-        lp = log_softmax(scorer.logits(chunk)[pos])  # (ctx/2 - 1, vocab)
-        rows = np.arange(len(targets))
-        nll.append(-lp[rows, targets])
-        if ref_scorer is not None:
-            lq = log_softmax(ref_scorer.logits(chunk)[pos])
-            ref_nll.append(-lq[rows, targets])
-            pq = np.exp(lq)
-            kld.append((pq * (lq - lp)).sum(axis=1))
-            top1.append(lp.argmax(axis=1) == lq.argmax(axis=1))
-            dp2.append((np.exp(lp[rows, targets]) - pq[rows, targets]) ** 2)
+    scorer = _LlamaScorer(model, ctx, threads)
+    try:
+        parts = prepare_chunks(scorer, text_path, ctx, chunks)
+        pos = scored_positions(ctx)
+        nll = []
+        for chunk in tqdm(parts, desc="eval", unit="chunk", disable=not progress):
+            targets = np.array(chunk[pos.start + 1: pos.stop + 1])  # (ctx/2 - 1,) the tokens being predicted
+            logits = scorer.logits(chunk)[pos]  # (ctx/2 - 1, vocab) f32
+            for i in range(0, len(targets), reflogits.SLICE):  # bounded f64 temporaries
+                lp = log_softmax(logits[i:i + reflogits.SLICE])
+                nll.append(-lp[np.arange(len(lp)), targets[i:i + reflogits.SLICE]])
+    finally:
+        scorer.close()
     nll_all = np.concatenate(nll)
     mean = float(nll_all.mean())
     # standard error of the PPL by the delta method: PPL * stderr(mean nll)
     stderr = float(math.exp(mean) * nll_all.std(ddof=1) / math.sqrt(len(nll_all))) if len(nll_all) > 1 else 0.0
-    result = EvalResult(model=str(model), ctx=ctx, chunks=len(parts), tokens_scored=len(nll_all),
-                        ppl=math.exp(mean), ppl_stderr=stderr)
-    if ref_scorer is not None:
-        result.ref = str(ref)
-        result.ref_ppl = math.exp(float(np.concatenate(ref_nll).mean()))
-        result.kld = float(np.concatenate(kld).mean())
-        result.top1 = float(np.concatenate(top1).mean())
-        result.rms_dp = float(math.sqrt(np.concatenate(dp2).mean()))
-    return result
+    return EvalResult(model=str(model), ctx=ctx, chunks=len(parts), tokens_scored=len(nll_all),
+                      ppl=math.exp(mean), ppl_stderr=stderr)

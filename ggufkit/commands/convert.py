@@ -53,8 +53,17 @@ def _scheme(ctx, param, value: str) -> str:
                                             "replaced, as llama.cpp's tools do).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or the result as JSON.")
+@click.option("--target-size", default=None, help="Size budget for the whole file (e.g. 700MB, 1.2GiB): each "
+              "tensor's standard type is chosen to minimise the predicted error (ggufkit.plan.budget).")
+@click.option("--target-bpw", type=float, default=None, help="Budget in bits per weight (e.g. 4.5).")
+@click.option("--device", default=None, help="Budget: what fits a device profile (see `ggufkit fit`) at --ctx.")
+@click.option("--ctx", "budget_ctx", type=click.IntRange(min=16), default=None,
+              help="With --device: the context the budget leaves room for [4096].")
+@click.option("--optimize", is_flag=True, help="Search K-quant scales against the importance-weighted error "
+              "(never worse per block than llama.cpp's; recorded in ggufkit.optimize.rounding). Changes the bytes.")
 def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibration_ctx, threads, dry_run, force,
-            quiet, as_json, split_max_size, split_max_tensors, **kwargs):
+            quiet, as_json, split_max_size, split_max_tensors, target_size, target_bpw, device, budget_ctx,
+            optimize, **kwargs):
     """Convert a Hugging Face checkpoint (safetensors) to a GGUF file in one streaming pass.
 
     SRC is a local model directory (config.json + model.safetensors or shards with
@@ -67,18 +76,29 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
       ggufkit convert HuggingFaceTB/SmolLM2-135M-Instruct --scheme q8_0 --dry-run
       ggufkit convert ./SmolLM2-135M-Instruct --scheme q4_k_m --calibration hamlet.txt
       ggufkit convert ./model --scheme q4_k_m --tensor-type "ffn_down=q6_k" --split-max-size 2G
+      ggufkit convert ./SmolLM2-135M-Instruct --calibration hamlet.txt --target-size 90MB --dry-run
+
+    With --target-size, --target-bpw or --device (+ --ctx) the types are chosen per tensor under that budget
+    (standard types only; the file records the budget in ggufkit.optimize.* keys); without them the bytes are
+    llama-quantize's.
     """
     controls = pop_controls(kwargs)
     if split_max_size and split_max_tensors:
         raise click.UsageError("--split-max-size and --split-max-tensors are alternatives: give one")
     split = {"max_size": split_max_size} if split_max_size else \
         {"max_tensors": split_max_tensors} if split_max_tensors else None
+    from ggufkit.plan import budget as budgets
+
+    budget = budgets.parse_budget(target_size, target_bpw, device, budget_ctx)
+    if budget is not None and (controls != Controls() or split):
+        raise click.UsageError("a size budget chooses every tensor's type for one file: give it, or the type "
+                               "controls / a split, not both")
     if out is not None and not dry_run:
         check_destination(out, force)  # before any long work
     if calibration is not None:
         if imatrix is not None:
             raise click.UsageError("--imatrix and --calibration are alternatives: give one")
-        if not dry_run:
+        if not dry_run or budget is not None:  # a budget's error estimates need the importance matrix
             from ggufkit.quant.imatrix_collect import compute
             from ggufkit.sources.hf import resolve
 
@@ -88,6 +108,20 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
             imatrix = calibration  # the plan only needs to know an imatrix will be used
     plan = make_plan(src, scheme, imatrix, controls if controls != Controls() else None, split)
     out = out if out is not None else default_output(plan)
+    if optimize:
+        from ggufkit.quant import rounding
+
+        rounding.enable(plan)
+    if budget is not None:
+        allocation = budgets.allocate_plan(plan, budget, load_imatrix(imatrix), threads=threads,
+                                           progress=not quiet and sys.stderr.isatty())
+        if dry_run:
+            if as_json:
+                click.echo(json.dumps({**plan.summary(), **allocation.summary(), "output": str(out),
+                                       "tensors": allocation.rows}, indent=1))
+            else:
+                click.echo(budgets.format_allocation(allocation))
+            return
     if dry_run:
         if as_json:
             click.echo(json.dumps({**plan.summary(), "output": str(out), "tensors": plan.rows()}, indent=1))

@@ -1,0 +1,188 @@
+"""Better files at the same size: ggufkit's size budget and rounding search against llama.cpp's imatrix route.
+
+    .venv/bin/python bench/optimize.py [--schemes q2_k,q3_k_m,iq4_xs,q4_k_m] [--chunks 8] [--keep DIR]
+
+On models/smollm2-135m-instruct, with one importance matrix computed by ggufkit from Hamlet (calibration):
+  reference  BF16, run once into a reference-logits file (ggufkit.reflogits) on held-out text (the Britannica
+             11th edition's Shakespeare article, as bench/quality.py), chunks of 512
+  llama.cpp  per scheme: llama_model_quantize (llama-cpp-python 0.3.36) on the F32 GGUF with that imatrix
+  budget     ggufkit convert --target-size <llama.cpp's file size> with the same imatrix
+  budget+opt the same with --optimize (Q4_K/Q5_K scale search)
+  scheme+opt the scheme's own types with --optimize (the rounding search alone)
+  blind      (--variants ...,blind,blind-opt) budgets without Q4_1/Q5_1, the types that re-fit the demo's grid
+Each candidate is scored alone against the stored reference: KLD, top-1 agreement, PPL. Prints a Markdown table
+(machine, date) and the raw numbers as JSON. AutoRound's GGUF export is not run here (see BENCHMARKS.md).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+
+DEMO = ROOT / "models" / "smollm2-135m-instruct"
+DATA = ROOT / ".venv/lib/python3.11/site-packages/shksprdata"
+BRITANNICA = DATA / "ancillary" / "britannica-11th.txt"
+HAMLET = DATA / "texts" / "hamlet_gut.txt"
+EVAL_START, EVAL_CHARS = 40_000, 120_000
+
+
+def llama_cpp_quantize(src: Path, out: Path, scheme: str, imatrix) -> Path:
+    """llama_model_quantize with the imatrix's per-column weights (what llama-quantize --imatrix passes)."""
+    import llama_cpp
+
+    from ggufkit.plan.schemes import get_scheme
+
+    weights = {name: imatrix.column_weights(name) for name in imatrix.entries}
+    keep = [np.ascontiguousarray(v, dtype=np.float32) for v in weights.values()]
+    names = [k.encode() for k in weights]
+    entries = (llama_cpp.llama_model_imatrix_data * (len(keep) + 1))()
+    for i, (name, arr) in enumerate(zip(names, keep)):
+        entries[i].name = name
+        entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = arr.size
+    entries[len(keep)].name = None
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(get_scheme(scheme).file_type)
+    params.nthread = 2
+    params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize failed ({rc})")
+    return out
+
+
+# variant key -> (label, size budget?, --optimize?, candidate types excluded)
+VARIANTS = {
+    "budget": ("ggufkit budget", True, False, ()),
+    "budget-opt": ("ggufkit budget + optimize", True, True, ()),
+    "scheme-opt": ("ggufkit scheme + optimize", False, True, ()),
+    # without the two affine 32-blocks types that can re-fit the demo's Q4_1 grid almost exactly
+    "blind": ("ggufkit budget, no Q4_1/Q5_1", True, False, ("Q4_1", "Q5_1")),
+    "blind-opt": ("ggufkit budget + optimize, no Q4_1/Q5_1", True, True, ("Q4_1", "Q5_1")),
+}
+
+
+def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimize: bool,
+                    exclude: tuple[str, ...] = ()) -> tuple[Path, dict]:
+    from ggufkit.conversion import load_imatrix, make_plan, run
+    from ggufkit.plan import budget as budgets
+    from ggufkit.quant import rounding
+
+    plan = make_plan(DEMO, scheme, imatrix)
+    if optimize:
+        rounding.enable(plan)
+    info = {}
+    if target is not None:
+        types = tuple(t for t in budgets.CANDIDATES if t.name not in exclude)
+        a = budgets.allocate_plan(plan, budgets.parse_budget(target_size=target), load_imatrix(imatrix),
+                                  types=types)
+        counts: dict[str, int] = {}
+        for r in a.rows:
+            counts[r["type"]] = counts.get(r["type"], 0) + 1
+        info = {"predicted_error": a.predicted_error, "scheme_predicted_error": a.scheme_error, "mix": counts}
+    run(plan, out, imatrix=load_imatrix(imatrix))
+    return out, info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--schemes", default="q2_k,q3_k_m,iq4_xs,q4_k_m")
+    ap.add_argument("--chunks", type=int, default=8)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--calibration-chunks", type=int, default=16)
+    ap.add_argument("--keep", type=Path, default=None)
+    ap.add_argument("--variants", default="budget,budget-opt,scheme-opt",
+                    help=f"ggufkit variants, from {', '.join(VARIANTS)}")
+    args = ap.parse_args()
+
+    from ggufkit.conversion import convert
+    from ggufkit.evaluate import EvalResult, evaluate
+    from ggufkit.quant import imatrix as imatrix_files
+    from ggufkit.quant.imatrix_collect import compute
+    from ggufkit.reflogits import save_reference
+    from ggufkit.runtime import backends
+
+    backends.ensure()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="ggufkit-bench-opt-"))
+    work.mkdir(parents=True, exist_ok=True)
+    text = work / "britannica-shakespeare.txt"
+    text.write_text(BRITANNICA.read_text(encoding="utf-8", errors="replace")[EVAL_START:EVAL_START + EVAL_CHARS])
+    t0 = time.time()
+    try:
+        imatrix = work / f"hamlet-{args.calibration_chunks}.imatrix.gguf"
+        if imatrix.exists():  # --keep DIR: a rerun reuses the calibration and the reference
+            im = imatrix_files.load(imatrix)
+        else:
+            im = compute(DEMO, HAMLET, ctx=args.ctx, chunks=args.calibration_chunks, progress=False)
+            im.save(imatrix)
+        f32, bf16 = work / "demo-F32.gguf", work / "demo-BF16.gguf"
+        for path, scheme in ((f32, "f32"), (bf16, "bf16")):
+            if not path.exists():
+                convert(DEMO, path, scheme=scheme, quiet=True)
+        ref = work / f"demo-BF16-{args.chunks}x{args.ctx}.ref-logits"
+        own_file = ref.with_suffix(".json")
+        if ref.exists() and own_file.exists():
+            own = EvalResult(**json.loads(own_file.read_text()))
+        else:
+            own = save_reference(bf16, text, ref, ctx=args.ctx, chunks=args.chunks)
+            own_file.write_text(json.dumps(own.as_dict()))
+        print(f"reference BF16: PPL {own.ppl:.3f} over {own.tokens_scored} tokens", file=sys.stderr)
+        rows = []
+        cache_file = work / "results.json"  # --keep DIR: rows already measured are not measured again
+        cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+        for scheme in args.schemes.split(","):
+            base = llama_cpp_quantize(f32, work / f"demo-{scheme}-llamacpp.gguf", scheme, im)
+            size = base.stat().st_size
+            variants = [("llama.cpp", "llama.cpp imatrix", base, {})]
+            for key in args.variants.split(","):
+                label, budgeted, opt, exclude = VARIANTS[key]
+                path = work / f"demo-{scheme}-{key}.gguf"
+                if f"{scheme}/{key}" in cache and path.exists():
+                    variants.append((key, label, path, None))
+                    continue
+                path, info = ggufkit_convert(path, scheme, imatrix, size if budgeted else None, opt, exclude)
+                variants.append((key, label, path, info))
+            for key, label, path, info in variants:
+                if info is None or (key == "llama.cpp" and f"{scheme}/{key}" in cache):
+                    rows.append(cache[f"{scheme}/{key}"])
+                    continue
+                t = time.time()
+                r = evaluate(path, None, ref=ref)
+                row = {"scheme": scheme.upper(), "variant": label, "size_bytes": path.stat().st_size,
+                       "size_vs_llama_cpp": path.stat().st_size / size, "kld": r.kld, "top1": r.top1, "ppl": r.ppl,
+                       "eval_s": round(time.time() - t, 1), **info}
+                rows.append(row)
+                cache[f"{scheme}/{key}"] = row
+                cache_file.write_text(json.dumps(cache, indent=1))
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    by_scheme: dict[str, float] = {r["scheme"]: r["kld"] for r in rows if r["variant"] == "llama.cpp imatrix"}
+    print(f"SmolLM2-135M-Instruct (demo), {platform.machine()}, {datetime.date.today()}, reference BF16 PPL "
+          f"{own.ppl:.3f}, {own.tokens_scored} tokens of held-out text ({args.chunks} chunks of {args.ctx}), "
+          f"imatrix from Hamlet ({args.calibration_chunks} chunks); {time.time() - t0:.0f} s in all\n")
+    print("| size of | variant | file MiB | vs llama.cpp size | KLD | KLD vs llama.cpp | top-1 % | PPL |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['scheme']} | {r['variant']} | {r['size_bytes'] / 2**20:.2f} | {r['size_vs_llama_cpp']:.4f} | "
+              f"{r['kld']:.5f} | {r['kld'] / by_scheme[r['scheme']]:.2f}x | {100 * r['top1']:.2f} | {r['ppl']:.3f} |")
+    print("\n" + json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

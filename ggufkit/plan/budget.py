@@ -1,0 +1,376 @@
+"""Size budgets: choose each tensor's type to minimise the predicted error under a byte budget.
+
+    budget = parse_budget(target_size="700MB")              # or target_bpw=4.5, or device="rpi5-4gb", ctx=4096
+    result = allocate_plan(plan, budget, imatrix=lookup)     # plan: ggufkit.conversion.Plan, retyped in place
+    print(format_allocation(result))                         # the --dry-run table
+
+The error model. A linear layer y = W x whose weights are replaced by W + E adds output noise E x. Over the
+calibration inputs its power is E ||E x||^2 = sum_ij E_ij^2 E[x_j^2] (cross terms dropped), and E[x_j^2] is the
+importance matrix. Relative to the signal, E ||W x||^2 = sum_ij W_ij^2 E[x_j^2], that is
+
+    err(tensor, type) = sum_ij w_j (W_ij - Q(W)_ij)^2 / sum_ij w_j W_ij^2        (w = imatrix, or ones)
+
+Noise from independent tensors adds in power along the residual stream, so the plan's predicted error is the
+sum of err over the tensors; the KL divergence of the output grows with it for small noise. Q(W) is ggufkit's
+own quantizer (byte-exact with llama.cpp's) with the same importance weights the file will be written with,
+measured on up to SAMPLE_ROWS rows spread over the tensor, for every standard type the tensor's row length
+allows (llama.cpp's fallbacks: a row that is not a multiple of 256 cannot take a K-quant).
+
+The allocation is a multiple-choice knapsack: minimise sum err subject to sum bytes <= budget. It is solved by
+Lagrangian relaxation (each tensor takes argmin err + lambda * bytes; bisection on lambda for the largest plan
+that fits) and then greedy upgrades by error saved per byte while anything still fits. Tensors llama-quantize
+never quantizes (norms, 1-D) keep their type and count as fixed bytes.
+
+Budgets:
+- target_size: the whole file in bytes (header, metadata and the 32-byte alignment of every tensor included),
+  so the written file is never larger than asked.
+- target_bpw: bits per weight of the tensor data (8 * tensor bytes / parameters), as llama.cpp reports it.
+- device + ctx: the tensor bytes that fit in the RAM budget `ggufkit fit` computes for that board
+  ((RAM - OS reserve) x (1 - headroom)) next to the KV cache, compute buffers and runtime the memory model
+  predicts at that context (ggufkit.edge.memory).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gguf
+import numpy as np
+
+from ggufkit.errors import InputError
+
+QT = gguf.GGMLQuantizationType
+ALIGN = 32
+SAMPLE_ROWS = 256
+# standard types every llama.cpp build loads, cheapest first
+CANDIDATES = (QT.Q2_K, QT.Q3_K, QT.IQ4_XS, QT.Q4_0, QT.IQ4_NL, QT.Q4_K, QT.Q4_1, QT.Q5_0, QT.Q5_K, QT.Q5_1,
+              QT.Q6_K, QT.Q8_0, QT.F16)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+# ---- budgets
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str         # "size" | "bpw" | "device"
+    label: str        # what the user asked for, e.g. "700MB", "4.5 bpw", "rpi5-4gb ctx 4096"
+    value: float      # bytes (size), bits per weight (bpw); device: the RAM budget in bytes
+    n_ctx: int = 0
+    device: str = ""
+
+
+def parse_size(text: str) -> int:
+    """'700MB' -> 700000000, '1.5GiB' -> 1610612736, '123456' -> 123456 (decimal and binary units)."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).upper() if m else None
+    if m is None or unit not in _UNITS:
+        raise InputError(f"--target-size {text!r}: expected a number with an optional unit (B, KB, MB, GB, KiB, "
+                         f"MiB, GiB)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def parse_budget(target_size: str | int | None = None, target_bpw: float | None = None,
+                 device: str | None = None, ctx: int | None = None, headroom: float = 0.15) -> Budget | None:
+    """At most one budget; None when none is asked for."""
+    given = [x is not None for x in (target_size, target_bpw, device)]
+    if sum(given) > 1:
+        raise InputError("give one budget: --target-size, --target-bpw or --device")
+    if ctx is not None and device is None:
+        raise InputError("--ctx sets the context of a --device budget; it needs --device")
+    if target_size is not None:
+        size = target_size if isinstance(target_size, int) else parse_size(target_size)
+        return Budget("size", str(target_size), float(size))
+    if target_bpw is not None:
+        if not 1.0 <= target_bpw <= 32.0:
+            raise InputError(f"--target-bpw {target_bpw} must be between 1 and 32")
+        return Budget("bpw", f"{target_bpw} bpw", float(target_bpw))
+    if device is not None:
+        from ggufkit.edge.devices import get_device
+
+        try:
+            dev = get_device(device)
+        except (KeyError, ValueError) as e:
+            raise InputError(str(e).strip("'\"")) from None
+        n_ctx = 4096 if ctx is None else int(ctx)
+        ram = (dev.ram_mib - dev.os_reserve_mib) * (1 - headroom) * 2**20
+        return Budget("device", f"{dev.name} ctx {n_ctx}", ram, n_ctx=n_ctx, device=dev.name)
+    return None
+
+
+# ---- error estimates
+
+
+def _sample_rows(t, n: int) -> np.ndarray:
+    """Up to n rows of tensor t, in 8 aligned runs spread over it: (n', cols) f32."""
+    rows = math.prod(t.shape[:-1])
+    if rows <= n:
+        return t.read_rows(0, rows)
+    align = max(1, t.row_align)
+    runs = 8
+    per = max(align, -(-n // runs) // align * align)
+    starts = np.linspace(0, rows - per, runs).astype(int) // align * align
+    return np.concatenate([t.read_rows(int(s), int(s) + per) for s in sorted(set(starts.tolist()))])
+
+
+def relative_error(x: np.ndarray, qtype: QT, w: np.ndarray | None, threads: int | None = None,
+                   refine=None) -> float:
+    """sum w (x - Q(x))^2 / sum w x^2 for rows x (rows, cols) f32 quantized as qtype with importance w (cols,)
+    (and re-encoded by refine, as the conversion will, when given)."""
+    from ggufkit import quant
+
+    if qtype == QT.F16:
+        y = x.astype(np.float16).astype(np.float32)
+    else:
+        data = quant.quantize(x, qtype, imatrix=w, threads=threads)
+        if refine is not None:
+            data = refine(x, qtype, w, data)
+        y = quant.dequantize(data, qtype, x.shape, threads=threads)
+    ww = np.ones(x.shape[1]) if w is None else w.astype(np.float64)
+    d = (x.astype(np.float64) - y) ** 2
+    signal = float((x.astype(np.float64) ** 2 @ ww).sum())
+    return float((d @ ww).sum()) / max(signal, 1e-30)
+
+
+def candidate_types(cols: int, types=CANDIDATES) -> list[QT]:
+    """The types of `types` a row of cols can take, cheapest first: a type's llama.cpp fallback (Q5_K -> Q5_1
+    for rows that are not a multiple of 256, ...) counts only if the fallback is one of `types` too."""
+    from ggufkit.plan.schemes import _fit_row
+
+    out: list[QT] = []
+    for t in types:
+        fit = _fit_row(t, cols)
+        if fit in types and fit not in out:
+            out.append(fit)
+    return out
+
+
+# ---- the knapsack
+
+
+@dataclass
+class Choice:
+    name: str
+    options: list[tuple[QT, int, float]]  # (type, cost bytes, err), cost ascending, dominated ones removed
+    fixed_type: QT | None = None          # not quantizable: this type, cost only
+    pick: int = 0
+
+
+def _pareto(options: list[tuple[QT, int, float]]) -> list[tuple[QT, int, float]]:
+    """Cost ascending; drop every option that costs at least as much as another and is not more accurate."""
+    out: list[tuple[QT, int, float]] = []
+    for opt in sorted(options, key=lambda o: (o[1], o[2])):
+        if not out or opt[2] < out[-1][2]:
+            out.append(opt)
+    return out
+
+
+def solve(choices: list[Choice], budget: int) -> None:
+    """Set every choice's pick to minimise sum err with sum cost <= budget (raises if even the cheapest won't fit)."""
+    free = [c for c in choices if c.fixed_type is None]
+    fixed = sum(c.options[0][1] for c in choices if c.fixed_type is not None)
+    floor_cost = fixed + sum(c.options[0][1] for c in free)
+    if floor_cost > budget:
+        raise InputError(f"the budget ({budget} bytes for the tensors) is below the smallest plan with standard "
+                         f"types ({floor_cost} bytes)")
+
+    def pick_for(lam: float) -> tuple[list[int], int]:
+        picks, cost = [], fixed
+        for c in free:
+            i = min(range(len(c.options)), key=lambda j: c.options[j][2] + lam * c.options[j][1])
+            picks.append(i)
+            cost += c.options[i][1]
+        return picks, cost
+
+    lo, hi = 0.0, 1.0
+    while pick_for(hi)[1] > budget:   # lambda large enough that the plan fits
+        hi *= 16
+        if hi > 1e30:
+            break
+    picks, cost = pick_for(lo)
+    if cost > budget:
+        for _ in range(100):
+            mid = (lo + hi) / 2 if hi / max(lo, 1e-300) < 4 or lo == 0 else math.sqrt(lo * hi)
+            if pick_for(mid)[1] > budget:
+                lo = mid
+            else:
+                hi = mid
+        picks, cost = pick_for(hi)
+    # greedy upgrades with what is left, best error saved per byte first
+    while True:
+        best, best_gain = None, 0.0
+        for k, c in enumerate(free):
+            i = picks[k]
+            for j in range(i + 1, len(c.options)):
+                extra = c.options[j][1] - c.options[i][1]
+                gain = c.options[i][2] - c.options[j][2]
+                if cost + extra <= budget and gain > 0 and gain / extra > best_gain:
+                    best, best_gain = (k, j, extra), gain / extra
+        if best is None:
+            break
+        k, j, extra = best
+        picks[k] = j
+        cost += extra
+    for c, i in zip(free, picks):
+        c.pick = i
+
+
+# ---- on a conversion plan
+
+
+@dataclass
+class Allocation:
+    budget: Budget
+    limit: int                               # the byte limit the tensors were fitted into
+    rows: list[dict] = field(default_factory=list)  # per tensor: name, shape, type, bytes, err, scheme_type, ...
+    file_bytes: int = 0                      # predicted size of the written file
+    tensor_bytes: int = 0
+    n_elements: int = 0
+    predicted_error: float = 0.0             # sum of err over the tensors, this mix
+    scheme_error: float = 0.0                # the same for the scheme's own types
+    scheme_tensor_bytes: int = 0
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.tensor_bytes / max(1, self.n_elements)
+
+    def summary(self) -> dict:
+        return {"budget": self.budget.label, "budget_kind": self.budget.kind, "limit_bytes": self.limit,
+                "file_bytes": self.file_bytes, "tensor_bytes": self.tensor_bytes,
+                "bits_per_weight": round(self.bits_per_weight, 4), "predicted_error": self.predicted_error,
+                "scheme_predicted_error": self.scheme_error, "scheme_tensor_bytes": self.scheme_tensor_bytes}
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def header_bytes(plan) -> int:
+    """Bytes before the tensor data of the file conversion.run would write for PLAN (header, key-values, tensor
+    infos; their size does not depend on the types), by writing exactly that to a scratch file."""
+    import tempfile
+    from pathlib import Path
+
+    from ggufkit.conversion import write_metadata
+    from ggufkit.output.writer import StreamingGGUF
+
+    with tempfile.TemporaryDirectory(prefix="ggufkit-budget-") as tmp:
+        g = StreamingGGUF(Path(tmp) / "header.gguf", plan.arch.arch_name)
+        try:
+            g.open()
+            write_metadata(g, plan)
+            for p in plan.tensors:
+                g.add_tensor_info(p.tensor.name, p.tensor.shape, p.qtype)
+            g.start()
+            g._fout.flush()
+            return g._fout.tell()
+        finally:
+            g.abort()
+
+
+def _limit(plan, budget: Budget) -> tuple[int, bool]:
+    """(byte limit for the tensors, whether costs are 32-aligned sizes)."""
+    if budget.kind == "size":
+        return int(budget.value) - _aligned(header_bytes(plan)), True
+    if budget.kind == "bpw":
+        return math.floor(budget.value * plan.n_elements / 8), False
+    from ggufkit.edge import memory
+    from ggufkit.edge.devices import get_device
+
+    dev = get_device(budget.device)
+    tensors = [(p.tensor.name, tuple(p.tensor.shape), p.qtype) for p in plan.tensors]
+    info = plan.arch.model_info()
+    shape = memory.shape_from_tensors(plan.checkpoint.name, tensors, info.n_head)
+    est = memory.estimate(shape, budget.n_ctx, dev.features)
+    rest = est.needed - est.weights  # KV cache, compute, runtime: the same whatever the types
+    return int(budget.value - rest), False
+
+
+def metadata(budget: Budget, method: str) -> dict:
+    """The key-values an optimised file records (fixed-size values, so the header size is known up front)."""
+    return {"ggufkit.optimize.method": method, "ggufkit.optimize.budget": budget.label,
+            "ggufkit.optimize.budget_kind": budget.kind}
+
+
+def allocate_plan(plan, budget: Budget, imatrix: Callable[[str], np.ndarray | None] | None = None,
+                  threads: int | None = None, progress: bool = False, method: str = "budget",
+                  refine_estimates: bool = False, types=CANDIDATES) -> Allocation:
+    """Retype PLAN's quantizable tensors (in place: plan.tensors, plan.scheme_rows, plan.metadata) to minimise
+    the predicted error under BUDGET. imatrix: GGUF tensor name -> (cols,) f32 importance, or None.
+    refine_estimates: with plan.refine set (--optimize), estimate the errors of the refined encodings (slower:
+    the search runs on every sampled K-quant candidate); by default the allocation uses llama.cpp's encodings,
+    which the search then only improves.
+    types: the candidate types (before fallbacks), CANDIDATES by default."""
+    refine = plan.refine if refine_estimates else None
+    from ggufkit.output.writer import tensor_nbytes
+    from ggufkit.plan.schemes import PlanRow, is_quantizable
+
+    if getattr(plan.scheme, "quantized", True) is False:
+        raise InputError(f"a size budget needs a quantized scheme (not {plan.scheme.name})")
+    plan.metadata.update(metadata(budget, method))
+    limit, aligned = _limit(plan, budget)
+    cost_of = _aligned if aligned else (lambda n: n)
+    info = plan.arch.model_info()
+    choices: list[Choice] = []
+    errs: dict[str, dict[QT, float]] = {}
+    from tqdm import tqdm
+
+    for p in tqdm(plan.tensors, desc="error estimates", unit="tensor", disable=not progress, leave=False):
+        t = p.tensor
+        if not is_quantizable(t.name, t.shape, info.arch):
+            choices.append(Choice(t.name, [(p.qtype, cost_of(p.nbytes), 0.0)], fixed_type=p.qtype))
+            continue
+        x = _sample_rows(t, SAMPLE_ROWS)
+        w = imatrix(t.name) if imatrix is not None else None
+        if w is not None and w.shape != (t.cols,):
+            w = None
+        allowed = candidate_types(t.cols, types)
+        e = {q: relative_error(x, q, w, threads, refine) for q in allowed}
+        if p.qtype not in e:  # the scheme's own type, for the comparison
+            e[p.qtype] = relative_error(x, p.qtype, w, threads, refine)
+        errs[t.name] = e
+        options = [(q, cost_of(tensor_nbytes(t.shape, q)), err) for q, err in e.items() if q in allowed]
+        choices.append(Choice(t.name, _pareto(options)))
+    solve(choices, limit)
+    result = Allocation(budget, limit)
+    new_tensors, new_rows = [], []
+    for p, c in zip(plan.tensors, choices):
+        t = p.tensor
+        qtype = c.fixed_type if c.fixed_type is not None else c.options[c.pick][0]
+        nbytes = tensor_nbytes(t.shape, qtype)
+        err = 0.0 if c.fixed_type is not None else errs[t.name][qtype]
+        scheme_err = 0.0 if c.fixed_type is not None else errs[t.name][p.qtype]
+        result.rows.append({"name": t.name, "shape": list(t.shape), "type": qtype.name, "bytes": nbytes,
+                            "error": err, "scheme_type": p.qtype.name})
+        result.tensor_bytes += nbytes
+        result.scheme_tensor_bytes += p.nbytes
+        result.predicted_error += err
+        result.scheme_error += scheme_err
+        new_tensors.append(type(p)(t, qtype, nbytes))
+        new_rows.append(PlanRow(t.name, tuple(t.shape), qtype, nbytes))
+    plan.tensors[:] = new_tensors
+    plan.scheme_rows[:] = new_rows
+    result.n_elements = plan.n_elements
+    result.file_bytes = _aligned(header_bytes(plan)) + sum(_aligned(p.nbytes) for p in plan.tensors)
+    return result
+
+
+def format_allocation(a: Allocation) -> str:
+    """The --dry-run table: tensor, shape, type (and the scheme's), bytes, predicted error; then the totals."""
+    width = max((len(r["name"]) for r in a.rows), default=6)
+    lines = [f"{'tensor':<{width}}  {'shape':<16} {'type':<7} {'scheme':<7} {'bytes':>12} {'pred. error':>12}"]
+    for r in a.rows:
+        shape = "x".join(str(d) for d in r["shape"])
+        lines.append(f"{r['name']:<{width}}  {shape:<16} {r['type']:<7} {r['scheme_type']:<7} {r['bytes']:>12} "
+                     f"{r['error']:>12.3e}")
+    counts: dict[str, int] = {}
+    for r in a.rows:
+        counts[r["type"]] = counts.get(r["type"], 0) + 1
+    mix = ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    lines.append(f"budget {a.budget.label}: limit {a.limit} bytes for the tensors; mix: {mix}")
+    lines.append(f"file {a.file_bytes} bytes ({a.file_bytes / 2**20:.2f} MiB), tensors {a.tensor_bytes} bytes, "
+                 f"{a.bits_per_weight:.3f} bits per weight; predicted error {a.predicted_error:.4e} "
+                 f"(the scheme's own types: {a.scheme_error:.4e} at {a.scheme_tensor_bytes} tensor bytes)")
+    return "\n".join(lines)

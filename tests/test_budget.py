@@ -1,0 +1,164 @@
+"""Size budgets (ggufkit.plan.budget, `convert --target-size/--target-bpw/--device`): the written file is never
+larger than the budget and exactly the size --dry-run predicted, llama.cpp loads it and reads the types
+--dry-run printed (through its own GGUF parser), the file records the budget, the knapsack solver is feasible
+and near the brute-force optimum, and without a budget the bytes stay llama-quantize's."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import gguf
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from convert_fixtures import OUT_DIR, converted, llama_quantized, tensor_table
+
+from ggufkit.cli import cli
+from ggufkit.plan import budget as B
+
+QT = gguf.GGMLQuantizationType
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+    return tiny_checkpoint("llama-untied")
+
+
+def convert_cli(*args) -> str:
+    result = CliRunner().invoke(cli, ["convert", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def metadata_strings(path) -> dict[str, str]:
+    r = gguf.GGUFReader(path)
+    return {k: bytes(f.parts[-1]).decode() for k, f in r.fields.items() if k.startswith("ggufkit.")}
+
+
+@pytest.fixture(scope="module")
+def sizes(tiny):
+    """The file sizes of the tiny model at Q2_K and Q6_K: budgets are picked between them."""
+    return {s: converted(tiny, s).stat().st_size for s in ("q2_k", "q4_k_m", "q6_k")}
+
+
+@pytest.mark.parametrize("fraction", [0.15, 0.5, 0.9])
+def test_size_budget_met_and_types_as_dry_run(tiny, sizes, fraction, tmp_path):
+    target = int(sizes["q2_k"] + fraction * (sizes["q6_k"] - sizes["q2_k"]))
+    plan = json.loads(convert_cli(tiny, "--target-size", target, "--dry-run", "--json"))
+    out = tmp_path / "budget.gguf"
+    convert_cli(tiny, "--target-size", target, "-o", out, "--quiet")
+    size = out.stat().st_size
+    assert size <= target and size == plan["file_bytes"], (size, target, plan["file_bytes"])
+    assert size > target - 0.05 * (sizes["q6_k"] - sizes["q2_k"])  # the budget is used, not just respected
+    # llama.cpp's own GGUF parser reads the types --dry-run printed, and llama.cpp loads and runs the file
+    read = {name: QT(t).name for name, t, _ in tensor_table(out)}
+    assert read == {r["name"]: r["type"] for r in plan["tensors"]}
+    assert len(set(read.values()) - {"F32"}) >= 2  # a real mix, not one type
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(out), n_ctx=64, n_threads=2, verbose=False)
+    try:
+        llm.eval(llm.tokenize(b"To be, or not to be"))
+        assert np.isfinite(np.array(llm.scores[: llm.n_tokens])).all()
+    finally:
+        llm.close()
+    meta = metadata_strings(out)
+    assert meta == {"ggufkit.optimize.method": "budget", "ggufkit.optimize.budget": str(target),
+                    "ggufkit.optimize.budget_kind": "size"}
+
+
+def test_bpw_and_device_budgets(tiny, tmp_path):
+    plan = json.loads(convert_cli(tiny, "--target-bpw", "4.5", "--dry-run", "--json"))
+    assert plan["bits_per_weight"] <= 4.5 and plan["bits_per_weight"] > 4.3
+    out = tmp_path / "bpw.gguf"
+    convert_cli(tiny, "--target-bpw", "4.5", "-o", out, "--quiet")
+    from ggufkit.sources.gguf import summarize, validate_gguf
+
+    assert summarize(validate_gguf(out))["bits_per_weight"] <= 4.5
+    # a device budget: what the memory model says the board has left for weights at that context
+    from ggufkit.edge import memory
+    from ggufkit.edge.devices import get_device
+
+    dev = json.loads(convert_cli(tiny, "--device", "rpi5-4gb", "--ctx", "4096", "--dry-run", "--json"))
+    assert dev["budget_kind"] == "device" and dev["tensor_bytes"] <= dev["limit_bytes"]
+    d = get_device("rpi5-4gb")
+    est = memory.estimate(memory.shape_from_gguf(converted(tiny, "q4_k_m")), 4096, d.features)
+    room = (d.ram_mib - d.os_reserve_mib) * 0.85 * 2**20 - (est.needed - est.weights)
+    assert dev["limit_bytes"] == int(room)
+
+
+def test_budget_below_the_smallest_plan_is_an_error(tiny, capsys):
+    from ggufkit.cli import main
+
+    capsys.readouterr()
+    code = main(["convert", str(tiny), "--target-size", "1MB", "--dry-run"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "below the smallest plan" in lines[0], lines
+    code = main(["convert", str(tiny), "--target-size", "12 parsecs", "--dry-run"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "--target-size" in lines[0], lines
+
+
+def test_without_a_budget_the_bytes_are_llama_quantize_s(tiny, tmp_path):
+    out = tmp_path / "plain.gguf"
+    convert_cli(tiny, "--scheme", "q4_k_m", "-o", out, "--quiet")
+    assert out.read_bytes() == llama_quantized(converted(tiny, "f32"), "q4_k_m").read_bytes()
+    assert metadata_strings(out) == {}
+
+
+def test_predicted_error_follows_the_measured_kld(tiny, sizes, tmp_path):
+    """A larger budget has a smaller predicted error, and the written files' KLD falls with it."""
+    from ggufkit.evaluate import evaluate
+
+    text = OUT_DIR / "budget-hamlet.txt"
+    from convert_fixtures import SHAKESPEARE
+
+    text.write_text(SHAKESPEARE.read_text(errors="replace")[20000:26000])
+    ref = OUT_DIR / "budget-ref.ref-logits"
+    from ggufkit.reflogits import save_reference
+
+    save_reference(converted(tiny, "f32"), text, ref, ctx=64, chunks=2)
+    preds, klds = [], []
+    for frac in (0.1, 0.9):
+        target = int(sizes["q2_k"] + frac * (sizes["q6_k"] - sizes["q2_k"]))
+        plan = json.loads(convert_cli(tiny, "--target-size", target, "--dry-run", "--json"))
+        out = tmp_path / f"b{frac}.gguf"
+        convert_cli(tiny, "--target-size", target, "-o", out, "--quiet")
+        preds.append(plan["predicted_error"])
+        klds.append(evaluate(out, None, ref=ref).kld)
+    assert preds[0] > preds[1] and klds[0] > klds[1], (preds, klds)
+
+
+# ---- the solver
+
+
+def brute_force(choices: list[B.Choice], budget: int) -> float:
+    best = np.inf
+    for picks in itertools.product(*[range(len(c.options)) for c in choices]):
+        cost = sum(c.options[i][1] for c, i in zip(choices, picks))
+        if cost <= budget:
+            best = min(best, sum(c.options[i][2] for c, i in zip(choices, picks)))
+    return best
+
+
+def test_solver_is_feasible_and_near_optimal():
+    rng = np.random.default_rng(3)
+    gaps = []
+    for _ in range(60):
+        choices = []
+        for k in range(5):
+            costs = np.sort(rng.integers(10, 200, 4))
+            errs = np.sort(rng.random(4))[::-1] * rng.random() * 10
+            opts = [(QT.Q4_K, int(c), float(e)) for c, e in zip(costs, errs)]
+            choices.append(B.Choice(f"t{k}", B._pareto(opts)))
+        low = sum(c.options[0][1] for c in choices)
+        high = sum(c.options[-1][1] for c in choices)
+        budget = int(rng.integers(low, high + 1))
+        B.solve(choices, budget)
+        cost = sum(c.options[c.pick][1] for c in choices)
+        err = sum(c.options[c.pick][2] for c in choices)
+        assert cost <= budget
+        best = brute_force(choices, budget)
+        assert err >= best - 1e-12
+        gaps.append(err / best - 1 if best > 0 else 0.0)
+    assert np.mean(gaps) < 0.02 and max(gaps) < 0.25, (np.mean(gaps), max(gaps))
