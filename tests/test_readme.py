@@ -16,7 +16,9 @@ def test_example_file_names_are_what_convert_writes(tiny_checkpoint, tmp_path, m
     src = tiny_checkpoint("llama")
     written = default_output(make_plan(src, "q4_k_m")).name  # what convert names its output
     assert written == f"{src.name}-Q4_K_M.gguf"
-    pattern = re.compile(r"^(?P<model>[\w.-]+?)-(?P<scheme>[A-Z0-9_]+)\.gguf$|^[\w.-]+\.imatrix\.gguf$")
+    # <model>-<SCHEME>.gguf, <model>.imatrix.gguf, or a split set's part: <OUT>-00001-of-0000N.gguf (gguf-split's)
+    pattern = re.compile(r"^[\w.-]+-\d{5}-of-(\d{5}|0000N)\.gguf$"
+                         r"|^(?P<model>[\w.-]+?)-(?P<scheme>[A-Z0-9_]+)\.gguf$|^[\w.-]+\.imatrix\.gguf$")
     text = README.read_text()
     code = "\n".join(re.findall(r"```sh\n(.*?)```", text, re.DOTALL)) + "\n".join(re.findall(r"`([^`\n]+)`", text))
     names = set(re.findall(r"[\w.-]+\.gguf\b", code))
