@@ -17,7 +17,7 @@ takes --no-api-key. --dry-run prints the files and the memory prediction and wri
 Example:
   ggufkit deploy SmolLM2-135M-Instruct-Q4_K_M.gguf --device rpi5-8gb -o ./bundle-rpi5
   ggufkit deploy SmolLM2-135M-Instruct-Q4_K_M.gguf --device rpi5-8gb -o ./bundle-lan --host 0.0.0.0
-  ggufkit deploy model.gguf --devices rpi5-8gb,rpi4-4gb --workers 10.0.0.12 -o ./group
+  ggufkit deploy model-Q4_K_M.gguf --devices rpi5-8gb,rpi4-4gb --workers 10.0.0.12 -o ./group
 """
 from __future__ import annotations
 
