@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import subprocess
+import tarfile
 import sys
 import time
 import urllib.request
@@ -375,10 +376,15 @@ def test_deploy_devices_writes_a_bundle_per_board(demo_q8, tmp_path):
     assert ctx.params["rpc"] == "10.0.0.12:50052,10.0.0.13:50060" and ctx.params["split"] == plan.split
     ctx = worker_cmd.command.make_context("worker", exec_start(worker)[2:], resilient_parsing=True)
     assert ctx.params["port"] == 50060 and ctx.params["host"] == "0.0.0.0"
-    for d in dirs:  # the scripts parse
+    from ggufkit.edge.bundle import sdist_name
+
+    for d in dirs:  # the scripts parse, and each board installs ggufkit from the sdist in its bundle
         script = out / d / "install.sh"
         assert os.access(script, os.X_OK)
         assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+        sdist = out / d / sdist_name()
+        assert tarfile.open(sdist).getmember(f"{sdist_name()[:-len('.tar.gz')]}/pyproject.toml")
+        assert f'GGUFKIT_SPEC="${{GGUFKIT_SPEC:-$PWD/{sdist_name()}}}"' in script.read_text()
     assert main(["deploy", str(demo_q8), "--devices", "rpi5-8gb,rpi4-4gb", "--workers", "a,b", "-o",
                  str(tmp_path / "g2")]) == 1
     assert not (tmp_path / "g2").exists()

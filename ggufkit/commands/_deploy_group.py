@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ggufkit.edge import memory
+from ggufkit.edge.bundle import sdist_name
 from ggufkit.edge.devices import get_device
 from ggufkit.edge.group import plan_group
 from ggufkit.edge.group_bundle import _table, board_dirs, group_files, write_group
@@ -15,7 +16,7 @@ from ggufkit.runtime.rpc import parse_endpoints
 
 
 def deploy_command(model: Path, device, devices, workers, out: Path, n_ctx: int, host: str, port: int, prefix: str,
-                   dry_run: bool, echo=None) -> None:
+                   dry_run: bool, echo=None, sdist: Path | None = None) -> None:
     """`ggufkit deploy MODEL --devices ... --workers ...` (commands/deploy.py routes here)."""
     echo = echo or click.echo
     if device or not devices:
@@ -40,5 +41,10 @@ def deploy_command(model: Path, device, devices, workers, out: Path, n_ctx: int,
     if dry_run:
         echo(f"would write {out}/: " + ", ".join(f"{d}/ ({', '.join(f)})" for d, f in files.items()))
         return
-    write_group(model, out, files)
-    echo(f"wrote {out}/: " + ", ".join(files))
+    import tempfile
+
+    from ggufkit.edge.bundle import build_sdist
+
+    with tempfile.TemporaryDirectory(prefix="ggufkit-deploy-") as work:
+        write_group(model, out, files, sdist=sdist if sdist is not None else build_sdist(Path(work)))
+    echo(f"wrote {out}/: " + ", ".join(files) + f" (each with {sdist_name()})")

@@ -110,7 +110,7 @@ def command(model, device, out, ctx, host, port, no_api_key, threads, prefix, sd
     if devices or not device:
         from ggufkit.commands._deploy_group import deploy_command
 
-        return deploy_command(model, device, devices, workers, out, ctx, host, port, prefix, dry_run)
+        return deploy_command(model, device, devices, workers, out, ctx, host, port, prefix, dry_run, sdist=sdist)
     dev = get_device(device)
     api_key = host not in LOOPBACK and not no_api_key
     est = memory.estimate(memory.shape_from_gguf(model), ctx, dev.features)

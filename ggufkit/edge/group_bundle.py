@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ggufkit import __version__
 from ggufkit.edge import memory
+from ggufkit.edge.bundle import sdist_name
 from ggufkit.edge.group import GroupPlan, Member
 from ggufkit.errors import OutputError
 
@@ -39,11 +40,11 @@ def _install(member: Member, prefix: str, model_name: str | None, unit: str) -> 
 # Installs ggufkit ({member.role}) on a {dev.title}; made by `ggufkit deploy --devices`.
 # Run on the board from this directory:  ./install.sh      (uses sudo for {prefix} and systemd)
 # Environment: PREFIX (default {prefix}; the unit expects {prefix}), GGUFKIT_SPEC (what pip installs, default
-# ggufkit=={__version__}: a wheel path or a git URL also work).
+# the ggufkit source distribution in this bundle, {sdist_name()}: no ggufkit release is needed).
 set -euo pipefail
 cd "$(dirname "$0")"
 PREFIX="${{PREFIX:-{prefix}}}"
-GGUFKIT_SPEC="${{GGUFKIT_SPEC:-ggufkit=={__version__}}}"
+GGUFKIT_SPEC="${{GGUFKIT_SPEC:-$PWD/{sdist_name()}}}"
 
 if [ "$(uname -m)" != {q(dev.isa)} ]; then
   echo "error: this bundle is for {dev.isa} ({dev.title}); this machine is $(uname -m)" >&2
@@ -158,9 +159,9 @@ Made by `ggufkit deploy --devices` (ggufkit {__version__}). CPU: {dev.cpu}, {dev
 """
 
 
-def write_group(model: Path, out: Path, files: dict[str, dict[str, str]]) -> None:
+def write_group(model: Path, out: Path, files: dict[str, dict[str, str]], sdist: Path | None = None) -> None:
     """All bundles into a temp dir beside `out`, fsynced, then one rename; the model (hard link, else copy)
-    into the head's directory only."""
+    into the head's directory only; ggufkit's source distribution (sdist) into every board's."""
     if out.exists():
         raise OutputError("already exists (remove it or choose another -o)", out)
     parent = out.parent if str(out.parent) else Path(".")
@@ -173,6 +174,8 @@ def write_group(model: Path, out: Path, files: dict[str, dict[str, str]]) -> Non
         for i, (board, board_files) in enumerate(files.items()):
             folder = tmp / board
             folder.mkdir()
+            if sdist is not None:
+                shutil.copy2(sdist, folder / sdist_name())
             if i == 0:
                 try:
                     os.link(model, folder / model.name)
