@@ -11,8 +11,8 @@ import re
 import signal
 import socket
 import subprocess
-import tarfile
 import sys
+import tarfile
 import time
 import urllib.request
 from pathlib import Path
