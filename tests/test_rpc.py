@@ -383,7 +383,8 @@ def test_deploy_devices_writes_a_bundle_per_board(demo_q8, tmp_path):
         assert os.access(script, os.X_OK)
         assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
         sdist = out / d / sdist_name()
-        assert tarfile.open(sdist).getmember(f"{sdist_name()[:-len('.tar.gz')]}/pyproject.toml")
+        with tarfile.open(sdist) as tar:
+            assert tar.getmember(f"{sdist_name()[:-len('.tar.gz')]}/pyproject.toml")
         assert f'GGUFKIT_SPEC="${{GGUFKIT_SPEC:-$PWD/{sdist_name()}}}"' in script.read_text()
     assert main(["deploy", str(demo_q8), "--devices", "rpi5-8gb,rpi4-4gb", "--workers", "a,b", "-o",
                  str(tmp_path / "g2")]) == 1
