@@ -112,8 +112,13 @@ def test_table_with_calibration_both_ways(tiny_llama, text_file, tmp_path):
     r = gguf.GGUFReader(imatrix_file)
     assert bytes(r.fields["general.type"].parts[-1]).decode() == "imatrix"
     plain, weighted = tmp_path / "llama-Q4_K_M.gguf", tmp_path / "llama-Q4_K_M-imatrix.gguf"
-    # same metadata and layout, so equal sizes; different bytes only where the imatrix changed a tensor
-    assert plain.stat().st_size == weighted.stat().st_size and plain.read_bytes() != weighted.read_bytes()
+    # the same tensors, types and shapes; the weighted file records its imatrix (quantize.imatrix.*, as
+    # llama-quantize does) and differs in the tensors the imatrix changed
+    a, b = gguf.GGUFReader(plain), gguf.GGUFReader(weighted)
+    layout = [[(t.name, t.tensor_type, tuple(t.shape)) for t in r.tensors] for r in (a, b)]
+    assert layout[0] == layout[1]
+    assert "quantize.imatrix.file" in b.fields and "quantize.imatrix.file" not in a.fields
+    assert any(bytes(x.data) != bytes(y.data) for x, y in zip(a.tensors, b.tensors))
 
 
 def test_temporary_files_are_removed(tiny_llama, text_file):
