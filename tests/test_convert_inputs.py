@@ -216,23 +216,28 @@ def test_disk_full(tiny, tmp_path):
 
 
 def test_ctrl_c_leaves_nothing(demo_dir, tmp_path):
-    """SIGINT while tensors are being written: exit 130, no OUT, no temp file."""
+    """SIGINT while tensors are being written: exit 130, no OUT, no temp file. The moment is exact, not timed:
+    the writer stops itself after 3 tensors (GGUFKIT_TEST_STOP_AFTER), and the signal arrives while it is stopped."""
     import time
 
     out = tmp_path / "o.gguf"
     proc = subprocess.Popen([sys.executable, "-m", "ggufkit.cli", "convert", str(demo_dir), "--scheme", "f32",
                              "-o", str(out), "--quiet"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.monotonic() + 120
-    # wait until tensor data is flowing: the temp file has grown past its header
-    while time.monotonic() < deadline and proc.poll() is None:
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "GGUFKIT_TEST_STOP_AFTER": "3"})
+    try:
+        deadline = time.monotonic() + 300  # a guard against a hang, not the synchronisation
+        while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert proc.poll() is None and time.monotonic() < deadline, "the conversion never reached tensor 3"
+            time.sleep(0.02)
         temps = list(tmp_path.glob(".o.gguf.*"))
-        if temps and temps[0].exists() and temps[0].stat().st_size > 20_000_000:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "conversion ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+        assert temps and temps[0].stat().st_size > 0, "stopped while writing, so the temp file exists"
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["error: interrupted"], err
     assert not any(tmp_path.iterdir())

@@ -27,6 +27,11 @@ import numpy as np
 
 from ggufkit.errors import OutputError
 
+# Tests interrupt a conversion at an exact moment rather than after a guessed delay: with GGUFKIT_TEST_STOP_AFTER=N
+# in the environment, the process stops itself (SIGSTOP) once N tensors are complete, and the test signals it while
+# it is stopped (tests/test_convert_inputs.py). Unset, this is one comparison per tensor.
+_STOP_AFTER = os.environ.get("GGUFKIT_TEST_STOP_AFTER")
+
 
 def tensor_nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
     """Bytes of a tensor of numpy `shape` stored as `qtype` (rows of cols // block_size blocks)."""
@@ -117,6 +122,11 @@ class StreamingGGUF:
         if self._written != nbytes:
             raise RuntimeError(f"tensor {name}: wrote {self._written} bytes, declared {nbytes}")
         self._next += 1
+        if _STOP_AFTER is not None and self._next == int(_STOP_AFTER):
+            import signal
+
+            self._fout.flush()
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     def _pad(self) -> None:
         pos = self._fout.tell()
