@@ -217,20 +217,21 @@ def test_disk_full(tiny, tmp_path):
 
 def test_ctrl_c_leaves_nothing(demo_dir, tmp_path):
     """SIGINT while tensors are being written: exit 130, no OUT, no temp file. The moment is exact, not timed:
-    the writer stops itself after 3 tensors (GGUFKIT_TEST_STOP_AFTER), and the signal arrives while it is stopped."""
+    the writer stops itself once its temp file holds 20 MB (GGUFKIT_TEST_STOP_AT_BYTES), and the signal arrives
+    while it is stopped."""
     import time
 
     out = tmp_path / "o.gguf"
     proc = subprocess.Popen([sys.executable, "-m", "ggufkit.cli", "convert", str(demo_dir), "--scheme", "f32",
                              "-o", str(out), "--quiet"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "GGUFKIT_TEST_STOP_AFTER": "3"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "GGUFKIT_TEST_STOP_AT_BYTES": "20000000"})
     try:
         deadline = time.monotonic() + 300  # a guard against a hang, not the synchronisation
         while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
-            assert proc.poll() is None and time.monotonic() < deadline, "the conversion never reached tensor 3"
+            assert proc.poll() is None and time.monotonic() < deadline, "the conversion never reached 20 MB"
             time.sleep(0.02)
         temps = list(tmp_path.glob(".o.gguf.*"))
-        assert temps and temps[0].stat().st_size > 0, "stopped while writing, so the temp file exists"
+        assert temps and temps[0].stat().st_size >= 20_000_000, "stopped while writing tensor data"
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGCONT)
         _, err = proc.communicate(timeout=60)

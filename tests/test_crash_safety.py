@@ -11,6 +11,7 @@ written) and part-way through the tensor data (after a random number of bytes).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -27,11 +28,14 @@ SCHEME = "q8_0"
 SEED = 9
 
 
-def _spawn(src: Path, out: Path) -> subprocess.Popen:
+def _spawn(src: Path, out: Path, stop_at: int | None = None) -> subprocess.Popen:
+    """The conversion as a child process. With stop_at it stops itself (SIGSTOP) once its temp file holds stop_at
+    bytes, so it cannot finish before the test's signal, however fast the machine (GGUFKIT_TEST_STOP_AT_BYTES)."""
+    stop = {"GGUFKIT_TEST_STOP_AT_BYTES": str(stop_at)} if stop_at else {}
     return subprocess.Popen([sys.executable, "-m", "ggufkit.cli", "convert", str(src), "-o", str(out),
                              "--scheme", SCHEME, "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **stop})
 
 
 def _temp_files(out: Path) -> list[Path]:
@@ -75,7 +79,7 @@ def test_interrupted_conversion_keeps_the_previous_file(previous, tmp_path, sig,
     src, before = previous
     out = tmp_path / "model.gguf"
     out.write_bytes(before)
-    proc = _spawn(src, out)
+    proc = _spawn(src, out, stop_at=int(param) if stage == "writing" else 1)
     try:
         if stage == "startup":
             # `param` seconds or the temp file, whichever comes first (the tiny conversion can be quick)
@@ -88,6 +92,8 @@ def test_interrupted_conversion_keeps_the_previous_file(previous, tmp_path, sig,
         assert hit, f"the conversion ended before the {stage} moment: {proc.communicate()}"
         writing = bool(_temp_files(out))
         proc.send_signal(getattr(signal, sig))
+        if sig != "SIGKILL":
+            proc.send_signal(signal.SIGCONT)  # if it had stopped itself: the pending signal is handled now
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -95,7 +101,10 @@ def test_interrupted_conversion_keeps_the_previous_file(previous, tmp_path, sig,
             proc.wait()
     if stage != "startup":
         assert writing, "the kill was meant to land while the temp file existed"
-    assert out.read_bytes() == before, "OUT changed: a partial or new file replaced the previous one"
+    after = out.read_bytes()
+    # compare digests: pytest's diff of two multi-MB byte strings takes hours
+    assert hashlib.sha256(after).hexdigest() == hashlib.sha256(before).hexdigest(), \
+        f"OUT changed: a partial or new file replaced the previous one ({len(after)} vs {len(before)} bytes)"
     leftovers = _temp_files(out)
     others = sorted(p.name for p in tmp_path.iterdir() if p != out and p not in leftovers)
     assert others == [], others

@@ -27,10 +27,11 @@ import numpy as np
 
 from ggufkit.errors import OutputError
 
-# Tests interrupt a conversion at an exact moment rather than after a guessed delay: with GGUFKIT_TEST_STOP_AFTER=N
-# in the environment, the process stops itself (SIGSTOP) once N tensors are complete, and the test signals it while
-# it is stopped (tests/test_convert_inputs.py). Unset, this is one comparison per tensor.
-_STOP_AFTER = os.environ.get("GGUFKIT_TEST_STOP_AFTER")
+# Tests interrupt a conversion at an exact moment rather than after a guessed delay: with
+# GGUFKIT_TEST_STOP_AT_BYTES=N in the environment, the process stops itself (SIGSTOP) once, as soon as its temp file
+# holds N bytes, and the test signals it while it is stopped (tests/test_convert_inputs.py, test_crash_safety.py).
+# Unset, this is one comparison per row block.
+_STOP_AT = int(os.environ.get("GGUFKIT_TEST_STOP_AT_BYTES") or 0) or None
 
 
 def tensor_nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
@@ -116,17 +117,18 @@ class StreamingGGUF:
         except OSError as e:
             raise _output_error(self.out, e) from None
         self._written += data.nbytes
+        if _STOP_AT is not None and not getattr(self, "_stopped", False) and self._fout.tell() >= _STOP_AT:
+            import signal
+
+            self._stopped = True
+            self._fout.flush()
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     def end_tensor(self) -> None:
         name, nbytes = self._order[self._next]
         if self._written != nbytes:
             raise RuntimeError(f"tensor {name}: wrote {self._written} bytes, declared {nbytes}")
         self._next += 1
-        if _STOP_AFTER is not None and self._next == int(_STOP_AFTER):
-            import signal
-
-            self._fout.flush()
-            os.kill(os.getpid(), signal.SIGSTOP)
 
     def _pad(self) -> None:
         pos = self._fout.tell()
