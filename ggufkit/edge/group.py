@@ -209,7 +209,13 @@ def group_report(src: str, device_names: list[str], n_ctx: int, headroom: float 
                 "boards": [m.as_dict() for m in plan.members]}
 
     file_row = row("(this file)", shape, None) if path.is_file() else None
-    rows = [row(name, memory.with_scheme(shape, info, name), QUALITY_PPL.get(name)) for name in SCHEMES]
+    rows = []
+    for name in SCHEMES:
+        try:
+            typed = memory.with_scheme(shape, info, name)
+        except ValueError:  # the model's rows fit no block of the scheme (Q1_0 on rows of 576): not a candidate
+            continue
+        rows.append(row(name, typed, QUALITY_PPL.get(name)))
     pick = pick_best(rows)  # near-equal quality: the one whose fullest board is least full ("needed_mib")
     for r in rows + ([file_row] if file_row else []):
         r["fullest_board_fraction"] = round(r.pop("needed_mib") / 1000, 3)
