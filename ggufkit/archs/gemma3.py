@@ -20,13 +20,10 @@ file, which ggufkit does not write).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import gguf
 
-from ggufkit.archs import OutputTensor
 from ggufkit.archs.gemma2 import Gemma2
-from ggufkit.errors import InputError
+from ggufkit.archs.wrapper import TextOfMultimodal
 
 
 class Gemma3Text(Gemma2):
@@ -85,49 +82,13 @@ class Gemma3Text(Gemma2):
         return shapes
 
 
-class _TextPart:
-    """A checkpoint seen through the wrapper: the language model's tensors under the text model's names."""
-
-    def __init__(self, ckpt, rename: Callable[[str], str | None]):
-        self.weights_file = ckpt.weights_file
-        self.tensors = {new: ref for name, ref in ckpt.tensors.items() if (new := rename(name)) is not None}
-
-
-class Gemma3(Gemma3Text):
+class Gemma3(TextOfMultimodal, Gemma3Text):
     """Gemma 3 multimodal (Gemma3ForConditionalGeneration), converted to its text model"""
     model_type = "gemma3"
+    text_config_class = "Gemma3TextConfig"  # saved wrapper configs hold only fields that differ from its defaults
     # wrapper tensor-name prefix -> text model prefix (transformers 4 saves, then transformers 5 saves)
     text_prefixes = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
                      ("model.language_model.", "model."))
     other_towers = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
                     "model.multi_modal_projector.")
 
-    def __init__(self, config: dict, config_path):
-        text = config.get("text_config")
-        if not isinstance(text, dict):
-            raise InputError("model_type 'gemma3' without a text_config object", config_path)
-        # Saved wrapper configs hold only the fields that differ from Gemma3TextConfig's defaults; let transformers
-        # fill in the rest (and normalise the rope fields of either transformers generation) rather than keep a
-        # second copy of its defaults here.
-        from transformers import Gemma3TextConfig
-
-        try:
-            full = Gemma3TextConfig(**text).to_dict()
-        except (TypeError, ValueError) as e:
-            raise InputError(f"text_config is not a valid Gemma 3 text config: {e}", config_path) from None
-        for key in ("tie_word_embeddings", "quantization_config"):
-            if key in config:
-                full[key] = config[key]
-        super().__init__(full, config_path)
-
-    def text_name(self, name: str) -> str | None:
-        """Wrapper tensor name -> the text model's name; None for the vision tower and projector."""
-        if name.startswith(self.other_towers):
-            return None
-        for old, new in self.text_prefixes:
-            if name.startswith(old):
-                return new + name[len(old):]
-        return name
-
-    def tensors(self, ckpt) -> list[OutputTensor]:
-        return super().tensors(_TextPart(ckpt, self.text_name))
