@@ -21,7 +21,6 @@ Example:
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,53 +33,30 @@ from ggufkit.edge.bundle import (
     UNIT_NAME,
     build_sdist,
     install_script,
+    link_or_copy,
     readme,
     sdist_name,
     serve_argv,
     serve_script,
     unit_file,
+    write_atomically,
+    write_files,
 )
 from ggufkit.edge.devices import DEVICES, get_device
-from ggufkit.errors import InputError, OutputError
-
-
-def _link_or_copy(src: Path, dst: Path) -> str:
-    try:
-        os.link(src, dst)
-        return "hard link"
-    except OSError:
-        shutil.copy2(src, dst)
-        return "copy"
+from ggufkit.errors import InputError
 
 
 def write_bundle(model: Path, out: Path, files: dict[str, str], extra: list[Path] = ()) -> str:
     """Everything into a temp dir beside `out`, fsynced, then one rename. Returns how the model got there."""
-    if out.exists():
-        raise OutputError("already exists (remove it or choose another -o)", out)
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    except OSError as e:
-        raise OutputError(f"cannot create the bundle: {e.strerror}", out) from None
-    try:
-        how = _link_or_copy(model, tmp / model.name)
+
+    def fill(tmp: Path) -> str:
+        how = link_or_copy(model, tmp / model.name)
         for path in extra:
             shutil.copy2(path, tmp / path.name)
-        for name, text in files.items():
-            path = tmp / name
-            with open(path, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            if name.endswith(".sh") or name == "ggufkit-serve":
-                path.chmod(0o755)
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"cannot write the bundle: {e.strerror or e}", out) from None
-    return how
+        write_files(tmp, files, executable=lambda name: name.endswith(".sh") or name == "ggufkit-serve")
+        return how
+
+    return write_atomically(out, fill)
 
 
 @click.command("deploy", help=__doc__)

@@ -6,6 +6,7 @@ The shell the bundle runs is generated here; commands/deploy.py writes the files
 """
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -251,3 +252,48 @@ compute {est.compute / memory.MIB:.0f}, runtime {est.overhead / memory.MIB:.0f})
 3. `sudo systemctl enable --now {UNIT_NAME}`; logs: `journalctl -u {UNIT_NAME} -f`.
 4. Test: `curl{curl_key} http://{address}:{port}/v1/models`, or open the page at that address in a browser.
 """
+
+
+# ---- writing a bundle directory: everything into a temp dir beside OUT, fsynced, then one rename
+
+def link_or_copy(src: Path, dst: Path) -> str:
+    """A hard link to src at dst (a copy when they are on different file systems); says which it made."""
+    try:
+        os.link(src, dst)
+        return "hard link"
+    except OSError:
+        shutil.copy2(src, dst)
+        return "copy"
+
+
+def write_files(folder: Path, files: dict[str, str], executable=lambda name: name.endswith(".sh")) -> None:
+    """Text files into folder, each fsynced; the executable ones get mode 0755."""
+    for name, text in files.items():
+        path = folder / name
+        with open(path, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if executable(name):
+            path.chmod(0o755)
+
+
+def write_atomically(out: Path, fill, what: str = "bundle"):
+    """Create a temp dir beside OUT, let fill(tmp) write into it, then rename it to OUT in one step; on any OSError
+    nothing is left and a one-line OutputError names OUT. Refuses an existing OUT. Returns what fill returned."""
+    if out.exists():
+        raise OutputError("already exists (remove it or choose another -o)", out)
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    except OSError as e:
+        raise OutputError(f"cannot create the {what}: {e.strerror}", out) from None
+    try:
+        result = fill(tmp)
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write the {what}: {e.strerror or e}", out) from None
+    return result

@@ -11,17 +11,14 @@ own runtime recipe (ggufkit/runtime/llama_build.py) on the board rather than a p
 """
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
-import tempfile
 from pathlib import Path
 
 from ggufkit import __version__
 from ggufkit.edge import memory
-from ggufkit.edge.bundle import sdist_name
+from ggufkit.edge.bundle import link_or_copy, sdist_name, write_atomically, write_files
 from ggufkit.edge.group import GroupPlan, Member
-from ggufkit.errors import OutputError
 
 HEAD_UNIT = "ggufkit.service"
 WORKER_UNIT = "ggufkit-worker.service"
@@ -162,36 +159,17 @@ Made by `ggufkit deploy --devices` (ggufkit {__version__}). CPU: {dev.cpu}, {dev
 def write_group(model: Path, out: Path, files: dict[str, dict[str, str]], sdist: Path | None = None) -> None:
     """All bundles into a temp dir beside `out`, fsynced, then one rename; the model (hard link, else copy)
     into the head's directory only; ggufkit's source distribution (sdist) into every board's."""
-    if out.exists():
-        raise OutputError("already exists (remove it or choose another -o)", out)
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    except OSError as e:
-        raise OutputError(f"cannot create the bundles: {e.strerror}", out) from None
-    try:
+
+    def fill(tmp: Path) -> None:
         for i, (board, board_files) in enumerate(files.items()):
             folder = tmp / board
             folder.mkdir()
             if sdist is not None:
                 shutil.copy2(sdist, folder / sdist_name())
             if i == 0:
-                try:
-                    os.link(model, folder / model.name)
-                except OSError:
-                    shutil.copy2(model, folder / model.name)
-            for name, text in board_files.items():
-                with open(folder / name, "w") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-                if name.endswith(".sh"):
-                    (folder / name).chmod(0o755)
+                link_or_copy(model, folder / model.name)
+            write_files(folder, board_files)
             folder.chmod(0o755)
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"cannot write the bundles: {e.strerror or e}", out) from None
+
+    write_atomically(out, fill, what="bundles")
 
