@@ -62,6 +62,7 @@ class StreamingGGUF:
         self._order: list[tuple[str, int]] = []  # (name, nbytes) in file order
         self._next = 0  # index into _order of the tensor being / to be written
         self._written = 0  # bytes of the current tensor so far
+        self._stopped = False  # GGUFKIT_TEST_STOP_AT_BYTES: stops once per file
 
     # ---- layout
 
@@ -117,7 +118,7 @@ class StreamingGGUF:
         except OSError as e:
             raise _output_error(self.out, e) from None
         self._written += data.nbytes
-        if _STOP_AT is not None and not getattr(self, "_stopped", False) and self._fout.tell() >= _STOP_AT:
+        if _STOP_AT is not None and not self._stopped and self._fout.tell() >= _STOP_AT:
             import signal
 
             self._stopped = True
