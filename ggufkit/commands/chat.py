@@ -63,11 +63,12 @@ def _handle_command(line: str, conversation: runtime.Conversation) -> bool:
 @sampling_options
 @rpc_runtime.options
 @click.option("--system", default=None, help="The system message to start with.")
-def command(model, scheme, ctx, threads, flash_attn, system, rpc=None, split=None, **sampling_params):
+def command(model, scheme, ctx, threads, flash_attn, system, rpc=None, split=None, rpc_timeout=60.0,
+            **sampling_params):
     max_tokens = sampling_params["max_tokens"]
     path = runtime.resolve_model(model, scheme)
     llm = runtime.load(path, n_ctx=ctx, n_threads=threads, flash_attn=flash_attn,
-                       offload=rpc_runtime.offload_for(path, rpc, split, log=sys.stderr))
+                       offload=rpc_runtime.offload_for(path, rpc, split, log=sys.stderr, timeout=rpc_timeout))
     template = runtime.ChatTemplate.from_llama(llm, source=str(path))
     conversation = runtime.Conversation(llm, template, system=system, reserve=max_tokens)
     sampling = make_sampling(sampling_params)

@@ -62,13 +62,14 @@ def make_sampling(params: dict) -> runtime.Sampling:
 @click.option("--chat", is_flag=True, help="Apply the model's chat template (prompt = one user message).")
 @click.option("--system", default=None, help="With --chat: a system message.")
 @click.option("--stats", is_flag=True, help="Print token counts and speeds to stderr.")
-def command(model, scheme, ctx, threads, flash_attn, prompt, chat, system, stats, rpc=None, split=None, **sampling):
+def command(model, scheme, ctx, threads, flash_attn, prompt, chat, system, stats, rpc=None, split=None, rpc_timeout=60.0,
+            **sampling):
     if prompt is None:
         # `echo question | ggufkit run` sends "question\n": the newline is the shell's, not part of the prompt
         prompt = sys.stdin.read().rstrip("\r\n")
     path = runtime.resolve_model(model, scheme)
     llm = runtime.load(path, n_ctx=ctx, n_threads=threads, flash_attn=flash_attn,
-                       offload=rpc_runtime.offload_for(path, rpc, split, log=sys.stderr))
+                       offload=rpc_runtime.offload_for(path, rpc, split, log=sys.stderr, timeout=rpc_timeout))
     if chat:
         template = runtime.ChatTemplate.from_llama(llm, source=str(path))
         messages = ([{"role": "system", "content": system}] if system else []) + [

@@ -247,7 +247,7 @@ def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = No
     model_settings = ModelSettings.model_construct(
         model=str(model_path), model_alias=alias, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
         logits_all=False, embedding=False, cache=False, flash_attn=flash_attn, verbose=False,
-        **{k: v for k, v in (offload or {}).items() if k != "rpc_endpoints"})
+        **{k: v for k, v in (offload or {}).items() if k not in ("rpc_endpoints", "rpc_timeout")})
     os.environ.pop("CONFIG_FILE", None)  # create_app would take all its settings from that file instead
     from ggufkit.runtime.template_sandbox import install as bound_chat_templates
 
@@ -298,7 +298,7 @@ def build_app(model_path: Path, *, n_ctx: int = 2048, n_threads: int | None = No
               help="Largest request body accepted, in KiB.")
 @rpc_runtime.options
 def command(model, scheme, ctx, threads, flash_attn, host, port, api_key, cors, max_tokens, max_body_kb, rpc=None,
-            split=None):
+            split=None, rpc_timeout=60.0):
     import uvicorn
 
     if rpc:  # the model in a supervised child process: a dying worker cannot take the server down
@@ -311,7 +311,7 @@ def command(model, scheme, ctx, threads, flash_attn, host, port, api_key, cors, 
         if host not in LOOPBACK and not api_key:
             click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
         click.echo(f"serving {path.name} on http://{host}:{port}/ with workers {rpc} (Ctrl-C stops)", err=True)
-        return rpc_serve.serve(path, kwargs, rpc, split, host, port)
+        return rpc_serve.serve(path, kwargs, rpc, split, host, port, rpc_timeout)
     if split:
         raise click.UsageError("--split needs --rpc")
     sock = listen(host, port)  # first: a port in use fails before the model loads, and before any "serving"

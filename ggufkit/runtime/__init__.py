@@ -168,6 +168,7 @@ def load(path: Path | str, n_ctx: int = 2048, n_threads: int | None = None, seed
     threads = n_threads or default_threads()
     offload = dict(offload or {})
     workers = offload.pop("rpc_endpoints", None)
+    stall = offload.pop("rpc_timeout", 60.0)
     try:
         llm = llama_cpp.Llama(
             model_path=str(path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=threads,
@@ -178,10 +179,10 @@ def load(path: Path | str, n_ctx: int = 2048, n_threads: int | None = None, seed
         hint = ("; a worker may not have the memory for its layers (its --mem or free RAM: see its log)"
                 if workers else "")
         raise RuntimeFailure(f"llama.cpp could not load the model: {e}{hint}", path) from e
-    if workers:  # a worker that goes silent: an error within ~25 s, not a hang (runtime.rpc)
+    if workers:  # a worker that goes silent or stops answering: an error, not a hang (runtime.rpc)
         from ggufkit.runtime import rpc
 
-        rpc.harden_connections(workers)
+        rpc.make_safe({"rpc_endpoints": workers, "rpc_timeout": stall})
     return llm
 
 

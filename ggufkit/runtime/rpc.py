@@ -152,6 +152,16 @@ def connect_state(endpoint: Endpoint, timeout: float = 2.0) -> str:
         return "silent"
 
 
+def answers(endpoint: Endpoint, timeout: float = 3.0) -> bool:
+    """Does an rpc-server answer HELLO there? (A stopped worker still accepts connections: only this tells.)
+    Ask only when no head holds the worker: it serves one client at a time."""
+    try:
+        probe(endpoint, timeout)
+        return True
+    except RuntimeFailure:
+        return False
+
+
 def reachable(endpoint: Endpoint, timeout: float = 2.0) -> bool:
     """Does anything accept TCP connections there? (No HELLO: a worker busy with our own model is reachable.)"""
     try:
@@ -387,6 +397,80 @@ def harden_connections(endpoints: list[Endpoint]) -> int:
 # Linux struct tcp_info (include/uapi/linux/tcp.h): byte offsets of the fields read here.
 _TCPI = {"rtt_us": (68, "<I"), "bytes_acked": (120, "<Q"), "bytes_received": (128, "<Q"), "segs_out": (136, "<I"),
          "segs_in": (140, "<I")}
+_TCPI_AGO = {"last_data_sent_ms": (44, "<I"), "last_data_recv_ms": (52, "<I")}   # milliseconds ago
+
+
+# ---- a worker that stops answering but keeps its connection (SIGSTOP, a hung board, swapping to death)
+
+STALL_SECONDS = 60.0      # --rpc-timeout: one llama_decode call that long with a worker silent ends the process
+_stall = {"since": None, "wrapped": False, "thread": None}
+
+
+def awaiting_reply(endpoints: list[Endpoint]) -> list[str]:
+    """The workers this process sent data to after it last heard from them (Linux TCP_INFO), longest wait first:
+    during a stalled llama_decode, the worker ggml-rpc is waiting on."""
+    waits = []
+    for e, s in _worker_sockets(endpoints):
+        try:
+            raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 192)
+        except OSError:
+            continue
+        sent, recv = (struct.unpack_from(fmt, raw, off)[0] for off, fmt in _TCPI_AGO.values())
+        if sent < recv:  # the last thing on this connection went out, and nothing came back since
+            waits.append((sent, str(e)))
+    return [name for _, name in sorted(waits, reverse=True)]
+
+
+# The calls that can wait on a worker: decode starts the graph (asynchronously: with the output head on a worker,
+# the wait is often in the logits read or the sampler that follows), and these synchronise with it.
+_BLOCKING = ("llama_decode", "llama_encode", "llama_synchronize", "llama_get_logits", "llama_get_logits_ith",
+             "llama_get_embeddings", "llama_get_embeddings_ith", "llama_sampler_sample")
+
+
+def _timed(original):
+    def call(*args):
+        _stall["since"] = time.monotonic()
+        try:
+            return original(*args)
+        finally:
+            _stall["since"] = None
+    return call
+
+
+def watch_stalls(endpoints: list[Endpoint], seconds: float = STALL_SECONDS, exit_code: int = 4) -> None:
+    """A worker that is alive for TCP but does not answer (stopped, hung): its kernel acknowledges what the head
+    sends, so neither keepalive nor TCP_USER_TIMEOUT ends the connection and ggml-rpc would wait forever.
+
+    llama_cpp's calls that can wait on a worker (_BLOCKING) are wrapped to note when each starts (ctypes releases
+    the GIL for the call, so a watcher thread runs meanwhile); a call still running after `seconds` prints one line
+    naming the worker(s) awaited (awaiting_reply) and exits the process with exit_code, as a dead worker does
+    (install_abort_handler). The limit is per call (one batch of the prompt, one token), not per request."""
+    import threading
+
+    import llama_cpp.llama_cpp as low
+
+    if not _stall["wrapped"]:
+        for name in _BLOCKING:
+            if hasattr(low, name):
+                setattr(low, name, _timed(getattr(low, name)))
+        _stall["wrapped"] = True
+    _stall["seconds"] = seconds
+    if _stall["thread"] is not None:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(min(1.0, _stall["seconds"] / 4))
+            since = _stall["since"]
+            if since is None or time.monotonic() - since <= _stall["seconds"]:
+                continue
+            names = awaiting_reply(endpoints) or [str(e) for e in endpoints]
+            os.write(2, (f"error: RPC worker {', '.join(names)} stopped answering (no reply for "
+                         f"{_stall['seconds']:g} s; --rpc-timeout)\n").encode())
+            os._exit(exit_code)
+
+    _stall["thread"] = threading.Thread(target=watch, name="ggufkit-rpc-stall", daemon=True)
+    _stall["thread"].start()
 
 
 def connection_stats(endpoints: list[Endpoint]) -> dict[str, dict]:
@@ -493,9 +577,11 @@ def block_count(path) -> int:
 
 
 
-def offload_for(path, rpc: str | None, split: str | None, log=None) -> dict | None:
-    """What run/chat pass to runtime.load for --rpc/--split: None without --rpc; else the workers are checked and
-    added, the layout is written to `log` (a stream; nothing when None) and the Llama kwargs are returned."""
+def offload_for(path, rpc: str | None, split: str | None, log=None,
+                timeout: float = STALL_SECONDS) -> dict | None:
+    """What run/chat pass to runtime.load for --rpc/--split/--rpc-timeout: None without --rpc; else the workers
+    are checked and added, the layout is written to `log` (a stream; nothing when None) and the Llama kwargs are
+    returned (plus rpc_endpoints and rpc_timeout, which runtime.load takes out)."""
     if not rpc:
         if split:
             raise InputError("--split needs --rpc", "--split")
@@ -503,15 +589,27 @@ def offload_for(path, rpc: str | None, split: str | None, log=None) -> dict | No
     plan = setup(rpc, split, block_count(path))
     if log is not None:
         print(plan.describe(), file=log, flush=True)
-    return dict(plan.kwargs, rpc_endpoints=plan.endpoints)
+    return dict(plan.kwargs, rpc_endpoints=plan.endpoints, rpc_timeout=timeout)
+
+
+def make_safe(offload: dict) -> None:
+    """After the model is loaded with `offload`: its connections to the workers fail instead of hanging, whether
+    a worker goes silent (harden_connections) or stops answering on a live connection (watch_stalls)."""
+    endpoints = offload["rpc_endpoints"]
+    harden_connections(endpoints)
+    watch_stalls(endpoints, offload.get("rpc_timeout", STALL_SECONDS))
 
 
 def options(f):
-    """--rpc and --split for run, chat and serve."""
+    """--rpc, --split and --rpc-timeout for run, chat and serve."""
     import click
 
     f = click.option("--split", default=None, metavar="auto|W0,W1,...",
                      help="With --rpc: layers per device in proportion to these weights, the local CPU first, "
                           "then each worker (default auto: by free memory).")(f)
+    f = click.option("--rpc-timeout", type=click.FloatRange(min=1), default=STALL_SECONDS, show_default=True,
+                     metavar="SECONDS",
+                     help="With --rpc: a worker that answers nothing for this long during one step (a stopped or "
+                          "hung board) ends the run with an error (serve: the model restarts without it).")(f)
     return click.option("--rpc", default=None, metavar="HOST:PORT[,...]",
                         help="Spread the layers over these `ggufkit worker`s and the local CPU.")(f)

@@ -15,6 +15,9 @@ ggml-rpc aborts the process holding the model when a worker stops answering (ggu
   TCP keepalive and TCP_USER_TIMEOUT (rpc.harden_connections), so the kernel ends them within ~25 s and the child
   exits as above. (The front does not poll the workers: rpc-server's listen backlog is 1 and it serves one
   client at a time, so a probe would sit in the queue behind the model's connection.)
+- A worker that keeps its connection but answers nothing (stopped, hung): its kernel still acknowledges what the
+  child sends, so TCP never gives up; the child's stall watch (rpc.watch_stalls, `--rpc-timeout`) ends a decode
+  step that waits that long, and the child exits as above. A restart uses only the workers that answer HELLO.
 - Then the child is started again with the workers that are still reachable (the split recomputed over them;
   none left: the local CPU alone). Meanwhile requests get a 503 saying so; GET /health always answers 200 with
   {"status": "ok" | "loading" | "restarting" | "failed", "workers": [...]}.
@@ -82,8 +85,9 @@ class _Chunks:
 
 class Front:
     def __init__(self, model: Path, app_kwargs: dict, endpoints: list[rpc.Endpoint], split: str | None,
-                 log=sys.stderr):
+                 log=sys.stderr, rpc_timeout: float = rpc.STALL_SECONDS):
         self.model, self.app_kwargs, self.endpoints, self.split = model, app_kwargs, endpoints, split
+        self.rpc_timeout = rpc_timeout
         self.log = log
         self.tmp = Path(tempfile.mkdtemp(prefix="ggufkit-serve-"))
         self.uds = str(self.tmp / "model.sock")
@@ -102,12 +106,12 @@ class Front:
             keep = [weights[0]] + [w for e, w in zip(self.endpoints, weights[1:]) if e in endpoints]
             split = ",".join(keep)
         return json.dumps({"model": str(self.model), "uds": self.uds, "app": self.app_kwargs,
-                           "rpc": ",".join(map(str, endpoints)), "split": split})
+                           "rpc": ",".join(map(str, endpoints)), "split": split, "rpc_timeout": self.rpc_timeout})
 
     async def start_child(self) -> None:
         alive = self.endpoints
-        if self.restarts:  # the workers that still accept connections
-            alive = [e for e in self.endpoints if rpc.reachable(e)]
+        if self.restarts:  # the workers that still answer (the old child is gone, so none is busy with it)
+            alive = [e for e in self.endpoints if rpc.answers(e)]
         self.using = alive
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.uds)
@@ -175,6 +179,10 @@ class Front:
         if dead:
             return (f"RPC worker {', '.join(dead)} went away during the request; the model restarts on the "
                     "remaining devices"), gone
+        silent = [str(e) for e in self.using if not rpc.answers(e)] if gone else []
+        if silent:  # alive for TCP but not answering (stopped, hung): the child's stall watch ended it
+            return (f"RPC worker {', '.join(silent)} stopped answering during the request; the model restarts on "
+                    "the remaining devices"), gone
         if gone:
             return "the model process stopped during the request; it restarts", gone
         return "the model process broke off its answer", gone
@@ -300,13 +308,14 @@ class Front:
             await writer.drain()
 
 
-def serve(model: Path, app_kwargs: dict, rpc_text: str, split: str | None, host: str, port: int) -> None:
+def serve(model: Path, app_kwargs: dict, rpc_text: str, split: str | None, host: str, port: int,
+          rpc_timeout: float = rpc.STALL_SECONDS) -> None:
     """Run the front on host:port until SIGINT/SIGTERM; the child is stopped with it."""
     endpoints = rpc.parse_endpoints(rpc_text)
     rpc.parse_split(split, len(endpoints) + 1)
     for e in endpoints:  # a worker down at start: a one-line error, before anything listens
         rpc.probe(e)
-    front = Front(model, app_kwargs, endpoints, split)
+    front = Front(model, app_kwargs, endpoints, split, rpc_timeout=rpc_timeout)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -351,10 +360,11 @@ def _child(config: str) -> None:
 
     cfg = json.loads(config)
     model = Path(cfg["model"])
-    offload = rpc.offload_for(model, cfg["rpc"], cfg["split"], log=sys.stderr) if cfg["rpc"] else None
+    offload = (rpc.offload_for(model, cfg["rpc"], cfg["split"], log=sys.stderr, timeout=cfg["rpc_timeout"])
+               if cfg["rpc"] else None)
     app = build_app(model, offload=offload, **cfg["app"])
-    if offload:  # the model is loaded: its connections to the workers fail within ~25 s instead of hanging
-        rpc.harden_connections(offload["rpc_endpoints"])
+    if offload:  # the model is loaded: its connections to the workers fail instead of hanging
+        rpc.make_safe(offload)
     uvicorn.run(app, uds=cfg["uds"], log_level="warning", access_log=False)
 
 
