@@ -213,7 +213,7 @@ def make_plan(src, scheme="q4_k_m", controls: ov.Controls | None = None, imatrix
     controls = controls or ov.Controls()
     sch = schemes.get_scheme(scheme) if isinstance(scheme, str) else scheme
     model = open_gguf_model(src)
-    info = model_info(model)
+    info = controls.apply_to_info(model_info(model))
     im = load_imatrix(imatrix, controls)
     by_name = {t.name: t for t in model.tensors}
     order = [t.name for t in model.tensors] if keep_split else schemes.quantize_order(by_name)

@@ -72,6 +72,14 @@ def test_keep_split_equals_llama_keep_split(demo_bf16, tmp_path):
         assert p.read_bytes() == (tmp_path / f"ref-{k:05d}-of-00004.gguf").read_bytes(), p.name
 
 
+def test_keep_split_of_a_single_file_equals_llama_keep_split(single_q8, tmp_path):
+    """llama-quantize --keep-split on one file writes OUT-00001-of-00001.gguf (without split keys): so does ggufkit."""
+    llama_quantize(single_q8, tmp_path / "ref", "q4_k_m", allow_requantize=True, keep_split=True)
+    ours = quantize(single_q8, tmp_path / "ours.gguf", scheme="q4_k_m", allow_requantize=True, keep_split=True)
+    assert [p.name for p in ours] == ["ours-00001-of-00001.gguf"]
+    assert ours[0].read_bytes() == (tmp_path / "ref-00001-of-00001.gguf").read_bytes()
+
+
 def test_inspect_shows_the_whole_set(split_q8, single_q8, capsys):
     assert main(["inspect", str(split_q8[0]), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)

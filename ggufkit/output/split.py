@@ -150,7 +150,8 @@ class GGUFSetWriter:
 
     def _header(self, k: int, n_parts: int, kv, split_order) -> bytes:
         entries = [e for key, e in kv if key not in (SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS_COUNT)] if k == 0 else []
-        if self.split:
+        # llama_model_quantize with keep_split writes the split keys only when there is more than one part
+        if self.split and not (n_parts == 1 and tuple(split_order) == KEEP_SPLIT_ORDER):
             values = {SPLIT_NO: (GGUFValueType.UINT16, k), SPLIT_COUNT: (GGUFValueType.UINT16, n_parts),
                       SPLIT_TENSORS_COUNT: (GGUFValueType.INT32, len(self.slots))}
             entries += [encode_kv(key, *values[key])[1] for key in split_order]
