@@ -93,7 +93,8 @@ def make_plan(src, scheme: str = "q4_k_m", imatrix=None, controls=None, split: d
         from ggufkit.plan.overrides import plan_tensors
 
         try:
-            rows = plan_tensors(sch, [(t.name, t.shape, QT.F32) for t in tensors], arch.model_info(),
+            rows = plan_tensors(sch, [(t.name, t.shape, QT.F32) for t in tensors],
+                                controls.apply_to_info(arch.model_info()),
                                 has_imatrix=imatrix is not None, controls=controls)
         except ValueError as e:
             raise InputError(str(e), ckpt.dir) from None

@@ -180,6 +180,26 @@ def test_demo_cli_options_equal_llama_quantize_program(demo_dir, demo_bf16, tmp_
             md["quantize.imatrix.chunks_count"]) == ("demo.imatrix.gguf", "hamlet.txt", len(kept), 5)
 
 
+def test_override_kv_feeds_the_rules_as_in_llama_quantize(demo_bf16, tmp_path):
+    """--override-kv on a hyperparameter changes what llama-quantize's rules see (its loader reads through the
+    overrides): with head_count_kv 1 the demo's GQA factor is 9, and Q2_K's attn_v becomes Q4_K, not Q3_K (on
+    576-wide rows their fallbacks: Q5_0, not Q4_0)."""
+    from convert_fixtures import tensor_table
+
+    from ggufkit.cli import main
+
+    args = ["--override-kv", "llama.attention.head_count_kv=int:1"]
+    run_tool("llama-quantize", *args, demo_bf16, "ref.gguf", "Q2_K", "2", cwd=tmp_path)
+    assert main(["quantize", *args, str(demo_bf16), "-o", str(tmp_path / "ours.gguf"), "--scheme", "q2_k",
+                 "-q"]) == 0
+    a, b = (tmp_path / "ours.gguf").read_bytes(), (tmp_path / "ref.gguf").read_bytes()
+    assert a == b, first_difference(a, b)
+    plain = quantize(demo_bf16, tmp_path / "plain.gguf", scheme="q2_k")[0]
+    v_types = {name: T(q) for name, q, _ in tensor_table(tmp_path / "ours.gguf") if name.endswith("attn_v.weight")}
+    v_plain = {name: T(q) for name, q, _ in tensor_table(plain) if name.endswith("attn_v.weight")}
+    assert set(v_types.values()) == {T.Q5_0} and set(v_plain.values()) == {T.Q4_0}
+
+
 def test_dry_run_lists_the_plan_and_writes_nothing(demo_bf16, tmp_path, capsys):
     import json
 

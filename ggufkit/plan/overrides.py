@@ -23,6 +23,7 @@ divide the row length is a one-line error.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -145,6 +146,19 @@ class Controls:
     def __post_init__(self):
         if self.include_weights and self.exclude_weights:
             raise ValueError("--include-weights and --exclude-weights cannot be used together")
+
+    def apply_to_info(self, info: schemes.ModelInfo) -> schemes.ModelInfo:
+        """The hyperparameters the rules read, with --override-kv's int values for them: llama_model_quantize's
+        model loader reads its hyperparameters through the overrides (e.g. llama.expert_count=int:8 turns on
+        the 8-expert rules)."""
+        fields = {"block_count": "n_layer", "attention.head_count": "n_head", "attention.head_count_kv": "n_head_kv",
+                  "embedding_length": "n_embd", "expert_count": "n_expert"}
+        changes = {}
+        for o in self.kv_overrides:
+            arch, _, suffix = o.key.partition(".")
+            if o.kind == "int" and arch == info.arch and suffix in fields:
+                changes[fields[suffix]] = int(o.value)
+        return dataclasses.replace(info, **changes) if changes else info
 
     def filter_imatrix(self, names: Iterable[str]) -> list[str]:
         """The imatrix entry names kept by --include-weights / --exclude-weights (substring matches)."""
