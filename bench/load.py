@@ -1,6 +1,7 @@
 """Server under load: N concurrent streaming chat clients for a fixed time against `ggufkit serve` on loopback.
 
     python bench/load.py [--clients 16] [--seconds 60] [--model GGUF] [--max-tokens 32]
+    python bench/load.py --seconds 1800 --warmup-seconds 300 --threads 1     # the 30-minute soak
 
 Starts the server itself on a free 127.0.0.1 port (never another address), runs the clients until the time is up
 (then lets the requests in flight finish), stops the server, and reports: requests by status (must have zero 5xx),
@@ -97,6 +98,9 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=DEMO)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup-seconds", type=float, default=0.0,
+                    help="growth is measured from this long into the load (the soak: 300 of 1800 s)")
+    ap.add_argument("--sample-seconds", type=float, default=60.0, help="RSS timeline interval")
     args = ap.parse_args()
 
     port = free_port()
@@ -133,14 +137,25 @@ def main() -> int:
                 with lock:
                     results.append(r)
 
+        timeline: list[tuple[float, int, int]] = []   # (seconds into the load, requests done, RSS bytes)
+
+        def sample() -> None:
+            while time.monotonic() < stop_at:
+                time.sleep(min(args.sample_seconds, max(0.0, stop_at - time.monotonic())))
+                with lock:
+                    timeline.append((time.monotonic() - t0, len(results), rss_bytes(server.pid)))
+
         t0 = time.monotonic()
         threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(args.clients)]
         for t in threads:
             t.start()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         for t in threads:
             t.join(timeout=args.seconds + 600)
         wall = time.monotonic() - t0
         rss_end = rss_bytes(server.pid)
+        sampler.join(timeout=args.sample_seconds + 5)
     finally:
         server.terminate()
         try:
@@ -154,15 +169,20 @@ def main() -> int:
     server_errors = sum(v for k, v in statuses.items() if k >= 500)
     incomplete = [r for r in results if r["status"] == 200 and not r["complete"]]
     failed = [r for r in results if r["status"] != 200]
-    growth = (rss_end - rss_start) / rss_start
+    after = [rss for t, _, rss in timeline if t >= args.warmup_seconds]
+    rss_ref = after[0] if args.warmup_seconds and after else rss_start
+    growth = (rss_end - rss_ref) / rss_ref
     ttft = [r["ttft"] for r in results if r["ttft"] is not None]
     total = [r["total"] for r in results if r["total"] is not None]
     print(f"{args.clients} clients x {args.seconds:.0f} s ({wall:.0f} s with the last requests), model "
           f"{args.model.name}, max_tokens {args.max_tokens}, server threads {args.threads}")
     print(f"requests: {len(results)}  statuses: {statuses}  5xx: {server_errors}  incomplete streams: "
           f"{len(incomplete)}  failed: {len(failed)}")
-    print(f"server RSS: {rss_start / 2**20:.1f} MiB after warm-up -> {rss_end / 2**20:.1f} MiB "
-          f"({100 * growth:+.2f}%)")
+    print("RSS timeline (s, requests, MiB): " + ", ".join(f"{t:.0f} {n} {rss / 2**20:.1f}"
+                                                          for t, n, rss in timeline))
+    print(f"server RSS: {rss_start / 2**20:.1f} MiB after 2 warm-up requests, {rss_ref / 2**20:.1f} MiB at "
+          f"{args.warmup_seconds:.0f} s -> {rss_end / 2**20:.1f} MiB at the end ({100 * growth:+.2f}% from "
+          f"{args.warmup_seconds:.0f} s; {100 * (rss_end - rss_start) / rss_start:+.2f}% overall)")
     print(f"time to first token: {percentiles(ttft)}")
     print(f"total per request:   {percentiles(total)}")
     for r in (incomplete + failed)[:5]:
