@@ -232,6 +232,24 @@ def test_requantize_k_legacy_and_iq4_inputs_equal_llama(layout, first, then, tmp
     assert ours.read_bytes() == ref.read_bytes(), first_difference(ours.read_bytes(), ref.read_bytes())
 
 
+@pytest.mark.parametrize("layout,first,then", [("dense", "tq2_0", "q4_k_m"), ("dense", "tq1_0", "q8_0"),
+                                                ("moe8", "mxfp4_moe", "q4_k_m"), ("dense", "iq3_xxs", "q5_k_m"),
+                                                ("tied576", "iq3_m", "q4_k_m"), ("dense", "iq2_xs", "q6_k"),
+                                                ("dense", "iq1_m", "q4_k_m")])
+def test_requantize_iq_ternary_and_fp4_inputs_equal_llama(layout, first, then, tmp_path):
+    """Inputs of the i-quant, ternary and MXFP4 types (made by llama.cpp, with an importance matrix where it needs
+    one) requantized: ggufkit's dequantization of those types gives ggml's floats, so the bytes match."""
+    from ggufkit.plan.schemes import IMATRIX_ONLY_SCHEMES
+
+    mixed = tmp_path / "mixed.gguf"
+    needs = first.upper() in IMATRIX_ONLY_SCHEMES
+    llama_quantize(source(layout, "f32"), mixed, first, imatrix=random_imatrix(layout) if needs else None)
+    ref = tmp_path / "ref.gguf"
+    llama_quantize(mixed, ref, then, allow_requantize=True)
+    ours = quantize(mixed, tmp_path / "ours.gguf", scheme=then, allow_requantize=True)[0]
+    assert ours.read_bytes() == ref.read_bytes(), first_difference(ours.read_bytes(), ref.read_bytes())
+
+
 def test_cli_requantize_warns_and_conflicts_are_usage_errors(tmp_path, capsys):
     from ggufkit.cli import main
 
