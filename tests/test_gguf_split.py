@@ -80,6 +80,18 @@ def test_keep_split_of_a_single_file_equals_llama_keep_split(single_q8, tmp_path
     assert ours[0].read_bytes() == (tmp_path / "ref-00001-of-00001.gguf").read_bytes()
 
 
+def test_fit_reads_the_whole_set(split_q8, single_q8):
+    """fit on the first part of a split set: the tensors and memory of the whole model (those of the single
+    file), and the set's bytes on disk (every part)."""
+    from ggufkit.commands.fit import fit_report
+
+    split = fit_report(str(split_q8[0]), "rpi5-8gb", 2048, 0.9, None)["file"]
+    single = fit_report(str(single_q8), "rpi5-8gb", 2048, 0.9, None)["file"]
+    assert split["tensor_mib"] == single["tensor_mib"] and split["needed_mib"] == single["needed_mib"]
+    assert split["file_mib"] == round(sum(p.stat().st_size for p in split_q8) / 2**20, 1)
+    assert split["file_mib"] > round(split_q8[0].stat().st_size / 2**20, 1)
+
+
 def test_inspect_shows_the_whole_set(split_q8, single_q8, capsys):
     assert main(["inspect", str(split_q8[0]), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)

@@ -78,7 +78,7 @@ def fit_report(src: str, device_name: str, n_ctx: int, headroom: float, reserve_
         info = memory.model_info_from_gguf(path)
         file_est = memory.estimate(shape, n_ctx, dev.features)
         file_row = {"scheme": "(this file)", "tensor_mib": round(shape.weight_bytes / MIB, 1),
-                    "file_mib": round(path.stat().st_size / MIB, 1),
+                    "file_mib": round(memory.file_bytes(path) / MIB, 1),
                     "bits_per_weight": round(8 * shape.weight_bytes / sum(_count(s) for _, s, _ in shape.tensors), 2),
                     "ppl_increase": None, **file_est.as_dict()}
     else:

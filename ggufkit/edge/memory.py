@@ -158,21 +158,28 @@ def shape_from_tensors(name: str, tensors, n_head: int) -> ModelShape:
 
 
 def shape_from_gguf(path) -> ModelShape:
-    """From a GGUF file's tensor infos and its head count (validated by ggufkit.sources.gguf)."""
+    """From a GGUF file's (or a whole split set's) tensor infos and its head count (validated by
+    ggufkit.sources.gguf_model)."""
     from ggufkit.errors import InputError
-    from ggufkit.sources.gguf import validate_gguf
+    from ggufkit.sources.gguf_model import open_gguf_model
 
-    g = validate_gguf(path)
-    arch = g.architecture
-    n_head = g.get(f"{arch}.attention.head_count")
+    model = open_gguf_model(path)
+    arch = model.architecture
+    n_head = model.metadata.get(f"{arch}.attention.head_count")
     if not isinstance(n_head, int) or n_head <= 0:
         raise InputError(f"no {arch}.attention.head_count in the metadata", path)
-    # gguf stores ne[0] (row length) first; numpy order is the reverse
-    tensors = [(t.name, tuple(reversed(t.shape)), t.ggml_type) for t in g.tensors]
+    tensors = [(t.name, t.shape, t.ggml_type) for t in model.tensors]  # numpy order (rows last)
     try:
         return shape_from_tensors(Path(path).name, tensors, n_head)
     except ValueError as e:
         raise InputError(str(e).split(": ", 1)[1], path) from None
+
+
+def file_bytes(path) -> int:
+    """Bytes on disk of a GGUF file, or of every part of the split set whose first part it is."""
+    from ggufkit.sources.gguf_model import open_gguf_model
+
+    return sum(p.file_size for p in open_gguf_model(path).parts)
 
 
 def shape_from_checkpoint(src, scheme: str = "F32"):
