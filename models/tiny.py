@@ -98,6 +98,22 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                              moe_intermediate_size=256, shared_expert_intermediate_size=256,
                                              rope_parameters={"rope_type": "default", "rope_theta": 10000000.0,
                                                               "partial_rotary_factor": 0.25})),
+    # Gemma 4 (issue 13), the E2B shape in small: sliding / full layers alternating (window 16), full layers with
+    # their own head_dim 128 and 1 KV head whose keys are also the values (attention_k_eq_v), layers 2-3 reusing
+    # the KV of layers 0-1 (num_kv_shared_layers) with a double-wide MLP, per-layer embeddings of 256 per layer,
+    # proportional rope (a quarter of the full head rotated), final soft-cap. vocab_size_per_layer_input None:
+    # make_tiny sets it to the tokenizer's vocab size.
+    "gemma4": ("gemma4_text", dict(sliding_window=16, pad_token_id=0, num_hidden_layers=4,
+                                   layer_types=["sliding_attention", "full_attention"] * 2,
+                                   global_head_dim=128, num_global_key_value_heads=1, attention_k_eq_v=True,
+                                   num_kv_shared_layers=2, use_double_wide_mlp=True,
+                                   hidden_size_per_layer_input=256, vocab_size_per_layer_input=None,
+                                   final_logit_softcapping=10.0,
+                                   rope_parameters={"full_attention": {"rope_type": "proportional",
+                                                                       "partial_rotary_factor": 0.25,
+                                                                       "rope_theta": 1000000.0},
+                                                    "sliding_attention": {"rope_type": "default",
+                                                                          "rope_theta": 10000.0}})),
 }
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
@@ -109,7 +125,7 @@ TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 # Entries whose 1-D weights (norms, biases) are randomised too, so that a mix-up between them shows in the logits.
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
-                       "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
+                       "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe", "gemma4"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
@@ -158,6 +174,7 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
     tok_cfg = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
     vocab = tok_json["model"]["vocab"]
     ids = {t["content"]: t["id"] for t in tok_json.get("added_tokens", [])} | vocab
+    overrides = {k: vocab_size if k == "vocab_size_per_layer_input" and v is None else v for k, v in overrides.items()}
     config = AutoConfig.for_model(model_type, vocab_size=vocab_size, **(BASE | overrides),
                                   bos_token_id=ids.get(tok_cfg.get("bos_token")),
                                   eos_token_id=ids.get(tok_cfg.get("eos_token")))
@@ -172,6 +189,8 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
         for buffer_name, b in model.named_buffers():  # saved routing biases (LFM2 MoE) are buffers
             if buffer_name.endswith("expert_bias") and name in TINY_RANDOM_VECTORS:
                 b.add_(torch.randn_like(b) * 0.2)
+            elif buffer_name.endswith("layer_scalar") and name in TINY_RANDOM_VECTORS:  # Gemma 4's layer scale
+                b.mul_(1.0 + torch.randn_like(b) * 0.2)
     model = model.to(torch.bfloat16)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
