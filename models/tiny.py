@@ -119,6 +119,16 @@ TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
 # Entries saved from the model's in-memory state dict: MoE experts as fused (n_expert, rows, cols) parameters
 TINY_FUSED_EXPERTS = {"qwen3-moe-fused", "mixtral-fused"}
+# Multimodal wrappers around a tiny text entry: name -> (text entry, config class, model class, tower configs).
+# The language model's weights are exactly the text entry's (bf16 -> f32 -> bf16 is lossless); towers are random.
+TINY_WRAPPERS: dict[str, tuple[str, str, str, dict]] = {
+    "gemma4-vision": ("gemma4", "Gemma4Config", "Gemma4ForConditionalGeneration", {
+        "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                          "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32,
+                          "position_embedding_size": 64},
+        "audio_config": {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                         "subsampling_conv_channels": [8, 4], "output_proj_dims": 64}}),
+}
 # Entries whose tokenizer is not the demo model's BPE one: name -> kind. "spm" is a SentencePiece tokenizer
 # trained locally by models/spm_tokenizer.py (cached next to the checkpoint, as `spm-tokenizer/`).
 TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
@@ -161,6 +171,8 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if name in TINY_WRAPPERS:
+        return _make_wrapper(name, out, seed, tokenizer_dir)
     if name not in TINY_CONFIGS:
         raise ValueError(f"unknown tiny architecture {name!r}; known: {', '.join(TINY_CONFIGS)}")
     model_type, overrides = TINY_CONFIGS[name]
@@ -209,6 +221,32 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
         as_transformers4(tmp, tokenizer_class)
     tmp.chmod(0o755)
     (tmp / ".complete").write_text(f"models/tiny.py {name} seed={seed} transformers4={transformers4}\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _make_wrapper(name: str, out: Path, seed: int, tokenizer_dir: Path) -> Path:
+    """A TINY_WRAPPERS entry: its text entry (made next to it if missing) inside the multimodal model class."""
+    import torch
+    import transformers
+
+    text_name, config_class, model_class, towers = TINY_WRAPPERS[name]
+    text_dir = make_tiny(text_name, out.parent / text_name, seed, tokenizer_dir)
+    text_config = json.loads((text_dir / "config.json").read_text())
+    config = getattr(transformers, config_class)(text_config=text_config, **towers)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_class)(config)
+    text_model = transformers.AutoModelForCausalLM.from_pretrained(text_dir, dtype=torch.float32)
+    model.model.language_model.load_state_dict(text_model.model.state_dict())
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    model.to(torch.bfloat16).save_pretrained(tmp)
+    for f in TOKENIZER_FILES:
+        if (text_dir / f).is_file():
+            shutil.copy(text_dir / f, tmp / f)
+    tmp.chmod(0o755)
+    (tmp / ".complete").write_text(f"models/tiny.py {name} seed={seed} (language model of {text_name})\n")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

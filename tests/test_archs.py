@@ -38,6 +38,9 @@ FAMILIES = [
     ("lfm2-moe", "lfm2moe"),
     ("qwen3.5", "qwen35"),
     ("qwen3.5-moe", "qwen35moe"),
+    # issue 13: gemma 4
+    ("gemma4", "gemma4"),  # per-layer embeddings, shared KV layers, double-wide MLP, k=v full layers
+    ("gemma4-vision", "gemma4"),  # the multimodal wrapper (vision + audio towers), converted to its text model
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -48,6 +51,8 @@ FAMILIES = [
 #   qwen3.5-moe: the converter stops at this checkpoint's tokenizer ("BPE pre-tokenizer was not recognized":
 #   transformers picks another tokenizer class for model_type qwen3_5_moe_text); ggufkit's file gives
 #   1.000 / 0.00005 / 0.0008, inside the default limits.
+#   gemma4 1.000 / 0.00089 / 0.0311 and gemma4-vision the same (its converter's set_vocab swapped for the gpt2 one:
+#   gguf-py's LlamaHfVocab reads only SentencePiece-style BPE, the tiny checkpoints carry the demo's byte-level BPE).
 #   mixtral 1.000 / 0.00077 / 1.750 - a router near-tie that float rounding resolves the other way at one
 #   position (routing is discontinuous), hence its own limit.
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
@@ -144,6 +149,30 @@ REFUSED = [
     ("qwen3.5", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e7}}, "rope type"),
     ("qwen3.5-moe", {"shared_expert_intermediate_size": None}, "shared_expert_intermediate_size"),
     ("qwen3.5-moe", {"num_experts_per_tok": 9}, "num_experts_per_tok"),
+    # issue 13: gemma 4
+    ("gemma4", {"enable_moe_block": True, "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 256},
+     "enable_moe_block"),
+    ("gemma4", {"attention_bias": True}, "attention_bias"),
+    ("gemma4", {"use_bidirectional_attention": "all"}, "use_bidirectional_attention"),
+    ("gemma4", {"hidden_activation": "silu"}, "hidden_activation"),
+    ("gemma4", {"layer_types": ["full_attention"] * 4}, "no sliding_attention layer"),
+    ("gemma4", {"num_kv_shared_layers": 1}, "num_kv_shared_layers"),  # layer 2 (sliding) just before: not full
+    ("gemma4", {"num_kv_shared_layers": 3}, "num_kv_shared_layers"),
+    ("gemma4", {"vocab_size_per_layer_input": 1024}, "vocab_size_per_layer_input"),
+    ("gemma4", {"per_layer_config": {"0": {"head_dim": 128}}}, "sliding layers with a head_dim"),
+    ("gemma4", {"per_layer_config": {"1": {"head_dim": 128}, "3": {"head_dim": 256}}}, "different head_dims"),
+    ("gemma4", {"per_layer_config": {"1": {"intermediate_size": 1024}}}, "per_layer_config[1] sets"),
+    ("gemma4", {"rope_parameters": {"full_attention": {"rope_type": "proportional", "factor": 8.0,
+                                                       "partial_rotary_factor": 0.25, "rope_theta": 1e6},
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}},
+     "rope factor"),
+    ("gemma4", {"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 8.0, "rope_theta": 1e6},
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}},
+     "rope type"),
+    ("gemma4", {"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
+    ("gemma4-vision", {"text_config": None}, "text_config"),  # a vision / audio checkpoint without its text part
+    ("gemma4-vision", {"model_type": "gemma4_vision"}, "'gemma4_vision' is not supported"),  # a tower as a model
+    ("gemma4-vision", {"model_type": "gemma4_audio"}, "'gemma4_audio' is not supported"),
 ]
 
 

@@ -90,8 +90,6 @@ class Gemma4Text(Gemma3Text):
         sliding = self.sliding_layers()
         if self.config.get("enable_moe_block"):
             found.append("enable_moe_block=true (Gemma 4's mixture-of-experts block is not converted by ggufkit yet)")
-        if self.config.get("use_bidirectional_attention") == "all":
-            found.append("use_bidirectional_attention='all' (an embedding model, not a causal LM)")
         if not any(sliding):
             found.append("no sliding_attention layer (llama.cpp's gemma4 always builds a sliding-window cache)")
         per_layer = self.config.get("per_layer_config")
@@ -122,8 +120,9 @@ class Gemma4Text(Gemma3Text):
         if {d for d, s in zip(hd, sliding) if s} - {self.head_dim}:
             found.append(f"sliding layers with a head_dim other than {self.head_dim} (llama.cpp's gemma4 has one "
                          "sliding head size)")
-        if len({d for d, s in zip(hd, sliding) if not s}) > 1:
-            found.append(f"full layers with different head_dims {sorted(set(hd))} (llama.cpp's gemma4 has one)")
+        full = sorted({d for d, s in zip(hd, sliding) if not s})
+        if len(full) > 1:
+            found.append(f"full layers with different head_dims {full} (llama.cpp's gemma4 has one)")
         for i, n in enumerate(kv):
             if n <= 0 or self.n_head % n:
                 found.append(f"layer {i}: num_attention_heads {self.n_head} is not a multiple of its "
