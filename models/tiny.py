@@ -119,10 +119,11 @@ TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
 # Entries saved from the model's in-memory state dict: MoE experts as fused (n_expert, rows, cols) parameters
 TINY_FUSED_EXPERTS = {"qwen3-moe-fused", "mixtral-fused"}
-# Multimodal wrappers around a tiny text entry: name -> (text entry, config class, model class, tower configs).
-# The language model's weights are exactly the text entry's (bf16 -> f32 -> bf16 is lossless); towers are random.
-TINY_WRAPPERS: dict[str, tuple[str, str, str, dict]] = {
-    "gemma4-vision": ("gemma4", "Gemma4Config", "Gemma4ForConditionalGeneration", {
+# Multimodal wrappers around a tiny text entry: name -> (model_type, text entry, config class, model class, tower
+# configs). The language model's weights are exactly the text entry's (bf16 -> f32 -> bf16 is lossless); the
+# towers are random.
+TINY_WRAPPERS: dict[str, tuple[str, str, str, str, dict]] = {
+    "gemma4-vision": ("gemma4", "gemma4", "Gemma4Config", "Gemma4ForConditionalGeneration", {
         "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
                           "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32,
                           "position_embedding_size": 64},
@@ -232,7 +233,7 @@ def _make_wrapper(name: str, out: Path, seed: int, tokenizer_dir: Path) -> Path:
     import torch
     import transformers
 
-    text_name, config_class, model_class, towers = TINY_WRAPPERS[name]
+    _, text_name, config_class, model_class, towers = TINY_WRAPPERS[name]
     text_dir = make_tiny(text_name, out.parent / text_name, seed, tokenizer_dir)
     text_config = json.loads((text_dir / "config.json").read_text())
     config = getattr(transformers, config_class)(text_config=text_config, **towers)
