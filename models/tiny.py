@@ -114,6 +114,17 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                                                        "rope_theta": 1000000.0},
                                                     "sliding_attention": {"rope_type": "default",
                                                                           "rope_theta": 10000.0}})),
+    # Gemma 4 without per-layer embeddings or KV sharing (the 31B's layout): full layers with head_dim 128 and their
+    # own v_proj, one KV head count for all layers
+    "gemma4-dense": ("gemma4_text", dict(sliding_window=16, pad_token_id=0, num_hidden_layers=2,
+                                         layer_types=["sliding_attention", "full_attention"], global_head_dim=128,
+                                         attention_k_eq_v=False, hidden_size_per_layer_input=0,
+                                         final_logit_softcapping=30.0,
+                                         rope_parameters={"full_attention": {"rope_type": "proportional",
+                                                                             "partial_rotary_factor": 0.25,
+                                                                             "rope_theta": 1000000.0},
+                                                          "sliding_attention": {"rope_type": "default",
+                                                                                "rope_theta": 10000.0}})),
 }
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
@@ -136,7 +147,8 @@ TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 # Entries whose 1-D weights (norms, biases) are randomised too, so that a mix-up between them shows in the logits.
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
-                       "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe", "gemma4"}
+                       "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe", "gemma4",
+                       "gemma4-dense"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:

@@ -93,6 +93,9 @@ class Architecture:
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
     # HF tensors that carry no weights llama.cpp needs (buffers some exporters save)
     ignored_tensors: ClassVar[tuple[str, ...]] = (r".*\.rotary_emb\.inv_freq",)
+    # the llama.cpp tokenizer a SentencePiece-style BPE tokenizer.json becomes: "llama" (pieces scored by merge
+    # rank) or "gemma4" (llama.cpp's BPE on "▁" pieces with merges)
+    spm_bpe_tokenizer: ClassVar[str] = "llama"
 
     registry: ClassVar[dict[str, type[Architecture]]] = {}
 

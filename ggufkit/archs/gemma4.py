@@ -49,6 +49,7 @@ class Gemma4Text(Gemma3Text):
     gguf_arch = gguf.MODEL_ARCH.GEMMA4
     rope_types = ("proportional", "default")  # of the full-attention layers
     text_causal_bidirectional = ("vision",)  # bidirectional among image tokens only: text stays causal
+    spm_bpe_tokenizer = "gemma4"  # Gemma 4's tokenizer.json goes out as llama.cpp's "gemma4" BPE tokenizer
 
     def __init__(self, config: dict, config_path):
         super().__init__(config, config_path)
