@@ -41,6 +41,7 @@ FAMILIES = [
     # issue 13: gemma 4
     ("gemma4", "gemma4"),  # per-layer embeddings, shared KV layers, double-wide MLP, k=v full layers
     ("gemma4-vision", "gemma4"),  # the multimodal wrapper (vision + audio towers), converted to its text model
+    ("gemma4-dense", "gemma4"),  # no per-layer embeddings or KV sharing (the 31B layout), one KV head count
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -51,8 +52,9 @@ FAMILIES = [
 #   qwen3.5-moe: the converter stops at this checkpoint's tokenizer ("BPE pre-tokenizer was not recognized":
 #   transformers picks another tokenizer class for model_type qwen3_5_moe_text); ggufkit's file gives
 #   1.000 / 0.00005 / 0.0008, inside the default limits.
-#   gemma4 1.000 / 0.00089 / 0.0311 and gemma4-vision the same (its converter's set_vocab swapped for the gpt2 one:
-#   gguf-py's LlamaHfVocab reads only SentencePiece-style BPE, the tiny checkpoints carry the demo's byte-level BPE).
+#   gemma4 1.000 / 0.00089 / 0.0311, gemma4-vision the same, gemma4-dense 1.000 / 0.00060 / 0.0279 (the converter's
+#   set_vocab swapped for its gpt2 one: gguf-py's LlamaHfVocab reads only SentencePiece-style BPE and the tiny
+#   checkpoints carry the demo's byte-level BPE; its tensors and hparams were identical to ggufkit's).
 #   mixtral 1.000 / 0.00077 / 1.750 - a router near-tie that float rounding resolves the other way at one
 #   position (routing is discontinuous), hence its own limit.
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
