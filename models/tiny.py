@@ -125,6 +125,10 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                                                              "rope_theta": 1000000.0},
                                                           "sliding_attention": {"rope_type": "default",
                                                                                 "rope_theta": 10000.0}})),
+    # A dense model whose widths are not multiples of 256 (issue 13): hidden 576 (SmolLM2-135M's), 9 heads / 3 KV
+    # heads of 64, FFN 1440, so K-quant rows fall back to llama.cpp's replacement types
+    "qwen3-odd": ("qwen3", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0, hidden_size=576,
+                                num_attention_heads=9, num_key_value_heads=3, head_dim=64, intermediate_size=1440)),
 }
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
@@ -148,7 +152,7 @@ TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe", "gemma4",
-                       "gemma4-dense"}
+                       "gemma4-dense", "qwen3-odd"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:

@@ -42,6 +42,7 @@ FAMILIES = [
     ("gemma4", "gemma4"),  # per-layer embeddings, shared KV layers, double-wide MLP, k=v full layers
     ("gemma4-vision", "gemma4"),  # the multimodal wrapper (vision + audio towers), converted to its text model
     ("gemma4-dense", "gemma4"),  # no per-layer embeddings or KV sharing (the 31B layout), one KV head count
+    ("qwen3-odd", "qwen3"),  # dense, widths 576 / 1440 (not multiples of 256): fallback types in the K-quants
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -55,6 +56,7 @@ FAMILIES = [
 #   gemma4 1.000 / 0.00089 / 0.0311, gemma4-vision the same, gemma4-dense 1.000 / 0.00060 / 0.0279 (the converter's
 #   set_vocab swapped for its gpt2 one: gguf-py's LlamaHfVocab reads only SentencePiece-style BPE and the tiny
 #   checkpoints carry the demo's byte-level BPE; its tensors and hparams were identical to ggufkit's).
+#   qwen3-odd 1.000 / 0.00081 / 0.0081 (identical F32 tensors).
 #   mixtral 1.000 / 0.00077 / 1.750 - a router near-tie that float rounding resolves the other way at one
 #   position (routing is discontinuous), hence its own limit.
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
