@@ -125,6 +125,19 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                                                              "rope_theta": 1000000.0},
                                                           "sliding_attention": {"rope_type": "default",
                                                                                 "rope_theta": 10000.0}})),
+    # Gemma 4 with its mixture-of-experts block (the 26B-A4B's layout): every layer has the dense MLP plus 4
+    # experts of 256 (top 2), router scale and per-expert scales randomised with the other vectors
+    "gemma4-moe": ("gemma4_text", dict(sliding_window=16, pad_token_id=0, num_hidden_layers=2,
+                                       layer_types=["sliding_attention", "full_attention"], global_head_dim=128,
+                                       num_global_key_value_heads=1, attention_k_eq_v=True,
+                                       hidden_size_per_layer_input=0, final_logit_softcapping=30.0,
+                                       enable_moe_block=True, num_experts=4, top_k_experts=2,
+                                       moe_intermediate_size=256,
+                                       rope_parameters={"full_attention": {"rope_type": "proportional",
+                                                                           "partial_rotary_factor": 0.25,
+                                                                           "rope_theta": 1000000.0},
+                                                        "sliding_attention": {"rope_type": "default",
+                                                                              "rope_theta": 10000.0}})),
     # A dense model whose widths are not multiples of 256 (issue 13): hidden 576 (SmolLM2-135M's), 9 heads / 3 KV
     # heads of 64, FFN 1440, so K-quant rows fall back to llama.cpp's replacement types
     "qwen3-odd": ("qwen3", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0, hidden_size=576,
@@ -152,7 +165,7 @@ TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe", "gemma4",
-                       "gemma4-dense", "qwen3-odd"}
+                       "gemma4-dense", "qwen3-odd", "gemma4-moe"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:

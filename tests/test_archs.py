@@ -42,6 +42,7 @@ FAMILIES = [
     ("gemma4", "gemma4"),  # per-layer embeddings, shared KV layers, double-wide MLP, k=v full layers
     ("gemma4-vision", "gemma4"),  # the multimodal wrapper (vision + audio towers), converted to its text model
     ("gemma4-dense", "gemma4"),  # no per-layer embeddings or KV sharing (the 31B layout), one KV head count
+    ("gemma4-moe", "gemma4"),  # the mixture-of-experts block beside the dense MLP (the 26B-A4B layout)
     ("qwen3-odd", "qwen3"),  # dense, widths 576 / 1440 (not multiples of 256): fallback types in the K-quants
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
@@ -56,6 +57,7 @@ FAMILIES = [
 #   gemma4 1.000 / 0.00089 / 0.0311, gemma4-vision the same, gemma4-dense 1.000 / 0.00060 / 0.0279 (the converter's
 #   set_vocab swapped for its gpt2 one: gguf-py's LlamaHfVocab reads only SentencePiece-style BPE and the tiny
 #   checkpoints carry the demo's byte-level BPE; its tensors and hparams were identical to ggufkit's).
+#   gemma4-moe 1.000 / 0.00060 / 0.0140 (same converter swap, identical F32 tensors and hparams).
 #   qwen3-odd 1.000 / 0.00081 / 0.0081 (identical F32 tensors).
 #   mixtral 1.000 / 0.00077 / 1.750 - a router near-tie that float rounding resolves the other way at one
 #   position (routing is discontinuous), hence its own limit.
@@ -154,8 +156,8 @@ REFUSED = [
     ("qwen3.5-moe", {"shared_expert_intermediate_size": None}, "shared_expert_intermediate_size"),
     ("qwen3.5-moe", {"num_experts_per_tok": 9}, "num_experts_per_tok"),
     # issue 13: gemma 4
-    ("gemma4", {"enable_moe_block": True, "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 256},
-     "enable_moe_block"),
+    ("gemma4-moe", {"top_k_experts": 5}, "top_k_experts"),
+    ("gemma4-moe", {"moe_intermediate_size": None}, "moe_intermediate_size"),
     ("gemma4", {"attention_bias": True}, "attention_bias"),
     ("gemma4", {"use_bidirectional_attention": "all"}, "use_bidirectional_attention"),
     ("gemma4", {"hidden_activation": "silu"}, "hidden_activation"),

@@ -206,6 +206,10 @@ class Architecture:
             shapes["output.weight"] = (v, e)
         return shapes
 
+    def gguf_name(self, name_map: gguf.TensorNameMap, hf_name: str) -> str | None:
+        """Hook: the GGUF name of a checkpoint tensor (gguf-py's tensor map by default; None if it has none)."""
+        return name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+
     def skip_tensor(self, hf_name: str, gguf_name: str | None) -> bool:
         """True for source tensors that are deliberately not written."""
         if any(re.fullmatch(p, hf_name) for p in self.ignored_tensors):
@@ -228,7 +232,7 @@ class Architecture:
         expected = self.expected_shapes()
         found: dict[str, OutputTensor] = {}
         for hf_name, ref in ckpt.tensors.items():
-            gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            gguf_name = self.gguf_name(name_map, hf_name)
             if self.skip_tensor(hf_name, gguf_name):
                 continue
             if gguf_name is None or gguf_name not in expected:

@@ -25,23 +25,39 @@ set) and changes the rest. What llama.cpp's gemma4 reads, and how the HF checkpo
   (d, hidden), proj (hidden, d), post_norm (hidden,); embedding_length_per_layer_input = d (0 without them).
 - layer_scalar (a saved buffer of shape (1,)) -> blk.N.layer_output_scale.weight.
 
-Refused (one line each): the mixture-of-experts block (enable_moe_block, the 26B-A4B model: not converted by
-ggufkit yet), attention bias, fully bidirectional attention ("all"), a per-layer embedding vocabulary other than
+- The mixture-of-experts block (enable_moe_block, the 26B-A4B): each layer keeps its dense MLP (ffn_gate/up/down,
+  post_ffw_norm_1) and adds num_experts experts: router.proj -> ffn_gate_inp.weight, router.scale ->
+  ffn_gate_inp.scale, router.per_expert_scale -> ffn_down_exps.scale, the fused experts.gate_up_proj
+  (n_expert, 2 * moe_intermediate_size, hidden) -> ffn_gate_up_exps.weight as it is (gate rows, then up rows),
+  experts.down_proj -> ffn_down_exps.weight, pre_feedforward_layernorm_2 / post_feedforward_layernorm_2 ->
+  pre_ffw_norm_2 / post_ffw_norm_2; expert_count, expert_used_count (top_k_experts), expert_feed_forward_length.
+  Experts saved one tensor per expert are not read (Gemma 4 checkpoints hold the fused parameters).
+
+Refused (one line each): attention bias, fully bidirectional attention ("all"), a per-layer embedding vocabulary other than
 the main one, head sizes llama.cpp cannot express (sliding layers with their own head_dim, full layers with
 different ones), proportional rope with a scaling factor, KV sharing llama.cpp maps to other layers, and a model
 without sliding layers (llama.cpp's gemma4 always builds its sliding-window cache).
 """
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import gguf
 import numpy as np
 
 from ggufkit.archs import OutputTensor
 from ggufkit.archs.gemma3 import Gemma3Text
+from ggufkit.archs.moe import ExpertStack, _flat
 from ggufkit.archs.wrapper import TextOfMultimodal, TextPart
 
 PER_LAYER_KEYS = ("head_dim", "num_key_value_heads")  # per_layer_config fields llama.cpp can express
 UNROTATED = 1e30  # rope_freqs divisor that stops a frequency pair from rotating
+# checkpoint tensors gguf-py's map does not name as llama.cpp's gemma4 loads them: HF suffix -> GGUF suffix
+_OWN_NAMES = {"layer_scalar": "layer_output_scale.weight", "router.scale": "ffn_gate_inp.scale",
+              "router.per_expert_scale": "ffn_down_exps.scale", "experts.gate_up_proj": "ffn_gate_up_exps.weight",
+              "experts.down_proj": "ffn_down_exps.weight"}
+_OWN_NAME = re.compile(r"model\.layers\.(\d+)\.(" + "|".join(re.escape(k) for k in _OWN_NAMES) + ")")
 
 
 class Gemma4Text(Gemma3Text):
@@ -65,6 +81,13 @@ class Gemma4Text(Gemma3Text):
                             for i in range(self.n_layer)]
         self.n_ple = int(self.config.get("hidden_size_per_layer_input") or 0)
         self.k_eq_v = bool(self.config.get("attention_k_eq_v"))
+        self.moe = bool(self.config.get("enable_moe_block"))
+        if self.moe:
+            self.n_expert = self.hparam("num_experts", int)
+            self.n_expert_used = self.hparam("top_k_experts", int)
+            self.n_ff_exp = self.hparam("moe_intermediate_size", int)
+            if self.n_expert_used > self.n_expert:
+                self.fail(f"top_k_experts = {self.n_expert_used} is more than the {self.n_expert} experts")
 
     # ---- config
 
@@ -89,8 +112,6 @@ class Gemma4Text(Gemma3Text):
     def unhandled_features(self) -> list[str]:
         found = super().unhandled_features()
         sliding = self.sliding_layers()
-        if self.config.get("enable_moe_block"):
-            found.append("enable_moe_block=true (Gemma 4's mixture-of-experts block is not converted by ggufkit yet)")
         if not any(sliding):
             found.append("no sliding_attention layer (llama.cpp's gemma4 always builds a sliding-window cache)")
         per_layer = self.config.get("per_layer_config")
@@ -113,6 +134,9 @@ class Gemma4Text(Gemma3Text):
                          "indexes both embeddings with the same token ids)")
         found += self._kv_sharing_features(sliding)
         return found
+
+    def expert_features(self) -> list[str]:
+        return []  # enable_moe_block decides; the expert counts are read with it
 
     def _head_features(self, sliding: list[bool]) -> list[str]:
         found = []
@@ -171,6 +195,14 @@ class Gemma4Text(Gemma3Text):
         w.add_sliding_window_pattern(self.sliding)
         w.add_shared_kv_layers(self.n_shared)
         w.add_embedding_length_per_layer_input(self.n_ple)
+        if self.moe:
+            w.add_expert_count(self.n_expert)
+            w.add_expert_used_count(self.n_expert_used)
+            w.add_expert_feed_forward_length(self.n_ff_exp)
+
+    def model_info(self):
+        info = super().model_info()
+        return dataclasses.replace(info, n_expert=self.n_expert) if self.moe else info
 
     # ---- tensors
 
@@ -204,8 +236,14 @@ class Gemma4Text(Gemma3Text):
             if i < self.first_shared:
                 shapes[f"{b}.attn_k_norm.weight"] = (hd,)
             shapes |= {f"{b}.post_attention_norm.weight": (e,), f"{b}.ffn_norm.weight": (e,),
-                       f"{b}.ffn_gate.weight": (ff, e), f"{b}.ffn_up.weight": (ff, e), f"{b}.ffn_down.weight": (e, ff),
-                       f"{b}.post_ffw_norm.weight": (e,)}
+                       f"{b}.ffn_gate.weight": (ff, e), f"{b}.ffn_up.weight": (ff, e), f"{b}.ffn_down.weight": (e, ff)}
+            if self.moe:
+                n, fe = self.n_expert, self.n_ff_exp
+                shapes |= {f"{b}.post_ffw_norm_1.weight": (e,), f"{b}.ffn_gate_inp.weight": (n, e),
+                           f"{b}.ffn_gate_inp.scale": (e,), f"{b}.pre_ffw_norm_2.weight": (e,),
+                           f"{b}.ffn_gate_up_exps.weight": (n, 2 * fe, e), f"{b}.ffn_down_exps.weight": (n, e, fe),
+                           f"{b}.ffn_down_exps.scale": (n,), f"{b}.post_ffw_norm_2.weight": (e,)}
+            shapes[f"{b}.post_ffw_norm.weight"] = (e,)
             if d:
                 shapes |= {f"{b}.inp_gate.weight": (d, e), f"{b}.proj.weight": (e, d), f"{b}.post_norm.weight": (e,)}
             shapes[f"{b}.layer_output_scale.weight"] = (1,)
@@ -218,8 +256,23 @@ class Gemma4Text(Gemma3Text):
         return out  # norms are applied as x * w: no 1 + w
 
     def tensors(self, ckpt) -> list[OutputTensor]:
-        # the layer scale is saved as a bare buffer name; gguf-py maps it once it carries a .weight suffix
-        return super().tensors(TextPart(ckpt, lambda n: n + ".weight" if n.endswith(".layer_scalar") else n))
+        """The fused expert parameters (n_expert, rows, cols) go out as they are (ffn_gate_up_exps keeps gate rows
+        before up rows, as llama.cpp splits it), read as stacked rows one expert at a time."""
+        def stacked(name: str):
+            ref = ckpt.tensors[name]
+            if ".experts." not in name or len(ref.shape) != 3:
+                return ref
+            e, rows, cols = ref.shape
+            return ExpertStack(name, [(_flat(ref, e * rows, cols), x * rows) for x in range(e)], rows, cols)
+
+        view = TextPart(ckpt, lambda n: n)
+        view.tensors = {name: stacked(name) for name in view.tensors}
+        return super().tensors(view)
+
+    def gguf_name(self, name_map: gguf.TensorNameMap, hf_name: str) -> str | None:
+        if m := _OWN_NAME.fullmatch(hf_name):
+            return f"blk.{m[1]}.{_OWN_NAMES[m[2]]}"
+        return super().gguf_name(name_map, hf_name)
 
 
 class Gemma4(TextOfMultimodal, Gemma4Text):
