@@ -138,6 +138,20 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                                                            "rope_theta": 1000000.0},
                                                         "sliding_attention": {"rope_type": "default",
                                                                               "rope_theta": 10000.0}})),
+    # Gemma 3n (issue 14): 4 layers (sliding, full, sliding, full) with AltUp over 4 streams, laurel rank 64 and
+    # per-layer inputs of 256 (the sizes llama.cpp's gemma3n is built for), activation sparsity 0.95 on every layer
+    # (llama.cpp applies it to the first 10), no KV sharing (llama.cpp's starts at layer 20); the per-layer
+    # embedding table is 256 rows shorter than the vocabulary, as the real models' 262144 of 262400; final soft-cap
+    # 30 (llama.cpp's gemma3n does not read the key and always caps at 30).
+    "gemma3n": ("gemma3n_text", dict(sliding_window=16, pad_token_id=0, num_hidden_layers=4,
+                                     layer_types=["sliding_attention", "full_attention"] * 2,
+                                     hidden_size_per_layer_input=256, vocab_size_per_layer_input=48896,
+                                     laurel_rank=64, altup_num_inputs=4, num_kv_shared_layers=0,
+                                     activation_sparsity_pattern=[0.95] * 4, final_logit_softcapping=30.0,
+                                     rope_parameters={"full_attention": {"rope_type": "default",
+                                                                         "rope_theta": 1000000.0},
+                                                      "sliding_attention": {"rope_type": "default",
+                                                                            "rope_theta": 10000.0}})),
     # A dense model whose widths are not multiples of 256 (issue 13): hidden 576 (SmolLM2-135M's), 9 heads / 3 KV
     # heads of 64, FFN 1440, so K-quant rows fall back to llama.cpp's replacement types
     "qwen3-odd": ("qwen3", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0, hidden_size=576,
@@ -165,7 +179,8 @@ TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe", "gemma4",
-                       "gemma4-dense", "qwen3-odd", "gemma4-moe"}
+                       "gemma4-dense", "qwen3-odd", "gemma4-moe",
+                       "gemma3n"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
