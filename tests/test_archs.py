@@ -187,6 +187,19 @@ REFUSED = [
     ("gemma4-vision", {"text_config": None}, "text_config"),  # a vision / audio checkpoint without its text part
     ("gemma4-vision", {"model_type": "gemma4_vision"}, "'gemma4_vision' is not supported"),  # a tower as a model
     ("gemma4-vision", {"model_type": "gemma4_audio"}, "'gemma4_audio' is not supported"),
+    # issue 14: gemma 3n (the sizes llama.cpp's gemma3n fixes in code)
+    ("gemma3n", {"altup_num_inputs": 2}, "altup_num_inputs"),
+    ("gemma3n", {"altup_active_idx": 1}, "altup_active_idx"),
+    ("gemma3n", {"laurel_rank": 32}, "laurel_rank"),
+    ("gemma3n", {"hidden_size_per_layer_input": 128}, "hidden_size_per_layer_input"),
+    ("gemma3n", {"altup_correct_scale": False}, "altup_correct_scale"),
+    ("gemma3n", {"final_logit_softcapping": 10.0}, "final_logit_softcapping"),
+    ("gemma3n", {"activation_sparsity_pattern": [0.95, 0.95, 0.0, 0.0]}, "activation_sparsity_pattern"),
+    ("gemma3n", {"num_kv_shared_layers": 2}, "num_kv_shared_layers"),
+    ("gemma3n", {"intermediate_size": [512, 512]}, "intermediate_size"),
+    ("gemma3n", {"vocab_size_per_layer_input": 50000}, "vocab_size_per_layer_input"),
+    ("gemma3n", {"model_type": "gemma3n"}, "text_config"),
+    ("gemma3n", {"model_type": "gemma3n_vision"}, "'gemma3n_vision' is not supported"),
 ]
 
 
@@ -245,3 +258,51 @@ def test_gemma3_wrapper_converts_to_its_text_model(gemma3_vision, tiny_checkpoin
     assert [(n, t) for n, t, _ in ours] == [(n, t) for n, t, _ in text]  # no vision tensor, same names, types
     assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(ours, text))
     assert_logits_agree(wrapper, gemma3_vision)  # transformers runs Gemma3ForConditionalGeneration on text alone
+
+
+# ---- the Gemma 3n multimodal wrapper (model_type "gemma3n"): converted to its text model. Its vision tower needs
+# timm (not installed), so the wrapper checkpoint is laid out by hand: the tiny gemma3n text model's tensors under
+# model.language_model., plus tower tensors, with the wrapper's config.json.
+
+
+@pytest.fixture(scope="session")
+def gemma3n_wrapped(tiny_checkpoint):
+    import shutil
+
+    text_dir = tiny_checkpoint("gemma3n")
+    out = text_dir.parent / "gemma3n-wrapped"
+    if (out / ".complete").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    text_config = json.loads((text_dir / "config.json").read_text())
+    config = {"model_type": "gemma3n", "architectures": ["Gemma3nForConditionalGeneration"],
+              "text_config": text_config, "vision_config": {"model_type": "gemma3n_vision", "hidden_size": 64},
+              "audio_config": {"model_type": "gemma3n_audio", "hidden_size": 64}}
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    import torch
+    from safetensors.torch import load_file as load_torch
+    from safetensors.torch import save_file as save_torch
+
+    tensors = {k.replace("model.", "model.language_model.", 1): v
+               for k, v in load_torch(str(text_dir / "model.safetensors")).items()}
+    tensors |= {"model.vision_tower.timm_model.conv_stem.conv.weight": torch.zeros(8, 3, 3, 3, dtype=torch.bfloat16),
+                "model.audio_tower.conformer.0.attention.attn.q_proj.weight": torch.zeros(64, 64, dtype=torch.bfloat16),
+                "model.embed_vision.embedding.weight": torch.zeros(128, 64, dtype=torch.bfloat16),
+                "model.embed_audio.embedding.weight": torch.zeros(128, 64, dtype=torch.bfloat16)}
+    save_torch(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    for f in text_dir.iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("chat_template.jinja", "special_tokens_map.json"):
+            shutil.copy(f, tmp / f.name)
+    (tmp / ".complete").write_text("tests/test_archs.py gemma3n_wrapped\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def test_gemma3n_wrapper_converts_to_its_text_model(gemma3n_wrapped, tiny_checkpoint):
+    ours = tensor_table(converted(gemma3n_wrapped, "f32"))
+    text = tensor_table(converted(tiny_checkpoint("gemma3n"), "f32"))
+    assert [(n, t) for n, t, _ in ours] == [(n, t) for n, t, _ in text]  # no tower tensor, same names, types
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(ours, text))

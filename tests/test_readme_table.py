@@ -12,7 +12,8 @@ from ggufkit.archs.table import markdown_table, readme_table
 README = Path(__file__).resolve().parent.parent / "README.md"
 # model types the shared runner reaches through another test than a FAMILIES line
 TESTED_ELSEWHERE = {"gemma3": "test_archs.py::test_gemma3_wrapper_converts_to_its_text_model",
-                    "qwen3_5": "test_wrappers.py", "qwen3_5_moe": "test_wrappers.py"}
+                    "qwen3_5": "test_wrappers.py", "qwen3_5_moe": "test_wrappers.py",
+                    "gemma3n": "test_archs.py::test_gemma3n_wrapper_converts_to_its_text_model"}
 
 
 def test_readme_table_is_the_registry():
