@@ -306,3 +306,19 @@ def test_gemma3n_wrapper_converts_to_its_text_model(gemma3n_wrapped, tiny_checkp
     text = tensor_table(converted(tiny_checkpoint("gemma3n"), "f32"))
     assert [(n, t) for n, t, _ in ours] == [(n, t) for n, t, _ in text]  # no tower tensor, same names, types
     assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(ours, text))
+
+
+def test_gemma3n_tokens_past_the_per_layer_table(tiny_checkpoint):
+    """Ids beyond vocab_size_per_layer_input (the real models' vision / audio ids) get token 0's per-layer input
+    in transformers; ggufkit pads the table with row 0's copies, so llama.cpp agrees there too. Measured once:
+    max |diff| at those 4 positions 0.022 (llama.cpp's converter pads with zeros: 2.70)."""
+    from convert_fixtures import llama_cpp_logits, text_ids, transformers_logits
+
+    src = tiny_checkpoint("gemma3n")
+    table = json.loads((src / "config.json").read_text())["vocab_size_per_layer_input"]
+    text = text_ids(src)
+    ids = text[:24] + [table, table + 104, table + 255, table + 54] + text[24:36]
+    ours = llama_cpp_logits(converted(src, "f32"), ids)
+    ref = transformers_logits(src, tuple(ids))
+    diff = np.abs(ours - ref)
+    assert diff[24:28].max() < 0.1 and np.median(diff) < 0.01, (diff[24:28].max(), np.median(diff))
