@@ -159,6 +159,10 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
 }
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
+TINY_CONFIGS["gemma4-moe-split"] = TINY_CONFIGS["gemma4-moe"]
+# Entries whose fused 3-D expert parameters (as save_pretrained writes Gemma 4's) are rewritten one tensor per
+# expert (experts.<x>.gate_proj / up_proj / down_proj.weight), the layout other exporters use
+TINY_SPLIT_EXPERTS = {"gemma4-moe-split"}
 # Entries saved from the model's in-memory state dict: MoE experts as fused (n_expert, rows, cols) parameters
 TINY_FUSED_EXPERTS = {"qwen3-moe-fused", "mixtral-fused"}
 # Multimodal wrappers around a tiny text entry: name -> (model_type, text entry, config class, model class, tower
@@ -180,7 +184,7 @@ TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mi
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe", "gemma4",
                        "gemma4-dense", "qwen3-odd", "gemma4-moe",
-                       "gemma3n"}
+                       "gemma3n", "gemma4-moe-split"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
@@ -259,6 +263,8 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
             f.unlink()
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    if name in TINY_SPLIT_EXPERTS:
+        _split_experts(tmp / "model.safetensors")
     for f in TOKENIZER_FILES:
         if (tokenizer_dir / f).is_file():
             shutil.copy(tokenizer_dir / f, tmp / f)
@@ -270,6 +276,26 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def _split_experts(path: Path) -> None:
+    """Rewrite fused experts.gate_up_proj (n, 2f, e) / experts.down_proj (n, e, f) as one tensor per expert."""
+    from safetensors.torch import load_file, save_file
+
+    state, out = load_file(str(path)), {}
+    for key, value in state.items():
+        prefix, _, last = key.rpartition(".")
+        if prefix.endswith(".experts") and last in ("gate_up_proj", "down_proj") and value.dim() == 3:
+            for x in range(value.shape[0]):
+                if last == "down_proj":
+                    out[f"{prefix}.{x}.down_proj.weight"] = value[x].contiguous()
+                else:
+                    gate, up = value[x].chunk(2, dim=0)
+                    out[f"{prefix}.{x}.gate_proj.weight"] = gate.contiguous()
+                    out[f"{prefix}.{x}.up_proj.weight"] = up.contiguous()
+        else:
+            out[key] = value
+    save_file(out, str(path), metadata={"format": "pt"})
 
 
 def _make_wrapper(name: str, out: Path, seed: int, tokenizer_dir: Path) -> Path:

@@ -16,7 +16,8 @@ from convert_fixtures import converted, tensor_table
 
 from ggufkit.errors import InputError
 
-PAIRS = [("qwen3-moe", "qwen3-moe-fused"), ("mixtral", "mixtral-fused")]
+PAIRS = [("qwen3-moe", "qwen3-moe-fused"), ("mixtral", "mixtral-fused"),
+         ("gemma4-moe-split", "gemma4-moe")]  # Gemma 4 saves fused experts; the split twin is made from them
 
 
 def _metadata(path) -> dict:

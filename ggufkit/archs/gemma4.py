@@ -31,7 +31,8 @@ set) and changes the rest. What llama.cpp's gemma4 reads, and how the HF checkpo
   (n_expert, 2 * moe_intermediate_size, hidden) -> ffn_gate_up_exps.weight as it is (gate rows, then up rows),
   experts.down_proj -> ffn_down_exps.weight, pre_feedforward_layernorm_2 / post_feedforward_layernorm_2 ->
   pre_ffw_norm_2 / post_ffw_norm_2; expert_count, expert_used_count (top_k_experts), expert_feed_forward_length.
-  Experts saved one tensor per expert are not read (Gemma 4 checkpoints hold the fused parameters).
+  Experts saved one tensor per expert (experts.<x>.gate_proj / up_proj / down_proj) are stacked into the same
+  tensors, a row block at a time.
 
 Refused (one line each): attention bias, fully bidirectional attention ("all"), a per-layer embedding vocabulary other than
 the main one, head sizes llama.cpp cannot express (sliding layers with their own head_dim, full layers with
@@ -50,6 +51,7 @@ from ggufkit.archs import OutputTensor
 from ggufkit.archs.gemma3 import Gemma3Text
 from ggufkit.archs.moe import ExpertStack, _flat
 from ggufkit.archs.wrapper import TextOfMultimodal, TextPart
+from ggufkit.errors import InputError
 
 PER_LAYER_KEYS = ("head_dim", "num_key_value_heads")  # per_layer_config fields llama.cpp can express
 UNROTATED = 1e30  # rope_freqs divisor that stops a frequency pair from rotating
@@ -58,6 +60,35 @@ _OWN_NAMES = {"layer_scalar": "layer_output_scale.weight", "router.scale": "ffn_
               "router.per_expert_scale": "ffn_down_exps.scale", "experts.gate_up_proj": "ffn_gate_up_exps.weight",
               "experts.down_proj": "ffn_down_exps.weight"}
 _OWN_NAME = re.compile(r"model\.layers\.(\d+)\.(" + "|".join(re.escape(k) for k in _OWN_NAMES) + ")")
+
+
+_PER_EXPERT = re.compile(r"(model\.layers\.\d+\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
+
+
+class _RowConcat:
+    """One expert's gate (f, e) and up (f, e) projections seen as its (2f, e) gate_up matrix, gate rows first."""
+
+    def __init__(self, gate, up):
+        self.gate, self.up, self.name, self.file, self.dtype = gate, up, gate.name, gate.file, gate.dtype
+        if gate.shape != up.shape:
+            raise InputError(f"tensor {up.name} has shape {list(up.shape)}, its gate_proj {list(gate.shape)}",
+                             up.file)
+        self.shape = (2 * gate.shape[0], gate.shape[1]) if len(gate.shape) == 2 else gate.shape
+        self.nbytes = gate.nbytes + up.nbytes
+        self.rows, self.cols = self.shape[0], self.shape[-1]
+
+    def check_dtype(self) -> None:
+        self.gate.check_dtype()
+        self.up.check_dtype()
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        f = self.gate.shape[0]
+        parts = []
+        if start < f:
+            parts.append(self.gate.read_rows(start, min(stop, f)))  # (k, e) f32
+        if stop > f:
+            parts.append(self.up.read_rows(max(start, f) - f, stop - f))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class Gemma4Text(Gemma3Text):
@@ -257,7 +288,8 @@ class Gemma4Text(Gemma3Text):
 
     def tensors(self, ckpt) -> list[OutputTensor]:
         """The fused expert parameters (n_expert, rows, cols) go out as they are (ffn_gate_up_exps keeps gate rows
-        before up rows, as llama.cpp splits it), read as stacked rows one expert at a time."""
+        before up rows, as llama.cpp splits it), read as stacked rows one expert at a time. Experts saved one
+        tensor per expert (experts.<x>.gate_proj / up_proj / down_proj) are stacked into the same tensors."""
         def stacked(name: str):
             ref = ckpt.tensors[name]
             if ".experts." not in name or len(ref.shape) != 3:
@@ -267,7 +299,31 @@ class Gemma4Text(Gemma3Text):
 
         view = TextPart(ckpt, lambda n: n)
         view.tensors = {name: stacked(name) for name in view.tensors}
+        if self.moe:
+            self._stack_per_expert(view)
         return super().tensors(view)
+
+    def _stack_per_expert(self, view) -> None:
+        groups: dict[str, dict[tuple[int, str], object]] = {}
+        for name in list(view.tensors):
+            if m := _PER_EXPERT.fullmatch(name):
+                if int(m[2]) >= self.n_expert:
+                    raise InputError(f"tensor {name} is expert {m[2]}, the config has {self.n_expert} experts",
+                                     view.tensors[name].file)
+                groups.setdefault(m[1], {})[(int(m[2]), m[3])] = view.tensors.pop(name)
+        for prefix, parts in groups.items():
+            for x in range(self.n_expert):
+                for proj in ("gate_proj", "up_proj", "down_proj"):
+                    if (x, proj) not in parts:
+                        raise InputError(f"tensor {prefix}.{x}.{proj}.weight is missing (expert {x} of "
+                                         f"{self.n_expert})", view.weights_file)
+            gate_up = [_RowConcat(parts[(x, "gate_proj")], parts[(x, "up_proj")]) for x in range(self.n_expert)]
+            down = [parts[(x, "down_proj")] for x in range(self.n_expert)]
+            for name, refs in ((f"{prefix}.gate_up_proj", gate_up), (f"{prefix}.down_proj", down)):
+                if any(r.shape != refs[0].shape or len(r.shape) != 2 for r in refs):
+                    raise InputError(f"{name}: experts of different shapes {sorted({r.shape for r in refs})}",
+                                     refs[0].file)
+                view.tensors[name] = ExpertStack(name, [(r, 0) for r in refs], *refs[0].shape)
 
     def gguf_name(self, name_map: gguf.TensorNameMap, hf_name: str) -> str | None:
         if m := _OWN_NAME.fullmatch(hf_name):
