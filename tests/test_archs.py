@@ -197,6 +197,7 @@ REFUSED = [
     ("gemma3n", {"activation_sparsity_pattern": [0.95, 0.95, 0.0, 0.0]}, "activation_sparsity_pattern"),
     ("gemma3n", {"num_kv_shared_layers": 2}, "num_kv_shared_layers"),
     ("gemma3n", {"intermediate_size": [512, 512]}, "intermediate_size"),
+    ("gemma3n", {"intermediate_size": [512, 768, 512, 768]}, "layer 0's FFN width"),  # llama.cpp: wrong shape
     ("gemma3n", {"vocab_size_per_layer_input": 50000}, "vocab_size_per_layer_input"),
     ("gemma3n", {"model_type": "gemma3n"}, "text_config"),
     ("gemma3n", {"model_type": "gemma3n_vision"}, "'gemma3n_vision' is not supported"),

@@ -20,7 +20,7 @@ by sqrt(hidden) inside llama.cpp, final soft-cap) and adds what llama.cpp's gemm
   and shared_kv_layers are written as llama.cpp's converter writes them.
 
 llama.cpp 0.3.36's gemma3n fixes several of these sizes in code rather than reading them, so configs that differ
-are refused (one line each): altup_num_inputs 4, altup_active_idx 0, altup_correct_scale true, laurel_rank 64,
+are refused (one line each): one FFN width for all layers, altup_num_inputs 4, altup_active_idx 0, altup_correct_scale true, laurel_rank 64,
 hidden_size_per_layer_input 256, sparsity 0.95 on exactly the first 10 layers, KV sharing from layer 20 on (the
 E2B / E4B layouts; a model of at most 20 layers shares none), final_logit_softcapping 30 (llama.cpp reads no key for
 it: its default).
@@ -80,8 +80,6 @@ class Gemma3nText(Gemma3Text):
             config = {**config, "intermediate_size": ff[0]}
         super().__init__(config, config_path)
         self.n_ff_layers = self.n_ff_layers_cfg or [self.n_ff] * self.n_layer
-        if len(set(self.n_ff_layers)) > 1:
-            self.n_ff = self.n_ff_layers  # feed_forward_length then holds one width per layer
         self.n_ple_vocab = self.hparam("vocab_size_per_layer_input", int, default=self.vocab_size)
 
     # ---- config
@@ -114,6 +112,8 @@ class Gemma3nText(Gemma3Text):
         ff = self.n_ff_layers_cfg
         if ff is not None and len(ff) != n:
             found.append(f"intermediate_size has {len(ff)} values for {n} layers")
+        elif ff is not None and len(set(ff)) > 1:
+            found.append(f"intermediate_size={ff!r} (llama.cpp's gemma3n gives every layer layer 0's FFN width)")
         if self.config.get("vocab_size_per_layer_input", 0) > self.config.get("vocab_size", 0):
             found.append(f"vocab_size_per_layer_input={self.config['vocab_size_per_layer_input']} is more than "
                          f"vocab_size {self.config.get('vocab_size')}")
