@@ -217,7 +217,7 @@ def write_metadata(g: StreamingGGUF, plan: Plan) -> None:
     w = g.kv
     w.add_name(plan.checkpoint.name)
     plan.arch.write_hparams(w)
-    add_tokenizer(w, plan.checkpoint.dir, plan.checkpoint.config)
+    add_tokenizer(w, plan.checkpoint.dir, plan.checkpoint.config, plan.arch.spm_bpe_tokenizer)
     for key, value in plan.metadata.items():  # ggufkit.plan.budget / quant.rounding record what they did
         w.add_string(key, value)
     # last, in this order: where llama-quantize puts them (it re-sets both), so our file equals its output

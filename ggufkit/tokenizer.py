@@ -5,6 +5,9 @@ One entry point, `add_tokenizer(writer, model_dir, hf_config)`, writes every `to
 - BPE on bytes (GPT-2 style, `tokenizer.json` with a ByteLevel pre-tokenizer): model "gpt2", the token list,
   token types, merges and the pre-tokenizer name (`tokenizer.ggml.pre`) that selects llama.cpp's split regex.
 - SentencePiece (`tokenizer.model`): model "llama", pieces, scores and types, plus HF's added tokens.
+- SentencePiece-style BPE in tokenizer.json for an architecture that asks for llama.cpp's "gemma4" tokenizer
+  (archs: `spm_bpe_tokenizer = "gemma4"`): model "gemma4", the token list with <0xXX> byte tokens, the merges
+  (llama.cpp runs them on raw UTF-8 with "▁" for spaces, split only at newlines); no scores.
 - Both: special token ids (bos, eos, unk, pad, eot/eom), add_bos/add_eos as HF actually applies them, and the
   chat template (tokenizer_config.json or chat_template.jinja).
 
@@ -112,10 +115,11 @@ class GgufVocab:
 
 # ---- entry point
 
-def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, hf_config: dict) -> None:
-    """Write the tokenizer of the HF checkpoint in `model_dir` into `writer` (tokenizer.* keys only)."""
+def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, hf_config: dict, spm_bpe: str = "llama") -> None:
+    """Write the tokenizer of the HF checkpoint in `model_dir` into `writer` (tokenizer.* keys only).
+    spm_bpe: the llama.cpp tokenizer a SentencePiece-style BPE tokenizer.json becomes ("llama" or "gemma4")."""
     model_dir = Path(model_dir)
-    vocab = read_vocab(model_dir, hf_config)
+    vocab = read_vocab(model_dir, hf_config, spm_bpe)
     special = _special_vocab(model_dir, vocab)
 
     writer.add_tokenizer_model(vocab.model)
@@ -129,7 +133,7 @@ def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, hf_config: dict) -> 
     special.add_to_gguf(writer, quiet=True)
 
 
-def read_vocab(model_dir: Path, hf_config: dict) -> GgufVocab:
+def read_vocab(model_dir: Path, hf_config: dict, spm_bpe: str = "llama") -> GgufVocab:
     """Read the checkpoint's tokenizer into a GgufVocab (no writing). Raises InputError when there is none or it
     is of a kind llama.cpp cannot reproduce."""
     model_dir = Path(model_dir)
@@ -140,7 +144,10 @@ def read_vocab(model_dir: Path, hf_config: dict) -> GgufVocab:
     if spm_file.is_file():  # name a corrupt .model here: transformers would fall back to guessing tiktoken
         _load_sentencepiece(spm_file)
     tokenizer = JsonTokenizer(model_dir) if json_file.is_file() else _load_hf_tokenizer(model_dir)
-    if spm_file.is_file():
+    gemma4 = spm_bpe == "gemma4" and json_file.is_file()
+    if gemma4 and _json_tokenizer_kind(tok_json := _read_json(json_file), json_file) == "sentencepiece-bpe":
+        vocab = _gemma4_vocab(tokenizer, tok_json, json_file, _n_vocab(hf_config, len(tokenizer), json_file))
+    elif spm_file.is_file():
         vocab = _sentencepiece_vocab(spm_file, tokenizer, _n_vocab(hf_config, len(tokenizer), spm_file))
     else:
         tok_json = _read_json(json_file)
@@ -463,6 +470,33 @@ def _sentencepiece_json_vocab(tokenizer, tok_json: dict, path: Path, n_vocab: in
                      add_space_prefix=_json_adds_prefix(tok_json))
 
 
+# Added tokens llama.cpp's converter keeps USER_DEFINED for Gemma 4 although they are special in HF: the chat
+# parser reads them from the output text, so they must be rendered.
+GEMMA4_VISIBLE = frozenset({"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
+                            "<tool_response|>", '<|"|>'})
+
+
+def _gemma4_vocab(tokenizer, tok_json: dict, path: Path, n_vocab: int) -> GgufVocab:
+    """llama.cpp's "gemma4" tokenizer: BPE with merges over the pieces as HF stores them ("▁" for spaces, <0xXX>
+    byte tokens BYTE); added tokens CONTROL when special, except GEMMA4_VISIBLE (USER_DEFINED, as are non-special
+    ones); ids without a token "[PAD<i>]". llama.cpp reads the pre-tokenizer from the model name."""
+    tokens = [f"[PAD{i}]" for i in range(n_vocab)]
+    types = [int(TokenType.UNUSED)] * n_vocab
+    for piece, i in tok_json["model"]["vocab"].items():
+        if i >= n_vocab:
+            raise InputError(f"token {piece!r} has id {i}, beyond vocab_size {n_vocab}", path)
+        tokens[i] = piece
+        types[i] = TokenType.BYTE if _BYTE_PIECE.fullmatch(piece) else TokenType.NORMAL
+    for i, info in tokenizer.added_tokens_decoder.items():
+        if i >= n_vocab:
+            raise InputError(f"added token {info.content!r} has id {i}, beyond vocab_size {n_vocab}", path)
+        tokens[i] = info.content
+        types[i] = (TokenType.CONTROL if info.special and info.content not in GEMMA4_VISIBLE
+                    else TokenType.USER_DEFINED)
+    return GgufVocab(model="gemma4", pre="gemma4", tokens=tokens, types=[int(t) for t in types],
+                     add_space_prefix=False)
+
+
 def _json_adds_prefix(tok_json: dict) -> bool:
     """Whether tokenizer.json prepends "▁" to the text: a Metaspace pre-tokenizer with prepend_scheme first or
     always (add_prefix_space in older files), or a Prepend("▁") normaliser."""
@@ -519,11 +553,12 @@ def _special_vocab(model_dir: Path, vocab: GgufVocab) -> gguf.SpecialVocab:
     level = vocab_logger.level
     vocab_logger.setLevel(logging.ERROR)
     try:
-        special = gguf.SpecialVocab(model_dir, load_merges=vocab.model == "gpt2", n_vocab=len(vocab.tokens))
+        special = gguf.SpecialVocab(model_dir, load_merges=vocab.model in ("gpt2", "gemma4"),
+                                    n_vocab=len(vocab.tokens))
     finally:
         vocab_logger.setLevel(level)
-    if vocab.model == "gpt2" and not special.merges:
-        raise InputError("byte-level BPE tokenizer without merges", model_dir / "tokenizer.json")
+    if vocab.model in ("gpt2", "gemma4") and not special.merges:
+        raise InputError("BPE tokenizer without merges", model_dir / "tokenizer.json")
     special.add_special_token = {k: v for k, v in special.add_special_token.items() if k not in ("bos", "eos")}
     special.add_special_token["bos"] = vocab.add_bos
     special.add_special_token["eos"] = vocab.add_eos

@@ -98,18 +98,93 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                              moe_intermediate_size=256, shared_expert_intermediate_size=256,
                                              rope_parameters={"rope_type": "default", "rope_theta": 10000000.0,
                                                               "partial_rotary_factor": 0.25})),
+    # Gemma 4 (issue 13), the E2B shape in small: sliding / full layers alternating (window 16), full layers with
+    # their own head_dim 128 and 1 KV head whose keys are also the values (attention_k_eq_v), layers 2-3 reusing
+    # the KV of layers 0-1 (num_kv_shared_layers) with a double-wide MLP, per-layer embeddings of 256 per layer,
+    # proportional rope (a quarter of the full head rotated), final soft-cap. vocab_size_per_layer_input None:
+    # make_tiny sets it to the tokenizer's vocab size.
+    "gemma4": ("gemma4_text", dict(sliding_window=16, pad_token_id=0, num_hidden_layers=4,
+                                   layer_types=["sliding_attention", "full_attention"] * 2,
+                                   global_head_dim=128, num_global_key_value_heads=1, attention_k_eq_v=True,
+                                   num_kv_shared_layers=2, use_double_wide_mlp=True,
+                                   hidden_size_per_layer_input=256, vocab_size_per_layer_input=None,
+                                   final_logit_softcapping=10.0,
+                                   rope_parameters={"full_attention": {"rope_type": "proportional",
+                                                                       "partial_rotary_factor": 0.25,
+                                                                       "rope_theta": 1000000.0},
+                                                    "sliding_attention": {"rope_type": "default",
+                                                                          "rope_theta": 10000.0}})),
+    # Gemma 4 without per-layer embeddings or KV sharing (the 31B's layout): full layers with head_dim 128 and their
+    # own v_proj, one KV head count for all layers
+    "gemma4-dense": ("gemma4_text", dict(sliding_window=16, pad_token_id=0, num_hidden_layers=2,
+                                         layer_types=["sliding_attention", "full_attention"], global_head_dim=128,
+                                         attention_k_eq_v=False, hidden_size_per_layer_input=0,
+                                         final_logit_softcapping=30.0,
+                                         rope_parameters={"full_attention": {"rope_type": "proportional",
+                                                                             "partial_rotary_factor": 0.25,
+                                                                             "rope_theta": 1000000.0},
+                                                          "sliding_attention": {"rope_type": "default",
+                                                                                "rope_theta": 10000.0}})),
+    # Gemma 4 with its mixture-of-experts block (the 26B-A4B's layout): every layer has the dense MLP plus 4
+    # experts of 256 (top 2), router scale and per-expert scales randomised with the other vectors
+    "gemma4-moe": ("gemma4_text", dict(sliding_window=16, pad_token_id=0, num_hidden_layers=2,
+                                       layer_types=["sliding_attention", "full_attention"], global_head_dim=128,
+                                       num_global_key_value_heads=1, attention_k_eq_v=True,
+                                       hidden_size_per_layer_input=0, final_logit_softcapping=30.0,
+                                       enable_moe_block=True, num_experts=4, top_k_experts=2,
+                                       moe_intermediate_size=256,
+                                       rope_parameters={"full_attention": {"rope_type": "proportional",
+                                                                           "partial_rotary_factor": 0.25,
+                                                                           "rope_theta": 1000000.0},
+                                                        "sliding_attention": {"rope_type": "default",
+                                                                              "rope_theta": 10000.0}})),
+    # Gemma 3n (issue 14): 4 layers (sliding, full, sliding, full) with AltUp over 4 streams, laurel rank 64 and
+    # per-layer inputs of 256 (the sizes llama.cpp's gemma3n is built for), activation sparsity 0.95 on every layer
+    # (llama.cpp applies it to the first 10), no KV sharing (llama.cpp's starts at layer 20); the per-layer
+    # embedding table is 256 rows shorter than the vocabulary, as the real models' 262144 of 262400; final soft-cap
+    # 30 (llama.cpp's gemma3n does not read the key and always caps at 30).
+    "gemma3n": ("gemma3n_text", dict(sliding_window=16, pad_token_id=0, num_hidden_layers=4,
+                                     layer_types=["sliding_attention", "full_attention"] * 2,
+                                     hidden_size_per_layer_input=256, vocab_size_per_layer_input=48896,
+                                     laurel_rank=64, altup_num_inputs=4, num_kv_shared_layers=0,
+                                     activation_sparsity_pattern=[0.95] * 4, final_logit_softcapping=30.0,
+                                     rope_parameters={"full_attention": {"rope_type": "default",
+                                                                         "rope_theta": 1000000.0},
+                                                      "sliding_attention": {"rope_type": "default",
+                                                                            "rope_theta": 10000.0}})),
+    # A dense model whose widths are not multiples of 256 (issue 13): hidden 576 (SmolLM2-135M's), 9 heads / 3 KV
+    # heads of 64, FFN 1440, so K-quant rows fall back to llama.cpp's replacement types
+    "qwen3-odd": ("qwen3", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0, hidden_size=576,
+                                num_attention_heads=9, num_key_value_heads=3, head_dim=64, intermediate_size=1440)),
 }
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
+TINY_CONFIGS["gemma4-moe-split"] = TINY_CONFIGS["gemma4-moe"]
+# Entries whose fused 3-D expert parameters (as save_pretrained writes Gemma 4's) are rewritten one tensor per
+# expert (experts.<x>.gate_proj / up_proj / down_proj.weight), the layout other exporters use
+TINY_SPLIT_EXPERTS = {"gemma4-moe-split"}
 # Entries saved from the model's in-memory state dict: MoE experts as fused (n_expert, rows, cols) parameters
 TINY_FUSED_EXPERTS = {"qwen3-moe-fused", "mixtral-fused"}
+# Multimodal wrappers around a tiny text entry: name -> (model_type, text entry, config class, model class, tower
+# configs). The language model's weights are exactly the text entry's (bf16 -> f32 -> bf16 is lossless); the
+# towers are random.
+TINY_WRAPPERS: dict[str, tuple[str, str, str, str, dict]] = {
+    "gemma4-vision": ("gemma4", "gemma4", "Gemma4Config", "Gemma4ForConditionalGeneration", {
+        "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                          "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32,
+                          "position_embedding_size": 64},
+        "audio_config": {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                         "subsampling_conv_channels": [8, 4], "output_proj_dims": 64}}),
+}
 # Entries whose tokenizer is not the demo model's BPE one: name -> kind. "spm" is a SentencePiece tokenizer
 # trained locally by models/spm_tokenizer.py (cached next to the checkpoint, as `spm-tokenizer/`).
 TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 # Entries whose 1-D weights (norms, biases) are randomised too, so that a mix-up between them shows in the logits.
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
-                       "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
+                       "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe", "gemma4",
+                       "gemma4-dense", "qwen3-odd", "gemma4-moe",
+                       "gemma3n", "gemma4-moe-split"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
@@ -145,6 +220,8 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if name in TINY_WRAPPERS:
+        return _make_wrapper(name, out, seed, tokenizer_dir)
     if name not in TINY_CONFIGS:
         raise ValueError(f"unknown tiny architecture {name!r}; known: {', '.join(TINY_CONFIGS)}")
     model_type, overrides = TINY_CONFIGS[name]
@@ -158,6 +235,7 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
     tok_cfg = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
     vocab = tok_json["model"]["vocab"]
     ids = {t["content"]: t["id"] for t in tok_json.get("added_tokens", [])} | vocab
+    overrides = {k: vocab_size if k == "vocab_size_per_layer_input" and v is None else v for k, v in overrides.items()}
     config = AutoConfig.for_model(model_type, vocab_size=vocab_size, **(BASE | overrides),
                                   bos_token_id=ids.get(tok_cfg.get("bos_token")),
                                   eos_token_id=ids.get(tok_cfg.get("eos_token")))
@@ -172,6 +250,8 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
         for buffer_name, b in model.named_buffers():  # saved routing biases (LFM2 MoE) are buffers
             if buffer_name.endswith("expert_bias") and name in TINY_RANDOM_VECTORS:
                 b.add_(torch.randn_like(b) * 0.2)
+            elif buffer_name.endswith("layer_scalar") and name in TINY_RANDOM_VECTORS:  # Gemma 4's layer scale
+                b.mul_(1.0 + torch.randn_like(b) * 0.2)
     model = model.to(torch.bfloat16)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
@@ -183,6 +263,8 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
             f.unlink()
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    if name in TINY_SPLIT_EXPERTS:
+        _split_experts(tmp / "model.safetensors")
     for f in TOKENIZER_FILES:
         if (tokenizer_dir / f).is_file():
             shutil.copy(tokenizer_dir / f, tmp / f)
@@ -190,6 +272,52 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
         as_transformers4(tmp, tokenizer_class)
     tmp.chmod(0o755)
     (tmp / ".complete").write_text(f"models/tiny.py {name} seed={seed} transformers4={transformers4}\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _split_experts(path: Path) -> None:
+    """Rewrite fused experts.gate_up_proj (n, 2f, e) / experts.down_proj (n, e, f) as one tensor per expert."""
+    from safetensors.torch import load_file, save_file
+
+    state, out = load_file(str(path)), {}
+    for key, value in state.items():
+        prefix, _, last = key.rpartition(".")
+        if prefix.endswith(".experts") and last in ("gate_up_proj", "down_proj") and value.dim() == 3:
+            for x in range(value.shape[0]):
+                if last == "down_proj":
+                    out[f"{prefix}.{x}.down_proj.weight"] = value[x].contiguous()
+                else:
+                    gate, up = value[x].chunk(2, dim=0)
+                    out[f"{prefix}.{x}.gate_proj.weight"] = gate.contiguous()
+                    out[f"{prefix}.{x}.up_proj.weight"] = up.contiguous()
+        else:
+            out[key] = value
+    save_file(out, str(path), metadata={"format": "pt"})
+
+
+def _make_wrapper(name: str, out: Path, seed: int, tokenizer_dir: Path) -> Path:
+    """A TINY_WRAPPERS entry: its text entry (made next to it if missing) inside the multimodal model class."""
+    import torch
+    import transformers
+
+    _, text_name, config_class, model_class, towers = TINY_WRAPPERS[name]
+    text_dir = make_tiny(text_name, out.parent / text_name, seed, tokenizer_dir)
+    text_config = json.loads((text_dir / "config.json").read_text())
+    config = getattr(transformers, config_class)(text_config=text_config, **towers)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_class)(config)
+    text_model = transformers.AutoModelForCausalLM.from_pretrained(text_dir, dtype=torch.float32)
+    model.model.language_model.load_state_dict(text_model.model.state_dict())
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    model.to(torch.bfloat16).save_pretrained(tmp)
+    for f in TOKENIZER_FILES:
+        if (text_dir / f).is_file():
+            shutil.copy(text_dir / f, tmp / f)
+    tmp.chmod(0o755)
+    (tmp / ".complete").write_text(f"models/tiny.py {name} seed={seed} (language model of {text_name})\n")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -13,9 +13,9 @@ TINY_CASES = [("llama", False), ("llama-untied", False), ("llama3-rope", False),
               ("llama", True), ("llama3-rope", True), ("mistral", True)]
 
 
-def assert_logits_agree(gguf_path, model_dir, max_diff: float = 0.05):
-    """max_diff: a family whose routing is discontinuous (MoE) may pass a limit measured with llama.cpp's own
-    converter on the same checkpoint."""
+def assert_logits_agree(gguf_path, model_dir, max_diff: float = 0.05, min_top1: float = 1.0):
+    """max_diff / min_top1: a family whose routing is discontinuous (MoE) or whose llama.cpp graph flips a near-tie
+    may pass limits measured with llama.cpp's own converter on the same checkpoint."""
     ids = text_ids(model_dir)
     ours = llama_cpp_logits(gguf_path, ids)
     ref = transformers_logits(model_dir, tuple(ids))
@@ -23,7 +23,7 @@ def assert_logits_agree(gguf_path, model_dir, max_diff: float = 0.05):
     diff = np.abs(ours - ref)
     top1 = (ours.argmax(-1) == ref.argmax(-1)).mean()
     summary = f"top-1 agreement {top1:.3f}, median |diff| {np.median(diff):.5f}, max {diff.max():.5f}"
-    assert top1 == 1.0, summary
+    assert top1 >= min_top1, summary
     assert np.median(diff) < 0.01, summary
     assert diff.max() < max_diff, summary
     return summary

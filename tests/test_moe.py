@@ -16,7 +16,8 @@ from convert_fixtures import converted, tensor_table
 
 from ggufkit.errors import InputError
 
-PAIRS = [("qwen3-moe", "qwen3-moe-fused"), ("mixtral", "mixtral-fused")]
+PAIRS = [("qwen3-moe", "qwen3-moe-fused"), ("mixtral", "mixtral-fused"),
+         ("gemma4-moe-split", "gemma4-moe")]  # Gemma 4 saves fused experts; the split twin is made from them
 
 
 def _metadata(path) -> dict:
@@ -129,6 +130,16 @@ DAMAGED = [
     ("qwen3-moe-fused", lambda t: t | {"model.layers.0.mlp.experts.gate_up_proj":
                                        t["model.layers.0.mlp.experts.gate_up_proj"][:, :511]},
      "an odd number of gate+up rows"),
+    ("gemma4-moe-split", lambda t: {k: v for k, v in t.items() if k != "model.layers.1.experts.3.up_proj.weight"},
+     "model.layers.1.experts.3.up_proj.weight is missing (expert 3 of 4)"),
+    ("gemma4-moe-split", lambda t: t | {"model.layers.0.experts.4.down_proj.weight":
+                                        t["model.layers.0.experts.0.down_proj.weight"]},
+     "model.layers.0.experts.4.down_proj.weight is expert 4, the config has 4 experts"),
+    ("gemma4-moe-split", lambda t: t | {"model.layers.0.experts.2.up_proj.weight":
+                                        t["model.layers.0.experts.2.up_proj.weight"][:128]},
+     "model.layers.0.experts.2.up_proj.weight has shape [128, 256], its gate_proj [256, 256]"),
+    ("gemma4-moe", lambda t: t | {"model.layers.0.experts.down_proj": t["model.layers.0.experts.down_proj"][:3]},
+     "model.layers.0.experts.down_proj has shape [3, 256, 256], the config implies [4, 256, 256]"),
 ]
 
 

@@ -12,7 +12,8 @@ from ggufkit.archs.table import markdown_table, readme_table
 README = Path(__file__).resolve().parent.parent / "README.md"
 # model types the shared runner reaches through another test than a FAMILIES line
 TESTED_ELSEWHERE = {"gemma3": "test_archs.py::test_gemma3_wrapper_converts_to_its_text_model",
-                    "qwen3_5": "test_wrappers.py", "qwen3_5_moe": "test_wrappers.py"}
+                    "qwen3_5": "test_wrappers.py", "qwen3_5_moe": "test_wrappers.py",
+                    "gemma3n": "test_archs.py::test_gemma3n_wrapper_converts_to_its_text_model"}
 
 
 def test_readme_table_is_the_registry():
@@ -42,6 +43,7 @@ def test_every_model_type_has_a_tiny_checkpoint_in_the_runner():
     import tiny
     from test_archs import FAMILIES
 
-    covered = {tiny.TINY_CONFIGS[name][0] for name, _ in FAMILIES} | set(TESTED_ELSEWHERE)
+    covered = {(tiny.TINY_CONFIGS.get(name) or tiny.TINY_WRAPPERS[name])[0] for name, _ in FAMILIES}
+    covered |= set(TESTED_ELSEWHERE)
     missing = sorted(set(supported_model_types()) - covered)
     assert not missing, f"model types without a tiny checkpoint in test_archs.FAMILIES: {missing}"

@@ -93,6 +93,9 @@ class Architecture:
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
     # HF tensors that carry no weights llama.cpp needs (buffers some exporters save)
     ignored_tensors: ClassVar[tuple[str, ...]] = (r".*\.rotary_emb\.inv_freq",)
+    # the llama.cpp tokenizer a SentencePiece-style BPE tokenizer.json becomes: "llama" (pieces scored by merge
+    # rank) or "gemma4" (llama.cpp's BPE on "▁" pieces with merges)
+    spm_bpe_tokenizer: ClassVar[str] = "llama"
 
     registry: ClassVar[dict[str, type[Architecture]]] = {}
 
@@ -203,6 +206,10 @@ class Architecture:
             shapes["output.weight"] = (v, e)
         return shapes
 
+    def gguf_name(self, name_map: gguf.TensorNameMap, hf_name: str) -> str | None:
+        """Hook: the GGUF name of a checkpoint tensor (gguf-py's tensor map by default; None if it has none)."""
+        return name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+
     def skip_tensor(self, hf_name: str, gguf_name: str | None) -> bool:
         """True for source tensors that are deliberately not written."""
         if any(re.fullmatch(p, hf_name) for p in self.ignored_tensors):
@@ -225,7 +232,7 @@ class Architecture:
         expected = self.expected_shapes()
         found: dict[str, OutputTensor] = {}
         for hf_name, ref in ckpt.tensors.items():
-            gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            gguf_name = self.gguf_name(name_map, hf_name)
             if self.skip_tensor(hf_name, gguf_name):
                 continue
             if gguf_name is None or gguf_name not in expected:

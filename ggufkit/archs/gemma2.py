@@ -30,6 +30,7 @@ class Gemma2(Architecture):
     rope_types: tuple[str, ...] = ("default",)
     default_swa_period = 2  # HF and llama.cpp default: layer i is sliding unless (i + 1) % period == 0
     needs_attn_softcap = True  # llama.cpp's gemma2 caps attention logits unconditionally
+    text_causal_bidirectional: tuple[str, ...] = ()  # use_bidirectional_attention values that keep text causal
 
     def __init__(self, config: dict, config_path):
         # Gemma's configs default to tied embeddings (the base assumes untied when the key is absent)
@@ -44,8 +45,9 @@ class Gemma2(Architecture):
             found.append(f"hidden_activation={act!r} (llama.cpp's {self.arch_name} uses tanh-approximated gelu)")
         if self.config.get("attention_bias"):
             found.append("attention_bias=true")
-        if self.config.get("use_bidirectional_attention"):
-            found.append("use_bidirectional_attention=true (an embedding model, not a causal LM)")
+        bidirectional = self.config.get("use_bidirectional_attention")
+        if bidirectional and bidirectional not in self.text_causal_bidirectional:
+            found.append(f"use_bidirectional_attention={bidirectional!r} (an embedding model, not a causal LM)")
         if self.rope.type not in self.rope_types:
             found.append(f"rope type {self.rope.type!r} (supported: {', '.join(self.rope_types)})")
         if self.needs_attn_softcap:
