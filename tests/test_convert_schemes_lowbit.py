@@ -21,6 +21,8 @@ QT = gguf.GGMLQuantizationType
 CASES = [("demo", s) for s in ("tq1_0", "tq2_0", "mxfp4_moe")]
 CASES += [(m, s) for m in ("llama-untied", "llama") for s in ("tq1_0", "tq2_0", "mxfp4_moe", "q1_0", "iq3_s", "iq3_m")]
 CASES += [("mistral", "tq2_0"), ("qwen2", "iq3_m")]   # two more families
+# MXFP4_MOE where it applies: the expert tensors become MXFP4 (rows of 256 and, in qwen3-moe-odd, of 160)
+CASES += [("qwen3-moe", "mxfp4_moe"), ("qwen3-moe-odd", "mxfp4_moe"), ("mixtral", "mxfp4_moe")]
 IMATRIX_CASES = [(m, s) for m in ("demo", "llama-untied") for s in ("q2_k_s", "tq1_0")]
 IMATRIX_CASES += [("mistral", "iq2_xs"), ("qwen2", "iq1_m")]
 # the i-quants on the tiny models (the demo at IQ3 takes llama.cpp minutes; its plan is checked in test_schemes)
@@ -89,6 +91,8 @@ def test_file_equals_llama_quantize_and_runs(model, scheme, demo_dir, tiny_check
     _assert_same_file(ours, ref)
     types = {QT(t) for _, t, _ in tensor_table(ours)}
     assert get_scheme(scheme).base_type in types or scheme == "mxfp4_moe"   # the scheme's type really is used
+    if scheme == "mxfp4_moe" and ("moe" in model or model == "mixtral"):
+        assert QT.MXFP4 in types
     logits = llama_cpp_logits(ours, [1, 504, 327, 30, 355, 441, 288, 327])
     assert logits.shape[0] == 8 and np.isfinite(logits).all() and logits[-1].std() > 0
 
