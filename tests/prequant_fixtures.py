@@ -317,3 +317,70 @@ def gptq_checkpoint(demo_dir: Path, bits: int, symmetric: bool, group_size: int 
     qcfg = {"quant_method": "gptq", "bits": bits, "group_size": group_size or -1, "sym": symmetric,
             "desc_act": False, "checkpoint_format": "gptq" if v1 else "gptq_v2"}
     return _write_checkpoint(demo_dir, OUT_DIR / f"gptq-{src.name}-{'v1' if v1 else 'v2'}", state, qcfg)
+
+
+AWQ_CALIBRATION = ["The capital of France is Paris, a city on the Seine with many museums and old bridges.",
+                   "A quick brown fox jumps over the lazy dog while the farmer counts his sheep at dusk.",
+                   "Water boils at one hundred degrees Celsius at sea level, and freezes at zero degrees.",
+                   "She opened the old book, and the smell of dust and paper filled the quiet library."]
+
+
+@functools.cache
+def awq_checkpoint(src: Path, version: str, group_size: int) -> Path:
+    """AutoAWQ itself on the CPU: its activation-aware search on a few calibration sentences, then its own
+    packing (WQLinear_GEMM / WQLinear_GEMV.from_linear) and save_quantized. version: "gemm" or "gemv"."""
+    from awq import AutoAWQForCausalLM
+    from transformers import AutoTokenizer
+
+    out = OUT_DIR / f"awq-{src.name}-{version}-g{group_size}"
+    model = AutoAWQForCausalLM.from_pretrained(str(src), device_map="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    model.quantize(tokenizer, quant_config={"zero_point": True, "q_group_size": group_size, "w_bit": 4,
+                                            "version": version.upper()},
+                   calib_data=AWQ_CALIBRATION * 2, max_calib_samples=8, max_calib_seq_len=32,
+                   n_parallel_calib_samples=8)
+    model.save_quantized(str(out))
+    _copy_tokenizer(src, out)
+    return out
+
+
+def awq_reference(model_dir: Path) -> dict[str, np.ndarray]:
+    """{HF weight name: (rows, cols) f32}: AutoAWQ's own dequantize_gemm of every GEMM-packed module (the f16
+    values its naive forward multiplies with)."""
+    import json
+
+    from awq.utils.packing_utils import dequantize_gemm
+    from safetensors.torch import load_file
+
+    qcfg = json.loads((model_dir / "config.json").read_text())["quantization_config"]
+    assert qcfg["version"] == "gemm", "AutoAWQ dequantizes only its GEMM packing on a CPU"
+    state = load_file(model_dir / "model.safetensors")
+    out = {}
+    for key in [k for k in state if k.endswith(".qweight")]:
+        module = key[:-len(".qweight")]
+        w = dequantize_gemm(state[key], state[f"{module}.qzeros"], state[f"{module}.scales"], 4, qcfg["group_size"])
+        out[f"{module}.weight"] = w.T.float().numpy()  # (in, out) f16 -> (out, in) f32
+    return out
+
+
+def awq_model_logits(model_dir: Path, reference: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
+    """transformers' float32 logits of the AWQ model: its config, its unquantized tensors (the norms AWQ
+    rescaled, embeddings, head) and AutoAWQ's dequantized weights in every quantized Linear (transformers runs
+    AWQ only through GPTQModel, which does not install here; AutoAWQ's own CPU forward is this same
+    dequantize_gemm and a matmul, in f16)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config.quantization_config = None
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {k: v.float() for k, v in load_file(model_dir / "model.safetensors").items()
+             if not k.endswith((".qweight", ".qzeros", ".scales"))}
+    state |= {k: torch.from_numpy(v) for k, v in reference.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    model.eval()
+    with torch.no_grad():
+        return model(torch.tensor([list(ids)])).logits[0].float().numpy()

@@ -11,7 +11,7 @@ ordinary checkpoint. A QuantRef reads row blocks as f32, decoding only the packe
     ref.lossless                                                # GGUF type whose blocks hold the grid exactly
     ref.read_blocks(0, 64, ref.lossless)                        # (64, row_bytes) u8, no rounding at all
 
-One module per format (bnb.py, fp8.py, gptq.py) provides `group(tensors, qcfg, config_path) -> {name: ref}`; the
+One module per format (bnb.py, fp8.py, gptq.py, awq.py) provides `group(tensors, qcfg, config_path) -> {name: ref}`; the
 entries it consumed are removed from the checkpoint. Unsupported methods are a one-line error naming them.
 """
 from __future__ import annotations
@@ -177,12 +177,13 @@ def method_of(qcfg: dict) -> str:
 
 
 def _module(method: str):
-    from ggufkit.sources import bnb, compressed_tensors, fp8, gptq
+    from ggufkit.sources import awq, bnb, compressed_tensors, fp8, gptq
 
-    return {"bitsandbytes": bnb, "fp8": fp8, "compressed-tensors": compressed_tensors, "gptq": gptq}.get(method)
+    return {"bitsandbytes": bnb, "fp8": fp8, "compressed-tensors": compressed_tensors, "gptq": gptq,
+            "awq": awq}.get(method)
 
 
-SUPPORTED = "bitsandbytes, fp8, compressed-tensors, gptq"
+SUPPORTED = "bitsandbytes, fp8, compressed-tensors, gptq, awq"
 
 
 def unsupported(qcfg) -> str | None:
