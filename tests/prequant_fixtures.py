@@ -384,3 +384,55 @@ def awq_model_logits(model_dir: Path, reference: dict[str, np.ndarray], ids: lis
     model.eval()
     with torch.no_grad():
         return model(torch.tensor([list(ids)])).logits[0].float().numpy()
+
+
+MXFP4_KEEP = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
+
+
+@functools.cache
+def mxfp4_checkpoint(src: Path) -> Path:
+    """A gpt-oss checkpoint with its experts in the released MXFP4 layout (`*_blocks` / `*_scales`, see
+    ggufkit/sources/mxfp4.py), quantized by llama.cpp's own MXFP4 reference quantizer (ggml_quantize_chunk) and
+    repacked into that layout by this test code: transformers' mxfp4 quantizer needs the triton kernels from the
+    hub on every device, so no library writes MXFP4 on this CPU. Its reader (transformers' dequantize on CPU)
+    is the reference these files are checked against. -> (checkpoint dir)"""
+    import torch
+    from ggml_ref import ggml_quantize
+    from safetensors.torch import load_file
+
+    state = load_file(src / "model.safetensors")
+    for key in [k for k in state if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        w = state.pop(key).float().transpose(1, 2).contiguous().numpy()  # (E, n_in, n_out) -> (E, out, in)
+        e, rows, cols = w.shape
+        ggml = ggml_quantize(w.reshape(e * rows, cols), gguf_qtype("MXFP4")).reshape(e, rows, cols // 32, 17)
+        codes = np.empty((e, rows, cols // 32, 32), dtype=np.uint8)  # ggml: qs[j] = code j | code j+16 << 4
+        codes[..., :16], codes[..., 16:] = ggml[..., 1:] & 0xF, ggml[..., 1:] >> 4
+        state[f"{key}_blocks"] = torch.from_numpy(codes[..., 0::2] | (codes[..., 1::2] << 4))  # (E, out, G, 16)
+        state[f"{key}_scales"] = torch.from_numpy(np.ascontiguousarray(ggml[..., 0]))  # (E, out, G) e8m0
+    out = _write_checkpoint(src, OUT_DIR / f"mxfp4-{src.name}", state,
+                            {"quant_method": "mxfp4", "modules_to_not_convert": MXFP4_KEEP})
+    return out
+
+
+def gguf_qtype(name: str) -> int:
+    import gguf
+
+    return int(gguf.GGMLQuantizationType[name])
+
+
+def mxfp4_reference(model_dir: Path) -> dict[str, np.ndarray]:
+    """{GGUF expert tensor name: (E, rows, cols) f32}: the experts as transformers dequantizes an mxfp4
+    checkpoint on the CPU (its Mxfp4Dequantize / convert_moe_packed_tensors), in llama.cpp's layout (gate and up
+    de-interleaved, every expert transposed to (out, in))."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map="cpu")
+    out = {}
+    for i, layer in enumerate(model.model.layers):
+        gate_up = layer.mlp.experts.gate_up_proj.detach().float().numpy()  # (E, n_embd, 2 n_ff)
+        down = layer.mlp.experts.down_proj.detach().float().numpy()  # (E, n_ff, n_embd)
+        out[f"blk.{i}.ffn_gate_exps.weight"] = np.ascontiguousarray(gate_up[:, :, 0::2].transpose(0, 2, 1))
+        out[f"blk.{i}.ffn_up_exps.weight"] = np.ascontiguousarray(gate_up[:, :, 1::2].transpose(0, 2, 1))
+        out[f"blk.{i}.ffn_down_exps.weight"] = np.ascontiguousarray(down.transpose(0, 2, 1))
+    return out

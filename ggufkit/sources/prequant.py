@@ -177,13 +177,13 @@ def method_of(qcfg: dict) -> str:
 
 
 def _module(method: str):
-    from ggufkit.sources import awq, bnb, compressed_tensors, fp8, gptq
+    from ggufkit.sources import awq, bnb, compressed_tensors, fp8, gptq, mxfp4
 
     return {"bitsandbytes": bnb, "fp8": fp8, "compressed-tensors": compressed_tensors, "gptq": gptq,
-            "awq": awq}.get(method)
+            "awq": awq, "mxfp4": mxfp4}.get(method)
 
 
-SUPPORTED = "bitsandbytes, fp8, compressed-tensors, gptq, awq"
+SUPPORTED = "bitsandbytes, fp8, compressed-tensors, gptq, awq, mxfp4"
 
 
 def unsupported(qcfg) -> str | None:
