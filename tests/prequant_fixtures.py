@@ -436,3 +436,54 @@ def mxfp4_reference(model_dir: Path) -> dict[str, np.ndarray]:
         out[f"blk.{i}.ffn_up_exps.weight"] = np.ascontiguousarray(gate_up[:, :, 1::2].transpose(0, 2, 1))
         out[f"blk.{i}.ffn_down_exps.weight"] = np.ascontiguousarray(down.transpose(0, 2, 1))
     return out
+
+
+@functools.cache
+def ct_nvfp4_checkpoint(demo_dir: Path) -> Path:
+    """The demo's linear weights in compressed-tensors' nvfp4-pack-quantized format, made by compressed-tensors
+    itself: its NVFP4A16 preset, the global scale from its generate_gparam over the tensor's min/max, the group
+    scales from its calculate_qparams over each 16-group's min/max (what llm-compressor's QuantizationModifier
+    does without calibration data), quantized and packed by its NVFP4PackedCompressor.compress."""
+    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+    from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+    from compressed_tensors.quantization.utils import calculate_qparams, generate_gparam
+
+    scheme = QuantizationScheme(targets=["Linear"], **PRESET_SCHEMES["NVFP4A16"])
+    state = _demo_state(demo_dir)
+    for key in [k for k in state if k.rsplit(".", 2)[-2] in _LINEARS]:
+        w = state.pop(key)  # (rows, cols) bf16
+        grouped = w.reshape(w.shape[0], -1, 16)
+        global_scale = generate_gparam(w.amin().reshape(1), w.amax().reshape(1))  # (1,) f32
+        scale, zero = calculate_qparams(grouped.amin(dim=2), grouped.amax(dim=2), scheme.weights,
+                                        global_scale=global_scale)
+        local = NVFP4PackedCompressor.compress({"weight": w, "weight_scale": scale, "weight_zero_point": zero,
+                                                "weight_global_scale": global_scale}, scheme)
+        module = key[:-len(".weight")]
+        state |= {f"{module}.{k}": v.contiguous() for k, v in local.items()}
+    qcfg = {"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized",
+            "quantization_status": "compressed",
+            "config_groups": {"group_0": {**scheme.model_dump(mode="json"), "format": "nvfp4-pack-quantized"}},
+            "ignore": ["lm_head"]}
+    return _write_checkpoint(demo_dir, OUT_DIR / "ct-nvfp4", state, qcfg)
+
+
+def ct_nvfp4_reference(model_dir: Path) -> dict[str, np.ndarray]:
+    """{HF weight name: (rows, cols) f32}: compressed-tensors' NVFP4PackedCompressor.decompress of every module."""
+    import json
+
+    import torch
+    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+    from safetensors.torch import load_file
+
+    qcfg = json.loads((model_dir / "config.json").read_text())["quantization_config"]
+    scheme = QuantizationScheme.model_validate(
+        {k: v for k, v in qcfg["config_groups"]["group_0"].items() if k != "format"})
+    state = load_file(model_dir / "model.safetensors")
+    out = {}
+    for key in [k for k in state if k.endswith(".weight_packed")]:
+        module = key[:-len(".weight_packed")]
+        local = {k.rsplit(".", 1)[1]: v for k, v in state.items() if k.rsplit(".", 1)[0] == module}
+        out[f"{module}.weight"] = NVFP4PackedCompressor.decompress(local, scheme)["weight"].to(torch.float32).numpy()
+    return out
