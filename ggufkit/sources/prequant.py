@@ -221,3 +221,32 @@ def wrap(tensors: dict, config: dict, config_path: Path) -> dict:
 def describe(ref) -> str:
     """What a tensor was in the source: "bnb nf4 g64 dq", or its float dtype ("BF16")."""
     return getattr(ref, "source", None) or ref.dtype
+
+
+def summarize_checkpoint(ckpt, with_tensors: bool = False) -> dict:
+    """What a (pre-quantized) HF checkpoint holds, per source format: {"quantization": method or None,
+    "groups": {source: {count, parameters, bytes, lossless}}, "tensors": [...] if with_tensors}. `lossless` is the
+    GGUF type `--scheme source` keeps the grid in (a type name, "mixed" when a group's tensors differ, or None)."""
+    qcfg = ckpt.config.get("quantization_config") or None
+    groups: dict[str, dict] = {}
+    tensors = []
+    for name, ref in ckpt.tensors.items():
+        source = describe(ref)
+        lossless = getattr(ref, "lossless", None)
+        lossless = None if lossless is None else lossless.name
+        n = math.prod(ref.shape)
+        g = groups.setdefault(source, {"count": 0, "parameters": 0, "bytes": 0, "lossless": lossless})
+        g["count"] += 1
+        g["parameters"] += n
+        g["bytes"] += ref.nbytes
+        if g["lossless"] != lossless:
+            g["lossless"] = "mixed"
+        if with_tensors:
+            tensors.append({"name": name, "shape": list(ref.shape), "source": source, "bytes": ref.nbytes,
+                            "lossless": lossless})
+    out = {"dir": str(ckpt.dir), "model_type": ckpt.config.get("model_type"),
+           "quantization": method_of(qcfg) if isinstance(qcfg, dict) else None,
+           "tensor_count": len(ckpt.tensors), "groups": groups}
+    if with_tensors:
+        out["tensors"] = tensors
+    return out
