@@ -99,6 +99,14 @@ def bnb_exact_cpu_path(model) -> None:
             # runtime computes that. Run bitsandbytes' dequantized weight in f32 instead.
             weight = dequantize_bnb_weight(module.weight, module.state).float()
             module.forward = lambda x, w=weight: torch.nn.functional.linear(x, w)
+        elif type(module).__name__ == "Linear4bit" and module.weight.quant_state.dtype != torch.float32:
+            # With an f32 compute dtype, bitsandbytes' 4-bit forward multiplies by code * absmax in f32, while its
+            # dequantize_4bit (what the checkpoint's values are, and ggufkit's F32 file) rounds those products to
+            # the state's dtype first (test_prequant_bnb.test_the_4bit_forward_skips_the_dtype_rounding); run the
+            # dequantized weight in f32, as llama.cpp runs the F32 file.
+            weight = dequantize_bnb_weight(module.weight, getattr(module, "state", None)).float()
+            bias = None if module.bias is None else module.bias.float()
+            module.forward = lambda x, w=weight, b=bias: torch.nn.functional.linear(x, w, b)
 
 
 def quantized_logits(model_dir: Path, ids: list[int], prepare=None) -> np.ndarray:
