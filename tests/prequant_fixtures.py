@@ -109,12 +109,13 @@ def bnb_exact_cpu_path(model) -> None:
             module.forward = lambda x, w=weight, b=bias: torch.nn.functional.linear(x, w, b)
 
 
-def quantized_logits(model_dir: Path, ids: list[int], prepare=None) -> np.ndarray:
-    """transformers' float32 logits (n_tokens, vocab) from a pre-quantized checkpoint, run by its library."""
+def quantized_logits(model_dir: Path, ids: list[int], prepare=None, **load) -> np.ndarray:
+    """transformers' float32 logits (n_tokens, vocab) from a pre-quantized checkpoint, run by its library
+    (`load`: more from_pretrained arguments, e.g. a quantization_config)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map="cpu")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map="cpu", **load)
     model.eval()
     if prepare is not None:
         prepare(model)
@@ -122,13 +123,13 @@ def quantized_logits(model_dir: Path, ids: list[int], prepare=None) -> np.ndarra
         return model(torch.tensor([list(ids)])).logits[0].float().numpy()
 
 
-def assert_logits_agree(gguf_path: Path, model_dir: Path, prepare=None) -> str:
+def assert_logits_agree(gguf_path: Path, model_dir: Path, prepare=None, **load) -> str:
     """llama.cpp on gguf_path vs transformers on the quantized model_dir: the families runner's tolerances."""
     from convert_fixtures import llama_cpp_logits, text_ids
 
     ids = text_ids(model_dir)
     ours = llama_cpp_logits(gguf_path, ids)
-    ref = quantized_logits(model_dir, ids, prepare)
+    ref = quantized_logits(model_dir, ids, prepare, **load)
     diff = np.abs(ours - ref)
     top1 = (ours.argmax(-1) == ref.argmax(-1)).mean()
     summary = f"top-1 agreement {top1:.3f}, median |diff| {np.median(diff):.5f}, max {diff.max():.5f}"
@@ -249,6 +250,19 @@ def ct_packed_checkpoint(demo_dir: Path, bits: int, symmetric: bool, group_size:
             "ignore": ["lm_head"]}
     name = f"ct-int{bits}-{'sym' if symmetric else 'asym'}-{group_size or 'channel'}-{dtype}"
     return _write_checkpoint(demo_dir, OUT_DIR / name, state, qcfg)
+
+
+def ct_dequantized_load() -> dict:
+    """from_pretrained arguments that make transformers run a compressed-tensors checkpoint on the library's own
+    decompress of the stored tensors. Its default route decompresses at the first forward from parameters it has
+    already cast to the load dtype: with dtype=float32 an f16 weight_scale becomes f32 and the weights are the
+    exact products scale * (q - zero), not the library's values rounded to the scale dtype (measured on the demo's
+    int4 g32 f16 checkpoint: those weights equal the exact products, not decompress, and the logits against
+    ggufkit's F32 file are median 0.0034 / max 0.055; with dequantize=True the weights equal decompress bit for bit
+    and the logits are median 0.0023 / max 0.019)."""
+    from transformers import CompressedTensorsConfig
+
+    return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
 
 
 def ct_reference(model_dir: Path) -> dict[str, np.ndarray]:

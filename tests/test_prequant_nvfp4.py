@@ -13,7 +13,13 @@ import gguf
 import numpy as np
 import pytest
 from convert_fixtures import converted, tensor_table
-from prequant_fixtures import assert_logits_agree, ct_nvfp4_checkpoint, ct_nvfp4_reference, to_gguf_layout
+from prequant_fixtures import (
+    assert_logits_agree,
+    ct_dequantized_load,
+    ct_nvfp4_checkpoint,
+    ct_nvfp4_reference,
+    to_gguf_layout,
+)
 
 pytest.importorskip("compressed_tensors")
 
@@ -43,6 +49,6 @@ def test_source_scheme_dequantizes_once(model, capsys):
 
 
 def test_llama_cpp_logits_match_transformers(model):
-    # transformers decompresses nvfp4 on the CPU into bf16 weights (the library's unpacked dtype) whatever the
-    # requested dtype; widened to f32 (exact) so that the forward runs in f32 like llama.cpp's F32 file
-    print(assert_logits_agree(converted(model, "f32"), model, prepare=lambda m: m.float()))
+    # transformers' default route decompresses nvfp4 at the first forward into bf16 weights (the library's
+    # unpacked dtype), which an f32 forward refuses; its dequantize=True route loads decompress's values
+    print(assert_logits_agree(converted(model, "f32"), model, **ct_dequantized_load()))
