@@ -509,3 +509,25 @@ def ct_nvfp4_reference(model_dir: Path) -> dict[str, np.ndarray]:
         local = {k.rsplit(".", 1)[1]: v for k, v in state.items() if k.rsplit(".", 1)[0] == module}
         out[f"{module}.weight"] = NVFP4PackedCompressor.decompress(local, scheme)["weight"].to(torch.float32).numpy()
     return out
+
+
+def awq_grid(model_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{HF weight name: (q (rows, cols), scale (rows, groups) f32, zero (rows, groups))} of a GEMM file, unpacked
+    by AutoAWQ's own unpack_awq and reverse_awq_order (the AWQ nibble order undone): the exact grid."""
+    import json
+
+    import torch
+    from awq.utils.packing_utils import reverse_awq_order, unpack_awq
+    from safetensors.torch import load_file
+
+    qcfg = json.loads((model_dir / "config.json").read_text())["quantization_config"]
+    assert qcfg["version"] == "gemm"
+    state = load_file(model_dir / "model.safetensors")
+    out = {}
+    for key in [k for k in state if k.endswith(".qweight")]:
+        module = key[:-len(".qweight")]
+        q, z = reverse_awq_order(*unpack_awq(state[key], state[f"{module}.qzeros"], 4), 4)
+        q, z = torch.bitwise_and(q, 15), torch.bitwise_and(z, 15)  # (in, out), (groups, out)
+        out[f"{module}.weight"] = (q.T.numpy().astype(np.float32), state[f"{module}.scales"].T.float().numpy(),
+                                   z.T.numpy().astype(np.float32))
+    return out

@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 import pytest
 from convert_fixtures import converted, llama_cpp_logits, tensor_table, text_ids
-from prequant_fixtures import awq_checkpoint, awq_model_logits, awq_reference, to_gguf_layout
+from prequant_fixtures import awq_checkpoint, awq_grid, awq_model_logits, awq_reference, to_gguf_layout
 
 pytest.importorskip("awq")
 
@@ -47,11 +47,21 @@ def test_f32_equals_autoawq_dequantize(tiny, version, group_size):
 
 @pytest.mark.parametrize("version,group_size", VARIANTS, ids=[f"{v}-g{g}" for v, g in VARIANTS])
 def test_source_scheme_is_q4_1_within_the_f16_minimum(tiny, version, group_size):
-    """Q4_1 holds d * q + m with d the AWQ scale (an f16) and m = -scale * zero rounded to f16: every value is
-    the library's within |m|'s f16 rounding (2^-11 relative) plus the library's own f16 rounding of the
-    product; measured worst printed."""
+    """Q4_1 holds d * q + m with d the AWQ scale (an f16) and m = -scale * zero rounded to f16: the blocks'
+    values (gguf-py's dequantize) are exactly that form of the grid AutoAWQ's unpack gives, and within the f16
+    rounding of m plus the library's own f16 rounding of its products from AutoAWQ's values (worst printed)."""
     model = awq_checkpoint(tiny, version, group_size)
-    ref = _reference(tiny, group_size)
+    gemm = awq_checkpoint(tiny, "gemm", group_size)
+    config = json.loads((gemm / "config.json").read_text())
+    ref = to_gguf_layout(awq_reference(gemm), config)
+    forms, bounds = {}, {}
+    for name, (q, scale, zero) in awq_grid(gemm).items():
+        s = np.repeat(scale, group_size, axis=1)
+        z = np.repeat(zero, group_size, axis=1)
+        m = (-(s * z)).astype(np.float16).astype(np.float32)  # Q4_1's minimum, rounded to f16
+        forms[name] = s * q + m
+        bounds[name] = 2.0 ** -11 * (np.abs(s * z) + np.abs(s * (q - z)))  # half an f16 ulp of m, of the value
+    forms, bounds = to_gguf_layout(forms, config), to_gguf_layout(bounds, config)
     table = {n: (t, d) for n, t, d in tensor_table(converted(model, "source"))}
     worst = 0.0
     for name, w in ref.items():
@@ -61,10 +71,8 @@ def test_source_scheme_is_q4_1_within_the_f16_minimum(tiny, version, group_size)
             continue
         assert qtype == QT.Q4_1, f"{name}: {QT(qtype).name}"
         ours = gguf.quants.dequantize(np.asarray(data), QT.Q4_1).reshape(w.shape)
-        # bound per group: half an f16 ulp of the minimum (|scale * zero| <= 15 * scale) and of the value
-        scale = np.abs(w).max(axis=1, keepdims=True)
-        bound = 2.0 ** -11 * (16 * scale + np.abs(w))
-        assert np.all(np.abs(ours - w) <= bound), f"{name}: max |diff| {np.abs(ours - w).max()}"
+        assert np.array_equal(ours, forms[name]), f"{name}: {np.count_nonzero(ours != forms[name])} values differ"
+        assert np.all(np.abs(ours - w) <= bounds[name]), f"{name}: max |diff| {np.abs(ours - w).max()}"
         worst = max(worst, float(np.abs(ours - w).max()))
     print(f"awq {version} g{group_size}: worst |Q4_1 - AutoAWQ| {worst:.3g}")
 
