@@ -99,14 +99,23 @@ def bnb_exact_cpu_path(model) -> None:
             # runtime computes that. Run bitsandbytes' dequantized weight in f32 instead.
             weight = dequantize_bnb_weight(module.weight, module.state).float()
             module.forward = lambda x, w=weight: torch.nn.functional.linear(x, w)
+        elif type(module).__name__ == "Linear4bit" and module.weight.quant_state.dtype != torch.float32:
+            # With an f32 compute dtype, bitsandbytes' 4-bit forward multiplies by code * absmax in f32, while its
+            # dequantize_4bit (what the checkpoint's values are, and ggufkit's F32 file) rounds those products to
+            # the state's dtype first (test_prequant_bnb.test_the_4bit_forward_skips_the_dtype_rounding); run the
+            # dequantized weight in f32, as llama.cpp runs the F32 file.
+            weight = dequantize_bnb_weight(module.weight, getattr(module, "state", None)).float()
+            bias = None if module.bias is None else module.bias.float()
+            module.forward = lambda x, w=weight, b=bias: torch.nn.functional.linear(x, w, b)
 
 
-def quantized_logits(model_dir: Path, ids: list[int], prepare=None) -> np.ndarray:
-    """transformers' float32 logits (n_tokens, vocab) from a pre-quantized checkpoint, run by its library."""
+def quantized_logits(model_dir: Path, ids: list[int], prepare=None, **load) -> np.ndarray:
+    """transformers' float32 logits (n_tokens, vocab) from a pre-quantized checkpoint, run by its library
+    (`load`: more from_pretrained arguments, e.g. a quantization_config)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map="cpu")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map="cpu", **load)
     model.eval()
     if prepare is not None:
         prepare(model)
@@ -114,13 +123,13 @@ def quantized_logits(model_dir: Path, ids: list[int], prepare=None) -> np.ndarra
         return model(torch.tensor([list(ids)])).logits[0].float().numpy()
 
 
-def assert_logits_agree(gguf_path: Path, model_dir: Path, prepare=None) -> str:
+def assert_logits_agree(gguf_path: Path, model_dir: Path, prepare=None, **load) -> str:
     """llama.cpp on gguf_path vs transformers on the quantized model_dir: the families runner's tolerances."""
     from convert_fixtures import llama_cpp_logits, text_ids
 
     ids = text_ids(model_dir)
     ours = llama_cpp_logits(gguf_path, ids)
-    ref = quantized_logits(model_dir, ids, prepare)
+    ref = quantized_logits(model_dir, ids, prepare, **load)
     diff = np.abs(ours - ref)
     top1 = (ours.argmax(-1) == ref.argmax(-1)).mean()
     summary = f"top-1 agreement {top1:.3f}, median |diff| {np.median(diff):.5f}, max {diff.max():.5f}"
@@ -243,6 +252,19 @@ def ct_packed_checkpoint(demo_dir: Path, bits: int, symmetric: bool, group_size:
     return _write_checkpoint(demo_dir, OUT_DIR / name, state, qcfg)
 
 
+def ct_dequantized_load() -> dict:
+    """from_pretrained arguments that make transformers run a compressed-tensors checkpoint on the library's own
+    decompress of the stored tensors. Its default route decompresses at the first forward from parameters it has
+    already cast to the load dtype: with dtype=float32 an f16 weight_scale becomes f32 and the weights are the
+    exact products scale * (q - zero), not the library's values rounded to the scale dtype (measured on the demo's
+    int4 g32 f16 checkpoint: those weights equal the exact products, not decompress, and the logits against
+    ggufkit's F32 file are median 0.0034 / max 0.055; with dequantize=True the weights equal decompress bit for bit
+    and the logits are median 0.0023 / max 0.019)."""
+    from transformers import CompressedTensorsConfig
+
+    return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+
+
 def ct_reference(model_dir: Path) -> dict[str, np.ndarray]:
     """{HF weight name: (rows, cols) f32}: compressed-tensors' own decompress of every pack-quantized module."""
     import json
@@ -317,3 +339,195 @@ def gptq_checkpoint(demo_dir: Path, bits: int, symmetric: bool, group_size: int 
     qcfg = {"quant_method": "gptq", "bits": bits, "group_size": group_size or -1, "sym": symmetric,
             "desc_act": False, "checkpoint_format": "gptq" if v1 else "gptq_v2"}
     return _write_checkpoint(demo_dir, OUT_DIR / f"gptq-{src.name}-{'v1' if v1 else 'v2'}", state, qcfg)
+
+
+AWQ_CALIBRATION = ["The capital of France is Paris, a city on the Seine with many museums and old bridges.",
+                   "A quick brown fox jumps over the lazy dog while the farmer counts his sheep at dusk.",
+                   "Water boils at one hundred degrees Celsius at sea level, and freezes at zero degrees.",
+                   "She opened the old book, and the smell of dust and paper filled the quiet library."]
+
+
+@functools.cache
+def awq_checkpoint(src: Path, version: str, group_size: int) -> Path:
+    """AutoAWQ itself on the CPU: its activation-aware search on a few calibration sentences, then its own
+    packing (WQLinear_GEMM / WQLinear_GEMV.from_linear) and save_quantized. version: "gemm" or "gemv"."""
+    from awq import AutoAWQForCausalLM
+    from transformers import AutoTokenizer
+
+    out = OUT_DIR / f"awq-{src.name}-{version}-g{group_size}"
+    model = AutoAWQForCausalLM.from_pretrained(str(src), device_map="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    model.quantize(tokenizer, quant_config={"zero_point": True, "q_group_size": group_size, "w_bit": 4,
+                                            "version": version.upper()},
+                   calib_data=AWQ_CALIBRATION * 2, max_calib_samples=8, max_calib_seq_len=32,
+                   n_parallel_calib_samples=8)
+    model.save_quantized(str(out))
+    _copy_tokenizer(src, out)
+    return out
+
+
+def awq_reference(model_dir: Path) -> dict[str, np.ndarray]:
+    """{HF weight name: (rows, cols) f32}: AutoAWQ's own dequantize_gemm of every GEMM-packed module (the f16
+    values its naive forward multiplies with)."""
+    import json
+
+    from awq.utils.packing_utils import dequantize_gemm
+    from safetensors.torch import load_file
+
+    qcfg = json.loads((model_dir / "config.json").read_text())["quantization_config"]
+    assert qcfg["version"] == "gemm", "AutoAWQ dequantizes only its GEMM packing on a CPU"
+    state = load_file(model_dir / "model.safetensors")
+    out = {}
+    for key in [k for k in state if k.endswith(".qweight")]:
+        module = key[:-len(".qweight")]
+        w = dequantize_gemm(state[key], state[f"{module}.qzeros"], state[f"{module}.scales"], 4, qcfg["group_size"])
+        out[f"{module}.weight"] = w.T.float().numpy()  # (in, out) f16 -> (out, in) f32
+    return out
+
+
+def awq_model_logits(model_dir: Path, reference: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
+    """transformers' float32 logits of the AWQ model: its config, its unquantized tensors (the norms AWQ
+    rescaled, embeddings, head) and AutoAWQ's dequantized weights in every quantized Linear (transformers runs
+    AWQ only through GPTQModel, which does not install here; AutoAWQ's own CPU forward is this same
+    dequantize_gemm and a matmul, in f16)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config.quantization_config = None
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {k: v.float() for k, v in load_file(model_dir / "model.safetensors").items()
+             if not k.endswith((".qweight", ".qzeros", ".scales"))}
+    state |= {k: torch.from_numpy(v) for k, v in reference.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    model.eval()
+    with torch.no_grad():
+        return model(torch.tensor([list(ids)])).logits[0].float().numpy()
+
+
+MXFP4_KEEP = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
+
+
+@functools.cache
+def mxfp4_checkpoint(src: Path) -> Path:
+    """A gpt-oss checkpoint with its experts in the released MXFP4 layout (`*_blocks` / `*_scales`, see
+    ggufkit/sources/mxfp4.py), quantized by llama.cpp's own MXFP4 reference quantizer (ggml_quantize_chunk) and
+    repacked into that layout by this test code: transformers' mxfp4 quantizer needs the triton kernels from the
+    hub on every device, so no library writes MXFP4 on this CPU. Its reader (transformers' dequantize on CPU)
+    is the reference these files are checked against. -> (checkpoint dir)"""
+    import torch
+    from ggml_ref import ggml_quantize
+    from safetensors.torch import load_file
+
+    state = load_file(src / "model.safetensors")
+    for key in [k for k in state if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        w = state.pop(key).float().transpose(1, 2).contiguous().numpy()  # (E, n_in, n_out) -> (E, out, in)
+        e, rows, cols = w.shape
+        ggml = ggml_quantize(w.reshape(e * rows, cols), gguf_qtype("MXFP4")).reshape(e, rows, cols // 32, 17)
+        codes = np.empty((e, rows, cols // 32, 32), dtype=np.uint8)  # ggml: qs[j] = code j | code j+16 << 4
+        codes[..., :16], codes[..., 16:] = ggml[..., 1:] & 0xF, ggml[..., 1:] >> 4
+        state[f"{key}_blocks"] = torch.from_numpy(codes[..., 0::2] | (codes[..., 1::2] << 4))  # (E, out, G, 16)
+        state[f"{key}_scales"] = torch.from_numpy(np.ascontiguousarray(ggml[..., 0]))  # (E, out, G) e8m0
+    out = _write_checkpoint(src, OUT_DIR / f"mxfp4-{src.name}", state,
+                            {"quant_method": "mxfp4", "modules_to_not_convert": MXFP4_KEEP})
+    return out
+
+
+def gguf_qtype(name: str) -> int:
+    import gguf
+
+    return int(gguf.GGMLQuantizationType[name])
+
+
+def mxfp4_reference(model_dir: Path) -> dict[str, np.ndarray]:
+    """{GGUF expert tensor name: (E, rows, cols) f32}: the experts as transformers dequantizes an mxfp4
+    checkpoint on the CPU (its Mxfp4Dequantize / convert_moe_packed_tensors), in llama.cpp's layout (gate and up
+    de-interleaved, every expert transposed to (out, in))."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map="cpu")
+    out = {}
+    for i, layer in enumerate(model.model.layers):
+        gate_up = layer.mlp.experts.gate_up_proj.detach().float().numpy()  # (E, n_embd, 2 n_ff)
+        down = layer.mlp.experts.down_proj.detach().float().numpy()  # (E, n_ff, n_embd)
+        out[f"blk.{i}.ffn_gate_exps.weight"] = np.ascontiguousarray(gate_up[:, :, 0::2].transpose(0, 2, 1))
+        out[f"blk.{i}.ffn_up_exps.weight"] = np.ascontiguousarray(gate_up[:, :, 1::2].transpose(0, 2, 1))
+        out[f"blk.{i}.ffn_down_exps.weight"] = np.ascontiguousarray(down.transpose(0, 2, 1))
+    return out
+
+
+@functools.cache
+def ct_nvfp4_checkpoint(demo_dir: Path) -> Path:
+    """The demo's linear weights in compressed-tensors' nvfp4-pack-quantized format, made by compressed-tensors
+    itself: its NVFP4A16 preset, the global scale from its generate_gparam over the tensor's min/max, the group
+    scales from its calculate_qparams over each 16-group's min/max (what llm-compressor's QuantizationModifier
+    does without calibration data), quantized and packed by its NVFP4PackedCompressor.compress."""
+    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+    from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+    from compressed_tensors.quantization.utils import calculate_qparams, generate_gparam
+
+    scheme = QuantizationScheme(targets=["Linear"], **PRESET_SCHEMES["NVFP4A16"])
+    state = _demo_state(demo_dir)
+    for key in [k for k in state if k.rsplit(".", 2)[-2] in _LINEARS]:
+        w = state.pop(key)  # (rows, cols) bf16
+        grouped = w.reshape(w.shape[0], -1, 16)
+        global_scale = generate_gparam(w.amin().reshape(1), w.amax().reshape(1))  # (1,) f32
+        scale, zero = calculate_qparams(grouped.amin(dim=2), grouped.amax(dim=2), scheme.weights,
+                                        global_scale=global_scale)
+        local = NVFP4PackedCompressor.compress({"weight": w, "weight_scale": scale, "weight_zero_point": zero,
+                                                "weight_global_scale": global_scale}, scheme)
+        module = key[:-len(".weight")]
+        state |= {f"{module}.{k}": v.contiguous() for k, v in local.items()}
+    qcfg = {"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized",
+            "quantization_status": "compressed",
+            "config_groups": {"group_0": {**scheme.model_dump(mode="json"), "format": "nvfp4-pack-quantized"}},
+            "ignore": ["lm_head"]}
+    return _write_checkpoint(demo_dir, OUT_DIR / "ct-nvfp4", state, qcfg)
+
+
+def ct_nvfp4_reference(model_dir: Path) -> dict[str, np.ndarray]:
+    """{HF weight name: (rows, cols) f32}: compressed-tensors' NVFP4PackedCompressor.decompress of every module."""
+    import json
+
+    import torch
+    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+    from safetensors.torch import load_file
+
+    qcfg = json.loads((model_dir / "config.json").read_text())["quantization_config"]
+    scheme = QuantizationScheme.model_validate(
+        {k: v for k, v in qcfg["config_groups"]["group_0"].items() if k != "format"})
+    state = load_file(model_dir / "model.safetensors")
+    out = {}
+    for key in [k for k in state if k.endswith(".weight_packed")]:
+        module = key[:-len(".weight_packed")]
+        local = {k.rsplit(".", 1)[1]: v for k, v in state.items() if k.rsplit(".", 1)[0] == module}
+        out[f"{module}.weight"] = NVFP4PackedCompressor.decompress(local, scheme)["weight"].to(torch.float32).numpy()
+    return out
+
+
+def awq_grid(model_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{HF weight name: (q (rows, cols), scale (rows, groups) f32, zero (rows, groups))} of a GEMM file, unpacked
+    by AutoAWQ's own unpack_awq and reverse_awq_order (the AWQ nibble order undone): the exact grid."""
+    import json
+
+    import torch
+    from awq.utils.packing_utils import reverse_awq_order, unpack_awq
+    from safetensors.torch import load_file
+
+    qcfg = json.loads((model_dir / "config.json").read_text())["quantization_config"]
+    assert qcfg["version"] == "gemm"
+    state = load_file(model_dir / "model.safetensors")
+    out = {}
+    for key in [k for k in state if k.endswith(".qweight")]:
+        module = key[:-len(".qweight")]
+        q, z = reverse_awq_order(*unpack_awq(state[key], state[f"{module}.qzeros"], 4), 4)
+        q, z = torch.bitwise_and(q, 15), torch.bitwise_and(z, 15)  # (in, out), (groups, out)
+        out[f"{module}.weight"] = (q.T.numpy().astype(np.float32), state[f"{module}.scales"].T.float().numpy(),
+                                   z.T.numpy().astype(np.float32))
+    return out

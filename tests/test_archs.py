@@ -148,7 +148,7 @@ REFUSED = [
     ("smollm3", {"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 1e6}}, "rope type"),
     ("gpt-oss", {"swiglu_limit": 10.0}, "swiglu_limit"),
     ("gpt-oss", {"swiglu_alpha": 1.0}, "swiglu_alpha"),
-    ("gpt-oss", {"quantization_config": {"quant_method": "mxfp4"}}, "pre-quantized mxfp4"),
+    ("gpt-oss", {"quantization_config": {"quant_method": "hqq"}}, "pre-quantized hqq"),  # mxfp4: sources/mxfp4.py
     ("gpt-oss", {"tie_word_embeddings": True}, "tie_word_embeddings"),
     ("gpt-oss", {"layer_types": ["sliding_attention", "chunked_attention"]}, "layer_types"),
     ("lfm2", {"conv_bias": True}, "conv_bias"),

@@ -23,7 +23,13 @@ def _with_config(demo_dir, tmp_path, qcfg):
 
 @pytest.mark.parametrize("qcfg,words", [
     ({"quant_method": "gptq", "bits": 5, "group_size": 128}, "gptq with 5 bits is not supported"),
-    ({"quant_method": "awq", "bits": 4, "version": "gemm"}, "pre-quantized awq checkpoints are not supported"),
+    ({"quant_method": "awq", "bits": 4, "version": "gemv_fast"}, "awq version 'gemv_fast' is not supported"),
+    ({"quant_method": "awq", "bits": 3, "version": "gemm"}, "awq with 3 bits is not supported"),
+    ({"quant_method": "compressed-tensors", "format": "mxfp4-pack-quantized"},
+     "compressed-tensors format 'mxfp4-pack-quantized' is not supported"),
+    ({"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized",
+      "config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "float", "group_size": 32}}}},
+     "fp4 weights with group_size 32 are not supported"),
     ({"quant_method": "hqq"}, "pre-quantized hqq checkpoints are not supported"),
     ({"quant_method": "fp8", "fmt": "e5m2"}, "fp8 format 'e5m2' is not supported"),
     ({"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "int4"},

@@ -11,8 +11,8 @@ A mixture-of-experts decoder (archs/moe.py) with these parts, as llama.cpp's gpt
   `experts.down_proj` (n_expert, n_ff, n_embd). They become ffn_{gate,up,down}_exps (+ .bias) in llama.cpp's
   (n_expert, out, in) order: each expert is transposed, one expert in memory at a time;
 - the clamped SwiGLU (alpha 1.702, limit 7.0): llama.cpp hard-codes both, so other values are refused.
-The released checkpoints store the experts as MXFP4 blocks (`quantization_config` mxfp4): the base refuses those
-as pre-quantized; a bf16 copy (e.g. a dequantized export) converts.
+The released checkpoints store the experts as MXFP4 blocks (`quantization_config` mxfp4): sources/mxfp4.py reads
+them, already stacked in llama.cpp's order (lossless into GGUF's MXFP4 under --scheme source).
 """
 from __future__ import annotations
 

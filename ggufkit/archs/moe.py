@@ -167,7 +167,8 @@ class ExpertView:
                     raise InputError(f"tensor {name} is expert {index}, the config has {n_expert} experts",
                                      ref.file)
                 groups.setdefault(key, {})[index] = ref
-            elif (m := _FUSED.fullmatch(name)) and len(ref.shape) == 3:
+            # (a pre-quantized source already stacked in llama.cpp's order, sources/mxfp4.py, passes as it is)
+            elif (m := _FUSED.fullmatch(name)) and len(ref.shape) == 3 and not getattr(ref, "expert_major", False):
                 self._add_fused(name, ref, m["prefix"], m["proj"], n_expert, fused_gate_up)
             elif layout == "interleaved_transposed" and (m := _FUSED_BIAS.fullmatch(name)):
                 self._add_fused_bias(name, ref, m["prefix"], m["proj"], n_expert, fused_gate_up)

@@ -5,14 +5,19 @@ The whole file structure is validated first: a truncated or corrupt file gives a
 `convert --dry-run` - type, bytes); --json prints the same as JSON, where "shape" is in ggml's order (ne0, the
 row length, first; as gguf-py reports it).
 The first part of a split set (model-00001-of-00003.gguf) is shown as the whole model, every part checked.
+A Hugging Face checkpoint directory is summarised by source format instead: a pre-quantized one (GPTQ, AWQ,
+bitsandbytes, FP8, MXFP4, compressed-tensors) shows each group's method, bits and group size, and the GGUF type
+that `convert --scheme source` keeps it in without a second rounding ("lossless").
 
 \b
 Example:
   ggufkit inspect SmolLM2-135M-Instruct-Q4_K_M.gguf --tensors
+  ggufkit inspect ./SmolLM2-135M-Instruct-GPTQ-Int4
 """
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -104,11 +109,39 @@ def render_text(s: dict) -> str:
     return "\n".join(lines)
 
 
+def render_checkpoint(s: dict) -> str:
+    """The human-readable report of a prequant.summarize_checkpoint() dict."""
+    head = (f"{_printable(s['dir'])}  (Hugging Face checkpoint, {_printable(s['model_type'])}, "
+            f"{s['tensor_count']} tensors, quantization: {_printable(s['quantization'] or 'none')})")
+    lines = [head, ""]
+    width = max([len(_printable(k)) for k in s["groups"]] + [6])
+    lines.append(f"  {'source':<{width}} {'count':>6} {'parameters':>14} {'bytes':>14} {'bpw':>6}  lossless as")
+    for name, g in s["groups"].items():
+        bpw = g["bytes"] * 8 / g["parameters"] if g["parameters"] else 0.0
+        lines.append(f"  {_printable(name):<{width}} {g['count']:>6} {g['parameters']:>14} {g['bytes']:>14} "
+                     f"{bpw:>6.2f}  {g['lossless'] or '-'}")
+    if "tensors" in s:
+        lines.append("")
+        names = [_printable(t["name"]) for t in s["tensors"]]
+        nw = max((len(n) for n in names), default=4)
+        for name, t in zip(names, s["tensors"]):
+            shape = " x ".join(str(d) for d in t["shape"])
+            lines.append(f"  {name:<{nw}} {shape:<20} {_printable(t['source']):<{width}} {t['lossless'] or '-'}")
+    return "\n".join(lines)
+
+
 @click.command("inspect", help=__doc__)
 @click.argument("file", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--tensors", is_flag=True, help="List every tensor (name, shape, type, bytes).")
 def command(file: str, as_json: bool, tensors: bool) -> None:
+    if Path(file).is_dir():  # a Hugging Face checkpoint: what each tensor was in the source
+        from ggufkit.sources.hf import open_checkpoint
+        from ggufkit.sources.prequant import summarize_checkpoint
+
+        summary = summarize_checkpoint(open_checkpoint(file), with_tensors=tensors)
+        click.echo(json.dumps(summary, indent=2, ensure_ascii=False) if as_json else render_checkpoint(summary))
+        return
     model = open_gguf_model(file)  # a split set (its first part) is summarized as one model
     summary = summarize(model.as_gguf_file(), with_tensors=tensors)
     if len(model.parts) > 1:

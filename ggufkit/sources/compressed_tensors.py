@@ -1,5 +1,5 @@
 """compressed-tensors checkpoints (llm-compressor's output, quant_method "compressed-tensors"): the
-pack-quantized integer format and the float-quantized FP8 format.
+pack-quantized integer format, the float-quantized FP8 format and nvfp4-pack-quantized.
 
 pack-quantized, per weight module M with weight (rows, cols):
     M.weight_packed       (rows, ceil(cols*bits/32)) I32: each row a dense little-endian stream of `bits`-wide
@@ -11,6 +11,18 @@ pack-quantized, per weight module M with weight (rows, cols):
   value = (q - zero) * scale in the scale's dtype (compressed-tensors' dequantize) - see intgrid.py.
 
 float-quantized: M.weight F8_E4M3 + M.weight_scale (per tensor, channel or block): as fp8.py.
+
+nvfp4-pack-quantized (fp4 e2m1 values, e4m3 scales per group of 16, one f32 global scale):
+    M.weight_packed        (rows, cols/2) U8: byte k = [ code(2k+1) : 4 | code(2k) : 4 ], code = [ sign | e2m1 : 3 ]
+                           (0, .5, 1, 1.5, 2, 3, 4, 6)
+    M.weight_scale         (rows, cols/16) F8_E4M3
+    M.weight_global_scale  (1,) F32 (a divisor)
+  value = bf16( fp4 * f32(scale / global) ), in f32, rounded once to bf16: NVFP4PackedCompressor.decompress
+  (its unpacked dtype is bf16 whatever the model's; a 0-d global keeps the scale in bf16 too).
+  GGUF's NVFP4 type holds the fp4 codes and the e4m3 scales (as ue4m3) but not the global divisor; llama.cpp
+  applies that from a separate per-tensor `.scale` companion tensor after the matmul, and llama_model_quantize
+  (0.3.36) cannot requantize such a file. So nvfp4 is dequantized once here, like every grid without a lossless
+  type (see lossless below: None).
 """
 from __future__ import annotations
 
@@ -24,7 +36,7 @@ from ggufkit.sources import intgrid
 from ggufkit.sources.fp8 import Fp8Ref
 from ggufkit.sources.prequant import QuantRef, read_all, read_window, take, to_f32
 
-FORMATS = ("pack-quantized", "float-quantized")
+FORMATS = ("pack-quantized", "float-quantized", "nvfp4-pack-quantized")
 _SCALE_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
 
 
@@ -44,8 +56,12 @@ def unsupported(qcfg: dict) -> str | None:
         w = g.get("weights") or {}
         if w.get("type", "int") == "int" and not 2 <= int(w.get("num_bits", 8)) <= 8:
             return f"compressed-tensors int{w.get('num_bits')} weights are not supported (2..8 bits)"
-        if w.get("type") == "float" and int(w.get("num_bits", 8)) != 8:
-            return f"compressed-tensors float{w.get('num_bits')} weights are not supported (fp8 e4m3)"
+        if w.get("type") == "float" and int(w.get("num_bits", 8)) == 4:
+            if int(w.get("group_size") or 0) != 16 or not w.get("symmetric", True):
+                return (f"compressed-tensors fp4 weights with group_size {w.get('group_size')} are not supported "
+                        "(nvfp4: symmetric groups of 16)")
+        elif w.get("type") == "float" and int(w.get("num_bits", 8)) != 8:
+            return f"compressed-tensors float{w.get('num_bits')} weights are not supported (fp8 e4m3, nvfp4)"
     return None
 
 
@@ -130,10 +146,50 @@ class PackedRef(QuantRef):
         return intgrid.q4_blocks(q, scale, None if self.symmetric else zero, self.group_size)
 
 
+class NvFp4Ref(QuantRef):
+    def __init__(self, name, packed, scale, global_scale):
+        rows, half = packed.shape if len(packed.shape) == 2 else (0, 0)
+        super().__init__(name, (rows, half * 2), [packed, scale, global_scale], "compressed-tensors nvfp4 g16")
+        self.packed, self.scale = packed, scale
+        if packed.dtype != "U8" or len(packed.shape) != 2:
+            self.fail(f"weight_packed is {packed.dtype} {list(packed.shape)}, nvfp4 needs U8 [rows, cols/2]")
+        if scale.dtype != "F8_E4M3" or tuple(scale.shape) != (rows, half * 2 // 16) or half % 8:
+            self.fail(f"weight_scale is {scale.dtype} {list(scale.shape)}, nvfp4 needs F8_E4M3 [{rows}, "
+                      f"{half * 2 // 16}]")
+        g = read_all(global_scale).reshape(-1)
+        if global_scale.dtype not in _SCALE_DTYPES or g.size != 1:
+            self.fail(f"weight_global_scale is {global_scale.dtype} {list(global_scale.shape)}, expected one float")
+        self.global_scale = to_f32(g, global_scale.dtype)[0]
+        self.scalar_global = len(global_scale.shape) == 0  # torch keeps the bf16 scale dtype then
+
+    def decode(self, start: int, stop: int) -> np.ndarray:
+        from ggufkit.sources.mxfp4 import FP4
+        from ggufkit.sources.prequant import round_to
+
+        packed = read_window(self.packed, start, stop, 0, self.packed.shape[1])  # (n, cols/2) u8
+        codes = np.empty((stop - start, self.cols), dtype=np.uint8)
+        codes[:, 0::2], codes[:, 1::2] = packed & 0xF, packed >> 4
+        scale = to_f32(read_window(self.scale, start, stop, 0, self.scale.shape[1]), "F8_E4M3")  # (n, cols/16)
+        s = scale / self.global_scale  # f32 division, once per group
+        if self.scalar_global:
+            s = round_to(s, "bfloat16")
+        values = FP4[codes].reshape(stop - start, -1, 16) * s[:, :, None]  # (n, cols/16, 16) f32
+        if self.scalar_global:
+            values = round_to(values, "bfloat16")
+        return round_to(values.reshape(stop - start, self.cols), "bfloat16")
+
+
 def group(tensors: dict, qcfg: dict, config_path) -> dict:
     """Every pack-quantized module (weight_packed + weight_scale + weight_shape ...) -> PackedRef, every F8_E4M3
     weight with a weight_scale -> Fp8Ref."""
     out = {}
+    for key in [k for k in tensors if k.endswith(".weight_packed") and k[:-7] + "_global_scale" in tensors]:
+        module = key[:-len(".weight_packed")]
+        name = f"{module}.weight"
+        out[name] = NvFp4Ref(name, take(tensors, key, name), take(tensors, f"{module}.weight_scale", name),
+                             take(tensors, f"{module}.weight_global_scale", name))
+        for extra in ("input_global_scale", "input_scale", "weight_zero_point"):
+            tensors.pop(f"{module}.{extra}", None)
     for key in [k for k in tensors if k.endswith(".weight_packed")]:
         module = key[:-len(".weight_packed")]
         name = f"{module}.weight"

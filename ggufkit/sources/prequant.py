@@ -11,7 +11,7 @@ ordinary checkpoint. A QuantRef reads row blocks as f32, decoding only the packe
     ref.lossless                                                # GGUF type whose blocks hold the grid exactly
     ref.read_blocks(0, 64, ref.lossless)                        # (64, row_bytes) u8, no rounding at all
 
-One module per format (bnb.py, fp8.py, gptq.py) provides `group(tensors, qcfg, config_path) -> {name: ref}`; the
+One module per format (bnb.py, fp8.py, gptq.py, awq.py) provides `group(tensors, qcfg, config_path) -> {name: ref}`; the
 entries it consumed are removed from the checkpoint. Unsupported methods are a one-line error naming them.
 """
 from __future__ import annotations
@@ -177,12 +177,13 @@ def method_of(qcfg: dict) -> str:
 
 
 def _module(method: str):
-    from ggufkit.sources import bnb, compressed_tensors, fp8, gptq
+    from ggufkit.sources import awq, bnb, compressed_tensors, fp8, gptq, mxfp4
 
-    return {"bitsandbytes": bnb, "fp8": fp8, "compressed-tensors": compressed_tensors, "gptq": gptq}.get(method)
+    return {"bitsandbytes": bnb, "fp8": fp8, "compressed-tensors": compressed_tensors, "gptq": gptq,
+            "awq": awq, "mxfp4": mxfp4}.get(method)
 
 
-SUPPORTED = "bitsandbytes, fp8, compressed-tensors, gptq"
+SUPPORTED = "bitsandbytes, fp8, compressed-tensors, gptq, awq, mxfp4"
 
 
 def unsupported(qcfg) -> str | None:
@@ -220,3 +221,32 @@ def wrap(tensors: dict, config: dict, config_path: Path) -> dict:
 def describe(ref) -> str:
     """What a tensor was in the source: "bnb nf4 g64 dq", or its float dtype ("BF16")."""
     return getattr(ref, "source", None) or ref.dtype
+
+
+def summarize_checkpoint(ckpt, with_tensors: bool = False) -> dict:
+    """What a (pre-quantized) HF checkpoint holds, per source format: {"quantization": method or None,
+    "groups": {source: {count, parameters, bytes, lossless}}, "tensors": [...] if with_tensors}. `lossless` is the
+    GGUF type `--scheme source` keeps the grid in (a type name, "mixed" when a group's tensors differ, or None)."""
+    qcfg = ckpt.config.get("quantization_config") or None
+    groups: dict[str, dict] = {}
+    tensors = []
+    for name, ref in ckpt.tensors.items():
+        source = describe(ref)
+        lossless = getattr(ref, "lossless", None)
+        lossless = None if lossless is None else lossless.name
+        n = math.prod(ref.shape)
+        g = groups.setdefault(source, {"count": 0, "parameters": 0, "bytes": 0, "lossless": lossless})
+        g["count"] += 1
+        g["parameters"] += n
+        g["bytes"] += ref.nbytes
+        if g["lossless"] != lossless:
+            g["lossless"] = "mixed"
+        if with_tensors:
+            tensors.append({"name": name, "shape": list(ref.shape), "source": source, "bytes": ref.nbytes,
+                            "lossless": lossless})
+    out = {"dir": str(ckpt.dir), "model_type": ckpt.config.get("model_type"),
+           "quantization": method_of(qcfg) if isinstance(qcfg, dict) else None,
+           "tensor_count": len(ckpt.tensors), "groups": groups}
+    if with_tensors:
+        out["tensors"] = tensors
+    return out
