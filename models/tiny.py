@@ -99,10 +99,29 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                              rope_parameters={"rope_type": "default", "rope_theta": 10000000.0,
                                                               "partial_rotary_factor": 0.25})),
 }
+# issue 14 (batch B)
+TINY_CONFIGS |= {
+    # Ministral 3: YaRN (factor 16) over an original context of 16 tokens, so the 64-token logits test runs
+    # through the position-dependent query scaling (llama_4_scaling_beta) past position 16
+    "ministral3": ("ministral3", dict(tie_word_embeddings=False, pad_token_id=0,
+                                      rope_parameters={"rope_type": "yarn", "rope_theta": 1000000.0,
+                                                       "factor": 16.0, "original_max_position_embeddings": 16,
+                                                       "max_position_embeddings": 2048, "beta_fast": 32.0,
+                                                       "beta_slow": 1.0, "mscale_all_dim": 1.0, "mscale": 1.0,
+                                                       "llama_4_scaling_beta": 0.1})),
+}
+TINY_CONFIGS["mistral3"] = TINY_CONFIGS["ministral3"]  # the text part of a Mistral3ForConditionalGeneration
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
 # Entries saved from the model's in-memory state dict: MoE experts as fused (n_expert, rows, cols) parameters
 TINY_FUSED_EXPERTS = {"qwen3-moe-fused", "mixtral-fused"}
+# Multimodal wrappers: name -> (wrapper model_type, wrapper config fields); TINY_CONFIGS[name] is the text part.
+# Built with AutoModelForImageTextToText, a tiny vision tower beside the text model.
+TINY_WRAPPERS: dict[str, tuple[str, dict]] = {
+    "mistral3": ("mistral3", dict(vision_config={"model_type": "pixtral", "hidden_size": 64, "intermediate_size": 128,
+                                                 "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 32,
+                                                 "image_size": 28, "patch_size": 14}, tie_word_embeddings=False)),
+}
 # Entries whose tokenizer is not the demo model's BPE one: name -> kind. "spm" is a SentencePiece tokenizer
 # trained locally by models/spm_tokenizer.py (cached next to the checkpoint, as `spm-tokenizer/`).
 TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
@@ -110,6 +129,7 @@ TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
+TINY_RANDOM_VECTORS |= {"ministral3", "mistral3"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
@@ -162,7 +182,14 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
                                   bos_token_id=ids.get(tok_cfg.get("bos_token")),
                                   eos_token_id=ids.get(tok_cfg.get("eos_token")))
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if name in TINY_WRAPPERS:
+        from transformers import AutoModelForImageTextToText
+
+        wrapper_type, fields = TINY_WRAPPERS[name]
+        config = AutoConfig.for_model(wrapper_type, text_config=config.to_dict(), **fields)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # random init has tiny std (0.02); widen it so logits differ visibly between tokens
         for p in model.parameters():
             if p.dim() >= 2:
