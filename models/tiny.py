@@ -109,6 +109,14 @@ TINY_CONFIGS |= {
                                                        "max_position_embeddings": 2048, "beta_fast": 32.0,
                                                        "beta_slow": 1.0, "mscale_all_dim": 1.0, "mscale": 1.0,
                                                        "llama_4_scaling_beta": 0.1})),
+    # GLM-4.5 MoE: layer 0 dense, layer 1 routed experts (4, top 2, sigmoid + correction bias, scaled 2.5) and a
+    # shared expert; q/k/v biases, q/k norms, rope on half of each head
+    "glm4-moe": ("glm4_moe", dict(tie_word_embeddings=False, pad_token_id=0, attention_bias=True, use_qk_norm=True,
+                                  n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
+                                  n_shared_experts=1, first_k_dense_replace=1, routed_scaling_factor=2.5,
+                                  norm_topk_prob=True, n_group=1, topk_group=1,
+                                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                                   "partial_rotary_factor": 0.5})),
 }
 TINY_CONFIGS["mistral3"] = TINY_CONFIGS["ministral3"]  # the text part of a Mistral3ForConditionalGeneration
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
@@ -129,7 +137,7 @@ TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
-TINY_RANDOM_VECTORS |= {"ministral3", "mistral3"}
+TINY_RANDOM_VECTORS |= {"ministral3", "mistral3", "glm4-moe"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
@@ -197,7 +205,7 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
             elif name in TINY_RANDOM_VECTORS:
                 p.add_(torch.randn_like(p) * 0.2)
         for buffer_name, b in model.named_buffers():  # saved routing biases (LFM2 MoE) are buffers
-            if buffer_name.endswith("expert_bias") and name in TINY_RANDOM_VECTORS:
+            if buffer_name.endswith(("expert_bias", "e_score_correction_bias")) and name in TINY_RANDOM_VECTORS:
                 b.add_(torch.randn_like(b) * 0.2)
     model = model.to(torch.bfloat16)
     out.parent.mkdir(parents=True, exist_ok=True)

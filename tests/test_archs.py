@@ -41,6 +41,7 @@ FAMILIES = [
     # issue 14 (batch B)
     ("ministral3", "mistral3"),  # YaRN + query scaling past its 16-token original context
     ("mistral3", "mistral3"),  # the Mistral3ForConditionalGeneration wrapper (Pixtral tower left out)
+    ("glm4-moe", "glm4moe"),
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -56,6 +57,8 @@ FAMILIES = [
 # issue 14 (batch B), top-1 / median / max of llama.cpp's converter's file and of ggufkit's (tensors identical
 # unless said):
 #   ministral3 1.000 / 0.00068 / 0.0075 both; mistral3 1.000 / 0.00068 / 0.0080 both.
+#   glm4-moe 1.000 / 0.00048 / 0.0049 both (the converter's GLM vocab step wants GLM's special tokens: run with
+#   the plain GPT-2 vocab step; it also counts an MTP block that the checkpoint does not have, block_count 3).
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
 SCHEMES = ["f16", "q8_0", "q4_k_m"]  # F32 is loaded and run by the logits test
 IDS = [name for name, _ in FAMILIES]
@@ -159,6 +162,10 @@ REFUSED = [
     ("ministral3", {"rope_parameters": _YARN | {"attention_factor": 1.2}}, "attention_factor"),
     ("mistral3", {"text_config": None}, "text_config"),
     ("mistral3", {"text_config": {"model_type": "pixtral"}}, "text_config model_type 'pixtral'"),
+    ("glm4-moe", {"n_group": 2, "topk_group": 1}, "topk_group"),
+    ("glm4-moe", {"n_shared_experts": None}, "n_shared_experts"),
+    ("glm4-moe", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6,
+                                      "original_max_position_embeddings": 512}}, "rope type"),
 ]
 
 
