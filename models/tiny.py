@@ -117,6 +117,29 @@ TINY_CONFIGS |= {
                                   norm_topk_prob=True, n_group=1, topk_group=1,
                                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
                                                    "partial_rotary_factor": 0.5})),
+    # DeepSeek-V3 MLA: compressed queries (q_lora 256) and KV (kv_lora 256), nope 256 / rope 64 / v 128 per head;
+    # 8 routed experts in 2 groups of which 1 is chosen, sigmoid + correction bias, scaled 2.5, one shared
+    # expert, layer 0 dense; YaRN (factor 4 over 16 tokens, mscale 1) so the mscale^2 attention scale applies.
+    # (rope_theta 1e4 gave two logits 0.0004 apart at one position - a coin flip for top-1 with either converter)
+    "deepseek-v3": ("deepseek_v3", dict(tie_word_embeddings=False, pad_token_id=0, num_key_value_heads=4,
+                                        q_lora_rank=256, kv_lora_rank=256, qk_nope_head_dim=256,
+                                        qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=8,
+                                        num_experts_per_tok=2, n_group=2, topk_group=1, moe_intermediate_size=256,
+                                        n_shared_experts=1, first_k_dense_replace=1, routed_scaling_factor=2.5,
+                                        norm_topk_prob=True, scoring_func="sigmoid", rope_interleave=True,
+                                        rope_parameters={"rope_type": "yarn", "rope_theta": 50000.0, "factor": 4.0,
+                                                         "original_max_position_embeddings": 16, "mscale": 1.0,
+                                                         "mscale_all_dim": 1.0, "beta_fast": 32.0,
+                                                         "beta_slow": 1.0})),
+    # DeepSeek-V2-Lite-style MLA with the real head sizes (nope 128, rope 64, v 128: attn_k_b rows of 128, not a
+    # multiple of 256) and uncompressed queries (q_proj, no q_lora_rank)
+    "deepseek-v3-mla": ("deepseek_v3", dict(tie_word_embeddings=False, pad_token_id=0, num_key_value_heads=4,
+                                            q_lora_rank=None, kv_lora_rank=256, qk_nope_head_dim=128,
+                                            qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=4,
+                                            num_experts_per_tok=2, n_group=1, topk_group=1,
+                                            moe_intermediate_size=256, n_shared_experts=1, first_k_dense_replace=1,
+                                            routed_scaling_factor=1.0, norm_topk_prob=True, scoring_func="sigmoid",
+                                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
 }
 TINY_CONFIGS["mistral3"] = TINY_CONFIGS["ministral3"]  # the text part of a Mistral3ForConditionalGeneration
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
@@ -137,7 +160,7 @@ TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
-TINY_RANDOM_VECTORS |= {"ministral3", "mistral3", "glm4-moe"}
+TINY_RANDOM_VECTORS |= {"ministral3", "mistral3", "glm4-moe", "deepseek-v3", "deepseek-v3-mla"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:

@@ -42,6 +42,8 @@ FAMILIES = [
     ("ministral3", "mistral3"),  # YaRN + query scaling past its 16-token original context
     ("mistral3", "mistral3"),  # the Mistral3ForConditionalGeneration wrapper (Pixtral tower left out)
     ("glm4-moe", "glm4moe"),
+    ("deepseek-v3", "deepseek2"),  # MLA with q/kv compression, expert groups, YaRN mscale
+    ("deepseek-v3-mla", "deepseek2"),  # MLA head sizes 128/64/128 (attn_k_b rows of 128), no q compression
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -59,6 +61,9 @@ FAMILIES = [
 #   ministral3 1.000 / 0.00068 / 0.0075 both; mistral3 1.000 / 0.00068 / 0.0080 both.
 #   glm4-moe 1.000 / 0.00048 / 0.0049 both (the converter's GLM vocab step wants GLM's special tokens: run with
 #   the plain GPT-2 vocab step; it also counts an MTP block that the checkpoint does not have, block_count 3).
+#   deepseek-v3 1.000 / 0.00075 / 0.0087 both. deepseek-v3-mla: ggufkit 1.000 / 0.00059 / 0.0065; llama.cpp's
+#   file does not load ("key not found: deepseek2.attention.q_lora_rank": its converter writes no key without
+#   query compression, the loader wants one unless the layer count is a known Lite model's; ggufkit writes 0).
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
 SCHEMES = ["f16", "q8_0", "q4_k_m"]  # F32 is loaded and run by the logits test
 IDS = [name for name, _ in FAMILIES]
@@ -162,10 +167,17 @@ REFUSED = [
     ("ministral3", {"rope_parameters": _YARN | {"attention_factor": 1.2}}, "attention_factor"),
     ("mistral3", {"text_config": None}, "text_config"),
     ("mistral3", {"text_config": {"model_type": "pixtral"}}, "text_config model_type 'pixtral'"),
-    ("glm4-moe", {"n_group": 2, "topk_group": 1}, "topk_group"),
+    ("glm4-moe", {"n_group": 3, "topk_group": 1}, "groups must divide the experts"),
     ("glm4-moe", {"n_shared_experts": None}, "n_shared_experts"),
     ("glm4-moe", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6,
                                       "original_max_position_embeddings": 512}}, "rope type"),
+    ("deepseek-v3", {"rope_interleave": False}, "rope_interleave"),
+    ("deepseek-v3", {"rope_parameters": _YARN | {"mscale": 0.707}}, "mscale"),
+    ("deepseek-v3", {"rope_parameters": _YARN | {"mscale_all_dim": None}}, "without mscale_all_dim"),
+    ("deepseek-v3", {"attention_bias": True}, "attention_bias"),
+    ("deepseek-v3", {"n_group": 3}, "groups must divide the experts"),
+    ("deepseek-v3", {"scoring_func": "softmax"}, "scoring_func"),
+    ("deepseek-v3", {"n_routed_experts": None}, "n_routed_experts"),
 ]
 
 
