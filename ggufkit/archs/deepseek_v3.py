@@ -120,6 +120,7 @@ class DeepseekMoE(MoE):
     """DeepSeek-V3's FFN, also GLM-4.5's: leading dense layers, sigmoid-scored routed experts with a correction
     bias and expert groups, routed scaling, shared experts (see the module docstring)."""
     default_dense_layers: ClassVar[int] = 3  # transformers' DeepseekV3Config first_k_dense_replace
+    expert_count_keys = ("n_routed_experts",)
 
     def __init__(self, config: dict, config_path):
         super().__init__(config, config_path)
