@@ -140,8 +140,18 @@ TINY_CONFIGS |= {
                                             moe_intermediate_size=256, n_shared_experts=1, first_k_dense_replace=1,
                                             routed_scaling_factor=1.0, norm_topk_prob=True, scoring_func="sigmoid",
                                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    # Llama 4 text: 4 layers, layer 3 without rope (and with temperature tuning), layers 1 and 3 MoE (4 experts,
+    # top 1, sigmoid router, shared expert), q/k L2 norms, llama3 rope scaling (Scout's: factor 16, low = high 1)
+    "llama4": ("llama4_text", dict(tie_word_embeddings=False, pad_token_id=0, num_hidden_layers=4,
+                                   intermediate_size=256, intermediate_size_mlp=512, num_local_experts=4,
+                                   num_experts_per_tok=1, interleave_moe_layer_step=2, use_qk_norm=True,
+                                   attention_chunk_size=8192,
+                                   rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0,
+                                                    "low_freq_factor": 1.0, "high_freq_factor": 1.0,
+                                                    "original_max_position_embeddings": 8192})),
 }
-TINY_CONFIGS["mistral3"] = TINY_CONFIGS["ministral3"]  # the text part of a Mistral3ForConditionalGeneration
+TINY_CONFIGS["mistral3"] = TINY_CONFIGS["ministral3"]
+TINY_CONFIGS["llama4-vision"] = TINY_CONFIGS["llama4"]  # the text part of a Llama4ForConditionalGeneration  # the text part of a Mistral3ForConditionalGeneration
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
 # Entries saved from the model's in-memory state dict: MoE experts as fused (n_expert, rows, cols) parameters
@@ -152,6 +162,11 @@ TINY_WRAPPERS: dict[str, tuple[str, dict]] = {
     "mistral3": ("mistral3", dict(vision_config={"model_type": "pixtral", "hidden_size": 64, "intermediate_size": 128,
                                                  "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 32,
                                                  "image_size": 28, "patch_size": 14}, tie_word_embeddings=False)),
+    "llama4-vision": ("llama4", dict(vision_config={"hidden_size": 64, "intermediate_size": 128,
+                                                    "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                    "image_size": 28, "patch_size": 14, "vision_output_dim": 128,
+                                                    "projector_input_dim": 128, "projector_output_dim": 128,
+                                                    "pixel_shuffle_ratio": 0.5}, tie_word_embeddings=False)),
 }
 # Entries whose tokenizer is not the demo model's BPE one: name -> kind. "spm" is a SentencePiece tokenizer
 # trained locally by models/spm_tokenizer.py (cached next to the checkpoint, as `spm-tokenizer/`).
@@ -160,7 +175,8 @@ TINY_TOKENIZERS: dict[str, str] = {"llama-spm": "spm"}
 TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mini-longrope", "qwen3-moe",
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
-TINY_RANDOM_VECTORS |= {"ministral3", "mistral3", "glm4-moe", "deepseek-v3", "deepseek-v3-mla"}
+TINY_RANDOM_VECTORS |= {"ministral3", "mistral3", "glm4-moe", "deepseek-v3", "deepseek-v3-mla", "llama4",
+                        "llama4-vision"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:

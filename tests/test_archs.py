@@ -44,6 +44,8 @@ FAMILIES = [
     ("glm4-moe", "glm4moe"),
     ("deepseek-v3", "deepseek2"),  # MLA with q/kv compression, expert groups, YaRN mscale
     ("deepseek-v3-mla", "deepseek2"),  # MLA head sizes 128/64/128 (attn_k_b rows of 128), no q compression
+    ("llama4", "llama4"),  # a no-rope layer, MoE every 2nd layer with a shared expert, fused input-major experts
+    ("llama4-vision", "llama4"),  # the Llama4ForConditionalGeneration wrapper (vision model left out)
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -64,6 +66,7 @@ FAMILIES = [
 #   deepseek-v3 1.000 / 0.00075 / 0.0087 both. deepseek-v3-mla: ggufkit 1.000 / 0.00059 / 0.0065; llama.cpp's
 #   file does not load ("key not found: deepseek2.attention.q_lora_rank": its converter writes no key without
 #   query compression, the loader wants one unless the layer count is a known Lite model's; ggufkit writes 0).
+#   llama4 1.000 / 0.00055 / 0.0062 both; llama4-vision 1.000 / 0.00053 / 0.0064 both.
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
 SCHEMES = ["f16", "q8_0", "q4_k_m"]  # F32 is loaded and run by the logits test
 IDS = [name for name, _ in FAMILIES]
@@ -178,6 +181,14 @@ REFUSED = [
     ("deepseek-v3", {"n_group": 3}, "groups must divide the experts"),
     ("deepseek-v3", {"scoring_func": "softmax"}, "scoring_func"),
     ("deepseek-v3", {"n_routed_experts": None}, "n_routed_experts"),
+    ("llama4", {"attention_chunk_size": 16}, "attention_chunk_size"),
+    ("llama4", {"no_rope_layers": [1, 0, 1, 1]}, "no-rope layer pattern"),
+    ("llama4", {"no_rope_layers": None, "no_rope_layer_interval": 2}, "no-rope layer pattern"),
+    ("llama4", {"use_qk_norm": False}, "use_qk_norm"),
+    ("llama4", {"attn_temperature_tuning": False}, "attn_temperature_tuning"),
+    ("llama4", {"floor_scale": 4096}, "floor_scale"),
+    ("llama4", {"moe_layers": [0, 1, 2, 3]}, "moe_layers"),
+    ("llama4-vision", {"text_config": None}, "text_config"),
 ]
 
 
