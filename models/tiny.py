@@ -149,6 +149,17 @@ TINY_CONFIGS |= {
                                    rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0,
                                                     "low_freq_factor": 1.0, "high_freq_factor": 1.0,
                                                     "original_max_position_embeddings": 8192})),
+    # Granite 4.0-H: a Mamba-2 layer then an attention layer (no rope), every FFN 4 experts (top 2) plus the
+    # shared MLP; Granite's multipliers at realistic values; Mamba-2 with 8 heads of 64, 2 groups (the gated norm
+    # is per group), state 64, conv 4
+    "granite-hybrid": ("granitemoehybrid", dict(tie_word_embeddings=False, pad_token_id=0,
+                                                layer_types=["mamba", "attention"], position_embedding_type="nope",
+                                                intermediate_size=256, shared_intermediate_size=256,
+                                                num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=12.0,
+                                                attention_multiplier=0.015625, residual_multiplier=0.22,
+                                                logits_scaling=2.0, mamba_n_heads=8, mamba_n_groups=2,
+                                                mamba_d_state=64, mamba_d_head=64, mamba_d_conv=4, mamba_expand=2,
+                                                mamba_conv_bias=True, mamba_proj_bias=False)),
 }
 TINY_CONFIGS["mistral3"] = TINY_CONFIGS["ministral3"]
 TINY_CONFIGS["llama4-vision"] = TINY_CONFIGS["llama4"]  # the text part of a Llama4ForConditionalGeneration  # the text part of a Mistral3ForConditionalGeneration
@@ -176,7 +187,7 @@ TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mi
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
 TINY_RANDOM_VECTORS |= {"ministral3", "mistral3", "glm4-moe", "deepseek-v3", "deepseek-v3-mla", "llama4",
-                        "llama4-vision"}
+                        "llama4-vision", "granite-hybrid"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:

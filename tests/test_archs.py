@@ -46,6 +46,7 @@ FAMILIES = [
     ("deepseek-v3-mla", "deepseek2"),  # MLA head sizes 128/64/128 (attn_k_b rows of 128), no q compression
     ("llama4", "llama4"),  # a no-rope layer, MoE every 2nd layer with a shared expert, fused input-major experts
     ("llama4-vision", "llama4"),  # the Llama4ForConditionalGeneration wrapper (vision model left out)
+    ("granite-hybrid", "granitehybrid"),  # Mamba-2 + attention, experts + shared MLP, Granite's multipliers
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -67,6 +68,9 @@ FAMILIES = [
 #   file does not load ("key not found: deepseek2.attention.q_lora_rank": its converter writes no key without
 #   query compression, the loader wants one unless the layer count is a known Lite model's; ggufkit writes 0).
 #   llama4 1.000 / 0.00055 / 0.0062 both; llama4-vision 1.000 / 0.00053 / 0.0064 both.
+#   granite-hybrid 1.000 / 0.00001 / 0.0002 both - llama.cpp's converter run on a copy whose config spells
+#   layer_types "mamba" / "attention" as hub configs do: it reads transformers 5's "linear_attention" /
+#   "full_attention" as all-Mamba and its file does not load; ssm_a = -exp(A_log) differs by float rounding.
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
 SCHEMES = ["f16", "q8_0", "q4_k_m"]  # F32 is loaded and run by the logits test
 IDS = [name for name, _ in FAMILIES]
@@ -189,6 +193,12 @@ REFUSED = [
     ("llama4", {"floor_scale": 4096}, "floor_scale"),
     ("llama4", {"moe_layers": [0, 1, 2, 3]}, "moe_layers"),
     ("llama4-vision", {"text_config": None}, "text_config"),
+    ("granite-hybrid", {"mamba_expand": 4}, "mamba_expand"),
+    ("granite-hybrid", {"mamba_d_head": 32}, "mamba_d_head"),
+    ("granite-hybrid", {"mamba_proj_bias": True}, "mamba_proj_bias"),
+    ("granite-hybrid", {"time_step_limit": [0.0, 10.0]}, "time_step_limit"),
+    ("granite-hybrid", {"layer_types": ["mamba", "sliding_attention"]}, "layer_types"),
+    ("granite-hybrid", {"num_local_experts": 0}, "num_local_experts"),
 ]
 
 
