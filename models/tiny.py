@@ -160,6 +160,15 @@ TINY_CONFIGS |= {
                                                 logits_scaling=2.0, mamba_n_heads=8, mamba_n_groups=2,
                                                 mamba_d_state=64, mamba_d_head=64, mamba_d_conv=4, mamba_expand=2,
                                                 mamba_conv_bias=True, mamba_proj_bias=False)),
+    # Falcon-H1: attention and a Mamba-2 mixer side by side in every layer (8 heads of 64, d_ssm 512, state 64),
+    # every one of its multipliers away from 1 so that each fold into the weights is checked
+    "falcon-h1": ("falcon_h1", dict(tie_word_embeddings=False, pad_token_id=0, mamba_d_ssm=512, mamba_n_heads=8,
+                                    mamba_d_head=64, mamba_n_groups=1, mamba_d_state=64, mamba_d_conv=4,
+                                    mamba_rms_norm=False, lm_head_multiplier=0.5, embedding_multiplier=2.0,
+                                    mlp_multipliers=[0.8, 1.2], key_multiplier=0.9, attention_in_multiplier=1.1,
+                                    attention_out_multiplier=0.7, ssm_multipliers=[1.1, 0.9, 1.2, 0.8, 1.3],
+                                    ssm_in_multiplier=0.95, ssm_out_multiplier=1.05,
+                                    rope_parameters={"rope_type": "default", "rope_theta": 100000.0})),
 }
 TINY_CONFIGS["mistral3"] = TINY_CONFIGS["ministral3"]
 TINY_CONFIGS["llama4-vision"] = TINY_CONFIGS["llama4"]  # the text part of a Llama4ForConditionalGeneration  # the text part of a Mistral3ForConditionalGeneration
@@ -187,7 +196,7 @@ TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mi
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
 TINY_RANDOM_VECTORS |= {"ministral3", "mistral3", "glm4-moe", "deepseek-v3", "deepseek-v3-mla", "llama4",
-                        "llama4-vision", "granite-hybrid"}
+                        "llama4-vision", "granite-hybrid", "falcon-h1"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:

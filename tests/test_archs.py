@@ -47,6 +47,7 @@ FAMILIES = [
     ("llama4", "llama4"),  # a no-rope layer, MoE every 2nd layer with a shared expert, fused input-major experts
     ("llama4-vision", "llama4"),  # the Llama4ForConditionalGeneration wrapper (vision model left out)
     ("granite-hybrid", "granitehybrid"),  # Mamba-2 + attention, experts + shared MLP, Granite's multipliers
+    ("falcon-h1", "falcon-h1"),  # attention and Mamba-2 in parallel, muP multipliers folded into the weights
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -71,6 +72,7 @@ FAMILIES = [
 #   granite-hybrid 1.000 / 0.00001 / 0.0002 both - llama.cpp's converter run on a copy whose config spells
 #   layer_types "mamba" / "attention" as hub configs do: it reads transformers 5's "linear_attention" /
 #   "full_attention" as all-Mamba and its file does not load; ssm_a = -exp(A_log) differs by float rounding.
+#   falcon-h1 1.000 / 0.00027 / 0.0035 both (the folded multipliers bit-identical, ssm_a by float rounding).
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
 SCHEMES = ["f16", "q8_0", "q4_k_m"]  # F32 is loaded and run by the logits test
 IDS = [name for name, _ in FAMILIES]
@@ -199,6 +201,11 @@ REFUSED = [
     ("granite-hybrid", {"time_step_limit": [0.0, 10.0]}, "time_step_limit"),
     ("granite-hybrid", {"layer_types": ["mamba", "sliding_attention"]}, "layer_types"),
     ("granite-hybrid", {"num_local_experts": 0}, "num_local_experts"),
+    ("falcon-h1", {"mamba_proj_bias": True}, "mamba_proj_bias"),
+    ("falcon-h1", {"time_step_limit": [0.001, 100.0]}, "time_step_limit"),
+    ("falcon-h1", {"mamba_rms_norm": True, "mamba_norm_before_gate": True}, "mamba_norm_before_gate"),
+    ("falcon-h1", {"tie_word_embeddings": True}, "tie_word_embeddings"),
+    ("falcon-h1", {"ssm_multipliers": [1.0, 1.0]}, "ssm_multipliers"),
 ]
 
 
