@@ -169,6 +169,13 @@ TINY_CONFIGS |= {
                                     attention_out_multiplier=0.7, ssm_multipliers=[1.1, 0.9, 1.2, 0.8, 1.3],
                                     ssm_in_multiplier=0.95, ssm_out_multiplier=1.05,
                                     rope_parameters={"rope_type": "default", "rope_theta": 100000.0})),
+    # Falcon-H1 with a Mamba-2 width that is not a multiple of 256 (d_ssm 384 = 6 heads of 64: ssm_out rows of
+    # 384 take fallback types) and the gated RMS norm over 2 groups (mamba_rms_norm, after the gate)
+    "falcon-h1-odd": ("falcon_h1", dict(tie_word_embeddings=False, pad_token_id=0, mamba_d_ssm=384,
+                                        mamba_n_heads=6, mamba_d_head=64, mamba_n_groups=2, mamba_d_state=64,
+                                        mamba_d_conv=4, mamba_rms_norm=True, mamba_norm_before_gate=False,
+                                        embedding_multiplier=2.0, ssm_multipliers=[1.1, 0.9, 1.2, 0.8, 1.3],
+                                        rope_parameters={"rope_type": "default", "rope_theta": 100000.0})),
 }
 TINY_CONFIGS["mistral3"] = TINY_CONFIGS["ministral3"]
 TINY_CONFIGS["llama4-vision"] = TINY_CONFIGS["llama4"]  # the text part of a Llama4ForConditionalGeneration  # the text part of a Mistral3ForConditionalGeneration
@@ -196,7 +203,7 @@ TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mi
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
 TINY_RANDOM_VECTORS |= {"ministral3", "mistral3", "glm4-moe", "deepseek-v3", "deepseek-v3-mla", "llama4",
-                        "llama4-vision", "granite-hybrid", "falcon-h1"}
+                        "llama4-vision", "granite-hybrid", "falcon-h1", "falcon-h1-odd"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:

@@ -48,6 +48,7 @@ FAMILIES = [
     ("llama4-vision", "llama4"),  # the Llama4ForConditionalGeneration wrapper (vision model left out)
     ("granite-hybrid", "granitehybrid"),  # Mamba-2 + attention, experts + shared MLP, Granite's multipliers
     ("falcon-h1", "falcon-h1"),  # attention and Mamba-2 in parallel, muP multipliers folded into the weights
+    ("falcon-h1-odd", "falcon-h1"),  # d_ssm 384 (ssm_out rows not a multiple of 256), grouped gated norm
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -72,7 +73,8 @@ FAMILIES = [
 #   granite-hybrid 1.000 / 0.00001 / 0.0002 both - llama.cpp's converter run on a copy whose config spells
 #   layer_types "mamba" / "attention" as hub configs do: it reads transformers 5's "linear_attention" /
 #   "full_attention" as all-Mamba and its file does not load; ssm_a = -exp(A_log) differs by float rounding.
-#   falcon-h1 1.000 / 0.00027 / 0.0035 both (the folded multipliers bit-identical, ssm_a by float rounding).
+#   falcon-h1 1.000 / 0.00027 / 0.0035 both (the folded multipliers bit-identical, ssm_a by float rounding);
+#   falcon-h1-odd 1.000 / 0.00028 / 0.0031 both.
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
 SCHEMES = ["f16", "q8_0", "q4_k_m"]  # F32 is loaded and run by the logits test
 IDS = [name for name, _ in FAMILIES]
