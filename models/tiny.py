@@ -176,6 +176,17 @@ TINY_CONFIGS |= {
                                         mamba_d_conv=4, mamba_rms_norm=True, mamba_norm_before_gate=False,
                                         embedding_multiplier=2.0, ssm_multipliers=[1.1, 0.9, 1.2, 0.8, 1.3],
                                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0})),
+    # Granite 4.0-H dense hybrid (granite-4.0-h-micro's kind: no experts, the shared MLP is the FFN), with rope
+    # switched on (position_embedding_type "rope"), attention first
+    "granite-hybrid-dense": ("granitemoehybrid", dict(tie_word_embeddings=True, pad_token_id=0,
+                                                      layer_types=["attention", "mamba"], position_embedding_type="rope",
+                                                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                                      intermediate_size=512, shared_intermediate_size=512,
+                                                      num_local_experts=0, embedding_multiplier=12.0,
+                                                      attention_multiplier=0.015625, residual_multiplier=0.22,
+                                                      logits_scaling=2.0, mamba_n_heads=8, mamba_n_groups=1,
+                                                      mamba_d_state=64, mamba_d_head=64, mamba_d_conv=4,
+                                                      mamba_expand=2)),
 }
 TINY_CONFIGS["mistral3"] = TINY_CONFIGS["ministral3"]
 TINY_CONFIGS["llama4-vision"] = TINY_CONFIGS["llama4"]  # the text part of a Llama4ForConditionalGeneration  # the text part of a Mistral3ForConditionalGeneration
@@ -203,7 +214,8 @@ TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mi
                        "qwen3-moe-odd", "qwen3-moe-fused", "mixtral", "mixtral-fused", "smollm3",
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
 TINY_RANDOM_VECTORS |= {"ministral3", "mistral3", "glm4-moe", "deepseek-v3", "deepseek-v3-mla", "llama4",
-                        "llama4-vision", "granite-hybrid", "falcon-h1", "falcon-h1-odd"}
+                        "llama4-vision", "granite-hybrid", "falcon-h1", "falcon-h1-odd",
+                        "granite-hybrid-dense"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:

@@ -47,6 +47,7 @@ FAMILIES = [
     ("llama4", "llama4"),  # a no-rope layer, MoE every 2nd layer with a shared expert, fused input-major experts
     ("llama4-vision", "llama4"),  # the Llama4ForConditionalGeneration wrapper (vision model left out)
     ("granite-hybrid", "granitehybrid"),  # Mamba-2 + attention, experts + shared MLP, Granite's multipliers
+    ("granite-hybrid-dense", "granitehybrid"),  # no experts (the shared MLP is the FFN), rope on, tied
     ("falcon-h1", "falcon-h1"),  # attention and Mamba-2 in parallel, muP multipliers folded into the weights
     ("falcon-h1-odd", "falcon-h1"),  # d_ssm 384 (ssm_out rows not a multiple of 256), grouped gated norm
 ]
@@ -75,6 +76,9 @@ FAMILIES = [
 #   "full_attention" as all-Mamba and its file does not load; ssm_a = -exp(A_log) differs by float rounding.
 #   falcon-h1 1.000 / 0.00027 / 0.0035 both (the folded multipliers bit-identical, ssm_a by float rounding);
 #   falcon-h1-odd 1.000 / 0.00028 / 0.0031 both.
+#   granite-hybrid-dense: ggufkit 1.000 / 0.00001 / 0.0003; llama.cpp's file (config spelled the hub way) aborts
+#   llama.cpp at load (GGML_ASSERT n_expert_used <= n_expert: it writes expert_count 0 with the config's
+#   num_experts_per_tok 2; ggufkit writes 0 for both).
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
 SCHEMES = ["f16", "q8_0", "q4_k_m"]  # F32 is loaded and run by the logits test
 IDS = [name for name, _ in FAMILIES]
@@ -202,7 +206,7 @@ REFUSED = [
     ("granite-hybrid", {"mamba_proj_bias": True}, "mamba_proj_bias"),
     ("granite-hybrid", {"time_step_limit": [0.0, 10.0]}, "time_step_limit"),
     ("granite-hybrid", {"layer_types": ["mamba", "sliding_attention"]}, "layer_types"),
-    ("granite-hybrid", {"num_local_experts": 0}, "num_local_experts"),
+    ("granite-hybrid", {"num_local_experts": None}, "num_local_experts"),
     ("falcon-h1", {"mamba_proj_bias": True}, "mamba_proj_bias"),
     ("falcon-h1", {"time_step_limit": [0.001, 100.0]}, "time_step_limit"),
     ("falcon-h1", {"mamba_rms_norm": True, "mamba_norm_before_gate": True}, "mamba_norm_before_gate"),

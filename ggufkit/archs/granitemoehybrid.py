@@ -19,7 +19,8 @@ granitehybrid reads:
   the top-k logits; the fused input_linear (n_expert, 2 * n_ff, hidden) is the gate rows then the up rows,
   output_linear (n_expert, hidden, n_ff) the down projections) plus the always-on shared MLP of
   `shared_intermediate_size` (shared_mlp.input_linear split the same way, output_linear) added to them.
-A dense variant (num_local_experts 0) is refused for now.
+A dense hybrid (num_local_experts 0, e.g. granite-4.0-h-micro) has only the shared MLP, which llama.cpp loads as
+the plain ffn_{gate,up,down} of feed_forward_length = shared_intermediate_size.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ class _Prepared:
     """The checkpoint with the Mamba-2 tensors in llama.cpp's shapes and the fused FFN matrices split, under
     names gguf-py maps (experts as (n_expert, rows, cols) stacks)."""
 
-    def __init__(self, ckpt, n_group: int):
+    def __init__(self, ckpt, n_group: int, dense: bool):
         self.weights_file = ckpt.weights_file
         self.tensors = {}
         for name, ref in ckpt.tensors.items():
@@ -93,8 +94,10 @@ class _Prepared:
             elif name.endswith("shared_mlp.input_linear.weight") and len(ref.shape) == 2:
                 half = ref.shape[0] // 2
                 for part, proj in enumerate(("gate_proj", "up_proj")):
-                    merged = f"{layer}.mlp.shared_expert.{proj}.weight"
+                    merged = f"{layer}.mlp.{'' if dense else 'shared_expert.'}{proj}.weight"
                     self.tensors[merged] = RowSlice(merged, ref, part * half, half)
+            elif dense and name.endswith("shared_mlp.output_linear.weight"):
+                self.tensors[f"{layer}.mlp.down_proj.weight"] = ref
             else:
                 self.tensors[name] = ref
 
@@ -115,8 +118,16 @@ class GraniteMoeHybrid(MoE, Llama):
     writes_expert_ff_length = False
 
     def __init__(self, config: dict, config_path):
-        super().__init__(config, config_path)
+        self.dense = config.get("num_local_experts") == 0
+        if self.dense:  # no experts to count: the MoE mixin's reading is skipped, the shared MLP is the FFN
+            self.n_expert = self.n_expert_used = 0
+            self.n_ff_exp = 0
+            Llama.__init__(self, config, config_path)
+        else:
+            super().__init__(config, config_path)
         self.n_ff_shexp = self.hparam("shared_intermediate_size", int)
+        if self.dense:
+            self.n_ff = self.n_ff_shexp
         self.d_inner = int(self.hparam("mamba_expand", int, default=2) * self.n_embd)
         self.n_ssm_head = self.hparam("mamba_n_heads", int)
         self.n_group = self.hparam("mamba_n_groups", int, default=1)
@@ -169,7 +180,8 @@ class GraniteMoeHybrid(MoE, Llama):
         w.add_ssm_group_count(self.n_group)
         w.add_ssm_inner_size(self.d_inner)
         w.add_ssm_time_step_rank(self.n_ssm_head)
-        w.add_expert_shared_feed_forward_length(self.n_ff_shexp)
+        if not self.dense:
+            w.add_expert_shared_feed_forward_length(self.n_ff_shexp)
 
     # ---- tensors
 
@@ -194,16 +206,22 @@ class GraniteMoeHybrid(MoE, Llama):
                            f"{b}.attn_v.weight": (self.n_head_kv * hd, e),
                            f"{b}.attn_output.weight": (e, self.n_head * hd)}
             s = self.n_ff_shexp
-            shapes |= {f"{b}.ffn_norm.weight": (e,)} | self.expert_shapes(b) | {
-                f"{b}.ffn_gate_shexp.weight": (s, e), f"{b}.ffn_up_shexp.weight": (s, e),
-                f"{b}.ffn_down_shexp.weight": (e, s)}
+            shapes[f"{b}.ffn_norm.weight"] = (e,)
+            if self.dense:
+                shapes |= {f"{b}.ffn_gate.weight": (s, e), f"{b}.ffn_up.weight": (s, e), f"{b}.ffn_down.weight": (e, s)}
+            else:
+                shapes |= self.expert_shapes(b) | {f"{b}.ffn_gate_shexp.weight": (s, e),
+                                                   f"{b}.ffn_up_shexp.weight": (s, e),
+                                                   f"{b}.ffn_down_shexp.weight": (e, s)}
         shapes["output_norm.weight"] = (e,)
         if not self.tied_embeddings:
             shapes["output.weight"] = (v, e)
         return shapes
 
     def tensors(self, ckpt) -> list:
-        return super().tensors(_Prepared(ckpt, self.n_group))
+        if self.dense:  # no experts to stack
+            return Llama.tensors(self, _Prepared(ckpt, self.n_group, True))
+        return super().tensors(_Prepared(ckpt, self.n_group, False))
 
     def transform(self, out: OutputTensor) -> OutputTensor:
         if out.name.endswith(".ssm_a"):
