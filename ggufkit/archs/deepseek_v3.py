@@ -1,4 +1,4 @@
-"""DeepSeek-V3 / R1 and their relatives (Kimi K2, Moonlight, small distilled MLA models): HF `model_type`
+"""DeepSeek-V3 / R1 and their relatives (Moonlight, small MLA models): HF `model_type`
 "deepseek_v3" -> GGUF arch "deepseek2".
 
 Multi-head latent attention (MLA), as llama.cpp's deepseek2 runs it (absorbed form, one shared latent KV "head"):

@@ -1,4 +1,4 @@
-"""IBM Granite 4.0-H (granite-4.0-h-tiny, -small; Mamba-2 / attention hybrids with experts): HF `model_type`
+"""IBM Granite 4.0-H (granite-4.0-h-micro, -tiny, -small; Mamba-2 / attention hybrids, dense or MoE): HF `model_type`
 "granitemoehybrid" -> GGUF arch "granitehybrid".
 
 A hybrid decoder: `layer_types` marks each layer a Mamba-2 mixer ("mamba", saved by transformers 5 as
