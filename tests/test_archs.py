@@ -177,7 +177,7 @@ REFUSED = [
     ("qwen3.5-moe", {"shared_expert_intermediate_size": None}, "shared_expert_intermediate_size"),
     ("qwen3.5-moe", {"num_experts_per_tok": 9}, "num_experts_per_tok"),
     # issue 14 (batch B)
-    ("ministral3", {"sliding_window": 4096}, "sliding_window"),
+    ("ministral3", {"sliding_window": 512}, "sliding_window"),
     ("ministral3", {"rope_parameters": _YARN | {"mscale": 0.707}}, "mscale"),
     ("ministral3", {"rope_parameters": _YARN | {"attention_factor": 1.2}}, "attention_factor"),
     ("mistral3", {"text_config": None}, "text_config"),

@@ -8,7 +8,7 @@ two things llama.cpp's mistral3 reads beyond llama:
 - position-dependent query scaling ("llama 4 scaling"): queries are multiplied by
   1 + beta * log(1 + floor(pos / original_max_position_embeddings)); beta (`llama_4_scaling_beta`) ->
   attention.temperature_scale, the floor divisor is the YaRN original context.
-llama.cpp's mistral3 has no sliding-window attention: a `sliding_window` is refused.
+llama.cpp's mistral3 has no sliding-window attention: a `sliding_window` shorter than the context is refused.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ class Ministral3(Llama):
     def unhandled_features(self) -> list[str]:
         found = super().unhandled_features()
         p = self.rope.params
-        if self.config.get("sliding_window"):
+        window = self.hparam("sliding_window", int, default=None)
+        if window and window < self.n_ctx:
             found.append(f"sliding_window={self.config['sliding_window']} (llama.cpp's mistral3 has no "
                          "sliding-window attention)")
         if self.rope.type == "yarn":
