@@ -270,3 +270,24 @@ def test_gemma3_wrapper_converts_to_its_text_model(gemma3_vision, tiny_checkpoin
     assert [(n, t) for n, t, _ in ours] == [(n, t) for n, t, _ in text]  # no vision tensor, same names, types
     assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(ours, text))
     assert_logits_agree(wrapper, gemma3_vision)  # transformers runs Gemma3ForConditionalGeneration on text alone
+
+
+# ---- Granite 4.0-H: hub configs spell the layer kinds "mamba" / "attention" (transformers 5 saves
+# "linear_attention" / "full_attention"); both convert to the same file
+
+
+def test_granite_hybrid_hub_layer_names(tiny_checkpoint, tmp_path):
+    src = tiny_checkpoint("granite-hybrid")
+    hub = tmp_path / "granite-hybrid-hub"
+    hub.mkdir()
+    for f in src.iterdir():
+        (hub / f.name).symlink_to(f)
+    config = json.loads((src / "config.json").read_text())
+    assert config["layer_types"] == ["linear_attention", "full_attention"]
+    (hub / "config.json").unlink()
+    (hub / "config.json").write_text(json.dumps(config | {"layer_types": ["mamba", "attention"]}))
+    ours = tensor_table(converted(hub, "f32"))
+    ref = tensor_table(converted(src, "f32"))
+    assert [(n, t) for n, t, _ in ours] == [(n, t) for n, t, _ in ref]
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(ours, ref))
+    assert "blk.0.ssm_in.weight" in {n for n, _, _ in ours} and "blk.1.attn_q.weight" in {n for n, _, _ in ours}
