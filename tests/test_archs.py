@@ -201,6 +201,8 @@ REFUSED = [
     ("llama4", {"floor_scale": 4096}, "floor_scale"),
     ("llama4", {"moe_layers": [0, 1, 2, 3]}, "moe_layers"),
     ("llama4-vision", {"text_config": None}, "text_config"),
+    ("llama4-vision", {"text_config": {"model_type": "llama4_vision_model"}}, "text_config model_type"),
+    ("mistral3", {"model_type": "pixtral"}, "'pixtral' is not supported"),  # the vision tower's own config
     ("granite-hybrid", {"mamba_expand": 4}, "mamba_expand"),
     ("granite-hybrid", {"mamba_d_head": 32}, "mamba_d_head"),
     ("granite-hybrid", {"mamba_proj_bias": True}, "mamba_proj_bias"),
