@@ -189,7 +189,10 @@ TINY_CONFIGS |= {
                                                       mamba_expand=2)),
 }
 TINY_CONFIGS["mistral3"] = TINY_CONFIGS["ministral3"]
-TINY_CONFIGS["llama4-vision"] = TINY_CONFIGS["llama4"]  # the text part of a Llama4ForConditionalGeneration  # the text part of a Mistral3ForConditionalGeneration
+TINY_CONFIGS["llama4-vision"] = TINY_CONFIGS["llama4"]  # the text part of a Llama4ForConditionalGeneration
+# Mistral Small 3.1 / 3.2's kind of Mistral3ForConditionalGeneration: a plain Mistral text model inside
+TINY_CONFIGS["mistral3-small"] = ("mistral", dict(tie_word_embeddings=False, rope_theta=1000000000.0,
+                                                  sliding_window=None, pad_token_id=0))  # the text part of a Mistral3ForConditionalGeneration
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
 # Entries saved from the model's in-memory state dict: MoE experts as fused (n_expert, rows, cols) parameters
@@ -200,6 +203,10 @@ TINY_WRAPPERS: dict[str, tuple[str, dict]] = {
     "mistral3": ("mistral3", dict(vision_config={"model_type": "pixtral", "hidden_size": 64, "intermediate_size": 128,
                                                  "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 32,
                                                  "image_size": 28, "patch_size": 14}, tie_word_embeddings=False)),
+    "mistral3-small": ("mistral3", dict(vision_config={"model_type": "pixtral", "hidden_size": 64,
+                                                       "intermediate_size": 128, "num_hidden_layers": 1,
+                                                       "num_attention_heads": 2, "head_dim": 32, "image_size": 28,
+                                                       "patch_size": 14}, tie_word_embeddings=False)),
     "llama4-vision": ("llama4", dict(vision_config={"hidden_size": 64, "intermediate_size": 128,
                                                     "num_hidden_layers": 1, "num_attention_heads": 2,
                                                     "image_size": 28, "patch_size": 14, "vision_output_dim": 128,
@@ -215,7 +222,7 @@ TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mi
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
 TINY_RANDOM_VECTORS |= {"ministral3", "mistral3", "glm4-moe", "deepseek-v3", "deepseek-v3-mla", "llama4",
                         "llama4-vision", "granite-hybrid", "falcon-h1", "falcon-h1-odd",
-                        "granite-hybrid-dense"}
+                        "granite-hybrid-dense", "mistral3-small"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
