@@ -212,7 +212,6 @@ REFUSED = [
     ("falcon-h1", {"mamba_proj_bias": True}, "mamba_proj_bias"),
     ("falcon-h1", {"time_step_limit": [0.001, 100.0]}, "time_step_limit"),
     ("falcon-h1", {"mamba_rms_norm": True, "mamba_norm_before_gate": True}, "mamba_norm_before_gate"),
-    ("falcon-h1", {"tie_word_embeddings": True}, "tie_word_embeddings"),
     ("falcon-h1", {"ssm_multipliers": [1.0, 1.0]}, "ssm_multipliers"),
 ]
 
@@ -305,4 +304,21 @@ def test_mistral3_wrapper_with_a_mistral_text_model(tiny_checkpoint):
     assert json.loads((src / "config.json").read_text())["text_config"]["model_type"] == "mistral"
     names = {n for n, _, _ in tensor_table(converted(src, "f32"))}
     assert "output.weight" in names and not any(n.startswith(("v.", "mm.")) for n in names)
+    assert_logits_agree(converted(src, "f32"), src)
+
+
+# ---- Falcon-H1 with tied embeddings and different embedding / lm_head multipliers: output.weight is written as
+# its own tensor (embeddings x lm_head_multiplier). Measured once: ggufkit 1.000 / 0.00029 / 0.0033; llama.cpp's
+# converter's file reuses token_embd (with the embedding multiplier in it) as the output, so its logits come out
+# scaled by embedding / lm_head multiplier (3x here): 1.000 / 0.856 / 6.60.
+
+
+def test_falcon_h1_tied_embeddings_with_two_multipliers(tiny_checkpoint):
+    src = tiny_checkpoint("falcon-h1-tied")
+    config = json.loads((src / "config.json").read_text())
+    assert config["tie_word_embeddings"] and config["embedding_multiplier"] != config["lm_head_multiplier"]
+    table = {n: a for n, _, a in tensor_table(converted(src, "f32"))}
+    embd, out = (table[n].view(np.float32) for n in ("token_embd.weight", "output.weight"))
+    ratio = config["lm_head_multiplier"] / config["embedding_multiplier"]
+    assert np.allclose(out, embd * np.float32(ratio), rtol=1e-6, atol=0)  # one source, two multipliers
     assert_logits_agree(converted(src, "f32"), src)

@@ -13,7 +13,9 @@ input and adds their outputs, then a SwiGLU FFN. What llama.cpp's falcon-h1 read
   ffn_down, attention_in_multiplier into attn_q/k/v (key_multiplier too into attn_k), attention_out_multiplier
   into attn_output, ssm_in_multiplier and the five ssm_multipliers (one per in_proj row block) into ssm_in,
   ssm_out_multiplier into ssm_out.
-Tied embeddings with different embedding / lm_head multipliers cannot be one tensor: refused.
+Tied embeddings with different embedding / lm_head multipliers cannot be one tensor: the output projection is
+then written as its own tensor (the embeddings times lm_head_multiplier), where llama.cpp's converter leaves it
+to llama.cpp to reuse token_embd with the embedding multiplier in it.
 """
 from __future__ import annotations
 
@@ -29,9 +31,11 @@ from ggufkit.archs.recurrent import mamba2_a, mamba2_tensor
 class _Prepared:
     """The checkpoint with the Mamba-2 tensors in llama.cpp's shapes."""
 
-    def __init__(self, ckpt, n_group: int):
+    def __init__(self, ckpt, n_group: int, untie: bool):
         self.weights_file = ckpt.weights_file
         self.tensors = dict(mamba2_tensor(name, ref, n_group) for name, ref in ckpt.tensors.items())
+        if untie and "lm_head.weight" not in self.tensors and "model.embed_tokens.weight" in self.tensors:
+            self.tensors["lm_head.weight"] = self.tensors["model.embed_tokens.weight"]  # scaled on its own
 
 
 class FalconH1(Llama):
@@ -47,6 +51,15 @@ class FalconH1(Llama):
         self.n_group = self.hparam("mamba_n_groups", int, default=1)
         self.d_state = self.hparam("mamba_d_state", int)
         self.d_conv = self.hparam("mamba_d_conv", int, default=4)
+        # tied embeddings with two different multipliers: output.weight is written separately (module docstring)
+        self.untie = self.tied_embeddings and self.multiplier("embedding_multiplier") != \
+            self.multiplier("lm_head_multiplier")
+        if self.untie:
+            self.tied_embeddings = False
+
+    def multiplier(self, key: str) -> float:
+        value = self.config.get(key)
+        return 1.0 if value is None else float(value)
 
     def unhandled_features(self) -> list[str]:
         found = super().unhandled_features()
@@ -59,10 +72,6 @@ class FalconH1(Llama):
             found.append(f"time_step_limit={limit!r} (llama.cpp's Mamba-2 scan does not clamp the time step)")
         if c.get("mamba_rms_norm") and c.get("mamba_norm_before_gate", True):
             found.append("mamba_rms_norm with mamba_norm_before_gate=true (llama.cpp norms after the gate)")
-        if self.tied_embeddings and float(c.get("embedding_multiplier") or 1.0) != \
-                float(c.get("lm_head_multiplier") or 1.0):
-            found.append("tie_word_embeddings=true with embedding_multiplier != lm_head_multiplier (both are "
-                         "folded into the one tensor)")
         for key, n in (("mlp_multipliers", 2), ("ssm_multipliers", 5)):
             if c.get(key) is not None and (not isinstance(c[key], list) or len(c[key]) != n):
                 found.append(f"{key}={c[key]!r} (expected {n} numbers)")
@@ -100,17 +109,13 @@ class FalconH1(Llama):
         return shapes
 
     def tensors(self, ckpt) -> list:
-        return super().tensors(_Prepared(ckpt, self.n_group))
+        return super().tensors(_Prepared(ckpt, self.n_group, self.untie))
 
     def row_scales(self, name: str) -> tuple:
         """The multipliers folded into a tensor, applied one after the other in f32 in the order llama.cpp's
         converter applies them (so the F32 files agree to the bit): scalars, or an array with one value per row
         (ssm_in's row blocks). Empty for none."""
-        c = self.config
-
-        def m(key: str) -> float:
-            return float(c.get(key) if c.get(key) is not None else 1.0)
-
+        c, m = self.config, self.multiplier
         mlp = c.get("mlp_multipliers") or [1.0, 1.0]
         kind = name.split(".")[-2] if name.endswith((".weight", ".bias")) else name.split(".")[-1]
         if name == "token_embd.weight":
