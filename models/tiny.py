@@ -194,6 +194,8 @@ TINY_CONFIGS["llama4-vision"] = TINY_CONFIGS["llama4"]  # the text part of a Lla
 # (embedding_multiplier 1.5: with 2.0 two logits were 0.0002 apart at one position, a coin flip for top-1)
 TINY_CONFIGS["falcon-h1-tied"] = ("falcon_h1", TINY_CONFIGS["falcon-h1"][1] | dict(tie_word_embeddings=True,
                                                                                   embedding_multiplier=1.5))
+# DeepSeek-V3 MLA with its rotary rows in two halves (rope_interleave false): reordered to pairs on the way out
+TINY_CONFIGS["deepseek-v3-halves"] = ("deepseek_v3", TINY_CONFIGS["deepseek-v3"][1] | dict(rope_interleave=False))
 # Mistral Small 3.1 / 3.2's kind of Mistral3ForConditionalGeneration: a plain Mistral text model inside
 TINY_CONFIGS["mistral3-small"] = ("mistral", dict(tie_word_embeddings=False, rope_theta=1000000000.0,
                                                   sliding_window=None, pad_token_id=0))  # the text part of a Mistral3ForConditionalGeneration
@@ -226,7 +228,7 @@ TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mi
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
 TINY_RANDOM_VECTORS |= {"ministral3", "mistral3", "glm4-moe", "deepseek-v3", "deepseek-v3-mla", "llama4",
                         "llama4-vision", "granite-hybrid", "falcon-h1", "falcon-h1-odd",
-                        "granite-hybrid-dense", "mistral3-small", "falcon-h1-tied"}
+                        "granite-hybrid-dense", "mistral3-small", "falcon-h1-tied", "deepseek-v3-halves"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:

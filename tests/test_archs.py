@@ -186,7 +186,6 @@ REFUSED = [
     ("glm4-moe", {"n_shared_experts": None}, "n_shared_experts"),
     ("glm4-moe", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6,
                                       "original_max_position_embeddings": 512}}, "rope type"),
-    ("deepseek-v3", {"rope_interleave": False}, "rope_interleave"),
     ("deepseek-v3", {"rope_parameters": _YARN | {"mscale": 0.707}}, "mscale"),
     ("deepseek-v3", {"rope_parameters": _YARN | {"mscale_all_dim": None}}, "without mscale_all_dim"),
     ("deepseek-v3", {"attention_bias": True}, "attention_bias"),
@@ -321,4 +320,18 @@ def test_falcon_h1_tied_embeddings_with_two_multipliers(tiny_checkpoint):
     embd, out = (table[n].view(np.float32) for n in ("token_embd.weight", "output.weight"))
     ratio = config["lm_head_multiplier"] / config["embedding_multiplier"]
     assert np.allclose(out, embd * np.float32(ratio), rtol=1e-6, atol=0)  # one source, two multipliers
+    assert_logits_agree(converted(src, "f32"), src)
+
+
+# ---- DeepSeek-V3 with rope_interleave false (rotary rows in halves): reordered to llama.cpp's pairs. Measured
+# once: ggufkit 1.000 / 0.00075 / 0.0096; llama.cpp's converter leaves the rows as they are: 0.188 / 0.524 / 7.10.
+
+
+def test_deepseek_v3_rotary_rows_in_halves(tiny_checkpoint):
+    src = tiny_checkpoint("deepseek-v3-halves")
+    assert json.loads((src / "config.json").read_text())["rope_interleave"] is False
+    ours = {n: a for n, _, a in tensor_table(converted(src, "f32"))}
+    pairs = {n: a for n, _, a in tensor_table(converted(tiny_checkpoint("deepseek-v3"), "f32"))}
+    assert np.array_equal(ours["blk.0.attn_v_b.weight"], pairs["blk.0.attn_v_b.weight"])  # same weights
+    assert not np.array_equal(ours["blk.0.attn_q_b.weight"], pairs["blk.0.attn_q_b.weight"])  # rows moved
     assert_logits_agree(converted(src, "f32"), src)

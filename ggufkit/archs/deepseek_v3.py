@@ -15,7 +15,8 @@ Multi-head latent attention (MLA), as llama.cpp's deepseek2 runs it (absorbed fo
   head_count_kv 1;
 - rope: llama.cpp's NORM rope on the last `qk_rope_head_dim` dims of each head. The checkpoints keep those rows
   in rotary pairs (`rope_interleave: true`, transformers de-interleaves at run time), which is the layout
-  llama.cpp wants, so no row moves. YaRN: llama.cpp scales the attention by mscale^2 with mscale from
+  llama.cpp wants, so no row moves; with `rope_interleave: false` they are in two halves, and those rows of
+  attn_q / attn_q_b (per head) and attn_kv_a_mqa (its last rows) are reordered to pairs, as llama's Q/K rows. YaRN: llama.cpp scales the attention by mscale^2 with mscale from
   `mscale_all_dim` (rope.scaling.yarn_log_mul, stored as 0.1 * mscale_all_dim as llama.cpp's loader expects);
   configs whose mscale differs from mscale_all_dim, or with an explicit attention_factor, are refused.
 The FFN (DeepseekMoE below, shared with glm4_moe): the first `first_k_dense_replace` layers dense, then routed
@@ -35,7 +36,7 @@ from typing import ClassVar
 import gguf
 import numpy as np
 
-from ggufkit.archs import Architecture
+from ggufkit.archs import Architecture, OutputTensor
 from ggufkit.archs.moe import MoE
 
 
@@ -192,8 +193,6 @@ class DeepseekV3(DeepseekMoE, Architecture):
             found.append(f"hidden_act={self.config['hidden_act']!r} (llama.cpp's deepseek2 uses silu)")
         if self.config.get("attention_bias"):
             found.append("attention_bias=true (llama.cpp's deepseek2 has no attention biases)")
-        if not self.config.get("rope_interleave", True):
-            found.append("rope_interleave=false (llama.cpp's deepseek2 takes the rotary rows in pairs)")
         p = self.rope.params
         if self.rope.type not in self.rope_types:
             found.append(f"rope type {self.rope.type!r} (supported: {', '.join(self.rope_types)})")
@@ -210,6 +209,31 @@ class DeepseekV3(DeepseekMoE, Architecture):
 
     def mla_dims(self) -> tuple[int, int, int]:
         return (self.n_head, self.nope, self.v_dim)
+
+    def transform(self, out: OutputTensor) -> OutputTensor:
+        """With rope_interleave false: the rotary rows from two halves to llama.cpp's pairs (row 2i + j of a
+        rotary block comes from row j * rope/2 + i), a whole head (or the whole kv_a) per row block."""
+        if self.config.get("rope_interleave", True):
+            return out
+        r = self.rope_dim
+        pairs = np.arange(r).reshape(2, r // 2).T.reshape(-1)  # (rope,) source row of each output row
+        if out.name.endswith((".attn_q.weight", ".attn_q_b.weight")):
+            block = self.head_dim  # one head: nope rows, then rope rows
+        elif out.name.endswith(".attn_kv_a_mqa.weight"):
+            block = out.rows  # the latent rows, then the shared rope rows
+        else:
+            return out
+        order = np.arange(block)
+        order[block - r:] = block - r + pairs
+        source = out.read_rows
+
+        def read_rows(start: int, stop: int) -> np.ndarray:
+            x = source(start, stop)  # (whole blocks, cols) f32
+            return np.ascontiguousarray(x.reshape(-1, block, x.shape[-1])[:, order]).reshape(x.shape)
+
+        out.read_rows, out.row_align = read_rows, block
+        out.read_blocks, out.lossless = None, None  # a pre-quantized source's blocks are re-read as rows
+        return out
 
     # ---- GGUF metadata
 
