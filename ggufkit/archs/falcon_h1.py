@@ -23,9 +23,8 @@ import gguf
 import numpy as np
 
 from ggufkit.archs import OutputTensor
-from ggufkit.archs.granitemoehybrid import _floats
 from ggufkit.archs.llama import Llama
-from ggufkit.archs.recurrent import mamba2_a, mamba2_tensor
+from ggufkit.archs.recurrent import default_time_step_limit, mamba2_a, mamba2_tensor
 
 
 class _Prepared:
@@ -68,7 +67,7 @@ class FalconH1(Llama):
             if c.get(key):
                 found.append(f"{key}=true (llama.cpp's falcon-h1 folds the multipliers into bias-free weights)")
         limit = c.get("time_step_limit")
-        if limit is not None and _floats(limit) != [0.0, float("inf")]:
+        if limit is not None and not default_time_step_limit(limit):
             found.append(f"time_step_limit={limit!r} (llama.cpp's Mamba-2 scan does not clamp the time step)")
         if c.get("mamba_rms_norm") and c.get("mamba_norm_before_gate", True):
             found.append("mamba_rms_norm with mamba_norm_before_gate=true (llama.cpp norms after the gate)")

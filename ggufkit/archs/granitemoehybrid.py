@@ -33,7 +33,7 @@ import numpy as np
 from ggufkit.archs import OutputTensor
 from ggufkit.archs.llama import Llama
 from ggufkit.archs.moe import ExpertStack, MoE
-from ggufkit.archs.recurrent import mamba2_a, mamba2_tensor
+from ggufkit.archs.recurrent import default_time_step_limit, mamba2_a, mamba2_tensor
 
 MAMBA = ("mamba", "linear_attention")
 ATTENTION = ("attention", "full_attention")
@@ -102,14 +102,6 @@ class _Prepared:
                 self.tensors[name] = ref
 
 
-def _floats(values) -> list[float] | None:
-    """A JSON list of numbers, where transformers writes infinity as {"__float__": "Infinity"}; None if it is not."""
-    try:
-        return [float(v["__float__"] if isinstance(v, dict) else v) for v in values]
-    except (TypeError, ValueError, KeyError):
-        return None
-
-
 class GraniteMoeHybrid(MoE, Llama):
     model_type = "granitemoehybrid"
     gguf_arch = gguf.MODEL_ARCH.GRANITE_HYBRID
@@ -155,7 +147,7 @@ class GraniteMoeHybrid(MoE, Llama):
         if c.get("mamba_proj_bias"):
             found.append("mamba_proj_bias=true (llama.cpp's Mamba-2 in_proj / out_proj have no bias)")
         limit = c.get("time_step_limit")
-        if limit is not None and _floats(limit) != [0.0, float("inf")]:
+        if limit is not None and not default_time_step_limit(limit):
             found.append(f"time_step_limit={limit!r} (llama.cpp's Mamba-2 scan does not clamp the time step)")
         if c.get("position_embedding_type") not in (None, "nope", "rope"):
             found.append(f"position_embedding_type={c['position_embedding_type']!r}")

@@ -85,3 +85,13 @@ def mamba2_a(read_rows):
     import numpy as np
 
     return lambda a, b: -np.exp(read_rows(a, b))
+
+
+def default_time_step_limit(limit) -> bool:
+    """True for a Mamba-2 `time_step_limit` of (0, inf), i.e. no clamp (llama.cpp's scan has none). transformers
+    writes infinity into config.json as {"__float__": "Infinity"}; anything unreadable is not the default."""
+    try:
+        values = [float(v["__float__"] if isinstance(v, dict) else v) for v in limit]
+    except (TypeError, ValueError, KeyError):
+        return False
+    return values == [0.0, float("inf")]
