@@ -157,6 +157,106 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     "qwen3-odd": ("qwen3", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0, hidden_size=576,
                                 num_attention_heads=9, num_key_value_heads=3, head_dim=64, intermediate_size=1440)),
 }
+# issue 14 (batch B)
+TINY_CONFIGS |= {
+    # Ministral 3: YaRN (factor 16) over an original context of 16 tokens, so the 64-token logits test runs
+    # through the position-dependent query scaling (llama_4_scaling_beta) past position 16
+    "ministral3": ("ministral3", dict(tie_word_embeddings=False, pad_token_id=0,
+                                      rope_parameters={"rope_type": "yarn", "rope_theta": 1000000.0,
+                                                       "factor": 16.0, "original_max_position_embeddings": 16,
+                                                       "max_position_embeddings": 2048, "beta_fast": 32.0,
+                                                       "beta_slow": 1.0, "mscale_all_dim": 1.0, "mscale": 1.0,
+                                                       "llama_4_scaling_beta": 0.1})),
+    # GLM-4.5 MoE: layer 0 dense, layer 1 routed experts (4, top 2, sigmoid + correction bias, scaled 2.5) and a
+    # shared expert; q/k/v biases, q/k norms, rope on half of each head
+    "glm4-moe": ("glm4_moe", dict(tie_word_embeddings=False, pad_token_id=0, attention_bias=True, use_qk_norm=True,
+                                  n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
+                                  n_shared_experts=1, first_k_dense_replace=1, routed_scaling_factor=2.5,
+                                  norm_topk_prob=True, n_group=1, topk_group=1,
+                                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                                   "partial_rotary_factor": 0.5})),
+    # DeepSeek-V3 MLA: compressed queries (q_lora 256) and KV (kv_lora 256), nope 256 / rope 64 / v 128 per head;
+    # 8 routed experts in 2 groups of which 1 is chosen, sigmoid + correction bias, scaled 2.5, one shared
+    # expert, layer 0 dense; YaRN (factor 4 over 16 tokens, mscale 1) so the mscale^2 attention scale applies.
+    # (rope_theta 1e4 gave two logits 0.0004 apart at one position - a coin flip for top-1 with either converter)
+    "deepseek-v3": ("deepseek_v3", dict(tie_word_embeddings=False, pad_token_id=0, num_key_value_heads=4,
+                                        q_lora_rank=256, kv_lora_rank=256, qk_nope_head_dim=256,
+                                        qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=8,
+                                        num_experts_per_tok=2, n_group=2, topk_group=1, moe_intermediate_size=256,
+                                        n_shared_experts=1, first_k_dense_replace=1, routed_scaling_factor=2.5,
+                                        norm_topk_prob=True, scoring_func="sigmoid", rope_interleave=True,
+                                        rope_parameters={"rope_type": "yarn", "rope_theta": 50000.0, "factor": 4.0,
+                                                         "original_max_position_embeddings": 16, "mscale": 1.0,
+                                                         "mscale_all_dim": 1.0, "beta_fast": 32.0,
+                                                         "beta_slow": 1.0})),
+    # DeepSeek-V2-Lite-style MLA with the real head sizes (nope 128, rope 64, v 128: attn_k_b rows of 128, not a
+    # multiple of 256) and uncompressed queries (q_proj, no q_lora_rank)
+    "deepseek-v3-mla": ("deepseek_v3", dict(tie_word_embeddings=False, pad_token_id=0, num_key_value_heads=4,
+                                            q_lora_rank=None, kv_lora_rank=256, qk_nope_head_dim=128,
+                                            qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=4,
+                                            num_experts_per_tok=2, n_group=1, topk_group=1,
+                                            moe_intermediate_size=256, n_shared_experts=1, first_k_dense_replace=1,
+                                            routed_scaling_factor=1.0, norm_topk_prob=True, scoring_func="sigmoid",
+                                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    # Llama 4 text: 4 layers, layer 3 without rope (and with temperature tuning), layers 1 and 3 MoE (4 experts,
+    # top 1, sigmoid router, shared expert), q/k L2 norms, llama3 rope scaling (Scout's: factor 16, low = high 1)
+    "llama4": ("llama4_text", dict(tie_word_embeddings=False, pad_token_id=0, num_hidden_layers=4,
+                                   intermediate_size=256, intermediate_size_mlp=512, num_local_experts=4,
+                                   num_experts_per_tok=1, interleave_moe_layer_step=2, use_qk_norm=True,
+                                   attention_chunk_size=8192,
+                                   rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0,
+                                                    "low_freq_factor": 1.0, "high_freq_factor": 1.0,
+                                                    "original_max_position_embeddings": 8192})),
+    # Granite 4.0-H: a Mamba-2 layer then an attention layer (no rope), every FFN 4 experts (top 2) plus the
+    # shared MLP; Granite's multipliers at realistic values; Mamba-2 with 8 heads of 64, 2 groups (the gated norm
+    # is per group), state 64, conv 4
+    "granite-hybrid": ("granitemoehybrid", dict(tie_word_embeddings=False, pad_token_id=0,
+                                                layer_types=["mamba", "attention"], position_embedding_type="nope",
+                                                intermediate_size=256, shared_intermediate_size=256,
+                                                num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=12.0,
+                                                attention_multiplier=0.015625, residual_multiplier=0.22,
+                                                logits_scaling=2.0, mamba_n_heads=8, mamba_n_groups=2,
+                                                mamba_d_state=64, mamba_d_head=64, mamba_d_conv=4, mamba_expand=2,
+                                                mamba_conv_bias=True, mamba_proj_bias=False)),
+    # Falcon-H1: attention and a Mamba-2 mixer side by side in every layer (8 heads of 64, d_ssm 512, state 64),
+    # every one of its multipliers away from 1 so that each fold into the weights is checked
+    "falcon-h1": ("falcon_h1", dict(tie_word_embeddings=False, pad_token_id=0, mamba_d_ssm=512, mamba_n_heads=8,
+                                    mamba_d_head=64, mamba_n_groups=1, mamba_d_state=64, mamba_d_conv=4,
+                                    mamba_rms_norm=False, lm_head_multiplier=0.5, embedding_multiplier=2.0,
+                                    mlp_multipliers=[0.8, 1.2], key_multiplier=0.9, attention_in_multiplier=1.1,
+                                    attention_out_multiplier=0.7, ssm_multipliers=[1.1, 0.9, 1.2, 0.8, 1.3],
+                                    ssm_in_multiplier=0.95, ssm_out_multiplier=1.05,
+                                    rope_parameters={"rope_type": "default", "rope_theta": 100000.0})),
+    # Falcon-H1 with a Mamba-2 width that is not a multiple of 256 (d_ssm 384 = 6 heads of 64: ssm_out rows of
+    # 384 take fallback types) and the gated RMS norm over 2 groups (mamba_rms_norm, after the gate)
+    "falcon-h1-odd": ("falcon_h1", dict(tie_word_embeddings=False, pad_token_id=0, mamba_d_ssm=384,
+                                        mamba_n_heads=6, mamba_d_head=64, mamba_n_groups=2, mamba_d_state=64,
+                                        mamba_d_conv=4, mamba_rms_norm=True, mamba_norm_before_gate=False,
+                                        embedding_multiplier=2.0, ssm_multipliers=[1.1, 0.9, 1.2, 0.8, 1.3],
+                                        rope_parameters={"rope_type": "default", "rope_theta": 100000.0})),
+    # Granite 4.0-H dense hybrid (granite-4.0-h-micro's kind: no experts, the shared MLP is the FFN), with rope
+    # switched on (position_embedding_type "rope"), attention first
+    "granite-hybrid-dense": ("granitemoehybrid", dict(tie_word_embeddings=True, pad_token_id=0,
+                                                      layer_types=["attention", "mamba"], position_embedding_type="rope",
+                                                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                                      intermediate_size=512, shared_intermediate_size=512,
+                                                      num_local_experts=0, embedding_multiplier=12.0,
+                                                      attention_multiplier=0.015625, residual_multiplier=0.22,
+                                                      logits_scaling=2.0, mamba_n_heads=8, mamba_n_groups=1,
+                                                      mamba_d_state=64, mamba_d_head=64, mamba_d_conv=4,
+                                                      mamba_expand=2)),
+}
+TINY_CONFIGS["mistral3"] = TINY_CONFIGS["ministral3"]
+TINY_CONFIGS["llama4-vision"] = TINY_CONFIGS["llama4"]  # the text part of a Llama4ForConditionalGeneration
+# Falcon-H1 with tied embeddings and different embedding / lm_head multipliers (the small Falcon-H1 models' kind)
+# (embedding_multiplier 1.5: with 2.0 two logits were 0.0002 apart at one position, a coin flip for top-1)
+TINY_CONFIGS["falcon-h1-tied"] = ("falcon_h1", TINY_CONFIGS["falcon-h1"][1] | dict(tie_word_embeddings=True,
+                                                                                  embedding_multiplier=1.5))
+# DeepSeek-V3 MLA with its rotary rows in two halves (rope_interleave false): reordered to pairs on the way out
+TINY_CONFIGS["deepseek-v3-halves"] = ("deepseek_v3", TINY_CONFIGS["deepseek-v3"][1] | dict(rope_interleave=False))
+# Mistral Small 3.1 / 3.2's kind of Mistral3ForConditionalGeneration: a plain Mistral text model inside
+TINY_CONFIGS["mistral3-small"] = ("mistral", dict(tie_word_embeddings=False, rope_theta=1000000000.0,
+                                                  sliding_window=None, pad_token_id=0))  # the text part of a Mistral3ForConditionalGeneration
 TINY_CONFIGS["qwen3-moe-fused"] = TINY_CONFIGS["qwen3-moe"]
 TINY_CONFIGS["mixtral-fused"] = TINY_CONFIGS["mixtral"]
 TINY_CONFIGS["gemma4-moe-split"] = TINY_CONFIGS["gemma4-moe"]
@@ -168,13 +268,29 @@ TINY_FUSED_EXPERTS = {"qwen3-moe-fused", "mixtral-fused"}
 # Multimodal wrappers around a tiny text entry: name -> (model_type, text entry, config class, model class, tower
 # configs). The language model's weights are exactly the text entry's (bf16 -> f32 -> bf16 is lossless); the
 # towers are random.
-TINY_WRAPPERS: dict[str, tuple[str, str, str, str, dict]] = {
+TINY_TOWER_WRAPPERS: dict[str, tuple[str, str, str, str, dict]] = {
     "gemma4-vision": ("gemma4", "gemma4", "Gemma4Config", "Gemma4ForConditionalGeneration", {
         "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
                           "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32,
                           "position_embedding_size": 64},
         "audio_config": {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                          "subsampling_conv_channels": [8, 4], "output_proj_dims": 64}}),
+}
+# Multimodal wrappers: name -> (wrapper model_type, wrapper config fields); TINY_CONFIGS[name] is the text part.
+# Built with AutoModelForImageTextToText, a tiny vision tower beside the text model.
+TINY_WRAPPERS: dict[str, tuple[str, dict]] = {
+    "mistral3": ("mistral3", dict(vision_config={"model_type": "pixtral", "hidden_size": 64, "intermediate_size": 128,
+                                                 "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 32,
+                                                 "image_size": 28, "patch_size": 14}, tie_word_embeddings=False)),
+    "mistral3-small": ("mistral3", dict(vision_config={"model_type": "pixtral", "hidden_size": 64,
+                                                       "intermediate_size": 128, "num_hidden_layers": 1,
+                                                       "num_attention_heads": 2, "head_dim": 32, "image_size": 28,
+                                                       "patch_size": 14}, tie_word_embeddings=False)),
+    "llama4-vision": ("llama4", dict(vision_config={"hidden_size": 64, "intermediate_size": 128,
+                                                    "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                    "image_size": 28, "patch_size": 14, "vision_output_dim": 128,
+                                                    "projector_input_dim": 128, "projector_output_dim": 128,
+                                                    "pixel_shuffle_ratio": 0.5}, tie_word_embeddings=False)),
 }
 # Entries whose tokenizer is not the demo model's BPE one: name -> kind. "spm" is a SentencePiece tokenizer
 # trained locally by models/spm_tokenizer.py (cached next to the checkpoint, as `spm-tokenizer/`).
@@ -185,6 +301,9 @@ TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mi
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe", "gemma4",
                        "gemma4-dense", "qwen3-odd", "gemma4-moe",
                        "gemma3n", "gemma4-moe-split"}
+TINY_RANDOM_VECTORS |= {"ministral3", "mistral3", "glm4-moe", "deepseek-v3", "deepseek-v3-mla", "llama4",
+                        "llama4-vision", "granite-hybrid", "falcon-h1", "falcon-h1-odd",
+                        "granite-hybrid-dense", "mistral3-small", "falcon-h1-tied", "deepseek-v3-halves"}
 
 
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
@@ -220,7 +339,7 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if name in TINY_WRAPPERS:
+    if name in TINY_TOWER_WRAPPERS:
         return _make_wrapper(name, out, seed, tokenizer_dir)
     if name not in TINY_CONFIGS:
         raise ValueError(f"unknown tiny architecture {name!r}; known: {', '.join(TINY_CONFIGS)}")
@@ -240,7 +359,14 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
                                   bos_token_id=ids.get(tok_cfg.get("bos_token")),
                                   eos_token_id=ids.get(tok_cfg.get("eos_token")))
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if name in TINY_WRAPPERS:
+        from transformers import AutoModelForImageTextToText
+
+        wrapper_type, fields = TINY_WRAPPERS[name]
+        config = AutoConfig.for_model(wrapper_type, text_config=config.to_dict(), **fields)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # random init has tiny std (0.02); widen it so logits differ visibly between tokens
         for p in model.parameters():
             if p.dim() >= 2:
@@ -248,7 +374,7 @@ def make_tiny(name: str, out: Path, seed: int = 0, tokenizer_dir: Path = DEMO_DI
             elif name in TINY_RANDOM_VECTORS:
                 p.add_(torch.randn_like(p) * 0.2)
         for buffer_name, b in model.named_buffers():  # saved routing biases (LFM2 MoE) are buffers
-            if buffer_name.endswith("expert_bias") and name in TINY_RANDOM_VECTORS:
+            if buffer_name.endswith(("expert_bias", "e_score_correction_bias")) and name in TINY_RANDOM_VECTORS:
                 b.add_(torch.randn_like(b) * 0.2)
             elif buffer_name.endswith("layer_scalar") and name in TINY_RANDOM_VECTORS:  # Gemma 4's layer scale
                 b.mul_(1.0 + torch.randn_like(b) * 0.2)
@@ -299,11 +425,11 @@ def _split_experts(path: Path) -> None:
 
 
 def _make_wrapper(name: str, out: Path, seed: int, tokenizer_dir: Path) -> Path:
-    """A TINY_WRAPPERS entry: its text entry (made next to it if missing) inside the multimodal model class."""
+    """A TINY_TOWER_WRAPPERS entry: its text entry (made next to it if missing) inside the multimodal model class."""
     import torch
     import transformers
 
-    _, text_name, config_class, model_class, towers = TINY_WRAPPERS[name]
+    _, text_name, config_class, model_class, towers = TINY_TOWER_WRAPPERS[name]
     text_dir = make_tiny(text_name, out.parent / text_name, seed, tokenizer_dir)
     text_config = json.loads((text_dir / "config.json").read_text())
     config = getattr(transformers, config_class)(text_config=text_config, **towers)

@@ -159,7 +159,12 @@ def transformers_logits(model_dir: Path, ids: tuple[int, ...]) -> np.ndarray:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    except ValueError:  # a multimodal wrapper without a causal-LM class (mistral3): it runs on text alone
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     with torch.no_grad():
         return model(torch.tensor([list(ids)])).logits[0].float().numpy()

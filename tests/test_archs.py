@@ -46,6 +46,18 @@ FAMILIES = [
     ("qwen3-odd", "qwen3"),  # dense, widths 576 / 1440 (not multiples of 256): fallback types in the K-quants
     # issue 14: gemma 3n
     ("gemma3n", "gemma3n"),  # AltUp, laurel, per-layer inputs (table shorter than the vocabulary), sparsity
+    # issue 14 (batch B)
+    ("ministral3", "mistral3"),  # YaRN + query scaling past its 16-token original context
+    ("mistral3", "mistral3"),  # the Mistral3ForConditionalGeneration wrapper (Pixtral tower left out)
+    ("glm4-moe", "glm4moe"),
+    ("deepseek-v3", "deepseek2"),  # MLA with q/kv compression, expert groups, YaRN mscale
+    ("deepseek-v3-mla", "deepseek2"),  # MLA head sizes 128/64/128 (attn_k_b rows of 128), no q compression
+    ("llama4", "llama4"),  # a no-rope layer, MoE every 2nd layer with a shared expert, fused input-major experts
+    ("llama4-vision", "llama4"),  # the Llama4ForConditionalGeneration wrapper (vision model left out)
+    ("granite-hybrid", "granitehybrid"),  # Mamba-2 + attention, experts + shared MLP, Granite's multipliers
+    ("granite-hybrid-dense", "granitehybrid"),  # no experts (the shared MLP is the FFN), rope on, tied
+    ("falcon-h1", "falcon-h1"),  # attention and Mamba-2 in parallel, muP multipliers folded into the weights
+    ("falcon-h1-odd", "falcon-h1"),  # d_ssm 384 (ssm_out rows not a multiple of 256), grouped gated norm
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -70,6 +82,23 @@ MAX_LOGIT_DIFF = {"mixtral": 2.0, "gemma3n": 0.1}
 #   one near-tie flips at position 1 (transformers' top two 0.012 apart, llama.cpp's 0.002); AltUp and the
 #   Gaussian top-k activation sparsity leave llama.cpp's graph ~0.02 from transformers' per position.
 MIN_TOP1 = {"gemma3n": 0.984}
+# issue 14 (batch B), top-1 / median / max of llama.cpp's converter's file and of ggufkit's (tensors identical
+# unless said):
+#   ministral3 1.000 / 0.00068 / 0.0075 both; mistral3 1.000 / 0.00068 / 0.0080 both.
+#   glm4-moe 1.000 / 0.00048 / 0.0049 both (the converter's GLM vocab step wants GLM's special tokens: run with
+#   the plain GPT-2 vocab step; it also counts an MTP block that the checkpoint does not have, block_count 3).
+#   deepseek-v3 1.000 / 0.00075 / 0.0087 both. deepseek-v3-mla: ggufkit 1.000 / 0.00059 / 0.0065; llama.cpp's
+#   file does not load ("key not found: deepseek2.attention.q_lora_rank": its converter writes no key without
+#   query compression, the loader wants one unless the layer count is a known Lite model's; ggufkit writes 0).
+#   llama4 1.000 / 0.00055 / 0.0062 both; llama4-vision 1.000 / 0.00053 / 0.0064 both.
+#   granite-hybrid 1.000 / 0.00001 / 0.0002 both - llama.cpp's converter run on a copy whose config spells
+#   layer_types "mamba" / "attention" as hub configs do: it reads transformers 5's "linear_attention" /
+#   "full_attention" as all-Mamba and its file does not load; ssm_a = -exp(A_log) differs by float rounding.
+#   falcon-h1 1.000 / 0.00027 / 0.0035 both (the folded multipliers bit-identical, ssm_a by float rounding);
+#   falcon-h1-odd 1.000 / 0.00028 / 0.0031 both.
+#   granite-hybrid-dense: ggufkit 1.000 / 0.00001 / 0.0003; llama.cpp's file (config spelled the hub way) aborts
+#   llama.cpp at load (GGML_ASSERT n_expert_used <= n_expert: it writes expert_count 0 with the config's
+#   num_experts_per_tok 2; ggufkit writes 0 for both).
 SCHEMES = ["f16", "q8_0", "q4_k_m"]  # F32 is loaded and run by the logits test
 IDS = [name for name, _ in FAMILIES]
 
@@ -120,6 +149,9 @@ def _config(tiny_checkpoint, name: str, **changes) -> dict:
     config = json.loads((tiny_checkpoint(name) / "config.json").read_text())
     return config | changes
 
+
+_YARN = {"rope_type": "yarn", "rope_theta": 1e6, "factor": 16.0, "original_max_position_embeddings": 16,
+         "mscale_all_dim": 1.0, "mscale": 1.0, "llama_4_scaling_beta": 0.1}
 
 REFUSED = [
     # (tiny checkpoint, config changes, words the error must contain)
@@ -201,6 +233,42 @@ REFUSED = [
     ("gemma3n", {"vocab_size_per_layer_input": 50000}, "vocab_size_per_layer_input"),
     ("gemma3n", {"model_type": "gemma3n"}, "text_config"),
     ("gemma3n", {"model_type": "gemma3n_vision"}, "'gemma3n_vision' is not supported"),
+    # issue 14 (batch B)
+    ("ministral3", {"sliding_window": 512}, "sliding_window"),
+    ("ministral3", {"rope_parameters": _YARN | {"mscale": 0.707}}, "mscale"),
+    ("ministral3", {"rope_parameters": _YARN | {"attention_factor": 1.2}}, "attention_factor"),
+    ("mistral3", {"text_config": None}, "text_config"),
+    ("mistral3", {"text_config": {"model_type": "pixtral"}}, "text_config model_type 'pixtral'"),
+    ("glm4-moe", {"n_group": 3, "topk_group": 1}, "groups must divide the experts"),
+    ("glm4-moe", {"n_shared_experts": None}, "n_shared_experts"),
+    ("glm4-moe", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6,
+                                      "original_max_position_embeddings": 512}}, "rope type"),
+    ("deepseek-v3", {"rope_parameters": _YARN | {"mscale": 0.707}}, "mscale"),
+    ("deepseek-v3", {"rope_parameters": _YARN | {"mscale_all_dim": None}}, "without mscale_all_dim"),
+    ("deepseek-v3", {"attention_bias": True}, "attention_bias"),
+    ("deepseek-v3", {"n_group": 3}, "groups must divide the experts"),
+    ("deepseek-v3", {"scoring_func": "softmax"}, "scoring_func"),
+    ("deepseek-v3", {"n_routed_experts": None}, "n_routed_experts"),
+    ("llama4", {"attention_chunk_size": 16}, "attention_chunk_size"),
+    ("llama4", {"no_rope_layers": [1, 0, 1, 1]}, "no-rope layer pattern"),
+    ("llama4", {"no_rope_layers": None, "no_rope_layer_interval": 2}, "no-rope layer pattern"),
+    ("llama4", {"use_qk_norm": False}, "use_qk_norm"),
+    ("llama4", {"attn_temperature_tuning": False}, "attn_temperature_tuning"),
+    ("llama4", {"floor_scale": 4096}, "floor_scale"),
+    ("llama4", {"moe_layers": [0, 1, 2, 3]}, "moe_layers"),
+    ("llama4-vision", {"text_config": None}, "text_config"),
+    ("llama4-vision", {"text_config": {"model_type": "llama4_vision_model"}}, "text_config model_type"),
+    ("mistral3", {"model_type": "pixtral"}, "'pixtral' is not supported"),  # the vision tower's own config
+    ("granite-hybrid", {"mamba_expand": 4}, "mamba_expand"),
+    ("granite-hybrid", {"mamba_d_head": 32}, "mamba_d_head"),
+    ("granite-hybrid", {"mamba_proj_bias": True}, "mamba_proj_bias"),
+    ("granite-hybrid", {"time_step_limit": [0.0, 10.0]}, "time_step_limit"),
+    ("granite-hybrid", {"layer_types": ["mamba", "sliding_attention"]}, "layer_types"),
+    ("granite-hybrid", {"num_local_experts": None}, "num_local_experts"),
+    ("falcon-h1", {"mamba_proj_bias": True}, "mamba_proj_bias"),
+    ("falcon-h1", {"time_step_limit": [0.001, 100.0]}, "time_step_limit"),
+    ("falcon-h1", {"mamba_rms_norm": True, "mamba_norm_before_gate": True}, "mamba_norm_before_gate"),
+    ("falcon-h1", {"ssm_multipliers": [1.0, 1.0]}, "ssm_multipliers"),
 ]
 
 
@@ -323,3 +391,66 @@ def test_gemma3n_tokens_past_the_per_layer_table(tiny_checkpoint):
     ref = transformers_logits(src, tuple(ids))
     diff = np.abs(ours - ref)
     assert diff[24:28].max() < 0.1 and np.median(diff) < 0.01, (diff[24:28].max(), np.median(diff))
+# ---- Granite 4.0-H: hub configs spell the layer kinds "mamba" / "attention" (transformers 5 saves
+# "linear_attention" / "full_attention"); both convert to the same file
+
+
+def test_granite_hybrid_hub_layer_names(tiny_checkpoint, tmp_path):
+    src = tiny_checkpoint("granite-hybrid")
+    hub = tmp_path / "granite-hybrid-hub"
+    hub.mkdir()
+    for f in src.iterdir():
+        (hub / f.name).symlink_to(f)
+    config = json.loads((src / "config.json").read_text())
+    assert config["layer_types"] == ["linear_attention", "full_attention"]
+    (hub / "config.json").unlink()
+    (hub / "config.json").write_text(json.dumps(config | {"layer_types": ["mamba", "attention"]}))
+    ours = tensor_table(converted(hub, "f32"))
+    ref = tensor_table(converted(src, "f32"))
+    assert [(n, t) for n, t, _ in ours] == [(n, t) for n, t, _ in ref]
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(ours, ref))
+    assert "blk.0.ssm_in.weight" in {n for n, _, _ in ours} and "blk.1.attn_q.weight" in {n for n, _, _ in ours}
+
+
+# ---- Mistral 3 wrappers around a plain Mistral text model (Mistral Small 3.1 / 3.2): the same text GGUF path
+# as a Ministral 3 text part, without YaRN (the FAMILIES line "mistral3" runs the Ministral 3 kind). Measured
+# once: 1.000 / 0.00064 / 0.0065 with ggufkit's file and with llama.cpp's converter's (tensors identical).
+
+
+def test_mistral3_wrapper_with_a_mistral_text_model(tiny_checkpoint):
+    src = tiny_checkpoint("mistral3-small")
+    assert json.loads((src / "config.json").read_text())["text_config"]["model_type"] == "mistral"
+    names = {n for n, _, _ in tensor_table(converted(src, "f32"))}
+    assert "output.weight" in names and not any(n.startswith(("v.", "mm.")) for n in names)
+    assert_logits_agree(converted(src, "f32"), src)
+
+
+# ---- Falcon-H1 with tied embeddings and different embedding / lm_head multipliers: output.weight is written as
+# its own tensor (embeddings x lm_head_multiplier). Measured once: ggufkit 1.000 / 0.00029 / 0.0033; llama.cpp's
+# converter's file reuses token_embd (with the embedding multiplier in it) as the output, so its logits come out
+# scaled by embedding / lm_head multiplier (3x here): 1.000 / 0.856 / 6.60.
+
+
+def test_falcon_h1_tied_embeddings_with_two_multipliers(tiny_checkpoint):
+    src = tiny_checkpoint("falcon-h1-tied")
+    config = json.loads((src / "config.json").read_text())
+    assert config["tie_word_embeddings"] and config["embedding_multiplier"] != config["lm_head_multiplier"]
+    table = {n: a for n, _, a in tensor_table(converted(src, "f32"))}
+    embd, out = (table[n].view(np.float32) for n in ("token_embd.weight", "output.weight"))
+    ratio = config["lm_head_multiplier"] / config["embedding_multiplier"]
+    assert np.allclose(out, embd * np.float32(ratio), rtol=1e-6, atol=0)  # one source, two multipliers
+    assert_logits_agree(converted(src, "f32"), src)
+
+
+# ---- DeepSeek-V3 with rope_interleave false (rotary rows in halves): reordered to llama.cpp's pairs. Measured
+# once: ggufkit 1.000 / 0.00075 / 0.0096; llama.cpp's converter leaves the rows as they are: 0.188 / 0.524 / 7.10.
+
+
+def test_deepseek_v3_rotary_rows_in_halves(tiny_checkpoint):
+    src = tiny_checkpoint("deepseek-v3-halves")
+    assert json.loads((src / "config.json").read_text())["rope_interleave"] is False
+    ours = {n: a for n, _, a in tensor_table(converted(src, "f32"))}
+    pairs = {n: a for n, _, a in tensor_table(converted(tiny_checkpoint("deepseek-v3"), "f32"))}
+    assert np.array_equal(ours["blk.0.attn_v_b.weight"], pairs["blk.0.attn_v_b.weight"])  # same weights
+    assert not np.array_equal(ours["blk.0.attn_q_b.weight"], pairs["blk.0.attn_q_b.weight"])  # rows moved
+    assert_logits_agree(converted(src, "f32"), src)

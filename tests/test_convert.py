@@ -11,6 +11,7 @@ from convert_fixtures import converted, llama_cpp_logits, text_ids, transformers
 # (tiny architecture, transformers-4 style config?)
 TINY_CASES = [("llama", False), ("llama-untied", False), ("llama3-rope", False), ("mistral", False),
               ("llama", True), ("llama3-rope", True), ("mistral", True)]
+TINY_CASES += [("deepseek-v3", True)]  # issue 14: YaRN with mscale as a transformers 4 `rope_scaling`, as hub files
 
 
 def assert_logits_agree(gguf_path, model_dir, max_diff: float = 0.05, min_top1: float = 1.0):

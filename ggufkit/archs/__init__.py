@@ -170,6 +170,10 @@ class Architecture:
     def arch_name(self) -> str:
         return gguf.MODEL_ARCH_NAMES[self.gguf_arch]
 
+    def head_count_kv(self) -> int | list[int]:
+        """KV heads as written: one count, or one per layer (hybrids write 0 for their recurrent layers)."""
+        return self.n_head_kv
+
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         w.add_vocab_size(self.vocab_size)
         w.add_context_length(self.n_ctx)
@@ -177,7 +181,7 @@ class Architecture:
         w.add_block_count(self.n_layer)
         w.add_feed_forward_length(self.n_ff)
         w.add_head_count(self.n_head)
-        w.add_head_count_kv(self.n_head_kv)
+        w.add_head_count_kv(self.head_count_kv())
         w.add_layer_norm_rms_eps(self.rms_eps)
         if self.config.get("head_dim"):  # as llama.cpp's converter: only when the config states it
             w.add_key_length(self.head_dim)

@@ -37,9 +37,14 @@ class Llama(Architecture):
             found.append("rope type 'yarn' without original_max_position_embeddings")
         return found
 
+    @property
+    def rope_dims(self) -> int:
+        """Dimensions of each head that RoPE rotates (a family with partial rotary embeddings has fewer)."""
+        return self.head_dim
+
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         super().write_hparams(w)
-        w.add_rope_dimension_count(self.head_dim)
+        w.add_rope_dimension_count(self.rope_dims)
         w.add_rope_freq_base(self.rope.theta)
         p = self.rope.params
         if self.rope.type == "linear":

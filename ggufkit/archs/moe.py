@@ -95,10 +95,11 @@ class _TransposedExpert:
     (n_in, n_out) slice is read once and kept while consecutive blocks use it: one expert in memory, not the
     stacked tensor."""
 
-    def __init__(self, flat, expert: int, n_in: int, n_out: int, start: int, step: int, cache: dict):
+    def __init__(self, flat, expert: int, n_in: int, n_out: int, start: int, step: int, cache: dict,
+                 stop: int | None = None):
         self.flat, self.expert, self.n_in, self.n_out = flat, expert, n_in, n_out
         self.start, self.step, self.cache = start, step, cache
-        self.rows, self.cols = len(range(start, n_out, step)), n_in
+        self.rows, self.cols = len(range(start, n_out if stop is None else stop, step)), n_in
         self.file, self.dtype = flat.file, flat.dtype
         self.nbytes = flat.nbytes // flat.rows * n_in * self.rows // n_out
 
@@ -151,7 +152,8 @@ class ExpertView:
 
     layout: how fused 3-D parameters are laid out - "split" (transformers 5's (n_expert, out, in), gate rows then
     up rows) or "interleaved_transposed" (gpt-oss: (n_expert, in, out), gate and up in alternating columns, with
-    `gate_up_proj_bias` / `down_proj_bias` beside them)."""
+    `gate_up_proj_bias` / `down_proj_bias` beside them) or "split_transposed" (Llama 4: (n_expert, in, out), the
+    gate columns then the up columns, no biases)."""
 
     def __init__(self, ckpt, n_expert: int, fused_gate_up: tuple[str, str] = ("gate_proj", "up_proj"),
                  layout: str = "split", proj_names: dict[str, str] | None = None):
@@ -199,16 +201,21 @@ class ExpertView:
         if e != n_expert:
             raise InputError(f"tensor {name} holds {e} experts, the config has {n_expert}", ref.file)
         flat = _flat(ref, e * rows, cols)  # (n_expert * rows, cols)
-        if self.layout == "interleaved_transposed":  # (n_expert, n_in = rows, n_out = cols)
+        if self.layout in ("interleaved_transposed", "split_transposed"):  # (n_expert, n_in = rows, n_out = cols)
             if proj == "gate_up_proj" and cols % 2:
                 raise InputError(f"tensor {name} has shape {list(ref.shape)}: an odd number of gate+up "
                                  "columns", ref.file)
             cache: dict = {}
-            halves = tuple(enumerate(fused_gate_up)) if proj == "gate_up_proj" else ((0, proj),)
-            step = 2 if proj == "gate_up_proj" else 1
-            for start, proj_name in halves:
+            # (first column, column step, end column) of each half: alternating columns, or gate then up halves
+            if proj != "gate_up_proj":
+                halves = (((0, 1, None), proj),)
+            elif self.layout == "interleaved_transposed":
+                halves = (((0, 2, None), fused_gate_up[0]), ((1, 2, None), fused_gate_up[1]))
+            else:
+                halves = (((0, 1, cols // 2), fused_gate_up[0]), ((cols // 2, 1, cols), fused_gate_up[1]))
+            for (start, step, stop), proj_name in halves:
                 merged = f"{prefix}.{proj_name}.weight"
-                parts = [(_TransposedExpert(flat, x, rows, cols, start, step, cache), 0) for x in range(e)]
+                parts = [(_TransposedExpert(flat, x, rows, cols, start, step, cache, stop), 0) for x in range(e)]
                 self.tensors[merged] = ExpertStack(merged, parts, parts[0][0].rows, rows)
             return
         if proj != "gate_up_proj":

@@ -56,3 +56,42 @@ def gather_rows(read_rows, idx):
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     return read
+
+
+# ---- Mamba-2 (Granite 4.0-H, Falcon-H1): the mixer's tensors in the shapes llama.cpp's ssm ops take
+
+def mamba2_tensor(name: str, ref, n_group: int):
+    """A Mamba-2 mixer tensor (`<layer>.mamba.<part>`) -> (name gguf-py maps, ref in llama.cpp's shape):
+        conv1d.weight (conv_dim, 1, d_conv)  -> (conv_dim, d_conv)           ssm_conv1d
+        dt_bias       (n_head,)              -> named dt_proj.bias            ssm_dt.bias
+        A_log, D      (n_head,)              -> (n_head, 1)                   ssm_a (values: mamba2_a), ssm_d
+        norm.weight   (d_inner,)             -> (n_group, d_inner / n_group)  ssm_norm: the gated RMS norm is
+                                                                              taken per group
+    Other tensors are returned as they are."""
+    shape = tuple(ref.shape)
+    if name.endswith(".conv1d.weight") and is_depthwise_conv(shape):
+        return name, squeezed(ref, (shape[0], shape[2]))
+    if name.endswith(".dt_bias"):
+        return name[: -len(".dt_bias")] + ".dt_proj.bias", ref
+    if name.endswith((".A_log", ".D")) and len(shape) == 1:
+        return name, squeezed(ref, (shape[0], 1))
+    if name.endswith(".mamba.norm.weight") and len(shape) == 1 and shape[0] % n_group == 0:
+        return name, squeezed(ref, (n_group, shape[0] // n_group))
+    return name, ref
+
+
+def mamba2_a(read_rows):
+    """ssm_a's values: A = -exp(A_log), as llama.cpp's ssm scan takes A (rows of (n_head, 1) f32)."""
+    import numpy as np
+
+    return lambda a, b: -np.exp(read_rows(a, b))
+
+
+def default_time_step_limit(limit) -> bool:
+    """True for a Mamba-2 `time_step_limit` of (0, inf), i.e. no clamp (llama.cpp's scan has none). transformers
+    writes infinity into config.json as {"__float__": "Infinity"}; anything unreadable is not the default."""
+    try:
+        values = [float(v["__float__"] if isinstance(v, dict) else v) for v in limit]
+    except (TypeError, ValueError, KeyError):
+        return False
+    return values == [0.0, float("inf")]

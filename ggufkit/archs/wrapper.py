@@ -45,8 +45,12 @@ class TextOfMultimodal:
                              "converts to its text model)", config_path)
         import transformers
 
+        config_class = getattr(transformers, self.text_config_class)
+        if text.get("model_type", config_class.model_type) != config_class.model_type:  # e.g. a vision tower's
+            raise InputError(f"text_config model_type {text['model_type']!r} (a {config.get('model_type')} wrapper "
+                             f"converts a {config_class.model_type} text model)", config_path)
         try:
-            full = getattr(transformers, self.text_config_class)(**text).to_dict()
+            full = config_class(**text).to_dict()
         except (TypeError, ValueError) as e:
             raise InputError(f"text_config is not a valid {self.text_config_class}: {e}", config_path) from None
         for key in ("tie_word_embeddings", "quantization_config"):
