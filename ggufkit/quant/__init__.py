@@ -15,9 +15,10 @@ from gguf import GGMLQuantizationType
 
 from ggufkit import _quants
 
-__all__ = ["REQUIRES_IMATRIX", "default_threads", "dequantize", "quantize", "row_size", "simd_active", "supported_types"]
+__all__ = ["REQUIRES_IMATRIX", "default_threads", "dequantize", "quantize", "row_size", "simd_active", "simd_path",
+           "supported_types"]
 
-# ggml_type id -> (name, block_size, type_size, simd_feature, simd_active), for the types gguf-py can name (the
+# ggml_type id -> (name, block_size, type_size, simd_feature, simd_active, path), for the types gguf-py can name (the
 # native core may hold types newer than the pinned gguf-py, e.g. Q2_0; they stay reachable through _quants only)
 _KNOWN_IDS = {int(t) for t in GGMLQuantizationType}
 _TRAITS = {t[0]: t[1:] for t in _quants.types() if t[0] in _KNOWN_IDS}
@@ -52,6 +53,13 @@ def simd_active(qtype) -> bool:
     """Whether quantize() takes the SIMD path for this type here (CPU feature present, not forced scalar)."""
     t = _resolve(qtype)
     return any(row[0] == int(t) and row[5] for row in _quants.types())
+
+
+def simd_path(qtype) -> str:
+    """The path quantize() takes for this type here: "avx512", "avx2", "neon" or "plain" (the widest the CPU runs,
+    lowered by GGUFKIT_FORCE_AVX2=1 or GGUFKIT_FORCE_SCALAR=1)."""
+    t = _resolve(qtype)
+    return next(row[6] for row in _quants.types() if row[0] == int(t))
 
 
 def default_threads() -> int:

@@ -27,6 +27,11 @@ static int cpu_has(const char *feature) {
 #if defined(__x86_64__) || defined(__i386__)
     // The AVX2 paths also convert fp16 in hardware (F16C); every AVX2 CPU has it, but say so.
     if (strcmp(feature, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    // AVX-512 paths use F (the arithmetic), DQ (256-bit halves), BW and VL; libgcc's check includes the OS's
+    // support for the 512-bit register state (XGETBV), so a hypervisor that hides it is respected.
+    if (strcmp(feature, "avx512") == 0)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && cpu_has("avx2");
     return 0;
 #elif defined(__aarch64__)
     return strcmp(feature, "neon") == 0;  // Advanced SIMD is mandatory on AArch64
@@ -35,13 +40,27 @@ static int cpu_has(const char *feature) {
 #endif
 }
 
-static int force_scalar(void) {
-    const char *v = getenv("GGUFKIT_FORCE_SCALAR");
+static int env_flag(const char *name) {
+    const char *v = getenv(name);
     return v != NULL && v[0] != '\0' && strcmp(v, "0") != 0;
 }
 
-static gk_quantize_row_fn pick_quantizer(const gk_type_traits *t) {
-    if (t->quantize_row_simd != NULL && !force_scalar() && cpu_has(t->simd_feature)) return t->quantize_row_simd;
+// The widest path the CPU runs, unless forced lower: GGUFKIT_FORCE_SCALAR=1 takes the plain C reference,
+// GGUFKIT_FORCE_AVX2=1 the 8-lane path (AVX2 / NEON) where a type also has a wider one (AVX-512).
+static gk_quantize_row_fn pick_quantizer(const gk_type_traits *t, const char **path) {
+    const char *unused;
+    if (path == NULL) path = &unused;
+    if (!env_flag("GGUFKIT_FORCE_SCALAR")) {
+        if (t->quantize_row_wide != NULL && !env_flag("GGUFKIT_FORCE_AVX2") && cpu_has(t->wide_feature)) {
+            *path = t->wide_feature;
+            return t->quantize_row_wide;
+        }
+        if (t->quantize_row_simd != NULL && cpu_has(t->simd_feature)) {
+            *path = t->simd_feature;
+            return t->quantize_row_simd;
+        }
+    }
+    *path = "plain";
     return t->quantize_row;
 }
 
@@ -142,7 +161,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
         (has_im && ib.len != (Py_ssize_t)(cols * 4))) {
         PyErr_SetString(PyExc_ValueError, "buffer sizes do not match rows, cols and the type");
     } else {
-        rows_job job = {t, pick_quantizer(t), (const float *)xb.buf, (uint8_t *)ob.buf,
+        rows_job job = {t, pick_quantizer(t, NULL), (const float *)xb.buf, (uint8_t *)ob.buf,
                         has_im ? (const float *)ib.buf : NULL, 0, 0, cols, row_bytes, 0};
         Py_BEGIN_ALLOW_THREADS
         run_parallel(job, rows, threads);
@@ -217,7 +236,8 @@ static PyObject *py_scan_nonfinite(PyObject *self, PyObject *arg) {
 }
 
 PyDoc_STRVAR(types_doc,
-    "types() -> list of (ggml_type, name, block_size, type_size, simd_feature or None, simd_active)");
+    "types() -> list of (ggml_type, name, block_size, type_size, simd_feature or None, simd_active, path)\n"
+    "path: the quantizer quantize() takes here now: 'avx512', 'avx2', 'neon' or 'plain'.");
 
 static PyObject *py_types(PyObject *self, PyObject *noargs) {
     (void)self; (void)noargs;
@@ -225,10 +245,11 @@ static PyObject *py_types(PyObject *self, PyObject *noargs) {
     if (list == NULL) return NULL;
     for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
         for (const gk_type_traits *t = families[f]; t->name != NULL; t++) {
-            int active = pick_quantizer(t) != t->quantize_row;
-            PyObject *item = Py_BuildValue("isiizO", t->ggml_type, t->name, t->block_size, t->type_size,
+            const char *path;
+            int active = pick_quantizer(t, &path) != t->quantize_row;
+            PyObject *item = Py_BuildValue("isiizOs", t->ggml_type, t->name, t->block_size, t->type_size,
                                            t->quantize_row_simd ? t->simd_feature : NULL,
-                                           active ? Py_True : Py_False);
+                                           active ? Py_True : Py_False, path);
             if (item == NULL || PyList_Append(list, item) != 0) { Py_XDECREF(item); Py_DECREF(list); return NULL; }
             Py_DECREF(item);
         }

@@ -7,7 +7,8 @@
 // them. Without an importance matrix llama.cpp uses its "reference" quantizer for each type; with one it uses a
 // different, weighted fitting (llama.cpp's *_impl functions). Both are here, per type.
 //
-// The AVX2 versions live in quants_k_avx2.c; they run the same operations per block, eight blocks at a time.
+// The SIMD versions (quants_k_lanes.h, instantiated by quants_k_avx2.c, quants_k_avx512.c and quants_k_neon.c) run
+// the same operations per block, eight (AVX2, NEON) or sixteen (AVX-512) blocks at a time.
 #include <math.h>
 #include <string.h>
 
@@ -795,17 +796,20 @@ static void dequantize_row_q6_k(const void *vy, float *x, int64_t n) {
 
 #if defined(__x86_64__) || defined(__i386__)
 #define KQ_SIMD(t) kq_quantize_row_##t##_avx2, "avx2"
+#define KQ_WIDE(t) , kq_quantize_row_##t##_avx512, "avx512"
 #elif defined(__aarch64__)
 #define KQ_SIMD(t) kq_quantize_row_##t##_neon, "neon"
+#define KQ_WIDE(t)
 #else
 #define KQ_SIMD(t) NULL, NULL
+#define KQ_WIDE(t)
 #endif
 
 const gk_type_traits gk_kquant_types[] = {
-    {10, "Q2_K", 256, 84, kq_quantize_row_q2_k, KQ_SIMD(q2_k), dequantize_row_q2_k},
-    {11, "Q3_K", 256, 110, kq_quantize_row_q3_k, KQ_SIMD(q3_k), dequantize_row_q3_k},
-    {12, "Q4_K", 256, 144, kq_quantize_row_q4_k, KQ_SIMD(q4_k), dequantize_row_q4_k},
-    {13, "Q5_K", 256, 176, kq_quantize_row_q5_k, KQ_SIMD(q5_k), dequantize_row_q5_k},
-    {14, "Q6_K", 256, 210, kq_quantize_row_q6_k, KQ_SIMD(q6_k), dequantize_row_q6_k},
+    {10, "Q2_K", 256, 84, kq_quantize_row_q2_k, KQ_SIMD(q2_k), dequantize_row_q2_k KQ_WIDE(q2_k)},
+    {11, "Q3_K", 256, 110, kq_quantize_row_q3_k, KQ_SIMD(q3_k), dequantize_row_q3_k KQ_WIDE(q3_k)},
+    {12, "Q4_K", 256, 144, kq_quantize_row_q4_k, KQ_SIMD(q4_k), dequantize_row_q4_k KQ_WIDE(q4_k)},
+    {13, "Q5_K", 256, 176, kq_quantize_row_q5_k, KQ_SIMD(q5_k), dequantize_row_q5_k KQ_WIDE(q5_k)},
+    {14, "Q6_K", 256, 210, kq_quantize_row_q6_k, KQ_SIMD(q6_k), dequantize_row_q6_k KQ_WIDE(q6_k)},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };

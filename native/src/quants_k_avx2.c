@@ -9,6 +9,8 @@
 
 #define KQ_TARGET __attribute__((target("avx2")))
 #define KQ_ROW_NAME(t) kq_quantize_row_##t##_avx2
+#define KQ_TAIL(t) kq_quantize_row_##t
+#define KQ_LANES 8
 
 typedef __m256 kv;
 typedef __m256 km;

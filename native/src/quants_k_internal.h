@@ -61,7 +61,7 @@ void kq_q45k_requantize_pack(const float *x, uint8_t *blk, uint8_t *levels, int 
 void kq_q6k_requantize_pack(const float *x, uint8_t *blk, int8_t *levels);
 
 // The plain-C row quantizers (the reference) and their lane versions (quants_k_lanes.h): AVX2 (quants_k_avx2.c,
-// x86 only) and NEON (quants_k_neon.c, aarch64 only).
+// x86 only), AVX-512 (quants_k_avx512.c, x86 only, sixteen lanes) and NEON (quants_k_neon.c, aarch64 only).
 void kq_quantize_row_q2_k(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q3_k(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q4_k(const float *x, void *y, int64_t n, const float *imatrix);
@@ -72,6 +72,11 @@ void kq_quantize_row_q3_k_avx2(const float *x, void *y, int64_t n, const float *
 void kq_quantize_row_q4_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q5_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q6_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q2_k_avx512(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q3_k_avx512(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q4_k_avx512(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q5_k_avx512(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q6_k_avx512(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q2_k_neon(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q3_k_neon(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q4_k_neon(const float *x, void *y, int64_t n, const float *imatrix);

@@ -1,5 +1,5 @@
-// The lane-per-block K-quant quantizers, written once for every SIMD backend: eight 256-float blocks of a row at
-// a time, block b in lane b of an eight-lane float vector.
+// The lane-per-block K-quant quantizers, written once for every SIMD backend: KQ_LANES (8 for AVX2 and NEON, 16
+// for AVX-512) 256-float blocks of a row at a time, block b in lane b of a KQ_LANES-lane float vector.
 //
 // Exactness: lane b performs, for its own block, exactly the float operations of the plain-C fitting in
 // quants_k.c, in the same order (sums run element by element within a block; nothing is reordered or
@@ -8,23 +8,27 @@
 // IEEE-exact instructions; no reciprocal approximations, no FMA (the including files are built with
 // -ffp-contract=off and use separate multiply and add). The per-group fits run here, and so does the packing of
 // Q3_K's and Q6_K's levels (pure data movement); the small per-block header steps (super-block scales) run
-// through the shared plain-C code. Blocks left over when a row holds fewer than eight go through the plain path.
+// through the shared plain-C code. Blocks left over when a row holds fewer than KQ_LANES go through KQ_TAIL(t)
+// (the next narrower path: AVX-512 hands them to AVX2, which hands its own leftovers to the plain path).
 //
-// The including file (quants_k_avx2.c, quants_k_neon.c) defines, before including this header:
+// The including file (quants_k_avx2.c, quants_k_neon.c, quants_k_avx512.c) defines, before including this header:
 //   KQ_TARGET                function attribute (target ISA) or nothing
+//   KQ_LANES                 lanes per vector (8 or 16)
 //   KQ_ROW_NAME(t)           the row entry point's name for type t (kq_quantize_row_<t>_<isa>)
-//   kv, km, kvi              eight floats, eight lane masks, eight int32
+//   KQ_TAIL(t)               the row function that takes the blocks left over (fewer than KQ_LANES)
+//   kv, km, kvi              KQ_LANES floats, lane masks, int32
 //   v_set v_zero v_add v_sub v_mul v_div v_sqrt v_abs v_neg    float lane arithmetic (IEEE, no fusion)
 //   v_gt v_lt v_eq (ordered: false on NaN) v_ne (true on NaN), m_and m_or m_true m_any m_all
 //   v_pick(a, b, m)          m ? b : a per lane
 //   v_round_clamp(v, lo, hi) kq_round_magic per lane, clamped to [lo, hi] as an int, returned as an exact float
-//   v_load(p) v_store(p, v)  eight consecutive floats
+//   v_load(p) v_store(p, v)  KQ_LANES consecutive floats
 //   vi_from(v)               exact small-integer floats -> int32 lanes;  vi_and vi_or vi_shl vi_shr vi_set
-//   transpose8(in, out)      8x8 transpose of 32-bit lanes: out[j] lane b = in[b] lane j
+//   to_lanes(src, dst)       KQ_LANES blocks of 256 floats (block b at src + 256b) -> dst[e] lane b = element e
+//                            of block b (a generic 8-lane version from transpose8 is below when KQ_LANES is 8)
 //   vi_store_block_rows(w, y, stride)  w: 8 kvi, lane b of w[k] = word k of block b -> 32 bytes at y + b*stride
 //
-// Lane layout (one pass): x[e] lane b = element e of block b, e = 0..255, b = 0..7; the packed output bytes the
-// same way, bytes[p] lane b = byte p of block b, then transposed 32 bytes at a time into the blocks.
+// Lane layout (one pass): x[e] lane b = element e of block b, e = 0..255, b = 0..KQ_LANES-1; the packed output
+// bytes the same way, bytes[p] lane b = byte p of block b, then transposed 32 bytes at a time into the blocks.
 #ifndef GGUFKIT_QUANTS_K_LANES_H
 #define GGUFKIT_QUANTS_K_LANES_H
 
@@ -35,19 +39,21 @@
 
 // ---- transposes between block-major rows and lane-major vectors
 
+#if KQ_LANES == 8
 // src: 8 blocks of 256 floats, block b at src + b*256 -> dst[e] = element e of the 8 blocks (lane b = block b).
 KQ_TARGET static void to_lanes(const float *src, kv *dst) {
     for (int e = 0; e < 256; e += 8) {
         kv rows[8];
-        for (int b = 0; b < 8; b++) rows[b] = v_load(src + 256 * b + e);
+        for (int b = 0; b < KQ_LANES; b++) rows[b] = v_load(src + 256 * b + e);
         transpose8(rows, dst + e);
     }
 }
+#endif
 
-// (256, 8) lane-major levels (exact small integers as floats) -> lane b's 256 levels as bytes.
+// (256, KQ_LANES) lane-major levels (exact small integers as floats) -> lane b's 256 levels as bytes.
 KQ_TARGET static void lane_levels_u8(const kv *q, int lane, uint8_t *out) {
     const float *f = (const float *)q;
-    for (int e = 0; e < 256; e++) out[e] = (uint8_t)(int)f[8 * e + lane];
+    for (int e = 0; e < 256; e++) out[e] = (uint8_t)(int)f[KQ_LANES * e + lane];
 }
 
 // Packed bytes in lanes -> blocks: bytes[p] lane b is byte p of block b (0..255), n a multiple of 32; byte p goes
@@ -63,7 +69,7 @@ KQ_TARGET static void store_lane_bytes(const kvi *bytes, int n, uint8_t *y, int 
     }
 }
 
-// ---- fitting, eight groups at once (see the plain versions in quants_k.c for what each computes)
+// ---- fitting, KQ_LANES groups at once (see the plain versions in quants_k.c for what each computes)
 
 // kq_fit_affine per lane. q[i] receives the levels as floats.
 KQ_TARGET static kv fit_affine_v(int n, int nmax, const kv *x, const kv *w, kv *q, kv *neg_min, float rmin,
@@ -266,11 +272,11 @@ KQ_TARGET static kv importance_weights_v(int n, const kv *x, const kv *im, kv si
     return sw;
 }
 
-// ---- requantization against the stored scales, eight blocks at once
+// ---- requantization against the stored scales, KQ_LANES blocks at once
 
 // For each group g of `size` elements: lanes whose stored scale dg is non-zero get
 // clamp(round((x + mg) / dg), lo, hi) + offset (x / dg when mg is NULL); the others keep their fitted levels.
-KQ_TARGET static void requantize_v(const kv *x, kv *q, int groups, int size, float dg[][8], float mg[][8], int lo,
+KQ_TARGET static void requantize_v(const kv *x, kv *q, int groups, int size, float dg[][KQ_LANES], float mg[][KQ_LANES], int lo,
                                    int hi, float offset) {
     const kv zero = v_zero(), off = v_set(offset);
     for (int g = 0; g < groups; g++) {
@@ -321,32 +327,32 @@ KQ_TARGET static void pack_q6k_v(const kv *q, kvi *bytes) {
     }
 }
 
-// ---- the eight-block drivers
+// ---- the KQ_LANES-block drivers
 
 typedef struct {
-    kv x[256];      // (256 elements, 8 lanes) the blocks' values
-    kv im[256];     // (256, 8) importance, when given
-    kv q[256];      // (256, 8) fitted levels
+    kv x[256];      // (256 elements, KQ_LANES lanes) the blocks' values
+    kv im[256];     // (256, KQ_LANES) importance, when given
+    kv q[256];      // (256, KQ_LANES) fitted levels
     kv w[32];       // one group's weights
-    kvi bytes[192]; // (packed byte, 8 lanes)
-    float scales[16][8], mins[16][8], group_w[16][8];
-    float dg[16][8], mg[16][8];  // per group and lane: the stored scale and min as floats
-} lanes8;
+    kvi bytes[192]; // (packed byte, KQ_LANES lanes)
+    float scales[16][KQ_LANES], mins[16][KQ_LANES], group_w[16][KQ_LANES];
+    float dg[16][KQ_LANES], mg[16][KQ_LANES];  // per group and lane: the stored scale and min as floats
+} lanes_t;
 
-KQ_TARGET static void load_lanes(lanes8 *s, const float *x, const float *imatrix) {
+KQ_TARGET static void load_lanes(lanes_t *s, const float *x, const float *imatrix) {
     to_lanes(x, s->x);
     if (imatrix) to_lanes(imatrix, s->im);
 }
 
-static inline void lane_column(float src[][8], int groups, int lane, float *out) {
+static inline void lane_column(float src[][KQ_LANES], int groups, int lane, float *out) {
     for (int g = 0; g < groups; g++) out[g] = src[g][lane];
 }
 
-static inline void set_lane_column(float dst[][8], int groups, int lane, const float *in) {
+static inline void set_lane_column(float dst[][KQ_LANES], int groups, int lane, const float *in) {
     for (int g = 0; g < groups; g++) dst[g][lane] = in[g];
 }
 
-KQ_TARGET static void q2k_eight(lanes8 *s, const float *x, const float *imatrix, uint8_t *y) {
+KQ_TARGET static void q2k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y) {
     load_lanes(s, x, imatrix);
     kv sigma2 = v_zero();
     if (imatrix) sigma2 = v_div(block_sumsq_v(s->x), v_set(256.0f));
@@ -363,7 +369,7 @@ KQ_TARGET static void q2k_eight(lanes8 *s, const float *x, const float *imatrix,
         v_store(s->scales[g], scale);
         v_store(s->mins[g], neg_min);
     }
-    for (int b = 0; b < 8; b++) {
+    for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];  // unused until packing: the header step does not read it
         float scales[16], mins[16], group_w[16];
         lane_column(s->scales, 16, b, scales);
@@ -380,7 +386,7 @@ KQ_TARGET static void q2k_eight(lanes8 *s, const float *x, const float *imatrix,
         set_lane_column(s->mg, 16, b, mg);
     }
     requantize_v(s->x, s->q, 16, 16, s->dg, s->mg, 0, 3, 0.0f);
-    for (int b = 0; b < 8; b++) {
+    for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];
         lane_levels_u8(s->q, b, levels);
         kq_q2k_requantize_pack(NULL, y + 84 * b, levels);
@@ -389,23 +395,23 @@ KQ_TARGET static void q2k_eight(lanes8 *s, const float *x, const float *imatrix,
 
 // Q3_K with importance: the sixteen group scales of each block are fitted to 6 bits (kq_q3k_finish_weighted's
 // kq_fit_symmetric over the scales, weighted by the group weights) in lanes too.
-KQ_TARGET static void q3k_scales_weighted(lanes8 *s, uint8_t *y) {
+KQ_TARGET static void q3k_scales_weighted(lanes_t *s, uint8_t *y) {
     kv sc[16], gw[16], ls[16];
     for (int g = 0; g < 16; g++) {
         sc[g] = v_load(s->scales[g]);
         gw[g] = v_load(s->group_w[g]);
     }
-    float d[8], ls_f[16][8];
+    float d[KQ_LANES], ls_f[16][KQ_LANES];
     v_store(d, fit_symmetric_v(16, 32, sc, gw, ls));
     for (int g = 0; g < 16; g++) v_store(ls_f[g], ls[g]);
-    for (int b = 0; b < 8; b++) {
+    for (int b = 0; b < KQ_LANES; b++) {
         uint8_t s6[16];
         for (int g = 0; g < 16; g++) s6[g] = (uint8_t)(int)ls_f[g][b];
         kq_q3k_write_header(y + 110 * b, s6, d[b]);
     }
 }
 
-KQ_TARGET static void q3k_eight(lanes8 *s, const float *x, const float *imatrix, uint8_t *y) {
+KQ_TARGET static void q3k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y) {
     load_lanes(s, x, imatrix);
     if (imatrix) {
         const kv sigma2 = v_div(v_mul(v_set(2.0f), block_sumsq_v(s->x)), v_set(256.0f));
@@ -421,14 +427,14 @@ KQ_TARGET static void q3k_eight(lanes8 *s, const float *x, const float *imatrix,
             fit_descent_v(s->x + 16 * g, s->q + 16 * g, scales);
             for (int j = 0; j < KQ_DESCENT_GROUPS; j++) v_store(s->scales[g + j], scales[j]);
         }
-        for (int b = 0; b < 8; b++) {
+        for (int b = 0; b < KQ_LANES; b++) {
             int8_t levels[256];  // unused: the header step does not read it
             float scales[16];
             lane_column(s->scales, 16, b, scales);
             kq_q3k_finish_plain(NULL, y + 110 * b, scales, levels);
         }
     }
-    for (int b = 0; b < 8; b++) {
+    for (int b = 0; b < KQ_LANES; b++) {
         float dg[16];
         kq_q3k_group_factors(y + 110 * b, dg);
         set_lane_column(s->dg, 16, b, dg);
@@ -438,7 +444,7 @@ KQ_TARGET static void q3k_eight(lanes8 *s, const float *x, const float *imatrix,
     store_lane_bytes(s->bytes, 96, y, 110);
 }
 
-KQ_TARGET static void q45k_eight(lanes8 *s, const float *x, const float *imatrix, uint8_t *y, int nmax) {
+KQ_TARGET static void q45k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y, int nmax) {
     const int block_bytes = nmax == 15 ? 144 : 176;
     load_lanes(s, x, imatrix);
     kv sigma2 = v_zero();
@@ -460,7 +466,7 @@ KQ_TARGET static void q45k_eight(lanes8 *s, const float *x, const float *imatrix
         v_store(s->scales[g], scale);
         v_store(s->mins[g], neg_min);
     }
-    for (int b = 0; b < 8; b++) {
+    for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];
         float scales[8], mins[8], group_w[8];
         lane_column(s->scales, 8, b, scales);
@@ -477,19 +483,19 @@ KQ_TARGET static void q45k_eight(lanes8 *s, const float *x, const float *imatrix
         set_lane_column(s->mg, 8, b, mg);
     }
     requantize_v(s->x, s->q, 8, 32, s->dg, s->mg, 0, nmax, 0.0f);
-    for (int b = 0; b < 8; b++) {
+    for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];
         lane_levels_u8(s->q, b, levels);
         kq_q45k_requantize_pack(NULL, y + block_bytes * b, levels, nmax);
     }
 }
 
-KQ_TARGET static void q6k_eight(lanes8 *s, const float *x, const float *imatrix, uint8_t *y) {
+KQ_TARGET static void q6k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y) {
     load_lanes(s, x, imatrix);
     for (int g = 0; g < 16; g++)
         v_store(s->scales[g], fit_symmetric_v(16, 32, s->x + 16 * g, imatrix ? s->im + 16 * g : NULL, s->q + 16 * g));
-    int done[8];
-    for (int b = 0; b < 8; b++) {
+    int done[KQ_LANES];
+    for (int b = 0; b < KQ_LANES; b++) {
         float scales[16], dg[16];
         lane_column(s->scales, 16, b, scales);
         done[b] = kq_q6k_header(y + 210 * b, scales);
@@ -500,7 +506,7 @@ KQ_TARGET static void q6k_eight(lanes8 *s, const float *x, const float *imatrix,
     requantize_v(s->x, s->q, 16, 16, s->dg, NULL, -32, 31, 32.0f);
     pack_q6k_v(s->q, s->bytes);
     store_lane_bytes(s->bytes, 192, y, 210);
-    for (int b = 0; b < 8; b++)
+    for (int b = 0; b < KQ_LANES; b++)
         if (done[b]) memset(y + 210 * b, 0, 192);  // the header step wrote the whole (zero) block
 }
 
@@ -510,15 +516,15 @@ KQ_TARGET static void q6k_eight(lanes8 *s, const float *x, const float *imatrix,
     KQ_TARGET void KQ_ROW_NAME(t)(const float *x, void *vy, int64_t n, const float *imatrix) {                 \
         uint8_t *y = (uint8_t *)vy;                                                                            \
         const int64_t blocks = n / 256;                                                                        \
-        lanes8 s __attribute__((aligned(32)));                                                                 \
+        lanes_t s __attribute__((aligned(64)));                                                                \
         int64_t b = 0;                                                                                         \
-        for (; b + 8 <= blocks; b += 8) {                                                                      \
+        for (; b + KQ_LANES <= blocks; b += KQ_LANES) {                                                        \
             const float *xb = x + 256 * b, *ib = imatrix ? imatrix + 256 * b : NULL;                           \
             uint8_t *yb = y + (block_bytes) * b;                                                               \
             eight_call;                                                                                        \
         }                                                                                                      \
-        if (b < blocks) kq_quantize_row_##t(x + 256 * b, y + (block_bytes) * b, 256 * (blocks - b),            \
-                                            imatrix ? imatrix + 256 * b : NULL);                               \
+        if (b < blocks) KQ_TAIL(t)(x + 256 * b, y + (block_bytes) * b, 256 * (blocks - b),                     \
+                                   imatrix ? imatrix + 256 * b : NULL);                                        \
     }
 
 KQ_LANES_ROW(q2_k, 84, q2k_eight(&s, xb, ib, yb))

@@ -11,6 +11,8 @@
 
 #define KQ_TARGET
 #define KQ_ROW_NAME(t) kq_quantize_row_##t##_neon
+#define KQ_TAIL(t) kq_quantize_row_##t
+#define KQ_LANES 8
 
 typedef struct { float32x4_t lo, hi; } kv;  // lanes 0-3, 4-7
 typedef struct { uint32x4_t lo, hi; } km;   // all-ones / all-zeros per lane
