@@ -91,10 +91,6 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, threads: i
     rows, cols = x.shape
     nbytes = row_size(t, cols)
     x = np.ascontiguousarray(x)
-    count, first = _quants.scan_nonfinite(x)
-    if count:
-        raise ValueError(f"x has {count} non-finite value(s) (NaN/Inf); first at (row {first // cols}, "
-                         f"col {first % cols})")
     im = None
     if imatrix is None and t in REQUIRES_IMATRIX:
         raise ValueError(f"{t.name} is quantized only with importance weights (as in llama.cpp): pass an imatrix")
@@ -107,7 +103,11 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, threads: i
             raise ValueError(f"imatrix has {count} non-finite value(s); first at col {first}")
     out = np.empty((rows, nbytes), dtype=np.uint8)
     if rows:
-        _quants.quantize(int(t), x, rows, cols, im, _check_threads(threads), out)
+        # x is checked for NaN/Inf by the native rows as they are quantized (no separate pass over the input)
+        count, first = _quants.quantize(int(t), x, rows, cols, im, _check_threads(threads), out)
+        if count:
+            raise ValueError(f"x has {count} non-finite value(s) (NaN/Inf); first at (row {first // cols}, "
+                             f"col {first % cols})")
     return out
 
 
