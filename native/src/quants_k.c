@@ -102,28 +102,36 @@ float kq_fit_symmetric_descent(int n, int nmax, const float *x, int8_t *q) {
         sumlx += w * x[i] * l;
         suml2 += w * l * l;
     }
-    for (int pass = 0; pass < 5; pass++) {
-        int changed = 0;
-        for (int i = 0; i < n; i++) {
-            float w = x[i] * x[i];
-            float slx = sumlx - w * x[i] * q[i];
-            if (!(slx > 0.0f)) continue;
-            float sl2 = suml2 - w * q[i] * q[i];
-            int l = clamp_int(kq_round_magic(x[i] * sl2 / slx), -nmax, nmax - 1);
-            if (l == q[i]) continue;
-            slx += w * x[i] * l;
-            sl2 += w * l * l;
-            if (sl2 > 0.0f && slx * slx * suml2 > sumlx * sumlx * sl2) {
-                q[i] = (int8_t)l;
-                sumlx = slx;
-                suml2 = sl2;
-                changed++;
-            }
-        }
-        if (!changed) break;
-    }
+    for (int pass = 0; pass < KQ_DESCENT_PASSES; pass++)
+        if (!kq_descent_pass(n, nmax, x, q, &sumlx, &suml2)) break;
     for (int i = 0; i < n; i++) q[i] = (int8_t)(q[i] + nmax);
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+// One pass of the descent over q (levels -nmax..nmax-1, not offset) with its running sums; returns how many
+// levels moved. The lane paths run the first pass in lanes and hand the (few) groups that moved to this.
+int kq_descent_pass(int n, int nmax, const float *x, int8_t *q, float *sumlx_io, float *suml2_io) {
+    float sumlx = *sumlx_io, suml2 = *suml2_io;
+    int changed = 0;
+    for (int i = 0; i < n; i++) {
+        float w = x[i] * x[i];
+        float slx = sumlx - w * x[i] * q[i];
+        if (!(slx > 0.0f)) continue;
+        float sl2 = suml2 - w * q[i] * q[i];
+        int l = clamp_int(kq_round_magic(x[i] * sl2 / slx), -nmax, nmax - 1);
+        if (l == q[i]) continue;
+        slx += w * x[i] * l;
+        sl2 += w * l * l;
+        if (sl2 > 0.0f && slx * slx * suml2 > sumlx * sumlx * sl2) {
+            q[i] = (int8_t)l;
+            sumlx = slx;
+            suml2 = sl2;
+            changed++;
+        }
+    }
+    *sumlx_io = sumlx;
+    *suml2_io = suml2;
+    return changed;
 }
 
 // ---- fitting: scale and minimum, x[i] ~ scale * q[i] - mn, q in [0, nmax]

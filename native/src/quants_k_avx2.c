@@ -37,6 +37,7 @@ KQ_TARGET static inline km m_or(km a, km b) { return _mm256_or_ps(a, b); }
 KQ_TARGET static inline km m_true(void) { return _mm256_castsi256_ps(_mm256_set1_epi32(-1)); }
 KQ_TARGET static inline int m_any(km m) { return _mm256_movemask_ps(m) != 0; }
 KQ_TARGET static inline int m_all(km m) { return _mm256_movemask_ps(m) == 0xff; }
+KQ_TARGET static inline int m_bits(km m) { return _mm256_movemask_ps(m); }
 KQ_TARGET static inline kv v_pick(kv a, kv b, km m) { return _mm256_blendv_ps(a, b, m); }
 KQ_TARGET static inline kv v_load(const float *p) { return _mm256_loadu_ps(p); }
 KQ_TARGET static inline void v_store(float *p, kv v) { _mm256_storeu_ps(p, v); }

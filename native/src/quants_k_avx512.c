@@ -47,6 +47,7 @@ KQ_TARGET static inline km m_or(km a, km b) { return (km)(a | b); }
 KQ_TARGET static inline km m_true(void) { return (km)0xffff; }
 KQ_TARGET static inline int m_any(km m) { return m != 0; }
 KQ_TARGET static inline int m_all(km m) { return m == 0xffff; }
+KQ_TARGET static inline int m_bits(km m) { return (int)m; }
 KQ_TARGET static inline kv v_pick(kv a, kv b, km m) { return _mm512_mask_blend_ps(m, a, b); }
 KQ_TARGET static inline kv v_load(const float *p) { return _mm512_loadu_ps(p); }
 KQ_TARGET static inline void v_store(float *p, kv v) { _mm512_storeu_ps(p, v); }

@@ -28,6 +28,9 @@ void kq_pack_scale_min6(const uint8_t *s, const uint8_t *m, uint8_t *out);
 void kq_pack_scale6_q3(const uint8_t *s, uint8_t *out);
 
 float kq_fit_symmetric_descent(int n, int nmax, const float *x, int8_t *q);
+// Q3_K's descent: at most KQ_DESCENT_PASSES passes, stopping after one that moves no level.
+#define KQ_DESCENT_PASSES 5
+int kq_descent_pass(int n, int nmax, const float *x, int8_t *q, float *sumlx, float *suml2);
 
 // Q4_K's and Q5_K's range-stretch search without importance (Q4_K: nmax 15, Q5_K: nmax 31).
 #define KQ_Q45K_RMIN(nmax) ((nmax) == 15 ? -1.0f : -0.5f)

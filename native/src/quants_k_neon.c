@@ -43,6 +43,14 @@ static inline km m_or(km a, km b) { return KQ_PAIR(km, vorrq_u32(a.lo, b.lo), vo
 static inline km m_true(void) { return KQ_PAIR(km, vdupq_n_u32(~0u), vdupq_n_u32(~0u)); }
 static inline int m_any(km m) { return vmaxvq_u32(vorrq_u32(m.lo, m.hi)) != 0; }
 static inline int m_all(km m) { return vminvq_u32(vandq_u32(m.lo, m.hi)) != 0; }
+static inline int m_bits(km m) {
+    uint32_t u[8];
+    vst1q_u32(u, m.lo);
+    vst1q_u32(u + 4, m.hi);
+    int bits = 0;
+    for (int b = 0; b < 8; b++) bits |= (u[b] != 0) << b;
+    return bits;
+}
 static inline kv v_pick(kv a, kv b, km m) { return KQ_PAIR(kv, vbslq_f32(m.lo, b.lo, a.lo), vbslq_f32(m.hi, b.hi, a.hi)); }
 static inline kv v_load(const float *p) { return KQ_PAIR(kv, vld1q_f32(p), vld1q_f32(p + 4)); }
 static inline void v_store(float *p, kv v) {
