@@ -50,6 +50,13 @@ KQ_TARGET static inline kv v_round_clamp(kv v, int lo, int hi) {
     return _mm256_cvtepi32_ps(r);
 }
 
+// |v| < 2^22: cvtps2dq rounds to nearest even (the default MXCSR mode, which the adder of kq_round_magic follows too).
+KQ_TARGET static inline kv v_round_clamp_small(kv v, int lo, int hi) {
+    __m256i r = _mm256_cvtps_epi32(v);
+    r = _mm256_min_epi32(_mm256_max_epi32(r, _mm256_set1_epi32(lo)), _mm256_set1_epi32(hi));
+    return _mm256_cvtepi32_ps(r);
+}
+
 KQ_TARGET static inline kvi vi_from(kv v) { return _mm256_cvttps_epi32(v); }
 KQ_TARGET static inline kvi vi_set(int i) { return _mm256_set1_epi32(i); }
 KQ_TARGET static inline kvi vi_and(kvi a, kvi b) { return _mm256_and_si256(a, b); }

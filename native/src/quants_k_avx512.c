@@ -60,6 +60,13 @@ KQ_TARGET static inline kv v_round_clamp(kv v, int lo, int hi) {
     return _mm512_cvtepi32_ps(r);
 }
 
+// |v| < 2^22: cvtps2dq rounds to nearest even (the default MXCSR mode, which the adder of kq_round_magic follows too).
+KQ_TARGET static inline kv v_round_clamp_small(kv v, int lo, int hi) {
+    __m512i r = _mm512_cvtps_epi32(v);
+    r = _mm512_min_epi32(_mm512_max_epi32(r, _mm512_set1_epi32(lo)), _mm512_set1_epi32(hi));
+    return _mm512_cvtepi32_ps(r);
+}
+
 KQ_TARGET static inline kvi vi_from(kv v) { return _mm512_cvttps_epi32(v); }
 KQ_TARGET static inline kvi vi_set(int i) { return _mm512_set1_epi32(i); }
 KQ_TARGET static inline kvi vi_and(kvi a, kvi b) { return _mm512_and_si512(a, b); }

@@ -22,6 +22,8 @@
 //   m_bits(m)                the mask as an int, bit b = lane b
 //   v_pick(a, b, m)          m ? b : a per lane
 //   v_round_clamp(v, lo, hi) kq_round_magic per lane, clamped to [lo, hi] as an int, returned as an exact float
+//   v_round_clamp_small(v, lo, hi)  the same for |v| < 2^22, where kq_round_magic is round-to-nearest-even (a
+//                            shorter sequence where the ISA has one); lanes beyond that may differ
 //   v_load(p) v_store(p, v)  KQ_LANES consecutive floats
 //   vi_from(v)               exact small-integer floats -> int32 lanes;  vi_and vi_or vi_shl vi_shr vi_set
 //   to_lanes(src, dst)       KQ_LANES blocks of 256 floats (block b at src + 256b) -> dst[e] lane b = element e
@@ -152,7 +154,12 @@ KQ_TARGET static void signed_absmax_v(int n, const kv *x, kv *amax, kv *max) {
 // kq_fit_symmetric per lane (w == NULL: weights x^2), n <= 16. q[i] receives the levels (offset by nmax) as
 // floats. w*x and (for w == NULL) x*x are computed once: the scalar code's w * x[i] * l is (w * x[i]) * l, the
 // same rounding. A trial's levels are recomputed when it is taken instead of being stored for every trial.
-KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in, kv *q) {
+// data != 0: x are a block's (finite) values. Then every rounded product is small: trial = -(nmax + 0.1k) / max with
+// max the value of largest magnitude, so |trial * x[i]| <= nmax + 0.9 (lanes with max ~ 0 are discarded), and the
+// short rounding is exact. data == 0 (the fit of Q3_K's group scales, which may be inf or NaN): the full rounding.
+#define KQ_ROUND_SYM(v, lo, hi) (data ? v_round_clamp_small(v, lo, hi) : v_round_clamp(v, lo, hi))
+
+KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in, kv *q, int data) {
     kv w[16], wx[16];
     const kv zero = v_zero(), offset = v_set((float)nmax);
     kv amax, max;
@@ -165,7 +172,7 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
     const kv inv = v_div(v_set((float)-nmax), max);
     kv sumlx = zero, suml2 = zero;
     for (int i = 0; i < n; i++) {
-        const kv l = v_round_clamp(v_mul(inv, x[i]), -nmax, nmax - 1);
+        const kv l = KQ_ROUND_SYM(v_mul(inv, x[i]), -nmax, nmax - 1);
         q[i] = v_add(l, offset);
         sumlx = v_add(sumlx, v_mul(wx[i], l));
         suml2 = v_add(suml2, v_mul(v_mul(w[i], l), l));
@@ -177,14 +184,14 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
         const kv trial = v_div(v_set(-(nmax + 0.1f * k)), max);
         kv tlx = zero, tl2 = zero;
         for (int i = 0; i < n; i++) {
-            const kv l = v_round_clamp(v_mul(trial, x[i]), -nmax, nmax - 1);
+            const kv l = KQ_ROUND_SYM(v_mul(trial, x[i]), -nmax, nmax - 1);
             tlx = v_add(tlx, v_mul(wx[i], l));
             tl2 = v_add(tl2, v_mul(v_mul(w[i], l), l));
         }
         const km take = m_and(v_gt(tl2, zero), v_gt(v_mul(tlx, tlx), v_mul(best, tl2)));
         if (!m_any(take)) continue;
         for (int i = 0; i < n; i++)
-            q[i] = v_pick(q[i], v_add(v_round_clamp(v_mul(trial, x[i]), -nmax, nmax - 1), offset), take);
+            q[i] = v_pick(q[i], v_add(KQ_ROUND_SYM(v_mul(trial, x[i]), -nmax, nmax - 1), offset), take);
         const kv t_scale = v_div(tlx, tl2);
         scale = v_pick(scale, t_scale, take);
         best = v_pick(best, v_mul(t_scale, tlx), take);
@@ -219,7 +226,7 @@ KQ_TARGET static void fit_descent_v(const kv *x, kv *q, kv *scales) {
         suml2[g] = zero;
         for (int i = 0; i < N; i++) {
             kv *qi = q + N * g + i;
-            *qi = v_round_clamp(v_mul(inv, xg[i]), -NMAX, NMAX - 1);
+            *qi = v_round_clamp_small(v_mul(inv, xg[i]), -NMAX, NMAX - 1);  // |inv * x| <= 4
             w[N * g + i] = v_mul(xg[i], xg[i]);
             wx[N * g + i] = v_mul(w[N * g + i], xg[i]);
             sumlx[g] = v_add(sumlx[g], v_mul(wx[N * g + i], *qi));
@@ -431,7 +438,7 @@ KQ_TARGET static void q3k_scales_weighted(lanes_t *s, uint8_t *y) {
         gw[g] = v_load(s->group_w[g]);
     }
     float d[KQ_LANES], ls_f[16][KQ_LANES];
-    v_store(d, fit_symmetric_v(16, 32, sc, gw, ls));
+    v_store(d, fit_symmetric_v(16, 32, sc, gw, ls, 0));
     for (int g = 0; g < 16; g++) v_store(ls_f[g], ls[g]);
     for (int b = 0; b < KQ_LANES; b++) {
         uint8_t s6[16];
@@ -447,7 +454,7 @@ KQ_TARGET static void q3k_eight(lanes_t *s, const float *x, const float *imatrix
         for (int g = 0; g < 16; g++) {
             const kv *xg = s->x + 16 * g;
             v_store(s->group_w[g], importance_weights_v(16, xg, s->im + 16 * g, sigma2, s->w));
-            v_store(s->scales[g], fit_symmetric_v(16, 4, xg, s->w, s->q + 16 * g));
+            v_store(s->scales[g], fit_symmetric_v(16, 4, xg, s->w, s->q + 16 * g, 1));
         }
         q3k_scales_weighted(s, y);
     } else {
@@ -522,7 +529,8 @@ KQ_TARGET static void q45k_eight(lanes_t *s, const float *x, const float *imatri
 KQ_TARGET static void q6k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y) {
     load_lanes(s, x, imatrix);
     for (int g = 0; g < 16; g++)
-        v_store(s->scales[g], fit_symmetric_v(16, 32, s->x + 16 * g, imatrix ? s->im + 16 * g : NULL, s->q + 16 * g));
+        v_store(s->scales[g],
+                fit_symmetric_v(16, 32, s->x + 16 * g, imatrix ? s->im + 16 * g : NULL, s->q + 16 * g, 1));
     int done[KQ_LANES];
     for (int b = 0; b < KQ_LANES; b++) {
         float scales[16], dg[16];

@@ -69,6 +69,9 @@ static inline kv v_round_clamp(kv v, int lo, int hi) {
     return KQ_PAIR(kv, round_clamp4(v.lo, lo, hi), round_clamp4(v.hi, lo, hi));
 }
 
+// NEON's converting round saturates where kq_round_magic wraps: keep the magic sequence.
+static inline kv v_round_clamp_small(kv v, int lo, int hi) { return v_round_clamp(v, lo, hi); }
+
 static inline kvi vi_from(kv v) { return KQ_PAIR(kvi, vcvtq_s32_f32(v.lo), vcvtq_s32_f32(v.hi)); }
 static inline kvi vi_set(int i) { return KQ_PAIR(kvi, vdupq_n_s32(i), vdupq_n_s32(i)); }
 static inline kvi vi_and(kvi a, kvi b) { return KQ_PAIR(kvi, vandq_s32(a.lo, b.lo), vandq_s32(a.hi, b.hi)); }
