@@ -168,3 +168,22 @@ def test_paths_are_chosen_as_documented(monkeypatch):
     assert {quant.simd_path(t) for t in K_TYPES} == {"plain" if default == "plain" else _simd8()}
     monkeypatch.setenv("GGUFKIT_FORCE_SCALAR", "1")
     assert {quant.simd_path(t) for t in K_TYPES} == {"plain"}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("qtype", K_TYPES, ids=lambda t: t.name)
+def test_short_rows_joined_into_lanes_match_llama_cpp(qtype, path, monkeypatch):
+    """Rows of fewer blocks than a vector has lanes (a 2048-wide tensor has 8) are quantized several rows per call
+    (module.c joins them, the imatrix repeated per row); bytes as llama.cpp's for every row count and thread split."""
+    rng = np.random.default_rng(5)
+    for blocks, rows in ((8, 37), (9, 21), (1, 40), (6, 19)):
+        cols = blocks * 256
+        x = rng.standard_t(3, (rows, cols)).astype(np.float32)
+        x[3, :300] = 0  # an all-zero block inside a joined call
+        for im_name, im in imatrices(cols).items():
+            ref = ggml_quantize(x, qtype, im)
+            for threads in (1, 3):
+                ours = quantize_on(path, monkeypatch, x, qtype, im, threads=threads)
+                assert np.array_equal(ours, ref), (f"{qtype.name} {blocks} blocks x {rows} rows imatrix={im_name} "
+                                                   f"threads={threads} ({path}): "
+                                                   + describe_mismatch(ours, ref, TYPE_BYTES[qtype]))

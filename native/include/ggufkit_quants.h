@@ -39,6 +39,9 @@ typedef struct {
     gk_dequantize_row_fn dequantize_row;
     gk_quantize_row_fn quantize_row_wide;    /* NULL: none (a trailing field: omitted initialisers are NULL) */
     const char *wide_feature;                /* "avx512" or NULL */
+    int blocks_independent;                  /* 1: each block's bytes depend only on its own values and imatrix
+                                                entries (no per-row statistics), so module.c may hand a SIMD
+                                                quantizer several short rows as one long row to fill its lanes */
 } gk_type_traits;
 
 /* Family tables, each ended by an entry with name == NULL. */

@@ -79,10 +79,50 @@ typedef struct {
 
 static Py_ssize_t count_nonfinite(const uint32_t *bits, Py_ssize_t n);
 
+// Rows per call when short rows are joined: enough that the blocks fill whole 16-lane vectors (16 / gcd(blocks,
+// 16) rows); rows of 64 blocks or more gain nothing from it.
+static int64_t rows_per_call(const rows_job *j) {
+    const int64_t blocks = j->cols / j->type->block_size;
+    if (j->dequant || !j->type->blocks_independent || j->quantize == j->type->quantize_row || blocks >= 64) return 1;
+    int64_t a = blocks, b = 16;
+    while (b) { const int64_t t = a % b; a = b; b = t; }
+    return 16 / a;
+}
+
+// Rows [r, r + n) as one long row (contiguous in x and y): the imatrix repeats per row, in `im_rep`.
+static int64_t run_joined(rows_job *j, int64_t r, int64_t n, float *im_rep) {
+    for (int64_t k = 0; k < n; k++)
+        if (count_nonfinite((const uint32_t *)(const void *)(j->x + (r + k) * j->cols), (Py_ssize_t)j->cols) != 0)
+            return r + k;
+    j->quantize(j->x + r * j->cols, j->y + r * j->row_bytes, n * j->cols, j->imatrix ? im_rep : NULL);
+    return -1;
+}
+
 static void *run_rows(void *arg) {
     rows_job *j = (rows_job *)arg;
     j->bad_row = -1;
-    for (int64_t r = j->row_begin; r < j->row_end; r++) {
+    const int64_t join = rows_per_call(j);
+    int64_t r = j->row_begin;
+    if (join > 1 && j->row_end - r >= join) {
+        float *im_rep = NULL;
+        if (j->imatrix) {
+            im_rep = (float *)malloc((size_t)(join * j->cols) * sizeof(float));
+            for (int64_t k = 0; im_rep != NULL && k < join; k++)
+                memcpy(im_rep + k * j->cols, j->imatrix, (size_t)j->cols * sizeof(float));
+        }
+        if (im_rep != NULL || j->imatrix == NULL) {  // (no memory: the rows go one by one below)
+            for (; r + join <= j->row_end; r += join) {
+                const int64_t bad = run_joined(j, r, join, im_rep);
+                if (bad >= 0) {
+                    j->bad_row = bad;
+                    free(im_rep);
+                    return NULL;
+                }
+            }
+        }
+        free(im_rep);
+    }
+    for (; r < j->row_end; r++) {
         if (j->dequant) {
             j->type->dequantize_row(j->y + r * j->row_bytes, (float *)j->x + r * j->cols, j->cols);
             continue;

@@ -807,17 +807,21 @@ static void dequantize_row_q6_k(const void *vy, float *x, int64_t n) {
 #define KQ_WIDE(t) , kq_quantize_row_##t##_avx512, "avx512"
 #elif defined(__aarch64__)
 #define KQ_SIMD(t) kq_quantize_row_##t##_neon, "neon"
-#define KQ_WIDE(t)
+#define KQ_WIDE(t) , NULL, NULL
 #else
 #define KQ_SIMD(t) NULL, NULL
-#define KQ_WIDE(t)
+#define KQ_WIDE(t) , NULL, NULL
 #endif
 
+// Every K-quant block is fitted from its own 256 values and importance weights only (sigma2 is per block): the
+// rows of a tensor may be quantized as one long row.
+#define KQ_INDEPENDENT , 1
+
 const gk_type_traits gk_kquant_types[] = {
-    {10, "Q2_K", 256, 84, kq_quantize_row_q2_k, KQ_SIMD(q2_k), dequantize_row_q2_k KQ_WIDE(q2_k)},
-    {11, "Q3_K", 256, 110, kq_quantize_row_q3_k, KQ_SIMD(q3_k), dequantize_row_q3_k KQ_WIDE(q3_k)},
-    {12, "Q4_K", 256, 144, kq_quantize_row_q4_k, KQ_SIMD(q4_k), dequantize_row_q4_k KQ_WIDE(q4_k)},
-    {13, "Q5_K", 256, 176, kq_quantize_row_q5_k, KQ_SIMD(q5_k), dequantize_row_q5_k KQ_WIDE(q5_k)},
-    {14, "Q6_K", 256, 210, kq_quantize_row_q6_k, KQ_SIMD(q6_k), dequantize_row_q6_k KQ_WIDE(q6_k)},
+    {10, "Q2_K", 256, 84, kq_quantize_row_q2_k, KQ_SIMD(q2_k), dequantize_row_q2_k KQ_WIDE(q2_k) KQ_INDEPENDENT},
+    {11, "Q3_K", 256, 110, kq_quantize_row_q3_k, KQ_SIMD(q3_k), dequantize_row_q3_k KQ_WIDE(q3_k) KQ_INDEPENDENT},
+    {12, "Q4_K", 256, 144, kq_quantize_row_q4_k, KQ_SIMD(q4_k), dequantize_row_q4_k KQ_WIDE(q4_k) KQ_INDEPENDENT},
+    {13, "Q5_K", 256, 176, kq_quantize_row_q5_k, KQ_SIMD(q5_k), dequantize_row_q5_k KQ_WIDE(q5_k) KQ_INDEPENDENT},
+    {14, "Q6_K", 256, 210, kq_quantize_row_q6_k, KQ_SIMD(q6_k), dequantize_row_q6_k KQ_WIDE(q6_k) KQ_INDEPENDENT},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
