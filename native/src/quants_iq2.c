@@ -47,6 +47,7 @@ typedef struct {
     int32_t index_of[LATTICE];
     uint16_t *neighbours;
     pthread_once_t once;
+    uint16_t *nb_codes;            // parallel to neighbours: the count, then each neighbour's lattice code
 } lattice8;
 
 static lattice8 IQ2XXS_LATTICE = {IQ2XXS_GRID_CODES, 256, 2, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
@@ -109,6 +110,12 @@ static void build_lattice(lattice8 *g) {
         g->index_of[u] = -(offset + 1);
         offset += neighbour_list(g, u, g->neighbours + offset);
     }
+    // the SIMD search reads codes eight at a time, up to 7 past a list's end: padded
+    g->nb_codes = calloc(total + 8, sizeof(uint16_t));
+    if (g->nb_codes == NULL) abort();
+    for (size_t k = 0; k < total; k++) g->nb_codes[k] = g->neighbours[k];
+    for (size_t k = 0; k < total; k += 1u + g->neighbours[k])
+        for (size_t m = 1; m <= g->neighbours[k]; m++) g->nb_codes[k + m] = g->codes[g->neighbours[k + m]];
 }
 
 static void build_iq2xxs(void) { build_lattice(&IQ2XXS_LATTICE); }
@@ -137,7 +144,59 @@ static const lattice8 *get_lattice(int size) {
 
 // The neighbour of u nearest to xval at `scale` by sum w (scale * level - x)^2 (first of equals); L gets its
 // level indices; returns its grid index.
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+// The same search with eight neighbours per __m256: lane k sums neighbour j + k's 8 terms in coordinate order
+// (starting from 0.0f, as the plain loop), picking each term from coordinate i's row of the table with a permute
+// by the neighbour's 2-bit field; a chunk with a lane below the best so far is then scanned in list order, so
+// the first of equal distances still wins. The same floats as best_neighbour, so the same choice.
+__attribute__((target("avx2"))) static int best_neighbour_avx2(const lattice8 *g, int u, const float *xval,
+                                                              const float *w, float scale, int8_t *L) {
+    const int offset = -g->index_of[u] - 1;
+    const uint16_t *nb = g->neighbours + offset, *codes = g->nb_codes + offset;
+    float term[8][8] = {{0}};
+    for (int i = 0; i < 8; i++)
+        for (int c = 0; c < 3; c++) {
+            const float diff = scale * (float)(2 * c + 1) - xval[i];
+            term[i][c] = w[i] * diff * diff;
+        }
+    __m256 rows[8];
+    for (int i = 0; i < 8; i++) rows[i] = _mm256_loadu_ps(term[i]);
+    const __m256i field = _mm256_set1_epi32(3);
+    const int n = nb[0];
+    float best_d2 = FLT_MAX;
+    int best = -1;
+    for (int j = 0; j < n; j += 8) {
+        const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(codes + 1 + j)));
+        __m256 d2 = _mm256_add_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(rows[0], _mm256_and_si256(c, field)));
+        for (int i = 1; i < 8; i++)
+            d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(rows[i], _mm256_and_si256(_mm256_srli_epi32(c, 2 * i),
+                                                                                   field)));
+        const int valid = n - j >= 8 ? 0xff : (1 << (n - j)) - 1;
+        if (!(_mm256_movemask_ps(_mm256_cmp_ps(d2, _mm256_set1_ps(best_d2), _CMP_LT_OQ)) & valid)) continue;
+        float d[8];
+        _mm256_storeu_ps(d, d2);
+        for (int k = 0; k < 8 && j + k < n; k++)
+            if (d[k] < best_d2) {
+                best_d2 = d[k];
+                best = nb[1 + j + k];
+            }
+    }
+    for (int i = 0; i < 8; i++) L[i] = (int8_t)((g->point[best][i] - 1) / 2);
+    return best;
+}
+
+// Set by the SIMD row entry points for the row being quantized (per thread): the search takes the lanes.
+static _Thread_local int use_avx2;
+enum { IQ_SIMD_MIN_LIST = 12 };
+#endif
+
 static int best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale, int8_t *L) {
+#if defined(__x86_64__) || defined(__i386__)
+    // short lists are quicker one by one
+    if (use_avx2 && (g->neighbours - g->index_of[u] - 1)[0] >= IQ_SIMD_MIN_LIST) return best_neighbour_avx2(g, u, xval, w, scale, L);
+#endif
     const uint16_t *nb = g->neighbours - g->index_of[u] - 1;
     // term[i][c] = w[i] * (scale * (2c + 1) - x[i])^2, exactly as the per-neighbour loop computes it; a neighbour's
     // distance sums its eight terms in coordinate order (the same floats, 24 products per group)
@@ -924,11 +983,32 @@ static void dequantize_row_iq1_m(const void *vy, float *x, int64_t n) {
     }
 }
 
+// ---- SIMD row entry points (x86-64: the neighbour search in AVX2 lanes)
+// Only IQ2_XXS and IQ2_XS (neighbour lists of 18 and 30 on average): measured 1.8x -> 2.0x and 2.1x -> 3.1x ggml
+// on one thread. IQ2_S (lists of ~8) and the IQ3 types (quants_iq3.c, 4-coordinate groups) came out no faster
+// than their plain loops with the same lanes, so they have none.
+
+#if defined(__x86_64__) || defined(__i386__)
+static void quantize_row_iq2_xxs_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
+    use_avx2 = 1;
+    quantize_row_iq2_xxs(x, vy, n, imatrix);
+    use_avx2 = 0;
+}
+static void quantize_row_iq2_xs_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
+    use_avx2 = 1;
+    quantize_row_iq2_xs(x, vy, n, imatrix);
+    use_avx2 = 0;
+}
+#define IQ_SIMD(f) f##_avx2, "avx2"
+#else
+#define IQ_SIMD(f) NULL, NULL
+#endif
+
 // ---- table
 
 const gk_type_traits gk_iq2_types[] = {
-    {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, NULL, NULL, dequantize_row_iq2_xxs},
-    {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, NULL, NULL, dequantize_row_iq2_xs},
+    {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, IQ_SIMD(quantize_row_iq2_xxs), dequantize_row_iq2_xxs},
+    {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, IQ_SIMD(quantize_row_iq2_xs), dequantize_row_iq2_xs},
     {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, NULL, NULL, dequantize_row_iq2_s},
     {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, NULL, NULL, dequantize_row_iq1_s},
     {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, NULL, NULL, dequantize_row_iq1_m},
