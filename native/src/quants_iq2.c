@@ -147,22 +147,16 @@ static const lattice8 *get_lattice(int size) {
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-// The same search with eight neighbours per __m256: lane k sums neighbour j + k's 8 terms in coordinate order
-// (starting from 0.0f, as the plain loop), picking each term from coordinate i's row of the table with a permute
-// by the neighbour's 2-bit field; a chunk with a lane below the best so far is then scanned in list order, so
-// the first of equal distances still wins. The same floats as best_neighbour, so the same choice.
-__attribute__((target("avx2"))) static int best_neighbour_avx2(const lattice8 *g, int u, const float *xval,
-                                                              const float *w, float scale, int8_t *L) {
+// The neighbour search with eight neighbours per __m256: lane k sums neighbour j + k's eight terms in coordinate
+// order (starting from 0.0f, as the plain loops), picking each term from coordinate i's row of the table with a
+// permute by the neighbour's 2-bit field; a chunk with a lane below the best so far is then scanned in list order,
+// so the first of equal distances still wins. The same floats as the plain loop, so the same choice. term[i][c]
+// (c < 3 used) as the plain loop computes it; returns the grid index, -1 when no distance is below FLT_MAX.
+__attribute__((target("avx2"))) static int nearest_avx2(const lattice8 *g, int u, const float term[GROUP][8]) {
     const int offset = -g->index_of[u] - 1;
     const uint16_t *nb = g->neighbours + offset, *codes = g->nb_codes + offset;
-    float term[8][8] = {{0}};
-    for (int i = 0; i < 8; i++)
-        for (int c = 0; c < 3; c++) {
-            const float diff = scale * (float)(2 * c + 1) - xval[i];
-            term[i][c] = w[i] * diff * diff;
-        }
-    __m256 rows[8];
-    for (int i = 0; i < 8; i++) rows[i] = _mm256_loadu_ps(term[i]);
+    __m256 rows[GROUP];
+    for (int i = 0; i < GROUP; i++) rows[i] = _mm256_loadu_ps(term[i]);
     const __m256i field = _mm256_set1_epi32(3);
     const int n = nb[0];
     float best_d2 = FLT_MAX;
@@ -170,7 +164,7 @@ __attribute__((target("avx2"))) static int best_neighbour_avx2(const lattice8 *g
     for (int j = 0; j < n; j += 8) {
         const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(codes + 1 + j)));
         __m256 d2 = _mm256_add_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(rows[0], _mm256_and_si256(c, field)));
-        for (int i = 1; i < 8; i++)
+        for (int i = 1; i < GROUP; i++)
             d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(rows[i], _mm256_and_si256(_mm256_srli_epi32(c, 2 * i),
                                                                                    field)));
         const int valid = n - j >= 8 ? 0xff : (1 << (n - j)) - 1;
@@ -183,7 +177,6 @@ __attribute__((target("avx2"))) static int best_neighbour_avx2(const lattice8 *g
                 best = nb[1 + j + k];
             }
     }
-    for (int i = 0; i < 8; i++) L[i] = (int8_t)((g->point[best][i] - 1) / 2);
     return best;
 }
 
@@ -193,10 +186,6 @@ enum { IQ_SIMD_MIN_LIST = 12 };
 #endif
 
 static int best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale, int8_t *L) {
-#if defined(__x86_64__) || defined(__i386__)
-    // short lists are quicker one by one
-    if (use_avx2 && (g->neighbours - g->index_of[u] - 1)[0] >= IQ_SIMD_MIN_LIST) return best_neighbour_avx2(g, u, xval, w, scale, L);
-#endif
     const uint16_t *nb = g->neighbours - g->index_of[u] - 1;
     // term[i][c] = w[i] * (scale * (2c + 1) - x[i])^2, exactly as the per-neighbour loop computes it; a neighbour's
     // distance sums its eight terms in coordinate order (the same floats, 24 products per group)
@@ -208,6 +197,13 @@ static int best_neighbour(const lattice8 *g, int u, const float *xval, const flo
         }
     float best_d2 = FLT_MAX;
     int best = -1;
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_avx2 && nb[0] >= IQ_SIMD_MIN_LIST) {  // short lists are quicker one by one
+        float rows[GROUP][8] = {{0}};
+        for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
+        best = nearest_avx2(g, u, rows);
+    } else
+#endif
     for (int j = 1; j <= nb[0]; j++) {
         const uint16_t code = g->codes[nb[j]];
         float d2 = 0.0f;
@@ -635,6 +631,13 @@ static int iq1_best_neighbour(const lattice8 *g, int u, const float *xval, const
         }
     float best_d2 = FLT_MAX;
     int best = -1;
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_avx2 && nb[0] >= IQ_SIMD_MIN_LIST) {  // short lists are quicker one by one
+        float rows[GROUP][8] = {{0}};
+        for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
+        best = nearest_avx2(g, u, rows);
+    } else
+#endif
     for (int j = 1; j <= nb[0]; j++) {
         const uint16_t code = g->codes[nb[j]];
         float d2 = 0.0f;
@@ -999,6 +1002,16 @@ static void quantize_row_iq2_xs_avx2(const float *x, void *vy, int64_t n, const 
     quantize_row_iq2_xs(x, vy, n, imatrix);
     use_avx2 = 0;
 }
+static void quantize_row_iq1_s_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
+    use_avx2 = 1;
+    quantize_row_iq1_s(x, vy, n, imatrix);
+    use_avx2 = 0;
+}
+static void quantize_row_iq1_m_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
+    use_avx2 = 1;
+    quantize_row_iq1_m(x, vy, n, imatrix);
+    use_avx2 = 0;
+}
 #define IQ_SIMD(f) f##_avx2, "avx2"
 #else
 #define IQ_SIMD(f) NULL, NULL
@@ -1010,7 +1023,7 @@ const gk_type_traits gk_iq2_types[] = {
     {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, IQ_SIMD(quantize_row_iq2_xxs), dequantize_row_iq2_xxs},
     {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, IQ_SIMD(quantize_row_iq2_xs), dequantize_row_iq2_xs},
     {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, NULL, NULL, dequantize_row_iq2_s},
-    {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, NULL, NULL, dequantize_row_iq1_s},
-    {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, NULL, NULL, dequantize_row_iq1_m},
+    {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, IQ_SIMD(quantize_row_iq1_s), dequantize_row_iq1_s},
+    {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, IQ_SIMD(quantize_row_iq1_m), dequantize_row_iq1_m},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
