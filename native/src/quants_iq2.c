@@ -657,12 +657,72 @@ static int by_value(const void *a, const void *b) {
     return l < r ? -1 : l > r ? 1 : 0;
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+// IQ1_S's search over the two split points (i1 <= i2) of the sorted values and the two shifts, eight values of i2
+// at a time: each lane computes sumqx and sumq2 with the plain loop's operations, and the test against the best so
+// far runs in lanes too. Only a chunk where some candidate passes that test is walked candidate by candidate in
+// the plain loop's order (i2, then shift), updating the best as the plain loop does: a chunk none of whose
+// candidates passes changes nothing there either, so the result is the same. sumx and sumw (S1_SUB + 1 values)
+// are padded with 8 more.
+__attribute__((target("avx2"))) static void iq1s_best_split_avx2(const float *sumx, const float *sumw,
+                                                                  const float *x_p, const float *x_m, float *score,
+                                                                  float *scale, int *besti1, int *besti2,
+                                                                  int *shift) {
+    float best_score = *score;
+    const float *xs[2] = {x_p, x_m};
+    for (int i1 = 0; i1 <= S1_SUB; i1++) {
+        __m256 a[2], b_x1[2], c_end[2], d[2], e_w1[2], f_end[2];
+        for (int sh = 0; sh < 2; sh++) {
+            a[sh] = _mm256_set1_ps((sumx[i1] - sumx[0]) * xs[sh][0]);
+            d[sh] = _mm256_set1_ps((sumw[i1] - sumw[0]) * xs[sh][0] * xs[sh][0]);
+            b_x1[sh] = _mm256_set1_ps(xs[sh][1]);
+            c_end[sh] = _mm256_set1_ps(xs[sh][2]);
+            e_w1[sh] = _mm256_set1_ps(xs[sh][1]);
+            f_end[sh] = _mm256_set1_ps(xs[sh][2]);
+        }
+        const __m256 sx1 = _mm256_set1_ps(sumx[i1]), sw1 = _mm256_set1_ps(sumw[i1]);
+        const __m256 sxn = _mm256_set1_ps(sumx[S1_SUB]), swn = _mm256_set1_ps(sumw[S1_SUB]);
+        for (int i2 = i1; i2 <= S1_SUB; i2 += 8) {
+            const __m256 sx2 = _mm256_loadu_ps(sumx + i2), sw2 = _mm256_loadu_ps(sumw + i2);
+            const int valid = S1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (S1_SUB + 1 - i2)) - 1;
+            float qx[2][8], q2[2][8];
+            int pass = 0;
+            const __m256 best = _mm256_set1_ps(best_score);
+            for (int sh = 0; sh < 2; sh++) {
+                const __m256 sumqx = _mm256_add_ps(_mm256_add_ps(a[sh], _mm256_mul_ps(_mm256_sub_ps(sx2, sx1), b_x1[sh])),
+                                                   _mm256_mul_ps(_mm256_sub_ps(sxn, sx2), c_end[sh]));
+                const __m256 sumq2 = _mm256_add_ps(
+                    _mm256_add_ps(d[sh], _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(sw2, sw1), e_w1[sh]), e_w1[sh])),
+                    _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(swn, sw2), f_end[sh]), f_end[sh]));
+                const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(sumq2, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                                _mm256_cmp_ps(_mm256_mul_ps(sumqx, sumqx), _mm256_mul_ps(best, sumq2),
+                                                              _CMP_GT_OQ));
+                pass |= _mm256_movemask_ps(ok);
+                _mm256_storeu_ps(qx[sh], sumqx);
+                _mm256_storeu_ps(q2[sh], sumq2);
+            }
+            if (!(pass & valid)) continue;
+            for (int k = 0; k < 8 && i2 + k <= S1_SUB; k++)
+                for (int sh = 0; sh < 2; sh++)
+                    if (q2[sh][k] > 0 && qx[sh][k] * qx[sh][k] > best_score * q2[sh][k]) {
+                        *scale = qx[sh][k] / q2[sh][k];
+                        best_score = *scale * qx[sh][k];
+                        *besti1 = i1;
+                        *besti2 = i2 + k;
+                        *shift = sh == 0 ? 1 : -1;
+                    }
+        }
+    }
+    *score = best_score;
+}
+#endif
+
 static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float *imatrix) {
     const lattice8 *g = get_lattice(2048);
     const float x_p[3] = {-1 + IQ1_DELTA, IQ1_DELTA, 1 + IQ1_DELTA};
     const float x_m[3] = {-1 - IQ1_DELTA, -IQ1_DELTA, 1 - IQ1_DELTA};
     uint8_t *y = (uint8_t *)vy;
-    float weight[S1_SUB], scales[QK / S1_SUB], sumx[S1_SUB + 1], sumw[S1_SUB + 1];
+    float weight[S1_SUB], scales[QK / S1_SUB], sumx[S1_SUB + 1 + 8] = {0}, sumw[S1_SUB + 1 + 8] = {0};
     float pairs[2 * S1_SUB];             // (value, position as int bits) pairs, sorted by value
     int8_t L[S1_SUB], shifts[QK / S1_SUB];
     int idx_of[S1_SUB];
@@ -697,6 +757,11 @@ static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float 
             }
             float best_score = -FLT_MAX, scale = max;
             int besti1 = -1, besti2 = -1, best_shift = 0;
+#if defined(__x86_64__) || defined(__i386__)
+            if (use_avx2) {
+                iq1s_best_split_avx2(sumx, sumw, x_p, x_m, &best_score, &scale, &besti1, &besti2, &best_shift);
+            } else
+#endif
             for (int i1 = 0; i1 <= S1_SUB; i1++) {
                 for (int i2 = i1; i2 <= S1_SUB; i2++) {
                     for (int sh = 0; sh < 2; sh++) {
