@@ -881,6 +881,62 @@ static void m1_weights(const float *xb, const float *qw, float sigma2, float *we
         for (int i = 0; i < M1_SUB; i++) weight[i] = xb[i] * xb[i];
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+// IQ1_M's split-point search, as iq1s_best_split_avx2 (the same operations per candidate, the best-so-far test in
+// lanes, passing chunks walked in the plain order: i2, then the four shift combinations k).
+__attribute__((target("avx2"))) static void iq1m_best_split_avx2(
+    const float px[2][M1_SUB + 1 + 8], const float pw[2][M1_SUB + 1 + 8], const float *txs, const float *tws,
+    float p2, float m2, float cp1, float cp2, float cm1, float cm2, float *score, float *scale, int *besti1,
+    int *besti2, int *best_k) {
+    float best_score = *score;
+    const __m256 vp2 = _mm256_set1_ps(p2), vm2 = _mm256_set1_ps(m2);
+    const __m256 vcp1 = _mm256_set1_ps(cp1), vcp2 = _mm256_set1_ps(cp2);
+    const __m256 vcm1 = _mm256_set1_ps(cm1), vcm2 = _mm256_set1_ps(cm2);
+    for (int i1 = 0; i1 <= M1_SUB; i1++) {
+        for (int i2 = i1; i2 <= M1_SUB; i2 += 8) {
+            __m256 qx_p[2], qx_m[2], q2_p[2], q2_m[2];
+            for (int h = 0; h < 2; h++) {
+                const __m256 sx = _mm256_add_ps(_mm256_set1_ps(px[h][i1]), _mm256_loadu_ps(px[h] + i2));
+                const __m256 tx = _mm256_set1_ps(txs[h]), tw = _mm256_set1_ps(tws[h]);
+                const __m256 w1 = _mm256_set1_ps(pw[h][i1]), w2 = _mm256_loadu_ps(pw[h] + i2);
+                qx_p[h] = _mm256_sub_ps(_mm256_mul_ps(tx, vp2), sx);
+                qx_m[h] = _mm256_sub_ps(_mm256_mul_ps(tx, vm2), sx);
+                q2_p[h] = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(tw, vp2), vp2), _mm256_mul_ps(w1, vcp1)),
+                                        _mm256_mul_ps(w2, vcp2));
+                q2_m[h] = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(tw, vm2), vm2), _mm256_mul_ps(w1, vcm1)),
+                                        _mm256_mul_ps(w2, vcm2));
+            }
+            const __m256 sqx[4] = {_mm256_add_ps(qx_p[0], qx_p[1]), _mm256_add_ps(qx_p[0], qx_m[1]),
+                                   _mm256_add_ps(qx_m[0], qx_p[1]), _mm256_add_ps(qx_m[0], qx_m[1])};
+            const __m256 sq2[4] = {_mm256_add_ps(q2_p[0], q2_p[1]), _mm256_add_ps(q2_p[0], q2_m[1]),
+                                   _mm256_add_ps(q2_m[0], q2_p[1]), _mm256_add_ps(q2_m[0], q2_m[1])};
+            const __m256 best = _mm256_set1_ps(best_score);
+            int pass = 0;
+            float qx[4][8], q2[4][8];
+            for (int k = 0; k < 4; k++) {
+                pass |= _mm256_movemask_ps(_mm256_and_ps(
+                    _mm256_cmp_ps(sq2[k], _mm256_setzero_ps(), _CMP_GT_OQ),
+                    _mm256_cmp_ps(_mm256_mul_ps(sqx[k], sqx[k]), _mm256_mul_ps(best, sq2[k]), _CMP_GT_OQ)));
+                _mm256_storeu_ps(qx[k], sqx[k]);
+                _mm256_storeu_ps(q2[k], sq2[k]);
+            }
+            const int valid = M1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (M1_SUB + 1 - i2)) - 1;
+            if (!(pass & valid)) continue;
+            for (int j = 0; j < 8 && i2 + j <= M1_SUB; j++)
+                for (int k = 0; k < 4; k++)
+                    if (q2[k][j] > 0 && qx[k][j] * qx[k][j] > best_score * q2[k][j]) {
+                        *scale = qx[k][j] / q2[k][j];
+                        best_score = *scale * qx[k][j];
+                        *besti1 = i1;
+                        *besti2 = i2 + j;
+                        *best_k = k;
+                    }
+        }
+    }
+    *score = best_score;
+}
+#endif
+
 static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float *imatrix) {
     const lattice8 *g = get_lattice(2048);
     const float x_p[3] = {-1 + IQ1_DELTA, IQ1_DELTA, 1 + IQ1_DELTA};
@@ -915,7 +971,7 @@ static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float 
             float best_score = -FLT_MAX, scale = max;
             int besti1 = -1, besti2 = -1, best_k = -1;
             // per half h of the sub-block: prefix sums of w*x and w in sorted order (the other half's stay flat)
-            float px[2][M1_SUB + 1], pw[2][M1_SUB + 1];
+            float px[2][M1_SUB + 1 + 8] = {{0}}, pw[2][M1_SUB + 1 + 8] = {{0}};  // + 8: read by the lanes
             px[0][0] = px[1][0] = pw[0][0] = pw[1][0] = 0;
             for (int j = 0; j < M1_SUB; j++) {
                 const int i = idx_of[j], h = i < M1_SUB / 2 ? 0 : 1;
@@ -928,6 +984,12 @@ static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float 
             const float p2 = x_p[2], m2 = x_m[2];
             const float cp1 = x_p[0] * x_p[0] - x_p[1] * x_p[1], cp2 = x_p[1] * x_p[1] - x_p[2] * x_p[2];
             const float cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1], cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2];
+#if defined(__x86_64__) || defined(__i386__)
+            if (use_avx2) {
+                iq1m_best_split_avx2(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &best_score, &scale, &besti1,
+                                     &besti2, &best_k);
+            } else
+#endif
             for (int i1 = 0; i1 <= M1_SUB; i1++) {
                 for (int i2 = i1; i2 <= M1_SUB; i2++) {
                     float qx_p[2], qx_m[2], q2_p[2], q2_m[2], sqx[4], sq2[4];
