@@ -181,7 +181,47 @@ __attribute__((target("avx2"))) static int nearest_avx2(const lattice8 *g, int u
 }
 
 // Set by the SIMD row entry points for the row being quantized (per thread): the search takes the lanes.
-static _Thread_local int use_avx2;
+static _Thread_local int use_lanes;
+enum { IQ_SIMD_MIN_LIST = 12 };
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+
+// nearest_avx2 with four neighbours per float32x4_t: each coordinate's row of the term table (levels 0..3, 16
+// bytes) is a byte table, and a neighbour's 2-bit field f picks bytes 4f..4f+3 of it (vqtbl1q_u8). Separate adds
+// in coordinate order from 0.0f (no fused operations), chunks with a lane below the best walked in list order.
+static int nearest_neon(const lattice8 *g, int u, const float term[GROUP][8]) {
+    const int offset = -g->index_of[u] - 1;
+    const uint16_t *nb = g->neighbours + offset, *codes = g->nb_codes + offset;
+    uint8x16_t rows[GROUP];
+    for (int i = 0; i < GROUP; i++) rows[i] = vreinterpretq_u8_f32(vld1q_f32(term[i]));
+    const uint32x4_t three = vdupq_n_u32(3), spread = vdupq_n_u32(0x04040404u), bytes = vdupq_n_u32(0x03020100u);
+    const uint32_t lane_no[4] = {0, 1, 2, 3};
+    const uint32x4_t lanes = vld1q_u32(lane_no);
+    const int n = nb[0];
+    float best_d2 = FLT_MAX;
+    int best = -1;
+    for (int j = 0; j < n; j += 4) {
+        const uint32x4_t c = vmovl_u16(vld1_u16(codes + 1 + j));
+        float32x4_t d2 = vdupq_n_f32(0.0f);
+        for (int i = 0; i < GROUP; i++) {
+            const uint32x4_t f = vandq_u32(vshlq_u32(c, vdupq_n_s32(-2 * i)), three);
+            const uint8x16_t idx = vreinterpretq_u8_u32(vaddq_u32(vmulq_u32(f, spread), bytes));
+            d2 = vaddq_f32(d2, vreinterpretq_f32_u8(vqtbl1q_u8(rows[i], idx)));
+        }
+        const uint32x4_t valid = vcltq_u32(lanes, vdupq_n_u32((uint32_t)(n - j)));
+        if (vmaxvq_u32(vandq_u32(vcltq_f32(d2, vdupq_n_f32(best_d2)), valid)) == 0) continue;
+        float d[4];
+        vst1q_f32(d, d2);
+        for (int k = 0; k < 4 && j + k < n; k++)
+            if (d[k] < best_d2) {
+                best_d2 = d[k];
+                best = nb[1 + j + k];
+            }
+    }
+    return best;
+}
+
+static _Thread_local int use_lanes;
 enum { IQ_SIMD_MIN_LIST = 12 };
 #endif
 
@@ -198,10 +238,16 @@ static int best_neighbour(const lattice8 *g, int u, const float *xval, const flo
     float best_d2 = FLT_MAX;
     int best = -1;
 #if defined(__x86_64__) || defined(__i386__)
-    if (use_avx2 && nb[0] >= IQ_SIMD_MIN_LIST) {  // short lists are quicker one by one
+    if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {  // short lists are quicker one by one
         float rows[GROUP][8] = {{0}};
         for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
         best = nearest_avx2(g, u, rows);
+    } else
+#elif defined(__aarch64__)
+    if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {
+        float rows[GROUP][8] = {{0}};
+        for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
+        best = nearest_neon(g, u, rows);
     } else
 #endif
     for (int j = 1; j <= nb[0]; j++) {
@@ -632,10 +678,16 @@ static int iq1_best_neighbour(const lattice8 *g, int u, const float *xval, const
     float best_d2 = FLT_MAX;
     int best = -1;
 #if defined(__x86_64__) || defined(__i386__)
-    if (use_avx2 && nb[0] >= IQ_SIMD_MIN_LIST) {  // short lists are quicker one by one
+    if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {  // short lists are quicker one by one
         float rows[GROUP][8] = {{0}};
         for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
         best = nearest_avx2(g, u, rows);
+    } else
+#elif defined(__aarch64__)
+    if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {
+        float rows[GROUP][8] = {{0}};
+        for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
+        best = nearest_neon(g, u, rows);
     } else
 #endif
     for (int j = 1; j <= nb[0]; j++) {
@@ -758,7 +810,7 @@ static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float 
             float best_score = -FLT_MAX, scale = max;
             int besti1 = -1, besti2 = -1, best_shift = 0;
 #if defined(__x86_64__) || defined(__i386__)
-            if (use_avx2) {
+            if (use_lanes) {
                 iq1s_best_split_avx2(sumx, sumw, x_p, x_m, &best_score, &scale, &besti1, &besti2, &best_shift);
             } else
 #endif
@@ -985,7 +1037,7 @@ static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float 
             const float cp1 = x_p[0] * x_p[0] - x_p[1] * x_p[1], cp2 = x_p[1] * x_p[1] - x_p[2] * x_p[2];
             const float cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1], cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2];
 #if defined(__x86_64__) || defined(__i386__)
-            if (use_avx2) {
+            if (use_lanes) {
                 iq1m_best_split_avx2(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &best_score, &scale, &besti1,
                                      &besti2, &best_k);
             } else
@@ -1113,35 +1165,52 @@ static void dequantize_row_iq1_m(const void *vy, float *x, int64_t n) {
     }
 }
 
-// ---- SIMD row entry points (x86-64: the neighbour search in AVX2 lanes)
+// ---- SIMD row entry points (x86-64: the searches in AVX2 lanes; aarch64: the neighbour search in NEON lanes)
 // Only IQ2_XXS and IQ2_XS (neighbour lists of 18 and 30 on average): measured 1.8x -> 2.0x and 2.1x -> 3.1x ggml
 // on one thread. IQ2_S (lists of ~8) and the IQ3 types (quants_iq3.c, 4-coordinate groups) came out no faster
 // than their plain loops with the same lanes, so they have none.
 
 #if defined(__x86_64__) || defined(__i386__)
 static void quantize_row_iq2_xxs_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
-    use_avx2 = 1;
+    use_lanes = 1;
     quantize_row_iq2_xxs(x, vy, n, imatrix);
-    use_avx2 = 0;
+    use_lanes = 0;
 }
 static void quantize_row_iq2_xs_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
-    use_avx2 = 1;
+    use_lanes = 1;
     quantize_row_iq2_xs(x, vy, n, imatrix);
-    use_avx2 = 0;
+    use_lanes = 0;
 }
 static void quantize_row_iq1_s_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
-    use_avx2 = 1;
+    use_lanes = 1;
     quantize_row_iq1_s(x, vy, n, imatrix);
-    use_avx2 = 0;
+    use_lanes = 0;
 }
 static void quantize_row_iq1_m_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
-    use_avx2 = 1;
+    use_lanes = 1;
     quantize_row_iq1_m(x, vy, n, imatrix);
-    use_avx2 = 0;
+    use_lanes = 0;
 }
 #define IQ_SIMD(f) f##_avx2, "avx2"
+#define IQ1_SIMD(f) f##_avx2, "avx2"
+#elif defined(__aarch64__)
+// NEON: the neighbour search only (IQ2_XXS, IQ2_XS), byte-exact under qemu-aarch64 (tests/test_arm_kernels.py); not
+// timed (emulated speed says nothing about ARM hardware).
+static void quantize_row_iq2_xxs_neon(const float *x, void *vy, int64_t n, const float *imatrix) {
+    use_lanes = 1;
+    quantize_row_iq2_xxs(x, vy, n, imatrix);
+    use_lanes = 0;
+}
+static void quantize_row_iq2_xs_neon(const float *x, void *vy, int64_t n, const float *imatrix) {
+    use_lanes = 1;
+    quantize_row_iq2_xs(x, vy, n, imatrix);
+    use_lanes = 0;
+}
+#define IQ_SIMD(f) f##_neon, "neon"
+#define IQ1_SIMD(f) NULL, NULL
 #else
 #define IQ_SIMD(f) NULL, NULL
+#define IQ1_SIMD(f) NULL, NULL
 #endif
 
 // ---- table
@@ -1150,7 +1219,7 @@ const gk_type_traits gk_iq2_types[] = {
     {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, IQ_SIMD(quantize_row_iq2_xxs), dequantize_row_iq2_xxs},
     {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, IQ_SIMD(quantize_row_iq2_xs), dequantize_row_iq2_xs},
     {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, NULL, NULL, dequantize_row_iq2_s},
-    {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, IQ_SIMD(quantize_row_iq1_s), dequantize_row_iq1_s},
-    {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, IQ_SIMD(quantize_row_iq1_m), dequantize_row_iq1_m},
+    {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, IQ1_SIMD(quantize_row_iq1_s), dequantize_row_iq1_s},
+    {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, IQ1_SIMD(quantize_row_iq1_m), dequantize_row_iq1_m},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
