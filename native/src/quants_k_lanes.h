@@ -207,9 +207,12 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
 // Most groups (~80% of normal data) move no level in their first pass and are done; in lanes, a pass runs while
 // any of the KQ_LANES x KQ_DESCENT_GROUPS groups still moves, which took 3.2 passes on average for 8 lanes (3.6
 // for 16) where the plain code takes 1.25. So the lanes run KQ_DESCENT_LANE_PASSES passes, and the groups still
-// moving after them continue one by one through the plain pass (kq_descent_pass: the same operations).
+// moving after them continue one by one through the plain pass (kq_descent_pass: the same operations). The
+// including file may set KQ_DESCENT_LANE_PASSES (default 1).
 #define KQ_DESCENT_GROUPS 4
+#ifndef KQ_DESCENT_LANE_PASSES
 #define KQ_DESCENT_LANE_PASSES 1
+#endif
 
 KQ_TARGET static void fit_descent_v(const kv *x, kv *q, kv *scales) {
     enum { N = 16, NMAX = 4, G = KQ_DESCENT_GROUPS };
