@@ -5,8 +5,9 @@
 For each model (the demo SmolLM2-135M, and the 1B-class random llama from bench/make_1b.py):
   one-step:  ggufkit convert SRC --scheme q4_k_m                               (one process)
   two-step:  ggufkit convert SRC --scheme bf16, then llama_model_quantize -> Q4_K_M   (two processes)
-Each step runs in a fresh process, timed by wall clock; peak RSS is the process's ru_maxrss (os.wait4); the
-two-step route's peak is the larger of its two steps, its time the sum. The outputs are compared byte for byte.
+Each step runs in a fresh process, timed by wall clock and by CPU time (user + system of all its threads, from
+os.wait4: steadier than wall clock on a shared machine); peak RSS is the process's ru_maxrss; the two-step
+route's peak is the larger of its two steps, its times the sums. The outputs are compared byte for byte.
 (llama.cpp's own convert_hf_to_gguf.py does not ship with llama-cpp-python, so the BF16 file of the two-step
 route is ggufkit's; llama_model_quantize then does what llama-quantize does.)
 """
@@ -43,14 +44,18 @@ import os, subprocess, sys
 proc = subprocess.Popen(sys.argv[2:])
 _, status, usage = os.wait4(proc.pid, 0)
 with open(sys.argv[1], "w") as f:
-    f.write(str(usage.ru_maxrss))
+    f.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
 code = os.waitstatus_to_exitcode(status)
 sys.exit(code if code >= 0 else 128 - code)
 """
 
 
+CPU_SECONDS: dict[str, float] = {}  # command's output path -> its CPU seconds (user + system, all threads)
+
+
 def timed(cmd: list[str]) -> tuple[float, float]:
-    """Run cmd in a fresh process: (wall seconds, peak RSS in MiB). Raises if it fails."""
+    """Run cmd in a fresh process: (wall seconds, peak RSS in MiB); its CPU seconds go to CPU_SECONDS (keyed by
+    the last argument that names a .gguf output). Raises if it fails."""
     with tempfile.TemporaryFile() as log, tempfile.NamedTemporaryFile("r") as peak:
         # log is not a pipe: llama.cpp logs a lot, a full pipe would stall it
         start = time.perf_counter()
@@ -61,7 +66,10 @@ def timed(cmd: list[str]) -> tuple[float, float]:
         if os.waitstatus_to_exitcode(status) != 0:
             log.seek(0)
             raise SystemExit(f"failed: {' '.join(cmd)}\n{log.read().decode(errors='replace')[-2000:]}")
-        return wall, int(peak.read()) / 1024
+        rss_kib, cpu = peak.read().split()
+        out = next((a for a in reversed(cmd) if a.endswith(".gguf")), "")
+        CPU_SECONDS[out] = float(cpu)
+        return wall, int(rss_kib) / 1024
 
 
 def bench_model(name: str, src: Path, scheme: str, threads: int, work: Path) -> dict:
@@ -76,7 +84,8 @@ def bench_model(name: str, src: Path, scheme: str, threads: int, work: Path) -> 
     same = filecmp.cmp(one, two, shallow=False)
     result = {"model": name, "src_gb": sum(f.stat().st_size for f in src.glob("*.safetensors")) / 1e9,
                   "one_s": t1, "one_mib": r1, "bf16_s": t2a, "quant_s": t2b, "two_s": t2a + t2b, "two_mib": max(r2a, r2b),
-                  "identical": same, "out_mb": one.stat().st_size / 1e6}
+                  "identical": same, "out_mb": one.stat().st_size / 1e6,
+                  "one_cpu": CPU_SECONDS[str(one)], "two_cpu": CPU_SECONDS[str(bf16)] + CPU_SECONDS[str(two)]}
     for f in (one, bf16, two):
         f.unlink()
     return result
@@ -100,7 +109,7 @@ def main() -> int:
             models["random llama 1B"] = make_1b.make(ROOT / "models" / "bench-1b")
     print(f"scheme {args.scheme}, {args.threads} threads")
     header = ("| model | input | ggufkit: time | ggufkit: peak RSS | two-step: time (bf16 + quantize) | "
-              "two-step: peak RSS | speed-up | RSS ratio | identical bytes |")
+              "two-step: peak RSS | speed-up | RSS ratio | identical bytes | CPU s: ggufkit / two-step (ratio) |")
     rows = []
     with tempfile.TemporaryDirectory(prefix="ggufkit-bench-", dir=ROOT / "models") as work:
         for name, src in models.items():
@@ -108,11 +117,12 @@ def main() -> int:
             rows.append(f"| {name} | {r['src_gb']:.2f} GB | {r['one_s']:.1f} s | {r['one_mib']:.0f} MiB | "
                         f"{r['two_s']:.1f} s ({r['bf16_s']:.1f} + {r['quant_s']:.1f}) | {r['two_mib']:.0f} MiB | "
                         f"{r['two_s'] / r['one_s']:.2f}x | {r['one_mib'] / r['two_mib']:.2f} | "
-                        f"{'yes' if r['identical'] else 'NO'} |")
+                        f"{'yes' if r['identical'] else 'NO'} | {r['one_cpu']:.1f} / {r['two_cpu']:.1f} "
+                        f"({r['two_cpu'] / r['one_cpu']:.2f}x) |")
             print(rows[-1], flush=True)
     print()
     print(header)
-    print("|" + " --- |" * 9)
+    print("|" + " --- |" * 10)
     print("\n".join(rows))
     return 0
 

@@ -4,6 +4,12 @@ Both quantize the same rows (default 64 MB: 4096 rows of 4096 normal floats); on
 split into row ranges on Python threads: ctypes releases the GIL). Bytes are compared too, so a fast wrong kernel
 cannot pass unnoticed. Prints a markdown table for BENCHMARKS.md.
 
+One-thread numbers are the calling thread's CPU time (both quantizers run on it), which a machine shared with
+other jobs disturbs far less than wall clock; the all-threads numbers are wall clock. The measurements of one type
+alternate (ggml, each ggufkit path, repeated) so that load changes hit all of them alike. Where the CPU has
+AVX-512, ggufkit's 1T column is given for both the AVX-512 path and the AVX2 path (GGUFKIT_FORCE_AVX2=1), with
+their ratio; bytes are compared on every path.
+
     .venv/bin/python bench/kernels.py                       # K-quants, no imatrix
     .venv/bin/python bench/kernels.py --types Q4_K,Q6_K --imatrix --mb 16
 """
@@ -31,13 +37,20 @@ from gguf import GGMLQuantizationType
 from ggufkit import quant
 
 
-def best_of(fn, repeats: int) -> float:
+def best_of(fn, repeats: int, clock=time.perf_counter) -> float:
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
+
+
+def on_path(path: str | None):
+    """Select a ggufkit path for the quantize calls that follow: None (the default) or 'avx2' (forced)."""
+    os.environ.pop("GGUFKIT_FORCE_AVX2", None)
+    if path == "avx2":
+        os.environ["GGUFKIT_FORCE_AVX2"] = "1"
 
 
 def ggml_threaded(x: np.ndarray, qtype, imatrix, threads: int) -> np.ndarray:
@@ -66,7 +79,7 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=64.0, help="MB of f32 input per measurement")
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--imatrix", action="store_true", help="use a random positive importance matrix")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
     rows = max(1, int(args.mb * 2**20 / 4 / args.cols))
@@ -75,26 +88,39 @@ def main() -> None:
     mb = x.nbytes / 2**20
     all_threads = quant.default_threads()
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs; {datetime.date.today()}; "
-          f"{rows} x {args.cols} f32 ({mb:.0f} MB), imatrix: {'yes' if im is not None else 'no'}, "
-          f"ggufkit SIMD: {'off (GGUFKIT_FORCE_SCALAR)' if os.environ.get('GGUFKIT_FORCE_SCALAR') else 'auto'}")
+    loadavg = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs; {datetime.date.today()}; load average "
+          f"{loadavg} (1/5/15 min); {rows} x {args.cols} f32 ({mb:.0f} MB), imatrix: "
+          f"{'yes' if im is not None else 'no'}, ggufkit SIMD: "
+          f"{'off (GGUFKIT_FORCE_SCALAR)' if os.environ.get('GGUFKIT_FORCE_SCALAR') else 'auto'}")
     print()
-    print("| type | SIMD | ggml 1T MB/s | ggufkit 1T MB/s | 1T ratio | "
+    print("| type | path | ggml 1T MB/s | ggufkit 1T MB/s | 1T ratio | AVX2 1T MB/s | AVX2 ratio | AVX-512 / AVX2 | "
           f"ggml {all_threads}T MB/s | ggufkit {all_threads}T MB/s | {all_threads}T ratio | bytes equal |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for name in args.types.split(","):
         qtype = GGMLQuantizationType[name.strip().upper()]
+        on_path(None)
+        path = quant.simd_path(qtype)
+        paths = [None, "avx2"] if path == "avx512" else [None]
         ref = ggml_quantize(x, qtype, im)
-        ours = quant.quantize(x, qtype, im, threads=all_threads)
-        equal = bool(np.array_equal(ref, ours))
-        speeds = []
-        for threads in (1, all_threads):
-            t_ggml = best_of(lambda q=qtype, n=threads: ggml_threaded(x, q, im, n), args.repeats)
-            t_ours = best_of(lambda q=qtype, n=threads: quant.quantize(x, q, im, threads=n), args.repeats)
-            speeds.append((mb / t_ggml, mb / t_ours))
-        (g1, o1), (gn, on) = speeds
-        print(f"| {qtype.name} | {'yes' if quant.simd_active(qtype) else 'no'} | {g1:.1f} | {o1:.1f} | "
-              f"{o1 / g1:.2f}x | {gn:.1f} | {on:.1f} | {on / gn:.2f}x | {'yes' if equal else 'NO'} |", flush=True)
+        equal = True
+        for p in paths:
+            on_path(p)
+            equal &= bool(np.array_equal(ref, quant.quantize(x, qtype, im, threads=all_threads)))
+        cpu = {"ggml": float("inf"), **{p: float("inf") for p in paths}}
+        for _ in range(args.repeats):  # alternate, one run each, keep the best of each
+            cpu["ggml"] = min(cpu["ggml"], best_of(lambda q=qtype: ggml_quantize(x, q, im), 1, time.thread_time))
+            for p in paths:
+                on_path(p)
+                cpu[p] = min(cpu[p], best_of(lambda q=qtype: quant.quantize(x, q, im, threads=1), 1, time.thread_time))
+        on_path(None)
+        t_ggml = best_of(lambda q=qtype: ggml_threaded(x, q, im, all_threads), args.repeats)
+        t_ours = best_of(lambda q=qtype: quant.quantize(x, q, im, threads=all_threads), args.repeats)
+        g1, o1 = mb / cpu["ggml"], mb / cpu[None]
+        avx2 = (f"{mb / cpu['avx2']:.1f} | {cpu['ggml'] / cpu['avx2']:.2f}x | {cpu['avx2'] / cpu[None]:.2f}x"
+                if "avx2" in cpu else "- | - | -")
+        print(f"| {qtype.name} | {path} | {g1:.1f} | {o1:.1f} | {o1 / g1:.2f}x | {avx2} | {mb / t_ggml:.1f} | "
+              f"{mb / t_ours:.1f} | {t_ggml / t_ours:.2f}x | {'yes' if equal else 'NO'} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -319,8 +319,15 @@ def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
                         bar.update(data.nbytes)
                     continue
                 x = t.read_rows(start, stop)  # (stop-start, cols) f32
-                _check_finite(x, t, start)
-                data = encode_block(x, start, t, p.qtype, im, threads)
+                if p.qtype in (QT.F32, QT.F16, QT.BF16):
+                    _check_finite(x, t, start)
+                    data = encode_block(x, start, t, p.qtype, im, threads)
+                else:  # the native quantizers check every row as they go (a ValueError on NaN/Inf)
+                    try:
+                        data = encode_block(x, start, t, p.qtype, im, threads)
+                    except ValueError:
+                        _check_finite(x, t, start)  # names the tensor and the rows
+                        raise
                 if plan.refine is not None:
                     data = plan.refine(x, p.qtype, im, data)
                 g.write(data)

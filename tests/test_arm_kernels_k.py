@@ -31,7 +31,7 @@ def arm_outputs(tmp_path_factory) -> tuple[np.ndarray, np.ndarray, Path]:
     tmp = tmp_path_factory.mktemp("arm_k")
     rng = np.random.default_rng(11)
     # (rows, 9 * 256) f32: every degenerate kind, then real-looking normal and heavy-tailed rows
-    x = np.concatenate([*degenerate_rows().values(), rng.standard_normal((2, 2304)),
+    x = np.concatenate([*degenerate_rows(9).values(), rng.standard_normal((2, 2304)),
                         rng.standard_t(3, (2, 2304))]).astype(np.float32)
     im = rng.uniform(0.01, 5, 2304).astype(np.float32)
     im[rng.random(2304) < 0.3] = 0

@@ -51,6 +51,21 @@ def test_nonfinite_input_reports_count_and_first_position():
         quant.quantize(x, "Q8_0")
 
 
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K"])
+@pytest.mark.parametrize("threads", [1, 4])
+def test_nonfinite_found_by_the_rows_while_quantizing(qtype, threads):
+    """The check runs inside the native row workers: the first bad value over all threads' ranges is reported, and
+    the count is over the whole input, wherever the values are."""
+    x = np.random.default_rng(0).standard_normal((40, 512)).astype(np.float32)
+    x[37, 100] = -np.inf  # in the last thread's range
+    with pytest.raises(ValueError, match=r"1 non-finite .*row 37, col 100"):
+        quant.quantize(x, qtype, threads=threads)
+    x[12, 3] = np.nan  # an earlier range too
+    x[12, 400] = np.nan
+    with pytest.raises(ValueError, match=r"3 non-finite .*row 12, col 3\)"):
+        quant.quantize(x, qtype, threads=threads)
+
+
 def test_imatrix_of_wrong_length_is_refused():
     with pytest.raises(ValueError, match=r"imatrix has shape \(32,\), expected \(64,\)"):
         quant.quantize(np.zeros((1, 64), np.float32), "Q8_0", imatrix=np.ones(32, np.float32))

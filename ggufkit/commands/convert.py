@@ -1,6 +1,7 @@
 """`ggufkit convert`: the CLI over ggufkit.conversion."""
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
 import time
@@ -11,6 +12,18 @@ import click
 from ggufkit.commands._controls import control_options, pop_controls, split_options
 from ggufkit.conversion import check_destination, default_output, load_imatrix, make_plan, print_plan, run
 from ggufkit.plan.overrides import Controls
+
+
+def _reuse_row_buffers() -> None:
+    """glibc maps every 16 MiB row block afresh (and the kernel zeroes its pages: ~2.5 s of system time on a 1B
+    conversion, 15% of its CPU time); with these thresholds freed blocks stay in the heap and are reused (~10 MiB
+    more peak RSS). The process is this command's; elsewhere (no glibc) nothing changes."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 64 << 20)   # M_MMAP_THRESHOLD: blocks below 64 MiB come from the heap
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MiB of free heap mapped
+    except (AttributeError, OSError):
+        pass
 
 
 def _scheme(ctx, param, value: str) -> str:
@@ -128,6 +141,7 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
         else:
             print_plan(plan)
         return
+    _reuse_row_buffers()
     start = time.perf_counter()
     written = run(plan, out, threads=threads, imatrix=load_imatrix(imatrix),
                   progress=not quiet and sys.stderr.isatty(), force=force)

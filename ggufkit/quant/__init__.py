@@ -15,9 +15,10 @@ from gguf import GGMLQuantizationType
 
 from ggufkit import _quants
 
-__all__ = ["REQUIRES_IMATRIX", "default_threads", "dequantize", "quantize", "row_size", "simd_active", "supported_types"]
+__all__ = ["REQUIRES_IMATRIX", "default_threads", "dequantize", "quantize", "row_size", "simd_active", "simd_path",
+           "supported_types"]
 
-# ggml_type id -> (name, block_size, type_size, simd_feature, simd_active), for the types gguf-py can name (the
+# ggml_type id -> (name, block_size, type_size, simd_feature, simd_active, path), for the types gguf-py can name (the
 # native core may hold types newer than the pinned gguf-py, e.g. Q2_0; they stay reachable through _quants only)
 _KNOWN_IDS = {int(t) for t in GGMLQuantizationType}
 _TRAITS = {t[0]: t[1:] for t in _quants.types() if t[0] in _KNOWN_IDS}
@@ -54,6 +55,13 @@ def simd_active(qtype) -> bool:
     return any(row[0] == int(t) and row[5] for row in _quants.types())
 
 
+def simd_path(qtype) -> str:
+    """The path quantize() takes for this type here: "avx512", "avx2", "neon" or "plain" (the widest the CPU runs,
+    lowered by GGUFKIT_FORCE_AVX2=1 or GGUFKIT_FORCE_SCALAR=1)."""
+    t = _resolve(qtype)
+    return next(row[6] for row in _quants.types() if row[0] == int(t))
+
+
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
@@ -83,10 +91,6 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, threads: i
     rows, cols = x.shape
     nbytes = row_size(t, cols)
     x = np.ascontiguousarray(x)
-    count, first = _quants.scan_nonfinite(x)
-    if count:
-        raise ValueError(f"x has {count} non-finite value(s) (NaN/Inf); first at (row {first // cols}, "
-                         f"col {first % cols})")
     im = None
     if imatrix is None and t in REQUIRES_IMATRIX:
         raise ValueError(f"{t.name} is quantized only with importance weights (as in llama.cpp): pass an imatrix")
@@ -99,7 +103,11 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, threads: i
             raise ValueError(f"imatrix has {count} non-finite value(s); first at col {first}")
     out = np.empty((rows, nbytes), dtype=np.uint8)
     if rows:
-        _quants.quantize(int(t), x, rows, cols, im, _check_threads(threads), out)
+        # x is checked for NaN/Inf by the native rows as they are quantized (no separate pass over the input)
+        count, first = _quants.quantize(int(t), x, rows, cols, im, _check_threads(threads), out)
+        if count:
+            raise ValueError(f"x has {count} non-finite value(s) (NaN/Inf); first at (row {first // cols}, "
+                             f"col {first % cols})")
     return out
 
 

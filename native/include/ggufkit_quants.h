@@ -12,6 +12,9 @@
  *   quantize_row_simd(...)           optional, same contract, vectorised; NULL if the type has none. Chosen at run
  *                                    time when the CPU has the feature and GGUFKIT_FORCE_SCALAR is unset.
  *   dequantize_row(y, x, n)          the inverse, bit for bit equal to gguf-py's dequantization.
+ *   quantize_row_wide(...)           optional (trailing field: tables may leave it out), same contract, a wider
+ *                                    SIMD path ("avx512": AVX-512 F/BW/DQ/VL). Preferred over quantize_row_simd
+ *                                    when the CPU has it, unless GGUFKIT_FORCE_AVX2 or GGUFKIT_FORCE_SCALAR is set.
  *
  * Threading and the GIL are handled by module.c; the kernels are pure functions of their inputs.
  */
@@ -34,6 +37,11 @@ typedef struct {
     gk_quantize_row_fn quantize_row_simd;    /* NULL: none */
     const char *simd_feature;                /* "avx2", "neon", or NULL */
     gk_dequantize_row_fn dequantize_row;
+    gk_quantize_row_fn quantize_row_wide;    /* NULL: none (a trailing field: omitted initialisers are NULL) */
+    const char *wide_feature;                /* "avx512" or NULL */
+    int blocks_independent;                  /* 1: each block's bytes depend only on its own values and imatrix
+                                                entries (no per-row statistics), so module.c may hand a SIMD
+                                                quantizer several short rows as one long row to fill its lanes */
 } gk_type_traits;
 
 /* Family tables, each ended by an entry with name == NULL. */

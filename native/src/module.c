@@ -27,6 +27,11 @@ static int cpu_has(const char *feature) {
 #if defined(__x86_64__) || defined(__i386__)
     // The AVX2 paths also convert fp16 in hardware (F16C); every AVX2 CPU has it, but say so.
     if (strcmp(feature, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    // AVX-512 paths use F (the arithmetic), DQ (256-bit halves), BW and VL; libgcc's check includes the OS's
+    // support for the 512-bit register state (XGETBV), so a hypervisor that hides it is respected.
+    if (strcmp(feature, "avx512") == 0)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && cpu_has("avx2");
     return 0;
 #elif defined(__aarch64__)
     return strcmp(feature, "neon") == 0;  // Advanced SIMD is mandatory on AArch64
@@ -35,13 +40,27 @@ static int cpu_has(const char *feature) {
 #endif
 }
 
-static int force_scalar(void) {
-    const char *v = getenv("GGUFKIT_FORCE_SCALAR");
+static int env_flag(const char *name) {
+    const char *v = getenv(name);
     return v != NULL && v[0] != '\0' && strcmp(v, "0") != 0;
 }
 
-static gk_quantize_row_fn pick_quantizer(const gk_type_traits *t) {
-    if (t->quantize_row_simd != NULL && !force_scalar() && cpu_has(t->simd_feature)) return t->quantize_row_simd;
+// The widest path the CPU runs, unless forced lower: GGUFKIT_FORCE_SCALAR=1 takes the plain C reference,
+// GGUFKIT_FORCE_AVX2=1 the 8-lane path (AVX2 / NEON) where a type also has a wider one (AVX-512).
+static gk_quantize_row_fn pick_quantizer(const gk_type_traits *t, const char **path) {
+    const char *unused;
+    if (path == NULL) path = &unused;
+    if (!env_flag("GGUFKIT_FORCE_SCALAR")) {
+        if (t->quantize_row_wide != NULL && !env_flag("GGUFKIT_FORCE_AVX2") && cpu_has(t->wide_feature)) {
+            *path = t->wide_feature;
+            return t->quantize_row_wide;
+        }
+        if (t->quantize_row_simd != NULL && cpu_has(t->simd_feature)) {
+            *path = t->simd_feature;
+            return t->quantize_row_simd;
+        }
+    }
+    *path = "plain";
     return t->quantize_row;
 }
 
@@ -55,15 +74,67 @@ typedef struct {
     const float *imatrix;     // (cols,) f32 or NULL
     int64_t row_begin, row_end, cols, row_bytes;
     int dequant;
+    int64_t bad_row;          // quantize: the first row of this range holding a NaN/Inf (then it stops), or -1
 } rows_job;
+
+static Py_ssize_t count_nonfinite(const uint32_t *bits, Py_ssize_t n);
+
+// Rows per call when short rows are joined: enough that the blocks fill whole 16-lane vectors (16 / gcd(blocks,
+// 16) rows); rows of 64 blocks or more gain nothing from it.
+static int64_t rows_per_call(const rows_job *j) {
+    const int64_t blocks = j->cols / j->type->block_size;
+    if (j->dequant || !j->type->blocks_independent || j->quantize == j->type->quantize_row || blocks >= 64) return 1;
+    int64_t a = blocks, b = 16;
+    while (b) { const int64_t t = a % b; a = b; b = t; }
+    return 16 / a;
+}
+
+// Rows [r, r + n) as one long row (contiguous in x and y): the imatrix repeats per row, in `im_rep`.
+static int64_t run_joined(rows_job *j, int64_t r, int64_t n, float *im_rep) {
+    for (int64_t k = 0; k < n; k++)
+        if (count_nonfinite((const uint32_t *)(const void *)(j->x + (r + k) * j->cols), (Py_ssize_t)j->cols) != 0)
+            return r + k;
+    j->quantize(j->x + r * j->cols, j->y + r * j->row_bytes, n * j->cols, j->imatrix ? im_rep : NULL);
+    return -1;
+}
 
 static void *run_rows(void *arg) {
     rows_job *j = (rows_job *)arg;
-    for (int64_t r = j->row_begin; r < j->row_end; r++) {
-        if (j->dequant)
+    j->bad_row = -1;
+    const int64_t join = rows_per_call(j);
+    int64_t r = j->row_begin;
+    if (join > 1 && j->row_end - r >= join) {
+        float *im_rep = NULL;
+        if (j->imatrix) {
+            im_rep = (float *)malloc((size_t)(join * j->cols) * sizeof(float));
+            for (int64_t k = 0; im_rep != NULL && k < join; k++)
+                memcpy(im_rep + k * j->cols, j->imatrix, (size_t)j->cols * sizeof(float));
+        }
+        if (im_rep != NULL || j->imatrix == NULL) {  // (no memory: the rows go one by one below)
+            for (; r + join <= j->row_end; r += join) {
+                const int64_t bad = run_joined(j, r, join, im_rep);
+                if (bad >= 0) {
+                    j->bad_row = bad;
+                    free(im_rep);
+                    return NULL;
+                }
+            }
+        }
+        free(im_rep);
+    }
+    for (; r < j->row_end; r++) {
+        if (j->dequant) {
             j->type->dequantize_row(j->y + r * j->row_bytes, (float *)j->x + r * j->cols, j->cols);
-        else
-            j->quantize(j->x + r * j->cols, j->y + r * j->row_bytes, j->cols, j->imatrix);
+            continue;
+        }
+        // The finiteness check rides along, row by row, while the row is in cache (a separate pass over the whole
+        // input cost ~10% of Q3_K's time); the caller reports the error and discards the output.
+        const float *row = j->x + r * j->cols;
+        if (count_nonfinite((const uint32_t *)(const void *)row, (Py_ssize_t)j->cols) != 0) {
+            j->bad_row = r;
+            return NULL;
+        }
+        j->quantize(row, j->y + r * j->row_bytes, j->cols, j->imatrix);
     }
     return NULL;
 }
@@ -72,7 +143,8 @@ static void *run_rows(void *arg) {
 // rows never changes the bytes: every row is quantized independently.
 enum { MAX_THREADS = 256 };
 
-static void run_parallel(rows_job base, int64_t rows, int threads) {
+// Returns the first row (over all ranges) that a quantize job found non-finite, or -1.
+static int64_t run_parallel(rows_job base, int64_t rows, int threads) {
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > rows) threads = (int)rows;
     if (threads < 1) threads = 1;
@@ -93,6 +165,9 @@ static void run_parallel(rows_job base, int64_t rows, int threads) {
     run_rows(&jobs[0]);
     for (int i = 1; i < threads; i++)
         if (joinable[i]) pthread_join(tids[i], NULL);
+    for (int i = 0; i < threads; i++)
+        if (jobs[i].bad_row >= 0) return jobs[i].bad_row;  // ranges are in row order: the first one found
+    return -1;
 }
 
 // ---- Python functions
@@ -112,9 +187,11 @@ static const gk_type_traits *type_or_raise(int ggml_type) {
 }
 
 PyDoc_STRVAR(quantize_doc,
-    "quantize(ggml_type, x, rows, cols, imatrix, threads, out)\n"
+    "quantize(ggml_type, x, rows, cols, imatrix, threads, out) -> (nonfinite_count, first_index)\n"
     "x: (rows, cols) f32 buffer; imatrix: (cols,) f32 buffer or None; out: (rows, row_bytes) u8 buffer.\n"
-    "Shapes are checked by ggufkit.quant; this only checks buffer sizes.");
+    "Shapes are checked by ggufkit.quant; this only checks buffer sizes. x is checked for NaN/Inf row by row as\n"
+    "it is quantized: (0, -1) when it is finite; otherwise the count of non-finite values in x and the flat index\n"
+    "of the first, and out holds partial garbage. The imatrix is not checked.");
 
 static PyObject *py_quantize(PyObject *self, PyObject *args) {
     (void)self;
@@ -142,12 +219,19 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
         (has_im && ib.len != (Py_ssize_t)(cols * 4))) {
         PyErr_SetString(PyExc_ValueError, "buffer sizes do not match rows, cols and the type");
     } else {
-        rows_job job = {t, pick_quantizer(t), (const float *)xb.buf, (uint8_t *)ob.buf,
-                        has_im ? (const float *)ib.buf : NULL, 0, 0, cols, row_bytes, 0};
+        rows_job job = {t, pick_quantizer(t, NULL), (const float *)xb.buf, (uint8_t *)ob.buf,
+                        has_im ? (const float *)ib.buf : NULL, 0, 0, cols, row_bytes, 0, -1};
+        Py_ssize_t count = 0, first = -1;
         Py_BEGIN_ALLOW_THREADS
-        run_parallel(job, rows, threads);
+        const int64_t bad = run_parallel(job, rows, threads);
+        if (bad >= 0) {  // rare: count over the whole input, the first from the first bad row
+            const uint32_t *bits = (const uint32_t *)xb.buf;
+            count = count_nonfinite(bits, (Py_ssize_t)(rows * cols));
+            for (Py_ssize_t i = (Py_ssize_t)(bad * cols); i < (Py_ssize_t)(rows * cols); i++)
+                if ((bits[i] & 0x7f800000u) == 0x7f800000u) { first = i; break; }
+        }
         Py_END_ALLOW_THREADS
-        result = Py_NewRef(Py_None);
+        result = Py_BuildValue("nn", count, first);
     }
     PyBuffer_Release(&xb);
     PyBuffer_Release(&ob);
@@ -178,7 +262,7 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     if (yb.len != (Py_ssize_t)(rows * row_bytes) || ob.len != (Py_ssize_t)(rows * cols * 4)) {
         PyErr_SetString(PyExc_ValueError, "buffer sizes do not match rows, cols and the type");
     } else {
-        rows_job job = {t, NULL, (const float *)ob.buf, (uint8_t *)yb.buf, NULL, 0, 0, cols, row_bytes, 1};
+        rows_job job = {t, NULL, (const float *)ob.buf, (uint8_t *)yb.buf, NULL, 0, 0, cols, row_bytes, 1, -1};
         Py_BEGIN_ALLOW_THREADS
         run_parallel(job, rows, threads);
         Py_END_ALLOW_THREADS
@@ -217,7 +301,8 @@ static PyObject *py_scan_nonfinite(PyObject *self, PyObject *arg) {
 }
 
 PyDoc_STRVAR(types_doc,
-    "types() -> list of (ggml_type, name, block_size, type_size, simd_feature or None, simd_active)");
+    "types() -> list of (ggml_type, name, block_size, type_size, simd_feature or None, simd_active, path)\n"
+    "path: the quantizer quantize() takes here now: 'avx512', 'avx2', 'neon' or 'plain'.");
 
 static PyObject *py_types(PyObject *self, PyObject *noargs) {
     (void)self; (void)noargs;
@@ -225,10 +310,11 @@ static PyObject *py_types(PyObject *self, PyObject *noargs) {
     if (list == NULL) return NULL;
     for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
         for (const gk_type_traits *t = families[f]; t->name != NULL; t++) {
-            int active = pick_quantizer(t) != t->quantize_row;
-            PyObject *item = Py_BuildValue("isiizO", t->ggml_type, t->name, t->block_size, t->type_size,
+            const char *path;
+            int active = pick_quantizer(t, &path) != t->quantize_row;
+            PyObject *item = Py_BuildValue("isiizOs", t->ggml_type, t->name, t->block_size, t->type_size,
                                            t->quantize_row_simd ? t->simd_feature : NULL,
-                                           active ? Py_True : Py_False);
+                                           active ? Py_True : Py_False, path);
             if (item == NULL || PyList_Append(list, item) != 0) { Py_XDECREF(item); Py_DECREF(list); return NULL; }
             Py_DECREF(item);
         }

@@ -7,7 +7,8 @@
 // them. Without an importance matrix llama.cpp uses its "reference" quantizer for each type; with one it uses a
 // different, weighted fitting (llama.cpp's *_impl functions). Both are here, per type.
 //
-// The AVX2 versions live in quants_k_avx2.c; they run the same operations per block, eight blocks at a time.
+// The SIMD versions (quants_k_lanes.h, instantiated by quants_k_avx2.c, quants_k_avx512.c and quants_k_neon.c) run
+// the same operations per block, eight (AVX2, NEON) or sixteen (AVX-512) blocks at a time.
 #include <math.h>
 #include <string.h>
 
@@ -101,28 +102,36 @@ float kq_fit_symmetric_descent(int n, int nmax, const float *x, int8_t *q) {
         sumlx += w * x[i] * l;
         suml2 += w * l * l;
     }
-    for (int pass = 0; pass < 5; pass++) {
-        int changed = 0;
-        for (int i = 0; i < n; i++) {
-            float w = x[i] * x[i];
-            float slx = sumlx - w * x[i] * q[i];
-            if (!(slx > 0.0f)) continue;
-            float sl2 = suml2 - w * q[i] * q[i];
-            int l = clamp_int(kq_round_magic(x[i] * sl2 / slx), -nmax, nmax - 1);
-            if (l == q[i]) continue;
-            slx += w * x[i] * l;
-            sl2 += w * l * l;
-            if (sl2 > 0.0f && slx * slx * suml2 > sumlx * sumlx * sl2) {
-                q[i] = (int8_t)l;
-                sumlx = slx;
-                suml2 = sl2;
-                changed++;
-            }
-        }
-        if (!changed) break;
-    }
+    for (int pass = 0; pass < KQ_DESCENT_PASSES; pass++)
+        if (!kq_descent_pass(n, nmax, x, q, &sumlx, &suml2)) break;
     for (int i = 0; i < n; i++) q[i] = (int8_t)(q[i] + nmax);
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+// One pass of the descent over q (levels -nmax..nmax-1, not offset) with its running sums; returns how many
+// levels moved. The lane paths run the first pass in lanes and hand the (few) groups that moved to this.
+int kq_descent_pass(int n, int nmax, const float *x, int8_t *q, float *sumlx_io, float *suml2_io) {
+    float sumlx = *sumlx_io, suml2 = *suml2_io;
+    int changed = 0;
+    for (int i = 0; i < n; i++) {
+        float w = x[i] * x[i];
+        float slx = sumlx - w * x[i] * q[i];
+        if (!(slx > 0.0f)) continue;
+        float sl2 = suml2 - w * q[i] * q[i];
+        int l = clamp_int(kq_round_magic(x[i] * sl2 / slx), -nmax, nmax - 1);
+        if (l == q[i]) continue;
+        slx += w * x[i] * l;
+        sl2 += w * l * l;
+        if (sl2 > 0.0f && slx * slx * suml2 > sumlx * sumlx * sl2) {
+            q[i] = (int8_t)l;
+            sumlx = slx;
+            suml2 = sl2;
+            changed++;
+        }
+    }
+    *sumlx_io = sumlx;
+    *suml2_io = suml2;
+    return changed;
 }
 
 // ---- fitting: scale and minimum, x[i] ~ scale * q[i] - mn, q in [0, nmax]
@@ -795,17 +804,24 @@ static void dequantize_row_q6_k(const void *vy, float *x, int64_t n) {
 
 #if defined(__x86_64__) || defined(__i386__)
 #define KQ_SIMD(t) kq_quantize_row_##t##_avx2, "avx2"
+#define KQ_WIDE(t) , kq_quantize_row_##t##_avx512, "avx512"
 #elif defined(__aarch64__)
 #define KQ_SIMD(t) kq_quantize_row_##t##_neon, "neon"
+#define KQ_WIDE(t) , NULL, NULL
 #else
 #define KQ_SIMD(t) NULL, NULL
+#define KQ_WIDE(t) , NULL, NULL
 #endif
 
+// Every K-quant block is fitted from its own 256 values and importance weights only (sigma2 is per block): the
+// rows of a tensor may be quantized as one long row.
+#define KQ_INDEPENDENT , 1
+
 const gk_type_traits gk_kquant_types[] = {
-    {10, "Q2_K", 256, 84, kq_quantize_row_q2_k, KQ_SIMD(q2_k), dequantize_row_q2_k},
-    {11, "Q3_K", 256, 110, kq_quantize_row_q3_k, KQ_SIMD(q3_k), dequantize_row_q3_k},
-    {12, "Q4_K", 256, 144, kq_quantize_row_q4_k, KQ_SIMD(q4_k), dequantize_row_q4_k},
-    {13, "Q5_K", 256, 176, kq_quantize_row_q5_k, KQ_SIMD(q5_k), dequantize_row_q5_k},
-    {14, "Q6_K", 256, 210, kq_quantize_row_q6_k, KQ_SIMD(q6_k), dequantize_row_q6_k},
+    {10, "Q2_K", 256, 84, kq_quantize_row_q2_k, KQ_SIMD(q2_k), dequantize_row_q2_k KQ_WIDE(q2_k) KQ_INDEPENDENT},
+    {11, "Q3_K", 256, 110, kq_quantize_row_q3_k, KQ_SIMD(q3_k), dequantize_row_q3_k KQ_WIDE(q3_k) KQ_INDEPENDENT},
+    {12, "Q4_K", 256, 144, kq_quantize_row_q4_k, KQ_SIMD(q4_k), dequantize_row_q4_k KQ_WIDE(q4_k) KQ_INDEPENDENT},
+    {13, "Q5_K", 256, 176, kq_quantize_row_q5_k, KQ_SIMD(q5_k), dequantize_row_q5_k KQ_WIDE(q5_k) KQ_INDEPENDENT},
+    {14, "Q6_K", 256, 210, kq_quantize_row_q6_k, KQ_SIMD(q6_k), dequantize_row_q6_k KQ_WIDE(q6_k) KQ_INDEPENDENT},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };

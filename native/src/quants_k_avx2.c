@@ -9,6 +9,8 @@
 
 #define KQ_TARGET __attribute__((target("avx2")))
 #define KQ_ROW_NAME(t) kq_quantize_row_##t##_avx2
+#define KQ_TAIL(t) kq_quantize_row_##t
+#define KQ_LANES 8
 
 typedef __m256 kv;
 typedef __m256 km;
@@ -35,6 +37,7 @@ KQ_TARGET static inline km m_or(km a, km b) { return _mm256_or_ps(a, b); }
 KQ_TARGET static inline km m_true(void) { return _mm256_castsi256_ps(_mm256_set1_epi32(-1)); }
 KQ_TARGET static inline int m_any(km m) { return _mm256_movemask_ps(m) != 0; }
 KQ_TARGET static inline int m_all(km m) { return _mm256_movemask_ps(m) == 0xff; }
+KQ_TARGET static inline int m_bits(km m) { return _mm256_movemask_ps(m); }
 KQ_TARGET static inline kv v_pick(kv a, kv b, km m) { return _mm256_blendv_ps(a, b, m); }
 KQ_TARGET static inline kv v_load(const float *p) { return _mm256_loadu_ps(p); }
 KQ_TARGET static inline void v_store(float *p, kv v) { _mm256_storeu_ps(p, v); }
@@ -43,6 +46,13 @@ KQ_TARGET static inline void v_store(float *p, kv v) { _mm256_storeu_ps(p, v); }
 KQ_TARGET static inline kv v_round_clamp(kv v, int lo, int hi) {
     __m256i bits = _mm256_castps_si256(_mm256_add_ps(v, v_set(12582912.0f)));
     __m256i r = _mm256_sub_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x00400000));
+    r = _mm256_min_epi32(_mm256_max_epi32(r, _mm256_set1_epi32(lo)), _mm256_set1_epi32(hi));
+    return _mm256_cvtepi32_ps(r);
+}
+
+// |v| < 2^22: cvtps2dq rounds to nearest even (the default MXCSR mode, which the adder of kq_round_magic follows too).
+KQ_TARGET static inline kv v_round_clamp_small(kv v, int lo, int hi) {
+    __m256i r = _mm256_cvtps_epi32(v);
     r = _mm256_min_epi32(_mm256_max_epi32(r, _mm256_set1_epi32(lo)), _mm256_set1_epi32(hi));
     return _mm256_cvtepi32_ps(r);
 }

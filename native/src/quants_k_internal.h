@@ -28,6 +28,9 @@ void kq_pack_scale_min6(const uint8_t *s, const uint8_t *m, uint8_t *out);
 void kq_pack_scale6_q3(const uint8_t *s, uint8_t *out);
 
 float kq_fit_symmetric_descent(int n, int nmax, const float *x, int8_t *q);
+// Q3_K's descent: at most KQ_DESCENT_PASSES passes, stopping after one that moves no level.
+#define KQ_DESCENT_PASSES 5
+int kq_descent_pass(int n, int nmax, const float *x, int8_t *q, float *sumlx, float *suml2);
 
 // Q4_K's and Q5_K's range-stretch search without importance (Q4_K: nmax 15, Q5_K: nmax 31).
 #define KQ_Q45K_RMIN(nmax) ((nmax) == 15 ? -1.0f : -0.5f)
@@ -61,7 +64,7 @@ void kq_q45k_requantize_pack(const float *x, uint8_t *blk, uint8_t *levels, int 
 void kq_q6k_requantize_pack(const float *x, uint8_t *blk, int8_t *levels);
 
 // The plain-C row quantizers (the reference) and their lane versions (quants_k_lanes.h): AVX2 (quants_k_avx2.c,
-// x86 only) and NEON (quants_k_neon.c, aarch64 only).
+// x86 only), AVX-512 (quants_k_avx512.c, x86 only, sixteen lanes) and NEON (quants_k_neon.c, aarch64 only).
 void kq_quantize_row_q2_k(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q3_k(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q4_k(const float *x, void *y, int64_t n, const float *imatrix);
@@ -72,6 +75,11 @@ void kq_quantize_row_q3_k_avx2(const float *x, void *y, int64_t n, const float *
 void kq_quantize_row_q4_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q5_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q6_k_avx2(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q2_k_avx512(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q3_k_avx512(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q4_k_avx512(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q5_k_avx512(const float *x, void *y, int64_t n, const float *imatrix);
+void kq_quantize_row_q6_k_avx512(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q2_k_neon(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q3_k_neon(const float *x, void *y, int64_t n, const float *imatrix);
 void kq_quantize_row_q4_k_neon(const float *x, void *y, int64_t n, const float *imatrix);

@@ -1,5 +1,5 @@
-// The lane-per-block K-quant quantizers, written once for every SIMD backend: eight 256-float blocks of a row at
-// a time, block b in lane b of an eight-lane float vector.
+// The lane-per-block K-quant quantizers, written once for every SIMD backend: KQ_LANES (8 for AVX2 and NEON, 16
+// for AVX-512) 256-float blocks of a row at a time, block b in lane b of a KQ_LANES-lane float vector.
 //
 // Exactness: lane b performs, for its own block, exactly the float operations of the plain-C fitting in
 // quants_k.c, in the same order (sums run element by element within a block; nothing is reordered or
@@ -8,23 +8,30 @@
 // IEEE-exact instructions; no reciprocal approximations, no FMA (the including files are built with
 // -ffp-contract=off and use separate multiply and add). The per-group fits run here, and so does the packing of
 // Q3_K's and Q6_K's levels (pure data movement); the small per-block header steps (super-block scales) run
-// through the shared plain-C code. Blocks left over when a row holds fewer than eight go through the plain path.
+// through the shared plain-C code. Blocks left over when a row holds fewer than KQ_LANES go through KQ_TAIL(t)
+// (the next narrower path: AVX-512 hands them to AVX2, which hands its own leftovers to the plain path).
 //
-// The including file (quants_k_avx2.c, quants_k_neon.c) defines, before including this header:
+// The including file (quants_k_avx2.c, quants_k_neon.c, quants_k_avx512.c) defines, before including this header:
 //   KQ_TARGET                function attribute (target ISA) or nothing
+//   KQ_LANES                 lanes per vector (8 or 16)
 //   KQ_ROW_NAME(t)           the row entry point's name for type t (kq_quantize_row_<t>_<isa>)
-//   kv, km, kvi              eight floats, eight lane masks, eight int32
+//   KQ_TAIL(t)               the row function that takes the blocks left over (fewer than KQ_LANES)
+//   kv, km, kvi              KQ_LANES floats, lane masks, int32
 //   v_set v_zero v_add v_sub v_mul v_div v_sqrt v_abs v_neg    float lane arithmetic (IEEE, no fusion)
 //   v_gt v_lt v_eq (ordered: false on NaN) v_ne (true on NaN), m_and m_or m_true m_any m_all
+//   m_bits(m)                the mask as an int, bit b = lane b
 //   v_pick(a, b, m)          m ? b : a per lane
 //   v_round_clamp(v, lo, hi) kq_round_magic per lane, clamped to [lo, hi] as an int, returned as an exact float
-//   v_load(p) v_store(p, v)  eight consecutive floats
+//   v_round_clamp_small(v, lo, hi)  the same for |v| < 2^22, where kq_round_magic is round-to-nearest-even (a
+//                            shorter sequence where the ISA has one); lanes beyond that may differ
+//   v_load(p) v_store(p, v)  KQ_LANES consecutive floats
 //   vi_from(v)               exact small-integer floats -> int32 lanes;  vi_and vi_or vi_shl vi_shr vi_set
-//   transpose8(in, out)      8x8 transpose of 32-bit lanes: out[j] lane b = in[b] lane j
+//   to_lanes(src, dst)       KQ_LANES blocks of 256 floats (block b at src + 256b) -> dst[e] lane b = element e
+//                            of block b (a generic 8-lane version from transpose8 is below when KQ_LANES is 8)
 //   vi_store_block_rows(w, y, stride)  w: 8 kvi, lane b of w[k] = word k of block b -> 32 bytes at y + b*stride
 //
-// Lane layout (one pass): x[e] lane b = element e of block b, e = 0..255, b = 0..7; the packed output bytes the
-// same way, bytes[p] lane b = byte p of block b, then transposed 32 bytes at a time into the blocks.
+// Lane layout (one pass): x[e] lane b = element e of block b, e = 0..255, b = 0..KQ_LANES-1; the packed output
+// bytes the same way, bytes[p] lane b = byte p of block b, then transposed 32 bytes at a time into the blocks.
 #ifndef GGUFKIT_QUANTS_K_LANES_H
 #define GGUFKIT_QUANTS_K_LANES_H
 
@@ -35,19 +42,21 @@
 
 // ---- transposes between block-major rows and lane-major vectors
 
+#if KQ_LANES == 8
 // src: 8 blocks of 256 floats, block b at src + b*256 -> dst[e] = element e of the 8 blocks (lane b = block b).
 KQ_TARGET static void to_lanes(const float *src, kv *dst) {
     for (int e = 0; e < 256; e += 8) {
         kv rows[8];
-        for (int b = 0; b < 8; b++) rows[b] = v_load(src + 256 * b + e);
+        for (int b = 0; b < KQ_LANES; b++) rows[b] = v_load(src + 256 * b + e);
         transpose8(rows, dst + e);
     }
 }
+#endif
 
-// (256, 8) lane-major levels (exact small integers as floats) -> lane b's 256 levels as bytes.
+// (256, KQ_LANES) lane-major levels (exact small integers as floats) -> lane b's 256 levels as bytes.
 KQ_TARGET static void lane_levels_u8(const kv *q, int lane, uint8_t *out) {
     const float *f = (const float *)q;
-    for (int e = 0; e < 256; e++) out[e] = (uint8_t)(int)f[8 * e + lane];
+    for (int e = 0; e < 256; e++) out[e] = (uint8_t)(int)f[KQ_LANES * e + lane];
 }
 
 // Packed bytes in lanes -> blocks: bytes[p] lane b is byte p of block b (0..255), n a multiple of 32; byte p goes
@@ -63,7 +72,7 @@ KQ_TARGET static void store_lane_bytes(const kvi *bytes, int n, uint8_t *y, int 
     }
 }
 
-// ---- fitting, eight groups at once (see the plain versions in quants_k.c for what each computes)
+// ---- fitting, KQ_LANES groups at once (see the plain versions in quants_k.c for what each computes)
 
 // kq_fit_affine per lane. q[i] receives the levels as floats.
 KQ_TARGET static kv fit_affine_v(int n, int nmax, const kv *x, const kv *w, kv *q, kv *neg_min, float rmin,
@@ -145,7 +154,12 @@ KQ_TARGET static void signed_absmax_v(int n, const kv *x, kv *amax, kv *max) {
 // kq_fit_symmetric per lane (w == NULL: weights x^2), n <= 16. q[i] receives the levels (offset by nmax) as
 // floats. w*x and (for w == NULL) x*x are computed once: the scalar code's w * x[i] * l is (w * x[i]) * l, the
 // same rounding. A trial's levels are recomputed when it is taken instead of being stored for every trial.
-KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in, kv *q) {
+// data != 0: x are a block's (finite) values. Then every rounded product is small: trial = -(nmax + 0.1k) / max with
+// max the value of largest magnitude, so |trial * x[i]| <= nmax + 0.9 (lanes with max ~ 0 are discarded), and the
+// short rounding is exact. data == 0 (the fit of Q3_K's group scales, which may be inf or NaN): the full rounding.
+#define KQ_ROUND_SYM(v, lo, hi) (data ? v_round_clamp_small(v, lo, hi) : v_round_clamp(v, lo, hi))
+
+KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in, kv *q, int data) {
     kv w[16], wx[16];
     const kv zero = v_zero(), offset = v_set((float)nmax);
     kv amax, max;
@@ -158,7 +172,7 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
     const kv inv = v_div(v_set((float)-nmax), max);
     kv sumlx = zero, suml2 = zero;
     for (int i = 0; i < n; i++) {
-        const kv l = v_round_clamp(v_mul(inv, x[i]), -nmax, nmax - 1);
+        const kv l = KQ_ROUND_SYM(v_mul(inv, x[i]), -nmax, nmax - 1);
         q[i] = v_add(l, offset);
         sumlx = v_add(sumlx, v_mul(wx[i], l));
         suml2 = v_add(suml2, v_mul(v_mul(w[i], l), l));
@@ -170,14 +184,14 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
         const kv trial = v_div(v_set(-(nmax + 0.1f * k)), max);
         kv tlx = zero, tl2 = zero;
         for (int i = 0; i < n; i++) {
-            const kv l = v_round_clamp(v_mul(trial, x[i]), -nmax, nmax - 1);
+            const kv l = KQ_ROUND_SYM(v_mul(trial, x[i]), -nmax, nmax - 1);
             tlx = v_add(tlx, v_mul(wx[i], l));
             tl2 = v_add(tl2, v_mul(v_mul(w[i], l), l));
         }
         const km take = m_and(v_gt(tl2, zero), v_gt(v_mul(tlx, tlx), v_mul(best, tl2)));
         if (!m_any(take)) continue;
         for (int i = 0; i < n; i++)
-            q[i] = v_pick(q[i], v_add(v_round_clamp(v_mul(trial, x[i]), -nmax, nmax - 1), offset), take);
+            q[i] = v_pick(q[i], v_add(KQ_ROUND_SYM(v_mul(trial, x[i]), -nmax, nmax - 1), offset), take);
         const kv t_scale = v_div(tlx, tl2);
         scale = v_pick(scale, t_scale, take);
         best = v_pick(best, v_mul(t_scale, tlx), take);
@@ -190,7 +204,15 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
 // hold the groups one after another (16 each). A group's lane stops after the first pass that changes none of its
 // levels. Each step of the descent depends on the one before (the running sums), so the groups are interleaved
 // element by element: independent chains the CPU can overlap.
+// Most groups (~80% of normal data) move no level in their first pass and are done; in lanes, a pass runs while
+// any of the KQ_LANES x KQ_DESCENT_GROUPS groups still moves, which took 3.2 passes on average for 8 lanes (3.6
+// for 16) where the plain code takes 1.25. So the lanes run KQ_DESCENT_LANE_PASSES passes, and the groups still
+// moving after them continue one by one through the plain pass (kq_descent_pass: the same operations). The
+// including file may set KQ_DESCENT_LANE_PASSES (default 1).
 #define KQ_DESCENT_GROUPS 4
+#ifndef KQ_DESCENT_LANE_PASSES
+#define KQ_DESCENT_LANE_PASSES 1
+#endif
 
 KQ_TARGET static void fit_descent_v(const kv *x, kv *q, kv *scales) {
     enum { N = 16, NMAX = 4, G = KQ_DESCENT_GROUPS };
@@ -207,7 +229,7 @@ KQ_TARGET static void fit_descent_v(const kv *x, kv *q, kv *scales) {
         suml2[g] = zero;
         for (int i = 0; i < N; i++) {
             kv *qi = q + N * g + i;
-            *qi = v_round_clamp(v_mul(inv, xg[i]), -NMAX, NMAX - 1);
+            *qi = v_round_clamp_small(v_mul(inv, xg[i]), -NMAX, NMAX - 1);  // |inv * x| <= 4
             w[N * g + i] = v_mul(xg[i], xg[i]);
             wx[N * g + i] = v_mul(w[N * g + i], xg[i]);
             sumlx[g] = v_add(sumlx[g], v_mul(wx[N * g + i], *qi));
@@ -215,7 +237,7 @@ KQ_TARGET static void fit_descent_v(const kv *x, kv *q, kv *scales) {
         }
         active[g] = m_true();
     }
-    for (int pass = 0; pass < 5; pass++) {
+    for (int pass = 0; pass < KQ_DESCENT_LANE_PASSES; pass++) {
         km changed[G], any = active[0];
         for (int g = 1; g < G; g++) any = m_or(any, active[g]);
         if (!m_any(any)) break;
@@ -240,6 +262,29 @@ KQ_TARGET static void fit_descent_v(const kv *x, kv *q, kv *scales) {
             }
         }
         for (int g = 0; g < G; g++) active[g] = m_and(active[g], changed[g]);
+    }
+    for (int g = 0; g < G; g++) {
+        const int moving = m_bits(active[g]) & ~m_bits(all_zero[g]);  // all-zero lanes are discarded anyway
+        if (!moving) continue;
+        float slx_f[KQ_LANES], sl2_f[KQ_LANES];
+        v_store(slx_f, sumlx[g]);
+        v_store(sl2_f, suml2[g]);
+        float *qf = (float *)(q + N * g);  // (16, KQ_LANES) lane-major
+        const float *xf = (const float *)(x + N * g);
+        for (int b = 0; b < KQ_LANES; b++) {
+            if (!(moving >> b & 1)) continue;
+            float xs[N];
+            int8_t qs[N];
+            for (int i = 0; i < N; i++) {
+                xs[i] = xf[KQ_LANES * i + b];
+                qs[i] = (int8_t)qf[KQ_LANES * i + b];
+            }
+            for (int pass = KQ_DESCENT_LANE_PASSES; pass < KQ_DESCENT_PASSES; pass++)
+                if (!kq_descent_pass(N, NMAX, xs, qs, &slx_f[b], &sl2_f[b])) break;
+            for (int i = 0; i < N; i++) qf[KQ_LANES * i + b] = (float)qs[i];
+        }
+        sumlx[g] = v_load(slx_f);
+        suml2[g] = v_load(sl2_f);
     }
     const kv offset = v_set((float)NMAX);
     for (int g = 0; g < G; g++) {
@@ -266,11 +311,11 @@ KQ_TARGET static kv importance_weights_v(int n, const kv *x, const kv *im, kv si
     return sw;
 }
 
-// ---- requantization against the stored scales, eight blocks at once
+// ---- requantization against the stored scales, KQ_LANES blocks at once
 
 // For each group g of `size` elements: lanes whose stored scale dg is non-zero get
 // clamp(round((x + mg) / dg), lo, hi) + offset (x / dg when mg is NULL); the others keep their fitted levels.
-KQ_TARGET static void requantize_v(const kv *x, kv *q, int groups, int size, float dg[][8], float mg[][8], int lo,
+KQ_TARGET static void requantize_v(const kv *x, kv *q, int groups, int size, float dg[][KQ_LANES], float mg[][KQ_LANES], int lo,
                                    int hi, float offset) {
     const kv zero = v_zero(), off = v_set(offset);
     for (int g = 0; g < groups; g++) {
@@ -321,32 +366,32 @@ KQ_TARGET static void pack_q6k_v(const kv *q, kvi *bytes) {
     }
 }
 
-// ---- the eight-block drivers
+// ---- the KQ_LANES-block drivers
 
 typedef struct {
-    kv x[256];      // (256 elements, 8 lanes) the blocks' values
-    kv im[256];     // (256, 8) importance, when given
-    kv q[256];      // (256, 8) fitted levels
+    kv x[256];      // (256 elements, KQ_LANES lanes) the blocks' values
+    kv im[256];     // (256, KQ_LANES) importance, when given
+    kv q[256];      // (256, KQ_LANES) fitted levels
     kv w[32];       // one group's weights
-    kvi bytes[192]; // (packed byte, 8 lanes)
-    float scales[16][8], mins[16][8], group_w[16][8];
-    float dg[16][8], mg[16][8];  // per group and lane: the stored scale and min as floats
-} lanes8;
+    kvi bytes[192]; // (packed byte, KQ_LANES lanes)
+    float scales[16][KQ_LANES], mins[16][KQ_LANES], group_w[16][KQ_LANES];
+    float dg[16][KQ_LANES], mg[16][KQ_LANES];  // per group and lane: the stored scale and min as floats
+} lanes_t;
 
-KQ_TARGET static void load_lanes(lanes8 *s, const float *x, const float *imatrix) {
+KQ_TARGET static void load_lanes(lanes_t *s, const float *x, const float *imatrix) {
     to_lanes(x, s->x);
     if (imatrix) to_lanes(imatrix, s->im);
 }
 
-static inline void lane_column(float src[][8], int groups, int lane, float *out) {
+static inline void lane_column(float src[][KQ_LANES], int groups, int lane, float *out) {
     for (int g = 0; g < groups; g++) out[g] = src[g][lane];
 }
 
-static inline void set_lane_column(float dst[][8], int groups, int lane, const float *in) {
+static inline void set_lane_column(float dst[][KQ_LANES], int groups, int lane, const float *in) {
     for (int g = 0; g < groups; g++) dst[g][lane] = in[g];
 }
 
-KQ_TARGET static void q2k_eight(lanes8 *s, const float *x, const float *imatrix, uint8_t *y) {
+KQ_TARGET static void q2k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y) {
     load_lanes(s, x, imatrix);
     kv sigma2 = v_zero();
     if (imatrix) sigma2 = v_div(block_sumsq_v(s->x), v_set(256.0f));
@@ -363,7 +408,7 @@ KQ_TARGET static void q2k_eight(lanes8 *s, const float *x, const float *imatrix,
         v_store(s->scales[g], scale);
         v_store(s->mins[g], neg_min);
     }
-    for (int b = 0; b < 8; b++) {
+    for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];  // unused until packing: the header step does not read it
         float scales[16], mins[16], group_w[16];
         lane_column(s->scales, 16, b, scales);
@@ -380,7 +425,7 @@ KQ_TARGET static void q2k_eight(lanes8 *s, const float *x, const float *imatrix,
         set_lane_column(s->mg, 16, b, mg);
     }
     requantize_v(s->x, s->q, 16, 16, s->dg, s->mg, 0, 3, 0.0f);
-    for (int b = 0; b < 8; b++) {
+    for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];
         lane_levels_u8(s->q, b, levels);
         kq_q2k_requantize_pack(NULL, y + 84 * b, levels);
@@ -389,30 +434,30 @@ KQ_TARGET static void q2k_eight(lanes8 *s, const float *x, const float *imatrix,
 
 // Q3_K with importance: the sixteen group scales of each block are fitted to 6 bits (kq_q3k_finish_weighted's
 // kq_fit_symmetric over the scales, weighted by the group weights) in lanes too.
-KQ_TARGET static void q3k_scales_weighted(lanes8 *s, uint8_t *y) {
+KQ_TARGET static void q3k_scales_weighted(lanes_t *s, uint8_t *y) {
     kv sc[16], gw[16], ls[16];
     for (int g = 0; g < 16; g++) {
         sc[g] = v_load(s->scales[g]);
         gw[g] = v_load(s->group_w[g]);
     }
-    float d[8], ls_f[16][8];
-    v_store(d, fit_symmetric_v(16, 32, sc, gw, ls));
+    float d[KQ_LANES], ls_f[16][KQ_LANES];
+    v_store(d, fit_symmetric_v(16, 32, sc, gw, ls, 0));
     for (int g = 0; g < 16; g++) v_store(ls_f[g], ls[g]);
-    for (int b = 0; b < 8; b++) {
+    for (int b = 0; b < KQ_LANES; b++) {
         uint8_t s6[16];
         for (int g = 0; g < 16; g++) s6[g] = (uint8_t)(int)ls_f[g][b];
         kq_q3k_write_header(y + 110 * b, s6, d[b]);
     }
 }
 
-KQ_TARGET static void q3k_eight(lanes8 *s, const float *x, const float *imatrix, uint8_t *y) {
+KQ_TARGET static void q3k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y) {
     load_lanes(s, x, imatrix);
     if (imatrix) {
         const kv sigma2 = v_div(v_mul(v_set(2.0f), block_sumsq_v(s->x)), v_set(256.0f));
         for (int g = 0; g < 16; g++) {
             const kv *xg = s->x + 16 * g;
             v_store(s->group_w[g], importance_weights_v(16, xg, s->im + 16 * g, sigma2, s->w));
-            v_store(s->scales[g], fit_symmetric_v(16, 4, xg, s->w, s->q + 16 * g));
+            v_store(s->scales[g], fit_symmetric_v(16, 4, xg, s->w, s->q + 16 * g, 1));
         }
         q3k_scales_weighted(s, y);
     } else {
@@ -421,14 +466,14 @@ KQ_TARGET static void q3k_eight(lanes8 *s, const float *x, const float *imatrix,
             fit_descent_v(s->x + 16 * g, s->q + 16 * g, scales);
             for (int j = 0; j < KQ_DESCENT_GROUPS; j++) v_store(s->scales[g + j], scales[j]);
         }
-        for (int b = 0; b < 8; b++) {
+        for (int b = 0; b < KQ_LANES; b++) {
             int8_t levels[256];  // unused: the header step does not read it
             float scales[16];
             lane_column(s->scales, 16, b, scales);
             kq_q3k_finish_plain(NULL, y + 110 * b, scales, levels);
         }
     }
-    for (int b = 0; b < 8; b++) {
+    for (int b = 0; b < KQ_LANES; b++) {
         float dg[16];
         kq_q3k_group_factors(y + 110 * b, dg);
         set_lane_column(s->dg, 16, b, dg);
@@ -438,7 +483,7 @@ KQ_TARGET static void q3k_eight(lanes8 *s, const float *x, const float *imatrix,
     store_lane_bytes(s->bytes, 96, y, 110);
 }
 
-KQ_TARGET static void q45k_eight(lanes8 *s, const float *x, const float *imatrix, uint8_t *y, int nmax) {
+KQ_TARGET static void q45k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y, int nmax) {
     const int block_bytes = nmax == 15 ? 144 : 176;
     load_lanes(s, x, imatrix);
     kv sigma2 = v_zero();
@@ -460,7 +505,7 @@ KQ_TARGET static void q45k_eight(lanes8 *s, const float *x, const float *imatrix
         v_store(s->scales[g], scale);
         v_store(s->mins[g], neg_min);
     }
-    for (int b = 0; b < 8; b++) {
+    for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];
         float scales[8], mins[8], group_w[8];
         lane_column(s->scales, 8, b, scales);
@@ -477,19 +522,20 @@ KQ_TARGET static void q45k_eight(lanes8 *s, const float *x, const float *imatrix
         set_lane_column(s->mg, 8, b, mg);
     }
     requantize_v(s->x, s->q, 8, 32, s->dg, s->mg, 0, nmax, 0.0f);
-    for (int b = 0; b < 8; b++) {
+    for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];
         lane_levels_u8(s->q, b, levels);
         kq_q45k_requantize_pack(NULL, y + block_bytes * b, levels, nmax);
     }
 }
 
-KQ_TARGET static void q6k_eight(lanes8 *s, const float *x, const float *imatrix, uint8_t *y) {
+KQ_TARGET static void q6k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y) {
     load_lanes(s, x, imatrix);
     for (int g = 0; g < 16; g++)
-        v_store(s->scales[g], fit_symmetric_v(16, 32, s->x + 16 * g, imatrix ? s->im + 16 * g : NULL, s->q + 16 * g));
-    int done[8];
-    for (int b = 0; b < 8; b++) {
+        v_store(s->scales[g],
+                fit_symmetric_v(16, 32, s->x + 16 * g, imatrix ? s->im + 16 * g : NULL, s->q + 16 * g, 1));
+    int done[KQ_LANES];
+    for (int b = 0; b < KQ_LANES; b++) {
         float scales[16], dg[16];
         lane_column(s->scales, 16, b, scales);
         done[b] = kq_q6k_header(y + 210 * b, scales);
@@ -500,7 +546,7 @@ KQ_TARGET static void q6k_eight(lanes8 *s, const float *x, const float *imatrix,
     requantize_v(s->x, s->q, 16, 16, s->dg, NULL, -32, 31, 32.0f);
     pack_q6k_v(s->q, s->bytes);
     store_lane_bytes(s->bytes, 192, y, 210);
-    for (int b = 0; b < 8; b++)
+    for (int b = 0; b < KQ_LANES; b++)
         if (done[b]) memset(y + 210 * b, 0, 192);  // the header step wrote the whole (zero) block
 }
 
@@ -510,15 +556,15 @@ KQ_TARGET static void q6k_eight(lanes8 *s, const float *x, const float *imatrix,
     KQ_TARGET void KQ_ROW_NAME(t)(const float *x, void *vy, int64_t n, const float *imatrix) {                 \
         uint8_t *y = (uint8_t *)vy;                                                                            \
         const int64_t blocks = n / 256;                                                                        \
-        lanes8 s __attribute__((aligned(32)));                                                                 \
+        lanes_t s __attribute__((aligned(64)));                                                                \
         int64_t b = 0;                                                                                         \
-        for (; b + 8 <= blocks; b += 8) {                                                                      \
+        for (; b + KQ_LANES <= blocks; b += KQ_LANES) {                                                        \
             const float *xb = x + 256 * b, *ib = imatrix ? imatrix + 256 * b : NULL;                           \
             uint8_t *yb = y + (block_bytes) * b;                                                               \
             eight_call;                                                                                        \
         }                                                                                                      \
-        if (b < blocks) kq_quantize_row_##t(x + 256 * b, y + (block_bytes) * b, 256 * (blocks - b),            \
-                                            imatrix ? imatrix + 256 * b : NULL);                               \
+        if (b < blocks) KQ_TAIL(t)(x + 256 * b, y + (block_bytes) * b, 256 * (blocks - b),                     \
+                                   imatrix ? imatrix + 256 * b : NULL);                                        \
     }
 
 KQ_LANES_ROW(q2_k, 84, q2k_eight(&s, xb, ib, yb))

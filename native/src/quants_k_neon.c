@@ -11,6 +11,8 @@
 
 #define KQ_TARGET
 #define KQ_ROW_NAME(t) kq_quantize_row_##t##_neon
+#define KQ_TAIL(t) kq_quantize_row_##t
+#define KQ_LANES 8
 
 typedef struct { float32x4_t lo, hi; } kv;  // lanes 0-3, 4-7
 typedef struct { uint32x4_t lo, hi; } km;   // all-ones / all-zeros per lane
@@ -41,6 +43,14 @@ static inline km m_or(km a, km b) { return KQ_PAIR(km, vorrq_u32(a.lo, b.lo), vo
 static inline km m_true(void) { return KQ_PAIR(km, vdupq_n_u32(~0u), vdupq_n_u32(~0u)); }
 static inline int m_any(km m) { return vmaxvq_u32(vorrq_u32(m.lo, m.hi)) != 0; }
 static inline int m_all(km m) { return vminvq_u32(vandq_u32(m.lo, m.hi)) != 0; }
+static inline int m_bits(km m) {
+    uint32_t u[8];
+    vst1q_u32(u, m.lo);
+    vst1q_u32(u + 4, m.hi);
+    int bits = 0;
+    for (int b = 0; b < 8; b++) bits |= (u[b] != 0) << b;
+    return bits;
+}
 static inline kv v_pick(kv a, kv b, km m) { return KQ_PAIR(kv, vbslq_f32(m.lo, b.lo, a.lo), vbslq_f32(m.hi, b.hi, a.hi)); }
 static inline kv v_load(const float *p) { return KQ_PAIR(kv, vld1q_f32(p), vld1q_f32(p + 4)); }
 static inline void v_store(float *p, kv v) {
@@ -58,6 +68,9 @@ static inline float32x4_t round_clamp4(float32x4_t v, int lo, int hi) {
 static inline kv v_round_clamp(kv v, int lo, int hi) {
     return KQ_PAIR(kv, round_clamp4(v.lo, lo, hi), round_clamp4(v.hi, lo, hi));
 }
+
+// NEON's converting round saturates where kq_round_magic wraps: keep the magic sequence.
+static inline kv v_round_clamp_small(kv v, int lo, int hi) { return v_round_clamp(v, lo, hi); }
 
 static inline kvi vi_from(kv v) { return KQ_PAIR(kvi, vcvtq_s32_f32(v.lo), vcvtq_s32_f32(v.hi)); }
 static inline kvi vi_set(int i) { return KQ_PAIR(kvi, vdupq_n_s32(i), vdupq_n_s32(i)); }

@@ -1,0 +1,64 @@
+"""The extension on x86-64 CPUs without AVX-512, by emulation: qemu-x86_64 runs ggufkit's K-quant kernels as an
+AVX2-only Intel (Haswell) and an AMD EPYC Rome (Zen 2) would. The native build must load there (the AVX-512 code is
+compiled per function, never for the whole file), choose the AVX2 path, and give llama.cpp's bytes (the reference
+is computed here, on the host). Rows of 25 blocks: the AVX2 lanes and the plain tail both run.
+
+qemu-x86_64 comes with qemu-user (also needed by the aarch64 tests): `apt-get install qemu-user`."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ggml_ref import describe_mismatch, ggml_quantize
+from test_kernels_k import COLS, K_TYPES, TYPE_BYTES, degenerate_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD = """
+import sys
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from ggufkit import quant
+x = np.load(sys.argv[1])
+im = np.load(sys.argv[2])
+out = {}
+for name in sys.argv[4].split(","):
+    t = T[name]
+    out[name + ".path"] = np.array(quant.simd_path(t))
+    out[name + ".none"] = quant.quantize(x, t, None, threads=2)
+    out[name + ".imatrix"] = quant.quantize(x, t, im, threads=2)
+np.savez(sys.argv[3], **out)
+"""
+
+
+@pytest.mark.parametrize("cpu", ["Haswell", "EPYC-Rome"])
+def test_k_quants_on_a_cpu_without_avx512(cpu, tmp_path):
+    if shutil.which("qemu-x86_64") is None:
+        pytest.fail("qemu-x86_64 missing: apt-get install qemu-user")
+    rng = np.random.default_rng(13)
+    # (rows, COLS) f32: the degenerate kinds and heavy-tailed rows
+    x = np.concatenate([degenerate_rows()["mixed_lanes"], degenerate_rows()["outlier"],
+                        rng.standard_t(3, (3, COLS))]).astype(np.float32)
+    im = rng.uniform(0.01, 5, COLS).astype(np.float32)
+    im[rng.random(COLS) < 0.3] = 0
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "im.npy", im)
+    names = ",".join(t.name for t in K_TYPES)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GGUFKIT_FORCE_SCALAR": "0", "GGUFKIT_FORCE_AVX2": "0"}
+    run = subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, "-c", CHILD, str(tmp_path / "x.npy"),
+                          str(tmp_path / "im.npy"), str(tmp_path / "out.npz"), names],
+                         capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    for qtype in K_TYPES:
+        assert str(out[qtype.name + ".path"]) == "avx2", f"{cpu}: {qtype.name} took {out[qtype.name + '.path']}"
+        for im_name, weights in (("none", None), ("imatrix", im)):
+            with np.errstate(all="ignore"):
+                ref = ggml_quantize(x, qtype, weights)
+            ours = out[f"{qtype.name}.{im_name}"]
+            assert np.array_equal(ours, ref), (f"{cpu} {qtype.name} imatrix={im_name}: "
+                                               + describe_mismatch(ours, ref, TYPE_BYTES[qtype]))
