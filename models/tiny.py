@@ -112,6 +112,20 @@ TINY_RANDOM_VECTORS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi-mini", "phi-mi
                        "gpt-oss", "lfm2", "lfm2-moe", "qwen3.5", "qwen3.5-moe"}
 
 
+# issue 14 (batch A). Granite's multipliers at granite-3.x-like values, so that each one shows in the logits.
+TINY_BATCH_A: dict[str, tuple[str, dict]] = {
+    "granite": ("granite", dict(tie_word_embeddings=True, rope_theta=10000.0, pad_token_id=0,
+                                embedding_multiplier=12.0, attention_multiplier=0.015625, residual_multiplier=0.22,
+                                logits_scaling=8.0)),
+    "granitemoe": ("granitemoe", dict(tie_word_embeddings=False, rope_theta=10000.0, pad_token_id=0,
+                                      intermediate_size=256, num_local_experts=4, num_experts_per_tok=2,
+                                      embedding_multiplier=12.0, attention_multiplier=0.015625,
+                                      residual_multiplier=0.22, logits_scaling=6.0)),
+}
+TINY_CONFIGS.update(TINY_BATCH_A)
+TINY_RANDOM_VECTORS |= set(TINY_BATCH_A)
+
+
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
     """Rewrite a checkpoint's JSON files the way transformers 4 saved them, as most downloaded checkpoints are:
     `rope_theta` / `rope_scaling` at the top level instead of `rope_parameters`, and a named fast tokenizer class

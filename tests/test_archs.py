@@ -38,6 +38,12 @@ FAMILIES = [
     ("lfm2-moe", "lfm2moe"),
     ("qwen3.5", "qwen35"),
     ("qwen3.5-moe", "qwen35moe"),
+    # issue 14 (batch A). Logits of llama.cpp's own converter (vendored convert_hf_to_gguf.py, --outtype f32) on
+    # the same tiny checkpoint vs transformers, top-1 / median / max; ggufkit's F32 tensors were identical and so
+    # were its figures, unless noted:
+    #   granite 1.000 / 0.00000 / 0.0001, granitemoe 1.000 / 0.00001 / 0.0001
+    ("granite", "granite"),
+    ("granitemoe", "granitemoe"),
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -144,6 +150,10 @@ REFUSED = [
     ("qwen3.5", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e7}}, "rope type"),
     ("qwen3.5-moe", {"shared_expert_intermediate_size": None}, "shared_expert_intermediate_size"),
     ("qwen3.5-moe", {"num_experts_per_tok": 9}, "num_experts_per_tok"),
+    # issue 14 (batch A)
+    ("granite", {"head_dim": 128}, "head_dim"),
+    ("granite", {"logits_scaling": 0}, "logits_scaling"),
+    ("granitemoe", {"shared_intermediate_size": 256}, "shared_intermediate_size"),
 ]
 
 
