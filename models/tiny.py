@@ -121,6 +121,13 @@ TINY_BATCH_A: dict[str, tuple[str, dict]] = {
                                       intermediate_size=256, num_local_experts=4, num_experts_per_tok=2,
                                       embedding_multiplier=12.0, attention_multiplier=0.015625,
                                       residual_multiplier=0.22, logits_scaling=6.0)),
+    "qwen2-moe": ("qwen2_moe", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0,
+                                    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
+                                    shared_expert_intermediate_size=512, norm_topk_prob=False)),
+    # Qwen1.5-MoE's experts are 1408 wide, its shared expert 5632: expert rows of 176 here (fallback types)
+    "qwen2-moe-odd": ("qwen2_moe", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0,
+                                        num_experts=6, num_experts_per_tok=4, moe_intermediate_size=176,
+                                        shared_expert_intermediate_size=704, norm_topk_prob=False)),
 }
 TINY_CONFIGS.update(TINY_BATCH_A)
 TINY_RANDOM_VECTORS |= set(TINY_BATCH_A)

@@ -41,9 +41,12 @@ FAMILIES = [
     # issue 14 (batch A). Logits of llama.cpp's own converter (vendored convert_hf_to_gguf.py, --outtype f32) on
     # the same tiny checkpoint vs transformers, top-1 / median / max; ggufkit's F32 tensors were identical and so
     # were its figures, unless noted:
-    #   granite 1.000 / 0.00000 / 0.0001, granitemoe 1.000 / 0.00001 / 0.0001
+    #   granite 1.000 / 0.00000 / 0.0001, granitemoe 1.000 / 0.00001 / 0.0001, qwen2-moe 1.000 / 0.00058 / 0.0069,
+    #   qwen2-moe-odd 1.000 / 0.00061 / 0.0066
     ("granite", "granite"),
     ("granitemoe", "granitemoe"),
+    ("qwen2-moe", "qwen2moe"),
+    ("qwen2-moe-odd", "qwen2moe"),  # expert rows of 176, shared expert rows of 704: fallback types
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -154,6 +157,9 @@ REFUSED = [
     ("granite", {"head_dim": 128}, "head_dim"),
     ("granite", {"logits_scaling": 0}, "logits_scaling"),
     ("granitemoe", {"shared_intermediate_size": 256}, "shared_intermediate_size"),
+    ("qwen2-moe", {"norm_topk_prob": True}, "norm_topk_prob"),
+    ("qwen2-moe", {"mlp_only_layers": [0]}, "mlp_only_layers"),
+    ("qwen2-moe", {"tie_word_embeddings": True}, "tie_word_embeddings"),
 ]
 
 
