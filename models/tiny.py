@@ -128,6 +128,17 @@ TINY_BATCH_A: dict[str, tuple[str, dict]] = {
     "qwen2-moe-odd": ("qwen2_moe", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0,
                                         num_experts=6, num_experts_per_tok=4, moe_intermediate_size=176,
                                         shared_expert_intermediate_size=704, norm_topk_prob=False)),
+    "olmo2": ("olmo2", dict(tie_word_embeddings=False, rope_theta=500000.0, pad_token_id=0)),
+    # OLMo 3: a 16-token window on layer 0, YaRN on the full-attention layer (as the long-context releases)
+    "olmo3": ("olmo3", dict(tie_word_embeddings=False, pad_token_id=0, sliding_window=24,
+                            layer_types=["sliding_attention", "full_attention"],
+                            rope_parameters={"full_attention": {"rope_type": "yarn", "rope_theta": 500000.0,
+                                                                "factor": 8.0,
+                                                                "original_max_position_embeddings": 256,
+                                                                "attention_factor": 1.3, "beta_fast": 32.0,
+                                                                "beta_slow": 1.0},
+                                             "sliding_attention": {"rope_type": "default",
+                                                                   "rope_theta": 500000.0}})),
 }
 TINY_CONFIGS.update(TINY_BATCH_A)
 TINY_RANDOM_VECTORS |= set(TINY_BATCH_A)

@@ -42,11 +42,16 @@ FAMILIES = [
     # the same tiny checkpoint vs transformers, top-1 / median / max; ggufkit's F32 tensors were identical and so
     # were its figures, unless noted:
     #   granite 1.000 / 0.00000 / 0.0001, granitemoe 1.000 / 0.00001 / 0.0001, qwen2-moe 1.000 / 0.00058 / 0.0069,
-    #   qwen2-moe-odd 1.000 / 0.00061 / 0.0066
+    #   qwen2-moe-odd 1.000 / 0.00061 / 0.0066, olmo2 1.000 / 0.00041 / 0.0056,
+    #   olmo3 0.859 / 0.03669 / 0.4792 - its converter writes YaRN's attention_factor as yarn_attn_factor, which
+    #   this llama.cpp ignores under YaRN; ggufkit writes the ratio to llama.cpp's own factor as
+    #   rope.scaling.attn_factor (archs/llama.py) and gives 1.000 / 0.00050 / 0.0056
     ("granite", "granite"),
     ("granitemoe", "granitemoe"),
     ("qwen2-moe", "qwen2moe"),
     ("qwen2-moe-odd", "qwen2moe"),  # expert rows of 176, shared expert rows of 704: fallback types
+    ("olmo2", "olmo2"),
+    ("olmo3", "olmo2"),  # sliding window 24 on layer 0, YaRN with a non-default attention_factor on layer 1
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -160,6 +165,12 @@ REFUSED = [
     ("qwen2-moe", {"norm_topk_prob": True}, "norm_topk_prob"),
     ("qwen2-moe", {"mlp_only_layers": [0]}, "mlp_only_layers"),
     ("qwen2-moe", {"tie_word_embeddings": True}, "tie_word_embeddings"),
+    ("olmo2", {"tie_word_embeddings": True}, "tie_word_embeddings"),
+    ("olmo2", {"attention_bias": True}, "attention_bias"),
+    ("olmo3", {"layer_types": ["sliding_attention", "chunked_attention"]}, "layer_types"),
+    ("olmo3", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 5e5},
+                                   "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}}},
+     "sliding_attention rope type"),
 ]
 
 

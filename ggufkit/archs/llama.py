@@ -50,12 +50,22 @@ class Llama(Architecture):
             w.add_rope_scaling_factor(float(p["factor"]))
             w.add_rope_scaling_orig_ctx_len(int(p["original_max_position_embeddings"]))
             optional = {"extrapolation_factor": w.add_rope_scaling_yarn_ext_factor,
-                        "attention_factor": w.add_rope_scaling_yarn_attn_factor,
                         "beta_fast": w.add_rope_scaling_yarn_beta_fast,
                         "beta_slow": w.add_rope_scaling_yarn_beta_slow}
             for key, add in optional.items():
                 if p.get(key) is not None:
                     add(float(p[key]))
+            if p.get("attention_factor") is not None:
+                w.add_rope_scaling_attn_factors(self.yarn_attn_factor())
+
+    def yarn_attn_factor(self) -> float:
+        """transformers scales YaRN's cos/sin by the config's attention_factor as given. llama.cpp (this version)
+        ignores yarn_attn_factor under YaRN: its rope always applies 1 + 0.1 ln(factor) and multiplies that by
+        rope.scaling.attn_factor - so that key carries the ratio. (llama.cpp's own converter writes
+        yarn_attn_factor, which is lost: a non-default attention_factor runs wrong from its files.)"""
+        factor = float(self.rope.params["factor"])
+        default = 1.0 + 0.1 * math.log(factor) if factor > 1.0 else 1.0
+        return float(self.rope.params["attention_factor"]) / default
 
     # ---- tensors
 
