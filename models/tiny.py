@@ -139,6 +139,8 @@ TINY_BATCH_A: dict[str, tuple[str, dict]] = {
                                                                 "beta_slow": 1.0},
                                              "sliding_attention": {"rope_type": "default",
                                                                    "rope_theta": 500000.0}})),
+    "olmoe": ("olmoe", dict(tie_word_embeddings=False, rope_theta=10000.0, pad_token_id=0, num_key_value_heads=4,
+                            intermediate_size=256, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False)),
 }
 TINY_CONFIGS.update(TINY_BATCH_A)
 TINY_RANDOM_VECTORS |= set(TINY_BATCH_A)

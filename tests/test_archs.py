@@ -46,12 +46,14 @@ FAMILIES = [
     #   olmo3 0.859 / 0.03669 / 0.4792 - its converter writes YaRN's attention_factor as yarn_attn_factor, which
     #   this llama.cpp ignores under YaRN; ggufkit writes the ratio to llama.cpp's own factor as
     #   rope.scaling.attn_factor (archs/llama.py) and gives 1.000 / 0.00050 / 0.0056
+    #   olmoe 1.000 / 0.00054 / 0.0073
     ("granite", "granite"),
     ("granitemoe", "granitemoe"),
     ("qwen2-moe", "qwen2moe"),
     ("qwen2-moe-odd", "qwen2moe"),  # expert rows of 176, shared expert rows of 704: fallback types
     ("olmo2", "olmo2"),
     ("olmo3", "olmo2"),  # sliding window 24 on layer 0, YaRN with a non-default attention_factor on layer 1
+    ("olmoe", "olmoe"),
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -171,6 +173,9 @@ REFUSED = [
     ("olmo3", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 5e5},
                                    "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}}},
      "sliding_attention rope type"),
+    ("olmoe", {"num_key_value_heads": 2}, "num_key_value_heads"),
+    ("olmoe", {"norm_topk_prob": True}, "norm_topk_prob"),
+    ("olmoe", {"clip_qkv": 8.0}, "clip_qkv"),
 ]
 
 
