@@ -141,6 +141,19 @@ TINY_BATCH_A: dict[str, tuple[str, dict]] = {
                                                                    "rope_theta": 500000.0}})),
     "olmoe": ("olmoe", dict(tie_word_embeddings=False, rope_theta=10000.0, pad_token_id=0, num_key_value_heads=4,
                             intermediate_size=256, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False)),
+    # EXAONE 4: as the 1.2B (no window, rope everywhere, tied) and as the 32B (64 layers: llama.cpp's only
+    # windowed layer count; three 24-token sliding layers with rope, then a global layer without, repeated)
+    "exaone4": ("exaone4", dict(tie_word_embeddings=True, pad_token_id=0, sliding_window=None,
+                                layer_types=["full_attention"] * 2,
+                                rope_parameters={"rope_type": "llama3", "rope_theta": 1000000.0, "factor": 16.0,
+                                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                 "original_max_position_embeddings": 256})),
+    "exaone4-swa": ("exaone4", dict(tie_word_embeddings=True, pad_token_id=0, num_hidden_layers=64,
+                                    intermediate_size=256, sliding_window=24, sliding_window_pattern=4,
+                                    rope_parameters={"rope_type": "llama3", "rope_theta": 1000000.0,
+                                                     "factor": 16.0, "low_freq_factor": 1.0,
+                                                     "high_freq_factor": 4.0,
+                                                     "original_max_position_embeddings": 256})),
 }
 TINY_CONFIGS.update(TINY_BATCH_A)
 TINY_RANDOM_VECTORS |= set(TINY_BATCH_A)

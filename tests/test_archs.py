@@ -46,7 +46,8 @@ FAMILIES = [
     #   olmo3 0.859 / 0.03669 / 0.4792 - its converter writes YaRN's attention_factor as yarn_attn_factor, which
     #   this llama.cpp ignores under YaRN; ggufkit writes the ratio to llama.cpp's own factor as
     #   rope.scaling.attn_factor (archs/llama.py) and gives 1.000 / 0.00050 / 0.0056
-    #   olmoe 1.000 / 0.00054 / 0.0073
+    #   olmoe 1.000 / 0.00054 / 0.0073, exaone4 1.000 / 0.00044 / 0.0049, exaone4-swa 1.000 / 0.00074 / 0.0096
+    #   (ggufkit 0.0097; its rope_freqs differ from the converter's by 1e-6, float rounding)
     ("granite", "granite"),
     ("granitemoe", "granitemoe"),
     ("qwen2-moe", "qwen2moe"),
@@ -54,6 +55,8 @@ FAMILIES = [
     ("olmo2", "olmo2"),
     ("olmo3", "olmo2"),  # sliding window 24 on layer 0, YaRN with a non-default attention_factor on layer 1
     ("olmoe", "olmoe"),
+    ("exaone4", "exaone4"),
+    ("exaone4-swa", "exaone4"),  # 64 layers: llama.cpp's sliding-window / no-rope global layer pattern
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -176,6 +179,9 @@ REFUSED = [
     ("olmoe", {"num_key_value_heads": 2}, "num_key_value_heads"),
     ("olmoe", {"norm_topk_prob": True}, "norm_topk_prob"),
     ("olmoe", {"clip_qkv": 8.0}, "clip_qkv"),
+    ("exaone4", {"sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]}, "sliding_window"),
+    ("exaone4-swa", {"sliding_window": None}, "sliding_window=null"),
+    ("exaone4", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}}, "rope type"),
 ]
 
 

@@ -18,15 +18,21 @@ class Olmo2(Qwen2):
     model_type = "olmo2"
     gguf_arch = gguf.MODEL_ARCH.OLMO2
     attention_biases = False
+    needs_output_tensor = True  # llama.cpp's olmo2 has no fallback to token_embd
 
     def unhandled_features(self) -> list[str]:
         found = super().unhandled_features()
-        if self.tied_embeddings:
+        if self.tied_embeddings and self.needs_output_tensor:
             found.append(f"tie_word_embeddings=true (llama.cpp's {self.arch_name} needs its own output tensor)")
         return found
 
+    def qk_norm_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """attn_q_norm's and attn_k_norm's shapes: OLMo norms the whole projection."""
+        return (self.n_head * self.head_dim,), (self.n_head_kv * self.head_dim,)
+
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        e, hd = self.n_embd, self.head_dim
+        e = self.n_embd
+        q_norm, k_norm = self.qk_norm_shapes()
         shapes: dict[str, tuple[int, ...]] = {}
         for name, shape in super().expected_shapes().items():
             if name.endswith((".attn_norm.weight", ".ffn_norm.weight")):
@@ -34,8 +40,8 @@ class Olmo2(Qwen2):
             shapes[name] = shape
             block = name.rsplit(".", 2)[0]
             if name.endswith(".attn_output.weight"):
-                shapes[f"{block}.attn_q_norm.weight"] = (self.n_head * hd,)
-                shapes[f"{block}.attn_k_norm.weight"] = (self.n_head_kv * hd,)
+                shapes[f"{block}.attn_q_norm.weight"] = q_norm
+                shapes[f"{block}.attn_k_norm.weight"] = k_norm
                 shapes[f"{block}.post_attention_norm.weight"] = (e,)
             elif name.endswith(".ffn_down.weight"):
                 shapes[f"{block}.post_ffw_norm.weight"] = (e,)
