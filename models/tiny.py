@@ -154,6 +154,13 @@ TINY_BATCH_A: dict[str, tuple[str, dict]] = {
                                                      "factor": 16.0, "low_freq_factor": 1.0,
                                                      "high_freq_factor": 4.0,
                                                      "original_max_position_embeddings": 256})),
+    "glm4": ("glm4", dict(tie_word_embeddings=False, pad_token_id=0,
+                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                           "partial_rotary_factor": 0.5})),
+    # GLM-4-9B's FFN is 13696 wide (a multiple of 128, not 256): ffn_down rows of 384 here (fallback types)
+    "glm4-odd": ("glm4", dict(tie_word_embeddings=True, pad_token_id=0, intermediate_size=384, head_dim=128,
+                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                               "partial_rotary_factor": 0.5})),
 }
 TINY_CONFIGS.update(TINY_BATCH_A)
 TINY_RANDOM_VECTORS |= set(TINY_BATCH_A)

@@ -47,7 +47,9 @@ FAMILIES = [
     #   this llama.cpp ignores under YaRN; ggufkit writes the ratio to llama.cpp's own factor as
     #   rope.scaling.attn_factor (archs/llama.py) and gives 1.000 / 0.00050 / 0.0056
     #   olmoe 1.000 / 0.00054 / 0.0073, exaone4 1.000 / 0.00044 / 0.0049, exaone4-swa 1.000 / 0.00074 / 0.0096
-    #   (ggufkit 0.0097; its rope_freqs differ from the converter's by 1e-6, float rounding)
+    #   (ggufkit 0.0097; its rope_freqs differ from the converter's by 1e-6, float rounding),
+    #   glm4 1.000 / 0.00052 / 0.0077, glm4-odd 1.000 / 0.00052 / 0.0059 (the converter needs GLM's <|user|>
+    #   token: measured on a copy whose <|im_start|> was renamed so)
     ("granite", "granite"),
     ("granitemoe", "granitemoe"),
     ("qwen2-moe", "qwen2moe"),
@@ -57,6 +59,8 @@ FAMILIES = [
     ("olmoe", "olmoe"),
     ("exaone4", "exaone4"),
     ("exaone4-swa", "exaone4"),  # 64 layers: llama.cpp's sliding-window / no-rope global layer pattern
+    ("glm4", "glm4"),
+    ("glm4-odd", "glm4"),  # FFN 384 wide (GLM-4-9B: 13696): fallback types in ffn_down; head_dim 128, tied
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -182,6 +186,11 @@ REFUSED = [
     ("exaone4", {"sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]}, "sliding_window"),
     ("exaone4-swa", {"sliding_window": None}, "sliding_window=null"),
     ("exaone4", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}}, "rope type"),
+    ("glm4", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5,
+                                  "mrope_section": [8, 12, 12]}}, "mrope_section"),
+    ("glm4", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.3}},
+     "partial_rotary_factor"),
+    ("glm4", {"mlp_bias": True}, "mlp_bias"),
 ]
 
 

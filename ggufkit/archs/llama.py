@@ -21,12 +21,13 @@ class Llama(Architecture):
     model_type = "llama"
     gguf_arch = gguf.MODEL_ARCH.LLAMA
     rope_types = ("default", "linear", "yarn", "llama3")
+    refused_bias_flags = ("attention_bias", "mlp_bias")  # config switches for biases llama's graph has no use for
 
     def unhandled_features(self) -> list[str]:
         found = super().unhandled_features()
         if self.config.get("hidden_act", "silu") != "silu":
             found.append(f"hidden_act={self.config['hidden_act']!r} (llama.cpp's llama uses silu)")
-        for key in ("attention_bias", "mlp_bias"):
+        for key in self.refused_bias_flags:
             if self.config.get(key):
                 found.append(f"{key}=true")
         if self.rope.type not in self.rope_types:
@@ -39,7 +40,7 @@ class Llama(Architecture):
 
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         super().write_hparams(w)
-        w.add_rope_dimension_count(self.head_dim)
+        w.add_rope_dimension_count(self.rope_dimension_count())
         w.add_rope_freq_base(self.rope.theta)
         p = self.rope.params
         if self.rope.type == "linear":
@@ -66,6 +67,10 @@ class Llama(Architecture):
         factor = float(self.rope.params["factor"])
         default = 1.0 + 0.1 * math.log(factor) if factor > 1.0 else 1.0
         return float(self.rope.params["attention_factor"]) / default
+
+    def rope_dimension_count(self) -> int:
+        """How many dimensions of each head rope rotates (all of them; partial-rotary families override)."""
+        return self.head_dim
 
     # ---- tensors
 
