@@ -161,8 +161,17 @@ TINY_BATCH_A: dict[str, tuple[str, dict]] = {
     "glm4-odd": ("glm4", dict(tie_word_embeddings=True, pad_token_id=0, intermediate_size=384, head_dim=128,
                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                "partial_rotary_factor": 0.5})),
+    "ernie4.5": ("ernie4_5", dict(tie_word_embeddings=True, rope_theta=500000.0, pad_token_id=0, head_dim=128)),
+    # ERNIE 4.5 MoE: layer 0 dense, layers 1-2 MoE (routing correction bias randomised), 2 shared experts; the
+    # dense FFN is 1024 = 2 kv heads x 512 shared-expert width, the relation llama.cpp's converter assumes
+    "ernie4.5-moe": ("ernie4_5_moe", dict(tie_word_embeddings=False, rope_theta=500000.0, pad_token_id=0,
+                                          num_hidden_layers=3, intermediate_size=1024, moe_num_experts=4, moe_k=2,
+                                          moe_intermediate_size=256, moe_num_shared_experts=2,
+                                          moe_layer_start_index=1, moe_layer_interval=1)),
 }
 TINY_CONFIGS.update(TINY_BATCH_A)
+# ERNIE 4.5 ships a SentencePiece tokenizer (llama.cpp's converter needs one)
+TINY_TOKENIZERS |= {"ernie4.5": "spm", "ernie4.5-moe": "spm"}
 TINY_RANDOM_VECTORS |= set(TINY_BATCH_A)
 
 

@@ -49,7 +49,9 @@ FAMILIES = [
     #   olmoe 1.000 / 0.00054 / 0.0073, exaone4 1.000 / 0.00044 / 0.0049, exaone4-swa 1.000 / 0.00074 / 0.0096
     #   (ggufkit 0.0097; its rope_freqs differ from the converter's by 1e-6, float rounding),
     #   glm4 1.000 / 0.00052 / 0.0077, glm4-odd 1.000 / 0.00052 / 0.0059 (the converter needs GLM's <|user|>
-    #   token: measured on a copy whose <|im_start|> was renamed so)
+    #   token: measured on a copy whose <|im_start|> was renamed so), ernie4.5 1.000 / 0.00065 / 0.0058,
+    #   ernie4.5-moe 1.000 / 0.00070 / 0.0071 (the converter writes the shared experts' width as intermediate_size /
+    #   num_key_value_heads - true of the releases and of this checkpoint; ggufkit computes it from the experts)
     ("granite", "granite"),
     ("granitemoe", "granitemoe"),
     ("qwen2-moe", "qwen2moe"),
@@ -61,6 +63,8 @@ FAMILIES = [
     ("exaone4-swa", "exaone4"),  # 64 layers: llama.cpp's sliding-window / no-rope global layer pattern
     ("glm4", "glm4"),
     ("glm4-odd", "glm4"),  # FFN 384 wide (GLM-4-9B: 13696): fallback types in ffn_down; head_dim 128, tied
+    ("ernie4.5", "ernie4_5"),
+    ("ernie4.5-moe", "ernie4_5-moe"),  # layer 0 dense, 1-2 MoE with a routing correction bias and shared experts
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -191,6 +195,10 @@ REFUSED = [
     ("glm4", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.3}},
      "partial_rotary_factor"),
     ("glm4", {"mlp_bias": True}, "mlp_bias"),
+    ("ernie4.5", {"use_bias": True}, "use_bias"),
+    ("ernie4.5", {"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}}, "rope type"),
+    ("ernie4.5-moe", {"moe_layer_end_index": 1}, "moe_layer_end_index"),
+    ("ernie4.5-moe", {"moe_k": 5}, "moe_k"),
 ]
 
 
