@@ -168,10 +168,14 @@ TINY_BATCH_A: dict[str, tuple[str, dict]] = {
                                           num_hidden_layers=3, intermediate_size=1024, moe_num_experts=4, moe_k=2,
                                           moe_intermediate_size=256, moe_num_shared_experts=2,
                                           moe_layer_start_index=1, moe_layer_interval=1)),
+    "phimoe": ("phimoe", dict(tie_word_embeddings=False, rope_theta=10000.0, pad_token_id=0, sliding_window=None,
+                              intermediate_size=256, num_local_experts=4, num_experts_per_tok=2,
+                              attention_bias=True, lm_head_bias=True,
+                              original_max_position_embeddings=2048)),
 }
 TINY_CONFIGS.update(TINY_BATCH_A)
-# ERNIE 4.5 ships a SentencePiece tokenizer (llama.cpp's converter needs one)
-TINY_TOKENIZERS |= {"ernie4.5": "spm", "ernie4.5-moe": "spm"}
+# ERNIE 4.5 and Phi-3.5-MoE ship SentencePiece tokenizers (llama.cpp's converters need one)
+TINY_TOKENIZERS |= {"ernie4.5": "spm", "ernie4.5-moe": "spm", "phimoe": "spm"}
 TINY_RANDOM_VECTORS |= set(TINY_BATCH_A)
 
 

@@ -51,7 +51,9 @@ FAMILIES = [
     #   glm4 1.000 / 0.00052 / 0.0077, glm4-odd 1.000 / 0.00052 / 0.0059 (the converter needs GLM's <|user|>
     #   token: measured on a copy whose <|im_start|> was renamed so), ernie4.5 1.000 / 0.00065 / 0.0058,
     #   ernie4.5-moe 1.000 / 0.00070 / 0.0071 (the converter writes the shared experts' width as intermediate_size /
-    #   num_key_value_heads - true of the releases and of this checkpoint; ggufkit computes it from the experts)
+    #   num_key_value_heads - true of the releases and of this checkpoint; ggufkit computes it from the experts),
+    #   phimoe 0.156 / 0.58421 / 4.9174 (see LLAMA_CPP_GRAPH_DIFFERS; measured on a copy whose architectures entry
+    #   was renamed to the hub's PhiMoEForCausalLM, the only name the converter knows)
     ("granite", "granite"),
     ("granitemoe", "granitemoe"),
     ("qwen2-moe", "qwen2moe"),
@@ -65,6 +67,7 @@ FAMILIES = [
     ("glm4-odd", "glm4"),  # FFN 384 wide (GLM-4-9B: 13696): fallback types in ffn_down; head_dim 128, tied
     ("ernie4.5", "ernie4_5"),
     ("ernie4.5-moe", "ernie4_5-moe"),  # layer 0 dense, 1-2 MoE with a routing correction bias and shared experts
+    ("phimoe", "phimoe"),  # see LLAMA_CPP_GRAPH_DIFFERS and test_phimoe_matches_transformers_with_llama_cpp_graph
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -78,6 +81,14 @@ FAMILIES = [
 #   mixtral 1.000 / 0.00077 / 1.750 - a router near-tie that float rounding resolves the other way at one
 #   position (routing is discontinuous), hence its own limit.
 MAX_LOGIT_DIFF = {"mixtral": 2.0}
+# Families whose llama.cpp graph computes another function than transformers' model: llama.cpp's own converter's
+# file gives the same logits as ggufkit's (its tensors are identical), the logits test is an expected failure
+# (asserted to fail), and a separate test checks the conversion against transformers patched to llama.cpp's graph.
+LLAMA_CPP_GRAPH_DIFFERS = {
+    "phimoe": "llama.cpp's phimoe uses RMS norm + bias where transformers has LayerNorm, and softmax top-k "
+              "routing where transformers has SparseMixer: top-1 0.156 / median 0.58 / max 4.9 vs transformers "
+              "with ggufkit's and with llama.cpp's own converter alike",
+}
 SCHEMES = ["f16", "q8_0", "q4_k_m"]  # F32 is loaded and run by the logits test
 IDS = [name for name, _ in FAMILIES]
 
@@ -90,6 +101,10 @@ def family(request, tiny_checkpoint):
 
 def test_f32_logits_match_transformers(family):
     src, _ = family
+    if src.name in LLAMA_CPP_GRAPH_DIFFERS:  # must still disagree: if it agrees, llama.cpp changed - look again
+        with pytest.raises(AssertionError):
+            assert_logits_agree(converted(src, "f32"), src, MAX_LOGIT_DIFF.get(src.name, 0.05))
+        pytest.xfail(LLAMA_CPP_GRAPH_DIFFERS[src.name])
     assert_logits_agree(converted(src, "f32"), src, MAX_LOGIT_DIFF.get(src.name, 0.05))
 
 
@@ -199,6 +214,8 @@ REFUSED = [
     ("ernie4.5", {"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}}, "rope type"),
     ("ernie4.5-moe", {"moe_layer_end_index": 1}, "moe_layer_end_index"),
     ("ernie4.5-moe", {"moe_k": 5}, "moe_k"),
+    ("phimoe", {"lm_head_bias": False}, "lm_head_bias"),
+    ("phimoe", {"attention_bias": False}, "attention_bias"),
 ]
 
 
@@ -257,3 +274,36 @@ def test_gemma3_wrapper_converts_to_its_text_model(gemma3_vision, tiny_checkpoin
     assert [(n, t) for n, t, _ in ours] == [(n, t) for n, t, _ in text]  # no vision tensor, same names, types
     assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(ours, text))
     assert_logits_agree(wrapper, gemma3_vision)  # transformers runs Gemma3ForConditionalGeneration on text alone
+
+
+# ---- Phi-3.5-MoE: the conversion checked against transformers run the way llama.cpp's phimoe graph runs
+
+
+def test_phimoe_matches_transformers_with_llama_cpp_graph(tiny_checkpoint):
+    """transformers' Phimoe with its LayerNorms computed as RMS norm + bias and its SparseMixer routing replaced
+    by softmax top-k renormalised (llama.cpp's phimoe graph) gives llama.cpp's logits from ggufkit's F32 file:
+    the two documented differences are the only ones."""
+    import torch
+    from convert_fixtures import llama_cpp_logits, text_ids
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_checkpoint("phimoe")
+    ids = text_ids(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    routers = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.forward = lambda x, m=m: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + m.eps) * m.weight + m.bias
+        elif type(m).__name__ == "PhimoeTopKRouter":
+            routers += 1
+
+            def route(h, m=m):  # (tokens, hidden) -> logits, (tokens, k) weights, (tokens, k) expert ids
+                logits = torch.nn.functional.linear(h, m.weight)
+                weights, chosen = torch.softmax(logits.float(), -1).topk(m.top_k, -1)
+                return logits, (weights / weights.sum(-1, keepdim=True)).to(h.dtype), chosen
+            m.forward = route
+    assert routers == model.config.num_hidden_layers
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()  # (n_tokens, vocab) f32
+    diff = np.abs(llama_cpp_logits(converted(src, "f32"), ids) - ref)
+    assert np.median(diff) < 0.01 and diff.max() < 0.05, f"median {np.median(diff):.5f}, max {diff.max():.5f}"
