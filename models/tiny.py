@@ -172,6 +172,9 @@ TINY_BATCH_A: dict[str, tuple[str, dict]] = {
                               intermediate_size=256, num_local_experts=4, num_experts_per_tok=2,
                               attention_bias=True, lm_head_bias=True,
                               original_max_position_embeddings=2048)),
+    "seed-oss": ("seed_oss", dict(tie_word_embeddings=False, rope_theta=10000000.0, pad_token_id=0, head_dim=128)),
+    # Apertus: transformers' default llama3 rope (theta 12e6, factor 8 from 8192); xIELU alphas randomised too
+    "apertus": ("apertus", dict(tie_word_embeddings=False, pad_token_id=0, max_position_embeddings=65536)),
 }
 TINY_CONFIGS.update(TINY_BATCH_A)
 # ERNIE 4.5 and Phi-3.5-MoE ship SentencePiece tokenizers (llama.cpp's converters need one)

@@ -53,7 +53,8 @@ FAMILIES = [
     #   ernie4.5-moe 1.000 / 0.00070 / 0.0071 (the converter writes the shared experts' width as intermediate_size /
     #   num_key_value_heads - true of the releases and of this checkpoint; ggufkit computes it from the experts),
     #   phimoe 0.156 / 0.58421 / 4.9174 (see LLAMA_CPP_GRAPH_DIFFERS; measured on a copy whose architectures entry
-    #   was renamed to the hub's PhiMoEForCausalLM, the only name the converter knows)
+    #   was renamed to the hub's PhiMoEForCausalLM, the only name the converter knows),
+    #   seed-oss 1.000 / 0.00059 / 0.0063, apertus 1.000 / 0.00034 / 0.0037 (rope_freqs differ by float rounding)
     ("granite", "granite"),
     ("granitemoe", "granitemoe"),
     ("qwen2-moe", "qwen2moe"),
@@ -68,6 +69,8 @@ FAMILIES = [
     ("ernie4.5", "ernie4_5"),
     ("ernie4.5-moe", "ernie4_5-moe"),  # layer 0 dense, 1-2 MoE with a routing correction bias and shared experts
     ("phimoe", "phimoe"),  # see LLAMA_CPP_GRAPH_DIFFERS and test_phimoe_matches_transformers_with_llama_cpp_graph
+    ("seed-oss", "seed_oss"),
+    ("apertus", "apertus"),
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -216,6 +219,10 @@ REFUSED = [
     ("ernie4.5-moe", {"moe_k": 5}, "moe_k"),
     ("phimoe", {"lm_head_bias": False}, "lm_head_bias"),
     ("phimoe", {"attention_bias": False}, "attention_bias"),
+    ("seed-oss", {"attention_out_bias": True}, "attention_out_bias"),
+    ("seed-oss", {"mlp_bias": True}, "mlp_bias"),
+    ("apertus", {"tie_word_embeddings": True}, "tie_word_embeddings"),
+    ("apertus", {"hidden_act": "silu"}, "hidden_act"),
 ]
 
 

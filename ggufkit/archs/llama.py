@@ -22,11 +22,13 @@ class Llama(Architecture):
     gguf_arch = gguf.MODEL_ARCH.LLAMA
     rope_types = ("default", "linear", "yarn", "llama3")
     refused_bias_flags = ("attention_bias", "mlp_bias")  # config switches for biases llama's graph has no use for
+    hidden_act = "silu"  # the FFN activation llama.cpp's graph computes
 
     def unhandled_features(self) -> list[str]:
         found = super().unhandled_features()
-        if self.config.get("hidden_act", "silu") != "silu":
-            found.append(f"hidden_act={self.config['hidden_act']!r} (llama.cpp's llama uses silu)")
+        if self.config.get("hidden_act", self.hidden_act) != self.hidden_act:
+            found.append(f"hidden_act={self.config['hidden_act']!r} (llama.cpp's {self.arch_name} uses "
+                         f"{self.hidden_act})")
         for key in self.refused_bias_flags:
             if self.config.get(key):
                 found.append(f"{key}=true")
