@@ -175,6 +175,11 @@ TINY_BATCH_A: dict[str, tuple[str, dict]] = {
     "seed-oss": ("seed_oss", dict(tie_word_embeddings=False, rope_theta=10000000.0, pad_token_id=0, head_dim=128)),
     # Apertus: transformers' default llama3 rope (theta 12e6, factor 8 from 8192); xIELU alphas randomised too
     "apertus": ("apertus", dict(tie_word_embeddings=False, pad_token_id=0, max_position_embeddings=65536)),
+    # Hunyuan: NTK alpha rope as the releases state it (type "dynamic", alpha 1000 -> a stretched base)
+    "hunyuan": ("hunyuan_v1_dense", dict(tie_word_embeddings=True, pad_token_id=0, head_dim=128,
+                                         max_position_embeddings=32768,
+                                         rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0,
+                                                          "alpha": 1000.0, "factor": 1.0})),
 }
 TINY_CONFIGS.update(TINY_BATCH_A)
 # ERNIE 4.5 and Phi-3.5-MoE ship SentencePiece tokenizers (llama.cpp's converters need one)

@@ -54,7 +54,9 @@ FAMILIES = [
     #   num_key_value_heads - true of the releases and of this checkpoint; ggufkit computes it from the experts),
     #   phimoe 0.156 / 0.58421 / 4.9174 (see LLAMA_CPP_GRAPH_DIFFERS; measured on a copy whose architectures entry
     #   was renamed to the hub's PhiMoEForCausalLM, the only name the converter knows),
-    #   seed-oss 1.000 / 0.00059 / 0.0063, apertus 1.000 / 0.00034 / 0.0037 (rope_freqs differ by float rounding)
+    #   seed-oss 1.000 / 0.00059 / 0.0063, apertus 1.000 / 0.00034 / 0.0037 (rope_freqs differ by float rounding),
+    #   hunyuan 1.000 / 0.00050 / 0.0052 (the converter asserts max_position_embeddings 32k or 256k and writes a
+    #   256k context for alpha rope; ggufkit writes the config's)
     ("granite", "granite"),
     ("granitemoe", "granitemoe"),
     ("qwen2-moe", "qwen2moe"),
@@ -71,6 +73,7 @@ FAMILIES = [
     ("phimoe", "phimoe"),  # see LLAMA_CPP_GRAPH_DIFFERS and test_phimoe_matches_transformers_with_llama_cpp_graph
     ("seed-oss", "seed_oss"),
     ("apertus", "apertus"),
+    ("hunyuan", "hunyuan-dense"),
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -223,6 +226,8 @@ REFUSED = [
     ("seed-oss", {"mlp_bias": True}, "mlp_bias"),
     ("apertus", {"tie_word_embeddings": True}, "tie_word_embeddings"),
     ("apertus", {"hidden_act": "silu"}, "hidden_act"),
+    ("hunyuan", {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}}, "alpha"),
+    ("hunyuan", {"attention_bias": True}, "attention_bias"),
 ]
 
 

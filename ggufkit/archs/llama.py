@@ -43,7 +43,7 @@ class Llama(Architecture):
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         super().write_hparams(w)
         w.add_rope_dimension_count(self.rope_dimension_count())
-        w.add_rope_freq_base(self.rope.theta)
+        w.add_rope_freq_base(self.rope_freq_base())
         p = self.rope.params
         if self.rope.type == "linear":
             w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -69,6 +69,10 @@ class Llama(Architecture):
         factor = float(self.rope.params["factor"])
         default = 1.0 + 0.1 * math.log(factor) if factor > 1.0 else 1.0
         return float(self.rope.params["attention_factor"]) / default
+
+    def rope_freq_base(self) -> float:
+        """rope.freq_base: the config's theta (families that stretch the base override)."""
+        return self.rope.theta
 
     def rope_dimension_count(self) -> int:
         """How many dimensions of each head rope rotates (all of them; partial-rotary families override)."""
