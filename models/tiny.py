@@ -181,9 +181,13 @@ TINY_BATCH_A: dict[str, tuple[str, dict]] = {
                                          rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0,
                                                           "alpha": 1000.0, "factor": 1.0})),
 }
+# the same weights under transformers 5's in-memory names (fused experts; granitemoe's router.weight, ERNIE's
+# gate.moe_statics bias), for tests/test_moe.py's layout pairs
+TINY_BATCH_A |= {"granitemoe-fused": TINY_BATCH_A["granitemoe"], "ernie4.5-moe-fused": TINY_BATCH_A["ernie4.5-moe"]}
+TINY_FUSED_EXPERTS |= {"granitemoe-fused", "ernie4.5-moe-fused"}
 TINY_CONFIGS.update(TINY_BATCH_A)
 # ERNIE 4.5 and Phi-3.5-MoE ship SentencePiece tokenizers (llama.cpp's converters need one)
-TINY_TOKENIZERS |= {"ernie4.5": "spm", "ernie4.5-moe": "spm", "phimoe": "spm"}
+TINY_TOKENIZERS |= {"ernie4.5": "spm", "ernie4.5-moe": "spm", "ernie4.5-moe-fused": "spm", "phimoe": "spm"}
 TINY_RANDOM_VECTORS |= set(TINY_BATCH_A)
 
 

@@ -319,3 +319,41 @@ def test_phimoe_matches_transformers_with_llama_cpp_graph(tiny_checkpoint):
         ref = model(torch.tensor([ids])).logits[0].numpy()  # (n_tokens, vocab) f32
     diff = np.abs(llama_cpp_logits(converted(src, "f32"), ids) - ref)
     assert np.median(diff) < 0.01 and diff.max() < 0.05, f"median {np.median(diff):.5f}, max {diff.max():.5f}"
+
+
+# ---- Apertus: the xIELU scalars are read from the checkpoint into GGUF keys
+
+
+def test_apertus_xielu_keys_hold_the_checkpoint_scalars(tiny_checkpoint):
+    import gguf
+    from safetensors.torch import load_file
+
+    src = tiny_checkpoint("apertus")
+    (weights,) = src.glob("*.safetensors")
+    tensors = load_file(weights)
+    reader = gguf.GGUFReader(converted(src, "f32"))
+    n_layer = json.loads((src / "config.json").read_text())["num_hidden_layers"]
+    for param in ("alpha_n", "alpha_p", "beta", "eps"):
+        values = reader.get_field(f"xielu.{param}").contents()  # the key has no arch prefix (nor in llama.cpp)
+        expected = [tensors[f"model.layers.{i}.mlp.act_fn.{param}"].float().item() for i in range(n_layer)]
+        assert np.array_equal(np.float32(values), np.float32(expected)), (param, values, expected)
+    assert not any("act_fn" in t.name for t in reader.tensors)
+
+
+def test_apertus_missing_xielu_scalar_is_named(tiny_checkpoint, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from ggufkit.conversion import convert
+
+    src = tmp_path / "apertus"
+    shutil.copytree(tiny_checkpoint("apertus"), src)
+    (weights,) = src.glob("*.safetensors")
+    tensors = load_file(weights)
+    del tensors["model.layers.1.mlp.act_fn.beta"]
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(InputError) as err:
+        convert(src, tmp_path / "out.gguf", scheme="f32", quiet=True)
+    assert "model.layers.1.mlp.act_fn.beta is missing" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out.gguf").exists()

@@ -16,7 +16,8 @@ from convert_fixtures import converted, tensor_table
 
 from ggufkit.errors import InputError
 
-PAIRS = [("qwen3-moe", "qwen3-moe-fused"), ("mixtral", "mixtral-fused")]
+PAIRS = [("qwen3-moe", "qwen3-moe-fused"), ("mixtral", "mixtral-fused"),
+         ("granitemoe", "granitemoe-fused"), ("ernie4.5-moe", "ernie4.5-moe-fused")]  # issue 14 (batch A)
 
 
 def _metadata(path) -> dict:

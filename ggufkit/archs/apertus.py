@@ -17,7 +17,6 @@ import re
 
 import gguf
 
-from ggufkit.archs import OutputTensor
 from ggufkit.archs.qwen3 import Qwen3
 from ggufkit.errors import InputError
 
@@ -61,9 +60,6 @@ class Apertus(Qwen3):
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: shape for name, shape in super().expected_shapes().items()
                 if not name.endswith(".ffn_gate.weight")}
-
-    def transform(self, out: OutputTensor) -> OutputTensor:
-        return out
 
     def tensors(self, ckpt) -> list:
         values: dict[str, dict[int, float]] = {p: {} for p in XIELU_PARAMS}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gguf
 
-from ggufkit.archs import OutputTensor
 from ggufkit.archs.qwen3 import Qwen3
 
 
@@ -43,6 +42,3 @@ class HunyuanV1Dense(Qwen3):
         super().write_hparams(w)
         if self.rope.type == "dynamic":
             w.add_rope_scaling_type(gguf.RopeScalingType.NONE)  # the stretch is in freq_base
-
-    def transform(self, out: OutputTensor) -> OutputTensor:
-        return out
