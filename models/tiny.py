@@ -306,6 +306,85 @@ TINY_RANDOM_VECTORS |= {"ministral3", "mistral3", "glm4-moe", "deepseek-v3", "de
                         "granite-hybrid-dense", "mistral3-small", "falcon-h1-tied", "deepseek-v3-halves"}
 
 
+# issue 14 (batch A). Granite's multipliers at granite-3.x-like values, so that each one shows in the logits.
+TINY_BATCH_A: dict[str, tuple[str, dict]] = {
+    "granite": ("granite", dict(tie_word_embeddings=True, rope_theta=10000.0, pad_token_id=0,
+                                embedding_multiplier=12.0, attention_multiplier=0.015625, residual_multiplier=0.22,
+                                logits_scaling=8.0)),
+    "granitemoe": ("granitemoe", dict(tie_word_embeddings=False, rope_theta=10000.0, pad_token_id=0,
+                                      intermediate_size=256, num_local_experts=4, num_experts_per_tok=2,
+                                      embedding_multiplier=12.0, attention_multiplier=0.015625,
+                                      residual_multiplier=0.22, logits_scaling=6.0)),
+    "qwen2-moe": ("qwen2_moe", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0,
+                                    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
+                                    shared_expert_intermediate_size=512, norm_topk_prob=False)),
+    # Qwen1.5-MoE's experts are 1408 wide, its shared expert 5632: expert rows of 176 here (fallback types)
+    "qwen2-moe-odd": ("qwen2_moe", dict(tie_word_embeddings=False, rope_theta=1000000.0, pad_token_id=0,
+                                        num_experts=6, num_experts_per_tok=4, moe_intermediate_size=176,
+                                        shared_expert_intermediate_size=704, norm_topk_prob=False)),
+    "olmo2": ("olmo2", dict(tie_word_embeddings=False, rope_theta=500000.0, pad_token_id=0)),
+    # OLMo 3: a 16-token window on layer 0, YaRN on the full-attention layer (as the long-context releases)
+    "olmo3": ("olmo3", dict(tie_word_embeddings=False, pad_token_id=0, sliding_window=24,
+                            layer_types=["sliding_attention", "full_attention"],
+                            rope_parameters={"full_attention": {"rope_type": "yarn", "rope_theta": 500000.0,
+                                                                "factor": 8.0,
+                                                                "original_max_position_embeddings": 256,
+                                                                "attention_factor": 1.3, "beta_fast": 32.0,
+                                                                "beta_slow": 1.0},
+                                             "sliding_attention": {"rope_type": "default",
+                                                                   "rope_theta": 500000.0}})),
+    "olmoe": ("olmoe", dict(tie_word_embeddings=False, rope_theta=10000.0, pad_token_id=0, num_key_value_heads=4,
+                            intermediate_size=256, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False)),
+    # EXAONE 4: as the 1.2B (no window, rope everywhere, tied) and as the 32B (64 layers: llama.cpp's only
+    # windowed layer count; three 24-token sliding layers with rope, then a global layer without, repeated)
+    "exaone4": ("exaone4", dict(tie_word_embeddings=True, pad_token_id=0, sliding_window=None,
+                                layer_types=["full_attention"] * 2,
+                                rope_parameters={"rope_type": "llama3", "rope_theta": 1000000.0, "factor": 16.0,
+                                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                 "original_max_position_embeddings": 256})),
+    "exaone4-swa": ("exaone4", dict(tie_word_embeddings=True, pad_token_id=0, num_hidden_layers=64,
+                                    intermediate_size=256, sliding_window=24, sliding_window_pattern=4,
+                                    rope_parameters={"rope_type": "llama3", "rope_theta": 1000000.0,
+                                                     "factor": 16.0, "low_freq_factor": 1.0,
+                                                     "high_freq_factor": 4.0,
+                                                     "original_max_position_embeddings": 256})),
+    "glm4": ("glm4", dict(tie_word_embeddings=False, pad_token_id=0,
+                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                           "partial_rotary_factor": 0.5})),
+    # GLM-4-9B's FFN is 13696 wide (a multiple of 128, not 256): ffn_down rows of 384 here (fallback types)
+    "glm4-odd": ("glm4", dict(tie_word_embeddings=True, pad_token_id=0, intermediate_size=384, head_dim=128,
+                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                               "partial_rotary_factor": 0.5})),
+    "ernie4.5": ("ernie4_5", dict(tie_word_embeddings=True, rope_theta=500000.0, pad_token_id=0, head_dim=128)),
+    # ERNIE 4.5 MoE: layer 0 dense, layers 1-2 MoE (routing correction bias randomised), 2 shared experts; the
+    # dense FFN is 1024 = 2 kv heads x 512 shared-expert width, the relation llama.cpp's converter assumes
+    "ernie4.5-moe": ("ernie4_5_moe", dict(tie_word_embeddings=False, rope_theta=500000.0, pad_token_id=0,
+                                          num_hidden_layers=3, intermediate_size=1024, moe_num_experts=4, moe_k=2,
+                                          moe_intermediate_size=256, moe_num_shared_experts=2,
+                                          moe_layer_start_index=1, moe_layer_interval=1)),
+    "phimoe": ("phimoe", dict(tie_word_embeddings=False, rope_theta=10000.0, pad_token_id=0, sliding_window=None,
+                              intermediate_size=256, num_local_experts=4, num_experts_per_tok=2,
+                              attention_bias=True, lm_head_bias=True,
+                              original_max_position_embeddings=2048)),
+    "seed-oss": ("seed_oss", dict(tie_word_embeddings=False, rope_theta=10000000.0, pad_token_id=0, head_dim=128)),
+    # Apertus: transformers' default llama3 rope (theta 12e6, factor 8 from 8192); xIELU alphas randomised too
+    "apertus": ("apertus", dict(tie_word_embeddings=False, pad_token_id=0, max_position_embeddings=65536)),
+    # Hunyuan: NTK alpha rope as the releases state it (type "dynamic", alpha 1000 -> a stretched base)
+    "hunyuan": ("hunyuan_v1_dense", dict(tie_word_embeddings=True, pad_token_id=0, head_dim=128,
+                                         max_position_embeddings=32768,
+                                         rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0,
+                                                          "alpha": 1000.0, "factor": 1.0})),
+}
+# the same weights under transformers 5's in-memory names (fused experts; granitemoe's router.weight, ERNIE's
+# gate.moe_statics bias), for tests/test_moe.py's layout pairs
+TINY_BATCH_A |= {"granitemoe-fused": TINY_BATCH_A["granitemoe"], "ernie4.5-moe-fused": TINY_BATCH_A["ernie4.5-moe"]}
+TINY_FUSED_EXPERTS |= {"granitemoe-fused", "ernie4.5-moe-fused"}
+TINY_CONFIGS.update(TINY_BATCH_A)
+# ERNIE 4.5 and Phi-3.5-MoE ship SentencePiece tokenizers (llama.cpp's converters need one)
+TINY_TOKENIZERS |= {"ernie4.5": "spm", "ernie4.5-moe": "spm", "ernie4.5-moe-fused": "spm", "phimoe": "spm"}
+TINY_RANDOM_VECTORS |= set(TINY_BATCH_A)
+
+
 def as_transformers4(out: Path, tokenizer_class: str = "GPT2TokenizerFast") -> None:
     """Rewrite a checkpoint's JSON files the way transformers 4 saved them, as most downloaded checkpoints are:
     `rope_theta` / `rope_scaling` at the top level instead of `rope_parameters`, and a named fast tokenizer class

@@ -58,6 +58,42 @@ FAMILIES = [
     ("granite-hybrid-dense", "granitehybrid"),  # no experts (the shared MLP is the FFN), rope on, tied
     ("falcon-h1", "falcon-h1"),  # attention and Mamba-2 in parallel, muP multipliers folded into the weights
     ("falcon-h1-odd", "falcon-h1"),  # d_ssm 384 (ssm_out rows not a multiple of 256), grouped gated norm
+    # issue 14 (batch A). Logits of llama.cpp's own converter (vendored convert_hf_to_gguf.py, --outtype f32) on
+    # the same tiny checkpoint vs transformers, top-1 / median / max; ggufkit's F32 tensors were identical and so
+    # were its figures, unless noted:
+    #   granite 1.000 / 0.00000 / 0.0001, granitemoe 1.000 / 0.00001 / 0.0001, qwen2-moe 1.000 / 0.00058 / 0.0069,
+    #   qwen2-moe-odd 1.000 / 0.00061 / 0.0066, olmo2 1.000 / 0.00041 / 0.0056,
+    #   olmo3 0.859 / 0.03669 / 0.4792 - its converter writes YaRN's attention_factor as yarn_attn_factor, which
+    #   this llama.cpp ignores under YaRN; ggufkit writes the ratio to llama.cpp's own factor as
+    #   rope.scaling.attn_factor (archs/llama.py) and gives 1.000 / 0.00050 / 0.0056
+    #   olmoe 1.000 / 0.00054 / 0.0073, exaone4 1.000 / 0.00044 / 0.0049, exaone4-swa 1.000 / 0.00074 / 0.0096
+    #   (ggufkit 0.0097; its rope_freqs differ from the converter's by 1e-6, float rounding),
+    #   glm4 1.000 / 0.00052 / 0.0077, glm4-odd 1.000 / 0.00052 / 0.0059 (the converter needs GLM's <|user|>
+    #   token: measured on a copy whose <|im_start|> was renamed so), ernie4.5 1.000 / 0.00065 / 0.0058,
+    #   ernie4.5-moe 1.000 / 0.00070 / 0.0071 (the converter writes the shared experts' width as intermediate_size /
+    #   num_key_value_heads - true of the releases and of this checkpoint; ggufkit computes it from the experts),
+    #   phimoe 0.156 / 0.58421 / 4.9174 (see LLAMA_CPP_GRAPH_DIFFERS; measured on a copy whose architectures entry
+    #   was renamed to the hub's PhiMoEForCausalLM, the only name the converter knows),
+    #   seed-oss 1.000 / 0.00059 / 0.0063, apertus 1.000 / 0.00034 / 0.0037 (rope_freqs differ by float rounding),
+    #   hunyuan 1.000 / 0.00050 / 0.0052 (the converter asserts max_position_embeddings 32k or 256k and writes a
+    #   256k context for alpha rope; ggufkit writes the config's)
+    ("granite", "granite"),
+    ("granitemoe", "granitemoe"),
+    ("qwen2-moe", "qwen2moe"),
+    ("qwen2-moe-odd", "qwen2moe"),  # expert rows of 176, shared expert rows of 704: fallback types
+    ("olmo2", "olmo2"),
+    ("olmo3", "olmo2"),  # sliding window 24 on layer 0, YaRN with a non-default attention_factor on layer 1
+    ("olmoe", "olmoe"),
+    ("exaone4", "exaone4"),
+    ("exaone4-swa", "exaone4"),  # 64 layers: llama.cpp's sliding-window / no-rope global layer pattern
+    ("glm4", "glm4"),
+    ("glm4-odd", "glm4"),  # FFN 384 wide (GLM-4-9B: 13696): fallback types in ffn_down; head_dim 128, tied
+    ("ernie4.5", "ernie4_5"),
+    ("ernie4.5-moe", "ernie4_5-moe"),  # layer 0 dense, 1-2 MoE with a routing correction bias and shared experts
+    ("phimoe", "phimoe"),  # see LLAMA_CPP_GRAPH_DIFFERS and test_phimoe_matches_transformers_with_llama_cpp_graph
+    ("seed-oss", "seed_oss"),
+    ("apertus", "apertus"),
+    ("hunyuan", "hunyuan-dense"),
 ]
 # Max |logit difference| limits other than assert_logits_agree's default, each measured once with llama.cpp's
 # own converter (vendored convert_hf_to_gguf.py, --outtype f32) on the same tiny checkpoint. Its F32 tensors
@@ -99,6 +135,14 @@ MIN_TOP1 = {"gemma3n": 0.984}
 #   granite-hybrid-dense: ggufkit 1.000 / 0.00001 / 0.0003; llama.cpp's file (config spelled the hub way) aborts
 #   llama.cpp at load (GGML_ASSERT n_expert_used <= n_expert: it writes expert_count 0 with the config's
 #   num_experts_per_tok 2; ggufkit writes 0 for both).
+# Families whose llama.cpp graph computes another function than transformers' model: llama.cpp's own converter's
+# file gives the same logits as ggufkit's (its tensors are identical), the logits test is an expected failure
+# (asserted to fail), and a separate test checks the conversion against transformers patched to llama.cpp's graph.
+LLAMA_CPP_GRAPH_DIFFERS = {
+    "phimoe": "llama.cpp's phimoe uses RMS norm + bias where transformers has LayerNorm, and softmax top-k "
+              "routing where transformers has SparseMixer: top-1 0.156 / median 0.58 / max 4.9 vs transformers "
+              "with ggufkit's and with llama.cpp's own converter alike",
+}
 SCHEMES = ["f16", "q8_0", "q4_k_m"]  # F32 is loaded and run by the logits test
 IDS = [name for name, _ in FAMILIES]
 
@@ -111,7 +155,12 @@ def family(request, tiny_checkpoint):
 
 def test_f32_logits_match_transformers(family):
     src, _ = family
-    assert_logits_agree(converted(src, "f32"), src, MAX_LOGIT_DIFF.get(src.name, 0.05), MIN_TOP1.get(src.name, 1.0))
+    limit = MAX_LOGIT_DIFF.get(src.name, 0.05)
+    if src.name in LLAMA_CPP_GRAPH_DIFFERS:  # must still disagree: if it agrees, llama.cpp changed - look again
+        with pytest.raises(AssertionError):
+            assert_logits_agree(converted(src, "f32"), src, limit)
+        pytest.xfail(LLAMA_CPP_GRAPH_DIFFERS[src.name])
+    assert_logits_agree(converted(src, "f32"), src, limit, MIN_TOP1.get(src.name, 1.0))
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -269,6 +318,42 @@ REFUSED = [
     ("falcon-h1", {"time_step_limit": [0.001, 100.0]}, "time_step_limit"),
     ("falcon-h1", {"mamba_rms_norm": True, "mamba_norm_before_gate": True}, "mamba_norm_before_gate"),
     ("falcon-h1", {"ssm_multipliers": [1.0, 1.0]}, "ssm_multipliers"),
+    # issue 14 (batch A)
+    ("granite", {"head_dim": 128}, "head_dim"),
+    ("granite", {"logits_scaling": 0}, "logits_scaling"),
+    ("granitemoe", {"shared_intermediate_size": 256}, "shared_intermediate_size"),
+    ("qwen2-moe", {"norm_topk_prob": True}, "norm_topk_prob"),
+    ("qwen2-moe", {"mlp_only_layers": [0]}, "mlp_only_layers"),
+    ("qwen2-moe", {"tie_word_embeddings": True}, "tie_word_embeddings"),
+    ("olmo2", {"tie_word_embeddings": True}, "tie_word_embeddings"),
+    ("olmo2", {"attention_bias": True}, "attention_bias"),
+    ("olmo3", {"layer_types": ["sliding_attention", "chunked_attention"]}, "layer_types"),
+    ("olmo3", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 5e5},
+                                   "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}}},
+     "sliding_attention rope type"),
+    ("olmoe", {"num_key_value_heads": 2}, "num_key_value_heads"),
+    ("olmoe", {"norm_topk_prob": True}, "norm_topk_prob"),
+    ("olmoe", {"clip_qkv": 8.0}, "clip_qkv"),
+    ("exaone4", {"sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]}, "sliding_window"),
+    ("exaone4-swa", {"sliding_window": None}, "sliding_window=null"),
+    ("exaone4", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}}, "rope type"),
+    ("glm4", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5,
+                                  "mrope_section": [8, 12, 12]}}, "mrope_section"),
+    ("glm4", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.3}},
+     "partial_rotary_factor"),
+    ("glm4", {"mlp_bias": True}, "mlp_bias"),
+    ("ernie4.5", {"use_bias": True}, "use_bias"),
+    ("ernie4.5", {"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}}, "rope type"),
+    ("ernie4.5-moe", {"moe_layer_end_index": 1}, "moe_layer_end_index"),
+    ("ernie4.5-moe", {"moe_k": 5}, "moe_k"),
+    ("phimoe", {"lm_head_bias": False}, "lm_head_bias"),
+    ("phimoe", {"attention_bias": False}, "attention_bias"),
+    ("seed-oss", {"attention_out_bias": True}, "attention_out_bias"),
+    ("seed-oss", {"mlp_bias": True}, "mlp_bias"),
+    ("apertus", {"tie_word_embeddings": True}, "tie_word_embeddings"),
+    ("apertus", {"hidden_act": "silu"}, "hidden_act"),
+    ("hunyuan", {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}}, "alpha"),
+    ("hunyuan", {"attention_bias": True}, "attention_bias"),
 ]
 
 
@@ -454,3 +539,72 @@ def test_deepseek_v3_rotary_rows_in_halves(tiny_checkpoint):
     assert np.array_equal(ours["blk.0.attn_v_b.weight"], pairs["blk.0.attn_v_b.weight"])  # same weights
     assert not np.array_equal(ours["blk.0.attn_q_b.weight"], pairs["blk.0.attn_q_b.weight"])  # rows moved
     assert_logits_agree(converted(src, "f32"), src)
+# ---- Phi-3.5-MoE: the conversion checked against transformers run the way llama.cpp's phimoe graph runs
+
+
+def test_phimoe_matches_transformers_with_llama_cpp_graph(tiny_checkpoint):
+    """transformers' Phimoe with its LayerNorms computed as RMS norm + bias and its SparseMixer routing replaced
+    by softmax top-k renormalised (llama.cpp's phimoe graph) gives llama.cpp's logits from ggufkit's F32 file:
+    the two documented differences are the only ones."""
+    import torch
+    from convert_fixtures import llama_cpp_logits, text_ids
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_checkpoint("phimoe")
+    ids = text_ids(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    routers = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.forward = lambda x, m=m: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + m.eps) * m.weight + m.bias
+        elif type(m).__name__ == "PhimoeTopKRouter":
+            routers += 1
+
+            def route(h, m=m):  # (tokens, hidden) -> logits, (tokens, k) weights, (tokens, k) expert ids
+                logits = torch.nn.functional.linear(h, m.weight)
+                weights, chosen = torch.softmax(logits.float(), -1).topk(m.top_k, -1)
+                return logits, (weights / weights.sum(-1, keepdim=True)).to(h.dtype), chosen
+            m.forward = route
+    assert routers == model.config.num_hidden_layers
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()  # (n_tokens, vocab) f32
+    diff = np.abs(llama_cpp_logits(converted(src, "f32"), ids) - ref)
+    assert np.median(diff) < 0.01 and diff.max() < 0.05, f"median {np.median(diff):.5f}, max {diff.max():.5f}"
+
+
+# ---- Apertus: the xIELU scalars are read from the checkpoint into GGUF keys
+
+
+def test_apertus_xielu_keys_hold_the_checkpoint_scalars(tiny_checkpoint):
+    import gguf
+    from safetensors.torch import load_file
+
+    src = tiny_checkpoint("apertus")
+    (weights,) = src.glob("*.safetensors")
+    tensors = load_file(weights)
+    reader = gguf.GGUFReader(converted(src, "f32"))
+    n_layer = json.loads((src / "config.json").read_text())["num_hidden_layers"]
+    for param in ("alpha_n", "alpha_p", "beta", "eps"):
+        values = reader.get_field(f"xielu.{param}").contents()  # the key has no arch prefix (nor in llama.cpp)
+        expected = [tensors[f"model.layers.{i}.mlp.act_fn.{param}"].float().item() for i in range(n_layer)]
+        assert np.array_equal(np.float32(values), np.float32(expected)), (param, values, expected)
+    assert not any("act_fn" in t.name for t in reader.tensors)
+
+
+def test_apertus_missing_xielu_scalar_is_named(tiny_checkpoint, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from ggufkit.conversion import convert
+
+    src = tmp_path / "apertus"
+    shutil.copytree(tiny_checkpoint("apertus"), src)
+    (weights,) = src.glob("*.safetensors")
+    tensors = load_file(weights)
+    del tensors["model.layers.1.mlp.act_fn.beta"]
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(InputError) as err:
+        convert(src, tmp_path / "out.gguf", scheme="f32", quiet=True)
+    assert "model.layers.1.mlp.act_fn.beta is missing" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out.gguf").exists()

@@ -17,7 +17,8 @@ from convert_fixtures import converted, tensor_table
 from ggufkit.errors import InputError
 
 PAIRS = [("qwen3-moe", "qwen3-moe-fused"), ("mixtral", "mixtral-fused"),
-         ("gemma4-moe-split", "gemma4-moe")]  # Gemma 4 saves fused experts; the split twin is made from them
+         ("gemma4-moe-split", "gemma4-moe"),  # Gemma 4 saves fused experts; the split twin is made from them
+         ("granitemoe", "granitemoe-fused"), ("ernie4.5-moe", "ernie4.5-moe-fused")]  # issue 14 (batch A)
 
 
 def _metadata(path) -> dict:

@@ -28,8 +28,7 @@ class Glm4Moe(DeepseekMoE, Qwen2):
     def attention_biases(self) -> bool:
         return bool(self.config.get("attention_bias", False))
 
-    @property
-    def rope_dims(self) -> int:
+    def rope_dimension_count(self) -> int:
         factor = self.rope.params.get("partial_rotary_factor",
                                       self.config.get("partial_rotary_factor", self.default_rotary_factor))
         return int(self.head_dim * float(factor))

@@ -21,12 +21,15 @@ class Llama(Architecture):
     model_type = "llama"
     gguf_arch = gguf.MODEL_ARCH.LLAMA
     rope_types = ("default", "linear", "yarn", "llama3")
+    refused_bias_flags = ("attention_bias", "mlp_bias")  # config switches for biases llama's graph has no use for
+    hidden_act = "silu"  # the FFN activation llama.cpp's graph computes
 
     def unhandled_features(self) -> list[str]:
         found = super().unhandled_features()
-        if self.config.get("hidden_act", "silu") != "silu":
-            found.append(f"hidden_act={self.config['hidden_act']!r} (llama.cpp's llama uses silu)")
-        for key in ("attention_bias", "mlp_bias"):
+        if self.config.get("hidden_act", self.hidden_act) != self.hidden_act:
+            found.append(f"hidden_act={self.config['hidden_act']!r} (llama.cpp's {self.arch_name} uses "
+                         f"{self.hidden_act})")
+        for key in self.refused_bias_flags:
             if self.config.get(key):
                 found.append(f"{key}=true")
         if self.rope.type not in self.rope_types:
@@ -37,15 +40,10 @@ class Llama(Architecture):
             found.append("rope type 'yarn' without original_max_position_embeddings")
         return found
 
-    @property
-    def rope_dims(self) -> int:
-        """Dimensions of each head that RoPE rotates (a family with partial rotary embeddings has fewer)."""
-        return self.head_dim
-
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         super().write_hparams(w)
-        w.add_rope_dimension_count(self.rope_dims)
-        w.add_rope_freq_base(self.rope.theta)
+        w.add_rope_dimension_count(self.rope_dimension_count())
+        w.add_rope_freq_base(self.rope_freq_base())
         p = self.rope.params
         if self.rope.type == "linear":
             w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -55,12 +53,30 @@ class Llama(Architecture):
             w.add_rope_scaling_factor(float(p["factor"]))
             w.add_rope_scaling_orig_ctx_len(int(p["original_max_position_embeddings"]))
             optional = {"extrapolation_factor": w.add_rope_scaling_yarn_ext_factor,
-                        "attention_factor": w.add_rope_scaling_yarn_attn_factor,
                         "beta_fast": w.add_rope_scaling_yarn_beta_fast,
                         "beta_slow": w.add_rope_scaling_yarn_beta_slow}
             for key, add in optional.items():
                 if p.get(key) is not None:
                     add(float(p[key]))
+            if p.get("attention_factor") is not None:
+                w.add_rope_scaling_attn_factors(self.yarn_attn_factor())
+
+    def yarn_attn_factor(self) -> float:
+        """transformers scales YaRN's cos/sin by the config's attention_factor as given. llama.cpp (this version)
+        ignores yarn_attn_factor under YaRN: its rope always applies 1 + 0.1 ln(factor) and multiplies that by
+        rope.scaling.attn_factor - so that key carries the ratio. (llama.cpp's own converter writes
+        yarn_attn_factor, which is lost: a non-default attention_factor runs wrong from its files.)"""
+        factor = float(self.rope.params["factor"])
+        default = 1.0 + 0.1 * math.log(factor) if factor > 1.0 else 1.0
+        return float(self.rope.params["attention_factor"]) / default
+
+    def rope_freq_base(self) -> float:
+        """rope.freq_base: the config's theta (families that stretch the base override)."""
+        return self.rope.theta
+
+    def rope_dimension_count(self) -> int:
+        """How many dimensions of each head rope rotates (all of them; partial-rotary families override)."""
+        return self.head_dim
 
     # ---- tensors
 

@@ -27,6 +27,7 @@ class Phi3(Architecture):
     model_type = "phi3"
     gguf_arch = gguf.MODEL_ARCH.PHI3
     rope_types = ("default", "longrope", "su")
+    fused_projections = True  # qkv_proj and gate_up_proj (Phi-3.5-MoE has separate Q/K/V and experts)
 
     def __init__(self, config: dict, config_path):
         super().__init__(config, config_path)
@@ -85,6 +86,8 @@ class Phi3(Architecture):
         e, hd = self.n_embd, self.head_dim
         qkv_rows = (self.n_head + 2 * self.n_head_kv) * hd
         shapes: dict[str, tuple[int, ...]] = {}
+        if not self.fused_projections:
+            return super().expected_shapes()
         for name, shape in super().expected_shapes().items():
             if name.endswith((".attn_q.weight", ".attn_k.weight", ".ffn_gate.weight")):
                 continue
