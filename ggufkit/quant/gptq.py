@@ -103,7 +103,7 @@ class _Group:
     def __init__(self, data: np.ndarray, qtype: QT):
         self.qtype, self.data = qtype, data               # (rows, block bytes) u8
         if qtype in LEGACY:
-            _, has_min, (lo, hi), shift, _ = LEGACY[qtype]
+            _, _, (lo, hi), shift, _ = LEGACY[qtype]
             d, m, _ = _legacy_unpack(data, qtype)
             self.lo, self.hi, self.shift = lo + shift, hi + shift, shift
             self.s = np.repeat(d[:, None], 32, axis=1)     # (rows, 32) f32
