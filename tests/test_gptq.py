@@ -32,7 +32,7 @@ def test_legacy_layouts_round_trip_and_decode_as_gguf_py(qtype):
     _, _, q = gptq._legacy_unpack(blocks, qtype)
     assert np.array_equal(gptq._legacy_pack(blocks, q, qtype), blocks)
     group = gptq._Group(blocks, qtype)
-    decoded = group.s * (q + group.shift).astype(np.float32) + group.o
+    decoded = group.s.T * (q + group.shift).astype(np.float32) + group.o.T
     ref = gguf.quants.dequantize(data, qtype).reshape(decoded.shape)
     np.testing.assert_allclose(decoded, ref, rtol=1e-6, atol=1e-7)
 

@@ -98,7 +98,8 @@ def _legacy_pack(template: np.ndarray, q: np.ndarray, qtype: QT) -> np.ndarray:
 
 class _Group:
     """The encoding of one block-wide group of columns for every row: per value the decoder's scale s and
-    offset o (x̂ = s q + o, q an integer in [lo, hi]), and how to write levels back."""
+    offset o (x̂ = s q + o, q an integer in [lo, hi]; (g, rows): column-major, as encode_rows works), and how
+    to write levels back."""
 
     def __init__(self, data: np.ndarray, qtype: QT):
         self.qtype, self.data = qtype, data               # (rows, block bytes) u8
@@ -106,21 +107,21 @@ class _Group:
             _, _, (lo, hi), shift, _ = LEGACY[qtype]
             d, m, _ = _legacy_unpack(data, qtype)
             self.lo, self.hi, self.shift = lo + shift, hi + shift, shift
-            self.s = np.repeat(d[:, None], 32, axis=1)     # (rows, 32) f32
-            self.o = np.repeat(m[:, None], 32, axis=1)
+            self.s = np.ascontiguousarray(np.repeat(d[None, :], 32, axis=0))  # (32, rows) f32
+            self.o = np.ascontiguousarray(np.repeat(m[None, :], 32, axis=0))
         else:
             f = rounding.FORMS[qtype]
             self.parts = rounding.unpack(data, qtype)
             d, dmin, sc, mm, _ = self.parts
             s, mn = rounding._scales(d, dmin, sc, mm)      # (rows, n_sub) f32
-            self.s = np.repeat(s, f.sub_len, axis=1)       # (rows, 256)
-            self.o = -np.repeat(mn, f.sub_len, axis=1)
+            self.s = np.ascontiguousarray(np.repeat(s.T, f.sub_len, axis=0))  # (256, rows) f32
+            self.o = np.ascontiguousarray(-np.repeat(mn.T, f.sub_len, axis=0))
             self.lo, self.hi = f.q_range
             self.shift = 0
 
     def round(self, w: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
         """Column j of the group: w (rows,) f32 -> (levels (rows,) i32, decoded (rows,) f32)."""
-        s, o = self.s[:, j], self.o[:, j]
+        s, o = self.s[j], self.o[j]
         with np.errstate(divide="ignore", invalid="ignore"):
             q = np.where(s != 0, np.rint((w - o) / s), 0)
         q = np.clip(q, self.lo, self.hi).astype(np.int32)
@@ -167,30 +168,34 @@ def encode_rows(w: np.ndarray, qtype, imatrix: np.ndarray | None, u: np.ndarray,
     qtype = QT[qtype.upper()] if isinstance(qtype, str) else QT(qtype)
     rows, cols = w.shape
     g = _block_width(qtype)
-    w = np.array(w, dtype=np.float32)                      # (rows, cols) f32, updated in place
+    wt = np.array(w.T, dtype=np.float32, order="C")        # (cols, rows) f32: a column is contiguous; updated
+    ut = np.ascontiguousarray(u)
     out = np.empty((rows, quant.row_size(qtype, cols)), dtype=np.uint8)
     gbytes = out.shape[1] // (cols // g)
     for b0 in range(0, cols, BATCH):
         b1 = min(cols, b0 + BATCH)
-        err = np.empty((rows, b1 - b0), dtype=np.float32)  # scaled errors of the batch's columns
+        err = np.empty((b1 - b0, rows), dtype=np.float32)  # scaled errors of the batch's columns
         for a in range(b0, b1, g):
             im = None if imatrix is None else imatrix[a:a + g]
-            data = quant.quantize(np.ascontiguousarray(w[:, a:a + g]), qtype, imatrix=im, threads=threads)
+            block = np.ascontiguousarray(wt[a:a + g].T)     # (rows, g) f32
+            data = quant.quantize(block, qtype, imatrix=im, threads=threads)
             if search and qtype in rounding.FORMS:
                 wb = np.ones(g, np.float32) if im is None else im
-                data = rounding.refine_blocks(w[:, a:a + g], np.broadcast_to(wb, (rows, g)), data, qtype)
+                data = rounding.refine_blocks(block, np.broadcast_to(wb, (rows, g)), data, qtype)
             group = _Group(data, qtype)
-            levels = np.empty((rows, g), dtype=np.int32)
-            for j in range(g):
+            levels = np.empty((g, rows), dtype=np.int32)
+            for j in range(g):  # column by column inside the group, the error fed to the group's later columns
                 c = a + j
-                levels[:, j], decoded = group.round(w[:, c], j)
-                e = (w[:, c] - decoded) / u[c, c]
-                err[:, c - b0] = e
-                if c + 1 < b1:
-                    w[:, c + 1:b1] -= np.outer(e, u[c, c + 1:b1])
-            out[:, (a // g) * gbytes:(a // g + 1) * gbytes] = group.bytes(levels)
+                levels[j], decoded = group.round(wt[c], j)
+                e = (wt[c] - decoded) / ut[c, c]
+                err[c - b0] = e
+                if j + 1 < g:
+                    wt[c + 1:a + g] -= np.outer(ut[c, c + 1:a + g], e)
+            if a + g < b1:  # then the group's errors to the batch's later columns at once
+                wt[a + g:b1] -= ut[a:a + g, a + g:b1].T @ err[a - b0:a - b0 + g]
+            out[:, (a // g) * gbytes:(a // g + 1) * gbytes] = group.bytes(np.ascontiguousarray(levels.T))
         if b1 < cols:
-            w[:, b1:] -= err @ u[b0:b1, b1:]
+            wt[b1:] -= ut[b0:b1, b1:].T @ err
     return out
 
 
