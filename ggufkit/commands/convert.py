@@ -62,11 +62,13 @@ def _scheme(ctx, param, value: str) -> str:
 @click.option("--device", default=None, help="Budget: what fits a device profile (see `ggufkit fit`) at --ctx.")
 @click.option("--ctx", "budget_ctx", type=click.IntRange(min=16), default=None,
               help="With --device: the context the budget leaves room for [4096].")
-@click.option("--optimize", type=click.Choice(["search", "gptq"]), is_flag=False, flag_value="search", default=None,
+@click.option("--optimize", type=click.Choice(["search", "feedback", "gptq"]), is_flag=False, flag_value="search",
+              default=None,
               help="`--optimize` (= search): search K-quant scales against the importance-weighted error (never "
-              "worse per block than llama.cpp's). `--optimize gptq`: also GPTQ-style error feedback across columns "
-              "into K-quants and Q4_0..Q8_0, from the layer-by-layer input covariance of --calibration (needs it). "
-              "Recorded in ggufkit.optimize.*. Changes the bytes; the types stay standard.")
+              "worse per block than llama.cpp's). `--optimize feedback`: GPTQ-style error feedback across columns "
+              "into K-quants and Q4_0..Q8_0 from the layer-by-layer input covariance of --calibration (needs it); "
+              "`--optimize gptq`: both (the search inside each block of columns). Recorded in ggufkit.optimize.*. "
+              "Changes the bytes; the types stay standard.")
 def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibration_ctx, threads, dry_run, force,
             quiet, as_json, split_max_size, split_max_tensors, target_size, target_bpw, device, budget_ctx,
             optimize, **kwargs):
@@ -103,12 +105,13 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
     if out is not None and not dry_run:
         check_destination(out, force)  # before any long work
     stats = None
-    if optimize == "gptq" and calibration is None:
-        raise click.UsageError("--optimize gptq needs --calibration TEXT (the input statistics come from it)")
+    feedback = optimize in ("feedback", "gptq")
+    if feedback and calibration is None:
+        raise click.UsageError(f"--optimize {optimize} needs --calibration TEXT (the input statistics come from it)")
     if calibration is not None:
         if imatrix is not None:
             raise click.UsageError("--imatrix and --calibration are alternatives: give one")
-        if optimize == "gptq" and (not dry_run or budget is not None):  # layer by layer, bounded memory
+        if feedback and (not dry_run or budget is not None):  # layer by layer, bounded memory
             from ggufkit.quant.calibrate import calibrate
             from ggufkit.sources.hf import resolve
 
@@ -129,14 +132,14 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
             imatrix = calibration  # the plan only needs to know an imatrix will be used
     plan = make_plan(src, scheme, imatrix, controls if controls != Controls() else None, split)
     out = out if out is not None else default_output(plan)
-    if optimize == "search" or (optimize == "gptq" and stats is None):  # a gptq dry run plans as search does
+    if optimize == "search" or (feedback and stats is None):  # a dry run plans the same types either way
         from ggufkit.quant import rounding
 
         rounding.enable(plan)
-    elif optimize == "gptq":
+    elif feedback:
         from ggufkit.quant import gptq
 
-        gptq.enable(plan, stats, threads=threads)
+        gptq.enable(plan, stats, search=optimize == "gptq", threads=threads)
     if budget is not None:
         allocation = budgets.allocate_plan(plan, budget, load_imatrix(imatrix), threads=threads,
                                            progress=not quiet and sys.stderr.isatty())
