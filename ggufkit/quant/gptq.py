@@ -1,4 +1,4 @@
-"""GPTQ-style error feedback into the standard GGUF block types (K-quants and the legacy 32-value types).
+"""GPTQ-style error feedback into the standard GGUF block types (K-quants, the legacy 32-value types, IQ4_NL/XS).
 
     enc = ErrorFeedback(stats)                           # stats: ggufkit.quant.calibrate.Statistics
     data = enc(x, "Q4_K", imatrix, data, name="blk.0.ffn_down.weight")   # same type, same decoder
@@ -11,7 +11,7 @@ squares correction of the remaining columns (Optimal Brain Surgeon), done with t
 Hinv (Hinv = U^T U) in batches (W[:, later] -= E U[batch, later] once per batch of columns).
 
 Block types fix a scale (and min) per block of columns: each group of columns one block wide (256 for K-quants,
-32 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0) is first encoded by the native quantizer (llama.cpp's algorithm, with the
+32 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/IQ4_NL) is first encoded by the native quantizer (llama.cpp's algorithm, with the
 importance weights) from the *updated* weights, optionally improved by the scale search (quant.rounding, K-quants),
 which fixes its scales; then its columns are rounded one by one to the nearest level under those scales, each
 error fed forward. The levels replace the native ones in the same bytes, so the output is an ordinary block of
@@ -25,6 +25,11 @@ Layouts of the legacy blocks (ggml's block_q*):
     Q5_0 (22 B): d f16 | qh u32 | qs[16]          bit 4 of value l at bit l of qh; x = d (q-16)
     Q5_1 (24 B): d f16 | m f16 | qh u32 | qs[16] x = d q + m
     Q8_0 (34 B): d f16 | qs[32] i8               x = d q
+and of the non-uniform 4-bit ones (KVALUES = llama.cpp's kvalues_iq4nl):
+    IQ4_NL (18 B): d f16 | qs[16]                value l: low nibble of qs[l], l+16: high; x = d KVALUES[q]
+    IQ4_XS (136 B): d f16 | scales_h u16 | scales_l[4] | qs[128]    8 sub-blocks of 32, sub-block b at
+                   qs[16b..16b+15] (nibbles as IQ4_NL); ls = (scales_l[b/2] >> 4(b%2)) & 15 | ((scales_h >> 2b)
+                   & 3) << 4, x = (d (ls - 32)) KVALUES[q]
 """
 from __future__ import annotations
 
@@ -47,7 +52,10 @@ LEGACY = {
     QT.Q5_1: (24, True, (0, 31), 0, True),
     QT.Q8_0: (34, False, (-128, 127), 0, False),
 }
-SUPPORTED = tuple(rounding.SUPPORTED) + tuple(LEGACY)
+# non-uniform 4-bit types: x = scale * KVALUES[q]; type -> (block bytes, values per block)
+IQ4 = {QT.IQ4_NL: (18, 32), QT.IQ4_XS: (136, 256)}
+KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
+SUPPORTED = tuple(rounding.SUPPORTED) + tuple(LEGACY) + tuple(IQ4)
 METHOD = f"gptq (damp {DAMP}; " + ", ".join(t.name for t in SUPPORTED) + ")"
 
 
@@ -93,6 +101,28 @@ def _legacy_pack(template: np.ndarray, q: np.ndarray, qtype: QT) -> np.ndarray:
     return out
 
 
+def _iq4_scales(b: np.ndarray, qtype: QT) -> np.ndarray:
+    """(nb, block bytes) u8 -> the scale of every value (nb, values per block) f32."""
+    d = b[:, 0:2].copy().view(np.float16)[:, 0].astype(np.float32)
+    if qtype == QT.IQ4_NL:
+        return np.repeat(d[:, None], 32, axis=1)
+    sh = b[:, 2:4].copy().view("<u2")[:, 0].astype(np.int32)
+    sl = b[:, 4:8].astype(np.int32)
+    sub = np.arange(8)
+    ls = ((sl[:, sub // 2] >> (4 * (sub % 2))) & 15) | (((sh[:, None] >> (2 * sub)) & 3) << 4)
+    dl = (d[:, None] * (ls - 32).astype(np.float32)).astype(np.float32)       # (nb, 8)
+    return np.repeat(dl, 32, axis=1)
+
+
+def _iq4_pack(template: np.ndarray, q: np.ndarray, qtype: QT) -> np.ndarray:
+    """The blocks of `template` with their 4-bit indices replaced by q (nb, values per block)."""
+    nbytes, n = IQ4[qtype]
+    out = np.ascontiguousarray(template).reshape(-1, nbytes).copy()
+    qv = q.reshape(len(out), n // 32, 2, 16)                                   # (nb, sub-block, half, j)
+    out[:, nbytes - n // 2:] = (qv[:, :, 0] | (qv[:, :, 1] << 4)).reshape(len(out), n // 2).astype(np.uint8)
+    return out
+
+
 # ---- one block of columns: scales from the bytes, levels by the caller
 
 
@@ -103,7 +133,13 @@ class _Group:
 
     def __init__(self, data: np.ndarray, qtype: QT):
         self.qtype, self.data = qtype, data               # (rows, block bytes) u8
-        if qtype in LEGACY:
+        self.table = None
+        if qtype in IQ4:
+            self.table = KVALUES
+            self.s = np.ascontiguousarray(_iq4_scales(data, qtype).T)         # (g, rows) f32
+            self.o = np.zeros_like(self.s)
+            self.lo, self.hi, self.shift = 0, 15, 0
+        elif qtype in LEGACY:
             _, _, (lo, hi), shift, _ = LEGACY[qtype]
             d, m, _ = _legacy_unpack(data, qtype)
             self.lo, self.hi, self.shift = lo + shift, hi + shift, shift
@@ -122,12 +158,18 @@ class _Group:
     def round(self, w: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
         """Column j of the group: w (rows,) f32 -> (levels (rows,) i32, decoded (rows,) f32)."""
         s, o = self.s[j], self.o[j]
+        if self.table is not None:  # the nearest of the 16 levels
+            cand = s[:, None] * self.table[None, :]                            # (rows, 16) f32
+            q = np.abs(w[:, None] - cand).argmin(axis=1).astype(np.int32)
+            return q, np.take_along_axis(cand, q[:, None], 1)[:, 0]
         with np.errstate(divide="ignore", invalid="ignore"):
             q = np.where(s != 0, np.rint((w - o) / s), 0)
         q = np.clip(q, self.lo, self.hi).astype(np.int32)
         return q, (s * q.astype(np.float32) + o).astype(np.float32)
 
     def bytes(self, levels: np.ndarray) -> np.ndarray:
+        if self.qtype in IQ4:
+            return _iq4_pack(self.data, levels, self.qtype)
         if self.qtype in LEGACY:
             return _legacy_pack(self.data, levels - self.shift, self.qtype)
         d, dmin, sc, m, _ = self.parts
@@ -135,7 +177,7 @@ class _Group:
 
 
 def _block_width(qtype: QT) -> int:
-    return 32 if qtype in LEGACY else 256
+    return 32 if qtype in LEGACY or qtype == QT.IQ4_NL else 256
 
 
 def inverse_factor(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
