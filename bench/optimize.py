@@ -10,6 +10,7 @@ On models/smollm2-135m-instruct, with one importance matrix computed by ggufkit 
   budget+opt the same with --optimize (Q4_K/Q5_K scale search)
   scheme+opt the scheme's own types with --optimize (the rounding search alone)
   *-gptq     the same with --optimize gptq (search + GPTQ-style error feedback from the calibration covariance)
+  *-feedback the same with --optimize feedback (error feedback alone, on llama.cpp's block scales)
   blind      (--variants ...,blind,blind-opt) budgets without Q4_1/Q5_1, the types that re-fit the demo's grid
 Each candidate is scored alone against the stored reference: KLD, top-1 agreement, PPL. Prints a Markdown table
 (machine, date) and the raw numbers as JSON. AutoRound's GGUF export is not run here (see BENCHMARKS.md).
@@ -77,6 +78,10 @@ VARIANTS = {
     "blind": ("ggufkit budget, no Q4_1/Q5_1", True, False, ("Q4_1", "Q5_1")),
     "blind-opt": ("ggufkit budget + optimize, no Q4_1/Q5_1", True, True, ("Q4_1", "Q5_1")),
     "blind-gptq": ("ggufkit budget + optimize gptq, no Q4_1/Q5_1", True, "gptq", ("Q4_1", "Q5_1")),
+    # error feedback alone (llama.cpp's scales in every block; no numpy scale search: minutes, not an hour)
+    "budget-feedback": ("ggufkit budget + optimize feedback", True, "feedback", ()),
+    "scheme-feedback": ("ggufkit scheme + optimize feedback", False, "feedback", ()),
+    "blind-feedback": ("ggufkit budget + optimize feedback, no Q4_1/Q5_1", True, "feedback", ("Q4_1", "Q5_1")),
 }
 STATS = None  # ggufkit.quant.calibrate.Statistics of the calibration text, for the gptq variants
 
@@ -88,8 +93,8 @@ def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimiz
     from ggufkit.quant import gptq, rounding
 
     plan = make_plan(DEMO, scheme, imatrix)
-    if optimize == "gptq":
-        gptq.enable(plan, STATS)
+    if optimize in ("gptq", "feedback"):
+        gptq.enable(plan, STATS, search=optimize == "gptq")
     elif optimize:
         rounding.enable(plan)
     info = {}
