@@ -67,3 +67,17 @@ def test_covariance_equals_a_hand_computation(tiny_checkpoint, tmp_path):
     assert stats.groups["blk.0.ffn_gate.weight"] == stats.groups["blk.0.ffn_up.weight"]
     assert stats.groups["blk.0.ffn_gate.weight"] != stats.groups["blk.0.attn_q.weight"]
     assert stats.tokens[stats.groups["blk.0.ffn_down.weight"]] == CTX * CHUNKS
+
+
+def test_imatrix_command_layer_by_layer_writes_the_same_file_contents(tiny_checkpoint, tmp_path):
+    from click.testing import CliRunner
+
+    from ggufkit.cli import cli
+    from ggufkit.quant import imatrix as imatrix_files
+
+    src = tiny_checkpoint("llama")
+    out = tmp_path / "layers.imatrix.gguf"
+    run = CliRunner().invoke(cli, ["imatrix", str(src), "--text", str(SHAKESPEARE), "--ctx", str(CTX), "--chunks",
+                                   str(CHUNKS), "--layer-by-layer", "-o", str(out), "--quiet"])
+    assert run.exit_code == 0, run.output
+    assert_same_imatrix(imatrix_files.load(out), compute(src, SHAKESPEARE, ctx=CTX, chunks=CHUNKS, progress=False))
