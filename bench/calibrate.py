@@ -74,7 +74,7 @@ def llama_imatrix(gguf_path: Path, out: Path, args) -> dict:
     lib = Path(llama_cpp.__file__).resolve().parent / "lib"
     env = dict(os.environ, LD_LIBRARY_PATH=str(lib))
     return child_run([str(lib / "llama-imatrix"), "-m", str(gguf_path), "-f", str(HAMLET), "-c", str(args.ctx),
-                      "--chunks", str(args.chunks), "-t", str(args.threads), "-o", str(out), "--no-warmup"], env)
+                      "--chunks", str(args.chunks), "-t", str(args.threads), "-o", str(out)], env)
 
 
 def main() -> None:
@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--whole", action="store_true", help="also the whole-model collector (needs ~f32 size RAM)")
     ap.add_argument("--work", type=Path, default=None, help="keep the GGUF copies here (reused on a rerun)")
     ap.add_argument("--gguf-types", default="f16,f32", help="llama-imatrix on these GGUF copies")
+    ap.add_argument("--skip-ggufkit", action="store_true", help="only llama-imatrix (e.g. to add a row)")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -98,16 +99,17 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="ggufkit-bench-calib-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    r = ggufkit_run("layers", args.model, args)
-    rows.append({"tool": "ggufkit layer-wise, imatrix", **r})
-    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    stats = work / "stats"
-    r = ggufkit_run("layers", args.model, args, str(stats))
-    stats_bytes = sum(f.stat().st_size for f in stats.glob("*.npy"))
-    rows.append({"tool": "ggufkit layer-wise, imatrix + covariance", **r, "stats_mib": round(stats_bytes / 2**20)})
-    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    for f in stats.glob("*"):
-        f.unlink()
+    if not args.skip_ggufkit:
+        r = ggufkit_run("layers", args.model, args)
+        rows.append({"tool": "ggufkit layer-wise, imatrix", **r})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        stats = work / "stats"
+        r = ggufkit_run("layers", args.model, args, str(stats))
+        stats_bytes = sum(f.stat().st_size for f in stats.glob("*.npy"))
+        rows.append({"tool": "ggufkit layer-wise, imatrix + covariance", **r, "stats_mib": round(stats_bytes / 2**20)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        for f in stats.glob("*"):
+            f.unlink()
     if args.whole:
         r = ggufkit_run("whole", args.model, args)
         rows.append({"tool": "ggufkit whole model (transformers f32)", **r})
