@@ -9,6 +9,8 @@ On models/smollm2-135m-instruct, with one importance matrix computed by ggufkit 
   budget     ggufkit convert --target-size <llama.cpp's file size> with the same imatrix
   budget+opt the same with --optimize (Q4_K/Q5_K scale search)
   scheme+opt the scheme's own types with --optimize (the rounding search alone)
+  *-gptq     the same with --optimize gptq (search + GPTQ-style error feedback from the calibration covariance)
+  *-feedback the same with --optimize feedback (error feedback alone, on llama.cpp's block scales)
   blind      (--variants ...,blind,blind-opt) budgets without Q4_1/Q5_1, the types that re-fit the demo's grid
 Each candidate is scored alone against the stored reference: KLD, top-1 agreement, PPL. Prints a Markdown table
 (machine, date) and the raw numbers as JSON. AutoRound's GGUF export is not run here (see BENCHMARKS.md).
@@ -65,25 +67,35 @@ def llama_cpp_quantize(src: Path, out: Path, scheme: str, imatrix) -> Path:
     return out
 
 
-# variant key -> (label, size budget?, --optimize?, candidate types excluded)
+# variant key -> (label, size budget?, --optimize? (True = search, "gptq" = search + error feedback), types excluded)
 VARIANTS = {
     "budget": ("ggufkit budget", True, False, ()),
     "budget-opt": ("ggufkit budget + optimize", True, True, ()),
     "scheme-opt": ("ggufkit scheme + optimize", False, True, ()),
+    "budget-gptq": ("ggufkit budget + optimize gptq", True, "gptq", ()),
+    "scheme-gptq": ("ggufkit scheme + optimize gptq", False, "gptq", ()),
     # without the two affine 32-blocks types that can re-fit the demo's Q4_1 grid almost exactly
     "blind": ("ggufkit budget, no Q4_1/Q5_1", True, False, ("Q4_1", "Q5_1")),
     "blind-opt": ("ggufkit budget + optimize, no Q4_1/Q5_1", True, True, ("Q4_1", "Q5_1")),
+    "blind-gptq": ("ggufkit budget + optimize gptq, no Q4_1/Q5_1", True, "gptq", ("Q4_1", "Q5_1")),
+    # error feedback alone (llama.cpp's scales in every block; no numpy scale search: minutes, not an hour)
+    "budget-feedback": ("ggufkit budget + optimize feedback", True, "feedback", ()),
+    "scheme-feedback": ("ggufkit scheme + optimize feedback", False, "feedback", ()),
+    "blind-feedback": ("ggufkit budget + optimize feedback, no Q4_1/Q5_1", True, "feedback", ("Q4_1", "Q5_1")),
 }
+STATS = None  # ggufkit.quant.calibrate.Statistics of the calibration text, for the gptq variants
 
 
-def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimize: bool,
+def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimize,
                     exclude: tuple[str, ...] = ()) -> tuple[Path, dict]:
     from ggufkit.conversion import load_imatrix, make_plan, run
     from ggufkit.plan import budget as budgets
-    from ggufkit.quant import rounding
+    from ggufkit.quant import gptq, rounding
 
     plan = make_plan(DEMO, scheme, imatrix)
-    if optimize:
+    if optimize in ("gptq", "feedback"):
+        gptq.enable(plan, STATS, search=optimize == "gptq")
+    elif optimize:
         rounding.enable(plan)
     info = {}
     if target is not None:
@@ -112,7 +124,7 @@ def main() -> None:
     from ggufkit.conversion import convert
     from ggufkit.evaluate import EvalResult, evaluate
     from ggufkit.quant import imatrix as imatrix_files
-    from ggufkit.quant.imatrix_collect import compute
+    from ggufkit.quant.calibrate import Statistics, calibrate
     from ggufkit.reflogits import save_reference
     from ggufkit.runtime import backends
 
@@ -123,11 +135,14 @@ def main() -> None:
     text.write_text(BRITANNICA.read_text(encoding="utf-8", errors="replace")[EVAL_START:EVAL_START + EVAL_CHARS])
     t0 = time.time()
     try:
+        global STATS
         imatrix = work / f"hamlet-{args.calibration_chunks}.imatrix.gguf"
-        if imatrix.exists():  # --keep DIR: a rerun reuses the calibration and the reference
-            im = imatrix_files.load(imatrix)
-        else:
-            im = compute(DEMO, HAMLET, ctx=args.ctx, chunks=args.calibration_chunks, progress=False)
+        stats_dir = work / f"hamlet-{args.calibration_chunks}.statistics"
+        if imatrix.exists() and (stats_dir / "statistics.json").exists():  # --keep DIR: a rerun reuses them
+            im, STATS = imatrix_files.load(imatrix), Statistics.load(stats_dir)
+        else:  # layer by layer: the same imatrix as the whole-model collector (tests/test_calibrate.py)
+            im, STATS = calibrate(DEMO, HAMLET, ctx=args.ctx, chunks=args.calibration_chunks, progress=False,
+                                  stats_dir=stats_dir)
             im.save(imatrix)
         f32, bf16 = work / "demo-F32.gguf", work / "demo-BF16.gguf"
         for path, scheme in ((f32, "f32"), (bf16, "bf16")):

@@ -46,7 +46,7 @@ class Plan:
     imatrix_source: object = None  # what make_plan got as imatrix (a path or an Imatrix: its quantize.* keys)
     split: dict = field(default_factory=dict)  # {"max_size": bytes} or {"max_tensors": n}: a split set
     metadata: dict = field(default_factory=dict)  # extra string key-values (ggufkit's opt-in options); none by default
-    refine: object = None  # opt-in re-encoder (x, qtype, imatrix, data) -> data, e.g. ggufkit.quant.rounding.refine
+    refine: object = None  # opt-in re-encoder (x, qtype, imatrix, data, name=) -> data, e.g. quant.rounding.refine
 
     @property
     def total_bytes(self) -> int:
@@ -329,7 +329,7 @@ def run(plan: Plan, out: Path, threads: int | None = None, imatrix=None,
                         _check_finite(x, t, start)  # names the tensor and the rows
                         raise
                 if plan.refine is not None:
-                    data = plan.refine(x, p.qtype, im, data)
+                    data = plan.refine(x, p.qtype, im, data, name=t.name)
                 g.write(data)
                 del x
                 if bar is not None:

@@ -1,9 +1,12 @@
 """`ggufkit convert`: the CLI over ggufkit.conversion."""
 from __future__ import annotations
 
+import atexit
 import ctypes
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,8 +75,13 @@ def _scheme(ctx, param, value: str) -> str:
 @click.option("--device", default=None, help="Budget: what fits a device profile (see `ggufkit fit`) at --ctx.")
 @click.option("--ctx", "budget_ctx", type=click.IntRange(min=16), default=None,
               help="With --device: the context the budget leaves room for [4096].")
-@click.option("--optimize", is_flag=True, help="Search K-quant scales against the importance-weighted error "
-              "(never worse per block than llama.cpp's; recorded in ggufkit.optimize.rounding). Changes the bytes.")
+@click.option("--optimize", type=click.Choice(["search", "feedback", "gptq"]), is_flag=False, flag_value="search",
+              default=None,
+              help="`--optimize` (= search): search K-quant scales against the importance-weighted error (never "
+              "worse per block than llama.cpp's). `--optimize feedback`: GPTQ-style error feedback across columns "
+              "into K-quants and Q4_0..Q8_0 from the layer-by-layer input covariance of --calibration (needs it); "
+              "`--optimize gptq`: both (the search inside each block of columns). Recorded in ggufkit.optimize.*. "
+              "Changes the bytes; the types stay standard.")
 def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibration_ctx, threads, dry_run, force,
             quiet, as_json, split_max_size, split_max_tensors, target_size, target_bpw, device, budget_ctx,
             optimize, **kwargs):
@@ -90,6 +98,7 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
       ggufkit convert ./SmolLM2-135M-Instruct --scheme q4_k_m --calibration hamlet.txt
       ggufkit convert ./model --scheme q4_k_m --tensor-type "ffn_down=q6_k" --split-max-size 2G
       ggufkit convert ./SmolLM2-135M-Instruct --calibration hamlet.txt --target-size 90MB --dry-run
+      ggufkit convert ./SmolLM2-135M-Instruct --calibration hamlet.txt --target-size 90MB --optimize gptq
 
     With --target-size, --target-bpw or --device (+ --ctx) the types are chosen per tensor under that budget
     (standard types only; the file records the budget in ggufkit.optimize.* keys); without them the bytes are
@@ -108,10 +117,25 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
                                "controls / a split, not both")
     if out is not None and not dry_run:
         check_destination(out, force)  # before any long work
+    stats = None
+    feedback = optimize in ("feedback", "gptq")
+    if feedback and calibration is None:
+        raise click.UsageError(f"--optimize {optimize} needs --calibration TEXT (the input statistics come from it)")
     if calibration is not None:
         if imatrix is not None:
             raise click.UsageError("--imatrix and --calibration are alternatives: give one")
-        if not dry_run or budget is not None:  # a budget's error estimates need the importance matrix
+        if feedback and (not dry_run or budget is not None):  # layer by layer, bounded memory
+            from ggufkit.quant.calibrate import calibrate
+            from ggufkit.sources.hf import resolve
+
+            stats_dir = None
+            if not dry_run:
+                stats_dir = Path(tempfile.mkdtemp(prefix="ggufkit-calibration-"))  # removed when the command ends
+                atexit.register(shutil.rmtree, stats_dir, True)
+            imatrix, stats = calibrate(resolve(src), calibration, ctx=calibration_ctx, chunks=calibration_chunks,
+                                       threads=threads, progress=not quiet and sys.stderr.isatty(),
+                                       stats_dir=stats_dir)
+        elif not dry_run or budget is not None:  # a budget's error estimates need the importance matrix
             from ggufkit.quant.imatrix_collect import compute
             from ggufkit.sources.hf import resolve
 
@@ -121,10 +145,14 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
             imatrix = calibration  # the plan only needs to know an imatrix will be used
     plan = make_plan(src, scheme, imatrix, controls if controls != Controls() else None, split)
     out = out if out is not None else default_output(plan)
-    if optimize:
+    if optimize == "search" or (feedback and stats is None):  # a dry run plans the same types either way
         from ggufkit.quant import rounding
 
         rounding.enable(plan)
+    elif feedback:
+        from ggufkit.quant import gptq
+
+        gptq.enable(plan, stats, search=optimize == "gptq", threads=threads)
     if budget is not None:
         allocation = budgets.allocate_plan(plan, budget, load_imatrix(imatrix), threads=threads,
                                            progress=not quiet and sys.stderr.isatty())

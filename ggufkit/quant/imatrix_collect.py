@@ -35,6 +35,33 @@ def _gguf_names(model, model_dir: Path, config: dict) -> dict[str, str]:
     return names
 
 
+def calibration_ids(tokenizer, text_path: Path, ctx: int, chunks: int | None, text: str | None = None) -> list:
+    """llama-imatrix's chunks: the whole text tokenized once, cut into `ctx` tokens, the first token of each chunk
+    BOS when the tokenizer adds one. -> list of (ctx,) token id lists (at most `chunks`)."""
+    if text is None:
+        if ctx < 16:
+            raise InputError(f"--ctx {ctx} is too small (llama.cpp ignores batches under 16 tokens)")
+        try:
+            text = Path(text_path).read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise InputError(f"cannot read calibration text: {e.strerror}", text_path) from None
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]  # (n_tokens,)
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and len(ids) > 0 and ids[0] == bos and not text.startswith(tokenizer.bos_token)
+    n_chunks = len(ids) // ctx
+    if chunks is not None:
+        n_chunks = min(n_chunks, chunks)
+    if n_chunks < 1:
+        raise InputError(f"{len(ids)} tokens are fewer than one chunk of {ctx}", text_path)
+    out = []
+    for c in range(n_chunks):
+        chunk = list(ids[c * ctx: (c + 1) * ctx])
+        if adds_bos:
+            chunk[0] = bos
+        out.append(chunk)
+    return out
+
+
 def compute(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | None = None,
             process_output: bool = False, threads: int | None = None, progress: bool = True) -> Imatrix:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,14 +91,8 @@ def compute(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | None
             hf_logging.enable_progress_bar()
     model.eval()
 
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]  # (n_tokens,)
-    bos = tokenizer.bos_token_id
-    adds_bos = bos is not None and len(ids) > 0 and ids[0] == bos and not text.startswith(tokenizer.bos_token)
-    n_chunks = len(ids) // ctx
-    if chunks is not None:
-        n_chunks = min(n_chunks, chunks)
-    if n_chunks < 1:
-        raise InputError(f"{len(ids)} tokens are fewer than one chunk of {ctx}", text_path)
+    token_chunks = calibration_ids(tokenizer, text_path, ctx, chunks, text)
+    n_chunks = len(token_chunks)
 
     names = _gguf_names(model, model_dir, config)
     sums: dict[str, torch.Tensor] = {}
@@ -100,10 +121,7 @@ def compute(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | None
     from tqdm import tqdm
 
     with torch.no_grad():
-        for c in tqdm(range(n_chunks), desc="imatrix", unit="chunk", disable=not progress):
-            chunk = list(ids[c * ctx: (c + 1) * ctx])
-            if adds_bos:
-                chunk[0] = bos
+        for chunk in tqdm(token_chunks, desc="imatrix", unit="chunk", disable=not progress):
             model(torch.tensor([chunk]), use_cache=False)
     for h in handles:
         h.remove()

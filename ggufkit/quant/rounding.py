@@ -328,9 +328,10 @@ def enable(plan) -> None:
     plan.metadata["ggufkit.optimize.rounding"] = METHOD
 
 
-def refine(x: np.ndarray, qtype, imatrix: np.ndarray | None, data: np.ndarray) -> np.ndarray:
+def refine(x: np.ndarray, qtype, imatrix: np.ndarray | None, data: np.ndarray, name: str | None = None) -> np.ndarray:
     """Rows x (rows, cols) f32 and their encoding data (rows, row bytes) u8 -> a re-encoding, never worse on the
-    importance-weighted error of any super-block. Types other than SUPPORTED come back unchanged."""
+    importance-weighted error of any super-block. Types other than SUPPORTED come back unchanged. name: the
+    tensor's (unused: every tensor is searched alike)."""
     qtype = QT[qtype.upper()] if isinstance(qtype, str) else QT(qtype)
     if qtype not in FORMS:
         return data

@@ -1,0 +1,278 @@
+"""Calibration with bounded memory: the importance matrix and each linear layer's input covariance, computed one
+decoder layer at a time straight from the safetensors.
+
+    im, stats = calibrate(model_dir, "hamlet.txt", ctx=512, chunks=16, stats_dir="calib-stats")
+
+The whole-model collector (imatrix_collect.compute) loads every weight in float32 (a 7B model: ~28 GB). Here:
+  1. the model's own classes are built by transformers from config.json, with no decoder layer (embeddings,
+     final norm, rotary tables: the few non-layer weights, read from the checkpoint);
+  2. one forward per chunk runs with every decoder layer replaced by a catcher that records the arguments the
+     model passes to it (hidden states, mask, position embeddings, per layer: hybrid models differ per layer)
+     and stops before the last norm and the LM head;
+  3. for each layer in turn: that layer alone is built with its transformers class, its weights read from the
+     safetensors (per-expert tensors stacked into the fused 3-D parameters as transformers 5 runs them), run on
+     every chunk's hidden states, which it replaces with its output; forward pre-hooks on its nn.Linear layers
+     accumulate what llama-imatrix collects, and (with stats_dir) the input covariance; then it is freed.
+Peak memory: one layer's float32 weights + the hidden states of all calibration tokens (tokens x hidden f32) +
+one layer's covariance accumulators. No code from the model repository runs (trust_remote_code is off).
+
+Input covariance (what GPTQ-style error feedback needs, ggufkit.quant.gptq): H = sum_t x_t x_t^T per distinct
+linear input, (cols, cols) f32, written to stats_dir as <group>.npy and shared by the matrices that read the same
+input (q/k/v, gate/up). Full, not diagonal + low-rank: error feedback's update W[:, later] -= E Hinv[block,
+later] needs the whole inverse; a rank-r model of H with 8192-wide inputs and a few thousand calibration tokens
+is nearly full rank anyway (rank <= tokens), and the full matrix costs only disk (cols^2 x 4 bytes per group,
+~0.3 GB per layer of a 1B model) and one layer's worth of RAM while it is accumulated. Expert (3-D) tensors get
+their imatrix, not a covariance (error feedback leaves them to the plain encoder).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ggufkit.errors import InputError
+from ggufkit.quant.imatrix import Imatrix, ImatrixEntry
+
+STATS_INDEX = "statistics.json"
+
+
+@dataclass
+class Statistics:
+    """Per-matrix input covariance on disk: GGUF tensor name -> group file (cols, cols) f32 and token count."""
+    directory: Path
+    groups: dict[str, str] = field(default_factory=dict)   # tensor name -> group file name
+    tokens: dict[str, int] = field(default_factory=dict)   # group file name -> tokens summed
+
+    def hessian(self, name: str) -> np.ndarray | None:
+        """The mean input covariance (cols, cols) f32 of tensor `name` (sum x x^T / tokens), or None."""
+        group = self.groups.get(name)
+        if group is None:
+            return None
+        h = np.load(self.directory / group, mmap_mode="r")
+        return np.asarray(h, dtype=np.float32) / np.float32(max(1, self.tokens[group]))
+
+    def save(self) -> None:
+        tmp = self.directory / f".{STATS_INDEX}.tmp"
+        tmp.write_text(json.dumps({"groups": self.groups, "tokens": self.tokens}, indent=1))
+        os.replace(tmp, self.directory / STATS_INDEX)
+
+    @classmethod
+    def load(cls, directory) -> Statistics:
+        directory = Path(directory)
+        try:
+            index = json.loads((directory / STATS_INDEX).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"not a calibration statistics directory ({e})", directory) from None
+        return cls(directory, dict(index["groups"]), {k: int(v) for k, v in index["tokens"].items()})
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _catchers(n_layer: int, calls: list):
+    """Stand-ins for the decoder layers: record (layer, hidden states, kwargs) and pass the hidden states on."""
+    import torch
+
+    class Catcher(torch.nn.Module):
+        def __init__(self, index: int):
+            super().__init__()
+            self.index = index
+
+        def forward(self, hidden_states, *args, **kwargs):
+            if args:
+                raise InputError("layer-wise calibration: the model passes positional arguments to its decoder "
+                                 "layers (not supported)")
+            calls[-1].append({k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")})
+            if self.index == 0:
+                calls[-1].insert(0, hidden_states.detach().clone())
+            if self.index == n_layer - 1:
+                raise _StopForward
+            return hidden_states
+
+    return torch.nn.ModuleList([Catcher(i) for i in range(n_layer)])
+
+
+def _layer_state(ckpt, prefix: str, module) -> dict:
+    """The layer's state dict from the checkpoint: its own tensor names, or per-expert tensors stacked into the
+    fused experts parameters (gate_up_proj = [gate; up] per expert, down_proj), as transformers 5 loads them."""
+    import torch
+
+    out = {}
+    for key, ref in module.state_dict().items():
+        name = prefix + key
+        if name in ckpt.tensors:
+            out[key] = torch.from_numpy(ckpt.tensors[name].read().astype(np.float32, copy=False))
+            continue
+        m = re.fullmatch(r"(.*experts)\.(gate_up_proj|down_proj)", key)
+        if m is None or f"{prefix}{m.group(1)}.0.down_proj.weight" not in ckpt.tensors:
+            raise InputError(f"layer-wise calibration: no tensor {name} in the checkpoint", ckpt.weights_file)
+        base = f"{prefix}{m.group(1)}"
+        parts = ("gate_proj", "up_proj") if m.group(2) == "gate_up_proj" else ("down_proj",)
+        experts = []
+        for e in range(ref.shape[0]):
+            experts.append(np.concatenate([ckpt.tensors[f"{base}.{e}.{p}.weight"].read() for p in parts]))
+        stacked = torch.from_numpy(np.stack(experts).astype(np.float32, copy=False))
+        if tuple(stacked.shape) != tuple(ref.shape):  # e.g. is_transposed experts
+            stacked = stacked.transpose(1, 2).contiguous()
+        if tuple(stacked.shape) != tuple(ref.shape):
+            raise InputError(f"layer-wise calibration: {name} is {tuple(ref.shape)}, the stacked experts are "
+                             f"{tuple(stacked.shape)}", ckpt.weights_file)
+        out[key] = stacked
+    return out
+
+
+def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | None = None,
+              process_output: bool = False, threads: int | None = None, progress: bool = True,
+              stats_dir: Path | None = None) -> tuple[Imatrix, Statistics | None]:
+    """The importance matrix (as imatrix_collect.compute, within float tolerance) and, with stats_dir, the input
+    covariance of every 2-D block matrix, layer by layer. -> (Imatrix, Statistics or None)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ggufkit.archs import for_config
+    from ggufkit.quant.imatrix_collect import _expert_hook, calibration_ids
+    from ggufkit.sources.hf import open_checkpoint
+
+    model_dir = Path(model_dir)
+    ckpt = open_checkpoint(model_dir)
+    if threads:
+        torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    token_chunks = calibration_ids(tokenizer, Path(text_path), ctx, chunks)  # list of (ctx,) token id lists
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    base_meta = meta.get_decoder() if hasattr(meta, "get_decoder") else meta.model
+    base_name = next(n for n, m in meta.named_modules() if m is base_meta)
+    prefix = base_name + "." if base_name else ""
+    if not isinstance(getattr(base_meta, "layers", None), torch.nn.ModuleList):
+        raise InputError("layer-wise calibration: the model has no .layers list of decoder layers", ckpt.config_path)
+    n_layer = len(base_meta.layers)
+    layer_cls = [type(layer) for layer in base_meta.layers]
+    base_config = base_meta.config
+
+    # 1-2: the model without its layers, run once per chunk up to the first layer's arguments
+    base_config.num_hidden_layers = 0
+    try:
+        base = type(base_meta)(base_config).to(torch.float32)
+    finally:
+        base_config.num_hidden_layers = n_layer
+    base.eval()
+    state = {}
+    for key in base.state_dict():
+        name = prefix + key
+        if name not in ckpt.tensors:
+            raise InputError(f"layer-wise calibration: no tensor {name} in the checkpoint", ckpt.weights_file)
+        state[key] = torch.from_numpy(ckpt.tensors[name].read().astype(np.float32, copy=False))
+    base.load_state_dict(state, strict=True)
+    del state
+    base.layers = _catchers(n_layer, calls := [])
+    with torch.no_grad():
+        for chunk in token_chunks:
+            calls.append([])
+            try:
+                base(input_ids=torch.tensor([chunk]), use_cache=False)
+            except _StopForward:
+                pass
+    hidden = [c.pop(0) for c in calls]          # per chunk (1, ctx, hidden) f32
+    kwargs = [[c[i] for c in calls] for i in range(n_layer)]  # per layer, per chunk
+    del calls
+    final_norm = getattr(base, "norm", None)
+    base.embed_tokens = None  # the largest non-layer weight: not needed any more
+
+    # 3: one layer at a time
+    arch = for_config(ckpt.config, ckpt.config_path)
+    import gguf
+
+    name_map = gguf.get_tensor_name_map(arch.gguf_arch, arch.n_layer)
+    sums: dict[str, torch.Tensor] = {}
+    tokens: dict[str, int] = {}
+    expert_sums: dict[str, torch.Tensor] = {}
+    expert_tokens: dict[str, torch.Tensor] = {}
+    stats = None
+    if stats_dir is not None:
+        stats = Statistics(Path(stats_dir))
+        stats.directory.mkdir(parents=True, exist_ok=True)
+
+    from tqdm import tqdm
+
+    for i in tqdm(range(n_layer), desc="calibration", unit="layer", disable=not progress):
+        lp = f"{prefix}layers.{i}."
+        layer = layer_cls[i](base_config, i).to(torch.float32)
+        layer.load_state_dict(_layer_state(ckpt, lp, layer), strict=True)
+        layer.eval()
+        cov: dict[str, torch.Tensor] = {}     # group file -> (cols, cols) f32 sum x x^T
+        cov_tokens: dict[str, int] = {}
+        last = {"x": None, "group": None}
+        handles = []
+
+        def hook_for(gguf_name: str, cov=cov, cov_tokens=cov_tokens, last=last):
+            def hook(_module, inputs):
+                x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])  # (tokens, n_cols)
+                sq = (x.double() ** 2).sum(dim=0)
+                sums[gguf_name] = sq if gguf_name not in sums else sums[gguf_name] + sq
+                tokens[gguf_name] = tokens.get(gguf_name, 0) + x.shape[0]
+                if stats is None:
+                    return
+                if last["x"] is inputs[0]:  # same input as the previous matrix (q/k/v, gate/up): shared
+                    group = last["group"]
+                else:
+                    group = stats.groups.get(gguf_name) or f"{gguf_name.removesuffix('.weight')}.input.npy"
+                    acc = cov.get(group)
+                    xx = x.T @ x  # (n_cols, n_cols) f32
+                    cov[group] = xx if acc is None else acc.add_(xx)
+                    cov_tokens[group] = cov_tokens.get(group, 0) + x.shape[0]
+                    last["x"], last["group"] = inputs[0], group
+                stats.groups.setdefault(gguf_name, group)
+            return hook
+
+        for module_name, module in layer.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                gguf_name = name_map.get_name(f"{lp}{module_name}.weight", try_suffixes=(".weight",))
+                if gguf_name is not None and gguf_name.startswith("blk."):
+                    handles.append(module.register_forward_pre_hook(hook_for(gguf_name)))
+            params = dict(module.named_parameters(recurse=False))
+            if params.get("gate_up_proj") is not None and getattr(params.get("down_proj"), "dim", lambda: 0)() == 3:
+                exps = {part: name_map.get_name(f"{lp}{module_name}.{part}_proj.weight", try_suffixes=(".weight",))
+                        for part in ("gate", "up", "down")}
+                if all(exps.values()):
+                    handles.append(module.register_forward_pre_hook(
+                        _expert_hook(module, exps, expert_sums, expert_tokens), with_kwargs=True))
+        with torch.no_grad():
+            for c in range(len(hidden)):
+                last["x"] = None
+                out = layer(hidden[c], **kwargs[i][c])
+                hidden[c] = out[0] if isinstance(out, tuple) else out
+        for h in handles:
+            h.remove()
+        del layer
+        if stats is not None:
+            for group, acc in cov.items():
+                np.save(stats.directory / group, acc.numpy())
+                stats.tokens[group] = cov_tokens[group]
+            del cov
+            stats.save()
+
+    if process_output and final_norm is not None:
+        with torch.no_grad():
+            for h in hidden:
+                x = final_norm(h).reshape(-1, h.shape[-1])
+                sq = (x.double() ** 2).sum(0)
+                sums["output.weight"] = sq if "output.weight" not in sums else sums["output.weight"] + sq
+                tokens["output.weight"] = tokens.get("output.weight", 0) + x.shape[0]
+
+    out = Imatrix(datasets=[Path(text_path).name], chunk_count=len(token_chunks), chunk_size=ctx)
+    for name in sorted(sums):
+        out.entries[name] = ImatrixEntry(sums[name].numpy().astype(np.float32).reshape(1, -1),
+                                         np.array([float(tokens[name])]))
+    for name in sorted(expert_sums):
+        out.entries[name] = ImatrixEntry(expert_sums[name].numpy().astype(np.float32),
+                                         expert_tokens[name].numpy().astype(np.float64))
+    out.entries = dict(sorted(out.entries.items()))
+    return out, stats

@@ -1,0 +1,297 @@
+"""GPTQ-style error feedback into the standard GGUF block types (K-quants, the legacy 32-value types, IQ4_NL/XS).
+
+    enc = ErrorFeedback(stats)                           # stats: ggufkit.quant.calibrate.Statistics
+    data = enc(x, "Q4_K", imatrix, data, name="blk.0.ffn_down.weight")   # same type, same decoder
+
+A linear layer's output error for a weight error E = W - Ŵ (rows, cols) over inputs x is sum_t |E x_t|^2 =
+tr(E H E^T) with H = sum_t x_t x_t^T, the input covariance from calibration. GPTQ (Frantar et al. 2022) rounds
+the columns left to right and pushes each column's rounding error into the columns not yet rounded, through the
+inverse of H: after rounding column j, W[:, k] -= e_j Hinv[j, k] / Hinv[j, j] for k > j, which is the least-
+squares correction of the remaining columns (Optimal Brain Surgeon), done with the upper Cholesky factor U of
+Hinv (Hinv = U^T U) in batches (W[:, later] -= E U[batch, later] once per batch of columns).
+
+Block types fix a scale (and min) per block of columns: each group of columns one block wide (256 for K-quants,
+32 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/IQ4_NL) is first encoded by the native quantizer (llama.cpp's algorithm, with the
+importance weights) from the *updated* weights, optionally improved by the scale search (quant.rounding, K-quants),
+which fixes its scales; then its columns are rounded one by one to the nearest level under those scales, each
+error fed forward. The levels replace the native ones in the same bytes, so the output is an ordinary block of
+that type that every llama.cpp build decodes. Finally, per row, the encoding with the lower calibration error
+e^T H e (e = w - ŵ, ŵ decoded natively) is kept: GPTQ's or the one it was given (llama.cpp's), so no row is
+worse than llama.cpp's on the calibration statistics.
+
+Layouts of the legacy blocks (ggml's block_q*):
+    Q4_0 (18 B): d f16 | qs[16]                  value l: low nibble of qs[l], value l+16: high nibble; x = d (q-8)
+    Q4_1 (20 B): d f16 | m f16 | qs[16]          x = d q + m
+    Q5_0 (22 B): d f16 | qh u32 | qs[16]          bit 4 of value l at bit l of qh; x = d (q-16)
+    Q5_1 (24 B): d f16 | m f16 | qh u32 | qs[16] x = d q + m
+    Q8_0 (34 B): d f16 | qs[32] i8               x = d q
+and of the non-uniform 4-bit ones (KVALUES = llama.cpp's kvalues_iq4nl):
+    IQ4_NL (18 B): d f16 | qs[16]                value l: low nibble of qs[l], l+16: high; x = d KVALUES[q]
+    IQ4_XS (136 B): d f16 | scales_h u16 | scales_l[4] | qs[128]    8 sub-blocks of 32, sub-block b at
+                   qs[16b..16b+15] (nibbles as IQ4_NL); ls = (scales_l[b/2] >> 4(b%2)) & 15 | ((scales_h >> 2b)
+                   & 3) << 4, x = (d (ls - 32)) KVALUES[q]
+"""
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+
+from ggufkit import quant
+from ggufkit.quant import rounding
+
+__all__ = ["DAMP", "METHOD", "SUPPORTED", "ErrorFeedback", "encode_rows", "output_error"]
+
+DAMP = 0.5    # added to H's diagonal, as a fraction of its mean (GPTQ's percdamp; see BENCHMARKS.md)
+BATCH = 256   # columns per lazy batch update
+
+# legacy type -> (block bytes, has min, q range as stored, offset of the signed level, has qh)
+LEGACY = {
+    QT.Q4_0: (18, False, (0, 15), -8, False),
+    QT.Q4_1: (20, True, (0, 15), 0, False),
+    QT.Q5_0: (22, False, (0, 31), -16, True),
+    QT.Q5_1: (24, True, (0, 31), 0, True),
+    QT.Q8_0: (34, False, (-128, 127), 0, False),
+}
+# non-uniform 4-bit types: x = scale * KVALUES[q]; type -> (block bytes, values per block)
+IQ4 = {QT.IQ4_NL: (18, 32), QT.IQ4_XS: (136, 256)}
+KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
+SUPPORTED = tuple(rounding.SUPPORTED) + tuple(LEGACY) + tuple(IQ4)
+METHOD = f"gptq (damp {DAMP}; " + ", ".join(t.name for t in SUPPORTED) + ")"
+
+
+# ---- legacy layouts: bytes <-> (scale, offset, q)
+
+
+def _legacy_unpack(b: np.ndarray, qtype: QT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(nb, block bytes) u8 -> d (nb,) f32, m (nb,) f32 (zeros without a min), q (nb, 32) i32 as stored."""
+    nbytes, has_min, _, _, has_qh = LEGACY[qtype]
+    b = np.ascontiguousarray(b).reshape(-1, nbytes)
+    d = b[:, 0:2].copy().view(np.float16)[:, 0].astype(np.float32)
+    pos = 2
+    m = np.zeros_like(d)
+    if has_min:
+        m = b[:, 2:4].copy().view(np.float16)[:, 0].astype(np.float32)
+        pos = 4
+    if qtype == QT.Q8_0:
+        return d, m, b[:, 2:34].view(np.int8).astype(np.int32)
+    qh = None
+    if has_qh:
+        qh = b[:, pos:pos + 4].copy().view("<u4")[:, 0].astype(np.int64)
+        pos += 4
+    qs = b[:, pos:pos + 16].astype(np.int32)
+    q = np.concatenate([qs & 15, qs >> 4], axis=1)
+    if qh is not None:
+        q = q | (((qh[:, None] >> np.arange(32)) & 1) << 4).astype(np.int32)
+    return d, m, q
+
+
+def _legacy_pack(template: np.ndarray, q: np.ndarray, qtype: QT) -> np.ndarray:
+    """The blocks of `template` (nb, block bytes) with their levels replaced by q (nb, 32) (as stored)."""
+    nbytes, has_min, _, _, has_qh = LEGACY[qtype]
+    out = np.ascontiguousarray(template).reshape(-1, nbytes).copy()
+    if qtype == QT.Q8_0:
+        out[:, 2:34] = q.astype(np.int8).view(np.uint8)
+        return out
+    pos = 4 if has_min else 2
+    if has_qh:
+        hi = ((q >> 4) & 1).astype(np.uint64) << np.arange(32, dtype=np.uint64)
+        out[:, pos:pos + 4] = np.bitwise_or.reduce(hi, axis=1).astype("<u4").reshape(-1, 1).view(np.uint8)
+        pos += 4
+    out[:, pos:pos + 16] = ((q[:, :16] & 15) | ((q[:, 16:] & 15) << 4)).astype(np.uint8)
+    return out
+
+
+def _iq4_scales(b: np.ndarray, qtype: QT) -> np.ndarray:
+    """(nb, block bytes) u8 -> the scale of every value (nb, values per block) f32."""
+    d = b[:, 0:2].copy().view(np.float16)[:, 0].astype(np.float32)
+    if qtype == QT.IQ4_NL:
+        return np.repeat(d[:, None], 32, axis=1)
+    sh = b[:, 2:4].copy().view("<u2")[:, 0].astype(np.int32)
+    sl = b[:, 4:8].astype(np.int32)
+    sub = np.arange(8)
+    ls = ((sl[:, sub // 2] >> (4 * (sub % 2))) & 15) | (((sh[:, None] >> (2 * sub)) & 3) << 4)
+    dl = (d[:, None] * (ls - 32).astype(np.float32)).astype(np.float32)       # (nb, 8)
+    return np.repeat(dl, 32, axis=1)
+
+
+def _iq4_pack(template: np.ndarray, q: np.ndarray, qtype: QT) -> np.ndarray:
+    """The blocks of `template` with their 4-bit indices replaced by q (nb, values per block)."""
+    nbytes, n = IQ4[qtype]
+    out = np.ascontiguousarray(template).reshape(-1, nbytes).copy()
+    qv = q.reshape(len(out), n // 32, 2, 16)                                   # (nb, sub-block, half, j)
+    out[:, nbytes - n // 2:] = (qv[:, :, 0] | (qv[:, :, 1] << 4)).reshape(len(out), n // 2).astype(np.uint8)
+    return out
+
+
+# ---- one block of columns: scales from the bytes, levels by the caller
+
+
+class _Group:
+    """The encoding of one block-wide group of columns for every row: per value the decoder's scale s and
+    offset o (x̂ = s q + o, q an integer in [lo, hi]; (g, rows): column-major, as encode_rows works), and how
+    to write levels back."""
+
+    def __init__(self, data: np.ndarray, qtype: QT):
+        self.qtype, self.data = qtype, data               # (rows, block bytes) u8
+        self.table = None
+        if qtype in IQ4:
+            self.table = KVALUES
+            self.s = np.ascontiguousarray(_iq4_scales(data, qtype).T)         # (g, rows) f32
+            self.o = np.zeros_like(self.s)
+            self.lo, self.hi, self.shift = 0, 15, 0
+        elif qtype in LEGACY:
+            _, _, (lo, hi), shift, _ = LEGACY[qtype]
+            d, m, _ = _legacy_unpack(data, qtype)
+            self.lo, self.hi, self.shift = lo + shift, hi + shift, shift
+            self.s = np.ascontiguousarray(np.repeat(d[None, :], 32, axis=0))  # (32, rows) f32
+            self.o = np.ascontiguousarray(np.repeat(m[None, :], 32, axis=0))
+        else:
+            f = rounding.FORMS[qtype]
+            self.parts = rounding.unpack(data, qtype)
+            d, dmin, sc, mm, _ = self.parts
+            s, mn = rounding._scales(d, dmin, sc, mm)      # (rows, n_sub) f32
+            self.s = np.ascontiguousarray(np.repeat(s.T, f.sub_len, axis=0))  # (256, rows) f32
+            self.o = np.ascontiguousarray(-np.repeat(mn.T, f.sub_len, axis=0))
+            self.lo, self.hi = f.q_range
+            self.shift = 0
+
+    def round(self, w: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Column j of the group: w (rows,) f32 -> (levels (rows,) i32, decoded (rows,) f32)."""
+        s, o = self.s[j], self.o[j]
+        if self.table is not None:  # the nearest of the 16 levels
+            cand = s[:, None] * self.table[None, :]                            # (rows, 16) f32
+            q = np.abs(w[:, None] - cand).argmin(axis=1).astype(np.int32)
+            return q, np.take_along_axis(cand, q[:, None], 1)[:, 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(s != 0, np.rint((w - o) / s), 0)
+        q = np.clip(q, self.lo, self.hi).astype(np.int32)
+        return q, (s * q.astype(np.float32) + o).astype(np.float32)
+
+    def bytes(self, levels: np.ndarray) -> np.ndarray:
+        if self.qtype in IQ4:
+            return _iq4_pack(self.data, levels, self.qtype)
+        if self.qtype in LEGACY:
+            return _legacy_pack(self.data, levels - self.shift, self.qtype)
+        d, dmin, sc, m, _ = self.parts
+        return rounding.pack(d, dmin, sc, m, levels, self.qtype)
+
+
+def _block_width(qtype: QT) -> int:
+    return 32 if qtype in LEGACY or qtype == QT.IQ4_NL else 256
+
+
+def inverse_factor(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
+    """H (cols, cols) -> the upper Cholesky factor U of (H + damp mean(diag H) I)^-1, (cols, cols) f32. Columns
+    that never saw an input (H[j, j] = 0) get a unit diagonal. More damping is added while H is not positive
+    definite in float arithmetic."""
+    import torch
+
+    h = torch.from_numpy(np.array(h, dtype=np.float64))
+    dead = torch.diagonal(h) <= 0
+    h[dead, dead] = 1.0
+    mean = float(torch.diagonal(h).mean())
+    for attempt in range(6):
+        a = h.clone()
+        a.diagonal().add_(damp * (10 ** attempt) * mean)
+        lower, info = torch.linalg.cholesky_ex(a)
+        if int(info) == 0:
+            hinv = torch.cholesky_inverse(lower)
+            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            if int(info) == 0:
+                return upper.to(torch.float32).numpy()
+    raise ValueError("input covariance is not positive definite even with damping")
+
+
+def encode_rows(w: np.ndarray, qtype, imatrix: np.ndarray | None, u: np.ndarray, search: bool = False,
+                threads: int | None = None) -> np.ndarray:
+    """GPTQ encoding of rows w (rows, cols) f32 with the inverse-Hessian factor u (cols, cols) (inverse_factor)
+    -> (rows, row bytes) u8 of qtype. imatrix: the importance weights the native quantizer (and the scale search,
+    search=True, K-quants only) use for each group's scales."""
+    qtype = QT[qtype.upper()] if isinstance(qtype, str) else QT(qtype)
+    rows, cols = w.shape
+    g = _block_width(qtype)
+    wt = np.array(w.T, dtype=np.float32, order="C")        # (cols, rows) f32: a column is contiguous; updated
+    ut = np.ascontiguousarray(u)
+    out = np.empty((rows, quant.row_size(qtype, cols)), dtype=np.uint8)
+    gbytes = out.shape[1] // (cols // g)
+    for b0 in range(0, cols, BATCH):
+        b1 = min(cols, b0 + BATCH)
+        err = np.empty((b1 - b0, rows), dtype=np.float32)  # scaled errors of the batch's columns
+        for a in range(b0, b1, g):
+            im = None if imatrix is None else imatrix[a:a + g]
+            block = np.ascontiguousarray(wt[a:a + g].T)     # (rows, g) f32
+            data = quant.quantize(block, qtype, imatrix=im, threads=threads)
+            if search and qtype in rounding.FORMS:
+                wb = np.ones(g, np.float32) if im is None else im
+                data = rounding.refine_blocks(block, np.broadcast_to(wb, (rows, g)), data, qtype)
+            group = _Group(data, qtype)
+            levels = np.empty((g, rows), dtype=np.int32)
+            for j in range(g):  # column by column inside the group, the error fed to the group's later columns
+                c = a + j
+                levels[j], decoded = group.round(wt[c], j)
+                e = (wt[c] - decoded) / ut[c, c]
+                err[c - b0] = e
+                if j + 1 < g:
+                    wt[c + 1:a + g] -= np.outer(ut[c, c + 1:a + g], e)
+            if a + g < b1:  # then the group's errors to the batch's later columns at once
+                wt[a + g:b1] -= ut[a:a + g, a + g:b1].T @ err[a - b0:a - b0 + g]
+            out[:, (a // g) * gbytes:(a // g + 1) * gbytes] = group.bytes(np.ascontiguousarray(levels.T))
+        if b1 < cols:
+            wt[b1:] -= ut[b0:b1, b1:].T @ err
+    return out
+
+
+def output_error(x: np.ndarray, data: np.ndarray, qtype, h: np.ndarray) -> np.ndarray:
+    """Per row e^T H e for e = x - decode(data): (rows, cols) f32, bytes, H (cols, cols) -> (rows,) f64."""
+    e = (x - quant.dequantize(data, qtype, x.shape)).astype(np.float64)
+    return np.einsum("rc,rc->r", e @ np.asarray(h, dtype=np.float64), e)
+
+
+class ErrorFeedback:
+    """A conversion re-encoder (ggufkit.conversion.Plan.refine): GPTQ for every 2-D tensor of a SUPPORTED type
+    that has an input covariance in `stats`; everything else comes back as given. The inverse factor is computed
+    once per covariance group (q/k/v and gate/up share one)."""
+
+    def __init__(self, stats, search: bool = False, damp: float = DAMP, threads: int | None = None):
+        self.stats, self.search, self.damp, self.threads = stats, search, damp, threads
+        self._cached: tuple[str, np.ndarray, np.ndarray] | None = None   # (group, H, U)
+        self.rows_kept = 0       # rows where GPTQ's encoding won
+        self.rows_total = 0
+
+    def _factor(self, name: str):
+        group = self.stats.groups.get(name)
+        if group is None:
+            return None
+        if self._cached is None or self._cached[0] != group:
+            h = self.stats.hessian(name)
+            self._cached = (group, h, inverse_factor(h, self.damp))
+        return self._cached[1:]
+
+    def __call__(self, x: np.ndarray, qtype, imatrix, data: np.ndarray, name: str | None = None) -> np.ndarray:
+        qtype = QT[qtype.upper()] if isinstance(qtype, str) else QT(qtype)
+        if qtype not in SUPPORTED or name is None or x.ndim != 2:
+            return data
+        hu = self._factor(name)
+        if hu is None or hu[0].shape[0] != x.shape[1]:
+            return data
+        h, u = hu
+        if self.search and qtype in rounding.FORMS:  # the given encoding, improved by the scale search, competes
+            data = rounding.refine(x, qtype, imatrix, data)
+        new = encode_rows(x, qtype, imatrix, u, search=self.search, threads=self.threads)
+        better = output_error(x, new, qtype, h) < output_error(x, data, qtype, h)
+        self.rows_kept += int(better.sum())
+        self.rows_total += len(better)
+        out = np.ascontiguousarray(data).reshape(len(x), -1).copy()
+        out[better] = new[better]
+        return out
+
+
+def enable(plan, stats, search: bool = True, threads: int | None = None) -> ErrorFeedback:
+    """Turn error feedback on for a conversion plan (replaces the scale search's re-encoder: the search runs inside
+    each group instead, on the updated weights), and record it in the file."""
+    enc = ErrorFeedback(stats, search=search, threads=threads)
+    plan.refine = enc
+    plan.metadata["ggufkit.optimize.error_feedback"] = METHOD
+    if search:
+        plan.metadata["ggufkit.optimize.rounding"] = rounding.METHOD
+    return enc
