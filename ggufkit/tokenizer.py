@@ -558,7 +558,8 @@ def _special_vocab(model_dir: Path, vocab: GgufVocab) -> gguf.SpecialVocab:
     finally:
         vocab_logger.setLevel(level)
     if vocab.model in ("gpt2", "gemma4") and not special.merges:
-        raise InputError("BPE tokenizer without merges", model_dir / "tokenizer.json")
+        kind = "byte-level BPE" if vocab.model == "gpt2" else "BPE"
+        raise InputError(f"{kind} tokenizer without merges", model_dir / "tokenizer.json")
     special.add_special_token = {k: v for k, v in special.add_special_token.items() if k not in ("bos", "eos")}
     special.add_special_token["bos"] = vocab.add_bos
     special.add_special_token["eos"] = vocab.add_eos
