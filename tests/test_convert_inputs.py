@@ -89,7 +89,7 @@ def test_missing_config(tiny, tmp_path, capsys):
 
 def test_unknown_model_type_lists_supported(tiny, tmp_path, capsys):
     edit_config(tiny, model_type="gpt_neox")
-    assert_fails(["convert", tiny], tmp_path / "o.gguf", capsys, 1, "config.json", "gpt_neox", "llama, mistral")
+    assert_fails(["convert", tiny], tmp_path / "o.gguf", capsys, 1, "config.json", "gpt_neox", " llama,", " mistral,")
 
 
 def test_unhandled_config_feature(tiny, tmp_path, capsys):
