@@ -230,8 +230,8 @@ def make_plan(src, scheme="q4_k_m", controls: ov.Controls | None = None, imatrix
     if keep_split:
         if split_max_size or split_max_tensors:
             raise ValueError("--keep-split and --split-max-size/--split-max-tensors are alternatives: give one")
-        if len(model.parts) > 1:
-            parts, split_order = [p.tensor.part for p in planned], KEEP_SPLIT_ORDER
+        # as llama-quantize: the input's parts, named OUT-0000k-of-0000n even for a single-file input
+        parts, split_order = [p.tensor.part for p in planned], KEEP_SPLIT_ORDER
     elif split_max_size or split_max_tensors:
         parts = assign_parts([p.slot for p in planned], max_size=split_max_size or None,
                              max_tensors=split_max_tensors or None)
