@@ -17,20 +17,28 @@ OUT_DIR = Path(tempfile.mkdtemp(prefix="ggufkit-convert-tests-"))
 atexit.register(shutil.rmtree, OUT_DIR, True)
 
 # Every scheme of issue 4, in the order a reader expects them.
+_SCHEME_STEMS = {"f32", "f16", "bf16", "q8_0", "q4_k_m"}  # what the family runner converts (forget removes these)
 ALL_SCHEMES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m",
                "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k"]
 
 
-@functools.cache
 def converted(src: Path, scheme: str) -> Path:
-    """ggufkit's conversion of `src` at `scheme` (once per session)."""
+    """ggufkit's conversion of `src` at `scheme`, kept in OUT_DIR for the session (made again if a test module
+    removed it to keep the disk use of a whole run bounded: see forget)."""
     from ggufkit.conversion import convert
 
     out = OUT_DIR / f"{src.name}-{scheme}.gguf"
-    return convert(src, out, scheme=scheme, quiet=True)
+    return out if out.is_file() else convert(src, out, scheme=scheme, quiet=True)
 
 
-@functools.cache
+def forget(name: str) -> None:
+    """Remove the session's converted and llama.cpp-quantized files of the checkpoint `name` from OUT_DIR (a
+    full run of every family would otherwise keep tens of GB); converted() / llama_quantized() remake them."""
+    for path in OUT_DIR.glob(f"{name}-*.gguf"):
+        if path.name.removesuffix(".gguf").removeprefix(f"{name}-").split("-")[0] in _SCHEME_STEMS:
+            path.unlink(missing_ok=True)
+
+
 def llama_quantized(src_gguf: Path, scheme: str) -> Path:
     """llama.cpp's llama_model_quantize (default params, ftype of the scheme) applied to `src_gguf`."""
     import llama_cpp
@@ -38,6 +46,8 @@ def llama_quantized(src_gguf: Path, scheme: str) -> Path:
     from ggufkit.plan.schemes import get_scheme
 
     out = OUT_DIR / f"{src_gguf.stem}-llamacpp-{scheme}.gguf"
+    if out.is_file():
+        return out
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(get_scheme(scheme).file_type)
     params.nthread = 2

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from convert_fixtures import (
     converted,
+    forget,
     llama_quantized,
     tensor_table,
 )
@@ -147,10 +148,13 @@ SCHEMES = ["f16", "q8_0", "q4_k_m"]  # F32 is loaded and run by the logits test
 IDS = [name for name, _ in FAMILIES]
 
 
-@pytest.fixture(params=FAMILIES, ids=IDS)
+@pytest.fixture(params=FAMILIES, ids=IDS, scope="module")
 def family(request, tiny_checkpoint):
+    """Module scope: pytest runs each family's tests together, and its converted files are removed after them
+    (a whole run of every family would otherwise keep ~20 GB in the session's OUT_DIR)."""
     name, arch = request.param
-    return tiny_checkpoint(name), arch
+    yield tiny_checkpoint(name), arch
+    forget(name)
 
 
 def test_f32_logits_match_transformers(family):
