@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import gguf
 
-from ggufkit.archs.moe import MoE
 from ggufkit.archs.qwen2 import Qwen2
-from ggufkit.archs.qwen3_5_moe import _SharedGateVector
+from ggufkit.archs.qwen3_5_moe import SharedGatedExpert
 
 
-class Qwen2Moe(MoE, Qwen2):
+class Qwen2Moe(SharedGatedExpert, Qwen2):
     model_type = "qwen2_moe"
     gguf_arch = gguf.MODEL_ARCH.QWEN2MOE
-
-    def __init__(self, config: dict, config_path):
-        super().__init__(config, config_path)
-        self.n_ff_shexp = self.hparam("shared_expert_intermediate_size", int)
 
     @property
     def attention_biases(self) -> bool:
@@ -46,17 +41,3 @@ class Qwen2Moe(MoE, Qwen2):
         if self.tied_embeddings:
             found.append("tie_word_embeddings=true (llama.cpp's qwen2moe needs its own output tensor)")
         return found
-
-    def write_hparams(self, w: gguf.GGUFWriter) -> None:
-        super().write_hparams(w)
-        w.add_expert_shared_feed_forward_length(self.n_ff_shexp)
-
-    def expert_shapes(self, block: str) -> dict[str, tuple[int, ...]]:
-        e, s = self.n_embd, self.n_ff_shexp
-        return super().expert_shapes(block) | {f"{block}.ffn_gate_inp_shexp.weight": (e,),
-                                               f"{block}.ffn_gate_shexp.weight": (s, e),
-                                               f"{block}.ffn_up_shexp.weight": (s, e),
-                                               f"{block}.ffn_down_shexp.weight": (e, s)}
-
-    def tensors(self, ckpt) -> list:
-        return super().tensors(_SharedGateVector(ckpt))

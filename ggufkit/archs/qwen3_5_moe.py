@@ -27,9 +27,9 @@ class _SharedGateVector:
                             and len(v.shape) == 2 and v.shape[0] == 1 else v) for k, v in ckpt.tensors.items()}
 
 
-class Qwen35MoeText(MoE, Qwen35Text):
-    model_type = "qwen3_5_moe_text"
-    gguf_arch = gguf.MODEL_ARCH.QWEN35MOE
+class SharedGatedExpert(MoE):
+    """Qwen's MoE block: a shared expert (shared_expert_intermediate_size wide) beside the routed ones, scaled by
+    a sigmoid gate vector (ffn_gate_inp_shexp). Shared by Qwen2-MoE and Qwen 3.5 MoE."""
 
     def __init__(self, config: dict, config_path):
         super().__init__(config, config_path)
@@ -48,6 +48,11 @@ class Qwen35MoeText(MoE, Qwen35Text):
 
     def tensors(self, ckpt) -> list:
         return super().tensors(_SharedGateVector(ckpt))
+
+
+class Qwen35MoeText(SharedGatedExpert, Qwen35Text):
+    model_type = "qwen3_5_moe_text"
+    gguf_arch = gguf.MODEL_ARCH.QWEN35MOE
 
 
 class Qwen35Moe(TextOfMultimodal, Qwen35MoeText):
