@@ -175,6 +175,13 @@ class Architecture:
         return self.n_head_kv
 
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
+        self.write_sizes(w)
+        if self.config.get("head_dim"):  # as llama.cpp's converter: only when the config states it
+            w.add_key_length(self.head_dim)
+            w.add_value_length(self.head_dim)
+
+    def write_sizes(self, w: gguf.GGUFWriter) -> None:
+        """The sizes every family writes: vocabulary, context, widths, blocks, heads, the norm's epsilon."""
         w.add_vocab_size(self.vocab_size)
         w.add_context_length(self.n_ctx)
         w.add_embedding_length(self.n_embd)
@@ -183,9 +190,6 @@ class Architecture:
         w.add_head_count(self.n_head)
         w.add_head_count_kv(self.head_count_kv())
         w.add_layer_norm_rms_eps(self.rms_eps)
-        if self.config.get("head_dim"):  # as llama.cpp's converter: only when the config states it
-            w.add_key_length(self.head_dim)
-            w.add_value_length(self.head_dim)
 
     # ---- tensors
 
@@ -263,6 +267,15 @@ class Architecture:
 
         return ModelInfo(arch=self.arch_name, n_layer=self.n_layer, n_head=self.n_head,
                          n_head_kv=self.n_head_kv, n_embd=self.n_embd)
+
+
+class RenamedCheckpoint:
+    """A checkpoint seen through a renaming, for tensors a family stores under names gguf-py's map does not know
+    (a bare parameter without `.weight`, a buffer that is a bias): `rename(name, ref) -> (name, ref)` per tensor."""
+
+    def __init__(self, ckpt, rename: Callable):
+        self.weights_file = ckpt.weights_file
+        self.tensors = dict(rename(name, ref) for name, ref in ckpt.tensors.items())
 
 
 def _keep_lossless_if_rows_only(t: OutputTensor, transform) -> OutputTensor:

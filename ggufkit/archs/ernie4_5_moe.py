@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import gguf
 
+from ggufkit.archs import RenamedCheckpoint
 from ggufkit.archs.ernie4_5 import Ernie45
 from ggufkit.archs.moe import MoE
 from ggufkit.archs.recurrent import squeezed
@@ -26,17 +27,12 @@ from ggufkit.archs.recurrent import squeezed
 _BIAS = re.compile(r"(?P<block>.+\.mlp)\.(?:gate\.)?moe_statics\.e_score_correction_bias")
 
 
-class _BiasNamed:
-    """The checkpoint with each (1, n_expert) e_score_correction_bias (either name) seen as the (n_expert,)
+def _bias_named(name: str, ref):
+    """Each (1, n_expert) e_score_correction_bias (either name) seen as the (n_expert,)
     `mlp.moe_statics.e_score_correction.bias` gguf-py maps to exp_probs_b.bias."""
-
-    def __init__(self, ckpt):
-        self.weights_file = ckpt.weights_file
-        self.tensors = {}
-        for name, ref in ckpt.tensors.items():
-            if (m := _BIAS.fullmatch(name)) and len(ref.shape) == 2 and ref.shape[0] == 1:
-                name, ref = f"{m['block']}.moe_statics.e_score_correction.bias", squeezed(ref, (ref.shape[1],))
-            self.tensors[name] = ref
+    if (m := _BIAS.fullmatch(name)) and len(ref.shape) == 2 and ref.shape[0] == 1:
+        return f"{m['block']}.moe_statics.e_score_correction.bias", squeezed(ref, (ref.shape[1],))
+    return name, ref
 
 
 class Ernie45Moe(MoE, Ernie45):
@@ -97,4 +93,4 @@ class Ernie45Moe(MoE, Ernie45):
         return shapes
 
     def tensors(self, ckpt) -> list:
-        return super().tensors(_BiasNamed(ckpt))
+        return super().tensors(RenamedCheckpoint(ckpt, _bias_named))

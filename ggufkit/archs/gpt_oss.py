@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import gguf
 
+from ggufkit.archs import RenamedCheckpoint
 from ggufkit.archs.moe import MoE
 from ggufkit.archs.qwen2 import Qwen2
 
 LLAMA_CPP_SWIGLU = {"swiglu_alpha": 1.702, "swiglu_limit": 7.0}  # constants of llama.cpp's swiglu_oai
 
 
-class _Renamed:
-    """The checkpoint with `self_attn.sinks` (a bare parameter) named `self_attn.sinks.weight`."""
-
-    def __init__(self, ckpt):
-        self.weights_file = ckpt.weights_file
-        self.tensors = {(f"{k}.weight" if k.endswith(".sinks") else k): v for k, v in ckpt.tensors.items()}
+def _sinks_named(name: str, ref):
+    """`self_attn.sinks` (a bare parameter) seen as `self_attn.sinks.weight`."""
+    return (f"{name}.weight" if name.endswith(".sinks") else name), ref
 
 
 class GptOss(MoE, Qwen2):
@@ -91,4 +89,4 @@ class GptOss(MoE, Qwen2):
         return shapes
 
     def tensors(self, ckpt) -> list:
-        return super().tensors(_Renamed(ckpt))
+        return super().tensors(RenamedCheckpoint(ckpt, _sinks_named))

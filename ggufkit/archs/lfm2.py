@@ -74,15 +74,11 @@ class Lfm2(Architecture):
 
     # ---- GGUF metadata
 
+    def head_count_kv(self) -> list[int]:
+        return [self.n_head_kv if k == "full_attention" else 0 for k in self.layer_kinds()]
+
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
-        w.add_vocab_size(self.vocab_size)
-        w.add_context_length(self.n_ctx)
-        w.add_embedding_length(self.n_embd)
-        w.add_block_count(self.n_layer)
-        w.add_feed_forward_length(self.n_ff)
-        w.add_head_count(self.n_head)
-        w.add_head_count_kv([self.n_head_kv if k == "full_attention" else 0 for k in self.layer_kinds()])
-        w.add_layer_norm_rms_eps(self.rms_eps)
+        self.write_sizes(w)
         w.add_rope_freq_base(self.rope.theta)
         w.add_rope_dimension_count(self.head_dim)
         w.add_shortconv_l_cache(self.conv_kernel)

@@ -14,16 +14,14 @@ from typing import ClassVar
 
 import gguf
 
+from ggufkit.archs import RenamedCheckpoint
 from ggufkit.archs.lfm2 import Lfm2
 from ggufkit.archs.moe import MoE
 
 
-class _BiasNamed:
-    """The checkpoint with `feed_forward.expert_bias` (a buffer) named as a bias tensor."""
-
-    def __init__(self, ckpt):
-        self.weights_file = ckpt.weights_file
-        self.tensors = {(f"{k}.bias" if k.endswith(".expert_bias") else k): v for k, v in ckpt.tensors.items()}
+def _bias_named(name: str, ref):
+    """`feed_forward.expert_bias` (a buffer) seen as a bias tensor."""
+    return (f"{name}.bias" if name.endswith(".expert_bias") else name), ref
 
 
 class Lfm2Moe(MoE, Lfm2):
@@ -58,4 +56,4 @@ class Lfm2Moe(MoE, Lfm2):
         return super().expert_shapes(block) | {f"{block}.exp_probs_b.bias": (self.n_expert,)}
 
     def tensors(self, ckpt) -> list:
-        return super().tensors(_BiasNamed(ckpt))
+        return super().tensors(RenamedCheckpoint(ckpt, _bias_named))
