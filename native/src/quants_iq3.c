@@ -164,13 +164,17 @@ static inline int grid_index(const lattice *g, const int8_t *L) {
 // s = -steps..steps. XXS starts with every group "on grid" and re-fits only the groups that were not; S starts
 // with none on grid and re-fits every group. Returns the scale; L gets the level indices.
 
-static float fit_sub_block(const lattice *g, const float *xval, const float *weight, const float *waux, float max,
-                           int steps, int xxs, int8_t *L) {
+// The scale trials: the plain loop below, or a lane version (quants_iq_trials.h, same operations and choices).
+// Writes the best trial's levels to L, its on-grid flags to on_grid and its scale to *scale when a trial is
+// taken; leaves them otherwise.
+typedef void (*trials_fn)(const lattice *g, const float *xval, const float *weight, const float *waux, float max,
+                          int steps, int8_t *L, int *on_grid, float *scale);
+
+static void trials_plain(const lattice *g, const float *xval, const float *weight, const float *waux, float max,
+                         int steps, int8_t *L, int *on_grid, float *scale_out) {
     int8_t Laux[SUB];
-    int on_grid[GROUPS], on_grid_aux[GROUPS];
-    float best = 0.0f;
-    float scale = max / (2 * MAX_LEVEL - 1);
-    for (int k = 0; k < GROUPS; k++) on_grid[k] = xxs;
+    int on_grid_aux[GROUPS];
+    float best = 0.0f, scale = *scale_out;
     for (int s = -steps; s <= steps; s++) {
         const float id = (2 * MAX_LEVEL - 1 + s * 0.2f) / max;
         const float this_scale = 1 / id;
@@ -189,9 +193,18 @@ static float fit_sub_block(const lattice *g, const float *xval, const float *wei
             scale = sumqx / sumq2;
             best = scale * sumqx;
             memcpy(L, Laux, SUB);
-            memcpy(on_grid, on_grid_aux, sizeof on_grid);
+            memcpy(on_grid, on_grid_aux, GROUPS * sizeof(int));
         }
     }
+    *scale_out = scale;
+}
+
+static float fit_sub_block(const lattice *g, const float *xval, const float *weight, const float *waux, float max,
+                           int steps, int xxs, int8_t *L, trials_fn trials) {
+    int on_grid[GROUPS];
+    float scale = max / (2 * MAX_LEVEL - 1);
+    for (int k = 0; k < GROUPS; k++) on_grid[k] = xxs;
+    trials(g, xval, weight, waux, max, steps, L, on_grid, &scale);
     int off_grid = 0;
     for (int k = 0; k < GROUPS; k++) off_grid += !on_grid[k];
     if (off_grid > 0 && scale > 0) {
@@ -213,6 +226,34 @@ static float fit_sub_block(const lattice *g, const float *xval, const float *wei
     }
     return scale;
 }
+
+// ---- the scale trials in SIMD lanes (quants_iq_trials.h; x86-64: AVX2 and AVX-512, aarch64: NEON)
+
+#define TL_LATTICE lattice
+#define TL_GROUP 4
+#define TL_BITS 3
+#define TL_LEVELS MAX_LEVEL
+#define TL_SUB SUB
+#define TL_TOP (2 * MAX_LEVEL - 1)
+#define TL_STEP 0.2f
+#if defined(__x86_64__) || defined(__i386__)
+#define TL_NAME trials_avx2
+#define TL_TARGET __attribute__((target("avx2")))
+#define TL_VW 8
+#include "quants_iq_trials.h"
+#undef TL_NAME
+#undef TL_TARGET
+#undef TL_VW
+#define TL_NAME trials_avx512
+#define TL_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2")))
+#define TL_VW 16
+#include "quants_iq_trials.h"
+#elif defined(__aarch64__)
+#define TL_NAME trials_neon
+#define TL_TARGET
+#define TL_VW 4
+#include "quants_iq_trials.h"
+#endif
 
 // (32,) x and the super-block's sigma2 -> weight and waux.
 static void sub_block_weights(const float *x, const float *im, float sigma2, float *weight, float *waux) {
@@ -244,7 +285,7 @@ static inline float max_of(const float *v, int n) {
 enum { XXS_BYTES = 98, XXS_SIGNS = 2 + 64 };
 #define XXS_ZERO_BELOW 1e-8f
 
-static void quantize_row_iq3_xxs(const float *x, void *vy, int64_t n, const float *imatrix) {
+static inline void iq3_xxs_rows(const float *x, void *vy, int64_t n, const float *imatrix, trials_fn trials) {
     const lattice *g = get_lattice(256);
     uint8_t *y = (uint8_t *)vy;
     float weight[SUB], waux[SUB], xval[SUB], scales[QK / SUB];
@@ -288,7 +329,7 @@ static void quantize_row_iq3_xxs(const float *x, void *vy, int64_t n, const floa
                 scales[s] = 0;
                 continue;
             }
-            float scale = fit_sub_block(g, xval, weight, waux, max, 15, 1, L);
+            float scale = fit_sub_block(g, xval, weight, waux, max, 15, 1, L, trials);
             if (scale < 0) {
                 scale = -scale;
                 for (int k = 0; k < 4; k++) signs[k] = (uint8_t)(~signs[k] & 127);
@@ -352,7 +393,7 @@ static void dequantize_row_iq3_xxs(const void *vy, float *x, int64_t n) {
 
 enum { S_BYTES = 110, S_QS = 2, S_QH = 66, S_SIGNS = 74, S_SCALES = 106 };
 
-static void quantize_row_iq3_s(const float *x, void *vy, int64_t n, const float *imatrix) {
+static inline void iq3_s_rows(const float *x, void *vy, int64_t n, const float *imatrix, trials_fn trials) {
     const lattice *g = get_lattice(512);
     uint8_t *y = (uint8_t *)vy;
     float weight[SUB], waux[SUB], xval[SUB], scales[QK / SUB];
@@ -383,7 +424,7 @@ static void quantize_row_iq3_s(const float *x, void *vy, int64_t n, const float 
                 scales[s] = 0;
                 continue;
             }
-            float scale = fit_sub_block(g, xval, weight, waux, max, 9, 0, L);
+            float scale = fit_sub_block(g, xval, weight, waux, max, 9, 0, L, trials);
             if (scale < 0) {
                 scale = -scale;
                 for (int k = 0; k < 4; k++) sg[k] = (uint8_t)~sg[k];
@@ -430,10 +471,33 @@ static void dequantize_row_iq3_s(const void *vy, float *x, int64_t n) {
     }
 }
 
+// ---- row entry points: the plain reference and the lane paths
+
+static void quantize_row_iq3_xxs(const float *x, void *vy, int64_t n, const float *im) { iq3_xxs_rows(x, vy, n, im, trials_plain); }
+static void quantize_row_iq3_s(const float *x, void *vy, int64_t n, const float *im) { iq3_s_rows(x, vy, n, im, trials_plain); }
+#if defined(__x86_64__) || defined(__i386__)
+static void quantize_row_iq3_xxs_avx2(const float *x, void *vy, int64_t n, const float *im) { iq3_xxs_rows(x, vy, n, im, trials_avx2); }
+static void quantize_row_iq3_s_avx2(const float *x, void *vy, int64_t n, const float *im) { iq3_s_rows(x, vy, n, im, trials_avx2); }
+static void quantize_row_iq3_xxs_avx512(const float *x, void *vy, int64_t n, const float *im) { iq3_xxs_rows(x, vy, n, im, trials_avx512); }
+static void quantize_row_iq3_s_avx512(const float *x, void *vy, int64_t n, const float *im) { iq3_s_rows(x, vy, n, im, trials_avx512); }
+#define IQ3_SIMD(f) f##_avx2, "avx2"
+#define IQ3_WIDE(f) f##_avx512, "avx512"
+#elif defined(__aarch64__)
+static void quantize_row_iq3_xxs_neon(const float *x, void *vy, int64_t n, const float *im) { iq3_xxs_rows(x, vy, n, im, trials_neon); }
+static void quantize_row_iq3_s_neon(const float *x, void *vy, int64_t n, const float *im) { iq3_s_rows(x, vy, n, im, trials_neon); }
+#define IQ3_SIMD(f) f##_neon, "neon"
+#define IQ3_WIDE(f) NULL, NULL
+#else
+#define IQ3_SIMD(f) NULL, NULL
+#define IQ3_WIDE(f) NULL, NULL
+#endif
+
 // ---- table
 
 const gk_type_traits gk_iq3_types[] = {
-    {18, "IQ3_XXS", QK, XXS_BYTES, quantize_row_iq3_xxs, NULL, NULL, dequantize_row_iq3_xxs},
-    {21, "IQ3_S", QK, S_BYTES, quantize_row_iq3_s, NULL, NULL, dequantize_row_iq3_s},
+    {18, "IQ3_XXS", QK, XXS_BYTES, quantize_row_iq3_xxs, IQ3_SIMD(quantize_row_iq3_xxs), dequantize_row_iq3_xxs,
+     IQ3_WIDE(quantize_row_iq3_xxs)},
+    {21, "IQ3_S", QK, S_BYTES, quantize_row_iq3_s, IQ3_SIMD(quantize_row_iq3_s), dequantize_row_iq3_s,
+     IQ3_WIDE(quantize_row_iq3_s)},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
