@@ -553,11 +553,78 @@ static void dequantize_row_iq2_xs(const void *vy, float *x, int64_t n) {
 enum { S_BYTES = 82, S_SIGNS = 2 + 32, S_QH = 2 + 64, S_SCALES = 2 + 72 };
 #define S_ZERO_BELOW 1e-8f
 
-static void quantize_row_iq2_s(const float *x, void *vy, int64_t n, const float *imatrix) {
+// The scale trials of a sub-block: the plain loop, or its lane version (quants_iq_trials.h: the same operations
+// and choices). Writes the best trial's levels to L, its on-grid flags to on_grid and its scale to *scale when a
+// trial is taken; leaves them otherwise.
+typedef void (*s_trials_fn)(const lattice8 *g, const float *xval, const float *weight, const float *waux, float max,
+                            int steps, int8_t *L, int *on_grid, float *scale);
+
+static void s_trials_plain(const lattice8 *g, const float *xval, const float *weight, const float *waux, float max,
+                           int steps, int8_t *L, int *on_grid, float *scale_out) {
+    int8_t Laux[XS_SUB];
+    int on_grid_aux[2];
+    float best = 0.0f, scale = *scale_out;
+    for (int is = -steps; is <= steps; is++) {
+        const float id = (2 * MAX_LEVEL - 1 + is * 0.1f) / max;
+        const float this_scale = 1 / id;
+        for (int k = 0; k < 2; k++) {
+            const int u = round_group(xval + 8 * k, id, Laux + 8 * k);
+            on_grid_aux[k] = g->index_of[u] >= 0;
+            if (!on_grid_aux[k]) best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Laux + 8 * k);
+        }
+        float sumqx, sumq2;
+        weighted_sums(XS_SUB, weight, xval, Laux, &sumqx, &sumq2);
+        if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            memcpy(L, Laux, XS_SUB);
+            memcpy(on_grid, on_grid_aux, sizeof on_grid_aux);
+        }
+    }
+    *scale_out = scale;
+}
+
+#define TL_LATTICE lattice8
+#define TL_GROUP GROUP
+#define TL_BITS 2
+#define TL_LEVELS MAX_LEVEL
+#define TL_SUB XS_SUB
+#define TL_TOP (2 * MAX_LEVEL - 1)
+#define TL_STEP 0.1f
+#if defined(__x86_64__) || defined(__i386__)
+#define TL_NAME s_trials_avx2
+#define TL_TARGET __attribute__((target("avx2")))
+#define TL_VW 8
+#include "quants_iq_trials.h"
+#undef TL_NAME
+#undef TL_TARGET
+#undef TL_VW
+#define TL_NAME s_trials_avx512
+#define TL_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2")))
+#define TL_VW 16
+#include "quants_iq_trials.h"
+#elif defined(__aarch64__)
+#define TL_NAME s_trials_neon
+#define TL_TARGET
+#define TL_VW 4
+#include "quants_iq_trials.h"
+#endif
+#undef TL_NAME
+#undef TL_TARGET
+#undef TL_VW
+#undef TL_LATTICE
+#undef TL_GROUP
+#undef TL_BITS
+#undef TL_LEVELS
+#undef TL_SUB
+#undef TL_TOP
+#undef TL_STEP
+
+static inline void iq2_s_rows(const float *x, void *vy, int64_t n, const float *imatrix, s_trials_fn trials) {
     const lattice8 *g = get_lattice(1024);
     uint8_t *y = (uint8_t *)vy;
     float weight[XS_SUB], waux[XS_SUB], xval[XS_SUB], scales[QK / XS_SUB];
-    int8_t L[XS_SUB], Laux[XS_SUB];
+    int8_t L[XS_SUB];
     for (int64_t b = 0; b < n / QK; b++, x += QK, y += S_BYTES) {
         memset(y, 0, S_BYTES);
         const float sigma2 = 2 * mean_square(x);
@@ -587,26 +654,9 @@ static void quantize_row_iq2_s(const float *x, void *vy, int64_t n, const float 
                 scales[s] = 0;
                 continue;
             }
-            float best = 0.0f;
             float scale = max / (2 * MAX_LEVEL - 1);
-            int on_grid[2] = {1, 1}, on_grid_aux[2];
-            for (int is = -9; is <= 9; is++) {
-                const float id = (2 * MAX_LEVEL - 1 + is * 0.1f) / max;
-                const float this_scale = 1 / id;
-                for (int k = 0; k < 2; k++) {
-                    const int u = round_group(xval + 8 * k, id, Laux + 8 * k);
-                    on_grid_aux[k] = g->index_of[u] >= 0;
-                    if (!on_grid_aux[k]) best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Laux + 8 * k);
-                }
-                float sumqx, sumq2;
-                weighted_sums(XS_SUB, weight, xval, Laux, &sumqx, &sumq2);
-                if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-                    scale = sumqx / sumq2;
-                    best = scale * sumqx;
-                    memcpy(L, Laux, XS_SUB);
-                    memcpy(on_grid, on_grid_aux, sizeof on_grid);
-                }
-            }
+            int on_grid[2] = {1, 1};
+            trials(g, xval, weight, waux, max, 9, L, on_grid, &scale);
             if ((!on_grid[0] || !on_grid[1]) && scale > 0) {
                 const float id = 1 / scale;
                 for (int k = 0; k < 2; k++)
@@ -636,6 +686,21 @@ static void quantize_row_iq2_s(const float *x, void *vy, int64_t n, const float 
         for (int s = 0; s < QK / XS_SUB; s++) y[S_SCALES + s / 2] |= (uint8_t)(scale_code(id, scales[s]) << (4 * (s % 2)));
     }
 }
+
+static void quantize_row_iq2_s(const float *x, void *vy, int64_t n, const float *im) { iq2_s_rows(x, vy, n, im, s_trials_plain); }
+#if defined(__x86_64__) || defined(__i386__)
+static void quantize_row_iq2_s_avx2(const float *x, void *vy, int64_t n, const float *im) { iq2_s_rows(x, vy, n, im, s_trials_avx2); }
+static void quantize_row_iq2_s_avx512(const float *x, void *vy, int64_t n, const float *im) { iq2_s_rows(x, vy, n, im, s_trials_avx512); }
+#define IQ2S_SIMD quantize_row_iq2_s_avx2, "avx2"
+#define IQ2S_WIDE quantize_row_iq2_s_avx512, "avx512"
+#elif defined(__aarch64__)
+static void quantize_row_iq2_s_neon(const float *x, void *vy, int64_t n, const float *im) { iq2_s_rows(x, vy, n, im, s_trials_neon); }
+#define IQ2S_SIMD quantize_row_iq2_s_neon, "neon"
+#define IQ2S_WIDE NULL, NULL
+#else
+#define IQ2S_SIMD NULL, NULL
+#define IQ2S_WIDE NULL, NULL
+#endif
 
 static void dequantize_row_iq2_s(const void *vy, float *x, int64_t n) {
     const uint8_t *y = (const uint8_t *)vy;
@@ -1218,7 +1283,7 @@ static void quantize_row_iq2_xs_neon(const float *x, void *vy, int64_t n, const 
 const gk_type_traits gk_iq2_types[] = {
     {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, IQ_SIMD(quantize_row_iq2_xxs), dequantize_row_iq2_xxs},
     {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, IQ_SIMD(quantize_row_iq2_xs), dequantize_row_iq2_xs},
-    {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, NULL, NULL, dequantize_row_iq2_s},
+    {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, IQ2S_SIMD, dequantize_row_iq2_s, IQ2S_WIDE},
     {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, IQ1_SIMD(quantize_row_iq1_s), dequantize_row_iq1_s},
     {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, IQ1_SIMD(quantize_row_iq1_m), dequantize_row_iq1_m},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
