@@ -43,6 +43,7 @@ typedef struct {
     int32_t index_of[LATTICE];
     uint16_t *neighbours;
     pthread_once_t once;
+    uint16_t *nb_codes;            // parallel to neighbours: the count, then each neighbour's lattice code
 } lattice;
 
 static lattice IQ3XXS_LATTICE = {IQ3XXS_GRID_CODES, 256, 2, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
@@ -95,6 +96,12 @@ static void build_lattice(lattice *g) {
         if (g->index_of[u] != INT32_MIN) continue;
         g->index_of[u] = -(offset + 1);
         offset += neighbour_list(g, u, g->neighbours + offset);
+    }
+    g->nb_codes = malloc(total * sizeof(uint16_t));
+    if (g->nb_codes == NULL) abort();
+    for (size_t k = 0; k < total; k += 1u + g->neighbours[k]) {
+        g->nb_codes[k] = g->neighbours[k];
+        for (size_t m = 1; m <= g->neighbours[k]; m++) g->nb_codes[k + m] = g->codes[g->neighbours[k + m]];
     }
 }
 

@@ -20,7 +20,7 @@
 //
 // The including file defines, before including this header:
 //   TL_NAME      the function's name          TL_TARGET  function attribute (target ISA) or nothing
-//   TL_VW        lanes per vector (4, 8, 16)  TL_LATTICE the lattice struct (codes, point, index_of, neighbours)
+//   TL_VW        lanes per vector (4, 8, 16)  TL_LATTICE the lattice struct (point, index_of, nb_codes)
 //   TL_GROUP     coordinates per group (4, 8) TL_BITS    bits per coordinate in a lattice code (3, 2)
 //   TL_LEVELS    levels per coordinate (8, 3) TL_SUB     values per sub-block (32, 16)
 //   TL_TOP       2 * max level - 1 (15, 5)    TL_STEP    the inverse-scale step (0.2f, 0.1f)
@@ -29,6 +29,7 @@
 // *scale; otherwise leaves all three as they are (as the plain loop does).
 #include <float.h>
 #include <stdint.h>
+#include <string.h>
 
 #define TL_CAT_(a, b) a##b
 #define TL_CAT(a, b) TL_CAT_(a, b)
@@ -50,41 +51,46 @@ TL_TARGET static void TL_NAME(const TL_LATTICE *g, const float *xval, const floa
         id[t / TL_VW][t % TL_VW] = v;
         sc[t / TL_VW][t % TL_VW] = 1 / v;
     }
-    // 1. rounding: lv[e][c] lane t = level index of value e at trial c * TL_VW + t; code[k][c] = group k's point
-    tl_vi lv[TL_SUB][NC_MAX], code[NG][NC_MAX];
+    // 1. rounding: code[k][t] = group k's rounded point at trial t (lattice code: TL_BITS per coordinate)
+    int32_t code[NG][NT_MAX] __attribute__((aligned(64)));
     const tl_vi zero = {0}, top = zero + (TL_LEVELS - 1);
     for (int c = 0; c < nc; c++)
         for (int k = 0; k < NG; k++) {
             tl_vi u = zero;
             for (int i = 0; i < TL_GROUP; i++) {
-                const int e = TL_GROUP * k + i;
-                const tl_vf biased = 0.5f * (id[c] * xval[e] - 1.0f) + 12582912.0f;
+                const tl_vf biased = 0.5f * (id[c] * xval[TL_GROUP * k + i] - 1.0f) + 12582912.0f;
                 tl_vi l = ((tl_vi)biased & 0x007fffff) - 0x00400000;
                 l &= ~(l < 0);
                 const tl_vi over = l > top;
                 l = (l & ~over) | (top & over);
-                lv[e][c] = l;
                 u |= l << (TL_BITS * i);
             }
-            code[k][c] = u;
+            memcpy(&code[k][c * TL_VW], &u, sizeof u);
         }
-    // 2. the neighbour searches, one per run of equal points, all of the run's trials at once
-    // sq[c][m] = scale * (2m + 1), the factor of every distance term (the same product for every group)
+    // 2. the neighbour searches, one per run of equal points, all of the run's trials at once; the pick replaces
+    // the run's codes. sq[c][m] = scale * (2m + 1), the factor of every distance term (the same for every group).
     tl_vf sq[NC_MAX][TL_LEVELS];
     for (int c = 0; c < nc; c++)
         for (int m = 0; m < TL_LEVELS; m++) sq[c][m] = sc[c] * (float)(2 * m + 1);
-    uint32_t off_grid[NT_MAX] = {0};   // bit k: group k was off the grid at trial t
+    tl_vi lane = zero, off_grid[NC_MAX];       // off_grid[c] lane t: bit k set = group k off the grid
+    for (int t = 0; t < TL_VW; t++) lane[t] = t;
+    for (int c = 0; c < nc; c++) off_grid[c] = zero;
+    // When no distance is below FLT_MAX (inputs near overflow), the plain scan keeps index -1 and reads the levels
+    // of g->point[-1] (the bytes before the table); the same levels here, as a code.
+    int fallback = 0;
+    for (int i = 0; i < TL_GROUP; i++) fallback |= (((g->point[0] - TL_GROUP)[i] - 1) / 2 & MASK) << (TL_BITS * i);
     for (int k = 0; k < NG; k++) {
         const float *xk = xval + TL_GROUP * k, *wk = waux + TL_GROUP * k;
         tl_vf term[NC_MAX][TL_GROUP][TL_LEVELS];   // lane t: waux * (scale * (2m + 1) - x)^2 at trial t
         unsigned have_terms = 0;
         for (int a = 0; a < nt;) {
-            const int u = code[k][a / TL_VW][a % TL_VW];
+            const int u = code[k][a];
             int b = a + 1;
-            while (b < nt && code[k][b / TL_VW][b % TL_VW] == u) b++;
+            while (b < nt && code[k][b] == u) b++;
             const int32_t where = g->index_of[u];
             if (where < 0) {
-                const uint16_t *nb = g->neighbours - where - 1;
+                const uint16_t *nbc = g->nb_codes - where - 1;
+                const int n = nbc[0], h = (n + 1) / 2;
                 for (int c = a / TL_VW; c <= (b - 1) / TL_VW; c++) {
                     if (!(have_terms & (1u << c))) {
                         have_terms |= 1u << c;
@@ -94,36 +100,53 @@ TL_TARGET static void TL_NAME(const TL_LATTICE *g, const float *xval, const floa
                                 term[c][i][m] = wk[i] * diff * diff;
                             }
                     }
-                    tl_vf best = (tl_vf)(zero) + FLT_MAX;
-                    tl_vi best_j = zero - 1;
-                    for (int j = 1; j <= nb[0]; j++) {
-                        const int cj = g->codes[nb[j]];
-                        tl_vf d2 = (tl_vf)(zero) + 0.0f;
-                        for (int i = 0; i < TL_GROUP; i++) d2 = d2 + term[c][i][(cj >> (TL_BITS * i)) & MASK];
-                        const tl_vi lt = d2 < best;
-                        best = (tl_vf)(((tl_vi)d2 & lt) | ((tl_vi)best & ~lt));
-                        best_j = ((zero + nb[j]) & lt) | (best_j & ~lt);
+                    // the list's two halves scanned side by side (two shorter dependency chains), each keeping
+                    // its first best; the second half's wins only where strictly below: the first best of all
+                    const tl_vf none = (tl_vf)(zero) + FLT_MAX;
+                    tl_vf best_a = none, best_b = none;
+                    tl_vi pick_a = zero + fallback, pick_b = pick_a;
+                    for (int j = 1; j <= h; j++) {
+                        const int ca = nbc[j];
+                        tl_vf da = (tl_vf)(zero) + 0.0f;
+                        for (int i = 0; i < TL_GROUP; i++) da = da + term[c][i][(ca >> (TL_BITS * i)) & MASK];
+                        const tl_vi lt_a = da < best_a;
+                        best_a = (tl_vf)(((tl_vi)da & lt_a) | ((tl_vi)best_a & ~lt_a));
+                        pick_a = ((zero + ca) & lt_a) | (pick_a & ~lt_a);
+                        if (h + j > n) break;
+                        const int cb = nbc[h + j];
+                        tl_vf db = (tl_vf)(zero) + 0.0f;
+                        for (int i = 0; i < TL_GROUP; i++) db = db + term[c][i][(cb >> (TL_BITS * i)) & MASK];
+                        const tl_vi lt_b = db < best_b;
+                        best_b = (tl_vf)(((tl_vi)db & lt_b) | ((tl_vi)best_b & ~lt_b));
+                        pick_b = ((zero + cb) & lt_b) | (pick_b & ~lt_b);
                     }
-                    const int t_end = b < (c + 1) * TL_VW ? b : (c + 1) * TL_VW;
-                    for (int t = a > c * TL_VW ? a : c * TL_VW; t < t_end; t++) {
-                        const int8_t *pg = g->point[best_j[t % TL_VW]];
-                        for (int i = 0; i < TL_GROUP; i++) lv[TL_GROUP * k + i][c][t % TL_VW] = (pg[i] - 1) / 2;
-                        off_grid[t] |= 1u << k;
-                    }
+                    const tl_vi second = best_b < best_a;
+                    const tl_vi pick = (pick_b & second) | (pick_a & ~second);
+                    const tl_vi t = lane + c * TL_VW, in_run = (t >= a) & (t < b);
+                    tl_vi cur;
+                    memcpy(&cur, &code[k][c * TL_VW], sizeof cur);
+                    cur = (pick & in_run) | (cur & ~in_run);
+                    memcpy(&code[k][c * TL_VW], &cur, sizeof cur);
+                    off_grid[c] |= in_run & (1 << k);
                 }
             }
             a = b;
         }
     }
-    // 3. the weighted sums of every trial, element by element as the plain loop
+    // 3. the weighted sums of every trial, element by element as the plain loop (levels from the codes)
     tl_vf sumqx[NC_MAX], sumq2[NC_MAX];
     for (int c = 0; c < nc; c++) {
         tl_vf sx = (tl_vf)(zero) + 0.0f, s2 = sx;
-        for (int e = 0; e < TL_SUB; e++) {
-            const tl_vf q = __builtin_convertvector(2 * lv[e][c] + 1, tl_vf);
-            const float wx = weight[e] * xval[e];
-            sx = sx + wx * q;
-            s2 = s2 + weight[e] * q * q;
+        for (int k = 0; k < NG; k++) {
+            tl_vi u;
+            memcpy(&u, &code[k][c * TL_VW], sizeof u);
+            for (int i = 0; i < TL_GROUP; i++) {
+                const int e = TL_GROUP * k + i;
+                const tl_vf q = __builtin_convertvector(2 * ((u >> (TL_BITS * i)) & MASK) + 1, tl_vf);
+                const float wx = weight[e] * xval[e];
+                sx = sx + wx * q;
+                s2 = s2 + weight[e] * q * q;
+            }
         }
         sumqx[c] = sx;
         sumq2[c] = s2;
@@ -140,8 +163,10 @@ TL_TARGET static void TL_NAME(const TL_LATTICE *g, const float *xval, const floa
         }
     }
     if (taken < 0) return;
-    for (int e = 0; e < TL_SUB; e++) L[e] = (int8_t)lv[e][taken / TL_VW][taken % TL_VW];
-    for (int k = 0; k < NG; k++) on_grid[k] = !((off_grid[taken] >> k) & 1);
+    for (int k = 0; k < NG; k++) {
+        for (int i = 0; i < TL_GROUP; i++) L[TL_GROUP * k + i] = (int8_t)((code[k][taken] >> (TL_BITS * i)) & MASK);
+        on_grid[k] = !((off_grid[taken / TL_VW][taken % TL_VW] >> k) & 1);
+    }
     *scale_out = scale;
 }
 
