@@ -639,13 +639,10 @@ static inline void iq2_s_rows(const float *x, void *vy, int64_t n, const float *
             }
             for (int i = 0; i < XS_SUB; i++) waux[i] = sqrtf(weight[i]);
             uint8_t signs[2] = {0, 0};
-            for (int i = 0; i < XS_SUB; i++) {
-                if (xb[i] >= 0) {
-                    xval[i] = xb[i];
-                } else {
-                    xval[i] = -xb[i];
-                    signs[i / 8] |= (uint8_t)(1u << (i % 8));
-                }
+            for (int i = 0; i < XS_SUB; i++) {   // without a branch (random signs mispredict): the same values
+                const int neg = !(xb[i] >= 0);
+                xval[i] = neg ? -xb[i] : xb[i];
+                signs[i / 8] |= (uint8_t)(neg << (i % 8));
             }
             float max = xval[0];
             for (int i = 1; i < XS_SUB; i++) max = max > xval[i] ? max : xval[i];

@@ -309,14 +309,11 @@ static inline void iq3_xxs_rows(const float *x, void *vy, int64_t n, const float
             for (int k = 0; k < 4; k++) {
                 int nflip = 0;
                 uint8_t sg = 0;
-                for (int i = 0; i < 8; i++) {
-                    if (xb[8 * k + i] >= 0) {
-                        xval[8 * k + i] = xb[8 * k + i];
-                    } else {
-                        xval[8 * k + i] = -xb[8 * k + i];
-                        nflip++;
-                        sg |= (uint8_t)(1u << i);
-                    }
+                for (int i = 0; i < 8; i++) {   // without a branch: the same values
+                    const int neg = !(xb[8 * k + i] >= 0);
+                    xval[8 * k + i] = neg ? -xb[8 * k + i] : xb[8 * k + i];
+                    nflip += neg;
+                    sg |= (uint8_t)(neg << i);
                 }
                 if (nflip % 2) {   // an odd count: flip the element that costs least (weight * x^2)
                     int imin = 0;
@@ -414,15 +411,12 @@ static inline void iq3_s_rows(const float *x, void *vy, int64_t n, const float *
             const float *xb = x + SUB * s;
             sub_block_weights(xb, imatrix ? imatrix + b * QK + SUB * s : NULL, sigma2, weight, waux);
             uint8_t sg[4];
-            for (int k = 0; k < 4; k++) {
+            for (int k = 0; k < 4; k++) {   // without a branch (random signs mispredict): the same values
                 sg[k] = 0;
                 for (int i = 0; i < 8; i++) {
-                    if (xb[8 * k + i] >= 0) {
-                        xval[8 * k + i] = xb[8 * k + i];
-                    } else {
-                        xval[8 * k + i] = -xb[8 * k + i];
-                        sg[k] |= (uint8_t)(1u << i);
-                    }
+                    const int neg = !(xb[8 * k + i] >= 0);
+                    xval[8 * k + i] = neg ? -xb[8 * k + i] : xb[8 * k + i];
+                    sg[k] |= (uint8_t)(neg << i);
                 }
             }
             const float max = max_of(xval, SUB);
