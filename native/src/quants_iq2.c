@@ -1230,7 +1230,8 @@ static void dequantize_row_iq1_m(const void *vy, float *x, int64_t n) {
 // ---- SIMD row entry points (x86-64: the searches in AVX2 lanes; aarch64: the neighbour search in NEON lanes)
 // Only IQ2_XXS and IQ2_XS (neighbour lists of 18 and 30 on average): measured 1.8x -> 2.0x and 2.1x -> 3.1x ggml
 // on one thread. IQ2_S (lists of ~8) and the IQ3 types (quants_iq3.c, 4-coordinate groups) came out no faster
-// than their plain loops with the same lanes, so they have none.
+// with these list lanes; they run their scale trials in lanes instead (quants_iq_trials.h, IQ2_S's entry points in
+// its section above, AVX2 / AVX-512 / NEON).
 
 #if defined(__x86_64__) || defined(__i386__)
 static void quantize_row_iq2_xxs_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {

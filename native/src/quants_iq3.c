@@ -9,6 +9,8 @@
 // the lattice, and when that point is not in the grid takes the nearest grid point among its precomputed
 // neighbours (weighted distance); the scale with the best (sum w q x)^2 / (sum w q^2) wins, groups left off the
 // grid are re-fitted at the final scale. Importance weights are optional for both types.
+// The scan over inverse scales has a lane version (quants_iq_trials.h: lane t = trial t, AVX2 / AVX-512 / NEON,
+// chosen at run time like the K-quants); the plain loop (trials_plain) is the reference.
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
