@@ -584,6 +584,25 @@ static void s_trials_plain(const lattice8 *g, const float *xval, const float *we
     *scale_out = scale;
 }
 
+// For the lanes: 8 bytes per entry of IQ2_S's neighbour lists, 8 * (3 i + level i) (see quants_iq_trials.h).
+static uint8_t *IQ2S_NB_TERMS;
+static pthread_once_t IQ2S_NB_TERMS_ONCE = PTHREAD_ONCE_INIT;
+
+static void build_iq2s_nb_terms(void) {
+    const lattice8 *g = get_lattice(1024);
+    size_t total = 0;
+    for (int u = 0; u < LATTICE; u++)
+        if (g->index_of[u] < 0 && g->index_of[u] != INT32_MIN) total += 1u + g->neighbours[-g->index_of[u] - 1];
+    uint8_t *t = calloc(GROUP * total, 1);
+    if (t == NULL) abort();
+    for (size_t k = 0; k < total; k += 1u + g->neighbours[k])
+        for (size_t m = 1; m <= g->neighbours[k]; m++)
+            for (int i = 0; i < GROUP; i++)
+                t[GROUP * (k + m) + i] = (uint8_t)(8 * (MAX_LEVEL * i + ((g->nb_codes[k + m] >> (2 * i)) & 3)));
+    IQ2S_NB_TERMS = t;
+}
+
+#define TL_NB_TERMS(g) ((void)(g), IQ2S_NB_TERMS)
 #define TL_LATTICE lattice8
 #define TL_GROUP GROUP
 #define TL_BITS 2
@@ -619,6 +638,7 @@ static void s_trials_plain(const lattice8 *g, const float *xval, const float *we
 #undef TL_SUB
 #undef TL_TOP
 #undef TL_STEP
+#undef TL_NB_TERMS
 
 static inline void iq2_s_rows(const float *x, void *vy, int64_t n, const float *imatrix, s_trials_fn trials) {
     const lattice8 *g = get_lattice(1024);
@@ -686,12 +706,21 @@ static inline void iq2_s_rows(const float *x, void *vy, int64_t n, const float *
 
 static void quantize_row_iq2_s(const float *x, void *vy, int64_t n, const float *im) { iq2_s_rows(x, vy, n, im, s_trials_plain); }
 #if defined(__x86_64__) || defined(__i386__)
-static void quantize_row_iq2_s_avx2(const float *x, void *vy, int64_t n, const float *im) { iq2_s_rows(x, vy, n, im, s_trials_avx2); }
-static void quantize_row_iq2_s_avx512(const float *x, void *vy, int64_t n, const float *im) { iq2_s_rows(x, vy, n, im, s_trials_avx512); }
+static void quantize_row_iq2_s_avx2(const float *x, void *vy, int64_t n, const float *im) {
+    pthread_once(&IQ2S_NB_TERMS_ONCE, build_iq2s_nb_terms);
+    iq2_s_rows(x, vy, n, im, s_trials_avx2);
+}
+static void quantize_row_iq2_s_avx512(const float *x, void *vy, int64_t n, const float *im) {
+    pthread_once(&IQ2S_NB_TERMS_ONCE, build_iq2s_nb_terms);
+    iq2_s_rows(x, vy, n, im, s_trials_avx512);
+}
 #define IQ2S_SIMD quantize_row_iq2_s_avx2, "avx2"
 #define IQ2S_WIDE quantize_row_iq2_s_avx512, "avx512"
 #elif defined(__aarch64__)
-static void quantize_row_iq2_s_neon(const float *x, void *vy, int64_t n, const float *im) { iq2_s_rows(x, vy, n, im, s_trials_neon); }
+static void quantize_row_iq2_s_neon(const float *x, void *vy, int64_t n, const float *im) {
+    pthread_once(&IQ2S_NB_TERMS_ONCE, build_iq2s_nb_terms);
+    iq2_s_rows(x, vy, n, im, s_trials_neon);
+}
 #define IQ2S_SIMD quantize_row_iq2_s_neon, "neon"
 #define IQ2S_WIDE NULL, NULL
 #else

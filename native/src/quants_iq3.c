@@ -46,6 +46,7 @@ typedef struct {
     uint16_t *neighbours;
     pthread_once_t once;
     uint16_t *nb_codes;            // parallel to neighbours: the count, then each neighbour's lattice code
+    uint8_t *nb_terms;             // 4 bytes per entry of neighbours: 8 * (4 i + level i) (quants_iq_trials.h)
 } lattice;
 
 static lattice IQ3XXS_LATTICE = {IQ3XXS_GRID_CODES, 256, 2, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
@@ -105,6 +106,12 @@ static void build_lattice(lattice *g) {
         g->nb_codes[k] = g->neighbours[k];
         for (size_t m = 1; m <= g->neighbours[k]; m++) g->nb_codes[k + m] = g->codes[g->neighbours[k + m]];
     }
+    g->nb_terms = calloc(4 * total, 1);
+    if (g->nb_terms == NULL) abort();
+    for (size_t k = 0; k < total; k += 1u + g->neighbours[k])
+        for (size_t m = 1; m <= g->neighbours[k]; m++)
+            for (int i = 0; i < 4; i++)
+                g->nb_terms[4 * (k + m) + i] = (uint8_t)(8 * (MAX_LEVEL * i + ((g->nb_codes[k + m] >> (3 * i)) & 7)));
 }
 
 static void build_iq3xxs(void) { build_lattice(&IQ3XXS_LATTICE); }
@@ -239,6 +246,7 @@ static float fit_sub_block(const lattice *g, const float *xval, const float *wei
 // ---- the scale trials in SIMD lanes (quants_iq_trials.h; x86-64: AVX2 and AVX-512, aarch64: NEON)
 
 #define TL_LATTICE lattice
+#define TL_NB_TERMS(g) ((g)->nb_terms)
 #define TL_GROUP 4
 #define TL_BITS 3
 #define TL_LEVELS MAX_LEVEL

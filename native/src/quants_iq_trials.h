@@ -24,6 +24,9 @@
 //   TL_GROUP     coordinates per group (4, 8) TL_BITS    bits per coordinate in a lattice code (3, 2)
 //   TL_LEVELS    levels per coordinate (8, 3) TL_SUB     values per sub-block (32, 16)
 //   TL_TOP       2 * max level - 1 (15, 5)    TL_STEP    the inverse-scale step (0.2f, 0.1f)
+//   TL_NB_TERMS(g)  TL_GROUP bytes per entry of g->nb_codes: for neighbour coordinate i at level m, 8 * (i *
+//                TL_LEVELS + m), the offset of its term in a group's table in units of 1/8 vector (an x86 address
+//                scale of 2, 4 or 8 then reaches it: one load per term instead of a field extraction)
 // The function: TL_NAME(g, xval, weight, waux, max, steps, L, on_grid, scale): runs the trials and, when one is
 // taken, writes its levels to L (TL_SUB), its on-grid flags to on_grid (TL_SUB / TL_GROUP) and its scale to
 // *scale; otherwise leaves all three as they are (as the plain loop does).
@@ -90,6 +93,7 @@ TL_TARGET static void TL_NAME(const TL_LATTICE *g, const float *xval, const floa
             const int32_t where = g->index_of[u];
             if (where < 0) {
                 const uint16_t *nbc = g->nb_codes - where - 1;
+                const uint8_t *nbt = TL_NB_TERMS(g) + (size_t)TL_GROUP * (size_t)(-where - 1);
                 const int n = nbc[0], h = (n + 1) / 2;
                 for (int c = a / TL_VW; c <= (b - 1) / TL_VW; c++) {
                     if (!(have_terms & (1u << c))) {
@@ -105,21 +109,24 @@ TL_TARGET static void TL_NAME(const TL_LATTICE *g, const float *xval, const floa
                     const tl_vf none = (tl_vf)(zero) + FLT_MAX;
                     tl_vf best_a = none, best_b = none;
                     tl_vi pick_a = zero + fallback, pick_b = pick_a;
+                    const char *tc = (const char *)term[c];
+#define TL_TERM(j, i) (*(const tl_vf *)(const void *)(tc + (size_t)nbt[TL_GROUP * (j) + (i)] * (sizeof(tl_vf) / 8)))
                     for (int j = 1; j <= h; j++) {
                         const int ca = nbc[j];
                         tl_vf da = (tl_vf)(zero) + 0.0f;
-                        for (int i = 0; i < TL_GROUP; i++) da = da + term[c][i][(ca >> (TL_BITS * i)) & MASK];
+                        for (int i = 0; i < TL_GROUP; i++) da = da + TL_TERM(j, i);
                         const tl_vi lt_a = da < best_a;
                         best_a = (tl_vf)(((tl_vi)da & lt_a) | ((tl_vi)best_a & ~lt_a));
                         pick_a = ((zero + ca) & lt_a) | (pick_a & ~lt_a);
                         if (h + j > n) break;
                         const int cb = nbc[h + j];
                         tl_vf db = (tl_vf)(zero) + 0.0f;
-                        for (int i = 0; i < TL_GROUP; i++) db = db + term[c][i][(cb >> (TL_BITS * i)) & MASK];
+                        for (int i = 0; i < TL_GROUP; i++) db = db + TL_TERM(h + j, i);
                         const tl_vi lt_b = db < best_b;
                         best_b = (tl_vf)(((tl_vi)db & lt_b) | ((tl_vi)best_b & ~lt_b));
                         pick_b = ((zero + cb) & lt_b) | (pick_b & ~lt_b);
                     }
+#undef TL_TERM
                     const tl_vi second = best_b < best_a;
                     const tl_vi pick = (pick_b & second) | (pick_a & ~second);
                     const tl_vi t = lane + c * TL_VW, in_run = (t >= a) & (t < b);
