@@ -1,7 +1,8 @@
 """IQ3_XXS, IQ3_S and IQ2_S, whose scale trials run in SIMD lanes (native/src/quants_iq_trials.h: lane t = trial
 t; the neighbour search once per run of equal rounded points; the list scanned as two halves), against llama.cpp's
-ggml_quantize_chunk through every path the running CPU has: AVX-512 (where the CPU has F/BW/DQ/VL), AVX2
-(GGUFKIT_FORCE_AVX2=1) and the plain reference (GGUFKIT_FORCE_SCALAR=1), with and without importance weights.
+ggml_quantize_chunk through every path the running CPU has: AVX-512 (IQ3_XXS and IQ3_S, where the CPU has
+F/BW/DQ/VL), AVX2 (GGUFKIT_FORCE_AVX2=1; IQ2_S's widest) and the plain reference (GGUFKIT_FORCE_SCALAR=1), with and
+without importance weights.
 The rows aim at what the lanes could get wrong: ties between neighbour distances (zero importance weights, integer
 values), groups on and off the grid at neighbouring trials, all-zero and tiny sub-blocks next to normal ones, real
 weights. (test_kernels.py covers every type on the default and plain paths; NEON under qemu: test_arm_kernels.py;

@@ -611,16 +611,11 @@ static void build_iq2s_nb_terms(void) {
 #define TL_TOP (2 * MAX_LEVEL - 1)
 #define TL_STEP 0.1f
 #if defined(__x86_64__) || defined(__i386__)
+// AVX2 only: with 19 trials a 16-lane vector runs half empty (the scan costs per list entry and run, not per
+// lane), and the 8-lane code measured ~4% quicker than a 16-lane one on the AVX-512 machine of BENCHMARKS.md
 #define TL_NAME s_trials_avx2
 #define TL_TARGET __attribute__((target("avx2")))
 #define TL_VW 8
-#include "quants_iq_trials.h"
-#undef TL_NAME
-#undef TL_TARGET
-#undef TL_VW
-#define TL_NAME s_trials_avx512
-#define TL_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2")))
-#define TL_VW 16
 #include "quants_iq_trials.h"
 #elif defined(__aarch64__)
 #define TL_NAME s_trials_neon
@@ -710,22 +705,15 @@ static void quantize_row_iq2_s_avx2(const float *x, void *vy, int64_t n, const f
     pthread_once(&IQ2S_NB_TERMS_ONCE, build_iq2s_nb_terms);
     iq2_s_rows(x, vy, n, im, s_trials_avx2);
 }
-static void quantize_row_iq2_s_avx512(const float *x, void *vy, int64_t n, const float *im) {
-    pthread_once(&IQ2S_NB_TERMS_ONCE, build_iq2s_nb_terms);
-    iq2_s_rows(x, vy, n, im, s_trials_avx512);
-}
 #define IQ2S_SIMD quantize_row_iq2_s_avx2, "avx2"
-#define IQ2S_WIDE quantize_row_iq2_s_avx512, "avx512"
 #elif defined(__aarch64__)
 static void quantize_row_iq2_s_neon(const float *x, void *vy, int64_t n, const float *im) {
     pthread_once(&IQ2S_NB_TERMS_ONCE, build_iq2s_nb_terms);
     iq2_s_rows(x, vy, n, im, s_trials_neon);
 }
 #define IQ2S_SIMD quantize_row_iq2_s_neon, "neon"
-#define IQ2S_WIDE NULL, NULL
 #else
 #define IQ2S_SIMD NULL, NULL
-#define IQ2S_WIDE NULL, NULL
 #endif
 
 static void dequantize_row_iq2_s(const void *vy, float *x, int64_t n) {
@@ -1260,7 +1248,7 @@ static void dequantize_row_iq1_m(const void *vy, float *x, int64_t n) {
 // Only IQ2_XXS and IQ2_XS (neighbour lists of 18 and 30 on average): measured 1.8x -> 2.0x and 2.1x -> 3.1x ggml
 // on one thread. IQ2_S (lists of ~8) and the IQ3 types (quants_iq3.c, 4-coordinate groups) came out no faster
 // with these list lanes; they run their scale trials in lanes instead (quants_iq_trials.h, IQ2_S's entry points in
-// its section above, AVX2 / AVX-512 / NEON).
+// its section above: AVX2 / NEON; the IQ3 types also AVX-512).
 
 #if defined(__x86_64__) || defined(__i386__)
 static void quantize_row_iq2_xxs_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
@@ -1310,7 +1298,7 @@ static void quantize_row_iq2_xs_neon(const float *x, void *vy, int64_t n, const 
 const gk_type_traits gk_iq2_types[] = {
     {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, IQ_SIMD(quantize_row_iq2_xxs), dequantize_row_iq2_xxs},
     {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, IQ_SIMD(quantize_row_iq2_xs), dequantize_row_iq2_xs},
-    {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, IQ2S_SIMD, dequantize_row_iq2_s, IQ2S_WIDE},
+    {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, IQ2S_SIMD, dequantize_row_iq2_s},
     {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, IQ1_SIMD(quantize_row_iq1_s), dequantize_row_iq1_s},
     {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, IQ1_SIMD(quantize_row_iq1_m), dequantize_row_iq1_m},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
