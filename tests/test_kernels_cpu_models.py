@@ -1,7 +1,8 @@
 """The extension on x86-64 CPUs without AVX-512, by emulation: qemu-x86_64 runs ggufkit's K-quant kernels as an
 AVX2-only Intel (Haswell) and an AMD EPYC Rome (Zen 2) would. The native build must load there (the AVX-512 code is
 compiled per function, never for the whole file), choose the AVX2 path, and give llama.cpp's bytes (the reference
-is computed here, on the host). Rows of 25 blocks: the AVX2 lanes and the plain tail both run.
+is computed here, on the host). Rows of 25 blocks: the AVX2 lanes and the plain tail both run. The lattice
+i-quants whose scale trials run in lanes (IQ3_XXS, IQ3_S, IQ2_S) are checked the same way.
 
 qemu-x86_64 comes with qemu-user (also needed by the aarch64 tests): `apt-get install qemu-user`."""
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ggml_ref import describe_mismatch, ggml_quantize
+from gguf import GGMLQuantizationType
 from test_kernels_k import COLS, K_TYPES, TYPE_BYTES, degenerate_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,3 +64,38 @@ def test_k_quants_on_a_cpu_without_avx512(cpu, tmp_path):
             ours = out[f"{qtype.name}.{im_name}"]
             assert np.array_equal(ours, ref), (f"{cpu} {qtype.name} imatrix={im_name}: "
                                                + describe_mismatch(ours, ref, TYPE_BYTES[qtype]))
+
+
+LATTICE_TYPES = ["IQ3_XXS", "IQ3_S", "IQ2_S"]  # the scale trials in lanes (native/src/quants_iq_trials.h)
+LATTICE_BYTES = {"IQ3_XXS": 98, "IQ3_S": 110, "IQ2_S": 82}
+
+
+@pytest.mark.parametrize("cpu", ["Haswell", "EPYC-Rome"])
+def test_lattice_i_quants_on_a_cpu_without_avx512(cpu, tmp_path):
+    """IQ3_XXS, IQ3_S and IQ2_S take their AVX2 trial lanes there (their AVX-512 ones on the host) and give llama.cpp's
+    bytes. No rows near overflow: llama.cpp aborts on those for these types."""
+    if shutil.which("qemu-x86_64") is None:
+        pytest.fail("qemu-x86_64 missing: apt-get install qemu-user")
+    rng = np.random.default_rng(17)
+    cols = 9 * 256
+    x = np.concatenate([rng.standard_normal((2, cols)), rng.standard_t(2, (2, cols)), rng.uniform(0, 1, (1, cols)),
+                        1e-30 * rng.standard_normal((1, cols))]).astype(np.float32)  # (6, cols) f32
+    x[0, :256] = 0  # an all-zero super-block next to normal ones
+    x[1, 300] = 50.0
+    im = rng.uniform(0.01, 5, cols).astype(np.float32)
+    im[rng.random(cols) < 0.3] = 0
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "im.npy", im)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GGUFKIT_FORCE_SCALAR": "0", "GGUFKIT_FORCE_AVX2": "0"}
+    run = subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, "-c", CHILD, str(tmp_path / "x.npy"),
+                          str(tmp_path / "im.npy"), str(tmp_path / "out.npz"), ",".join(LATTICE_TYPES)],
+                         capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    for name in LATTICE_TYPES:
+        assert str(out[name + ".path"]) == "avx2", f"{cpu}: {name} took {out[name + '.path']}"
+        for im_name, weights in (("none", None), ("imatrix", im)):
+            ref = ggml_quantize(x, GGMLQuantizationType[name], weights)
+            ours = out[f"{name}.{im_name}"]
+            assert np.array_equal(ours, ref), (f"{cpu} {name} imatrix={im_name}: "
+                                               + describe_mismatch(ours, ref, LATTICE_BYTES[name]))

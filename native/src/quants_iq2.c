@@ -553,11 +553,93 @@ static void dequantize_row_iq2_xs(const void *vy, float *x, int64_t n) {
 enum { S_BYTES = 82, S_SIGNS = 2 + 32, S_QH = 2 + 64, S_SCALES = 2 + 72 };
 #define S_ZERO_BELOW 1e-8f
 
-static void quantize_row_iq2_s(const float *x, void *vy, int64_t n, const float *imatrix) {
+// The scale trials of a sub-block: the plain loop, or its lane version (quants_iq_trials.h: the same operations
+// and choices). Writes the best trial's levels to L, its on-grid flags to on_grid and its scale to *scale when a
+// trial is taken; leaves them otherwise.
+typedef void (*s_trials_fn)(const lattice8 *g, const float *xval, const float *weight, const float *waux, float max,
+                            int steps, int8_t *L, int *on_grid, float *scale);
+
+static void s_trials_plain(const lattice8 *g, const float *xval, const float *weight, const float *waux, float max,
+                           int steps, int8_t *L, int *on_grid, float *scale_out) {
+    int8_t Laux[XS_SUB];
+    int on_grid_aux[2];
+    float best = 0.0f, scale = *scale_out;
+    for (int is = -steps; is <= steps; is++) {
+        const float id = (2 * MAX_LEVEL - 1 + is * 0.1f) / max;
+        const float this_scale = 1 / id;
+        for (int k = 0; k < 2; k++) {
+            const int u = round_group(xval + 8 * k, id, Laux + 8 * k);
+            on_grid_aux[k] = g->index_of[u] >= 0;
+            if (!on_grid_aux[k]) best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Laux + 8 * k);
+        }
+        float sumqx, sumq2;
+        weighted_sums(XS_SUB, weight, xval, Laux, &sumqx, &sumq2);
+        if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            memcpy(L, Laux, XS_SUB);
+            memcpy(on_grid, on_grid_aux, sizeof on_grid_aux);
+        }
+    }
+    *scale_out = scale;
+}
+
+// For the lanes: 8 bytes per entry of IQ2_S's neighbour lists, 8 * (3 i + level i) (see quants_iq_trials.h).
+static uint8_t *IQ2S_NB_TERMS;
+static pthread_once_t IQ2S_NB_TERMS_ONCE = PTHREAD_ONCE_INIT;
+
+static void build_iq2s_nb_terms(void) {
+    const lattice8 *g = get_lattice(1024);
+    size_t total = 0;
+    for (int u = 0; u < LATTICE; u++)
+        if (g->index_of[u] < 0 && g->index_of[u] != INT32_MIN) total += 1u + g->neighbours[-g->index_of[u] - 1];
+    uint8_t *t = calloc(GROUP * total, 1);
+    if (t == NULL) abort();
+    for (size_t k = 0; k < total; k += 1u + g->neighbours[k])
+        for (size_t m = 1; m <= g->neighbours[k]; m++)
+            for (int i = 0; i < GROUP; i++)
+                t[GROUP * (k + m) + i] = (uint8_t)(8 * (MAX_LEVEL * i + ((g->nb_codes[k + m] >> (2 * i)) & 3)));
+    IQ2S_NB_TERMS = t;
+}
+
+#define TL_NB_TERMS(g) ((void)(g), IQ2S_NB_TERMS)
+#define TL_LATTICE lattice8
+#define TL_GROUP GROUP
+#define TL_BITS 2
+#define TL_LEVELS MAX_LEVEL
+#define TL_SUB XS_SUB
+#define TL_TOP (2 * MAX_LEVEL - 1)
+#define TL_STEP 0.1f
+#if defined(__x86_64__) || defined(__i386__)
+// AVX2 only: with 19 trials a 16-lane vector runs half empty (the scan costs per list entry and run, not per
+// lane), and the 8-lane code measured ~4% quicker than a 16-lane one on the AVX-512 machine of BENCHMARKS.md
+#define TL_NAME s_trials_avx2
+#define TL_TARGET __attribute__((target("avx2")))
+#define TL_VW 8
+#include "quants_iq_trials.h"
+#elif defined(__aarch64__)
+#define TL_NAME s_trials_neon
+#define TL_TARGET
+#define TL_VW 4
+#include "quants_iq_trials.h"
+#endif
+#undef TL_NAME
+#undef TL_TARGET
+#undef TL_VW
+#undef TL_LATTICE
+#undef TL_GROUP
+#undef TL_BITS
+#undef TL_LEVELS
+#undef TL_SUB
+#undef TL_TOP
+#undef TL_STEP
+#undef TL_NB_TERMS
+
+static inline void iq2_s_rows(const float *x, void *vy, int64_t n, const float *imatrix, s_trials_fn trials) {
     const lattice8 *g = get_lattice(1024);
     uint8_t *y = (uint8_t *)vy;
     float weight[XS_SUB], waux[XS_SUB], xval[XS_SUB], scales[QK / XS_SUB];
-    int8_t L[XS_SUB], Laux[XS_SUB];
+    int8_t L[XS_SUB];
     for (int64_t b = 0; b < n / QK; b++, x += QK, y += S_BYTES) {
         memset(y, 0, S_BYTES);
         const float sigma2 = 2 * mean_square(x);
@@ -572,13 +654,10 @@ static void quantize_row_iq2_s(const float *x, void *vy, int64_t n, const float 
             }
             for (int i = 0; i < XS_SUB; i++) waux[i] = sqrtf(weight[i]);
             uint8_t signs[2] = {0, 0};
-            for (int i = 0; i < XS_SUB; i++) {
-                if (xb[i] >= 0) {
-                    xval[i] = xb[i];
-                } else {
-                    xval[i] = -xb[i];
-                    signs[i / 8] |= (uint8_t)(1u << (i % 8));
-                }
+            for (int i = 0; i < XS_SUB; i++) {   // without a branch (random signs mispredict): the same values
+                const int neg = !(xb[i] >= 0);
+                xval[i] = neg ? -xb[i] : xb[i];
+                signs[i / 8] |= (uint8_t)(neg << (i % 8));
             }
             float max = xval[0];
             for (int i = 1; i < XS_SUB; i++) max = max > xval[i] ? max : xval[i];
@@ -587,26 +666,9 @@ static void quantize_row_iq2_s(const float *x, void *vy, int64_t n, const float 
                 scales[s] = 0;
                 continue;
             }
-            float best = 0.0f;
             float scale = max / (2 * MAX_LEVEL - 1);
-            int on_grid[2] = {1, 1}, on_grid_aux[2];
-            for (int is = -9; is <= 9; is++) {
-                const float id = (2 * MAX_LEVEL - 1 + is * 0.1f) / max;
-                const float this_scale = 1 / id;
-                for (int k = 0; k < 2; k++) {
-                    const int u = round_group(xval + 8 * k, id, Laux + 8 * k);
-                    on_grid_aux[k] = g->index_of[u] >= 0;
-                    if (!on_grid_aux[k]) best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Laux + 8 * k);
-                }
-                float sumqx, sumq2;
-                weighted_sums(XS_SUB, weight, xval, Laux, &sumqx, &sumq2);
-                if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-                    scale = sumqx / sumq2;
-                    best = scale * sumqx;
-                    memcpy(L, Laux, XS_SUB);
-                    memcpy(on_grid, on_grid_aux, sizeof on_grid);
-                }
-            }
+            int on_grid[2] = {1, 1};
+            trials(g, xval, weight, waux, max, 9, L, on_grid, &scale);
             if ((!on_grid[0] || !on_grid[1]) && scale > 0) {
                 const float id = 1 / scale;
                 for (int k = 0; k < 2; k++)
@@ -636,6 +698,23 @@ static void quantize_row_iq2_s(const float *x, void *vy, int64_t n, const float 
         for (int s = 0; s < QK / XS_SUB; s++) y[S_SCALES + s / 2] |= (uint8_t)(scale_code(id, scales[s]) << (4 * (s % 2)));
     }
 }
+
+static void quantize_row_iq2_s(const float *x, void *vy, int64_t n, const float *im) { iq2_s_rows(x, vy, n, im, s_trials_plain); }
+#if defined(__x86_64__) || defined(__i386__)
+static void quantize_row_iq2_s_avx2(const float *x, void *vy, int64_t n, const float *im) {
+    pthread_once(&IQ2S_NB_TERMS_ONCE, build_iq2s_nb_terms);
+    iq2_s_rows(x, vy, n, im, s_trials_avx2);
+}
+#define IQ2S_SIMD quantize_row_iq2_s_avx2, "avx2"
+#elif defined(__aarch64__)
+static void quantize_row_iq2_s_neon(const float *x, void *vy, int64_t n, const float *im) {
+    pthread_once(&IQ2S_NB_TERMS_ONCE, build_iq2s_nb_terms);
+    iq2_s_rows(x, vy, n, im, s_trials_neon);
+}
+#define IQ2S_SIMD quantize_row_iq2_s_neon, "neon"
+#else
+#define IQ2S_SIMD NULL, NULL
+#endif
 
 static void dequantize_row_iq2_s(const void *vy, float *x, int64_t n) {
     const uint8_t *y = (const uint8_t *)vy;
@@ -1168,7 +1247,8 @@ static void dequantize_row_iq1_m(const void *vy, float *x, int64_t n) {
 // ---- SIMD row entry points (x86-64: the searches in AVX2 lanes; aarch64: the neighbour search in NEON lanes)
 // Only IQ2_XXS and IQ2_XS (neighbour lists of 18 and 30 on average): measured 1.8x -> 2.0x and 2.1x -> 3.1x ggml
 // on one thread. IQ2_S (lists of ~8) and the IQ3 types (quants_iq3.c, 4-coordinate groups) came out no faster
-// than their plain loops with the same lanes, so they have none.
+// with these list lanes; they run their scale trials in lanes instead (quants_iq_trials.h, IQ2_S's entry points in
+// its section above: AVX2 / NEON; the IQ3 types also AVX-512).
 
 #if defined(__x86_64__) || defined(__i386__)
 static void quantize_row_iq2_xxs_avx2(const float *x, void *vy, int64_t n, const float *imatrix) {
@@ -1218,7 +1298,7 @@ static void quantize_row_iq2_xs_neon(const float *x, void *vy, int64_t n, const 
 const gk_type_traits gk_iq2_types[] = {
     {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, IQ_SIMD(quantize_row_iq2_xxs), dequantize_row_iq2_xxs},
     {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, IQ_SIMD(quantize_row_iq2_xs), dequantize_row_iq2_xs},
-    {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, NULL, NULL, dequantize_row_iq2_s},
+    {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, IQ2S_SIMD, dequantize_row_iq2_s},
     {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, IQ1_SIMD(quantize_row_iq1_s), dequantize_row_iq1_s},
     {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, IQ1_SIMD(quantize_row_iq1_m), dequantize_row_iq1_m},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},

@@ -9,6 +9,8 @@
 // the lattice, and when that point is not in the grid takes the nearest grid point among its precomputed
 // neighbours (weighted distance); the scale with the best (sum w q x)^2 / (sum w q^2) wins, groups left off the
 // grid are re-fitted at the final scale. Importance weights are optional for both types.
+// The scan over inverse scales has a lane version (quants_iq_trials.h: lane t = trial t, AVX2 / AVX-512 / NEON,
+// chosen at run time like the K-quants); the plain loop (trials_plain) is the reference.
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
@@ -43,6 +45,8 @@ typedef struct {
     int32_t index_of[LATTICE];
     uint16_t *neighbours;
     pthread_once_t once;
+    uint16_t *nb_codes;            // parallel to neighbours: the count, then each neighbour's lattice code
+    uint8_t *nb_terms;             // 4 bytes per entry of neighbours: 8 * (4 i + level i) (quants_iq_trials.h)
 } lattice;
 
 static lattice IQ3XXS_LATTICE = {IQ3XXS_GRID_CODES, 256, 2, {{0}}, {0}, NULL, PTHREAD_ONCE_INIT};
@@ -96,6 +100,18 @@ static void build_lattice(lattice *g) {
         g->index_of[u] = -(offset + 1);
         offset += neighbour_list(g, u, g->neighbours + offset);
     }
+    g->nb_codes = malloc(total * sizeof(uint16_t));
+    if (g->nb_codes == NULL) abort();
+    for (size_t k = 0; k < total; k += 1u + g->neighbours[k]) {
+        g->nb_codes[k] = g->neighbours[k];
+        for (size_t m = 1; m <= g->neighbours[k]; m++) g->nb_codes[k + m] = g->codes[g->neighbours[k + m]];
+    }
+    g->nb_terms = calloc(4 * total, 1);
+    if (g->nb_terms == NULL) abort();
+    for (size_t k = 0; k < total; k += 1u + g->neighbours[k])
+        for (size_t m = 1; m <= g->neighbours[k]; m++)
+            for (int i = 0; i < 4; i++)
+                g->nb_terms[4 * (k + m) + i] = (uint8_t)(8 * (MAX_LEVEL * i + ((g->nb_codes[k + m] >> (3 * i)) & 7)));
 }
 
 static void build_iq3xxs(void) { build_lattice(&IQ3XXS_LATTICE); }
@@ -164,13 +180,17 @@ static inline int grid_index(const lattice *g, const int8_t *L) {
 // s = -steps..steps. XXS starts with every group "on grid" and re-fits only the groups that were not; S starts
 // with none on grid and re-fits every group. Returns the scale; L gets the level indices.
 
-static float fit_sub_block(const lattice *g, const float *xval, const float *weight, const float *waux, float max,
-                           int steps, int xxs, int8_t *L) {
+// The scale trials: the plain loop below, or a lane version (quants_iq_trials.h, same operations and choices).
+// Writes the best trial's levels to L, its on-grid flags to on_grid and its scale to *scale when a trial is
+// taken; leaves them otherwise.
+typedef void (*trials_fn)(const lattice *g, const float *xval, const float *weight, const float *waux, float max,
+                          int steps, int8_t *L, int *on_grid, float *scale);
+
+static void trials_plain(const lattice *g, const float *xval, const float *weight, const float *waux, float max,
+                         int steps, int8_t *L, int *on_grid, float *scale_out) {
     int8_t Laux[SUB];
-    int on_grid[GROUPS], on_grid_aux[GROUPS];
-    float best = 0.0f;
-    float scale = max / (2 * MAX_LEVEL - 1);
-    for (int k = 0; k < GROUPS; k++) on_grid[k] = xxs;
+    int on_grid_aux[GROUPS];
+    float best = 0.0f, scale = *scale_out;
     for (int s = -steps; s <= steps; s++) {
         const float id = (2 * MAX_LEVEL - 1 + s * 0.2f) / max;
         const float this_scale = 1 / id;
@@ -189,9 +209,18 @@ static float fit_sub_block(const lattice *g, const float *xval, const float *wei
             scale = sumqx / sumq2;
             best = scale * sumqx;
             memcpy(L, Laux, SUB);
-            memcpy(on_grid, on_grid_aux, sizeof on_grid);
+            memcpy(on_grid, on_grid_aux, GROUPS * sizeof(int));
         }
     }
+    *scale_out = scale;
+}
+
+static float fit_sub_block(const lattice *g, const float *xval, const float *weight, const float *waux, float max,
+                           int steps, int xxs, int8_t *L, trials_fn trials) {
+    int on_grid[GROUPS];
+    float scale = max / (2 * MAX_LEVEL - 1);
+    for (int k = 0; k < GROUPS; k++) on_grid[k] = xxs;
+    trials(g, xval, weight, waux, max, steps, L, on_grid, &scale);
     int off_grid = 0;
     for (int k = 0; k < GROUPS; k++) off_grid += !on_grid[k];
     if (off_grid > 0 && scale > 0) {
@@ -213,6 +242,35 @@ static float fit_sub_block(const lattice *g, const float *xval, const float *wei
     }
     return scale;
 }
+
+// ---- the scale trials in SIMD lanes (quants_iq_trials.h; x86-64: AVX2 and AVX-512, aarch64: NEON)
+
+#define TL_LATTICE lattice
+#define TL_NB_TERMS(g) ((g)->nb_terms)
+#define TL_GROUP 4
+#define TL_BITS 3
+#define TL_LEVELS MAX_LEVEL
+#define TL_SUB SUB
+#define TL_TOP (2 * MAX_LEVEL - 1)
+#define TL_STEP 0.2f
+#if defined(__x86_64__) || defined(__i386__)
+#define TL_NAME trials_avx2
+#define TL_TARGET __attribute__((target("avx2")))
+#define TL_VW 8
+#include "quants_iq_trials.h"
+#undef TL_NAME
+#undef TL_TARGET
+#undef TL_VW
+#define TL_NAME trials_avx512
+#define TL_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2")))
+#define TL_VW 16
+#include "quants_iq_trials.h"
+#elif defined(__aarch64__)
+#define TL_NAME trials_neon
+#define TL_TARGET
+#define TL_VW 4
+#include "quants_iq_trials.h"
+#endif
 
 // (32,) x and the super-block's sigma2 -> weight and waux.
 static void sub_block_weights(const float *x, const float *im, float sigma2, float *weight, float *waux) {
@@ -244,7 +302,7 @@ static inline float max_of(const float *v, int n) {
 enum { XXS_BYTES = 98, XXS_SIGNS = 2 + 64 };
 #define XXS_ZERO_BELOW 1e-8f
 
-static void quantize_row_iq3_xxs(const float *x, void *vy, int64_t n, const float *imatrix) {
+static inline void iq3_xxs_rows(const float *x, void *vy, int64_t n, const float *imatrix, trials_fn trials) {
     const lattice *g = get_lattice(256);
     uint8_t *y = (uint8_t *)vy;
     float weight[SUB], waux[SUB], xval[SUB], scales[QK / SUB];
@@ -261,14 +319,11 @@ static void quantize_row_iq3_xxs(const float *x, void *vy, int64_t n, const floa
             for (int k = 0; k < 4; k++) {
                 int nflip = 0;
                 uint8_t sg = 0;
-                for (int i = 0; i < 8; i++) {
-                    if (xb[8 * k + i] >= 0) {
-                        xval[8 * k + i] = xb[8 * k + i];
-                    } else {
-                        xval[8 * k + i] = -xb[8 * k + i];
-                        nflip++;
-                        sg |= (uint8_t)(1u << i);
-                    }
+                for (int i = 0; i < 8; i++) {   // without a branch: the same values
+                    const int neg = !(xb[8 * k + i] >= 0);
+                    xval[8 * k + i] = neg ? -xb[8 * k + i] : xb[8 * k + i];
+                    nflip += neg;
+                    sg |= (uint8_t)(neg << i);
                 }
                 if (nflip % 2) {   // an odd count: flip the element that costs least (weight * x^2)
                     int imin = 0;
@@ -288,7 +343,7 @@ static void quantize_row_iq3_xxs(const float *x, void *vy, int64_t n, const floa
                 scales[s] = 0;
                 continue;
             }
-            float scale = fit_sub_block(g, xval, weight, waux, max, 15, 1, L);
+            float scale = fit_sub_block(g, xval, weight, waux, max, 15, 1, L, trials);
             if (scale < 0) {
                 scale = -scale;
                 for (int k = 0; k < 4; k++) signs[k] = (uint8_t)(~signs[k] & 127);
@@ -352,7 +407,7 @@ static void dequantize_row_iq3_xxs(const void *vy, float *x, int64_t n) {
 
 enum { S_BYTES = 110, S_QS = 2, S_QH = 66, S_SIGNS = 74, S_SCALES = 106 };
 
-static void quantize_row_iq3_s(const float *x, void *vy, int64_t n, const float *imatrix) {
+static inline void iq3_s_rows(const float *x, void *vy, int64_t n, const float *imatrix, trials_fn trials) {
     const lattice *g = get_lattice(512);
     uint8_t *y = (uint8_t *)vy;
     float weight[SUB], waux[SUB], xval[SUB], scales[QK / SUB];
@@ -366,15 +421,12 @@ static void quantize_row_iq3_s(const float *x, void *vy, int64_t n, const float 
             const float *xb = x + SUB * s;
             sub_block_weights(xb, imatrix ? imatrix + b * QK + SUB * s : NULL, sigma2, weight, waux);
             uint8_t sg[4];
-            for (int k = 0; k < 4; k++) {
+            for (int k = 0; k < 4; k++) {   // without a branch (random signs mispredict): the same values
                 sg[k] = 0;
                 for (int i = 0; i < 8; i++) {
-                    if (xb[8 * k + i] >= 0) {
-                        xval[8 * k + i] = xb[8 * k + i];
-                    } else {
-                        xval[8 * k + i] = -xb[8 * k + i];
-                        sg[k] |= (uint8_t)(1u << i);
-                    }
+                    const int neg = !(xb[8 * k + i] >= 0);
+                    xval[8 * k + i] = neg ? -xb[8 * k + i] : xb[8 * k + i];
+                    sg[k] |= (uint8_t)(neg << i);
                 }
             }
             const float max = max_of(xval, SUB);
@@ -383,7 +435,7 @@ static void quantize_row_iq3_s(const float *x, void *vy, int64_t n, const float 
                 scales[s] = 0;
                 continue;
             }
-            float scale = fit_sub_block(g, xval, weight, waux, max, 9, 0, L);
+            float scale = fit_sub_block(g, xval, weight, waux, max, 9, 0, L, trials);
             if (scale < 0) {
                 scale = -scale;
                 for (int k = 0; k < 4; k++) sg[k] = (uint8_t)~sg[k];
@@ -430,10 +482,33 @@ static void dequantize_row_iq3_s(const void *vy, float *x, int64_t n) {
     }
 }
 
+// ---- row entry points: the plain reference and the lane paths
+
+static void quantize_row_iq3_xxs(const float *x, void *vy, int64_t n, const float *im) { iq3_xxs_rows(x, vy, n, im, trials_plain); }
+static void quantize_row_iq3_s(const float *x, void *vy, int64_t n, const float *im) { iq3_s_rows(x, vy, n, im, trials_plain); }
+#if defined(__x86_64__) || defined(__i386__)
+static void quantize_row_iq3_xxs_avx2(const float *x, void *vy, int64_t n, const float *im) { iq3_xxs_rows(x, vy, n, im, trials_avx2); }
+static void quantize_row_iq3_s_avx2(const float *x, void *vy, int64_t n, const float *im) { iq3_s_rows(x, vy, n, im, trials_avx2); }
+static void quantize_row_iq3_xxs_avx512(const float *x, void *vy, int64_t n, const float *im) { iq3_xxs_rows(x, vy, n, im, trials_avx512); }
+static void quantize_row_iq3_s_avx512(const float *x, void *vy, int64_t n, const float *im) { iq3_s_rows(x, vy, n, im, trials_avx512); }
+#define IQ3_SIMD(f) f##_avx2, "avx2"
+#define IQ3_WIDE(f) f##_avx512, "avx512"
+#elif defined(__aarch64__)
+static void quantize_row_iq3_xxs_neon(const float *x, void *vy, int64_t n, const float *im) { iq3_xxs_rows(x, vy, n, im, trials_neon); }
+static void quantize_row_iq3_s_neon(const float *x, void *vy, int64_t n, const float *im) { iq3_s_rows(x, vy, n, im, trials_neon); }
+#define IQ3_SIMD(f) f##_neon, "neon"
+#define IQ3_WIDE(f) NULL, NULL
+#else
+#define IQ3_SIMD(f) NULL, NULL
+#define IQ3_WIDE(f) NULL, NULL
+#endif
+
 // ---- table
 
 const gk_type_traits gk_iq3_types[] = {
-    {18, "IQ3_XXS", QK, XXS_BYTES, quantize_row_iq3_xxs, NULL, NULL, dequantize_row_iq3_xxs},
-    {21, "IQ3_S", QK, S_BYTES, quantize_row_iq3_s, NULL, NULL, dequantize_row_iq3_s},
+    {18, "IQ3_XXS", QK, XXS_BYTES, quantize_row_iq3_xxs, IQ3_SIMD(quantize_row_iq3_xxs), dequantize_row_iq3_xxs,
+     IQ3_WIDE(quantize_row_iq3_xxs)},
+    {21, "IQ3_S", QK, S_BYTES, quantize_row_iq3_s, IQ3_SIMD(quantize_row_iq3_s), dequantize_row_iq3_s,
+     IQ3_WIDE(quantize_row_iq3_s)},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
