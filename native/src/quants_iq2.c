@@ -347,12 +347,131 @@ static inline int scale_code(float id, float scale) {
     return l < 0 ? 0 : l > 15 ? 15 : l;
 }
 
+// ---- neighbour search in lanes with the term table built in vectors (IQ2_XXS, IQ1_S, IQ1_M)
+// The same search as nearest_avx2 / nearest_neon, but the term table w[i] * (sl[c] - x[i])^2 (sl[c] = scale *
+// level c, the scalar product the plain loop forms) is computed for the eight coordinates at once, one vector per
+// level c, with the plain loop's operations (sub, then (w * diff) * diff), and rearranged into the rows the lookups
+// read by unpacks instead of being written float by float. AVX-512 looks up sixteen neighbours per __m512. A chunk
+// with a lane below the best so far is walked in list order (first of equal distances wins), as before.
+// wide_lanes: set by the AVX-512 row entry points (per thread), next to use_lanes.
+
+#if defined(__x86_64__) || defined(__i386__)
+static _Thread_local int wide_lanes;
+
+// The four rows (coordinates i and i + 4 in the low and high 128 bits, levels 0..2 then a zero) of the table.
+__attribute__((target("avx2"))) static inline void term_rows_avx2(const float *xval, const float *w, const float *sl,
+                                                                   __m256 rows[4]) {
+    const __m256 x = _mm256_loadu_ps(xval), wv = _mm256_loadu_ps(w);
+    __m256 t[3];
+    for (int c = 0; c < 3; c++) {
+        const __m256 diff = _mm256_sub_ps(_mm256_set1_ps(sl[c]), x);
+        t[c] = _mm256_mul_ps(_mm256_mul_ps(wv, diff), diff);
+    }
+    const __m256 lo01 = _mm256_unpacklo_ps(t[0], t[1]), hi01 = _mm256_unpackhi_ps(t[0], t[1]);
+    const __m256 lo2 = _mm256_unpacklo_ps(t[2], _mm256_setzero_ps()), hi2 = _mm256_unpackhi_ps(t[2], _mm256_setzero_ps());
+    rows[0] = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(lo01), _mm256_castps_pd(lo2)));  // coords 0, 4
+    rows[1] = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(lo01), _mm256_castps_pd(lo2)));  // 1, 5
+    rows[2] = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(hi01), _mm256_castps_pd(hi2)));  // 2, 6
+    rows[3] = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(hi01), _mm256_castps_pd(hi2)));  // 3, 7
+}
+
+// The grid index of u's nearest neighbour (-1: no distance below FLT_MAX).
+__attribute__((target("avx2"))) static int lane_nearest_avx2(const lattice8 *g, int u, const float *xval,
+                                                              const float *w, const float *sl) {
+    const int offset = -g->index_of[u] - 1;
+    const uint16_t *nb = g->neighbours + offset, *codes = g->nb_codes + offset;
+    __m256 rows[4];
+    term_rows_avx2(xval, w, sl, rows);
+    const __m256i field = _mm256_set1_epi32(3), high = _mm256_set1_epi32(4);
+    const int n = nb[0];
+    float best_d2 = FLT_MAX;
+    int best = -1;
+    for (int j = 0; j < n; j += 8) {
+        const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(codes + 1 + j)));
+        __m256 d2 = _mm256_add_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(rows[0], _mm256_and_si256(c, field)));
+        for (int i = 1; i < GROUP; i++) {
+            __m256i f = _mm256_and_si256(_mm256_srli_epi32(c, 2 * i), field);
+            if (i >= 4) f = _mm256_or_si256(f, high);
+            d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(rows[i & 3], f));
+        }
+        const int valid = n - j >= 8 ? 0xff : (1 << (n - j)) - 1;
+        if (!(_mm256_movemask_ps(_mm256_cmp_ps(d2, _mm256_set1_ps(best_d2), _CMP_LT_OQ)) & valid)) continue;
+        float d[8];
+        _mm256_storeu_ps(d, d2);
+        for (int k = 0; k < 8 && j + k < n; k++)
+            if (d[k] < best_d2) {
+                best_d2 = d[k];
+                best = nb[1 + j + k];
+            }
+    }
+    return best;
+}
+
+#define IQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2")))
+
+// Sixteen neighbours per __m512: two tables of 16 floats, (coords 0, 4, 1, 5) and (2, 6, 3, 7), four levels each;
+// coordinate i reads table (i >> 1) & 1 at 8 (i & 1) + 4 (i >> 2) + its field.
+IQ_AVX512 static int lane_nearest_avx512(const lattice8 *g, int u, const float *xval, const float *w, const float *sl) {
+    const int offset = -g->index_of[u] - 1;
+    const uint16_t *nb = g->neighbours + offset, *codes = g->nb_codes + offset;
+    __m256 rows[4];
+    term_rows_avx2(xval, w, sl, rows);
+    const __m512 tab[2] = {_mm512_insertf32x8(_mm512_castps256_ps512(rows[0]), rows[1], 1),
+                           _mm512_insertf32x8(_mm512_castps256_ps512(rows[2]), rows[3], 1)};
+    const __m512i field = _mm512_set1_epi32(3);
+    const int n = nb[0];
+    float best_d2 = FLT_MAX;
+    int best = -1;
+    for (int j = 0; j < n; j += 16) {
+        const __mmask16 valid = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        // codes are padded by 8 past the last list only: load the lanes in range
+        const __m512i c = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, codes + 1 + j));
+        __m512 d2 = _mm512_add_ps(_mm512_setzero_ps(), _mm512_permutexvar_ps(_mm512_and_si512(c, field), tab[0]));
+        for (int i = 1; i < GROUP; i++) {
+            const __m512i f = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 2 * i), field),
+                                              _mm512_set1_epi32(8 * (i & 1) + 4 * (i >> 2)));
+            d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(f, tab[(i >> 1) & 1]));
+        }
+        const __mmask16 below = _mm512_mask_cmp_ps_mask(valid, d2, _mm512_set1_ps(best_d2), _CMP_LT_OQ);
+        if (!below) continue;
+        // the walk in list order ends at the first lane holding the least of the lanes below the best (exact: a
+        // minimum rounds nothing; lanes not below, NaN among them, take no part)
+        const float least = _mm512_reduce_min_ps(_mm512_mask_blend_ps(below, _mm512_set1_ps(FLT_MAX), d2));
+        const __mmask16 at = _mm512_mask_cmp_ps_mask(below, d2, _mm512_set1_ps(least), _CMP_EQ_OQ);
+        best_d2 = least;
+        best = nb[1 + j + __builtin_ctz(at)];
+    }
+    return best;
+}
+
+// The nearest neighbour by the widest lanes the row entry point chose; L gets its level indices.
+static int lane_nearest(const lattice8 *g, int u, const float *xval, const float *w, const float *sl) {
+    return wide_lanes ? lane_nearest_avx512(g, u, xval, w, sl) : lane_nearest_avx2(g, u, xval, w, sl);
+}
+#endif
+
 // ---- IQ2_XXS
 // block (66 bytes): | d: fp16 | per sub-block s of 32: u32 LE = grid indices of its 4 groups (a byte each),
 //                   | u32 LE = bits 7k..7k+6 signs of group k, bits 28..31 scale code |
 // x = d * (0.5 + code) * 0.25 * level * sign, levels 8, 25, 43 (gguf-py's dequantization).
 
 enum { XXS_BYTES = 66, XXS_SUB = 32 };
+
+// onto_grid, with the neighbour search in lanes when the row entry point chose them.
+static inline int xxs_onto_grid(const lattice8 *g, const float *xval, const float *w, float id, float scale,
+                                int8_t *L) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_lanes) {
+        const int u = round_group(xval, id, L);
+        if (g->index_of[u] >= 0) return g->index_of[u];
+        const float sl[3] = {scale * 1.0f, scale * 3.0f, scale * 5.0f};
+        const int best = lane_nearest(g, u, xval, w, sl);
+        for (int i = 0; i < GROUP; i++) L[i] = (int8_t)((g->point[best][i] - 1) / 2);
+        return best;
+    }
+#endif
+    return onto_grid(g, xval, w, id, scale, L);
+}
 
 // One sub-block of 32: 0 when llama.cpp skips it (all zero, or its first fit degenerate), else 1 with *scale and
 // the level indices in L.
@@ -372,7 +491,7 @@ static int fit_xxs(const lattice8 *g, const float *xval, const float *weight, co
         const float id = (2 * MAX_LEVEL - 1 + s * 0.1f) / eff_max;
         const float this_scale = 1 / id;
         for (int k = 0; k < XXS_SUB / GROUP; k++)
-            onto_grid(g, xval + 8 * k, waux + 8 * k, id, this_scale, Laux + 8 * k);
+            xxs_onto_grid(g, xval + 8 * k, waux + 8 * k, id, this_scale, Laux + 8 * k);
         float sumqx, sumq2;
         weighted_sums(XXS_SUB, weight, xval, Laux, &sumqx, &sumq2);
         if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
@@ -383,7 +502,7 @@ static int fit_xxs(const lattice8 *g, const float *xval, const float *weight, co
     }
     if (scale > 0) {
         const float id = 1 / scale;
-        for (int k = 0; k < XXS_SUB / GROUP; k++) onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
+        for (int k = 0; k < XXS_SUB / GROUP; k++) xxs_onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
         float sumqx, sumq2;
         weighted_sums(XXS_SUB, weight, xval, L, &sumqx, &sumq2);
         if (sumq2 > 0) scale = sumqx / sumq2;
@@ -678,10 +797,9 @@ static int iq1_best_neighbour(const lattice8 *g, int u, const float *xval, const
     float best_d2 = FLT_MAX;
     int best = -1;
 #if defined(__x86_64__) || defined(__i386__)
-    if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {  // short lists are quicker one by one
-        float rows[GROUP][8] = {{0}};
-        for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
-        best = nearest_avx2(g, u, rows);
+    if (use_lanes) {
+        const float sl[3] = {scale * xx[0], scale * xx[1], scale * xx[2]};
+        best = lane_nearest(g, u, xval, w, sl);
     } else
 #elif defined(__aarch64__)
     if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {
@@ -710,51 +828,112 @@ static int by_value(const void *a, const void *b) {
 }
 
 #if defined(__x86_64__) || defined(__i386__)
+// The order qsort gives the (value, position) pairs by value (glibc's qsort is a stable merge sort at this size,
+// so equal values keep their positions' order): value j goes to rank #{k : x[k] < x[j]} + #{k < j : x[k] == x[j]},
+// counted in lanes (lane j of vector v holds j = 8v + lane). idx_of[rank] = j. n = 16 or 32. Returns 0 (and writes
+// nothing) when a value is NaN, where the comparisons are no order: the caller sorts with qsort then.
+__attribute__((target("avx2"))) static int iq1_order_avx2(const float *xb, int n, int *idx_of) {
+    __m256 v[4];
+    __m256i rank[4];
+    const int nv = n / 8;
+    __m256 nan = _mm256_setzero_ps();
+    for (int q = 0; q < nv; q++) {
+        v[q] = _mm256_loadu_ps(xb + 8 * q);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v[q], v[q], _CMP_UNORD_Q));
+        rank[q] = _mm256_setzero_si256();
+    }
+    if (_mm256_movemask_ps(nan)) return 0;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int k = 0; k < n; k++) {
+        const __m256 xk = _mm256_set1_ps(xb[k]);
+        // lanes j > k count x[k] <= x[j], lanes j <= k count x[k] < x[j] (j == k: never)
+        const __m256i after_k = _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(k % 8));
+        for (int q = 0; q < nv; q++) {
+            __m256 hit;
+            if (q < k / 8) {
+                hit = _mm256_cmp_ps(xk, v[q], _CMP_LT_OQ);
+            } else if (q > k / 8) {
+                hit = _mm256_cmp_ps(xk, v[q], _CMP_LE_OQ);
+            } else {
+                hit = _mm256_blendv_ps(_mm256_cmp_ps(xk, v[q], _CMP_LT_OQ), _mm256_cmp_ps(xk, v[q], _CMP_LE_OQ),
+                                       _mm256_castsi256_ps(after_k));
+            }
+            rank[q] = _mm256_sub_epi32(rank[q], _mm256_castps_si256(hit));
+        }
+    }
+    int r[32];
+    for (int q = 0; q < nv; q++) _mm256_storeu_si256((__m256i *)(void *)(r + 8 * q), rank[q]);
+    for (int j = 0; j < n; j++) idx_of[r[j]] = j;
+    return 1;
+}
+#endif
+
+// idx_of[rank] = the position of the rank-th smallest of n values, in the order llama.cpp's qsort call gives.
+static void iq1_order(const float *xb, int n, float *pairs, int *idx_of) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_lanes && iq1_order_avx2(xb, n, idx_of)) return;
+#endif
+    for (int j = 0; j < n; j++) {
+        pairs[2 * j] = xb[j];
+        memcpy(&pairs[2 * j + 1], &j, 4);
+    }
+    qsort(pairs, (size_t)n, 2 * sizeof(float), by_value);
+    for (int j = 0; j < n; j++) memcpy(&idx_of[j], &pairs[2 * j + 1], 4);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
 // IQ1_S's search over the two split points (i1 <= i2) of the sorted values and the two shifts, eight values of i2
-// at a time: each lane computes sumqx and sumq2 with the plain loop's operations, and the test against the best so
-// far runs in lanes too. Only a chunk where some candidate passes that test is walked candidate by candidate in
-// the plain loop's order (i2, then shift), updating the best as the plain loop does: a chunk none of whose
-// candidates passes changes nothing there either, so the result is the same. sumx and sumw (S1_SUB + 1 values)
-// are padded with 8 more.
+// at a time. Each lane forms sumqx and sumq2 from the same products and sums as the plain loop; the products that
+// depend on i1 alone (the first run's) or on i2 alone (the last run's) are formed once per i1 / per i2 instead of
+// per candidate, and the middle run's products of shift -1 are those of shift +1 negated / equal (its level is the
+// negated one: x * -l == -(x * l) and (x * -l) * -l == (x * l) * l exactly). The test against the best so far runs
+// in lanes; only a chunk where some candidate passes is walked candidate by candidate in the plain loop's order
+// (i2, then shift), updating the best as the plain loop does: a chunk none of whose candidates passes changes
+// nothing there either, so the result is the same. sumx and sumw (S1_SUB + 1 values) are padded with 8 more.
 __attribute__((target("avx2"))) static void iq1s_best_split_avx2(const float *sumx, const float *sumw,
                                                                   const float *x_p, const float *x_m, float *score,
                                                                   float *scale, int *besti1, int *besti2,
                                                                   int *shift) {
     float best_score = *score;
+    // (2, S1_SUB + 1 + 8) the last run's products per i2 and shift: (sumx[n] - sumx[i2]) * l2, (sumw[n] - ...) * l2 * l2
+    float cx[2][S1_SUB + 1 + 8], cw[2][S1_SUB + 1 + 8];
     const float *xs[2] = {x_p, x_m};
-    for (int i1 = 0; i1 <= S1_SUB; i1++) {
-        __m256 a[2], b_x1[2], c_end[2], d[2], e_w1[2], f_end[2];
-        for (int sh = 0; sh < 2; sh++) {
-            a[sh] = _mm256_set1_ps((sumx[i1] - sumx[0]) * xs[sh][0]);
-            d[sh] = _mm256_set1_ps((sumw[i1] - sumw[0]) * xs[sh][0] * xs[sh][0]);
-            b_x1[sh] = _mm256_set1_ps(xs[sh][1]);
-            c_end[sh] = _mm256_set1_ps(xs[sh][2]);
-            e_w1[sh] = _mm256_set1_ps(xs[sh][1]);
-            f_end[sh] = _mm256_set1_ps(xs[sh][2]);
+    for (int sh = 0; sh < 2; sh++)
+        for (int i2 = 0; i2 <= S1_SUB + 8; i2++) {
+            cx[sh][i2] = (sumx[S1_SUB] - sumx[i2]) * xs[sh][2];
+            cw[sh][i2] = (sumw[S1_SUB] - sumw[i2]) * xs[sh][2] * xs[sh][2];
         }
+    const __m256 l1 = _mm256_set1_ps(x_p[1]), zero = _mm256_setzero_ps();
+    for (int i1 = 0; i1 <= S1_SUB; i1++) {
+        const __m256 a_p = _mm256_set1_ps((sumx[i1] - sumx[0]) * x_p[0]);
+        const __m256 a_m = _mm256_set1_ps((sumx[i1] - sumx[0]) * x_m[0]);
+        const __m256 d_p = _mm256_set1_ps((sumw[i1] - sumw[0]) * x_p[0] * x_p[0]);
+        const __m256 d_m = _mm256_set1_ps((sumw[i1] - sumw[0]) * x_m[0] * x_m[0]);
         const __m256 sx1 = _mm256_set1_ps(sumx[i1]), sw1 = _mm256_set1_ps(sumw[i1]);
-        const __m256 sxn = _mm256_set1_ps(sumx[S1_SUB]), swn = _mm256_set1_ps(sumw[S1_SUB]);
         for (int i2 = i1; i2 <= S1_SUB; i2 += 8) {
-            const __m256 sx2 = _mm256_loadu_ps(sumx + i2), sw2 = _mm256_loadu_ps(sumw + i2);
-            const int valid = S1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (S1_SUB + 1 - i2)) - 1;
+            const __m256 b = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(sumx + i2), sx1), l1);
+            const __m256 e = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(sumw + i2), sw1), l1), l1);
+            const __m256 qx_p = _mm256_add_ps(_mm256_add_ps(a_p, b), _mm256_loadu_ps(cx[0] + i2));
+            const __m256 qx_m = _mm256_add_ps(_mm256_sub_ps(a_m, b), _mm256_loadu_ps(cx[1] + i2));
+            const __m256 q2_p = _mm256_add_ps(_mm256_add_ps(d_p, e), _mm256_loadu_ps(cw[0] + i2));
+            const __m256 q2_m = _mm256_add_ps(_mm256_add_ps(d_m, e), _mm256_loadu_ps(cw[1] + i2));
+            const __m256 sq_p = _mm256_mul_ps(qx_p, qx_p), sq_m = _mm256_mul_ps(qx_m, qx_m);
+            const __m256 pos_p = _mm256_cmp_ps(q2_p, zero, _CMP_GT_OQ), pos_m = _mm256_cmp_ps(q2_m, zero, _CMP_GT_OQ);
+            __m256 best = _mm256_set1_ps(best_score);
+            int valid = S1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (S1_SUB + 1 - i2)) - 1;
+            int pass = _mm256_movemask_ps(_mm256_or_ps(
+                _mm256_and_ps(pos_p, _mm256_cmp_ps(sq_p, _mm256_mul_ps(best, q2_p), _CMP_GT_OQ)),
+                _mm256_and_ps(pos_m, _mm256_cmp_ps(sq_m, _mm256_mul_ps(best, q2_m), _CMP_GT_OQ)))) & valid;
+            if (!pass) continue;
             float qx[2][8], q2[2][8];
-            int pass = 0;
-            const __m256 best = _mm256_set1_ps(best_score);
-            for (int sh = 0; sh < 2; sh++) {
-                const __m256 sumqx = _mm256_add_ps(_mm256_add_ps(a[sh], _mm256_mul_ps(_mm256_sub_ps(sx2, sx1), b_x1[sh])),
-                                                   _mm256_mul_ps(_mm256_sub_ps(sxn, sx2), c_end[sh]));
-                const __m256 sumq2 = _mm256_add_ps(
-                    _mm256_add_ps(d[sh], _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(sw2, sw1), e_w1[sh]), e_w1[sh])),
-                    _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(swn, sw2), f_end[sh]), f_end[sh]));
-                const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(sumq2, _mm256_setzero_ps(), _CMP_GT_OQ),
-                                                _mm256_cmp_ps(_mm256_mul_ps(sumqx, sumqx), _mm256_mul_ps(best, sumq2),
-                                                              _CMP_GT_OQ));
-                pass |= _mm256_movemask_ps(ok);
-                _mm256_storeu_ps(qx[sh], sumqx);
-                _mm256_storeu_ps(q2[sh], sumq2);
-            }
-            if (!(pass & valid)) continue;
-            for (int k = 0; k < 8 && i2 + k <= S1_SUB; k++)
+            _mm256_storeu_ps(qx[0], qx_p);
+            _mm256_storeu_ps(qx[1], qx_m);
+            _mm256_storeu_ps(q2[0], q2_p);
+            _mm256_storeu_ps(q2[1], q2_m);
+            // the first lane with a passing candidate; the lanes before it fail against the same best. After it,
+            // the rest of the chunk is tested again against the (new) best.
+            while (pass) {
+                const int k = __builtin_ctz((unsigned)pass);
                 for (int sh = 0; sh < 2; sh++)
                     if (q2[sh][k] > 0 && qx[sh][k] * qx[sh][k] > best_score * q2[sh][k]) {
                         *scale = qx[sh][k] / q2[sh][k];
@@ -763,6 +942,12 @@ __attribute__((target("avx2"))) static void iq1s_best_split_avx2(const float *su
                         *besti2 = i2 + k;
                         *shift = sh == 0 ? 1 : -1;
                     }
+                valid &= ~((2 << k) - 1);
+                best = _mm256_set1_ps(best_score);
+                pass = _mm256_movemask_ps(_mm256_or_ps(
+                    _mm256_and_ps(pos_p, _mm256_cmp_ps(sq_p, _mm256_mul_ps(best, q2_p), _CMP_GT_OQ)),
+                    _mm256_and_ps(pos_m, _mm256_cmp_ps(sq_m, _mm256_mul_ps(best, q2_m), _CMP_GT_OQ)))) & valid;
+            }
         }
     }
     *score = best_score;
@@ -795,12 +980,7 @@ static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float 
                 shifts[s] = 1;
                 continue;
             }
-            for (int j = 0; j < S1_SUB; j++) {
-                pairs[2 * j] = xb[j];
-                memcpy(&pairs[2 * j + 1], &j, 4);
-            }
-            qsort(pairs, S1_SUB, 2 * sizeof(float), by_value);
-            for (int j = 0; j < S1_SUB; j++) memcpy(&idx_of[j], &pairs[2 * j + 1], 4);
+            iq1_order(xb, S1_SUB, pairs, idx_of);
             sumx[0] = sumw[0] = 0;
             for (int j = 0; j < S1_SUB; j++) {
                 const int i = idx_of[j];
@@ -1014,12 +1194,7 @@ static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float 
                 shifts[s] = 0;
                 continue;
             }
-            for (int j = 0; j < M1_SUB; j++) {
-                pairs[2 * j] = xb[j];
-                memcpy(&pairs[2 * j + 1], &j, 4);
-            }
-            qsort(pairs, M1_SUB, 2 * sizeof(float), by_value);
-            for (int j = 0; j < M1_SUB; j++) memcpy(&idx_of[j], &pairs[2 * j + 1], 4);
+            iq1_order(xb, M1_SUB, pairs, idx_of);
             float best_score = -FLT_MAX, scale = max;
             int besti1 = -1, besti2 = -1, best_k = -1;
             // per half h of the sub-block: prefix sums of w*x and w in sorted order (the other half's stay flat)
@@ -1191,8 +1366,22 @@ static void quantize_row_iq1_m_avx2(const float *x, void *vy, int64_t n, const f
     quantize_row_iq1_m(x, vy, n, imatrix);
     use_lanes = 0;
 }
+// AVX-512 (IQ2_XXS, IQ1_S, IQ1_M): the neighbour search sixteen neighbours per vector, IQ1's split search sixteen
+// split points per vector and its sort by ranks in 16-lane compares.
+#define IQ_WIDE_ENTRY(f)                                                        \
+    static void f##_avx512(const float *x, void *vy, int64_t n, const float *imatrix) { \
+        use_lanes = 1;                                                          \
+        wide_lanes = 1;                                                         \
+        f(x, vy, n, imatrix);                                                   \
+        wide_lanes = 0;                                                         \
+        use_lanes = 0;                                                          \
+    }
+IQ_WIDE_ENTRY(quantize_row_iq2_xxs)
+IQ_WIDE_ENTRY(quantize_row_iq1_s)
+IQ_WIDE_ENTRY(quantize_row_iq1_m)
 #define IQ_SIMD(f) f##_avx2, "avx2"
 #define IQ1_SIMD(f) f##_avx2, "avx2"
+#define IQ_WIDE(f) f##_avx512, "avx512"
 #elif defined(__aarch64__)
 // NEON: the neighbour search only (IQ2_XXS, IQ2_XS), byte-exact under qemu-aarch64 (tests/test_arm_kernels.py); not
 // timed (emulated speed says nothing about ARM hardware).
@@ -1208,18 +1397,23 @@ static void quantize_row_iq2_xs_neon(const float *x, void *vy, int64_t n, const 
 }
 #define IQ_SIMD(f) f##_neon, "neon"
 #define IQ1_SIMD(f) NULL, NULL
+#define IQ_WIDE(f) NULL, NULL
 #else
 #define IQ_SIMD(f) NULL, NULL
 #define IQ1_SIMD(f) NULL, NULL
+#define IQ_WIDE(f) NULL, NULL
 #endif
 
 // ---- table
 
 const gk_type_traits gk_iq2_types[] = {
-    {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, IQ_SIMD(quantize_row_iq2_xxs), dequantize_row_iq2_xxs},
+    {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, IQ_SIMD(quantize_row_iq2_xxs), dequantize_row_iq2_xxs,
+     IQ_WIDE(quantize_row_iq2_xxs)},
     {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, IQ_SIMD(quantize_row_iq2_xs), dequantize_row_iq2_xs},
     {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, NULL, NULL, dequantize_row_iq2_s},
-    {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, IQ1_SIMD(quantize_row_iq1_s), dequantize_row_iq1_s},
-    {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, IQ1_SIMD(quantize_row_iq1_m), dequantize_row_iq1_m},
+    {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, IQ1_SIMD(quantize_row_iq1_s), dequantize_row_iq1_s,
+     IQ_WIDE(quantize_row_iq1_s)},
+    {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, IQ1_SIMD(quantize_row_iq1_m), dequantize_row_iq1_m,
+     IQ_WIDE(quantize_row_iq1_m)},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
