@@ -888,8 +888,9 @@ static void iq1_order(const float *xb, int n, float *pairs, int *idx_of) {
 // per candidate, and the middle run's products of shift -1 are those of shift +1 negated / equal (its level is the
 // negated one: x * -l == -(x * l) and (x * -l) * -l == (x * l) * l exactly). The test against the best so far runs
 // in lanes; only a chunk where some candidate passes is walked candidate by candidate in the plain loop's order
-// (i2, then shift), updating the best as the plain loop does: a chunk none of whose candidates passes changes
-// nothing there either, so the result is the same. sumx and sumw (S1_SUB + 1 values) are padded with 8 more.
+// (i2, then shift) from its first passing lane, updating the best as the plain loop does: a chunk none of whose
+// candidates passes changes nothing there either, so the result is the same. sumx and sumw (S1_SUB + 1 values) are
+// padded with 8 more.
 __attribute__((target("avx2"))) static void iq1s_best_split_avx2(const float *sumx, const float *sumw,
                                                                   const float *x_p, const float *x_m, float *score,
                                                                   float *scale, int *besti1, int *besti2,
@@ -919,35 +920,34 @@ __attribute__((target("avx2"))) static void iq1s_best_split_avx2(const float *su
             const __m256 q2_m = _mm256_add_ps(_mm256_add_ps(d_m, e), _mm256_loadu_ps(cw[1] + i2));
             const __m256 sq_p = _mm256_mul_ps(qx_p, qx_p), sq_m = _mm256_mul_ps(qx_m, qx_m);
             const __m256 pos_p = _mm256_cmp_ps(q2_p, zero, _CMP_GT_OQ), pos_m = _mm256_cmp_ps(q2_m, zero, _CMP_GT_OQ);
-            __m256 best = _mm256_set1_ps(best_score);
-            int valid = S1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (S1_SUB + 1 - i2)) - 1;
+            const __m256 best = _mm256_set1_ps(best_score);
+            const int valid = S1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (S1_SUB + 1 - i2)) - 1;
             int pass = _mm256_movemask_ps(_mm256_or_ps(
                 _mm256_and_ps(pos_p, _mm256_cmp_ps(sq_p, _mm256_mul_ps(best, q2_p), _CMP_GT_OQ)),
                 _mm256_and_ps(pos_m, _mm256_cmp_ps(sq_m, _mm256_mul_ps(best, q2_m), _CMP_GT_OQ)))) & valid;
             if (!pass) continue;
-            float qx[2][8], q2[2][8];
-            _mm256_storeu_ps(qx[0], qx_p);
-            _mm256_storeu_ps(qx[1], qx_m);
+            // the walk: from the first passing lane on, each candidate tested against the best in the plain order;
+            // its scale and score (the plain loop's division and product) formed in lanes beforehand, so that an
+            // acceptance is a load, not a division, on the walk's chain
+            float qq[2][8], q2[2][8], sc[2][8], sco[2][8];
+            _mm256_storeu_ps(qq[0], sq_p);
+            _mm256_storeu_ps(qq[1], sq_m);
             _mm256_storeu_ps(q2[0], q2_p);
             _mm256_storeu_ps(q2[1], q2_m);
-            // the first lane with a passing candidate; the lanes before it fail against the same best. After it,
-            // the rest of the chunk is tested again against the (new) best.
-            while (pass) {
-                const int k = __builtin_ctz((unsigned)pass);
+            const __m256 sc_p = _mm256_div_ps(qx_p, q2_p), sc_m = _mm256_div_ps(qx_m, q2_m);
+            _mm256_storeu_ps(sc[0], sc_p);
+            _mm256_storeu_ps(sc[1], sc_m);
+            _mm256_storeu_ps(sco[0], _mm256_mul_ps(sc_p, qx_p));
+            _mm256_storeu_ps(sco[1], _mm256_mul_ps(sc_m, qx_m));
+            for (int k = __builtin_ctz((unsigned)pass); k < 8 && i2 + k <= S1_SUB; k++)
                 for (int sh = 0; sh < 2; sh++)
-                    if (q2[sh][k] > 0 && qx[sh][k] * qx[sh][k] > best_score * q2[sh][k]) {
-                        *scale = qx[sh][k] / q2[sh][k];
-                        best_score = *scale * qx[sh][k];
+                    if (q2[sh][k] > 0 && qq[sh][k] > best_score * q2[sh][k]) {
+                        *scale = sc[sh][k];
+                        best_score = sco[sh][k];
                         *besti1 = i1;
                         *besti2 = i2 + k;
                         *shift = sh == 0 ? 1 : -1;
                     }
-                valid &= ~((2 << k) - 1);
-                best = _mm256_set1_ps(best_score);
-                pass = _mm256_movemask_ps(_mm256_or_ps(
-                    _mm256_and_ps(pos_p, _mm256_cmp_ps(sq_p, _mm256_mul_ps(best, q2_p), _CMP_GT_OQ)),
-                    _mm256_and_ps(pos_m, _mm256_cmp_ps(sq_m, _mm256_mul_ps(best, q2_m), _CMP_GT_OQ)))) & valid;
-            }
         }
     }
     *score = best_score;
