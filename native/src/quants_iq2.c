@@ -1114,51 +1114,72 @@ static void m1_weights(const float *xb, const float *qw, float sigma2, float *we
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-// IQ1_M's split-point search, as iq1s_best_split_avx2 (the same operations per candidate, the best-so-far test in
-// lanes, passing chunks walked in the plain order: i2, then the four shift combinations k).
+// IQ1_M's split-point search, as iq1s_best_split_avx2: eight i2 per vector, each lane with the plain loop's
+// operations, the products that depend on i1 alone or i2 alone formed once per i1 / i2; a passing chunk is walked
+// in the plain order (i2, then the four shift combinations k) from its first passing lane, with the candidates'
+// scales and scores formed in lanes.
 __attribute__((target("avx2"))) static void iq1m_best_split_avx2(
     const float px[2][M1_SUB + 1 + 8], const float pw[2][M1_SUB + 1 + 8], const float *txs, const float *tws,
     float p2, float m2, float cp1, float cp2, float cm1, float cm2, float *score, float *scale, int *besti1,
     int *besti2, int *best_k) {
     float best_score = *score;
-    const __m256 vp2 = _mm256_set1_ps(p2), vm2 = _mm256_set1_ps(m2);
-    const __m256 vcp1 = _mm256_set1_ps(cp1), vcp2 = _mm256_set1_ps(cp2);
-    const __m256 vcm1 = _mm256_set1_ps(cm1), vcm2 = _mm256_set1_ps(cm2);
+    // (2 halves, M1_SUB + 1 + 8) the last run's products pw[h][i2] * cp2, * cm2
+    float hp[2][M1_SUB + 1 + 8], hm[2][M1_SUB + 1 + 8];
+    for (int h = 0; h < 2; h++)
+        for (int i2 = 0; i2 <= M1_SUB + 8; i2++) {
+            hp[h][i2] = pw[h][i2] * cp2;
+            hm[h][i2] = pw[h][i2] * cm2;
+        }
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 tp[2], tm[2];
+    for (int h = 0; h < 2; h++) {
+        tp[h] = _mm256_set1_ps(txs[h] * p2);
+        tm[h] = _mm256_set1_ps(txs[h] * m2);
+    }
     for (int i1 = 0; i1 <= M1_SUB; i1++) {
+        __m256 x1[2], gp[2], gm[2];
+        for (int h = 0; h < 2; h++) {
+            x1[h] = _mm256_set1_ps(px[h][i1]);
+            gp[h] = _mm256_set1_ps(tws[h] * p2 * p2 + pw[h][i1] * cp1);
+            gm[h] = _mm256_set1_ps(tws[h] * m2 * m2 + pw[h][i1] * cm1);
+        }
         for (int i2 = i1; i2 <= M1_SUB; i2 += 8) {
             __m256 qx_p[2], qx_m[2], q2_p[2], q2_m[2];
             for (int h = 0; h < 2; h++) {
-                const __m256 sx = _mm256_add_ps(_mm256_set1_ps(px[h][i1]), _mm256_loadu_ps(px[h] + i2));
-                const __m256 tx = _mm256_set1_ps(txs[h]), tw = _mm256_set1_ps(tws[h]);
-                const __m256 w1 = _mm256_set1_ps(pw[h][i1]), w2 = _mm256_loadu_ps(pw[h] + i2);
-                qx_p[h] = _mm256_sub_ps(_mm256_mul_ps(tx, vp2), sx);
-                qx_m[h] = _mm256_sub_ps(_mm256_mul_ps(tx, vm2), sx);
-                q2_p[h] = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(tw, vp2), vp2), _mm256_mul_ps(w1, vcp1)),
-                                        _mm256_mul_ps(w2, vcp2));
-                q2_m[h] = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(tw, vm2), vm2), _mm256_mul_ps(w1, vcm1)),
-                                        _mm256_mul_ps(w2, vcm2));
+                const __m256 sx = _mm256_add_ps(x1[h], _mm256_loadu_ps(px[h] + i2));
+                qx_p[h] = _mm256_sub_ps(tp[h], sx);
+                qx_m[h] = _mm256_sub_ps(tm[h], sx);
+                q2_p[h] = _mm256_add_ps(gp[h], _mm256_loadu_ps(hp[h] + i2));
+                q2_m[h] = _mm256_add_ps(gm[h], _mm256_loadu_ps(hm[h] + i2));
             }
+            // k: shift signs of (first half, second half): 0 = ++, 1 = +-, 2 = -+, 3 = --
             const __m256 sqx[4] = {_mm256_add_ps(qx_p[0], qx_p[1]), _mm256_add_ps(qx_p[0], qx_m[1]),
                                    _mm256_add_ps(qx_m[0], qx_p[1]), _mm256_add_ps(qx_m[0], qx_m[1])};
             const __m256 sq2[4] = {_mm256_add_ps(q2_p[0], q2_p[1]), _mm256_add_ps(q2_p[0], q2_m[1]),
                                    _mm256_add_ps(q2_m[0], q2_p[1]), _mm256_add_ps(q2_m[0], q2_m[1])};
             const __m256 best = _mm256_set1_ps(best_score);
-            int pass = 0;
-            float qx[4][8], q2[4][8];
+            __m256 ok = zero, sq[4];
             for (int k = 0; k < 4; k++) {
-                pass |= _mm256_movemask_ps(_mm256_and_ps(
-                    _mm256_cmp_ps(sq2[k], _mm256_setzero_ps(), _CMP_GT_OQ),
-                    _mm256_cmp_ps(_mm256_mul_ps(sqx[k], sqx[k]), _mm256_mul_ps(best, sq2[k]), _CMP_GT_OQ)));
-                _mm256_storeu_ps(qx[k], sqx[k]);
-                _mm256_storeu_ps(q2[k], sq2[k]);
+                sq[k] = _mm256_mul_ps(sqx[k], sqx[k]);
+                ok = _mm256_or_ps(ok, _mm256_and_ps(_mm256_cmp_ps(sq2[k], zero, _CMP_GT_OQ),
+                                                    _mm256_cmp_ps(sq[k], _mm256_mul_ps(best, sq2[k]), _CMP_GT_OQ)));
             }
             const int valid = M1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (M1_SUB + 1 - i2)) - 1;
-            if (!(pass & valid)) continue;
-            for (int j = 0; j < 8 && i2 + j <= M1_SUB; j++)
+            const int pass = _mm256_movemask_ps(ok) & valid;
+            if (!pass) continue;
+            float qq[4][8], q2[4][8], sc[4][8], sco[4][8];
+            for (int k = 0; k < 4; k++) {
+                const __m256 s = _mm256_div_ps(sqx[k], sq2[k]);
+                _mm256_storeu_ps(qq[k], sq[k]);
+                _mm256_storeu_ps(q2[k], sq2[k]);
+                _mm256_storeu_ps(sc[k], s);
+                _mm256_storeu_ps(sco[k], _mm256_mul_ps(s, sqx[k]));
+            }
+            for (int j = __builtin_ctz((unsigned)pass); j < 8 && i2 + j <= M1_SUB; j++)
                 for (int k = 0; k < 4; k++)
-                    if (q2[k][j] > 0 && qx[k][j] * qx[k][j] > best_score * q2[k][j]) {
-                        *scale = qx[k][j] / q2[k][j];
-                        best_score = *scale * qx[k][j];
+                    if (q2[k][j] > 0 && qq[k][j] > best_score * q2[k][j]) {
+                        *scale = sc[k][j];
+                        best_score = sco[k][j];
                         *besti1 = i1;
                         *besti2 = i2 + j;
                         *best_k = k;
