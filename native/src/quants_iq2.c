@@ -473,6 +473,58 @@ static inline int xxs_onto_grid(const lattice8 *g, const float *xval, const floa
     return onto_grid(g, xval, w, id, scale, L);
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+// fit_xxs's 13 trial scales with their weighted sums in lanes, one trial per lane (two __m256, lanes 13..15 idle):
+// every trial's groups are rounded onto the grid first (as the plain loop does, in any order: they are
+// independent), their levels stored value-major (lt[i][trial]); then lane t sums sumqx and sumq2 over the 32
+// values in the plain order with the plain operations ((w * x) * q and (w * q) * q from 0.0f). The best trial is
+// then picked in the plain order with the plain test. Returns the scale (unchanged when no trial passes); L gets
+// the best trial's levels.
+__attribute__((target("avx2"))) static float xxs_trials_avx2(const lattice8 *g, const float *xval, const float *weight,
+                                                              const float *waux, float eff_max, float scale, int8_t *L) {
+    enum { TRIALS = 13 };
+    int8_t lt[XXS_SUB][16];
+    int8_t Lt[GROUP];
+    for (int t = 0; t < TRIALS; t++) {
+        const int s = t - 6;
+        const float id = (2 * MAX_LEVEL - 1 + s * 0.1f) / eff_max;
+        const float this_scale = 1 / id;
+        for (int k = 0; k < XXS_SUB / GROUP; k++) {
+            xxs_onto_grid(g, xval + 8 * k, waux + 8 * k, id, this_scale, Lt);
+            for (int i = 0; i < GROUP; i++) lt[8 * k + i][t] = Lt[i];
+        }
+    }
+    __m256 sx[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, s2[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    const __m256i one = _mm256_set1_epi32(1);
+    for (int i = 0; i < XXS_SUB; i++) {
+        const __m128i l8 = _mm_loadu_si128((const __m128i *)(const void *)lt[i]);
+        const __m256 wx = _mm256_set1_ps(weight[i] * xval[i]), w = _mm256_set1_ps(weight[i]);
+        for (int h = 0; h < 2; h++) {
+            const __m256i l = _mm256_cvtepi8_epi32(h ? _mm_srli_si128(l8, 8) : l8);
+            const __m256 q = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(l, l), one));
+            sx[h] = _mm256_add_ps(sx[h], _mm256_mul_ps(wx, q));
+            s2[h] = _mm256_add_ps(s2[h], _mm256_mul_ps(_mm256_mul_ps(w, q), q));
+        }
+    }
+    float sumqx[16], sumq2[16];
+    _mm256_storeu_ps(sumqx, sx[0]);
+    _mm256_storeu_ps(sumqx + 8, sx[1]);
+    _mm256_storeu_ps(sumq2, s2[0]);
+    _mm256_storeu_ps(sumq2 + 8, s2[1]);
+    float best = 0.0f;
+    int pick = -1;
+    for (int t = 0; t < TRIALS; t++)
+        if (sumq2[t] > 0 && sumqx[t] * sumqx[t] > best * sumq2[t]) {
+            scale = sumqx[t] / sumq2[t];
+            best = scale * sumqx[t];
+            pick = t;
+        }
+    if (pick >= 0)
+        for (int i = 0; i < XXS_SUB; i++) L[i] = lt[i][pick];
+    return scale;
+}
+#endif
+
 // One sub-block of 32: 0 when llama.cpp skips it (all zero, or its first fit degenerate), else 1 with *scale and
 // the level indices in L.
 static int fit_xxs(const lattice8 *g, const float *xval, const float *weight, const float *waux, float max,
@@ -487,6 +539,11 @@ static int fit_xxs(const lattice8 *g, const float *xval, const float *weight, co
     }
     int8_t Laux[XXS_SUB];
     float best = 0.0f;
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_lanes) {
+        scale = xxs_trials_avx2(g, xval, weight, waux, eff_max, scale, L);
+    } else
+#endif
     for (int s = -6; s <= 6; s++) {
         const float id = (2 * MAX_LEVEL - 1 + s * 0.1f) / eff_max;
         const float this_scale = 1 / id;
