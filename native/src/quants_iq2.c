@@ -358,6 +358,45 @@ static inline int scale_code(float id, float scale) {
 #if defined(__x86_64__) || defined(__i386__)
 static _Thread_local int wide_lanes;
 
+// Per neighbour-list entry (parallel to g->neighbours, padded by 16): coordinate i's lookup index in nibble i,
+// field | 4 (i >> 2) | 8 (i & 1), so that the index for coordinate i is the word shifted right by 4i: AVX2's
+// permute reads bits 0..2 (field + 4 for the high 128 bits), AVX-512's bits 0..3 (the table layout below).
+typedef struct {
+    pthread_once_t once;
+    const lattice8 *g;
+    uint32_t *nib;
+} lane_codes;
+
+static lane_codes XXS_NIB = {PTHREAD_ONCE_INIT, &IQ2XXS_LATTICE, NULL}, IQ1_NIB = {PTHREAD_ONCE_INIT, &IQ1S_LATTICE, NULL};
+
+static void build_nibbles(lane_codes *lc) {
+    const lattice8 *g = lc->g;
+    size_t total = 0;
+    for (int u = 0; u < LATTICE; u++)
+        if (g->index_of[u] < 0 && g->index_of[u] != INT32_MIN) total += 1u + g->neighbours[-g->index_of[u] - 1];
+    lc->nib = calloc(total + 16, sizeof(uint32_t));
+    if (lc->nib == NULL) abort();
+    for (size_t k = 0; k < total; k += 1u + g->neighbours[k])
+        for (size_t m = 1; m <= g->neighbours[k]; m++) {
+            const int code = g->codes[g->neighbours[k + m]];
+            uint32_t w = 0;
+            for (int i = 0; i < GROUP; i++)
+                w |= (uint32_t)(((code >> (2 * i)) & 3) | 4 * (i >> 2) | 8 * (i & 1)) << (4 * i);
+            lc->nib[k + m] = w;
+        }
+}
+static void build_xxs_nib(void) { build_nibbles(&XXS_NIB); }
+static void build_iq1_nib(void) { build_nibbles(&IQ1_NIB); }
+
+static const uint32_t *lane_nibbles(const lattice8 *g) {
+    if (g == &IQ2XXS_LATTICE) {
+        pthread_once(&XXS_NIB.once, build_xxs_nib);
+        return XXS_NIB.nib;
+    }
+    pthread_once(&IQ1_NIB.once, build_iq1_nib);
+    return IQ1_NIB.nib;
+}
+
 // The four rows (coordinates i and i + 4 in the low and high 128 bits, levels 0..2 then a zero) of the table.
 __attribute__((target("avx2"))) static inline void term_rows_avx2(const float *xval, const float *w, const float *sl,
                                                                    __m256 rows[4]) {
@@ -379,21 +418,18 @@ __attribute__((target("avx2"))) static inline void term_rows_avx2(const float *x
 __attribute__((target("avx2"))) static int lane_nearest_avx2(const lattice8 *g, int u, const float *xval,
                                                               const float *w, const float *sl) {
     const int offset = -g->index_of[u] - 1;
-    const uint16_t *nb = g->neighbours + offset, *codes = g->nb_codes + offset;
+    const uint16_t *nb = g->neighbours + offset;
+    const uint32_t *codes = lane_nibbles(g) + offset;
     __m256 rows[4];
     term_rows_avx2(xval, w, sl, rows);
-    const __m256i field = _mm256_set1_epi32(3), high = _mm256_set1_epi32(4);
     const int n = nb[0];
     float best_d2 = FLT_MAX;
     int best = -1;
     for (int j = 0; j < n; j += 8) {
-        const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(codes + 1 + j)));
-        __m256 d2 = _mm256_add_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(rows[0], _mm256_and_si256(c, field)));
-        for (int i = 1; i < GROUP; i++) {
-            __m256i f = _mm256_and_si256(_mm256_srli_epi32(c, 2 * i), field);
-            if (i >= 4) f = _mm256_or_si256(f, high);
-            d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(rows[i & 3], f));
-        }
+        const __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)(codes + 1 + j));
+        __m256 d2 = _mm256_add_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(rows[0], c));
+        for (int i = 1; i < GROUP; i++)
+            d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(rows[i & 3], _mm256_srli_epi32(c, 4 * i)));
         const int valid = n - j >= 8 ? 0xff : (1 << (n - j)) - 1;
         if (!(_mm256_movemask_ps(_mm256_cmp_ps(d2, _mm256_set1_ps(best_d2), _CMP_LT_OQ)) & valid)) continue;
         float d[8];
@@ -413,25 +449,21 @@ __attribute__((target("avx2"))) static int lane_nearest_avx2(const lattice8 *g, 
 // coordinate i reads table (i >> 1) & 1 at 8 (i & 1) + 4 (i >> 2) + its field.
 IQ_AVX512 static int lane_nearest_avx512(const lattice8 *g, int u, const float *xval, const float *w, const float *sl) {
     const int offset = -g->index_of[u] - 1;
-    const uint16_t *nb = g->neighbours + offset, *codes = g->nb_codes + offset;
+    const uint16_t *nb = g->neighbours + offset;
+    const uint32_t *codes = lane_nibbles(g) + offset;
     __m256 rows[4];
     term_rows_avx2(xval, w, sl, rows);
     const __m512 tab[2] = {_mm512_insertf32x8(_mm512_castps256_ps512(rows[0]), rows[1], 1),
                            _mm512_insertf32x8(_mm512_castps256_ps512(rows[2]), rows[3], 1)};
-    const __m512i field = _mm512_set1_epi32(3);
     const int n = nb[0];
     float best_d2 = FLT_MAX;
     int best = -1;
     for (int j = 0; j < n; j += 16) {
         const __mmask16 valid = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
-        // codes are padded by 8 past the last list only: load the lanes in range
-        const __m512i c = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, codes + 1 + j));
-        __m512 d2 = _mm512_add_ps(_mm512_setzero_ps(), _mm512_permutexvar_ps(_mm512_and_si512(c, field), tab[0]));
-        for (int i = 1; i < GROUP; i++) {
-            const __m512i f = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 2 * i), field),
-                                              _mm512_set1_epi32(8 * (i & 1) + 4 * (i >> 2)));
-            d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(f, tab[(i >> 1) & 1]));
-        }
+        const __m512i c = _mm512_loadu_si512((const void *)(codes + 1 + j));
+        __m512 d2 = _mm512_add_ps(_mm512_setzero_ps(), _mm512_permutexvar_ps(c, tab[0]));
+        for (int i = 1; i < GROUP; i++)
+            d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4 * i), tab[(i >> 1) & 1]));
         const __mmask16 below = _mm512_mask_cmp_ps_mask(valid, d2, _mm512_set1_ps(best_d2), _CMP_LT_OQ);
         if (!below) continue;
         // the walk in list order ends at the first lane holding the least of the lanes below the best (exact: a
