@@ -62,3 +62,55 @@ def test_k_quants_on_a_cpu_without_avx512(cpu, tmp_path):
             ours = out[f"{qtype.name}.{im_name}"]
             assert np.array_equal(ours, ref), (f"{cpu} {qtype.name} imatrix={im_name}: "
                                                + describe_mismatch(ours, ref, TYPE_BYTES[qtype]))
+
+
+IQ_CHILD = """
+import sys
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from ggufkit import quant
+x = np.load(sys.argv[1])
+im = np.load(sys.argv[2])
+out = {}
+for name in sys.argv[4].split(","):
+    t = T[name]
+    out[name + ".path"] = np.array(quant.simd_path(t))
+    if t not in quant.REQUIRES_IMATRIX:
+        out[name + ".none"] = quant.quantize(x, t, None, threads=2)
+    out[name + ".imatrix"] = quant.quantize(x, t, im, threads=2)
+np.savez(sys.argv[3], **out)
+"""
+
+
+@pytest.mark.parametrize("cpu", ["Haswell", "EPYC-Rome"])
+def test_iq1_and_iq2_xxs_on_a_cpu_without_avx512(cpu, tmp_path):
+    """IQ1_S, IQ1_M and IQ2_XXS (AVX-512 entry points next to their AVX2 ones) take AVX2 there, exactly."""
+    from gguf import GGMLQuantizationType as T
+
+    from ggufkit import quant
+
+    if shutil.which("qemu-x86_64") is None:
+        pytest.fail("qemu-x86_64 missing: apt-get install qemu-user")
+    rng = np.random.default_rng(17)
+    cols = 256 * 3
+    # (4, cols) f32: normal, heavy-tailed, and a row of few distinct values (equal values for the sort by ranks)
+    x = np.concatenate([rng.standard_normal((2, cols)), rng.standard_t(3, (1, cols)),
+                        rng.integers(-3, 4, (1, cols)) * 0.5]).astype(np.float32)
+    im = rng.uniform(0.01, 5, cols).astype(np.float32)
+    im[rng.random(cols) < 0.3] = 0
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "im.npy", im)
+    types = [T.IQ1_S, T.IQ1_M, T.IQ2_XXS]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GGUFKIT_FORCE_SCALAR": "0", "GGUFKIT_FORCE_AVX2": "0"}
+    run = subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, "-c", IQ_CHILD, str(tmp_path / "x.npy"),
+                          str(tmp_path / "im.npy"), str(tmp_path / "out.npz"), ",".join(t.name for t in types)],
+                         capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    for qtype in types:
+        assert str(out[qtype.name + ".path"]) == "avx2", f"{cpu}: {qtype.name} took {out[qtype.name + '.path']}"
+        for im_name, weights in (("none", None), ("imatrix", im))[qtype in quant.REQUIRES_IMATRIX:]:
+            ref = ggml_quantize(x, qtype, weights)
+            ours = out[f"{qtype.name}.{im_name}"]
+            assert np.array_equal(ours, ref), (f"{cpu} {qtype.name} imatrix={im_name}: "
+                                               + describe_mismatch(ours, ref, quant._TRAITS[int(qtype)][2]))
