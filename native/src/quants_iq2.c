@@ -957,10 +957,45 @@ __attribute__((target("avx2"))) static int iq1_order_avx2(const float *xb, int n
 }
 #endif
 
+#if defined(__aarch64__)
+// iq1_order_avx2 with four lanes per float32x4_t (NEON): the same counts, the same NaN refusal.
+static int iq1_order_neon(const float *xb, int n, int *idx_of) {
+    float32x4_t v[8];
+    uint32x4_t rank[8];
+    const int nv = n / 4;
+    uint32x4_t ordered = vdupq_n_u32(0xffffffffu);
+    for (int q = 0; q < nv; q++) {
+        v[q] = vld1q_f32(xb + 4 * q);
+        ordered = vandq_u32(ordered, vceqq_f32(v[q], v[q]));
+        rank[q] = vdupq_n_u32(0);
+    }
+    if (vminvq_u32(ordered) == 0) return 0;
+    const uint32_t lane_no[4] = {0, 1, 2, 3};
+    const uint32x4_t lane = vld1q_u32(lane_no);
+    for (int k = 0; k < n; k++) {
+        const float32x4_t xk = vdupq_n_f32(xb[k]);
+        const uint32x4_t after_k = vcgtq_u32(lane, vdupq_n_u32((uint32_t)(k % 4)));
+        for (int q = 0; q < nv; q++) {
+            uint32x4_t hit;
+            if (q < k / 4) hit = vcltq_f32(xk, v[q]);
+            else if (q > k / 4) hit = vcleq_f32(xk, v[q]);
+            else hit = vbslq_u32(after_k, vcleq_f32(xk, v[q]), vcltq_f32(xk, v[q]));
+            rank[q] = vsubq_u32(rank[q], hit);
+        }
+    }
+    uint32_t r[32];
+    for (int q = 0; q < nv; q++) vst1q_u32(r + 4 * q, rank[q]);
+    for (int j = 0; j < n; j++) idx_of[r[j]] = j;
+    return 1;
+}
+#endif
+
 // idx_of[rank] = the position of the rank-th smallest of n values, in the order llama.cpp's qsort call gives.
 static void iq1_order(const float *xb, int n, float *pairs, int *idx_of) {
 #if defined(__x86_64__) || defined(__i386__)
     if (use_lanes && iq1_order_avx2(xb, n, idx_of)) return;
+#elif defined(__aarch64__)
+    if (use_lanes && iq1_order_neon(xb, n, idx_of)) return;
 #endif
     for (int j = 0; j < n; j++) {
         pairs[2 * j] = xb[j];
@@ -1043,6 +1078,67 @@ __attribute__((target("avx2"))) static void iq1s_best_split_avx2(const float *su
 }
 #endif
 
+#if defined(__aarch64__)
+// iq1s_best_split_avx2 with four i2 per float32x4_t (NEON): the same hoisted products, the same lane test; a passing
+// chunk is walked lane by lane in the plain order with the plain test and lane-formed scales and scores.
+static void iq1s_best_split_neon(const float *sumx, const float *sumw, const float *x_p, const float *x_m,
+                                 float *score, float *scale, int *besti1, int *besti2, int *shift) {
+    float best_score = *score;
+    float cx[2][S1_SUB + 1 + 8], cw[2][S1_SUB + 1 + 8];
+    const float *xs[2] = {x_p, x_m};
+    for (int sh = 0; sh < 2; sh++)
+        for (int i2 = 0; i2 <= S1_SUB + 8; i2++) {
+            cx[sh][i2] = (sumx[S1_SUB] - sumx[i2]) * xs[sh][2];
+            cw[sh][i2] = (sumw[S1_SUB] - sumw[i2]) * xs[sh][2] * xs[sh][2];
+        }
+    const float32x4_t l1 = vdupq_n_f32(x_p[1]), zero = vdupq_n_f32(0.0f);
+    const uint32_t lane_no[4] = {0, 1, 2, 3};
+    const uint32x4_t lane = vld1q_u32(lane_no);
+    for (int i1 = 0; i1 <= S1_SUB; i1++) {
+        const float32x4_t a_p = vdupq_n_f32((sumx[i1] - sumx[0]) * x_p[0]);
+        const float32x4_t a_m = vdupq_n_f32((sumx[i1] - sumx[0]) * x_m[0]);
+        const float32x4_t d_p = vdupq_n_f32((sumw[i1] - sumw[0]) * x_p[0] * x_p[0]);
+        const float32x4_t d_m = vdupq_n_f32((sumw[i1] - sumw[0]) * x_m[0] * x_m[0]);
+        const float32x4_t sx1 = vdupq_n_f32(sumx[i1]), sw1 = vdupq_n_f32(sumw[i1]);
+        for (int i2 = i1; i2 <= S1_SUB; i2 += 4) {
+            const float32x4_t b = vmulq_f32(vsubq_f32(vld1q_f32(sumx + i2), sx1), l1);
+            const float32x4_t e = vmulq_f32(vmulq_f32(vsubq_f32(vld1q_f32(sumw + i2), sw1), l1), l1);
+            const float32x4_t qx_p = vaddq_f32(vaddq_f32(a_p, b), vld1q_f32(cx[0] + i2));
+            const float32x4_t qx_m = vaddq_f32(vsubq_f32(a_m, b), vld1q_f32(cx[1] + i2));
+            const float32x4_t q2_p = vaddq_f32(vaddq_f32(d_p, e), vld1q_f32(cw[0] + i2));
+            const float32x4_t q2_m = vaddq_f32(vaddq_f32(d_m, e), vld1q_f32(cw[1] + i2));
+            const float32x4_t sq_p = vmulq_f32(qx_p, qx_p), sq_m = vmulq_f32(qx_m, qx_m);
+            const float32x4_t best = vdupq_n_f32(best_score);
+            const uint32x4_t ok = vorrq_u32(
+                vandq_u32(vcgtq_f32(q2_p, zero), vcgtq_f32(sq_p, vmulq_f32(best, q2_p))),
+                vandq_u32(vcgtq_f32(q2_m, zero), vcgtq_f32(sq_m, vmulq_f32(best, q2_m))));
+            const uint32x4_t valid = vcltq_u32(lane, vdupq_n_u32((uint32_t)(S1_SUB + 1 - i2)));
+            if (vmaxvq_u32(vandq_u32(ok, valid)) == 0) continue;
+            float qq[2][4], q2[2][4], sc[2][4], sco[2][4];
+            vst1q_f32(qq[0], sq_p);
+            vst1q_f32(qq[1], sq_m);
+            vst1q_f32(q2[0], q2_p);
+            vst1q_f32(q2[1], q2_m);
+            const float32x4_t sc_p = vdivq_f32(qx_p, q2_p), sc_m = vdivq_f32(qx_m, q2_m);
+            vst1q_f32(sc[0], sc_p);
+            vst1q_f32(sc[1], sc_m);
+            vst1q_f32(sco[0], vmulq_f32(sc_p, qx_p));
+            vst1q_f32(sco[1], vmulq_f32(sc_m, qx_m));
+            for (int k = 0; k < 4 && i2 + k <= S1_SUB; k++)
+                for (int sh = 0; sh < 2; sh++)
+                    if (q2[sh][k] > 0 && qq[sh][k] > best_score * q2[sh][k]) {
+                        *scale = sc[sh][k];
+                        best_score = sco[sh][k];
+                        *besti1 = i1;
+                        *besti2 = i2 + k;
+                        *shift = sh == 0 ? 1 : -1;
+                    }
+        }
+    }
+    *score = best_score;
+}
+#endif
+
 static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float *imatrix) {
     const lattice8 *g = get_lattice(2048);
     const float x_p[3] = {-1 + IQ1_DELTA, IQ1_DELTA, 1 + IQ1_DELTA};
@@ -1081,6 +1177,10 @@ static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float 
 #if defined(__x86_64__) || defined(__i386__)
             if (use_lanes) {
                 iq1s_best_split_avx2(sumx, sumw, x_p, x_m, &best_score, &scale, &besti1, &besti2, &best_shift);
+            } else
+#elif defined(__aarch64__)
+            if (use_lanes) {
+                iq1s_best_split_neon(sumx, sumw, x_p, x_m, &best_score, &scale, &besti1, &besti2, &best_shift);
             } else
 #endif
             for (int i1 = 0; i1 <= S1_SUB; i1++) {
@@ -1279,6 +1379,79 @@ __attribute__((target("avx2"))) static void iq1m_best_split_avx2(
 }
 #endif
 
+#if defined(__aarch64__)
+// iq1m_best_split_avx2 with four i2 per float32x4_t (NEON).
+static void iq1m_best_split_neon(const float px[2][M1_SUB + 1 + 8], const float pw[2][M1_SUB + 1 + 8],
+                                 const float *txs, const float *tws, float p2, float m2, float cp1, float cp2,
+                                 float cm1, float cm2, float *score, float *scale, int *besti1, int *besti2,
+                                 int *best_k) {
+    float best_score = *score;
+    float hp[2][M1_SUB + 1 + 8], hm[2][M1_SUB + 1 + 8];
+    for (int h = 0; h < 2; h++)
+        for (int i2 = 0; i2 <= M1_SUB + 8; i2++) {
+            hp[h][i2] = pw[h][i2] * cp2;
+            hm[h][i2] = pw[h][i2] * cm2;
+        }
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    const uint32_t lane_no[4] = {0, 1, 2, 3};
+    const uint32x4_t lane = vld1q_u32(lane_no);
+    float32x4_t tp[2], tm[2];
+    for (int h = 0; h < 2; h++) {
+        tp[h] = vdupq_n_f32(txs[h] * p2);
+        tm[h] = vdupq_n_f32(txs[h] * m2);
+    }
+    for (int i1 = 0; i1 <= M1_SUB; i1++) {
+        float32x4_t x1[2], gp[2], gm[2];
+        for (int h = 0; h < 2; h++) {
+            x1[h] = vdupq_n_f32(px[h][i1]);
+            gp[h] = vdupq_n_f32(tws[h] * p2 * p2 + pw[h][i1] * cp1);
+            gm[h] = vdupq_n_f32(tws[h] * m2 * m2 + pw[h][i1] * cm1);
+        }
+        for (int i2 = i1; i2 <= M1_SUB; i2 += 4) {
+            float32x4_t qx_p[2], qx_m[2], q2_p[2], q2_m[2];
+            for (int h = 0; h < 2; h++) {
+                const float32x4_t sx = vaddq_f32(x1[h], vld1q_f32(px[h] + i2));
+                qx_p[h] = vsubq_f32(tp[h], sx);
+                qx_m[h] = vsubq_f32(tm[h], sx);
+                q2_p[h] = vaddq_f32(gp[h], vld1q_f32(hp[h] + i2));
+                q2_m[h] = vaddq_f32(gm[h], vld1q_f32(hm[h] + i2));
+            }
+            const float32x4_t sqx[4] = {vaddq_f32(qx_p[0], qx_p[1]), vaddq_f32(qx_p[0], qx_m[1]),
+                                        vaddq_f32(qx_m[0], qx_p[1]), vaddq_f32(qx_m[0], qx_m[1])};
+            const float32x4_t sq2[4] = {vaddq_f32(q2_p[0], q2_p[1]), vaddq_f32(q2_p[0], q2_m[1]),
+                                        vaddq_f32(q2_m[0], q2_p[1]), vaddq_f32(q2_m[0], q2_m[1])};
+            const float32x4_t best = vdupq_n_f32(best_score);
+            uint32x4_t ok = vdupq_n_u32(0);
+            float32x4_t sq[4];
+            for (int k = 0; k < 4; k++) {
+                sq[k] = vmulq_f32(sqx[k], sqx[k]);
+                ok = vorrq_u32(ok, vandq_u32(vcgtq_f32(sq2[k], zero), vcgtq_f32(sq[k], vmulq_f32(best, sq2[k]))));
+            }
+            const uint32x4_t valid = vcltq_u32(lane, vdupq_n_u32((uint32_t)(M1_SUB + 1 - i2)));
+            if (vmaxvq_u32(vandq_u32(ok, valid)) == 0) continue;
+            float qq[4][4], q2[4][4], sc[4][4], sco[4][4];
+            for (int k = 0; k < 4; k++) {
+                const float32x4_t s = vdivq_f32(sqx[k], sq2[k]);
+                vst1q_f32(qq[k], sq[k]);
+                vst1q_f32(q2[k], sq2[k]);
+                vst1q_f32(sc[k], s);
+                vst1q_f32(sco[k], vmulq_f32(s, sqx[k]));
+            }
+            for (int j = 0; j < 4 && i2 + j <= M1_SUB; j++)
+                for (int k = 0; k < 4; k++)
+                    if (q2[k][j] > 0 && qq[k][j] > best_score * q2[k][j]) {
+                        *scale = sc[k][j];
+                        best_score = sco[k][j];
+                        *besti1 = i1;
+                        *besti2 = i2 + j;
+                        *best_k = k;
+                    }
+        }
+    }
+    *score = best_score;
+}
+#endif
+
 static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float *imatrix) {
     const lattice8 *g = get_lattice(2048);
     const float x_p[3] = {-1 + IQ1_DELTA, IQ1_DELTA, 1 + IQ1_DELTA};
@@ -1324,6 +1497,11 @@ static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float 
 #if defined(__x86_64__) || defined(__i386__)
             if (use_lanes) {
                 iq1m_best_split_avx2(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &best_score, &scale, &besti1,
+                                     &besti2, &best_k);
+            } else
+#elif defined(__aarch64__)
+            if (use_lanes) {
+                iq1m_best_split_neon(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &best_score, &scale, &besti1,
                                      &besti2, &best_k);
             } else
 #endif
@@ -1505,8 +1683,19 @@ static void quantize_row_iq2_xs_neon(const float *x, void *vy, int64_t n, const 
     quantize_row_iq2_xs(x, vy, n, imatrix);
     use_lanes = 0;
 }
+// IQ1_S, IQ1_M: the sort by ranks, the split search and the neighbour search in NEON lanes (same check, not timed).
+static void quantize_row_iq1_s_neon(const float *x, void *vy, int64_t n, const float *imatrix) {
+    use_lanes = 1;
+    quantize_row_iq1_s(x, vy, n, imatrix);
+    use_lanes = 0;
+}
+static void quantize_row_iq1_m_neon(const float *x, void *vy, int64_t n, const float *imatrix) {
+    use_lanes = 1;
+    quantize_row_iq1_m(x, vy, n, imatrix);
+    use_lanes = 0;
+}
 #define IQ_SIMD(f) f##_neon, "neon"
-#define IQ1_SIMD(f) NULL, NULL
+#define IQ1_SIMD(f) f##_neon, "neon"
 #define IQ_WIDE(f) NULL, NULL
 #else
 #define IQ_SIMD(f) NULL, NULL
