@@ -1654,8 +1654,9 @@ static void quantize_row_iq1_m_avx2(const float *x, void *vy, int64_t n, const f
     quantize_row_iq1_m(x, vy, n, imatrix);
     use_lanes = 0;
 }
-// AVX-512 (IQ2_XXS, IQ1_S, IQ1_M): the neighbour search sixteen neighbours per vector, IQ1's split search sixteen
-// split points per vector and its sort by ranks in 16-lane compares.
+// AVX-512: IQ2_XXS only, its neighbour search sixteen neighbours per vector (1.05x its AVX2 path, BENCHMARKS.md).
+// IQ1_S and IQ1_M measured 0.93x their AVX2 path with the same search in AVX-512 (and IQ1_M's split search over
+// sixteen split points per vector gained nothing: its walks, not its lanes, take the time), so they take AVX2.
 #define IQ_WIDE_ENTRY(f)                                                        \
     static void f##_avx512(const float *x, void *vy, int64_t n, const float *imatrix) { \
         use_lanes = 1;                                                          \
@@ -1665,8 +1666,6 @@ static void quantize_row_iq1_m_avx2(const float *x, void *vy, int64_t n, const f
         use_lanes = 0;                                                          \
     }
 IQ_WIDE_ENTRY(quantize_row_iq2_xxs)
-IQ_WIDE_ENTRY(quantize_row_iq1_s)
-IQ_WIDE_ENTRY(quantize_row_iq1_m)
 #define IQ_SIMD(f) f##_avx2, "avx2"
 #define IQ1_SIMD(f) f##_avx2, "avx2"
 #define IQ_WIDE(f) f##_avx512, "avx512"
@@ -1710,9 +1709,7 @@ const gk_type_traits gk_iq2_types[] = {
      IQ_WIDE(quantize_row_iq2_xxs)},
     {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, IQ_SIMD(quantize_row_iq2_xs), dequantize_row_iq2_xs},
     {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, NULL, NULL, dequantize_row_iq2_s},
-    {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, IQ1_SIMD(quantize_row_iq1_s), dequantize_row_iq1_s,
-     IQ_WIDE(quantize_row_iq1_s)},
-    {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, IQ1_SIMD(quantize_row_iq1_m), dequantize_row_iq1_m,
-     IQ_WIDE(quantize_row_iq1_m)},
+    {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, IQ1_SIMD(quantize_row_iq1_s), dequantize_row_iq1_s},
+    {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, IQ1_SIMD(quantize_row_iq1_m), dequantize_row_iq1_m},
     {0, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
