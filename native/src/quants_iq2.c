@@ -1629,6 +1629,8 @@ static void dequantize_row_iq1_m(const void *vy, float *x, int64_t n) {
 }
 
 // ---- SIMD row entry points (x86-64: the searches in AVX2 lanes; aarch64: the neighbour search in NEON lanes)
+// (Later: IQ1_S / IQ1_M also sort by ranks in lanes and, on aarch64, run the split search in NEON; IQ2_XXS has an
+// AVX-512 entry point; see the section "neighbour search in lanes" and BENCHMARKS.md.)
 // Only IQ2_XXS and IQ2_XS (neighbour lists of 18 and 30 on average): measured 1.8x -> 2.0x and 2.1x -> 3.1x ggml
 // on one thread. IQ2_S (lists of ~8) and the IQ3 types (quants_iq3.c, 4-coordinate groups) came out no faster
 // than their plain loops with the same lanes, so they have none.
