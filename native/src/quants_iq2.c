@@ -893,6 +893,19 @@ enum { S1_BYTES = 50, S1_SUB = 32 };
 #define IQ1S_ZERO_BELOW 1e-12f
 #define IQ1_DELTA 0.125f
 
+#if defined(__x86_64__) || defined(__i386__)
+// n (a multiple of 8) weights qw * sqrt(sigma2 + x^2) in lanes: the same correctly rounded operations as sqrtf.
+__attribute__((target("avx2"))) static void iq1_weights_avx2(int n, const float *xb, const float *qw, float sigma2,
+                                                              float *weight) {
+    const __m256 s2 = _mm256_set1_ps(sigma2);
+    for (int i = 0; i < n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(xb + i);
+        _mm256_storeu_ps(weight + i, _mm256_mul_ps(_mm256_loadu_ps(qw + i),
+                                                   _mm256_sqrt_ps(_mm256_add_ps(s2, _mm256_mul_ps(x, x)))));
+    }
+}
+#endif
+
 // The neighbour of u nearest (weighted squared distance) to xval at scale with levels xx[c]; L gets its levels.
 static int iq1_best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale,
                               const float *xx, int8_t *L) {
@@ -1177,6 +1190,11 @@ static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float 
         for (int s = 0; s < QK / S1_SUB; s++) {
             const float *xb = x + S1_SUB * s;
             const float *qw = imatrix + b * QK + S1_SUB * s;
+#if defined(__x86_64__) || defined(__i386__)
+            if (use_lanes)
+                iq1_weights_avx2(S1_SUB, xb, qw, sigma2, weight);
+            else
+#endif
             for (int i = 0; i < S1_SUB; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
             float max = fabsf(xb[0]);
             for (int i = 1; i < S1_SUB; i++) max = max > fabsf(xb[i]) ? max : fabsf(xb[i]);
@@ -1316,6 +1334,11 @@ enum { M1_BYTES = 56, M1_SUB = 16, M1_QH = 32, M1_SCALES = 48 };
 #define IQ1M_ZERO_BELOW 1e-7f
 
 static void m1_weights(const float *xb, const float *qw, float sigma2, float *weight) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (qw && use_lanes)
+        iq1_weights_avx2(M1_SUB, xb, qw, sigma2, weight);
+    else
+#endif
     if (qw)
         for (int i = 0; i < M1_SUB; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
     else
