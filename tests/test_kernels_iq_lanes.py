@@ -1,9 +1,8 @@
-"""IQ1_S, IQ1_M and IQ2_XXS on every x86-64 path the CPU has (AVX-512 for IQ2_XXS, AVX2 forced by GGUFKIT_FORCE_AVX2,
-plain)
-against llama.cpp's ggml_quantize_chunk, with and without importance weights (IQ1_M allows none), on the row kinds
-of test_kernels.py and on rows built to stress the lanes: many equal values (the sort by ranks must give
-qsort's order of equal values), values on a coarse lattice (many groups on the grid, and ties in the neighbour
-distances), and a mix of scales per sub-block (the split search's best changes often)."""
+"""IQ1_S, IQ1_M and IQ2_XXS on every x86-64 path the CPU has (AVX-512 for IQ2_XXS, AVX2 forced by
+GGUFKIT_FORCE_AVX2, plain) against llama.cpp's ggml_quantize_chunk, with and without importance weights (IQ1_M
+allows none), on the row kinds of test_kernels.py and on rows built to stress the lanes: many equal values (the
+sort by ranks must give qsort's order of equal values), values on a coarse lattice (many groups on the grid, and
+ties in the neighbour distances), and a mix of scales per sub-block (the split search's best changes often)."""
 from __future__ import annotations
 
 import numpy as np
