@@ -2,7 +2,8 @@
 AVX2-only Intel (Haswell) and an AMD EPYC Rome (Zen 2) would. The native build must load there (the AVX-512 code is
 compiled per function, never for the whole file), choose the AVX2 path, and give llama.cpp's bytes (the reference
 is computed here, on the host). Rows of 25 blocks: the AVX2 lanes and the plain tail both run. The lattice
-i-quants whose scale trials run in lanes (IQ3_XXS, IQ3_S, IQ2_S) are checked the same way.
+i-quants whose scale trials run in lanes (IQ3_XXS, IQ3_S, IQ2_S) and IQ1_S, IQ1_M, IQ2_XXS (AVX-512 entry points
+next to their AVX2 ones) are checked the same way.
 
 qemu-x86_64 comes with qemu-user (also needed by the aarch64 tests): `apt-get install qemu-user`."""
 from __future__ import annotations
@@ -31,7 +32,8 @@ out = {}
 for name in sys.argv[4].split(","):
     t = T[name]
     out[name + ".path"] = np.array(quant.simd_path(t))
-    out[name + ".none"] = quant.quantize(x, t, None, threads=2)
+    if t not in quant.REQUIRES_IMATRIX:
+        out[name + ".none"] = quant.quantize(x, t, None, threads=2)
     out[name + ".imatrix"] = quant.quantize(x, t, im, threads=2)
 np.savez(sys.argv[3], **out)
 """
@@ -99,3 +101,37 @@ def test_lattice_i_quants_on_a_cpu_without_avx512(cpu, tmp_path):
             ours = out[f"{name}.{im_name}"]
             assert np.array_equal(ours, ref), (f"{cpu} {name} imatrix={im_name}: "
                                                + describe_mismatch(ours, ref, LATTICE_BYTES[name]))
+
+
+@pytest.mark.parametrize("cpu", ["Haswell", "EPYC-Rome"])
+def test_iq1_and_iq2_xxs_on_a_cpu_without_avx512(cpu, tmp_path):
+    """IQ1_S, IQ1_M and IQ2_XXS (AVX-512 entry points next to their AVX2 ones) take AVX2 there, exactly."""
+    from gguf import GGMLQuantizationType as T
+
+    from ggufkit import quant
+
+    if shutil.which("qemu-x86_64") is None:
+        pytest.fail("qemu-x86_64 missing: apt-get install qemu-user")
+    rng = np.random.default_rng(17)
+    cols = 256 * 3
+    # (4, cols) f32: normal, heavy-tailed, and a row of few distinct values (equal values for the sort by ranks)
+    x = np.concatenate([rng.standard_normal((2, cols)), rng.standard_t(3, (1, cols)),
+                        rng.integers(-3, 4, (1, cols)) * 0.5]).astype(np.float32)
+    im = rng.uniform(0.01, 5, cols).astype(np.float32)
+    im[rng.random(cols) < 0.3] = 0
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "im.npy", im)
+    types = [T.IQ1_S, T.IQ1_M, T.IQ2_XXS]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GGUFKIT_FORCE_SCALAR": "0", "GGUFKIT_FORCE_AVX2": "0"}
+    run = subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, "-c", CHILD, str(tmp_path / "x.npy"),
+                          str(tmp_path / "im.npy"), str(tmp_path / "out.npz"), ",".join(t.name for t in types)],
+                         capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    for qtype in types:
+        assert str(out[qtype.name + ".path"]) == "avx2", f"{cpu}: {qtype.name} took {out[qtype.name + '.path']}"
+        for im_name, weights in (("none", None), ("imatrix", im))[qtype in quant.REQUIRES_IMATRIX:]:
+            ref = ggml_quantize(x, qtype, weights)
+            ours = out[f"{qtype.name}.{im_name}"]
+            assert np.array_equal(ours, ref), (f"{cpu} {qtype.name} imatrix={im_name}: "
+                                               + describe_mismatch(ours, ref, quant._TRAITS[int(qtype)][2]))

@@ -347,12 +347,235 @@ static inline int scale_code(float id, float scale) {
     return l < 0 ? 0 : l > 15 ? 15 : l;
 }
 
+// ---- neighbour search in lanes with the term table built in vectors (IQ2_XXS, IQ1_S, IQ1_M)
+// The same search as nearest_avx2 / nearest_neon, but the term table w[i] * (sl[c] - x[i])^2 (sl[c] = scale *
+// level c, the scalar product the plain loop forms) is computed for the eight coordinates at once, one vector per
+// level c, with the plain loop's operations (sub, then (w * diff) * diff), and rearranged into the rows the lookups
+// read by unpacks instead of being written float by float. AVX-512 looks up sixteen neighbours per __m512. A chunk
+// with a lane below the best so far is walked in list order (first of equal distances wins), as before.
+// wide_lanes: set by the AVX-512 row entry points (per thread), next to use_lanes.
+
+#if defined(__x86_64__) || defined(__i386__)
+static _Thread_local int wide_lanes;
+
+// Per neighbour-list entry (parallel to g->neighbours, padded by 16): coordinate i's lookup index in nibble i,
+// field | 4 (i >> 2) | 8 (i & 1), so that the index for coordinate i is the word shifted right by 4i: AVX2's
+// permute reads bits 0..2 (field + 4 for the high 128 bits), AVX-512's bits 0..3 (the table layout below).
+typedef struct {
+    pthread_once_t once;
+    const lattice8 *g;
+    uint32_t *nib;
+} lane_codes;
+
+static lane_codes XXS_NIB = {PTHREAD_ONCE_INIT, &IQ2XXS_LATTICE, NULL}, IQ1_NIB = {PTHREAD_ONCE_INIT, &IQ1S_LATTICE, NULL};
+
+static void build_nibbles(lane_codes *lc) {
+    const lattice8 *g = lc->g;
+    size_t total = 0;
+    for (int u = 0; u < LATTICE; u++)
+        if (g->index_of[u] < 0 && g->index_of[u] != INT32_MIN) total += 1u + g->neighbours[-g->index_of[u] - 1];
+    lc->nib = calloc(total + 16, sizeof(uint32_t));
+    if (lc->nib == NULL) abort();
+    for (size_t k = 0; k < total; k += 1u + g->neighbours[k])
+        for (size_t m = 1; m <= g->neighbours[k]; m++) {
+            const int code = g->codes[g->neighbours[k + m]];
+            uint32_t w = 0;
+            for (int i = 0; i < GROUP; i++)
+                w |= (uint32_t)(((code >> (2 * i)) & 3) | 4 * (i >> 2) | 8 * (i & 1)) << (4 * i);
+            lc->nib[k + m] = w;
+        }
+}
+static void build_xxs_nib(void) { build_nibbles(&XXS_NIB); }
+static void build_iq1_nib(void) { build_nibbles(&IQ1_NIB); }
+
+static const uint32_t *lane_nibbles(const lattice8 *g) {
+    if (g == &IQ2XXS_LATTICE) {
+        pthread_once(&XXS_NIB.once, build_xxs_nib);
+        return XXS_NIB.nib;
+    }
+    pthread_once(&IQ1_NIB.once, build_iq1_nib);
+    return IQ1_NIB.nib;
+}
+
+// The four rows (coordinates i and i + 4 in the low and high 128 bits, levels 0..2 then a zero) of the table.
+__attribute__((target("avx2"))) static inline void term_rows_avx2(const float *xval, const float *w, const float *sl,
+                                                                   __m256 rows[4]) {
+    const __m256 x = _mm256_loadu_ps(xval), wv = _mm256_loadu_ps(w);
+    __m256 t[3];
+    for (int c = 0; c < 3; c++) {
+        const __m256 diff = _mm256_sub_ps(_mm256_set1_ps(sl[c]), x);
+        t[c] = _mm256_mul_ps(_mm256_mul_ps(wv, diff), diff);
+    }
+    const __m256 lo01 = _mm256_unpacklo_ps(t[0], t[1]), hi01 = _mm256_unpackhi_ps(t[0], t[1]);
+    const __m256 lo2 = _mm256_unpacklo_ps(t[2], _mm256_setzero_ps()), hi2 = _mm256_unpackhi_ps(t[2], _mm256_setzero_ps());
+    rows[0] = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(lo01), _mm256_castps_pd(lo2)));  // coords 0, 4
+    rows[1] = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(lo01), _mm256_castps_pd(lo2)));  // 1, 5
+    rows[2] = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(hi01), _mm256_castps_pd(hi2)));  // 2, 6
+    rows[3] = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(hi01), _mm256_castps_pd(hi2)));  // 3, 7
+}
+
+// The grid index of u's nearest neighbour (-1: no distance below FLT_MAX).
+__attribute__((target("avx2"))) static int lane_nearest_avx2(const lattice8 *g, int u, const float *xval,
+                                                              const float *w, const float *sl) {
+    const int offset = -g->index_of[u] - 1;
+    const uint16_t *nb = g->neighbours + offset;
+    const uint32_t *codes = lane_nibbles(g) + offset;
+    __m256 rows[4];
+    term_rows_avx2(xval, w, sl, rows);
+    const int n = nb[0];
+    float best_d2 = FLT_MAX;
+    int best = -1;
+    for (int j = 0; j < n; j += 8) {
+        const __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)(codes + 1 + j));
+        __m256 d2 = _mm256_add_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(rows[0], c));
+        for (int i = 1; i < GROUP; i++)
+            d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(rows[i & 3], _mm256_srli_epi32(c, 4 * i)));
+        const int valid = n - j >= 8 ? 0xff : (1 << (n - j)) - 1;
+        if (!(_mm256_movemask_ps(_mm256_cmp_ps(d2, _mm256_set1_ps(best_d2), _CMP_LT_OQ)) & valid)) continue;
+        float d[8];
+        _mm256_storeu_ps(d, d2);
+        for (int k = 0; k < 8 && j + k < n; k++)
+            if (d[k] < best_d2) {
+                best_d2 = d[k];
+                best = nb[1 + j + k];
+            }
+    }
+    return best;
+}
+
+#define IQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2")))
+
+// Sixteen neighbours per __m512: two tables of 16 floats, (coords 0, 4, 1, 5) and (2, 6, 3, 7), four levels each;
+// coordinate i reads table (i >> 1) & 1 at 8 (i & 1) + 4 (i >> 2) + its field.
+IQ_AVX512 static int lane_nearest_avx512(const lattice8 *g, int u, const float *xval, const float *w, const float *sl) {
+    const int offset = -g->index_of[u] - 1;
+    const uint16_t *nb = g->neighbours + offset;
+    const uint32_t *codes = lane_nibbles(g) + offset;
+    __m256 rows[4];
+    term_rows_avx2(xval, w, sl, rows);
+    const __m512 tab[2] = {_mm512_insertf32x8(_mm512_castps256_ps512(rows[0]), rows[1], 1),
+                           _mm512_insertf32x8(_mm512_castps256_ps512(rows[2]), rows[3], 1)};
+    const int n = nb[0];
+    float best_d2 = FLT_MAX;
+    int best = -1;
+    for (int j = 0; j < n; j += 16) {
+        const __mmask16 valid = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        const __m512i c = _mm512_loadu_si512((const void *)(codes + 1 + j));
+        __m512 d2 = _mm512_add_ps(_mm512_setzero_ps(), _mm512_permutexvar_ps(c, tab[0]));
+        for (int i = 1; i < GROUP; i++)
+            d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4 * i), tab[(i >> 1) & 1]));
+        const __mmask16 below = _mm512_mask_cmp_ps_mask(valid, d2, _mm512_set1_ps(best_d2), _CMP_LT_OQ);
+        if (!below) continue;
+        // the walk in list order ends at the first lane holding the least of the lanes below the best (exact: a
+        // minimum rounds nothing; lanes not below, NaN among them, take no part)
+        const float least = _mm512_reduce_min_ps(_mm512_mask_blend_ps(below, _mm512_set1_ps(FLT_MAX), d2));
+        const __mmask16 at = _mm512_mask_cmp_ps_mask(below, d2, _mm512_set1_ps(least), _CMP_EQ_OQ);
+        best_d2 = least;
+        best = nb[1 + j + __builtin_ctz(at)];
+    }
+    return best;
+}
+
+// The nearest neighbour by the widest lanes the row entry point chose; L gets its level indices.
+static int lane_nearest(const lattice8 *g, int u, const float *xval, const float *w, const float *sl) {
+    return wide_lanes ? lane_nearest_avx512(g, u, xval, w, sl) : lane_nearest_avx2(g, u, xval, w, sl);
+}
+#endif
+
 // ---- IQ2_XXS
 // block (66 bytes): | d: fp16 | per sub-block s of 32: u32 LE = grid indices of its 4 groups (a byte each),
 //                   | u32 LE = bits 7k..7k+6 signs of group k, bits 28..31 scale code |
 // x = d * (0.5 + code) * 0.25 * level * sign, levels 8, 25, 43 (gguf-py's dequantization).
 
 enum { XXS_BYTES = 66, XXS_SUB = 32 };
+
+#if defined(__x86_64__) || defined(__i386__)
+// round_group with the eight values in one __m256 (the same operations: 0.5 * (id * x - 1), the float adder's
+// rounding, the clamp to 0..2); returns the lattice code, L gets the levels.
+__attribute__((target("avx2"))) static inline int round_group_avx2(const float *xval, float id, int8_t *L) {
+    const __m256 v = _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(id),
+                                                                                     _mm256_loadu_ps(xval)),
+                                                                       _mm256_set1_ps(1.0f)));
+    const __m256i bits = _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12582912.0f)));
+    __m256i l = _mm256_sub_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x00400000));
+    l = _mm256_min_epi32(_mm256_max_epi32(l, _mm256_setzero_si256()), _mm256_set1_epi32(MAX_LEVEL - 1));
+    const __m256i f = _mm256_sllv_epi32(l, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+    __m128i u = _mm_or_si128(_mm256_castsi256_si128(f), _mm256_extracti128_si256(f, 1));
+    u = _mm_or_si128(u, _mm_shuffle_epi32(u, 0x4e));
+    u = _mm_or_si128(u, _mm_shuffle_epi32(u, 0xb1));
+    const __m128i l16 = _mm_packs_epi32(_mm256_castsi256_si128(l), _mm256_extracti128_si256(l, 1));
+    _mm_storel_epi64((__m128i *)(void *)L, _mm_packs_epi16(l16, l16));
+    return _mm_cvtsi128_si32(u);
+}
+#endif
+
+// onto_grid, with the neighbour search in lanes when the row entry point chose them.
+static inline int xxs_onto_grid(const lattice8 *g, const float *xval, const float *w, float id, float scale,
+                                int8_t *L) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_lanes) {
+        const int u = round_group_avx2(xval, id, L);
+        if (g->index_of[u] >= 0) return g->index_of[u];
+        const float sl[3] = {scale * 1.0f, scale * 3.0f, scale * 5.0f};
+        const int best = lane_nearest(g, u, xval, w, sl);
+        for (int i = 0; i < GROUP; i++) L[i] = (int8_t)((g->point[best][i] - 1) / 2);
+        return best;
+    }
+#endif
+    return onto_grid(g, xval, w, id, scale, L);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+// fit_xxs's 13 trial scales with their weighted sums in lanes, one trial per lane (two __m256, lanes 13..15 idle):
+// every trial's groups are rounded onto the grid first (as the plain loop does, in any order: they are
+// independent), their levels stored value-major (lt[i][trial]); then lane t sums sumqx and sumq2 over the 32
+// values in the plain order with the plain operations ((w * x) * q and (w * q) * q from 0.0f). The best trial is
+// then picked in the plain order with the plain test. Returns the scale (unchanged when no trial passes); L gets
+// the best trial's levels.
+__attribute__((target("avx2"))) static float xxs_trials_avx2(const lattice8 *g, const float *xval, const float *weight,
+                                                              const float *waux, float eff_max, float scale, int8_t *L) {
+    enum { TRIALS = 13 };
+    int8_t lt[XXS_SUB][16];
+    int8_t Lt[GROUP];
+    for (int t = 0; t < TRIALS; t++) {
+        const int s = t - 6;
+        const float id = (2 * MAX_LEVEL - 1 + s * 0.1f) / eff_max;
+        const float this_scale = 1 / id;
+        for (int k = 0; k < XXS_SUB / GROUP; k++) {
+            xxs_onto_grid(g, xval + 8 * k, waux + 8 * k, id, this_scale, Lt);
+            for (int i = 0; i < GROUP; i++) lt[8 * k + i][t] = Lt[i];
+        }
+    }
+    __m256 sx[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, s2[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    const __m256i one = _mm256_set1_epi32(1);
+    for (int i = 0; i < XXS_SUB; i++) {
+        const __m128i l8 = _mm_loadu_si128((const __m128i *)(const void *)lt[i]);
+        const __m256 wx = _mm256_set1_ps(weight[i] * xval[i]), w = _mm256_set1_ps(weight[i]);
+        for (int h = 0; h < 2; h++) {
+            const __m256i l = _mm256_cvtepi8_epi32(h ? _mm_srli_si128(l8, 8) : l8);
+            const __m256 q = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(l, l), one));
+            sx[h] = _mm256_add_ps(sx[h], _mm256_mul_ps(wx, q));
+            s2[h] = _mm256_add_ps(s2[h], _mm256_mul_ps(_mm256_mul_ps(w, q), q));
+        }
+    }
+    float sumqx[16], sumq2[16];
+    _mm256_storeu_ps(sumqx, sx[0]);
+    _mm256_storeu_ps(sumqx + 8, sx[1]);
+    _mm256_storeu_ps(sumq2, s2[0]);
+    _mm256_storeu_ps(sumq2 + 8, s2[1]);
+    float best = 0.0f;
+    int pick = -1;
+    for (int t = 0; t < TRIALS; t++)
+        if (sumq2[t] > 0 && sumqx[t] * sumqx[t] > best * sumq2[t]) {
+            scale = sumqx[t] / sumq2[t];
+            best = scale * sumqx[t];
+            pick = t;
+        }
+    if (pick >= 0)
+        for (int i = 0; i < XXS_SUB; i++) L[i] = lt[i][pick];
+    return scale;
+}
+#endif
 
 // One sub-block of 32: 0 when llama.cpp skips it (all zero, or its first fit degenerate), else 1 with *scale and
 // the level indices in L.
@@ -368,11 +591,16 @@ static int fit_xxs(const lattice8 *g, const float *xval, const float *weight, co
     }
     int8_t Laux[XXS_SUB];
     float best = 0.0f;
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_lanes) {
+        scale = xxs_trials_avx2(g, xval, weight, waux, eff_max, scale, L);
+    } else
+#endif
     for (int s = -6; s <= 6; s++) {
         const float id = (2 * MAX_LEVEL - 1 + s * 0.1f) / eff_max;
         const float this_scale = 1 / id;
         for (int k = 0; k < XXS_SUB / GROUP; k++)
-            onto_grid(g, xval + 8 * k, waux + 8 * k, id, this_scale, Laux + 8 * k);
+            xxs_onto_grid(g, xval + 8 * k, waux + 8 * k, id, this_scale, Laux + 8 * k);
         float sumqx, sumq2;
         weighted_sums(XXS_SUB, weight, xval, Laux, &sumqx, &sumq2);
         if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
@@ -383,7 +611,7 @@ static int fit_xxs(const lattice8 *g, const float *xval, const float *weight, co
     }
     if (scale > 0) {
         const float id = 1 / scale;
-        for (int k = 0; k < XXS_SUB / GROUP; k++) onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
+        for (int k = 0; k < XXS_SUB / GROUP; k++) xxs_onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
         float sumqx, sumq2;
         weighted_sums(XXS_SUB, weight, xval, L, &sumqx, &sumq2);
         if (sumq2 > 0) scale = sumqx / sumq2;
@@ -744,6 +972,19 @@ enum { S1_BYTES = 50, S1_SUB = 32 };
 #define IQ1S_ZERO_BELOW 1e-12f
 #define IQ1_DELTA 0.125f
 
+#if defined(__x86_64__) || defined(__i386__)
+// n (a multiple of 8) weights qw * sqrt(sigma2 + x^2) in lanes: the same correctly rounded operations as sqrtf.
+__attribute__((target("avx2"))) static void iq1_weights_avx2(int n, const float *xb, const float *qw, float sigma2,
+                                                              float *weight) {
+    const __m256 s2 = _mm256_set1_ps(sigma2);
+    for (int i = 0; i < n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(xb + i);
+        _mm256_storeu_ps(weight + i, _mm256_mul_ps(_mm256_loadu_ps(qw + i),
+                                                   _mm256_sqrt_ps(_mm256_add_ps(s2, _mm256_mul_ps(x, x)))));
+    }
+}
+#endif
+
 // The neighbour of u nearest (weighted squared distance) to xval at scale with levels xx[c]; L gets its levels.
 static int iq1_best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale,
                               const float *xx, int8_t *L) {
@@ -757,10 +998,9 @@ static int iq1_best_neighbour(const lattice8 *g, int u, const float *xval, const
     float best_d2 = FLT_MAX;
     int best = -1;
 #if defined(__x86_64__) || defined(__i386__)
-    if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {  // short lists are quicker one by one
-        float rows[GROUP][8] = {{0}};
-        for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
-        best = nearest_avx2(g, u, rows);
+    if (use_lanes) {
+        const float sl[3] = {scale * xx[0], scale * xx[1], scale * xx[2]};
+        best = lane_nearest(g, u, xval, w, sl);
     } else
 #elif defined(__aarch64__)
     if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {
@@ -789,55 +1029,218 @@ static int by_value(const void *a, const void *b) {
 }
 
 #if defined(__x86_64__) || defined(__i386__)
+// The order qsort gives the (value, position) pairs by value (glibc's qsort is a stable merge sort at this size,
+// so equal values keep their positions' order): value j goes to rank #{k : x[k] < x[j]} + #{k < j : x[k] == x[j]},
+// counted in lanes (lane j of vector v holds j = 8v + lane). idx_of[rank] = j. n = 16 or 32. Returns 0 (and writes
+// nothing) when a value is NaN, where the comparisons are no order: the caller sorts with qsort then.
+__attribute__((target("avx2"))) static int iq1_order_avx2(const float *xb, int n, int *idx_of) {
+    __m256 v[4];
+    __m256i rank[4];
+    const int nv = n / 8;
+    __m256 nan = _mm256_setzero_ps();
+    for (int q = 0; q < nv; q++) {
+        v[q] = _mm256_loadu_ps(xb + 8 * q);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v[q], v[q], _CMP_UNORD_Q));
+        rank[q] = _mm256_setzero_si256();
+    }
+    if (_mm256_movemask_ps(nan)) return 0;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int k = 0; k < n; k++) {
+        const __m256 xk = _mm256_set1_ps(xb[k]);
+        // lanes j > k count x[k] <= x[j], lanes j <= k count x[k] < x[j] (j == k: never)
+        const __m256i after_k = _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(k % 8));
+        for (int q = 0; q < nv; q++) {
+            __m256 hit;
+            if (q < k / 8) {
+                hit = _mm256_cmp_ps(xk, v[q], _CMP_LT_OQ);
+            } else if (q > k / 8) {
+                hit = _mm256_cmp_ps(xk, v[q], _CMP_LE_OQ);
+            } else {
+                hit = _mm256_blendv_ps(_mm256_cmp_ps(xk, v[q], _CMP_LT_OQ), _mm256_cmp_ps(xk, v[q], _CMP_LE_OQ),
+                                       _mm256_castsi256_ps(after_k));
+            }
+            rank[q] = _mm256_sub_epi32(rank[q], _mm256_castps_si256(hit));
+        }
+    }
+    int r[32];
+    for (int q = 0; q < nv; q++) _mm256_storeu_si256((__m256i *)(void *)(r + 8 * q), rank[q]);
+    for (int j = 0; j < n; j++) idx_of[r[j]] = j;
+    return 1;
+}
+#endif
+
+#if defined(__aarch64__)
+// iq1_order_avx2 with four lanes per float32x4_t (NEON): the same counts, the same NaN refusal.
+static int iq1_order_neon(const float *xb, int n, int *idx_of) {
+    float32x4_t v[8];
+    uint32x4_t rank[8];
+    const int nv = n / 4;
+    uint32x4_t ordered = vdupq_n_u32(0xffffffffu);
+    for (int q = 0; q < nv; q++) {
+        v[q] = vld1q_f32(xb + 4 * q);
+        ordered = vandq_u32(ordered, vceqq_f32(v[q], v[q]));
+        rank[q] = vdupq_n_u32(0);
+    }
+    if (vminvq_u32(ordered) == 0) return 0;
+    const uint32_t lane_no[4] = {0, 1, 2, 3};
+    const uint32x4_t lane = vld1q_u32(lane_no);
+    for (int k = 0; k < n; k++) {
+        const float32x4_t xk = vdupq_n_f32(xb[k]);
+        const uint32x4_t after_k = vcgtq_u32(lane, vdupq_n_u32((uint32_t)(k % 4)));
+        for (int q = 0; q < nv; q++) {
+            uint32x4_t hit;
+            if (q < k / 4) hit = vcltq_f32(xk, v[q]);
+            else if (q > k / 4) hit = vcleq_f32(xk, v[q]);
+            else hit = vbslq_u32(after_k, vcleq_f32(xk, v[q]), vcltq_f32(xk, v[q]));
+            rank[q] = vsubq_u32(rank[q], hit);
+        }
+    }
+    uint32_t r[32];
+    for (int q = 0; q < nv; q++) vst1q_u32(r + 4 * q, rank[q]);
+    for (int j = 0; j < n; j++) idx_of[r[j]] = j;
+    return 1;
+}
+#endif
+
+// idx_of[rank] = the position of the rank-th smallest of n values, in the order llama.cpp's qsort call gives.
+static void iq1_order(const float *xb, int n, float *pairs, int *idx_of) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_lanes && iq1_order_avx2(xb, n, idx_of)) return;
+#elif defined(__aarch64__)
+    if (use_lanes && iq1_order_neon(xb, n, idx_of)) return;
+#endif
+    for (int j = 0; j < n; j++) {
+        pairs[2 * j] = xb[j];
+        memcpy(&pairs[2 * j + 1], &j, 4);
+    }
+    qsort(pairs, (size_t)n, 2 * sizeof(float), by_value);
+    for (int j = 0; j < n; j++) memcpy(&idx_of[j], &pairs[2 * j + 1], 4);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
 // IQ1_S's search over the two split points (i1 <= i2) of the sorted values and the two shifts, eight values of i2
-// at a time: each lane computes sumqx and sumq2 with the plain loop's operations, and the test against the best so
-// far runs in lanes too. Only a chunk where some candidate passes that test is walked candidate by candidate in
-// the plain loop's order (i2, then shift), updating the best as the plain loop does: a chunk none of whose
-// candidates passes changes nothing there either, so the result is the same. sumx and sumw (S1_SUB + 1 values)
-// are padded with 8 more.
+// at a time. Each lane forms sumqx and sumq2 from the same products and sums as the plain loop; the products that
+// depend on i1 alone (the first run's) or on i2 alone (the last run's) are formed once per i1 / per i2 instead of
+// per candidate, and the middle run's products of shift -1 are those of shift +1 negated / equal (its level is the
+// negated one: x * -l == -(x * l) and (x * -l) * -l == (x * l) * l exactly). The test against the best so far runs
+// in lanes; only a chunk where some candidate passes is walked candidate by candidate in the plain loop's order
+// (i2, then shift) from its first passing lane, updating the best as the plain loop does: a chunk none of whose
+// candidates passes changes nothing there either, so the result is the same. sumx and sumw (S1_SUB + 1 values) are
+// padded with 8 more.
 __attribute__((target("avx2"))) static void iq1s_best_split_avx2(const float *sumx, const float *sumw,
                                                                   const float *x_p, const float *x_m, float *score,
                                                                   float *scale, int *besti1, int *besti2,
                                                                   int *shift) {
     float best_score = *score;
+    // (2, S1_SUB + 1 + 8) the last run's products per i2 and shift: (sumx[n] - sumx[i2]) * l2, (sumw[n] - ...) * l2 * l2
+    float cx[2][S1_SUB + 1 + 8], cw[2][S1_SUB + 1 + 8];
     const float *xs[2] = {x_p, x_m};
-    for (int i1 = 0; i1 <= S1_SUB; i1++) {
-        __m256 a[2], b_x1[2], c_end[2], d[2], e_w1[2], f_end[2];
-        for (int sh = 0; sh < 2; sh++) {
-            a[sh] = _mm256_set1_ps((sumx[i1] - sumx[0]) * xs[sh][0]);
-            d[sh] = _mm256_set1_ps((sumw[i1] - sumw[0]) * xs[sh][0] * xs[sh][0]);
-            b_x1[sh] = _mm256_set1_ps(xs[sh][1]);
-            c_end[sh] = _mm256_set1_ps(xs[sh][2]);
-            e_w1[sh] = _mm256_set1_ps(xs[sh][1]);
-            f_end[sh] = _mm256_set1_ps(xs[sh][2]);
+    for (int sh = 0; sh < 2; sh++)
+        for (int i2 = 0; i2 <= S1_SUB + 8; i2++) {
+            cx[sh][i2] = (sumx[S1_SUB] - sumx[i2]) * xs[sh][2];
+            cw[sh][i2] = (sumw[S1_SUB] - sumw[i2]) * xs[sh][2] * xs[sh][2];
         }
+    const __m256 l1 = _mm256_set1_ps(x_p[1]), zero = _mm256_setzero_ps();
+    for (int i1 = 0; i1 <= S1_SUB; i1++) {
+        const __m256 a_p = _mm256_set1_ps((sumx[i1] - sumx[0]) * x_p[0]);
+        const __m256 a_m = _mm256_set1_ps((sumx[i1] - sumx[0]) * x_m[0]);
+        const __m256 d_p = _mm256_set1_ps((sumw[i1] - sumw[0]) * x_p[0] * x_p[0]);
+        const __m256 d_m = _mm256_set1_ps((sumw[i1] - sumw[0]) * x_m[0] * x_m[0]);
         const __m256 sx1 = _mm256_set1_ps(sumx[i1]), sw1 = _mm256_set1_ps(sumw[i1]);
-        const __m256 sxn = _mm256_set1_ps(sumx[S1_SUB]), swn = _mm256_set1_ps(sumw[S1_SUB]);
         for (int i2 = i1; i2 <= S1_SUB; i2 += 8) {
-            const __m256 sx2 = _mm256_loadu_ps(sumx + i2), sw2 = _mm256_loadu_ps(sumw + i2);
-            const int valid = S1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (S1_SUB + 1 - i2)) - 1;
-            float qx[2][8], q2[2][8];
-            int pass = 0;
+            const __m256 b = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(sumx + i2), sx1), l1);
+            const __m256 e = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(sumw + i2), sw1), l1), l1);
+            const __m256 qx_p = _mm256_add_ps(_mm256_add_ps(a_p, b), _mm256_loadu_ps(cx[0] + i2));
+            const __m256 qx_m = _mm256_add_ps(_mm256_sub_ps(a_m, b), _mm256_loadu_ps(cx[1] + i2));
+            const __m256 q2_p = _mm256_add_ps(_mm256_add_ps(d_p, e), _mm256_loadu_ps(cw[0] + i2));
+            const __m256 q2_m = _mm256_add_ps(_mm256_add_ps(d_m, e), _mm256_loadu_ps(cw[1] + i2));
+            const __m256 sq_p = _mm256_mul_ps(qx_p, qx_p), sq_m = _mm256_mul_ps(qx_m, qx_m);
+            const __m256 pos_p = _mm256_cmp_ps(q2_p, zero, _CMP_GT_OQ), pos_m = _mm256_cmp_ps(q2_m, zero, _CMP_GT_OQ);
             const __m256 best = _mm256_set1_ps(best_score);
-            for (int sh = 0; sh < 2; sh++) {
-                const __m256 sumqx = _mm256_add_ps(_mm256_add_ps(a[sh], _mm256_mul_ps(_mm256_sub_ps(sx2, sx1), b_x1[sh])),
-                                                   _mm256_mul_ps(_mm256_sub_ps(sxn, sx2), c_end[sh]));
-                const __m256 sumq2 = _mm256_add_ps(
-                    _mm256_add_ps(d[sh], _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(sw2, sw1), e_w1[sh]), e_w1[sh])),
-                    _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(swn, sw2), f_end[sh]), f_end[sh]));
-                const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(sumq2, _mm256_setzero_ps(), _CMP_GT_OQ),
-                                                _mm256_cmp_ps(_mm256_mul_ps(sumqx, sumqx), _mm256_mul_ps(best, sumq2),
-                                                              _CMP_GT_OQ));
-                pass |= _mm256_movemask_ps(ok);
-                _mm256_storeu_ps(qx[sh], sumqx);
-                _mm256_storeu_ps(q2[sh], sumq2);
-            }
-            if (!(pass & valid)) continue;
-            for (int k = 0; k < 8 && i2 + k <= S1_SUB; k++)
+            const int valid = S1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (S1_SUB + 1 - i2)) - 1;
+            int pass = _mm256_movemask_ps(_mm256_or_ps(
+                _mm256_and_ps(pos_p, _mm256_cmp_ps(sq_p, _mm256_mul_ps(best, q2_p), _CMP_GT_OQ)),
+                _mm256_and_ps(pos_m, _mm256_cmp_ps(sq_m, _mm256_mul_ps(best, q2_m), _CMP_GT_OQ)))) & valid;
+            if (!pass) continue;
+            // the walk: from the first passing lane on, each candidate tested against the best in the plain order;
+            // its scale and score (the plain loop's division and product) formed in lanes beforehand, so that an
+            // acceptance is a load, not a division, on the walk's chain
+            float qq[2][8], q2[2][8], sc[2][8], sco[2][8];
+            _mm256_storeu_ps(qq[0], sq_p);
+            _mm256_storeu_ps(qq[1], sq_m);
+            _mm256_storeu_ps(q2[0], q2_p);
+            _mm256_storeu_ps(q2[1], q2_m);
+            const __m256 sc_p = _mm256_div_ps(qx_p, q2_p), sc_m = _mm256_div_ps(qx_m, q2_m);
+            _mm256_storeu_ps(sc[0], sc_p);
+            _mm256_storeu_ps(sc[1], sc_m);
+            _mm256_storeu_ps(sco[0], _mm256_mul_ps(sc_p, qx_p));
+            _mm256_storeu_ps(sco[1], _mm256_mul_ps(sc_m, qx_m));
+            for (int k = __builtin_ctz((unsigned)pass); k < 8 && i2 + k <= S1_SUB; k++)
                 for (int sh = 0; sh < 2; sh++)
-                    if (q2[sh][k] > 0 && qx[sh][k] * qx[sh][k] > best_score * q2[sh][k]) {
-                        *scale = qx[sh][k] / q2[sh][k];
-                        best_score = *scale * qx[sh][k];
+                    if (q2[sh][k] > 0 && qq[sh][k] > best_score * q2[sh][k]) {
+                        *scale = sc[sh][k];
+                        best_score = sco[sh][k];
+                        *besti1 = i1;
+                        *besti2 = i2 + k;
+                        *shift = sh == 0 ? 1 : -1;
+                    }
+        }
+    }
+    *score = best_score;
+}
+#endif
+
+#if defined(__aarch64__)
+// iq1s_best_split_avx2 with four i2 per float32x4_t (NEON): the same hoisted products, the same lane test; a passing
+// chunk is walked lane by lane in the plain order with the plain test and lane-formed scales and scores.
+static void iq1s_best_split_neon(const float *sumx, const float *sumw, const float *x_p, const float *x_m,
+                                 float *score, float *scale, int *besti1, int *besti2, int *shift) {
+    float best_score = *score;
+    float cx[2][S1_SUB + 1 + 8], cw[2][S1_SUB + 1 + 8];
+    const float *xs[2] = {x_p, x_m};
+    for (int sh = 0; sh < 2; sh++)
+        for (int i2 = 0; i2 <= S1_SUB + 8; i2++) {
+            cx[sh][i2] = (sumx[S1_SUB] - sumx[i2]) * xs[sh][2];
+            cw[sh][i2] = (sumw[S1_SUB] - sumw[i2]) * xs[sh][2] * xs[sh][2];
+        }
+    const float32x4_t l1 = vdupq_n_f32(x_p[1]), zero = vdupq_n_f32(0.0f);
+    const uint32_t lane_no[4] = {0, 1, 2, 3};
+    const uint32x4_t lane = vld1q_u32(lane_no);
+    for (int i1 = 0; i1 <= S1_SUB; i1++) {
+        const float32x4_t a_p = vdupq_n_f32((sumx[i1] - sumx[0]) * x_p[0]);
+        const float32x4_t a_m = vdupq_n_f32((sumx[i1] - sumx[0]) * x_m[0]);
+        const float32x4_t d_p = vdupq_n_f32((sumw[i1] - sumw[0]) * x_p[0] * x_p[0]);
+        const float32x4_t d_m = vdupq_n_f32((sumw[i1] - sumw[0]) * x_m[0] * x_m[0]);
+        const float32x4_t sx1 = vdupq_n_f32(sumx[i1]), sw1 = vdupq_n_f32(sumw[i1]);
+        for (int i2 = i1; i2 <= S1_SUB; i2 += 4) {
+            const float32x4_t b = vmulq_f32(vsubq_f32(vld1q_f32(sumx + i2), sx1), l1);
+            const float32x4_t e = vmulq_f32(vmulq_f32(vsubq_f32(vld1q_f32(sumw + i2), sw1), l1), l1);
+            const float32x4_t qx_p = vaddq_f32(vaddq_f32(a_p, b), vld1q_f32(cx[0] + i2));
+            const float32x4_t qx_m = vaddq_f32(vsubq_f32(a_m, b), vld1q_f32(cx[1] + i2));
+            const float32x4_t q2_p = vaddq_f32(vaddq_f32(d_p, e), vld1q_f32(cw[0] + i2));
+            const float32x4_t q2_m = vaddq_f32(vaddq_f32(d_m, e), vld1q_f32(cw[1] + i2));
+            const float32x4_t sq_p = vmulq_f32(qx_p, qx_p), sq_m = vmulq_f32(qx_m, qx_m);
+            const float32x4_t best = vdupq_n_f32(best_score);
+            const uint32x4_t ok = vorrq_u32(
+                vandq_u32(vcgtq_f32(q2_p, zero), vcgtq_f32(sq_p, vmulq_f32(best, q2_p))),
+                vandq_u32(vcgtq_f32(q2_m, zero), vcgtq_f32(sq_m, vmulq_f32(best, q2_m))));
+            const uint32x4_t valid = vcltq_u32(lane, vdupq_n_u32((uint32_t)(S1_SUB + 1 - i2)));
+            if (vmaxvq_u32(vandq_u32(ok, valid)) == 0) continue;
+            float qq[2][4], q2[2][4], sc[2][4], sco[2][4];
+            vst1q_f32(qq[0], sq_p);
+            vst1q_f32(qq[1], sq_m);
+            vst1q_f32(q2[0], q2_p);
+            vst1q_f32(q2[1], q2_m);
+            const float32x4_t sc_p = vdivq_f32(qx_p, q2_p), sc_m = vdivq_f32(qx_m, q2_m);
+            vst1q_f32(sc[0], sc_p);
+            vst1q_f32(sc[1], sc_m);
+            vst1q_f32(sco[0], vmulq_f32(sc_p, qx_p));
+            vst1q_f32(sco[1], vmulq_f32(sc_m, qx_m));
+            for (int k = 0; k < 4 && i2 + k <= S1_SUB; k++)
+                for (int sh = 0; sh < 2; sh++)
+                    if (q2[sh][k] > 0 && qq[sh][k] > best_score * q2[sh][k]) {
+                        *scale = sc[sh][k];
+                        best_score = sco[sh][k];
                         *besti1 = i1;
                         *besti2 = i2 + k;
                         *shift = sh == 0 ? 1 : -1;
@@ -866,6 +1269,11 @@ static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float 
         for (int s = 0; s < QK / S1_SUB; s++) {
             const float *xb = x + S1_SUB * s;
             const float *qw = imatrix + b * QK + S1_SUB * s;
+#if defined(__x86_64__) || defined(__i386__)
+            if (use_lanes)
+                iq1_weights_avx2(S1_SUB, xb, qw, sigma2, weight);
+            else
+#endif
             for (int i = 0; i < S1_SUB; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
             float max = fabsf(xb[0]);
             for (int i = 1; i < S1_SUB; i++) max = max > fabsf(xb[i]) ? max : fabsf(xb[i]);
@@ -874,12 +1282,7 @@ static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float 
                 shifts[s] = 1;
                 continue;
             }
-            for (int j = 0; j < S1_SUB; j++) {
-                pairs[2 * j] = xb[j];
-                memcpy(&pairs[2 * j + 1], &j, 4);
-            }
-            qsort(pairs, S1_SUB, 2 * sizeof(float), by_value);
-            for (int j = 0; j < S1_SUB; j++) memcpy(&idx_of[j], &pairs[2 * j + 1], 4);
+            iq1_order(xb, S1_SUB, pairs, idx_of);
             sumx[0] = sumw[0] = 0;
             for (int j = 0; j < S1_SUB; j++) {
                 const int i = idx_of[j];
@@ -891,6 +1294,10 @@ static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float 
 #if defined(__x86_64__) || defined(__i386__)
             if (use_lanes) {
                 iq1s_best_split_avx2(sumx, sumw, x_p, x_m, &best_score, &scale, &besti1, &besti2, &best_shift);
+            } else
+#elif defined(__aarch64__)
+            if (use_lanes) {
+                iq1s_best_split_neon(sumx, sumw, x_p, x_m, &best_score, &scale, &besti1, &besti2, &best_shift);
             } else
 #endif
             for (int i1 = 0; i1 <= S1_SUB; i1++) {
@@ -1006,6 +1413,11 @@ enum { M1_BYTES = 56, M1_SUB = 16, M1_QH = 32, M1_SCALES = 48 };
 #define IQ1M_ZERO_BELOW 1e-7f
 
 static void m1_weights(const float *xb, const float *qw, float sigma2, float *weight) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (qw && use_lanes)
+        iq1_weights_avx2(M1_SUB, xb, qw, sigma2, weight);
+    else
+#endif
     if (qw)
         for (int i = 0; i < M1_SUB; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
     else
@@ -1013,51 +1425,145 @@ static void m1_weights(const float *xb, const float *qw, float sigma2, float *we
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-// IQ1_M's split-point search, as iq1s_best_split_avx2 (the same operations per candidate, the best-so-far test in
-// lanes, passing chunks walked in the plain order: i2, then the four shift combinations k).
+// IQ1_M's split-point search, as iq1s_best_split_avx2: eight i2 per vector, each lane with the plain loop's
+// operations, the products that depend on i1 alone or i2 alone formed once per i1 / i2; a passing chunk is walked
+// in the plain order (i2, then the four shift combinations k) from its first passing lane, with the candidates'
+// scales and scores formed in lanes.
 __attribute__((target("avx2"))) static void iq1m_best_split_avx2(
     const float px[2][M1_SUB + 1 + 8], const float pw[2][M1_SUB + 1 + 8], const float *txs, const float *tws,
     float p2, float m2, float cp1, float cp2, float cm1, float cm2, float *score, float *scale, int *besti1,
     int *besti2, int *best_k) {
     float best_score = *score;
-    const __m256 vp2 = _mm256_set1_ps(p2), vm2 = _mm256_set1_ps(m2);
-    const __m256 vcp1 = _mm256_set1_ps(cp1), vcp2 = _mm256_set1_ps(cp2);
-    const __m256 vcm1 = _mm256_set1_ps(cm1), vcm2 = _mm256_set1_ps(cm2);
+    // (2 halves, M1_SUB + 1 + 8) the last run's products pw[h][i2] * cp2, * cm2
+    float hp[2][M1_SUB + 1 + 8], hm[2][M1_SUB + 1 + 8];
+    for (int h = 0; h < 2; h++)
+        for (int i2 = 0; i2 <= M1_SUB + 8; i2++) {
+            hp[h][i2] = pw[h][i2] * cp2;
+            hm[h][i2] = pw[h][i2] * cm2;
+        }
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 tp[2], tm[2];
+    for (int h = 0; h < 2; h++) {
+        tp[h] = _mm256_set1_ps(txs[h] * p2);
+        tm[h] = _mm256_set1_ps(txs[h] * m2);
+    }
     for (int i1 = 0; i1 <= M1_SUB; i1++) {
+        __m256 x1[2], gp[2], gm[2];
+        for (int h = 0; h < 2; h++) {
+            x1[h] = _mm256_set1_ps(px[h][i1]);
+            gp[h] = _mm256_set1_ps(tws[h] * p2 * p2 + pw[h][i1] * cp1);
+            gm[h] = _mm256_set1_ps(tws[h] * m2 * m2 + pw[h][i1] * cm1);
+        }
         for (int i2 = i1; i2 <= M1_SUB; i2 += 8) {
             __m256 qx_p[2], qx_m[2], q2_p[2], q2_m[2];
             for (int h = 0; h < 2; h++) {
-                const __m256 sx = _mm256_add_ps(_mm256_set1_ps(px[h][i1]), _mm256_loadu_ps(px[h] + i2));
-                const __m256 tx = _mm256_set1_ps(txs[h]), tw = _mm256_set1_ps(tws[h]);
-                const __m256 w1 = _mm256_set1_ps(pw[h][i1]), w2 = _mm256_loadu_ps(pw[h] + i2);
-                qx_p[h] = _mm256_sub_ps(_mm256_mul_ps(tx, vp2), sx);
-                qx_m[h] = _mm256_sub_ps(_mm256_mul_ps(tx, vm2), sx);
-                q2_p[h] = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(tw, vp2), vp2), _mm256_mul_ps(w1, vcp1)),
-                                        _mm256_mul_ps(w2, vcp2));
-                q2_m[h] = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(tw, vm2), vm2), _mm256_mul_ps(w1, vcm1)),
-                                        _mm256_mul_ps(w2, vcm2));
+                const __m256 sx = _mm256_add_ps(x1[h], _mm256_loadu_ps(px[h] + i2));
+                qx_p[h] = _mm256_sub_ps(tp[h], sx);
+                qx_m[h] = _mm256_sub_ps(tm[h], sx);
+                q2_p[h] = _mm256_add_ps(gp[h], _mm256_loadu_ps(hp[h] + i2));
+                q2_m[h] = _mm256_add_ps(gm[h], _mm256_loadu_ps(hm[h] + i2));
             }
+            // k: shift signs of (first half, second half): 0 = ++, 1 = +-, 2 = -+, 3 = --
             const __m256 sqx[4] = {_mm256_add_ps(qx_p[0], qx_p[1]), _mm256_add_ps(qx_p[0], qx_m[1]),
                                    _mm256_add_ps(qx_m[0], qx_p[1]), _mm256_add_ps(qx_m[0], qx_m[1])};
             const __m256 sq2[4] = {_mm256_add_ps(q2_p[0], q2_p[1]), _mm256_add_ps(q2_p[0], q2_m[1]),
                                    _mm256_add_ps(q2_m[0], q2_p[1]), _mm256_add_ps(q2_m[0], q2_m[1])};
             const __m256 best = _mm256_set1_ps(best_score);
-            int pass = 0;
-            float qx[4][8], q2[4][8];
+            __m256 ok = zero, sq[4];
             for (int k = 0; k < 4; k++) {
-                pass |= _mm256_movemask_ps(_mm256_and_ps(
-                    _mm256_cmp_ps(sq2[k], _mm256_setzero_ps(), _CMP_GT_OQ),
-                    _mm256_cmp_ps(_mm256_mul_ps(sqx[k], sqx[k]), _mm256_mul_ps(best, sq2[k]), _CMP_GT_OQ)));
-                _mm256_storeu_ps(qx[k], sqx[k]);
-                _mm256_storeu_ps(q2[k], sq2[k]);
+                sq[k] = _mm256_mul_ps(sqx[k], sqx[k]);
+                ok = _mm256_or_ps(ok, _mm256_and_ps(_mm256_cmp_ps(sq2[k], zero, _CMP_GT_OQ),
+                                                    _mm256_cmp_ps(sq[k], _mm256_mul_ps(best, sq2[k]), _CMP_GT_OQ)));
             }
             const int valid = M1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (M1_SUB + 1 - i2)) - 1;
-            if (!(pass & valid)) continue;
-            for (int j = 0; j < 8 && i2 + j <= M1_SUB; j++)
+            const int pass = _mm256_movemask_ps(ok) & valid;
+            if (!pass) continue;
+            float qq[4][8], q2[4][8], sc[4][8], sco[4][8];
+            for (int k = 0; k < 4; k++) {
+                const __m256 s = _mm256_div_ps(sqx[k], sq2[k]);
+                _mm256_storeu_ps(qq[k], sq[k]);
+                _mm256_storeu_ps(q2[k], sq2[k]);
+                _mm256_storeu_ps(sc[k], s);
+                _mm256_storeu_ps(sco[k], _mm256_mul_ps(s, sqx[k]));
+            }
+            for (int j = __builtin_ctz((unsigned)pass); j < 8 && i2 + j <= M1_SUB; j++)
                 for (int k = 0; k < 4; k++)
-                    if (q2[k][j] > 0 && qx[k][j] * qx[k][j] > best_score * q2[k][j]) {
-                        *scale = qx[k][j] / q2[k][j];
-                        best_score = *scale * qx[k][j];
+                    if (q2[k][j] > 0 && qq[k][j] > best_score * q2[k][j]) {
+                        *scale = sc[k][j];
+                        best_score = sco[k][j];
+                        *besti1 = i1;
+                        *besti2 = i2 + j;
+                        *best_k = k;
+                    }
+        }
+    }
+    *score = best_score;
+}
+#endif
+
+#if defined(__aarch64__)
+// iq1m_best_split_avx2 with four i2 per float32x4_t (NEON).
+static void iq1m_best_split_neon(const float px[2][M1_SUB + 1 + 8], const float pw[2][M1_SUB + 1 + 8],
+                                 const float *txs, const float *tws, float p2, float m2, float cp1, float cp2,
+                                 float cm1, float cm2, float *score, float *scale, int *besti1, int *besti2,
+                                 int *best_k) {
+    float best_score = *score;
+    float hp[2][M1_SUB + 1 + 8], hm[2][M1_SUB + 1 + 8];
+    for (int h = 0; h < 2; h++)
+        for (int i2 = 0; i2 <= M1_SUB + 8; i2++) {
+            hp[h][i2] = pw[h][i2] * cp2;
+            hm[h][i2] = pw[h][i2] * cm2;
+        }
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    const uint32_t lane_no[4] = {0, 1, 2, 3};
+    const uint32x4_t lane = vld1q_u32(lane_no);
+    float32x4_t tp[2], tm[2];
+    for (int h = 0; h < 2; h++) {
+        tp[h] = vdupq_n_f32(txs[h] * p2);
+        tm[h] = vdupq_n_f32(txs[h] * m2);
+    }
+    for (int i1 = 0; i1 <= M1_SUB; i1++) {
+        float32x4_t x1[2], gp[2], gm[2];
+        for (int h = 0; h < 2; h++) {
+            x1[h] = vdupq_n_f32(px[h][i1]);
+            gp[h] = vdupq_n_f32(tws[h] * p2 * p2 + pw[h][i1] * cp1);
+            gm[h] = vdupq_n_f32(tws[h] * m2 * m2 + pw[h][i1] * cm1);
+        }
+        for (int i2 = i1; i2 <= M1_SUB; i2 += 4) {
+            float32x4_t qx_p[2], qx_m[2], q2_p[2], q2_m[2];
+            for (int h = 0; h < 2; h++) {
+                const float32x4_t sx = vaddq_f32(x1[h], vld1q_f32(px[h] + i2));
+                qx_p[h] = vsubq_f32(tp[h], sx);
+                qx_m[h] = vsubq_f32(tm[h], sx);
+                q2_p[h] = vaddq_f32(gp[h], vld1q_f32(hp[h] + i2));
+                q2_m[h] = vaddq_f32(gm[h], vld1q_f32(hm[h] + i2));
+            }
+            const float32x4_t sqx[4] = {vaddq_f32(qx_p[0], qx_p[1]), vaddq_f32(qx_p[0], qx_m[1]),
+                                        vaddq_f32(qx_m[0], qx_p[1]), vaddq_f32(qx_m[0], qx_m[1])};
+            const float32x4_t sq2[4] = {vaddq_f32(q2_p[0], q2_p[1]), vaddq_f32(q2_p[0], q2_m[1]),
+                                        vaddq_f32(q2_m[0], q2_p[1]), vaddq_f32(q2_m[0], q2_m[1])};
+            const float32x4_t best = vdupq_n_f32(best_score);
+            uint32x4_t ok = vdupq_n_u32(0);
+            float32x4_t sq[4];
+            for (int k = 0; k < 4; k++) {
+                sq[k] = vmulq_f32(sqx[k], sqx[k]);
+                ok = vorrq_u32(ok, vandq_u32(vcgtq_f32(sq2[k], zero), vcgtq_f32(sq[k], vmulq_f32(best, sq2[k]))));
+            }
+            const uint32x4_t valid = vcltq_u32(lane, vdupq_n_u32((uint32_t)(M1_SUB + 1 - i2)));
+            if (vmaxvq_u32(vandq_u32(ok, valid)) == 0) continue;
+            float qq[4][4], q2[4][4], sc[4][4], sco[4][4];
+            for (int k = 0; k < 4; k++) {
+                const float32x4_t s = vdivq_f32(sqx[k], sq2[k]);
+                vst1q_f32(qq[k], sq[k]);
+                vst1q_f32(q2[k], sq2[k]);
+                vst1q_f32(sc[k], s);
+                vst1q_f32(sco[k], vmulq_f32(s, sqx[k]));
+            }
+            for (int j = 0; j < 4 && i2 + j <= M1_SUB; j++)
+                for (int k = 0; k < 4; k++)
+                    if (q2[k][j] > 0 && qq[k][j] > best_score * q2[k][j]) {
+                        *scale = sc[k][j];
+                        best_score = sco[k][j];
                         *besti1 = i1;
                         *besti2 = i2 + j;
                         *best_k = k;
@@ -1093,12 +1599,7 @@ static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float 
                 shifts[s] = 0;
                 continue;
             }
-            for (int j = 0; j < M1_SUB; j++) {
-                pairs[2 * j] = xb[j];
-                memcpy(&pairs[2 * j + 1], &j, 4);
-            }
-            qsort(pairs, M1_SUB, 2 * sizeof(float), by_value);
-            for (int j = 0; j < M1_SUB; j++) memcpy(&idx_of[j], &pairs[2 * j + 1], 4);
+            iq1_order(xb, M1_SUB, pairs, idx_of);
             float best_score = -FLT_MAX, scale = max;
             int besti1 = -1, besti2 = -1, best_k = -1;
             // per half h of the sub-block: prefix sums of w*x and w in sorted order (the other half's stay flat)
@@ -1118,6 +1619,11 @@ static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float 
 #if defined(__x86_64__) || defined(__i386__)
             if (use_lanes) {
                 iq1m_best_split_avx2(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &best_score, &scale, &besti1,
+                                     &besti2, &best_k);
+            } else
+#elif defined(__aarch64__)
+            if (use_lanes) {
+                iq1m_best_split_neon(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &best_score, &scale, &besti1,
                                      &besti2, &best_k);
             } else
 #endif
@@ -1245,6 +1751,8 @@ static void dequantize_row_iq1_m(const void *vy, float *x, int64_t n) {
 }
 
 // ---- SIMD row entry points (x86-64: the searches in AVX2 lanes; aarch64: the neighbour search in NEON lanes)
+// (Later: IQ1_S / IQ1_M also sort by ranks in lanes and, on aarch64, run the split search in NEON; IQ2_XXS has an
+// AVX-512 entry point; see the section "neighbour search in lanes" and BENCHMARKS.md.)
 // Only IQ2_XXS and IQ2_XS (neighbour lists of 18 and 30 on average): measured 1.8x -> 2.0x and 2.1x -> 3.1x ggml
 // on one thread. IQ2_S (lists of ~8) and the IQ3 types (quants_iq3.c, 4-coordinate groups) came out no faster
 // with these list lanes; they run their scale trials in lanes instead (quants_iq_trials.h, IQ2_S's entry points in
@@ -1271,8 +1779,21 @@ static void quantize_row_iq1_m_avx2(const float *x, void *vy, int64_t n, const f
     quantize_row_iq1_m(x, vy, n, imatrix);
     use_lanes = 0;
 }
+// AVX-512: IQ2_XXS only, its neighbour search sixteen neighbours per vector (1.05x its AVX2 path, BENCHMARKS.md).
+// IQ1_S and IQ1_M measured 0.93x their AVX2 path with the same search in AVX-512 (and IQ1_M's split search over
+// sixteen split points per vector gained nothing: its walks, not its lanes, take the time), so they take AVX2.
+#define IQ_WIDE_ENTRY(f)                                                        \
+    static void f##_avx512(const float *x, void *vy, int64_t n, const float *imatrix) { \
+        use_lanes = 1;                                                          \
+        wide_lanes = 1;                                                         \
+        f(x, vy, n, imatrix);                                                   \
+        wide_lanes = 0;                                                         \
+        use_lanes = 0;                                                          \
+    }
+IQ_WIDE_ENTRY(quantize_row_iq2_xxs)
 #define IQ_SIMD(f) f##_avx2, "avx2"
 #define IQ1_SIMD(f) f##_avx2, "avx2"
+#define IQ_WIDE(f) f##_avx512, "avx512"
 #elif defined(__aarch64__)
 // NEON: the neighbour search only (IQ2_XXS, IQ2_XS), byte-exact under qemu-aarch64 (tests/test_arm_kernels.py); not
 // timed (emulated speed says nothing about ARM hardware).
@@ -1286,17 +1807,31 @@ static void quantize_row_iq2_xs_neon(const float *x, void *vy, int64_t n, const 
     quantize_row_iq2_xs(x, vy, n, imatrix);
     use_lanes = 0;
 }
+// IQ1_S, IQ1_M: the sort by ranks, the split search and the neighbour search in NEON lanes (same check, not timed).
+static void quantize_row_iq1_s_neon(const float *x, void *vy, int64_t n, const float *imatrix) {
+    use_lanes = 1;
+    quantize_row_iq1_s(x, vy, n, imatrix);
+    use_lanes = 0;
+}
+static void quantize_row_iq1_m_neon(const float *x, void *vy, int64_t n, const float *imatrix) {
+    use_lanes = 1;
+    quantize_row_iq1_m(x, vy, n, imatrix);
+    use_lanes = 0;
+}
 #define IQ_SIMD(f) f##_neon, "neon"
-#define IQ1_SIMD(f) NULL, NULL
+#define IQ1_SIMD(f) f##_neon, "neon"
+#define IQ_WIDE(f) NULL, NULL
 #else
 #define IQ_SIMD(f) NULL, NULL
 #define IQ1_SIMD(f) NULL, NULL
+#define IQ_WIDE(f) NULL, NULL
 #endif
 
 // ---- table
 
 const gk_type_traits gk_iq2_types[] = {
-    {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, IQ_SIMD(quantize_row_iq2_xxs), dequantize_row_iq2_xxs},
+    {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, IQ_SIMD(quantize_row_iq2_xxs), dequantize_row_iq2_xxs,
+     IQ_WIDE(quantize_row_iq2_xxs)},
     {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, IQ_SIMD(quantize_row_iq2_xs), dequantize_row_iq2_xs},
     {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, IQ2S_SIMD, dequantize_row_iq2_s},
     {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, IQ1_SIMD(quantize_row_iq1_s), dequantize_row_iq1_s},
