@@ -317,7 +317,7 @@ def gptq_checkpoint(demo_dir: Path, bits: int, symmetric: bool, group_size: int 
     """The grid of ct_packed_checkpoint (made by compressed-tensors) stored in the GPTQ format (qweight, qzeros,
     scales, g_idx), packed by compressed-tensors' pack_to_int32: GPTQ's qweight is the same dense little-endian
     stream, down the input dimension of the transposed weight, and qzeros along the outputs. v1 stores each zero
-    point minus one. (GPTQModel, the GPTQ tool, does not install on this CPU-only machine.)"""
+    point minus one. (GPTQModel's own files: gptqmodel_checkpoint.)"""
     import torch
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
     from safetensors.torch import load_file
@@ -388,8 +388,8 @@ def awq_reference(model_dir: Path) -> dict[str, np.ndarray]:
 def awq_model_logits(model_dir: Path, reference: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
     """transformers' float32 logits of the AWQ model: its config, its unquantized tensors (the norms AWQ
     rescaled, embeddings, head) and AutoAWQ's dequantized weights in every quantized Linear (transformers runs
-    AWQ only through GPTQModel, which does not install here; AutoAWQ's own CPU forward is this same
-    dequantize_gemm and a matmul, in f16)."""
+    AWQ only through GPTQModel; AutoAWQ's own CPU forward is this same dequantize_gemm and a matmul, in f16).
+    The GPTQ tests use it too, with GPTQModel's dequantized weights (its torch kernel runs only f16/bf16)."""
     import torch
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -558,7 +558,7 @@ def gptqmodel_checkpoint(src: Path, bits: int, group_size: int, symmetric: bool,
                      f"{'-act' if desc_act else ''}-{fmt}")
     cmd = [sys.executable, str(GPTQMODEL_TOOL), str(src), str(out), str(bits), str(group_size),
            str(int(symmetric)), str(int(desc_act)), fmt]
-    run = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    run = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=OUT_DIR)  # it writes logs/ in cwd
     assert run.returncode == 0, f"gptqmodel failed:\n{run.stderr[-3000:]}"
     return out
 
