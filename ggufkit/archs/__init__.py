@@ -46,6 +46,8 @@ class OutputTensor:
     # the lossless path: (start, stop) -> (stop-start, row_bytes) u8 blocks of type `lossless`, no rounding
     read_blocks: Callable[[int, int], np.ndarray] | None = None
     lossless: object = None  # gguf.GGMLQuantizationType or None
+    # a factor llama.cpp multiplies the lossless tensor's matmul by (NVFP4's global scale): a `.scale` companion
+    lossless_scale: float | None = None
 
     @property
     def rows(self) -> int:
@@ -251,6 +253,7 @@ class Architecture:
             if getattr(ref, "lossless", None) is not None:
                 t.lossless = ref.lossless
                 t.read_blocks = lambda a, b, ref=ref: ref.read_blocks(a, b, ref.lossless)
+                t.lossless_scale = getattr(ref, "lossless_scale", None)
             found[gguf_name] = _keep_lossless_if_rows_only(t, self.transform)
         for gguf_name in expected:
             if gguf_name not in found:
