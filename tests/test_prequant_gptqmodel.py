@@ -1,6 +1,7 @@
 """GPTQ checkpoints made by GPTQModel itself (issue 15): its GPTQ (Hessian-based rounding on a few calibration
-sentences) on the CPU, from the tiny untied llama, saved in the GPTQ v1 and v2 formats, 3/4/8 bits, symmetric and
-asymmetric, group sizes 32/64/128, with and without act-order (desc_act: a permuted g_idx).
+sentences) on the CPU, from the tiny untied llama (and the demo model at 4-bit g128), saved in the GPTQ v1 and v2
+formats, 3/4/8 bits, symmetric and asymmetric, group sizes 32/64/128, with and without act-order (desc_act: a
+permuted g_idx).
 
 The references are GPTQModel's own: its dequantize_weight of every quantized Linear after loading the file back
 (tests/gptqmodel_tool.py, in a subprocess), and the codes / zero points it unpacks on the way. ggufkit's F32
@@ -45,8 +46,15 @@ def _lossless(bits, group, symmetric, desc_act):
     return {(4, True): QT.Q4_0, (4, False): QT.Q4_1, (8, True): QT.Q8_0}.get((bits, symmetric))
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=[_id(v) for v in VARIANTS])
-def gptq(request, tiny_checkpoint):
+# the demo model too, at the common hub setting (its 576 columns leave a last group of 64: a ragged group)
+DEMO = (4, 128, True, False, "gptq")
+
+
+@pytest.fixture(scope="module", params=[*VARIANTS, ("demo", DEMO)],
+                ids=[*(_id(v) for v in VARIANTS), "demo-" + _id(DEMO)])
+def gptq(request, tiny_checkpoint, demo_dir):
+    if request.param[0] == "demo":
+        return DEMO, gptqmodel_checkpoint(demo_dir, *DEMO)
     return request.param, gptqmodel_checkpoint(tiny_checkpoint("llama-untied"), *request.param)
 
 
@@ -58,7 +66,7 @@ def test_f32_equals_gptqmodel_dequantize(gptq):
     _, model = gptq
     ref = to_gguf_layout(gptqmodel_reference(model), _config(model))
     table = {name: data for name, _, data in tensor_table(converted(model, "f32"))}
-    assert len(ref) == 2 * 7
+    assert len(ref) == _config(model)["num_hidden_layers"] * 7
     differ = [n for n, w in ref.items() if not np.array_equal(
         table[n].view(np.float32).reshape(w.shape).view(np.uint32), w.view(np.uint32))]
     assert not differ, f"{len(differ)} tensors differ from GPTQModel's dequantize_weight, first {differ[:1]}"
@@ -69,7 +77,7 @@ def test_act_order_files_carry_a_permuted_g_idx(gptq):
     (_, group, _, desc_act, _), model = gptq
     permuted = [n for n, (_, _, _, g_idx) in gptqmodel_grid(model).items()
                 if not np.array_equal(g_idx, np.arange(g_idx.size) // group)]
-    assert bool(permuted) == desc_act, f"{len(permuted)} of 14 modules have a permuted g_idx"
+    assert bool(permuted) == desc_act, f"{len(permuted)} modules have a permuted g_idx"
 
 
 def test_source_scheme_holds_the_grid(gptq):
@@ -105,7 +113,7 @@ def test_source_scheme_holds_the_grid(gptq):
         else:
             assert np.array_equal(ours.astype(np.float16).astype(np.float32), w), name
         worst = max(worst, float(np.abs(ours - w).max()))
-    print(f"{_id(gptq[0])}: " + (f"{expected.name}, worst |ours - GPTQModel| {worst:.3g}" if expected else
+    print(f"{model.name}: " + (f"{expected.name}, worst |ours - GPTQModel| {worst:.3g}" if expected else
                                   "no lossless type: Q8_0 from the F32 values"))
 
 

@@ -27,6 +27,9 @@ from ggufkit.errors import InputError
 _MISSING = object()
 MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS: it cannot load a model with more blocks
 MAX_U32 = 2**32 - 1
+# llama.cpp graphs read (src/models/<arch>.cpp, 0.3.36) that multiply every linear weight's matmul by its
+# optional `.scale` companion (build_qkv, build_ffn, wo_s, output_s): only there may a lossless tensor need one
+TENSOR_SCALE_ARCHS = frozenset({"llama"})
 
 
 @dataclass
@@ -250,7 +253,8 @@ class Architecture:
             ref.check_dtype()
             t = OutputTensor(gguf_name, ref.shape, ref.read_rows, ref.file, hf_name, source_bytes=ref.nbytes,
                              source_quant=getattr(ref, "source", ""))
-            if getattr(ref, "lossless", None) is not None:
+            scaled = getattr(ref, "lossless_scale", None) is not None
+            if getattr(ref, "lossless", None) is not None and (not scaled or self.arch_name in TENSOR_SCALE_ARCHS):
                 t.lossless = ref.lossless
                 t.read_blocks = lambda a, b, ref=ref: ref.read_blocks(a, b, ref.lossless)
                 t.lossless_scale = getattr(ref, "lossless_scale", None)
