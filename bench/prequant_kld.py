@@ -10,6 +10,11 @@ GPTQ file holding the same grid converts to the same bytes, tests/test_prequant_
   llama.cpp  llama.cpp's own route: its converter (convert_hf_to_gguf.py from the llama-cpp-python sdist)
              dequantizes to F16, then llama_model_quantize at the same ftype (Q4_0 / Q4_1) with the token
              embedding at Q8_0 as in `source` (so both files have the same tensor types and size)
+and the compressed-tensors NVFP4A16 checkpoint (tests/prequant_fixtures.ct_nvfp4_checkpoint):
+  source     NVFP4 blocks + a `.scale` companion per tensor (the grid bit for bit), the rest Q8_0
+  requantize llama.cpp's quantizer on the dequantized values: llama_model_quantize of ggufkit's F32 file to Q4_0
+             (the same bytes per weight as NVFP4: 18/32 = 36/64), token embedding Q8_0
+  llama.cpp  llama.cpp's own converter, which repacks NVFP4 itself (its bytes are compared with ggufkit's)
 Both files are scored against the reference's logits (ggufkit.evaluate: KLD, top-1, PPL) on a stretch of the
 Britannica text that bench/quality.py uses. Prints Markdown for BENCHMARKS.md (machine, date, load) and JSON.
 """
@@ -61,6 +66,59 @@ def llama_cpp_route(src: Path, out: Path, scheme: str, work: Path, llama_cpp_dir
     return out
 
 
+def requantize(src_gguf: Path, out: Path, scheme: str) -> Path:
+    """llama_model_quantize of a GGUF file (ggufkit's F32 conversion) to `scheme`, token embedding Q8_0."""
+    import llama_cpp
+    from gguf import GGMLQuantizationType as QT
+
+    from ggufkit.plan.schemes import get_scheme
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(get_scheme(scheme).file_type)
+    params.nthread = 2
+    params.token_embedding_type = int(QT.Q8_0)
+    params.output_tensor_type = int(QT.Q8_0)
+    if llama_cpp.llama_model_quantize(str(src_gguf).encode(), str(out).encode(), ctypes.byref(params)) != 0:
+        raise RuntimeError("llama_model_quantize failed")
+    return out
+
+
+def nvfp4_rows(demo: Path, keep: Path, work: Path, text: Path, args) -> list[dict]:
+    from gguf import GGUFReader
+    from prequant_fixtures import ct_nvfp4_checkpoint
+
+    from ggufkit.conversion import convert
+    from ggufkit.evaluate import evaluate
+    from ggufkit.reflogits import save_reference
+
+    src = ct_nvfp4_checkpoint(demo)
+    ref_gguf = convert(src, keep / f"{src.name}-f32.gguf", scheme="f32", quiet=True)
+    ref = keep / f"{src.name}-ref-logits.gguf"
+    save_reference(ref_gguf, text, ref, ctx=args.ctx, chunks=args.chunks)
+    ours = convert(src, keep / f"{src.name}-source.gguf", scheme="source", quiet=True)
+    theirs = requantize(ref_gguf, keep / f"{src.name}-requant-q4_0.gguf", "q4_0")
+    f16 = keep / f"{src.name}-llamacpp-converter.gguf"
+    env = dict(os.environ, PYTHONPATH=str(args.llama_cpp / "gguf-py"))
+    subprocess.run([sys.executable, str(args.llama_cpp / "convert_hf_to_gguf.py"), str(src), "--outtype", "f16",
+                    "--outfile", str(f16)], check=True, env=env, stdout=subprocess.DEVNULL)
+    mine = {t.name: bytes(t.data) for t in GGUFReader(str(ours)).tensors if t.tensor_type.name == "NVFP4"}
+    conv = {t.name: bytes(t.data) for t in GGUFReader(str(f16)).tensors if t.tensor_type.name == "NVFP4"}
+    same = sorted(mine) == sorted(conv) and all(mine[n] == conv[n] for n in mine)
+    print(f"NVFP4 tensors: ggufkit {len(mine)}, llama.cpp's converter {len(conv)}, same bytes: {same}",
+          file=sys.stderr)
+    rows = []
+    for route, path in (("ggufkit --scheme source (NVFP4 + .scale, lossless)", ours),
+                        ("ggufkit F32 -> llama-quantize Q4_0 (dequantize, requantize)", theirs),
+                        ("llama.cpp converter (its NVFP4 repack, F16 rest)", f16)):
+        r = evaluate(path, None, ref=ref)
+        row = {"source": "compressed-tensors nvfp4 (NVFP4A16)", "route": route, "bytes": path.stat().st_size,
+               "same_tensor_types": route.startswith("llama.cpp") and same, "kld": r.kld, "top1": r.top1,
+               "ppl": r.ppl, "tokens": r.tokens_scored}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
 def tensor_types(path: Path) -> dict[str, str]:
     from gguf import GGUFReader
 
@@ -73,6 +131,7 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--keep", type=Path, default=None, help="keep the GGUF files here")
     ap.add_argument("--llama-cpp", type=Path, default=LLAMA_CPP, help="llama.cpp source tree (its converter)")
+    ap.add_argument("--only", choices=["int4", "nvfp4"], default=None, help="run one family of variants")
     args = ap.parse_args()
     from prequant_fixtures import ct_packed_checkpoint
     from quality import BRITANNICA, EVAL_CHARS, EVAL_START, machine
@@ -90,7 +149,7 @@ def main() -> None:
     text.write_text(BRITANNICA.read_text(encoding="utf-8")[EVAL_START:EVAL_START + EVAL_CHARS], encoding="utf-8")
     start = time.perf_counter()
     rows = []
-    for label, (grid, scheme) in VARIANTS.items():
+    for label, (grid, scheme) in (VARIANTS if args.only != "nvfp4" else {}).items():
         src = ct_packed_checkpoint(demo, *grid)
         ref_gguf = convert(src, keep / f"{src.name}-f32.gguf", scheme="f32", quiet=True)
         ref = keep / f"{src.name}-ref-logits.gguf"
@@ -106,6 +165,8 @@ def main() -> None:
                    "tokens": r.tokens_scored}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
+    if args.only != "int4":
+        rows += nvfp4_rows(demo, keep, work, text, args)
     wall = time.perf_counter() - start
     today = datetime.date.today().isoformat()
     print(f"\n{info}, {today}. `python bench/prequant_kld.py --chunks {args.chunks} --ctx {args.ctx}`: KLD against "

@@ -100,6 +100,7 @@ def make_plan(src, scheme: str = "q4_k_m", imatrix=None, controls=None, split: d
             raise InputError(str(e), ckpt.dir) from None
     if keep_source:
         sch, rows = _source_scheme(sch, tensors, rows)
+        tensors, rows = _source_companions(tensors, rows)
     planned = [PlannedTensor(t, QT(r.type), tensor_nbytes(t.shape, QT(r.type))) for t, r in zip(tensors, rows)]
     return Plan(ckpt, arch, sch, planned, rows, controls, imatrix, dict(split or {}))
 
@@ -124,8 +125,26 @@ def _source_scheme(base, tensors: list[OutputTensor], rows: list) -> tuple:
     if kept:
         main = max(set(kept), key=kept.count)
         file_type = {QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0, QT.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1,
-                     QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}.get(main, base.file_type)
+                     QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0, QT.NVFP4: gguf.LlamaFileType.MOSTLY_NVFP4,
+                     }.get(main, base.file_type)
     return Scheme("SOURCE", file_type, base.base_type, base.rules), rows
+
+
+def _source_companions(tensors: list[OutputTensor], rows: list) -> tuple[list, list]:
+    """After each tensor kept lossless with a per-tensor factor (NVFP4's global scale), its `.scale` companion:
+    (1,) F32, which llama.cpp multiplies that tensor's matmul output by."""
+    from ggufkit.plan.schemes import PlanRow
+
+    out_t, out_r = [], []
+    for t, r in zip(tensors, rows):
+        out_t.append(t)
+        out_r.append(r)
+        if t.lossless_scale is not None and QT(r.type) == t.lossless:
+            name = t.name.removesuffix(".weight") + ".scale"
+            value = np.array([[t.lossless_scale]], dtype=np.float32)  # (1, 1) f32: one row of one column
+            out_t.append(OutputTensor(name, (1,), lambda a, b, v=value: v, t.file, t.source_name))
+            out_r.append(PlanRow(name, (1,), QT.F32, 4))
+    return out_t, out_r
 
 
 def default_output(plan: Plan) -> Path:

@@ -317,7 +317,7 @@ def gptq_checkpoint(demo_dir: Path, bits: int, symmetric: bool, group_size: int 
     """The grid of ct_packed_checkpoint (made by compressed-tensors) stored in the GPTQ format (qweight, qzeros,
     scales, g_idx), packed by compressed-tensors' pack_to_int32: GPTQ's qweight is the same dense little-endian
     stream, down the input dimension of the transposed weight, and qzeros along the outputs. v1 stores each zero
-    point minus one. (GPTQModel, the GPTQ tool, does not install on this CPU-only machine.)"""
+    point minus one. (GPTQModel's own files: gptqmodel_checkpoint.)"""
     import torch
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
     from safetensors.torch import load_file
@@ -388,8 +388,8 @@ def awq_reference(model_dir: Path) -> dict[str, np.ndarray]:
 def awq_model_logits(model_dir: Path, reference: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
     """transformers' float32 logits of the AWQ model: its config, its unquantized tensors (the norms AWQ
     rescaled, embeddings, head) and AutoAWQ's dequantized weights in every quantized Linear (transformers runs
-    AWQ only through GPTQModel, which does not install here; AutoAWQ's own CPU forward is this same
-    dequantize_gemm and a matmul, in f16)."""
+    AWQ only through GPTQModel; AutoAWQ's own CPU forward is this same dequantize_gemm and a matmul, in f16).
+    The GPTQ tests use it too, with GPTQModel's dequantized weights (its torch kernel runs only f16/bf16)."""
     import torch
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -399,7 +399,7 @@ def awq_model_logits(model_dir: Path, reference: dict[str, np.ndarray], ids: lis
     del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     state = {k: v.float() for k, v in load_file(model_dir / "model.safetensors").items()
-             if not k.endswith((".qweight", ".qzeros", ".scales"))}
+             if not k.endswith((".qweight", ".qzeros", ".scales", ".g_idx"))}
     state |= {k: torch.from_numpy(v) for k, v in reference.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
@@ -531,3 +531,50 @@ def awq_grid(model_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndar
         out[f"{module}.weight"] = (q.T.numpy().astype(np.float32), state[f"{module}.scales"].T.float().numpy(),
                                    z.T.numpy().astype(np.float32))
     return out
+
+
+GPTQMODEL_TOOL = Path(__file__).with_name("gptqmodel_tool.py")
+
+
+def gptqmodel_missing() -> str | None:
+    """Why GPTQModel cannot make fixtures here, or None (`make setup` installs it, see the Makefile)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gptqmodel") is None:
+        return "gptqmodel is not installed (make setup installs it with --no-deps, see the Makefile)"
+    return None
+
+
+@functools.cache
+def gptqmodel_checkpoint(src: Path, bits: int, group_size: int, symmetric: bool, desc_act: bool,
+                         fmt: str) -> Path:
+    """GPTQModel itself on the CPU (tests/gptqmodel_tool.py, in a subprocess): its GPTQ on a few calibration
+    sentences, act-order when desc_act, saved in fmt ("gptq" = v1 zero points, "gptq_v2"), with GPTQModel's own
+    dequantization and grid of every quantized Linear beside it (gptqmodel_reference / gptqmodel_grid)."""
+    import subprocess
+    import sys
+
+    out = OUT_DIR / (f"gptqmodel-{src.name}-int{bits}-g{group_size}-{'sym' if symmetric else 'asym'}"
+                     f"{'-act' if desc_act else ''}-{fmt}")
+    cmd = [sys.executable, str(GPTQMODEL_TOOL), str(src), str(out), str(bits), str(group_size),
+           str(int(symmetric)), str(int(desc_act)), fmt]
+    run = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=OUT_DIR)  # it writes logs/ in cwd
+    assert run.returncode == 0, f"gptqmodel failed:\n{run.stderr[-3000:]}"
+    return out
+
+
+def _gptqmodel_arrays(model_dir: Path) -> dict[str, np.ndarray]:
+    return dict(np.load(f"{model_dir}.ref.npz"))
+
+
+def gptqmodel_reference(model_dir: Path) -> dict[str, np.ndarray]:
+    """{HF weight name: (rows, cols) f32}: GPTQModel's own dequantize_weight of every quantized Linear (f16
+    values), as the tool wrote them beside the checkpoint."""
+    return {k: v for k, v in _gptqmodel_arrays(model_dir).items() if k.endswith(".weight")}
+
+
+def gptqmodel_grid(model_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """{HF weight name: (q (rows, cols), scale (rows, groups) f32, zero (rows, groups), g_idx (cols,))}: the codes
+    and zero points GPTQModel unpacks (v2 zero points, the ones it subtracts), its scales and g_idx."""
+    a = _gptqmodel_arrays(model_dir)
+    return {k: tuple(a[f"{k[:-7]}.{p}"] for p in ("q", "scale", "zero", "g_idx")) for k in a if k.endswith(".weight")}

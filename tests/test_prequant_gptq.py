@@ -1,7 +1,8 @@
 """GPTQ-format checkpoints as input (issue 15): qweight / qzeros / scales / g_idx, v1 and v2 zero points, 2-8 bits.
 
-GPTQModel does not install on this CPU-only machine, so the fixtures hold a grid made by compressed-tensors
-(prequant_fixtures.gptq_checkpoint: its qparams, packed into GPTQ's layout with its own pack_to_int32), and the
+These fixtures hold a grid made by compressed-tensors on the demo model (prequant_fixtures.gptq_checkpoint: its
+qparams, packed into GPTQ's layout with its own pack_to_int32; files made by GPTQModel itself are the subject of
+test_prequant_gptqmodel.py), and the
 reference is compressed-tensors' decompress of the same grid in its own format: ggufkit's F32 output of the GPTQ
 file must equal it bit for bit. `--scheme source` must keep 4-bit groups as Q4_0 (v1, symmetric) / Q4_1 and
 8-bit symmetric channels as Q8_0, with the bytes of the compressed-tensors file's lossless conversion."""

@@ -27,6 +27,9 @@ from ggufkit.errors import InputError
 _MISSING = object()
 MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS: it cannot load a model with more blocks
 MAX_U32 = 2**32 - 1
+# llama.cpp graphs read (src/models/<arch>.cpp, 0.3.36) that multiply every linear weight's matmul by its
+# optional `.scale` companion (build_qkv, build_ffn, wo_s, output_s): only there may a lossless tensor need one
+TENSOR_SCALE_ARCHS = frozenset({"llama"})
 
 
 @dataclass
@@ -46,6 +49,8 @@ class OutputTensor:
     # the lossless path: (start, stop) -> (stop-start, row_bytes) u8 blocks of type `lossless`, no rounding
     read_blocks: Callable[[int, int], np.ndarray] | None = None
     lossless: object = None  # gguf.GGMLQuantizationType or None
+    # a factor llama.cpp multiplies the lossless tensor's matmul by (NVFP4's global scale): a `.scale` companion
+    lossless_scale: float | None = None
 
     @property
     def rows(self) -> int:
@@ -252,9 +257,11 @@ class Architecture:
             ref.check_dtype()
             t = OutputTensor(gguf_name, ref.shape, ref.read_rows, ref.file, hf_name, source_bytes=ref.nbytes,
                              source_quant=getattr(ref, "source", ""))
-            if getattr(ref, "lossless", None) is not None:
+            scaled = getattr(ref, "lossless_scale", None) is not None
+            if getattr(ref, "lossless", None) is not None and (not scaled or self.arch_name in TENSOR_SCALE_ARCHS):
                 t.lossless = ref.lossless
                 t.read_blocks = lambda a, b, ref=ref: ref.read_blocks(a, b, ref.lossless)
+                t.lossless_scale = getattr(ref, "lossless_scale", None)
             found[gguf_name] = _keep_lossless_if_rows_only(t, self.transform)
         for gguf_name in expected:
             if gguf_name not in found:

@@ -19,10 +19,11 @@ nvfp4-pack-quantized (fp4 e2m1 values, e4m3 scales per group of 16, one f32 glob
     M.weight_global_scale  (1,) F32 (a divisor)
   value = bf16( fp4 * f32(scale / global) ), in f32, rounded once to bf16: NVFP4PackedCompressor.decompress
   (its unpacked dtype is bf16 whatever the model's; a 0-d global keeps the scale in bf16 too).
-  GGUF's NVFP4 type holds the fp4 codes and the e4m3 scales (as ue4m3) but not the global divisor; llama.cpp
-  applies that from a separate per-tensor `.scale` companion tensor after the matmul, and llama_model_quantize
-  (0.3.36) cannot requantize such a file. So nvfp4 is dequantized once here, like every grid without a lossless
-  type (see lossless below: None).
+  Lossless (--scheme source): GGUF's NVFP4 type holds the fp4 codes and the e4m3 scales (as ue4m3) bit for bit,
+  and llama.cpp (0.3.36, llama_model::load_tensors' generic pass) reads an optional per-tensor companion
+  `<name>.scale` (1,) F32 that build_lora_mm multiplies the matmul's output by: 1 / global, in f32. The values
+  are then e2m1 * e4m3 * f32(1 / global) - decompress's bf16 rounding of the same product is not repeated.
+  Other schemes dequantize once (decompress's values).
 """
 from __future__ import annotations
 
@@ -161,6 +162,38 @@ class NvFp4Ref(QuantRef):
             self.fail(f"weight_global_scale is {global_scale.dtype} {list(global_scale.shape)}, expected one float")
         self.global_scale = to_f32(g, global_scale.dtype)[0]
         self.scalar_global = len(global_scale.shape) == 0  # torch keeps the bf16 scale dtype then
+
+    @property
+    def lossless(self):
+        """GGUF's NVFP4 (whole 64-column super-blocks, every e4m3 scale a positive finite value, a (1,) global
+        scale, which decompress applies without rounding the group scale first), with the global divisor as the
+        companion `.scale` factor (lossless_scale) llama.cpp multiplies the matmul by."""
+        if not hasattr(self, "_lossless"):
+            ok = self.cols % 64 == 0 and not self.scalar_global and self.global_scale > 0
+            if ok:
+                codes = read_all(self.scale)  # (rows, cols/16) e4m3 bytes
+                ok = not np.any(codes & 0x80) and not np.any(codes == 0x7F)  # sign bit / NaN
+            self._lossless = intgrid.QT.NVFP4 if ok else None
+        return self._lossless
+
+    @property
+    def lossless_scale(self) -> float:
+        return float(np.float32(1.0 / np.float64(self.global_scale)))
+
+    def read_blocks(self, start: int, stop: int, qtype) -> np.ndarray:
+        """Rows [start, stop) as NVFP4 super-blocks of 64 columns, the grid bit for bit:
+            block = [ d: 4 x ue4m3 (one per 16 columns) | qs: 32 B ],  sub-block s: qs[8s + j] = code j | code j+8 << 4
+        ue4m3 = the e4m3 scale byte (sign clear; ggml reads it as half its value, and its fp4 table is the
+        doubled e2m1, so d * value = e4m3 * e2m1 exactly); the codes are the same 4-bit e2m1 codes.
+        (n, cols/64 * 36) u8."""
+        n = stop - start
+        packed = read_window(self.packed, start, stop, 0, self.packed.shape[1])  # (n, cols/2) u8
+        codes = np.empty((n, self.cols), dtype=np.uint8)
+        codes[:, 0::2], codes[:, 1::2] = packed & 0xF, packed >> 4
+        sub = codes.reshape(n, self.cols // 64, 4, 16)  # (n, blocks, sub-block, 16)
+        qs = (sub[..., :8] | (sub[..., 8:] << 4)).reshape(n, self.cols // 64, 32)
+        d = read_window(self.scale, start, stop, 0, self.scale.shape[1]).reshape(n, self.cols // 64, 4)
+        return np.concatenate([d, qs], axis=2).reshape(n, -1)
 
     def decode(self, start: int, stop: int) -> np.ndarray:
         from ggufkit.sources.mxfp4 import FP4

@@ -68,7 +68,7 @@ def q8_blocks(q: np.ndarray, scale: np.ndarray, group_size: int) -> np.ndarray:
     block = [ d: f16 | qs: 32 x i8 ], value = d * qs. (n, cols/32 * 34) u8."""
     n, cols = q.shape
     nb = cols // 32
-    d = np.repeat(scale, group_size // 32, axis=1).astype(np.float16)  # (n, nb)
+    d = np.repeat(scale, group_size // 32, axis=1)[:, :nb].astype(np.float16)  # (n, nb); ragged last group cut
     out = np.empty((n, nb, 34), dtype=np.uint8)
     out[:, :, 0:2] = d.view(np.uint8).reshape(n, nb, 2)
     out[:, :, 2:] = (q.reshape(n, nb, 32) ^ 0x80)  # u8 value + 128 -> the i8 value's bits
@@ -81,7 +81,7 @@ def q4_blocks(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, group_s
     n, cols = q.shape
     nb = cols // 32
     per = group_size // 32  # blocks per group
-    d = np.repeat(scale, per, axis=1).astype(np.float16)  # (n, nb)
+    d = np.repeat(scale, per, axis=1)[:, :nb].astype(np.float16)  # (n, nb); a ragged last group is cut
     qb = q.reshape(n, nb, 32)
     qs = (qb[:, :, :16] | (qb[:, :, 16:] << 4)).astype(np.uint8)  # (n, nb, 16)
     if zero is None:
@@ -89,7 +89,7 @@ def q4_blocks(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, group_s
         out[:, :, 0:2] = d.view(np.uint8).reshape(n, nb, 2)
         out[:, :, 2:] = qs
     else:
-        m = (-(np.repeat(scale, per, axis=1) * np.repeat(zero, per, axis=1))).astype(np.float16)  # f32 -> f16
+        m = (-(np.repeat(scale, per, axis=1) * np.repeat(zero, per, axis=1))[:, :nb]).astype(np.float16)  # f16
         out = np.empty((n, nb, 20), dtype=np.uint8)
         out[:, :, 0:2] = d.view(np.uint8).reshape(n, nb, 2)
         out[:, :, 2:4] = m.view(np.uint8).reshape(n, nb, 2)
