@@ -61,7 +61,40 @@ def calibration_json(path: Path, n: int, ctx: int) -> Path:
     return path
 
 
-def child(fmt: str, out_dir: Path, calib: Path, iters: int, nsamples: int, ctx: int, threads: int) -> None:
+# llama.cpp tensor -> the HF module AutoRound's layer_config names (llama family)
+HF_MODULE = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj"}
+# llama.cpp's type -> the AutoRound type of the same bits per weight (on a gguf:q4_0 base, AutoRound 0.16.1's
+# layer_config keeps only the bits and the base's family: _0 for 4/5/8 bits, K for 2/3/6); Q4_K/Q5_K (4.5/5.5 bpw)
+# become Q4_0/Q5_0 (4.5/5.5 bpw), Q5_1 (6.0) Q5_0, IQ4_NL (4.5) Q4_0; IQ4_XS (4.25) has no equal and is split
+# between Q4_0 and Q3_K (see matched_layer_config)
+SAME_BPW = {"Q4_0": "GGUF:Q4_0", "Q4_1": "GGUF:Q4_0", "Q5_0": "GGUF:Q5_0", "Q5_1": "GGUF:Q5_0", "Q8_0": "GGUF:Q8_0",
+            "Q2_K": "GGUF:Q2_K_S", "Q3_K": "GGUF:Q3_K_S", "Q4_K": "GGUF:Q4_0", "Q5_K": "GGUF:Q5_0", "Q6_K": "GGUF:Q6_K",
+            "IQ4_NL": "GGUF:Q4_0", "IQ4_XS": "GGUF:Q4_0"}
+
+
+def matched_layer_config(llama_cpp_file: Path) -> dict[str, str]:
+    """AutoRound's layer_config that puts llama.cpp's bits where llama.cpp put them (its file's size +-0.5%).
+    IQ4_XS tensors (4.25 bpw) become Q4_0 (4.5), except 7 of 30 ffn_down in Q3_K (3.44) so that the total matches:
+    the layers llama.cpp's use_more_bits rule does not favour, spread out (6, 9, ..., 24)."""
+    from gguf import GGUFReader
+
+    config = {}
+    for t in GGUFReader(str(llama_cpp_file)).tensors:
+        parts = t.name.split(".")
+        if parts[0] == "blk" and parts[2] in HF_MODULE:
+            kind = SAME_BPW[t.tensor_type.name]
+            if t.tensor_type.name == "IQ4_XS" and parts[2] == "ffn_down" and int(parts[1]) in (6, 9, 12, 15, 18, 21, 24):
+                kind = "GGUF:Q3_K_S"
+            config[f"model.layers.{parts[1]}.{HF_MODULE[parts[2]]}"] = kind
+        elif parts[0] != "blk" and t.tensor_type.name not in ("F32", "Q8_0"):  # AutoRound: tied embedding in Q8_0
+            sys.exit(f"{llama_cpp_file.name}: {t.name} is {t.tensor_type.name}; AutoRound would write Q8_0")
+    return config
+
+
+def child(fmt: str, out_dir: Path, calib: Path, iters: int, nsamples: int, ctx: int, threads: int,
+          extra: dict | None = None) -> None:
     """One AutoRound export in this process (run by the parent as a child, so its time and memory are its own)."""
     import torch
 
@@ -69,15 +102,17 @@ def child(fmt: str, out_dir: Path, calib: Path, iters: int, nsamples: int, ctx: 
     from auto_round import AutoRound
 
     ar = AutoRound(str(DEMO), scheme=f"gguf:{fmt}", iters=iters, nsamples=nsamples, seqlen=ctx, dataset=str(calib),
-                   device_map="cpu")
+                   device_map="cpu", **(extra or {}))
     ar.quantize_and_save(str(out_dir), format=f"gguf:{fmt}")
 
 
-def run_child(args, fmt: str, out_dir: Path, calib: Path, log: Path) -> dict:
+def run_child(args, fmt: str, out_dir: Path, calib: Path, log: Path, layer_config: Path | None = None) -> dict:
     """Run child() in a niced subprocess; -> wall/CPU seconds, peak RSS, load average range."""
     cmd = ["nice", sys.executable, __file__, "--keep", str(args.keep), "--child", fmt, str(out_dir), str(calib),
            "--iters", str(args.iters), "--nsamples", str(args.nsamples), "--ctx", str(args.ctx),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads)] + (["--plain-rtn"] if args.plain_rtn else []) \
+        + (["--layer-config", str(layer_config)] if layer_config else []) \
+        + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
     # PASSIVE: OpenMP threads sleep instead of spinning while they wait; on the 2 shared cores (load 7-20) the
     # default spin made AutoRound's scale search ~8x slower in wall and CPU time (BENCHMARKS.md)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY=args.omp_wait_policy)
@@ -159,13 +194,24 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--chunks", type=int, default=4, help="held-out chunks scored")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in AutoRound's process")
+    ap.add_argument("--plain-rtn", action="store_true", help="AutoRound's plain RTN (disable_opt_rtn=True)")
+    ap.add_argument("--batch-size", type=int, default=None, help="AutoRound's batch size (iters > 0; default 8)")
+    ap.add_argument("--match-types", action="store_true",
+                    help="AutoRound on a gguf:q4_0 base with llama.cpp's bits per tensor (same size) instead of "
+                         "its own preset for the scheme")
+    ap.add_argument("--layer-config", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--omp-wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY of AutoRound's process")
     ap.add_argument("--child", nargs=3, metavar=("FORMAT", "OUT_DIR", "CALIB"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.calibration_chunks = args.nsamples
     if args.child:
         fmt, out_dir, calib = args.child
-        child(fmt, Path(out_dir), Path(calib), args.iters, args.nsamples, args.ctx, args.threads)
+        extra = {"disable_opt_rtn": True} if args.plain_rtn else {}
+        if args.batch_size:
+            extra["batch_size"] = args.batch_size
+        if args.layer_config:
+            extra["layer_config"] = json.loads(args.layer_config.read_text())
+        child(fmt, Path(out_dir), Path(calib), args.iters, args.nsamples, args.ctx, args.threads, extra)
         return
 
     from optimize import llama_cpp_quantize
@@ -191,6 +237,8 @@ def main() -> None:
     for item in args.schemes.split(","):
         scheme, _, fmt = item.partition("=")
         fmt = fmt or (None if scheme.startswith("iq") else scheme)
+        if args.match_types:
+            fmt = "q4_0"
         key = f"{scheme}/llama.cpp"
         base = work / f"demo-{scheme}-llamacpp.gguf"
         if key not in cache or not base.exists():
@@ -200,9 +248,11 @@ def main() -> None:
         want = EXPECTED_LLAMA_CPP.get(scheme)
         lc["matches_benchmarks_md"] = bool(want and lc["size_bytes"] == want[0] and round(lc["kld"], 5) == want[1])
         rows.append(lc)
-        if fmt is None:
+        if fmt is None and not args.match_types:
             continue
-        tag = f"autoround-{fmt}-iters{args.iters}-n{args.nsamples}"
+        name = f"{scheme}-bits-on-q4_0" if args.match_types else fmt
+        tag = f"autoround-{name}-iters{args.iters}-n{args.nsamples}" + ("-rtn" if args.plain_rtn else "") \
+            + (f"-bs{args.batch_size}" if args.batch_size else "")
         key = f"{scheme}/{tag}"
         out_dir = work / tag
         if key not in cache:
@@ -211,9 +261,16 @@ def main() -> None:
             if not made:
                 print(f"AutoRound gguf:{fmt} (iters {args.iters}, {args.nsamples} x {args.ctx}) ...", file=sys.stderr,
                       flush=True)
-                timing = run_child(args, fmt, out_dir, calib, work / f"{tag}.log")
+                layer_config = None
+                if args.match_types:
+                    layer_config = work / f"{tag}.layer_config.json"
+                    layer_config.write_text(json.dumps(matched_layer_config(base), indent=0))
+                timing = run_child(args, fmt, out_dir, calib, work / f"{tag}.log", layer_config)
                 made = sorted(out_dir.rglob("*.gguf"))
-            save(key, {"scheme": scheme.upper(), "variant": f"AutoRound gguf:{fmt}, iters {args.iters}, "
+            how = "plain RTN" if args.plain_rtn else f"iters {args.iters}" + (
+                f", batch {args.batch_size}" if args.batch_size else "")
+            what = f"llama.cpp's {scheme.upper()} bits on gguf:q4_0" if args.match_types else f"gguf:{fmt}"
+            save(key, {"scheme": scheme.upper(), "variant": f"AutoRound {what}, {how}, "
                        f"{args.nsamples} x {args.ctx} samples", "file": str(made[0]), **score(made[0], ref),
                        **timing})
         rows.append(cache[key])
