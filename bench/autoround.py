@@ -112,7 +112,8 @@ def run_child(args, fmt: str, out_dir: Path, calib: Path, log: Path, layer_confi
            "--iters", str(args.iters), "--nsamples", str(args.nsamples), "--ctx", str(args.ctx),
            "--threads", str(args.threads)] + (["--plain-rtn"] if args.plain_rtn else []) \
         + (["--layer-config", str(layer_config)] if layer_config else []) \
-        + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
+        + (["--batch-size", str(args.batch_size)] if args.batch_size else []) \
+        + (["--torch-compile"] if args.torch_compile else [])
     # PASSIVE: OpenMP threads sleep instead of spinning while they wait; on the 2 shared cores (load 7-20) the
     # default spin made AutoRound's scale search ~8x slower in wall and CPU time (BENCHMARKS.md)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY=args.omp_wait_policy)
@@ -195,6 +196,9 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=4, help="held-out chunks scored")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in AutoRound's process")
     ap.add_argument("--plain-rtn", action="store_true", help="AutoRound's plain RTN (disable_opt_rtn=True)")
+    ap.add_argument("--torch-compile", action="store_true",
+                    help="let AutoRound torch.compile its tuning step (iters > 0: it does by default; off here, "
+                         "tracing alone took minutes of CPU per layer on this machine)")
     ap.add_argument("--batch-size", type=int, default=None, help="AutoRound's batch size (iters > 0; default 8)")
     ap.add_argument("--match-types", action="store_true",
                     help="AutoRound on a gguf:q4_0 base with llama.cpp's bits per tensor (same size) instead of "
@@ -207,6 +211,8 @@ def main() -> None:
     if args.child:
         fmt, out_dir, calib = args.child
         extra = {"disable_opt_rtn": True} if args.plain_rtn else {}
+        if args.iters > 0 and not args.torch_compile:
+            extra["enable_torch_compile"] = False
         if args.batch_size:
             extra["batch_size"] = args.batch_size
         if args.layer_config:
