@@ -65,17 +65,26 @@ def calibration_json(path: Path, n: int, ctx: int) -> Path:
 HF_MODULE = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
              "ffn_down": "mlp.down_proj"}
-# llama.cpp's type -> the AutoRound type of the same bits per weight (on a gguf:q4_0 base, AutoRound 0.16.1's
-# layer_config keeps only the bits and the base's family: _0 for 4/5/8 bits, K for 2/3/6); Q4_K/Q5_K (4.5/5.5 bpw)
-# become Q4_0/Q5_0 (4.5/5.5 bpw), Q5_1 (6.0) Q5_0, IQ4_NL (4.5) Q4_0; IQ4_XS (4.25) has no equal and is split
-# between Q4_0 and Q3_K (see matched_layer_config)
+# llama.cpp's type -> AutoRound's layer_config entry for the same type (or, where AutoRound has none, the same bits
+# per weight). AutoRound 0.16.1 derives a layer's GGUF type from its bits and the base format's family unless the
+# entry matches none of its presets but has a super-block (then "_k"); so on a gguf:q4_0 base a preset string gives
+# Q4_0/Q5_0/Q8_0, and a K-quant's own facts with act_bits 32 (no activation quantization either way; it only keeps
+# the entry from matching a preset) give that K-quant. Q5_1 (2 tensors of Q3_K_M, 6.0 bpw) becomes Q5_0 (5.5);
+# IQ4_NL (4.5) Q4_0 (4.5); IQ4_XS (4.25) has no equal and is split between Q4_0 and Q3_K (matched_layer_config).
 SAME_BPW = {"Q4_0": "GGUF:Q4_0", "Q4_1": "GGUF:Q4_0", "Q5_0": "GGUF:Q5_0", "Q5_1": "GGUF:Q5_0", "Q8_0": "GGUF:Q8_0",
-            "Q2_K": "GGUF:Q2_K_S", "Q3_K": "GGUF:Q3_K_S", "Q4_K": "GGUF:Q4_0", "Q5_K": "GGUF:Q5_0", "Q6_K": "GGUF:Q6_K",
             "IQ4_NL": "GGUF:Q4_0", "IQ4_XS": "GGUF:Q4_0"}
 
 
-def matched_layer_config(llama_cpp_file: Path) -> dict[str, str]:
-    """AutoRound's layer_config that puts llama.cpp's bits where llama.cpp put them (its file's size +-0.5%).
+def layer_entry(ggml_type: str):
+    if ggml_type in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"):
+        from auto_round.schemes import GGUF_SCHEME_FACTS
+
+        return {**GGUF_SCHEME_FACTS[f"gguf:{ggml_type.lower()}"], "act_bits": 32}
+    return SAME_BPW[ggml_type]
+
+
+def matched_layer_config(llama_cpp_file: Path) -> dict:
+    """AutoRound's layer_config that gives each tensor llama.cpp's type (its file's size +-0.5%).
     IQ4_XS tensors (4.25 bpw) become Q4_0 (4.5), except 7 of 30 ffn_down in Q3_K (3.44) so that the total matches:
     the layers llama.cpp's use_more_bits rule does not favour, spread out (6, 9, ..., 24)."""
     from gguf import GGUFReader
@@ -84,10 +93,10 @@ def matched_layer_config(llama_cpp_file: Path) -> dict[str, str]:
     for t in GGUFReader(str(llama_cpp_file)).tensors:
         parts = t.name.split(".")
         if parts[0] == "blk" and parts[2] in HF_MODULE:
-            kind = SAME_BPW[t.tensor_type.name]
-            if t.tensor_type.name == "IQ4_XS" and parts[2] == "ffn_down" and int(parts[1]) in (6, 9, 12, 15, 18, 21, 24):
-                kind = "GGUF:Q3_K_S"
-            config[f"model.layers.{parts[1]}.{HF_MODULE[parts[2]]}"] = kind
+            kind = t.tensor_type.name
+            if kind == "IQ4_XS" and parts[2] == "ffn_down" and int(parts[1]) in (6, 9, 12, 15, 18, 21, 24):
+                kind = "Q3_K"
+            config[f"model.layers.{parts[1]}.{HF_MODULE[parts[2]]}"] = layer_entry(kind)
         elif parts[0] != "blk" and t.tensor_type.name not in ("F32", "Q8_0"):  # AutoRound: tied embedding in Q8_0
             sys.exit(f"{llama_cpp_file.name}: {t.name} is {t.tensor_type.name}; AutoRound would write Q8_0")
     return config
@@ -256,7 +265,7 @@ def main() -> None:
         rows.append(lc)
         if fmt is None and not args.match_types:
             continue
-        name = f"{scheme}-bits-on-q4_0" if args.match_types else fmt
+        name = f"{scheme}-types-on-q4_0" if args.match_types else fmt
         tag = f"autoround-{name}-iters{args.iters}-n{args.nsamples}" + ("-rtn" if args.plain_rtn else "") \
             + (f"-bs{args.batch_size}" if args.batch_size else "")
         key = f"{scheme}/{tag}"
@@ -275,7 +284,7 @@ def main() -> None:
                 made = sorted(out_dir.rglob("*.gguf"))
             how = "plain RTN" if args.plain_rtn else f"iters {args.iters}" + (
                 f", batch {args.batch_size}" if args.batch_size else "")
-            what = f"llama.cpp's {scheme.upper()} bits on gguf:q4_0" if args.match_types else f"gguf:{fmt}"
+            what = f"llama.cpp's {scheme.upper()} types on gguf:q4_0" if args.match_types else f"gguf:{fmt}"
             save(key, {"scheme": scheme.upper(), "variant": f"AutoRound {what}, {how}, "
                        f"{args.nsamples} x {args.ctx} samples", "file": str(made[0]), **score(made[0], ref),
                        **timing})
