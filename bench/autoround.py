@@ -1,7 +1,11 @@
 """AutoRound's GGUF export on CPU next to llama.cpp's imatrix route, scored against one stored BF16 reference.
 
     .venv/bin/python bench/autoround.py --keep DIR [--schemes q4_k_m,q3_k_m,q2_k=q2_k_s] [--iters 0]
-        [--nsamples 8] [--threads 2]
+        [--nsamples 8] [--threads 2] [--match-types] [--plain-rtn] [--batch-size N]
+
+BENCHMARKS.md's rows: `--keep DIR --schemes q3_k_m,q2_k=q2_k_s,q4_k_m,iq4_xs` (AutoRound's presets) and
+`--keep DIR2 --match-types --schemes q3_k_m,q2_k,iq4_xs` (llama.cpp's type for every tensor: the same file size);
+one process per DIR at a time (the results cache is one JSON file).
 
 The setup is bench/optimize.py's (a DIR made by `bench/optimize.py --keep DIR` is reused as it is):
   calibration  Hamlet, 8 chunks of 512 tokens: ggufkit's imatrix (for llama.cpp) and, as a JSON list of the same
@@ -69,7 +73,8 @@ HF_MODULE = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v
 # per weight). AutoRound 0.16.1 derives a layer's GGUF type from its bits and the base format's family unless the
 # entry matches none of its presets but has a super-block (then "_k"); so on a gguf:q4_0 base a preset string gives
 # Q4_0/Q5_0/Q8_0, and a K-quant's own facts with act_bits 32 (no activation quantization either way; it only keeps
-# the entry from matching a preset) give that K-quant. Q5_1 (2 tensors of Q3_K_M, 6.0 bpw) becomes Q5_0 (5.5);
+# the entry from matching a preset) give that K-quant -- except Q3_K, which 0.16.1 still writes as Q4_0 without a
+# warning (measured on llama.cpp's Q2_K types: its file came out 4% larger). Q5_1 (2 tensors of Q3_K_M, 6.0 bpw) becomes Q5_0 (5.5);
 # IQ4_NL (4.5) Q4_0 (4.5); IQ4_XS (4.25) has no equal and is split between Q4_0 and Q3_K (matched_layer_config).
 SAME_BPW = {"Q4_0": "GGUF:Q4_0", "Q4_1": "GGUF:Q4_0", "Q5_0": "GGUF:Q5_0", "Q5_1": "GGUF:Q5_0", "Q8_0": "GGUF:Q8_0",
             "IQ4_NL": "GGUF:Q4_0", "IQ4_XS": "GGUF:Q4_0"}
