@@ -88,10 +88,14 @@ def layer_entry(ggml_type: str):
     return SAME_BPW[ggml_type]
 
 
-def matched_layer_config(llama_cpp_file: Path) -> dict:
+SPLIT_LAYERS = (6, 9, 12, 15, 18, 21, 24)  # the ffn_down llama.cpp's use_more_bits rule does not favour, spread out
+
+
+def matched_layer_config(llama_cpp_file: Path, split_iq4_xs: bool = False) -> dict:
     """AutoRound's layer_config that gives each tensor llama.cpp's type (its file's size +-0.5%).
-    IQ4_XS tensors (4.25 bpw) become Q4_0 (4.5), except 7 of 30 ffn_down in Q3_K (3.44) so that the total matches:
-    the layers llama.cpp's use_more_bits rule does not favour, spread out (6, 9, ..., 24)."""
+    IQ4_XS tensors (4.25 bpw) become Q4_0 (4.5): +0.9% on the demo. split_iq4_xs puts 7 of 30 ffn_down in Q3_K
+    (3.44) so that the total would match -- but AutoRound 0.16.1 tunes those on Q3_K's grid and then writes them
+    as Q4_0 (about 10 distinct codes per 32-block instead of 12.5): same size as without, lower quality."""
     from gguf import GGUFReader
 
     config = {}
@@ -99,7 +103,7 @@ def matched_layer_config(llama_cpp_file: Path) -> dict:
         parts = t.name.split(".")
         if parts[0] == "blk" and parts[2] in HF_MODULE:
             kind = t.tensor_type.name
-            if kind == "IQ4_XS" and parts[2] == "ffn_down" and int(parts[1]) in (6, 9, 12, 15, 18, 21, 24):
+            if kind == "IQ4_XS" and parts[2] == "ffn_down" and split_iq4_xs and int(parts[1]) in SPLIT_LAYERS:
                 kind = "Q3_K"
             config[f"model.layers.{parts[1]}.{HF_MODULE[parts[2]]}"] = layer_entry(kind)
         elif parts[0] != "blk" and t.tensor_type.name not in ("F32", "Q8_0"):  # AutoRound: tied embedding in Q8_0
@@ -217,6 +221,8 @@ def main() -> None:
     ap.add_argument("--match-types", action="store_true",
                     help="AutoRound on a gguf:q4_0 base with llama.cpp's bits per tensor (same size) instead of "
                          "its own preset for the scheme")
+    ap.add_argument("--split-iq4-xs", action="store_true",
+                    help="--match-types at IQ4_XS: 7 ffn_down in Q3_K to keep the size (AutoRound writes them as Q4_0)")
     ap.add_argument("--layer-config", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--omp-wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY of AutoRound's process")
     ap.add_argument("--child", nargs=3, metavar=("FORMAT", "OUT_DIR", "CALIB"), help=argparse.SUPPRESS)
@@ -270,7 +276,7 @@ def main() -> None:
         rows.append(lc)
         if fmt is None and not args.match_types:
             continue
-        name = f"{scheme}-types-on-q4_0" if args.match_types else fmt
+        name = f"{scheme}-types-on-q4_0" + ("-split" if args.split_iq4_xs else "") if args.match_types else fmt
         tag = f"autoround-{name}-iters{args.iters}-n{args.nsamples}" + ("-rtn" if args.plain_rtn else "") \
             + (f"-bs{args.batch_size}" if args.batch_size else "")
         key = f"{scheme}/{tag}"
@@ -284,7 +290,7 @@ def main() -> None:
                 layer_config = None
                 if args.match_types:
                     layer_config = work / f"{tag}.layer_config.json"
-                    layer_config.write_text(json.dumps(matched_layer_config(base), indent=0))
+                    layer_config.write_text(json.dumps(matched_layer_config(base, args.split_iq4_xs), indent=0))
                 timing = run_child(args, fmt, out_dir, calib, work / f"{tag}.log", layer_config)
                 made = sorted(out_dir.rglob("*.gguf"))
             how = "plain RTN" if args.plain_rtn else f"iters {args.iters}" + (
