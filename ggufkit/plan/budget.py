@@ -397,7 +397,7 @@ def errors(measured: list[Measured], plan_names: set[str], model: str = ERROR_MO
     rel = {m.name: {q: v["w"] / max(m.signal["w"], 1e-30) for q, v in m.sq.items()} for m in free}
     if model == "relative":
         return rel
-    if model != "residual":
+    if model not in ("residual", "stream"):
         raise ValueError(f"unknown error model {model!r}")
     by_name = {m.name: m for m in free}
     tied = "output.weight" not in plan_names
@@ -412,15 +412,23 @@ def errors(measured: list[Measured], plan_names: set[str], model: str = ERROR_MO
     if p_final <= 0:
         p_final = 1.0
     share = 1.0 / (n_writers + 1)
+    # "stream": the stream's power just after each writer (the embedding, then layer by layer, attention first)
+    order = sorted((int(_BLOCK.fullmatch(m.name).group(1)), _BLOCK.fullmatch(m.name).group(2) == "ffn", m.name)
+                   for m in free if _writer(m.name) == m.name)
+    at, acc = {}, p_emb or 0.0
+    for _, _, name in order:
+        acc += writers.get(name, mean_w)
+        at[name] = acc
     out: dict[str, dict[QT, float]] = {}
     for m in free:
         writer = _writer(m.name)
-        if writer is not None:   # a block tensor: relative error x its writer's power, over the final stream's
+        if writer is not None:   # a block tensor: relative error x its writer's power, over the stream's
             power = writers.get(writer, mean_w)
+            denom = p_final if model == "residual" else max(at.get(writer, p_final), 1e-30)
             if writer == m.name and m.has_imatrix:  # the writer itself: absolute noise
-                out[m.name] = {q: v["w"] * m.scale / p_final for q, v in m.sq.items()}
+                out[m.name] = {q: v["w"] * m.scale / denom for q, v in m.sq.items()}
             else:
-                out[m.name] = {q: e * power / p_final for q, e in rel[m.name].items()}
+                out[m.name] = {q: e * power / denom for q, e in rel[m.name].items()}
             continue
         e: dict[QT, float] = {}
         output_role = m.name == "output.weight" or (m.name == "token_embd.weight" and tied)
@@ -428,8 +436,9 @@ def errors(measured: list[Measured], plan_names: set[str], model: str = ERROR_MO
             key = "out" if "out" in m.signal else "w"
             e = {q: v[key] / max(m.signal[key], 1e-30) for q, v in m.sq.items()}
         if m.name == "token_embd.weight" and p_emb:  # the input role: mean row error over the final stream
+            denom = p_final if model == "residual" else p_emb
             for q, v in m.sq.items():
-                e[q] = e.get(q, 0.0) + v["in"] * m.scale / m.rows / p_final
+                e[q] = e.get(q, 0.0) + v["in"] * m.scale / m.rows / denom
         if not e:  # anything else: an equal share of the stream
             e = {q: x * share for q, x in rel[m.name].items()}
         out[m.name] = e
