@@ -188,7 +188,7 @@ def main() -> None:
             base = llama_cpp_quantize(f32, work / f"demo-{scheme}-llamacpp.gguf", scheme, im)
             size = base.stat().st_size
             variants = [("llama.cpp", "llama.cpp imatrix", base, {})]
-            for key in args.variants.split(","):
+            for key in filter(None, args.variants.split(",")):
                 label, budgeted, opt, exclude = VARIANTS[key]
                 path = work / f"demo-{scheme}-{key}.gguf"
                 if f"{scheme}/{key}" in cache:  # measured in an earlier run with --keep (its file deleted)
