@@ -8,20 +8,24 @@ The error model. A linear layer y = W x whose weights are replaced by W + E adds
 calibration inputs its power per token is E ||E x||^2 = sum_ij E_ij^2 E[x_j^2] (cross terms dropped: rounding
 errors of different columns are independent, so tr(E H E^T) has the same expectation as its diagonal part), and
 E[x_j^2] is the importance matrix (its per-token mean). What the logits see of that noise depends on where it
-enters (ERROR_MODEL = "residual", the default):
+enters (ERROR_MODEL = "stream", the default, and "residual"):
 - attn_output and ffn_down write into the residual stream: their absolute noise power is added to it and carried
   to the final norm by the skip connections (the direct path; what later layers make of it is not modelled).
 - the other matrices of a block (q/k/v, gate/up) feed the block's writer: to first order their relative output
   noise becomes the writer's relative noise, so their error counts as relative error x the writer's signal power
   sum_ij E[x_j^2] W_ij^2 (also measured).
-- the final norm divides the residual stream by its size, so every block tensor's noise counts relative to the
-  power of the final residual stream, estimated as the sum of what is written into it (the embedding row's power
-  plus every writer's signal power; cross terms dropped again).
+- every later layer reads the stream through a norm (and the final norm divides it by its size), so a noise
+  counts relative to the stream's power where it enters: "stream" divides by the power written into the stream
+  up to and including that writer (the embedding row's power, then every writer's signal power in layer order,
+  attention before MLP; cross terms dropped again), taking the relative noise to be carried to the logits at
+  gain 1 by the later layers; "residual" divides every block tensor's noise by the final stream's power (the
+  direct path through the skip connections alone, which makes a large last MLP outweigh every earlier layer).
 - the output matrix maps the normed stream n = g * h / rms(h) to the logits; a residual noise d that is isotropic
   shows up in the logits scaled as the signal does, so the output's own relative error (weights E[n_j^2]: its
   imatrix entry, else g_j^2, g = output_norm.weight) is on the same scale as the block terms. A tied embedding
   has both roles: its output role (no imatrix entry: g^2) plus its input role (mean row error power, added to the
-  residual stream at the start, relative to the final stream).
+  residual stream at the start: relative to the embedding's own power for "stream", to the final stream's for
+  "residual").
 So every tensor's err is its share of the relative noise at the final norm, and the plan's predicted error is
 the sum over tensors (independent noise adds in power); the KL divergence grows with it for small noise.
 ERROR_MODEL = "relative" is the older model (every tensor's relative error, weighted alike):
@@ -62,7 +66,7 @@ from ggufkit.errors import InputError
 QT = gguf.GGMLQuantizationType
 ALIGN = 32
 SAMPLE_ROWS = 256
-ERROR_MODEL = "residual"   # or "relative" (see the module docstring)
+ERROR_MODEL = "stream"   # or "residual", "relative" (see the module docstring; bench/error_model.py)
 # standard types every llama.cpp build loads, cheapest first
 CANDIDATES = (QT.Q2_K, QT.Q3_K, QT.IQ4_XS, QT.Q4_0, QT.IQ4_NL, QT.Q4_K, QT.Q4_1, QT.Q5_0, QT.Q5_K, QT.Q5_1,
               QT.Q6_K, QT.Q8_0, QT.F16)
@@ -392,7 +396,8 @@ def measure(plan, imatrix: Callable[[str], np.ndarray | None] | None = None, typ
 
 
 def errors(measured: list[Measured], plan_names: set[str], model: str = ERROR_MODEL) -> dict[str, dict[QT, float]]:
-    """Per tensor, per type: the predicted error (module docstring) under MODEL ("residual" or "relative")."""
+    """Per tensor, per type: the predicted error (module docstring) under MODEL ("stream", "residual" or
+    "relative")."""
     free = [m for m in measured if m.fixed_type is None]
     rel = {m.name: {q: v["w"] / max(m.signal["w"], 1e-30) for q, v in m.sq.items()} for m in free}
     if model == "relative":
