@@ -123,7 +123,7 @@ def test_convert_optimize_gptq_loads_with_the_planned_types(tiny_checkpoint, tmp
                and not np.array_equal(d, theirs[n])]
     assert len(changed) >= 10
     fields = gguf.GGUFReader(out).fields
-    assert bytes(fields["ggufkit.optimize.error_feedback"].parts[-1]).decode() == gptq.METHOD
+    assert bytes(fields["ggufkit.optimize.error_feedback"].parts[-1]).decode() == gptq.METHOD_HELD_OUT
     llm = llama_cpp.Llama(str(out), n_ctx=64, n_threads=2, verbose=False)
     try:
         llm.eval(llm.tokenize(b"To be, or not to be"))
