@@ -31,6 +31,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
+# not bench/ itself: bench/kernels.py would shadow the `kernels` package transformers probes for
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np
@@ -83,7 +85,8 @@ VARIANTS = {
     "scheme-feedback": ("ggufkit scheme + optimize feedback", False, "feedback", ()),
     "blind-feedback": ("ggufkit budget + optimize feedback, no Q4_1/Q5_1", True, "feedback", ("Q4_1", "Q5_1")),
 }
-STATS = None  # ggufkit.quant.calibrate.Statistics of the calibration text, for the gptq variants
+STATS = None  # ggufkit.quant.calibrate.Statistics of the calibration text (or its halves), for the gptq variants
+ERROR_MODEL = None  # --error-model (None: budget.ERROR_MODEL)
 
 
 def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimize,
@@ -101,12 +104,18 @@ def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimiz
     if target is not None:
         types = tuple(t for t in budgets.CANDIDATES if t.name not in exclude)
         a = budgets.allocate_plan(plan, budgets.parse_budget(target_size=target), load_imatrix(imatrix),
-                                  types=types)
+                                  types=types, model=ERROR_MODEL)
         counts: dict[str, int] = {}
         for r in a.rows:
             counts[r["type"]] = counts.get(r["type"], 0) + 1
         info = {"predicted_error": a.predicted_error, "scheme_predicted_error": a.scheme_error, "mix": counts}
     run(plan, out, imatrix=load_imatrix(imatrix))
+    choices = getattr(plan.refine, "choices", None)
+    if choices:  # per-tensor held-out choice: how many tensors took which damping (None: no feedback)
+        taken: dict[str, int] = {}
+        for damp, _ in choices.values():
+            taken[str(damp)] = taken.get(str(damp), 0) + 1
+        info["feedback_damping"] = taken
     return out, info
 
 
@@ -117,6 +126,9 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--calibration-chunks", type=int, default=16)
     ap.add_argument("--keep", type=Path, default=None)
+    ap.add_argument("--halves", action="store_true",
+                    help="calibrate in two halves (the error feedback's per-tensor choice on held-out chunks)")
+    ap.add_argument("--error-model", default=None, help="the size budget's error model (budget.ERROR_MODEL)")
     ap.add_argument("--variants", default="budget,budget-opt,scheme-opt",
                     help=f"ggufkit variants, from {', '.join(VARIANTS)}")
     args = ap.parse_args()
@@ -125,6 +137,7 @@ def main() -> None:
     from ggufkit.evaluate import EvalResult, evaluate
     from ggufkit.quant import imatrix as imatrix_files
     from ggufkit.quant.calibrate import Statistics, calibrate
+    from ggufkit.quant.holdout import HalfStatistics, calibrate_halves
     from ggufkit.reflogits import save_reference
     from ggufkit.runtime import backends
 
@@ -135,15 +148,27 @@ def main() -> None:
     text.write_text(BRITANNICA.read_text(encoding="utf-8", errors="replace")[EVAL_START:EVAL_START + EVAL_CHARS])
     t0 = time.time()
     try:
-        global STATS
-        imatrix = work / f"hamlet-{args.calibration_chunks}.imatrix.gguf"
-        stats_dir = work / f"hamlet-{args.calibration_chunks}.statistics"
-        if imatrix.exists() and (stats_dir / "statistics.json").exists():  # --keep DIR: a rerun reuses them
-            im, STATS = imatrix_files.load(imatrix), Statistics.load(stats_dir)
-        else:  # layer by layer: the same imatrix as the whole-model collector (tests/test_calibrate.py)
-            im, STATS = calibrate(DEMO, HAMLET, ctx=args.ctx, chunks=args.calibration_chunks, progress=False,
-                                  stats_dir=stats_dir)
-            im.save(imatrix)
+        global STATS, ERROR_MODEL
+        ERROR_MODEL = args.error_model
+        if args.halves:  # two halves of the chunks: feedback is chosen per tensor on the held-out half
+            imatrix = work / f"hamlet-{args.calibration_chunks}-halves.imatrix.gguf"
+            stats_dir = work / f"hamlet-{args.calibration_chunks}-halves.statistics"
+            if imatrix.exists() and (stats_dir / "b" / "statistics.json").exists():
+                im = imatrix_files.load(imatrix)
+                STATS = HalfStatistics(Statistics.load(stats_dir / "a"), Statistics.load(stats_dir / "b"))
+            else:
+                im, STATS = calibrate_halves(DEMO, HAMLET, ctx=args.ctx, chunks=args.calibration_chunks,
+                                             progress=False, stats_dir=stats_dir)
+                im.save(imatrix)
+        else:
+            imatrix = work / f"hamlet-{args.calibration_chunks}.imatrix.gguf"
+            stats_dir = work / f"hamlet-{args.calibration_chunks}.statistics"
+            if imatrix.exists() and (stats_dir / "statistics.json").exists():  # --keep DIR: a rerun reuses them
+                im, STATS = imatrix_files.load(imatrix), Statistics.load(stats_dir)
+            else:  # layer by layer: the same imatrix as the whole-model collector (tests/test_calibrate.py)
+                im, STATS = calibrate(DEMO, HAMLET, ctx=args.ctx, chunks=args.calibration_chunks, progress=False,
+                                      stats_dir=stats_dir)
+                im.save(imatrix)
         f32, bf16 = work / "demo-F32.gguf", work / "demo-BF16.gguf"
         for path, scheme in ((f32, "f32"), (bf16, "bf16")):
             if not path.exists():
@@ -163,10 +188,10 @@ def main() -> None:
             base = llama_cpp_quantize(f32, work / f"demo-{scheme}-llamacpp.gguf", scheme, im)
             size = base.stat().st_size
             variants = [("llama.cpp", "llama.cpp imatrix", base, {})]
-            for key in args.variants.split(","):
+            for key in filter(None, args.variants.split(",")):
                 label, budgeted, opt, exclude = VARIANTS[key]
                 path = work / f"demo-{scheme}-{key}.gguf"
-                if f"{scheme}/{key}" in cache and path.exists():
+                if f"{scheme}/{key}" in cache:  # measured in an earlier run with --keep (its file deleted)
                     variants.append((key, label, path, None))
                     continue
                 path, info = ggufkit_convert(path, scheme, imatrix, size if budgeted else None, opt, exclude)
@@ -181,6 +206,8 @@ def main() -> None:
                        "size_vs_llama_cpp": path.stat().st_size / size, "kld": r.kld, "top1": r.top1, "ppl": r.ppl,
                        "eval_s": round(time.time() - t, 1), **info}
                 rows.append(row)
+                if key != "llama.cpp":  # ~100 MB each: deleted once scored (the llama.cpp file sets the sizes)
+                    path.unlink()
                 cache[f"{scheme}/{key}"] = row
                 cache_file.write_text(json.dumps(cache, indent=1))
                 print(json.dumps(row), file=sys.stderr, flush=True)

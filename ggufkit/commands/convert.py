@@ -79,7 +79,8 @@ def _scheme(ctx, param, value: str) -> str:
               default=None,
               help="`--optimize` (= search): search K-quant scales against the importance-weighted error (never "
               "worse per block than llama.cpp's). `--optimize feedback`: GPTQ-style error feedback across columns "
-              "into K-quants and Q4_0..Q8_0 from the layer-by-layer input covariance of --calibration (needs it); "
+              "into K-quants and Q4_0..Q8_0 from the layer-by-layer input covariance of --calibration (needs it; "
+              "per tensor, used only where it lowers the error on the held-out half of the chunks); "
               "`--optimize gptq`: both (the search inside each block of columns). Recorded in ggufkit.optimize.*. "
               "Changes the bytes; the types stay standard.")
 def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibration_ctx, threads, dry_run, force,
@@ -125,16 +126,17 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
         if imatrix is not None:
             raise click.UsageError("--imatrix and --calibration are alternatives: give one")
         if feedback and (not dry_run or budget is not None):  # layer by layer, bounded memory
-            from ggufkit.quant.calibrate import calibrate
+            from ggufkit.quant.holdout import calibrate_halves
             from ggufkit.sources.hf import resolve
 
             stats_dir = None
             if not dry_run:
                 stats_dir = Path(tempfile.mkdtemp(prefix="ggufkit-calibration-"))  # removed when the command ends
                 atexit.register(shutil.rmtree, stats_dir, True)
-            imatrix, stats = calibrate(resolve(src), calibration, ctx=calibration_ctx, chunks=calibration_chunks,
-                                       threads=threads, progress=not quiet and sys.stderr.isatty(),
-                                       stats_dir=stats_dir)
+            # two halves of the chunks: error feedback is fitted on one and checked on the other, per tensor
+            imatrix, stats = calibrate_halves(resolve(src), calibration, ctx=calibration_ctx,
+                                              chunks=calibration_chunks, threads=threads,
+                                              progress=not quiet and sys.stderr.isatty(), stats_dir=stats_dir)
         elif not dry_run or budget is not None:  # a budget's error estimates need the importance matrix
             from ggufkit.quant.imatrix_collect import compute
             from ggufkit.sources.hf import resolve

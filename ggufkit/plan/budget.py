@@ -5,16 +5,38 @@
     print(format_allocation(result))                         # the --dry-run table
 
 The error model. A linear layer y = W x whose weights are replaced by W + E adds output noise E x. Over the
-calibration inputs its power is E ||E x||^2 = sum_ij E_ij^2 E[x_j^2] (cross terms dropped), and E[x_j^2] is the
-importance matrix. Relative to the signal, E ||W x||^2 = sum_ij W_ij^2 E[x_j^2], that is
+calibration inputs its power per token is E ||E x||^2 = sum_ij E_ij^2 E[x_j^2] (cross terms dropped: rounding
+errors of different columns are independent, so tr(E H E^T) has the same expectation as its diagonal part), and
+E[x_j^2] is the importance matrix (its per-token mean). What the logits see of that noise depends on where it
+enters (ERROR_MODEL = "stream", the default, and "residual"):
+- attn_output and ffn_down write into the residual stream: their absolute noise power is added to it and carried
+  to the final norm by the skip connections (the direct path; what later layers make of it is not modelled).
+- the other matrices of a block (q/k/v, gate/up) feed the block's writer: to first order their relative output
+  noise becomes the writer's relative noise, so their error counts as relative error x the writer's signal power
+  sum_ij E[x_j^2] W_ij^2 (also measured).
+- every later layer reads the stream through a norm (and the final norm divides it by its size), so a noise
+  counts relative to the stream's power where it enters: "stream" divides by the power written into the stream
+  up to and including that writer (the embedding row's power, then every writer's signal power in layer order,
+  attention before MLP; cross terms dropped again), taking the relative noise to be carried to the logits at
+  gain 1 by the later layers; "residual" divides every block tensor's noise by the final stream's power (the
+  direct path through the skip connections alone, which makes a large last MLP outweigh every earlier layer).
+- the output matrix maps the normed stream n = g * h / rms(h) to the logits; a residual noise d that is isotropic
+  shows up in the logits scaled as the signal does, so the output's own relative error (weights E[n_j^2]: its
+  imatrix entry, else g_j^2, g = output_norm.weight) is on the same scale as the block terms. A tied embedding
+  has both roles: its output role (no imatrix entry: g^2) plus its input role (mean row error power, added to the
+  residual stream at the start: relative to the embedding's own power for "stream", to the final stream's for
+  "residual").
+So every tensor's err is its share of the relative noise at the final norm, and the plan's predicted error is
+the sum over tensors (independent noise adds in power); the KL divergence grows with it for small noise.
+ERROR_MODEL = "relative" is the older model (every tensor's relative error, weighted alike):
 
     err(tensor, type) = sum_ij w_j (W_ij - Q(W)_ij)^2 / sum_ij w_j W_ij^2        (w = imatrix, or ones)
 
-Noise from independent tensors adds in power along the residual stream, so the plan's predicted error is the
-sum of err over the tensors; the KL divergence of the output grows with it for small noise. Q(W) is ggufkit's
-own quantizer (byte-exact with llama.cpp's) with the same importance weights the file will be written with,
-measured on up to SAMPLE_ROWS rows spread over the tensor, for every standard type the tensor's row length
-allows (llama.cpp's fallbacks: a row that is not a multiple of 256 cannot take a K-quant).
+Without an imatrix the residual model has no writer powers: each of the 2 n_layer + 1 writers of the stream is
+taken to hold an equal share. Q(W) is ggufkit's own quantizer (byte-exact with llama.cpp's) with the same
+importance weights the file will be written with, measured on up to SAMPLE_ROWS rows spread over the tensor, for
+every standard type the tensor's row length allows (llama.cpp's fallbacks: a row that is not a multiple of 256
+cannot take a K-quant).
 
 The allocation is a multiple-choice knapsack: minimise sum err subject to sum bytes <= budget. It is solved by
 Lagrangian relaxation (each tensor takes argmin err + lambda * bytes; bisection on lambda for the largest plan
@@ -44,6 +66,7 @@ from ggufkit.errors import InputError
 QT = gguf.GGMLQuantizationType
 ALIGN = 32
 SAMPLE_ROWS = 256
+ERROR_MODEL = "stream"   # or "residual", "relative" (see the module docstring; bench/error_model.py)
 # standard types every llama.cpp build loads, cheapest first
 CANDIDATES = (QT.Q2_K, QT.Q3_K, QT.IQ4_XS, QT.Q4_0, QT.IQ4_NL, QT.Q4_K, QT.Q4_1, QT.Q5_0, QT.Q5_K, QT.Q5_1,
               QT.Q6_K, QT.Q8_0, QT.F16)
@@ -115,10 +138,10 @@ def _sample_rows(t, n: int) -> np.ndarray:
     return np.concatenate([t.read_rows(int(s), int(s) + per) for s in sorted(set(starts.tolist()))])
 
 
-def relative_error(x: np.ndarray, qtype: QT, w: np.ndarray | None, threads: int | None = None,
-                   refine=None) -> float:
-    """sum w (x - Q(x))^2 / sum w x^2 for rows x (rows, cols) f32 quantized as qtype with importance w (cols,)
-    (and re-encoded by refine, as the conversion will, when given)."""
+def squared_errors(x: np.ndarray, qtype: QT, w: np.ndarray | None, measure: list[np.ndarray | None],
+                   threads: int | None = None, refine=None) -> list[float]:
+    """sum_ij m_j (x - Q(x))_ij^2 for each column weighting m of `measure` (None = ones): rows x (rows, cols) f32
+    quantized as qtype with importance w (cols,) (and re-encoded by refine, as the conversion will, when given)."""
     from ggufkit import quant
 
     if qtype == QT.F16:
@@ -128,10 +151,17 @@ def relative_error(x: np.ndarray, qtype: QT, w: np.ndarray | None, threads: int 
         if refine is not None:
             data = refine(x, qtype, w, data)
         y = quant.dequantize(data, qtype, x.shape, threads=threads)
+    d = ((x.astype(np.float64) - y) ** 2).sum(axis=0)   # (cols,) f64
+    return [float(d.sum()) if m is None else float(d @ m.astype(np.float64)) for m in measure]
+
+
+def relative_error(x: np.ndarray, qtype: QT, w: np.ndarray | None, threads: int | None = None,
+                   refine=None) -> float:
+    """sum w (x - Q(x))^2 / sum w x^2 for rows x (rows, cols) f32 quantized as qtype with importance w (cols,)
+    (and re-encoded by refine, as the conversion will, when given)."""
     ww = np.ones(x.shape[1]) if w is None else w.astype(np.float64)
-    d = (x.astype(np.float64) - y) ** 2
     signal = float((x.astype(np.float64) ** 2 @ ww).sum())
-    return float((d @ ww).sum()) / max(signal, 1e-30)
+    return squared_errors(x, qtype, w, [ww], threads, refine)[0] / max(signal, 1e-30)
 
 
 def candidate_types(cols: int, types=CANDIDATES) -> list[QT]:
@@ -294,44 +324,164 @@ def metadata(budget: Budget, method: str) -> dict:
             "ggufkit.optimize.budget_kind": budget.kind}
 
 
+@dataclass
+class Measured:
+    """One tensor's error measurements on its sampled rows: per candidate type, sum_ij m_j (W - Q(W))_ij^2 for
+    each column weighting m (key "w": the importance the file is written with, or ones; "out": g^2 for an output
+    role without an imatrix entry; "in": ones, for the embedding's input role), and sum_ij m_j W_ij^2;
+    scale = rows / sampled rows."""
+    name: str
+    fixed_type: QT | None = None
+    sq: dict = field(default_factory=dict)       # type -> {key: float}
+    signal: dict = field(default_factory=dict)   # key -> float
+    scale: float = 1.0
+    rows: int = 1
+    has_imatrix: bool = False
+    allowed: list = field(default_factory=list)  # the candidate types its rows can take
+
+
+_BLOCK = re.compile(r"blk\.(\d+)\.(attn|ffn)_\w*?(_exps|_shexp|_chexp)?\.weight")
+
+
+def _writer(name: str) -> str | None:
+    """The tensor that writes blk.N's result for `name` into the residual stream (itself for a writer)."""
+    m = _BLOCK.fullmatch(name)
+    if m is None:
+        return None
+    if m.group(2) == "attn":
+        return f"blk.{m.group(1)}.attn_output.weight"
+    return f"blk.{m.group(1)}.ffn_down{m.group(3) or ''}.weight"
+
+
+def measure(plan, imatrix: Callable[[str], np.ndarray | None] | None = None, types=CANDIDATES,
+            threads: int | None = None, refine=None, progress: bool = False) -> list[Measured]:
+    """The error measurements of every tensor of PLAN (at its types before any allocation) for every candidate
+    type its rows allow, and the scheme's own type. Reads SAMPLE_ROWS rows per tensor."""
+    from tqdm import tqdm
+
+    from ggufkit.plan.schemes import is_quantizable
+
+    info = plan.arch.model_info()
+    names = {p.tensor.name for p in plan.tensors}
+    gain = None   # g^2 of the final norm: the output matrix's column weights when it has no imatrix entry
+    for p in plan.tensors:
+        if p.tensor.name == "output_norm.weight":
+            g = p.tensor.read_rows(0, 1).reshape(-1).astype(np.float64)
+            gain = g * g
+    out: list[Measured] = []
+    for p in tqdm(plan.tensors, desc="error estimates", unit="tensor", disable=not progress, leave=False):
+        t = p.tensor
+        if not is_quantizable(t.name, t.shape, info.arch):
+            out.append(Measured(t.name, fixed_type=p.qtype))
+            continue
+        x = _sample_rows(t, SAMPLE_ROWS)
+        w = imatrix(t.name) if imatrix is not None else None
+        if w is not None and w.shape != (t.cols,):
+            w = None
+        keys = {"w": None if w is None else w.astype(np.float64)}
+        output_role = t.name == "output.weight" or (t.name == "token_embd.weight" and "output.weight" not in names)
+        if output_role and w is None and gain is not None and gain.shape == (t.cols,):
+            keys["out"] = gain
+        if t.name == "token_embd.weight":
+            keys["in"] = None
+        m = Measured(t.name, scale=t.rows / len(x), rows=t.rows, has_imatrix=w is not None)
+        x64 = (x.astype(np.float64) ** 2).sum(axis=0)   # (cols,) f64
+        m.signal = {k: float(x64.sum() if v is None else x64 @ v) for k, v in keys.items()}
+        allowed = candidate_types(t.cols, types)
+        for q in dict.fromkeys([*allowed, p.qtype]):
+            m.sq[q] = dict(zip(keys, squared_errors(x, q, w, list(keys.values()), threads, refine)))
+        m.allowed = allowed
+        out.append(m)
+    return out
+
+
+def errors(measured: list[Measured], plan_names: set[str], model: str = ERROR_MODEL) -> dict[str, dict[QT, float]]:
+    """Per tensor, per type: the predicted error (module docstring) under MODEL ("stream", "residual" or
+    "relative")."""
+    free = [m for m in measured if m.fixed_type is None]
+    rel = {m.name: {q: v["w"] / max(m.signal["w"], 1e-30) for q, v in m.sq.items()} for m in free}
+    if model == "relative":
+        return rel
+    if model not in ("residual", "stream"):
+        raise ValueError(f"unknown error model {model!r}")
+    by_name = {m.name: m for m in free}
+    tied = "output.weight" not in plan_names
+    emb = by_name.get("token_embd.weight")
+    # the embedding's mean row power: what it writes into the stream per token, in activation units
+    p_emb = emb.signal["in"] * emb.scale / emb.rows if emb is not None and "in" in emb.signal else None
+    writers = {m.name: m.signal["w"] * m.scale for m in free if _writer(m.name) == m.name and m.has_imatrix}
+    n_writers = sum(1 for m in free if _writer(m.name) == m.name)
+    known = list(writers.values())
+    mean_w = float(np.mean(known)) if known else (p_emb if p_emb else 1.0)
+    p_final = (p_emb or 0.0) + sum(known) + (n_writers - len(known)) * mean_w
+    if p_final <= 0:
+        p_final = 1.0
+    share = 1.0 / (n_writers + 1)
+    # "stream": the stream's power just after each writer (the embedding, then layer by layer, attention first)
+    order = sorted((int(_BLOCK.fullmatch(m.name).group(1)), _BLOCK.fullmatch(m.name).group(2) == "ffn", m.name)
+                   for m in free if _writer(m.name) == m.name)
+    at, acc = {}, p_emb or 0.0
+    for _, _, name in order:
+        acc += writers.get(name, mean_w)
+        at[name] = acc
+    out: dict[str, dict[QT, float]] = {}
+    for m in free:
+        writer = _writer(m.name)
+        if writer is not None:   # a block tensor: relative error x its writer's power, over the stream's
+            power = writers.get(writer, mean_w)
+            denom = p_final if model == "residual" else max(at.get(writer, p_final), 1e-30)
+            if writer == m.name and m.has_imatrix:  # the writer itself: absolute noise
+                out[m.name] = {q: v["w"] * m.scale / denom for q, v in m.sq.items()}
+            else:
+                out[m.name] = {q: e * power / denom for q, e in rel[m.name].items()}
+            continue
+        e: dict[QT, float] = {}
+        output_role = m.name == "output.weight" or (m.name == "token_embd.weight" and tied)
+        if output_role:  # the output's relative error, weighted by its imatrix or g^2
+            key = "out" if "out" in m.signal else "w"
+            e = {q: v[key] / max(m.signal[key], 1e-30) for q, v in m.sq.items()}
+        if m.name == "token_embd.weight" and p_emb:  # the input role: mean row error over the final stream
+            denom = p_final if model == "residual" else p_emb
+            for q, v in m.sq.items():
+                e[q] = e.get(q, 0.0) + v["in"] * m.scale / m.rows / denom
+        if not e:  # anything else: an equal share of the stream
+            e = {q: x * share for q, x in rel[m.name].items()}
+        out[m.name] = e
+    return out
+
+
 def allocate_plan(plan, budget: Budget, imatrix: Callable[[str], np.ndarray | None] | None = None,
                   threads: int | None = None, progress: bool = False, method: str = "budget",
-                  refine_estimates: bool = False, types=CANDIDATES) -> Allocation:
+                  refine_estimates: bool = False, types=CANDIDATES, model: str | dict | None = None,
+                  measured: list[Measured] | None = None) -> Allocation:
     """Retype PLAN's quantizable tensors (in place: plan.tensors, plan.scheme_rows, plan.metadata) to minimise
     the predicted error under BUDGET. imatrix: GGUF tensor name -> (cols,) f32 importance, or None.
     refine_estimates: with plan.refine set (--optimize), estimate the errors of the refined encodings (slower:
     the search runs on every sampled K-quant candidate); by default the allocation uses llama.cpp's encodings,
     which the search then only improves.
-    types: the candidate types (before fallbacks), CANDIDATES by default."""
-    refine = plan.refine if refine_estimates else None
+    types: the candidate types (before fallbacks), CANDIDATES by default. model: the error model (ERROR_MODEL),
+    or errors()'s result itself (tensor -> type -> error).
+    measured: measure(plan, ...)'s result for this plan and types, to allocate again without measuring."""
     from ggufkit.output.writer import tensor_nbytes
-    from ggufkit.plan.schemes import PlanRow, is_quantizable
+    from ggufkit.plan.schemes import PlanRow
 
     if getattr(plan.scheme, "quantized", True) is False:
         raise InputError(f"a size budget needs a quantized scheme (not {plan.scheme.name})")
     plan.metadata.update(metadata(budget, method))
     limit, aligned = _limit(plan, budget)
     cost_of = _aligned if aligned else (lambda n: n)
-    info = plan.arch.model_info()
+    if measured is None:
+        measured = measure(plan, imatrix, types, threads, plan.refine if refine_estimates else None, progress)
+    errs = model if isinstance(model, dict) else errors(measured, {p.tensor.name for p in plan.tensors},
+                                                         model or ERROR_MODEL)
     choices: list[Choice] = []
-    errs: dict[str, dict[QT, float]] = {}
-    from tqdm import tqdm
-
-    for p in tqdm(plan.tensors, desc="error estimates", unit="tensor", disable=not progress, leave=False):
+    for p, m in zip(plan.tensors, measured):
         t = p.tensor
-        if not is_quantizable(t.name, t.shape, info.arch):
+        if m.fixed_type is not None:
             choices.append(Choice(t.name, [(p.qtype, cost_of(p.nbytes), 0.0)], fixed_type=p.qtype))
             continue
-        x = _sample_rows(t, SAMPLE_ROWS)
-        w = imatrix(t.name) if imatrix is not None else None
-        if w is not None and w.shape != (t.cols,):
-            w = None
-        allowed = candidate_types(t.cols, types)
-        e = {q: relative_error(x, q, w, threads, refine) for q in allowed}
-        if p.qtype not in e:  # the scheme's own type, for the comparison
-            e[p.qtype] = relative_error(x, p.qtype, w, threads, refine)
-        errs[t.name] = e
-        options = [(q, cost_of(tensor_nbytes(t.shape, q)), err) for q, err in e.items() if q in allowed]
+        options = [(q, cost_of(tensor_nbytes(t.shape, q)), err) for q, err in errs[t.name].items()
+                   if q in m.allowed]
         choices.append(Choice(t.name, _pareto(options)))
     solve(choices, limit)
     result = Allocation(budget, limit)

@@ -19,6 +19,15 @@ that type that every llama.cpp build decodes. Finally, per row, the encoding wit
 e^T H e (e = w - ŵ, ŵ decoded natively) is kept: GPTQ's or the one it was given (llama.cpp's), so no row is
 worse than llama.cpp's on the calibration statistics.
 
+Whether to use it at all, and with how much damping, is chosen per tensor on held-out data when the statistics
+come in two halves (ggufkit.quant.holdout.calibrate_halves): on up to SELECT_ROWS rows spread over the tensor
+(the rows are encoded independently of each other, so a row sample estimates the whole tensor), encode with each
+damping of DAMPS fitted on one half's covariance (with the per-row choice on that half) and score tr(E H E^T) on
+the other half's, both ways; the damping with the lowest held-out error wins if that error is below llama.cpp's
+encoding's on the same rows, else the tensor keeps llama.cpp's bytes. Fitting on half the tokens is the harder
+case, so the pooled fit the file gets generalises at least as well as the choice assumed. Without halves (one
+Statistics), the damping is DAMP for every tensor.
+
 Layouts of the legacy blocks (ggml's block_q*):
     Q4_0 (18 B): d f16 | qs[16]                  value l: low nibble of qs[l], value l+16: high nibble; x = d (q-8)
     Q4_1 (20 B): d f16 | m f16 | qs[16]          x = d q + m
@@ -39,9 +48,12 @@ from gguf import GGMLQuantizationType as QT
 from ggufkit import quant
 from ggufkit.quant import rounding
 
-__all__ = ["DAMP", "METHOD", "SUPPORTED", "ErrorFeedback", "encode_rows", "output_error"]
+__all__ = ["DAMP", "DAMPS", "METHOD", "METHOD_HELD_OUT", "SUPPORTED", "ErrorFeedback", "encode_rows",
+           "output_error"]
 
 DAMP = 0.5    # added to H's diagonal, as a fraction of its mean (GPTQ's percdamp; see BENCHMARKS.md)
+DAMPS = (0.1, 0.3, 1.0, 3.0)   # the dampings tried per tensor on held-out halves
+SELECT_ROWS = 256              # rows the per-tensor choice is made on
 BATCH = 256   # columns per lazy batch update
 
 # legacy type -> (block bytes, has min, q range as stored, offset of the signed level, has qh)
@@ -57,6 +69,8 @@ IQ4 = {QT.IQ4_NL: (18, 32), QT.IQ4_XS: (136, 256)}
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
 SUPPORTED = tuple(rounding.SUPPORTED) + tuple(LEGACY) + tuple(IQ4)
 METHOD = f"gptq (damp {DAMP}; " + ", ".join(t.name for t in SUPPORTED) + ")"
+METHOD_HELD_OUT = ("gptq (damping per tensor from " + "/".join(map(str, DAMPS)) + " or none, on held-out "
+                   "calibration halves; " + ", ".join(t.name for t in SUPPORTED) + ")")
 
 
 # ---- legacy layouts: bytes <-> (scale, offset, q)
@@ -247,37 +261,85 @@ def output_error(x: np.ndarray, data: np.ndarray, qtype, h: np.ndarray) -> np.nd
     return np.einsum("rc,rc->r", e @ np.asarray(h, dtype=np.float64), e)
 
 
+def _spread_rows(n: int, k: int) -> np.ndarray:
+    """Up to k row indices spread evenly over n rows."""
+    return np.arange(n) if n <= k else np.unique(np.linspace(0, n - 1, k).round().astype(int))
+
+
 class ErrorFeedback:
     """A conversion re-encoder (ggufkit.conversion.Plan.refine): GPTQ for every 2-D tensor of a SUPPORTED type
-    that has an input covariance in `stats`; everything else comes back as given. The inverse factor is computed
-    once per covariance group (q/k/v and gate/up share one)."""
+    that has an input covariance in `stats`; everything else comes back as given. The inverse factors are
+    computed once per covariance group (q/k/v and gate/up share one) and damping.
+    stats: ggufkit.quant.calibrate.Statistics (damping `damp` everywhere) or holdout.HalfStatistics (damping and
+    whether to use feedback chosen per tensor on the held-out half, module docstring)."""
 
-    def __init__(self, stats, search: bool = False, damp: float = DAMP, threads: int | None = None):
-        self.stats, self.search, self.damp, self.threads = stats, search, damp, threads
-        self._cached: tuple[str, np.ndarray, np.ndarray] | None = None   # (group, H, U)
+    def __init__(self, stats, search: bool = False, damp: float = DAMP, threads: int | None = None,
+                 damps=DAMPS):
+        self.stats, self.search, self.damp, self.threads, self.damps = stats, search, damp, threads, tuple(damps)
+        self._group: str | None = None
+        self._cache: dict = {}   # for the current group: "h" / "ha" / "hb" -> H, (which, damp) -> U
         self.rows_kept = 0       # rows where GPTQ's encoding won
         self.rows_total = 0
+        self.choices: dict[str, tuple[float | None, float]] = {}  # tensor -> (damping or None, held-out ratio)
 
-    def _factor(self, name: str):
+    def _get(self, name: str, which: str, damp: float | None = None):
         group = self.stats.groups.get(name)
-        if group is None:
-            return None
-        if self._cached is None or self._cached[0] != group:
-            h = self.stats.hessian(name)
-            self._cached = (group, h, inverse_factor(h, self.damp))
-        return self._cached[1:]
+        if group != self._group:
+            self._group, self._cache = group, {}
+        if which not in self._cache:
+            if which == "h":
+                self._cache["h"] = self.stats.hessian(name)
+            else:
+                self._cache["ha"], self._cache["hb"] = self.stats.halves(name)
+        if damp is None:
+            return self._cache[which]
+        key = (which, damp)
+        if key not in self._cache:
+            self._cache[key] = inverse_factor(self._cache[which], damp)
+        return self._cache[key]
+
+    def choose(self, x: np.ndarray, qtype: QT, imatrix, data: np.ndarray, name: str) -> tuple[float | None, float]:
+        """(damping, held-out error ratio against `data`): fit on one half, score on the other, both ways, on a
+        row sample; damping None when no damping beats `data` on the held-out half."""
+        ha, hb = self._get(name, "ha"), self._get(name, "hb")
+        idx = _spread_rows(len(x), SELECT_ROWS)
+        xs = np.ascontiguousarray(x[idx])
+        base = np.ascontiguousarray(data).reshape(len(x), -1)[idx]
+        base_a, base_b = output_error(xs, base, qtype, ha), output_error(xs, base, qtype, hb)
+        total = float(base_a.sum() + base_b.sum())
+        best, best_ratio = None, 1.0
+        for d in self.damps:
+            err = 0.0
+            for fit, fit_base, check, check_base in (("ha", base_a, hb, base_b), ("hb", base_b, ha, base_a)):
+                new = encode_rows(xs, qtype, imatrix, self._get(name, fit, d), search=self.search,
+                                  threads=self.threads)
+                won = output_error(xs, new, qtype, self._cache[fit]) < fit_base   # the per-row choice, as below
+                err += float(np.where(won, output_error(xs, new, qtype, check), check_base).sum())
+            ratio = err / max(total, 1e-300)
+            if ratio < best_ratio:
+                best, best_ratio = d, ratio
+        return best, best_ratio
 
     def __call__(self, x: np.ndarray, qtype, imatrix, data: np.ndarray, name: str | None = None) -> np.ndarray:
         qtype = QT[qtype.upper()] if isinstance(qtype, str) else QT(qtype)
         if qtype not in SUPPORTED or name is None or x.ndim != 2:
             return data
-        hu = self._factor(name)
-        if hu is None or hu[0].shape[0] != x.shape[1]:
+        group = self.stats.groups.get(name)
+        if group is None:
             return data
-        h, u = hu
+        h = self._get(name, "h")
+        if h is None or h.shape[0] != x.shape[1]:
+            return data
         if self.search and qtype in rounding.FORMS:  # the given encoding, improved by the scale search, competes
             data = rounding.refine(x, qtype, imatrix, data)
-        new = encode_rows(x, qtype, imatrix, u, search=self.search, threads=self.threads)
+        damp = self.damp
+        if hasattr(self.stats, "halves"):
+            damp, ratio = self.choose(x, qtype, imatrix, data, name)
+            self.choices[name] = (damp, ratio)
+            if damp is None:
+                self.rows_total += len(x)
+                return data
+        new = encode_rows(x, qtype, imatrix, self._get(name, "h", damp), search=self.search, threads=self.threads)
         better = output_error(x, new, qtype, h) < output_error(x, data, qtype, h)
         self.rows_kept += int(better.sum())
         self.rows_total += len(better)
@@ -291,7 +353,7 @@ def enable(plan, stats, search: bool = True, threads: int | None = None) -> Erro
     each group instead, on the updated weights), and record it in the file."""
     enc = ErrorFeedback(stats, search=search, threads=threads)
     plan.refine = enc
-    plan.metadata["ggufkit.optimize.error_feedback"] = METHOD
+    plan.metadata["ggufkit.optimize.error_feedback"] = METHOD_HELD_OUT if hasattr(stats, "halves") else METHOD
     if search:
         plan.metadata["ggufkit.optimize.rounding"] = rounding.METHOD
     return enc

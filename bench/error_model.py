@@ -1,0 +1,124 @@
+"""Does the size budget's error model rank type mixes as their measured KLD does?
+
+    .venv/bin/python bench/error_model.py --work DIR [--schemes q3_k_m,q2_k] [--chunks 4]
+
+For each scheme's llama.cpp file size (llama_model_quantize with the imatrix, as bench/optimize.py), without the
+demo's grid-matching Q4_1/Q5_1: the tensors' errors are measured once (ggufkit.plan.budget.measure), then mixes
+are allocated under several error models (the "relative" model, the "residual" one, and blends of the two with
+each tensor's error err = (1 - a) rel / sum(rel of the scheme) + a res / sum(res of the scheme)), plus the
+scheme's own types; every mix is written (no --optimize: llama.cpp's rounding) and scored against the stored BF16
+reference. Prints, per model, the predicted error of every mix and Spearman's rank correlation with the KLD.
+DIR holds bench/optimize.py's --keep files (hamlet-8.imatrix.gguf, demo-F32.gguf, the reference logits of
+--chunks chunks): run `bench/optimize.py --keep DIR --calibration-chunks 8` once first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+
+DEMO = ROOT / "models" / "smollm2-135m-instruct"
+
+
+def spearman(a, b) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--schemes", default="q3_k_m,q2_k")
+    ap.add_argument("--chunks", type=int, default=4)
+    ap.add_argument("--blends", default="0.25,0.5,0.75")
+    args = ap.parse_args()
+
+    from ggufkit.conversion import load_imatrix, make_plan, run
+    from ggufkit.evaluate import evaluate
+    from ggufkit.plan import budget as B
+    from ggufkit.quant import imatrix as imatrix_files
+    from ggufkit.runtime import backends
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from optimize import llama_cpp_quantize
+
+    sys.path.pop(0)
+    backends.ensure()
+    work = args.work
+    im_path = work / "hamlet-8.imatrix.gguf"
+    im = imatrix_files.load(im_path)
+    lookup = load_imatrix(im)
+    ref = work / f"demo-BF16-{args.chunks}x512.ref-logits"
+    types = tuple(t for t in B.CANDIDATES if t.name not in ("Q4_1", "Q5_1"))
+    results = {}
+    cache_file = work / "error_model_cache.json"  # scheme/mix -> measured KLD: a rerun measures only new mixes
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    for scheme in args.schemes.split(","):
+        base = work / f"demo-{scheme}-llamacpp.gguf"
+        if not base.exists():
+            llama_cpp_quantize(work / "demo-F32.gguf", base, scheme, im)
+        size = base.stat().st_size
+        plan = make_plan(DEMO, scheme, im_path)
+        measured = B.measure(plan, lookup, types)
+        names = {p.tensor.name for p in plan.tensors}
+        models = {k: B.errors(measured, names, k) for k in ("relative", "residual", "stream")}
+        scheme_types = {p.tensor.name: p.qtype for p in plan.tensors}
+        norm = {k: sum(v[n][scheme_types[n]] for n in v) for k, v in models.items()}
+        for a in map(float, args.blends.split(",")):
+            models[f"blend {a}"] = {n: {q: (1 - a) * models["relative"][n][q] / norm["relative"]
+                                        + a * models["residual"][n][q] / norm["residual"]
+                                        for q in models["relative"][n]} for n in models["relative"]}
+        for f in (0.3, 3.0):  # the output role's weight against the block terms, off by a factor
+            models[f"residual, output x{f}"] = {n: {q: e * (f if n in ("token_embd.weight", "output.weight") else 1)
+                                                    for q, e in v.items()} for n, v in models["residual"].items()}
+        mixes = {"scheme (llama.cpp's types)": scheme_types}
+        for key, errs in models.items():
+            p2 = make_plan(DEMO, scheme, im_path)
+            B.allocate_plan(p2, B.parse_budget(target_size=size), lookup, types=types, model=errs,
+                            measured=measured)
+            mixes[f"allocated: {key}"] = {p.tensor.name: p.qtype for p in p2.tensors}
+        rows = []
+        for label, mix in mixes.items():
+            pred = {k: sum(errs[n][mix[n]] for n in errs) for k, errs in models.items()}
+            if f"{scheme}/{label}" in cache:  # measured by an earlier run (same mix: the allocation is deterministic)
+                rows.append({**cache[f"{scheme}/{label}"], "predicted": pred})
+                continue
+            p2 = make_plan(DEMO, scheme, im_path)
+            from ggufkit.output.writer import tensor_nbytes
+
+            p2.tensors[:] = [type(p)(p.tensor, mix[p.tensor.name], tensor_nbytes(p.tensor.shape, mix[p.tensor.name]))
+                             for p in p2.tensors]
+            out = work / f"mix-{scheme}.gguf"
+            run(p2, out, imatrix=lookup)
+            r = evaluate(out, None, ref=ref)
+            row = {"scheme": scheme, "mix": label, "bytes": out.stat().st_size, "kld": r.kld, "top1": r.top1,
+                   "predicted": pred}
+            out.unlink()
+            cache[f"{scheme}/{label}"] = {k: row[k] for k in ("scheme", "mix", "bytes", "kld", "top1")}
+            cache_file.write_text(json.dumps(cache, indent=1))
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(row)
+        results[scheme] = rows
+        klds = [r["kld"] for r in rows]
+        print(f"\n{scheme.upper()} at {size} bytes, no Q4_1/Q5_1")
+        print("| mix | file bytes | KLD | top-1 % | " + " | ".join(f"pred. {k}" for k in models) + " |")
+        print("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in models) + " |")
+        for r in rows:
+            print(f"| {r['mix']} | {r['bytes']} | {r['kld']:.5f} | {100 * r['top1']:.2f} | "
+                  + " | ".join(f"{r['predicted'][k]:.4g}" for k in models) + " |")
+        print("| Spearman vs KLD | | | | " + " | ".join(
+            f"{spearman([r['predicted'][k] for r in rows], klds):.2f}" for k in models) + " |")
+    (work / "error_model.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
