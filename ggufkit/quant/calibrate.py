@@ -134,6 +134,7 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.initialization import no_init_weights
 
     from ggufkit.archs import for_config
     from ggufkit.quant.imatrix_collect import _expert_hook, calibration_ids
@@ -160,7 +161,8 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
     # 1-2: the model without its layers, run once per chunk up to the first layer's arguments
     base_config.num_hidden_layers = 0
     try:
-        base = type(base_meta)(base_config).to(torch.float32)
+        with no_init_weights():  # every weight is read below: no random initialisation (was ~20% of the time)
+            base = type(base_meta)(base_config).to(torch.float32)
     finally:
         base_config.num_hidden_layers = n_layer
     base.eval()
@@ -170,7 +172,7 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
         if name not in ckpt.tensors:
             raise InputError(f"layer-wise calibration: no tensor {name} in the checkpoint", ckpt.weights_file)
         state[key] = torch.from_numpy(ckpt.tensors[name].read().astype(np.float32, copy=False))
-    base.load_state_dict(state, strict=True)
+    base.load_state_dict(state, strict=True, assign=True)  # assign: the arrays read become the weights, no copy
     del state
     base.layers = _catchers(n_layer, calls := [])
     with torch.no_grad():
@@ -204,18 +206,22 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
 
     for i in tqdm(range(n_layer), desc="calibration", unit="layer", disable=not progress):
         lp = f"{prefix}layers.{i}."
-        layer = layer_cls[i](base_config, i).to(torch.float32)
-        layer.load_state_dict(_layer_state(ckpt, lp, layer), strict=True)
+        with no_init_weights():
+            layer = layer_cls[i](base_config, i).to(torch.float32)
+        layer.load_state_dict(_layer_state(ckpt, lp, layer), strict=True, assign=True)
         layer.eval()
         cov: dict[str, torch.Tensor] = {}     # group file -> (cols, cols) f32 sum x x^T
         cov_tokens: dict[str, int] = {}
-        last = {"x": None, "group": None}
+        last = {"x": None, "group": None, "sq_of": None, "sq": None}
         handles = []
 
         def hook_for(gguf_name: str, cov=cov, cov_tokens=cov_tokens, last=last):
             def hook(_module, inputs):
                 x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])  # (tokens, n_cols)
-                sq = (x.double() ** 2).sum(dim=0)
+                if last["sq_of"] is not inputs[0]:  # q/k/v and gate/up read one input: its squares once
+                    xd = x.double()
+                    last["sq_of"], last["sq"] = inputs[0], xd.mul_(xd).sum(dim=0)  # (n_cols,) f64
+                sq = last["sq"]
                 sums[gguf_name] = sq if gguf_name not in sums else sums[gguf_name] + sq
                 tokens[gguf_name] = tokens.get(gguf_name, 0) + x.shape[0]
                 if stats is None:
@@ -246,7 +252,7 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
                         _expert_hook(module, exps, expert_sums, expert_tokens), with_kwargs=True))
         with torch.no_grad():
             for c in range(len(hidden)):
-                last["x"] = None
+                last["x"] = last["sq_of"] = None
                 out = layer(hidden[c], **kwargs[i][c])
                 hidden[c] = out[0] if isinstance(out, tuple) else out
         for h in handles:
