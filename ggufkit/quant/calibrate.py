@@ -126,6 +126,38 @@ def _layer_state(ckpt, prefix: str, module) -> dict:
     return out
 
 
+BATCH_TOKENS = 2048  # chunks run through a layer together, up to this many tokens (bounds the temporaries)
+
+
+def _same(a, b) -> bool:
+    """Whether two layer arguments are equal (tensors by value, tuples element by element)."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and bool(torch.equal(a, b)))
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def _batches(chunk_kwargs: list[dict], most: int) -> list[list[int]]:
+    """Consecutive chunks that may run through a layer as one batch: at most `most`, their arguments besides the
+    hidden states (mask, positions, rotary tables: each chunk starts at position 0) equal, so the first chunk's
+    broadcast over the batch. Larger matrix products and fewer thread barriers than one chunk at a time."""
+    out: list[list[int]] = []
+    for c, kw in enumerate(chunk_kwargs):
+        head = chunk_kwargs[out[-1][0]] if out else None
+        if out and len(out[-1]) < most and kw.keys() == head.keys() and all(_same(kw[k], head[k]) for k in kw):
+            out[-1].append(c)
+        else:
+            out.append([c])
+    return out
+
+
 def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | None = None,
               process_output: bool = False, threads: int | None = None, progress: bool = True,
               stats_dir: Path | None = None) -> tuple[Imatrix, Statistics | None]:
@@ -251,10 +283,13 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
                     handles.append(module.register_forward_pre_hook(
                         _expert_hook(module, exps, expert_sums, expert_tokens), with_kwargs=True))
         with torch.no_grad():
-            for c in range(len(hidden)):
+            for batch in _batches(kwargs[i], max(1, BATCH_TOKENS // ctx)):
                 last["x"] = last["sq_of"] = None
-                out = layer(hidden[c], **kwargs[i][c])
-                hidden[c] = out[0] if isinstance(out, tuple) else out
+                x = hidden[batch[0]] if len(batch) == 1 else torch.cat([hidden[c] for c in batch])
+                out = layer(x, **kwargs[i][batch[0]])
+                out = out[0] if isinstance(out, tuple) else out       # (len(batch), ctx, hidden) f32
+                for k, c in enumerate(batch):
+                    hidden[c] = out[k:k + 1]
         for h in handles:
             h.remove()
         del layer
