@@ -234,71 +234,82 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
         stats = Statistics(Path(stats_dir))
         stats.directory.mkdir(parents=True, exist_ok=True)
 
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
-    for i in tqdm(range(n_layer), desc="calibration", unit="layer", disable=not progress):
-        lp = f"{prefix}layers.{i}."
-        with no_init_weights():
-            layer = layer_cls[i](base_config, i).to(torch.float32)
-        layer.load_state_dict(_layer_state(ckpt, lp, layer), strict=True, assign=True)
-        layer.eval()
-        cov: dict[str, torch.Tensor] = {}     # group file -> (cols, cols) f32 sum x x^T
-        cov_tokens: dict[str, int] = {}
-        last = {"x": None, "group": None, "sq_of": None, "sq": None}
-        handles = []
+    # the next layer's weights are read (file, bf16 -> f32) by a second thread while this one computes
+    reader = ThreadPoolExecutor(max_workers=1)
+    read_next = reader.submit(_layer_state, ckpt, f"{prefix}layers.0.", base_meta.layers[0])
+    try:
+        for i in tqdm(range(n_layer), desc="calibration", unit="layer", disable=not progress):
+            lp = f"{prefix}layers.{i}."
+            state_i = read_next.result()
+            if i + 1 < n_layer:
+                read_next = reader.submit(_layer_state, ckpt, f"{prefix}layers.{i + 1}.", base_meta.layers[i + 1])
+            with no_init_weights():
+                layer = layer_cls[i](base_config, i).to(torch.float32)
+            layer.load_state_dict(state_i, strict=True, assign=True)
+            del state_i
+            layer.eval()
+            cov: dict[str, torch.Tensor] = {}     # group file -> (cols, cols) f32 sum x x^T
+            cov_tokens: dict[str, int] = {}
+            last = {"x": None, "group": None, "sq_of": None, "sq": None}
+            handles = []
 
-        def hook_for(gguf_name: str, cov=cov, cov_tokens=cov_tokens, last=last):
-            def hook(_module, inputs):
-                x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])  # (tokens, n_cols)
-                if last["sq_of"] is not inputs[0]:  # q/k/v and gate/up read one input: its squares once
-                    xd = x.double()
-                    last["sq_of"], last["sq"] = inputs[0], xd.mul_(xd).sum(dim=0)  # (n_cols,) f64
-                sq = last["sq"]
-                sums[gguf_name] = sq if gguf_name not in sums else sums[gguf_name] + sq
-                tokens[gguf_name] = tokens.get(gguf_name, 0) + x.shape[0]
-                if stats is None:
-                    return
-                if last["x"] is inputs[0]:  # same input as the previous matrix (q/k/v, gate/up): shared
-                    group = last["group"]
-                else:
-                    group = stats.groups.get(gguf_name) or f"{gguf_name.removesuffix('.weight')}.input.npy"
-                    acc = cov.get(group)
-                    xx = x.T @ x  # (n_cols, n_cols) f32
-                    cov[group] = xx if acc is None else acc.add_(xx)
-                    cov_tokens[group] = cov_tokens.get(group, 0) + x.shape[0]
-                    last["x"], last["group"] = inputs[0], group
-                stats.groups.setdefault(gguf_name, group)
-            return hook
+            def hook_for(gguf_name: str, cov=cov, cov_tokens=cov_tokens, last=last):
+                def hook(_module, inputs):
+                    x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])  # (tokens, n_cols)
+                    if last["sq_of"] is not inputs[0]:  # q/k/v and gate/up read one input: its squares once
+                        xd = x.double()
+                        last["sq_of"], last["sq"] = inputs[0], xd.mul_(xd).sum(dim=0)  # (n_cols,) f64
+                    sq = last["sq"]
+                    sums[gguf_name] = sq if gguf_name not in sums else sums[gguf_name] + sq
+                    tokens[gguf_name] = tokens.get(gguf_name, 0) + x.shape[0]
+                    if stats is None:
+                        return
+                    if last["x"] is inputs[0]:  # same input as the previous matrix (q/k/v, gate/up): shared
+                        group = last["group"]
+                    else:
+                        group = stats.groups.get(gguf_name) or f"{gguf_name.removesuffix('.weight')}.input.npy"
+                        acc = cov.get(group)  # (n_cols, n_cols) f32 += x^T x, in place (no temporary)
+                        cov[group] = x.T @ x if acc is None else acc.addmm_(x.T, x)
+                        cov_tokens[group] = cov_tokens.get(group, 0) + x.shape[0]
+                        last["x"], last["group"] = inputs[0], group
+                    stats.groups.setdefault(gguf_name, group)
+                return hook
 
-        for module_name, module in layer.named_modules():
-            if isinstance(module, torch.nn.Linear):
-                gguf_name = name_map.get_name(f"{lp}{module_name}.weight", try_suffixes=(".weight",))
-                if gguf_name is not None and gguf_name.startswith("blk."):
-                    handles.append(module.register_forward_pre_hook(hook_for(gguf_name)))
-            params = dict(module.named_parameters(recurse=False))
-            if params.get("gate_up_proj") is not None and getattr(params.get("down_proj"), "dim", lambda: 0)() == 3:
-                exps = {part: name_map.get_name(f"{lp}{module_name}.{part}_proj.weight", try_suffixes=(".weight",))
-                        for part in ("gate", "up", "down")}
-                if all(exps.values()):
-                    handles.append(module.register_forward_pre_hook(
-                        _expert_hook(module, exps, expert_sums, expert_tokens), with_kwargs=True))
-        with torch.no_grad():
-            for batch in _batches(kwargs[i], max(1, BATCH_TOKENS // ctx)):
-                last["x"] = last["sq_of"] = None
-                x = hidden[batch[0]] if len(batch) == 1 else torch.cat([hidden[c] for c in batch])
-                out = layer(x, **kwargs[i][batch[0]])
-                out = out[0] if isinstance(out, tuple) else out       # (len(batch), ctx, hidden) f32
-                for k, c in enumerate(batch):
-                    hidden[c] = out[k:k + 1]
-        for h in handles:
-            h.remove()
-        del layer
-        if stats is not None:
-            for group, acc in cov.items():
-                np.save(stats.directory / group, acc.numpy())
-                stats.tokens[group] = cov_tokens[group]
-            del cov
-            stats.save()
+            for module_name, module in layer.named_modules():
+                if isinstance(module, torch.nn.Linear):
+                    gguf_name = name_map.get_name(f"{lp}{module_name}.weight", try_suffixes=(".weight",))
+                    if gguf_name is not None and gguf_name.startswith("blk."):
+                        handles.append(module.register_forward_pre_hook(hook_for(gguf_name)))
+                params = dict(module.named_parameters(recurse=False))
+                if params.get("gate_up_proj") is not None and getattr(params.get("down_proj"), "dim", lambda: 0)() == 3:
+                    exps = {part: name_map.get_name(f"{lp}{module_name}.{part}_proj.weight", try_suffixes=(".weight",))
+                            for part in ("gate", "up", "down")}
+                    if all(exps.values()):
+                        handles.append(module.register_forward_pre_hook(
+                            _expert_hook(module, exps, expert_sums, expert_tokens), with_kwargs=True))
+            with torch.no_grad():
+                for batch in _batches(kwargs[i], max(1, BATCH_TOKENS // ctx)):
+                    last["x"] = last["sq_of"] = None
+                    x = hidden[batch[0]] if len(batch) == 1 else torch.cat([hidden[c] for c in batch])
+                    out = layer(x, **kwargs[i][batch[0]])
+                    out = out[0] if isinstance(out, tuple) else out       # (len(batch), ctx, hidden) f32
+                    for k, c in enumerate(batch):
+                        hidden[c] = out[k:k + 1]
+            for h in handles:
+                h.remove()
+            del layer
+            if stats is not None:
+                for group, acc in cov.items():
+                    np.save(stats.directory / group, acc.numpy())
+                    stats.tokens[group] = cov_tokens[group]
+                del cov
+                stats.save()
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
 
     if process_output and final_norm is not None:
         with torch.no_grad():
