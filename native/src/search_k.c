@@ -12,7 +12,8 @@
 //   - argmin = the first minimum (a NaN counts as the minimum, as in numpy);
 //   - f64 -> f16 rounded once (round to nearest even, as numpy's astype), f16 neighbours as np.nextafter.
 // Built with -ffp-contract=off (no fused multiply-add). The inner loops are plain C that GCC vectorises within
-// each value loop (lane i = value i: no reordering); search_k_blocks is cloned for AVX2 at run time.
+// each value loop (lane i = value i: no reordering). An AVX2 clone (target_clones) measured 4x slower: GCC then
+// stopped inlining the helpers into it; the baseline build is ~15 us per super-block.
 //
 // Block layouts: see rounding.py's docstring (llama.cpp's block_q2_K .. block_q6_K).
 #include <math.h>
@@ -411,9 +412,6 @@ static void search_block(const search_form *f, const float *x, const float *w, c
 
 // ---- the entry point
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
-#endif
 static void search_blocks(const search_form *f, const float *x, const float *w, int64_t w_blocks,
                           const uint8_t *in, uint8_t *out, int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; b++)
