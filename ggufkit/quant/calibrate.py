@@ -126,6 +126,38 @@ def _layer_state(ckpt, prefix: str, module) -> dict:
     return out
 
 
+BATCH_TOKENS = 2048  # chunks run through a layer together, up to this many tokens (bounds the temporaries)
+
+
+def _same(a, b) -> bool:
+    """Whether two layer arguments are equal (tensors by value, tuples element by element)."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and bool(torch.equal(a, b)))
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def _batches(chunk_kwargs: list[dict], most: int) -> list[list[int]]:
+    """Consecutive chunks that may run through a layer as one batch: at most `most`, their arguments besides the
+    hidden states (mask, positions, rotary tables: each chunk starts at position 0) equal, so the first chunk's
+    broadcast over the batch. Larger matrix products and fewer thread barriers than one chunk at a time."""
+    out: list[list[int]] = []
+    for c, kw in enumerate(chunk_kwargs):
+        head = chunk_kwargs[out[-1][0]] if out else None
+        if out and len(out[-1]) < most and kw.keys() == head.keys() and all(_same(kw[k], head[k]) for k in kw):
+            out[-1].append(c)
+        else:
+            out.append([c])
+    return out
+
+
 def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | None = None,
               process_output: bool = False, threads: int | None = None, progress: bool = True,
               stats_dir: Path | None = None) -> tuple[Imatrix, Statistics | None]:
@@ -134,6 +166,7 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.initialization import no_init_weights
 
     from ggufkit.archs import for_config
     from ggufkit.quant.imatrix_collect import _expert_hook, calibration_ids
@@ -160,7 +193,8 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
     # 1-2: the model without its layers, run once per chunk up to the first layer's arguments
     base_config.num_hidden_layers = 0
     try:
-        base = type(base_meta)(base_config).to(torch.float32)
+        with no_init_weights():  # every weight is read below: no random initialisation (was ~20% of the time)
+            base = type(base_meta)(base_config).to(torch.float32)
     finally:
         base_config.num_hidden_layers = n_layer
     base.eval()
@@ -170,7 +204,7 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
         if name not in ckpt.tensors:
             raise InputError(f"layer-wise calibration: no tensor {name} in the checkpoint", ckpt.weights_file)
         state[key] = torch.from_numpy(ckpt.tensors[name].read().astype(np.float32, copy=False))
-    base.load_state_dict(state, strict=True)
+    base.load_state_dict(state, strict=True, assign=True)  # assign: the arrays read become the weights, no copy
     del state
     base.layers = _catchers(n_layer, calls := [])
     with torch.no_grad():
@@ -200,64 +234,82 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
         stats = Statistics(Path(stats_dir))
         stats.directory.mkdir(parents=True, exist_ok=True)
 
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
-    for i in tqdm(range(n_layer), desc="calibration", unit="layer", disable=not progress):
-        lp = f"{prefix}layers.{i}."
-        layer = layer_cls[i](base_config, i).to(torch.float32)
-        layer.load_state_dict(_layer_state(ckpt, lp, layer), strict=True)
-        layer.eval()
-        cov: dict[str, torch.Tensor] = {}     # group file -> (cols, cols) f32 sum x x^T
-        cov_tokens: dict[str, int] = {}
-        last = {"x": None, "group": None}
-        handles = []
+    # the next layer's weights are read (file, bf16 -> f32) by a second thread while this one computes
+    reader = ThreadPoolExecutor(max_workers=1)
+    read_next = reader.submit(_layer_state, ckpt, f"{prefix}layers.0.", base_meta.layers[0])
+    try:
+        for i in tqdm(range(n_layer), desc="calibration", unit="layer", disable=not progress):
+            lp = f"{prefix}layers.{i}."
+            state_i = read_next.result()
+            if i + 1 < n_layer:
+                read_next = reader.submit(_layer_state, ckpt, f"{prefix}layers.{i + 1}.", base_meta.layers[i + 1])
+            with no_init_weights():
+                layer = layer_cls[i](base_config, i).to(torch.float32)
+            layer.load_state_dict(state_i, strict=True, assign=True)
+            del state_i
+            layer.eval()
+            cov: dict[str, torch.Tensor] = {}     # group file -> (cols, cols) f32 sum x x^T
+            cov_tokens: dict[str, int] = {}
+            last = {"x": None, "group": None, "sq_of": None, "sq": None}
+            handles = []
 
-        def hook_for(gguf_name: str, cov=cov, cov_tokens=cov_tokens, last=last):
-            def hook(_module, inputs):
-                x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])  # (tokens, n_cols)
-                sq = (x.double() ** 2).sum(dim=0)
-                sums[gguf_name] = sq if gguf_name not in sums else sums[gguf_name] + sq
-                tokens[gguf_name] = tokens.get(gguf_name, 0) + x.shape[0]
-                if stats is None:
-                    return
-                if last["x"] is inputs[0]:  # same input as the previous matrix (q/k/v, gate/up): shared
-                    group = last["group"]
-                else:
-                    group = stats.groups.get(gguf_name) or f"{gguf_name.removesuffix('.weight')}.input.npy"
-                    acc = cov.get(group)
-                    xx = x.T @ x  # (n_cols, n_cols) f32
-                    cov[group] = xx if acc is None else acc.add_(xx)
-                    cov_tokens[group] = cov_tokens.get(group, 0) + x.shape[0]
-                    last["x"], last["group"] = inputs[0], group
-                stats.groups.setdefault(gguf_name, group)
-            return hook
+            def hook_for(gguf_name: str, cov=cov, cov_tokens=cov_tokens, last=last):
+                def hook(_module, inputs):
+                    x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])  # (tokens, n_cols)
+                    if last["sq_of"] is not inputs[0]:  # q/k/v and gate/up read one input: its squares once
+                        xd = x.double()
+                        last["sq_of"], last["sq"] = inputs[0], xd.mul_(xd).sum(dim=0)  # (n_cols,) f64
+                    sq = last["sq"]
+                    sums[gguf_name] = sq if gguf_name not in sums else sums[gguf_name] + sq
+                    tokens[gguf_name] = tokens.get(gguf_name, 0) + x.shape[0]
+                    if stats is None:
+                        return
+                    if last["x"] is inputs[0]:  # same input as the previous matrix (q/k/v, gate/up): shared
+                        group = last["group"]
+                    else:
+                        group = stats.groups.get(gguf_name) or f"{gguf_name.removesuffix('.weight')}.input.npy"
+                        acc = cov.get(group)  # (n_cols, n_cols) f32 += x^T x, in place (no temporary)
+                        cov[group] = x.T @ x if acc is None else acc.addmm_(x.T, x)
+                        cov_tokens[group] = cov_tokens.get(group, 0) + x.shape[0]
+                        last["x"], last["group"] = inputs[0], group
+                    stats.groups.setdefault(gguf_name, group)
+                return hook
 
-        for module_name, module in layer.named_modules():
-            if isinstance(module, torch.nn.Linear):
-                gguf_name = name_map.get_name(f"{lp}{module_name}.weight", try_suffixes=(".weight",))
-                if gguf_name is not None and gguf_name.startswith("blk."):
-                    handles.append(module.register_forward_pre_hook(hook_for(gguf_name)))
-            params = dict(module.named_parameters(recurse=False))
-            if params.get("gate_up_proj") is not None and getattr(params.get("down_proj"), "dim", lambda: 0)() == 3:
-                exps = {part: name_map.get_name(f"{lp}{module_name}.{part}_proj.weight", try_suffixes=(".weight",))
-                        for part in ("gate", "up", "down")}
-                if all(exps.values()):
-                    handles.append(module.register_forward_pre_hook(
-                        _expert_hook(module, exps, expert_sums, expert_tokens), with_kwargs=True))
-        with torch.no_grad():
-            for c in range(len(hidden)):
-                last["x"] = None
-                out = layer(hidden[c], **kwargs[i][c])
-                hidden[c] = out[0] if isinstance(out, tuple) else out
-        for h in handles:
-            h.remove()
-        del layer
-        if stats is not None:
-            for group, acc in cov.items():
-                np.save(stats.directory / group, acc.numpy())
-                stats.tokens[group] = cov_tokens[group]
-            del cov
-            stats.save()
+            for module_name, module in layer.named_modules():
+                if isinstance(module, torch.nn.Linear):
+                    gguf_name = name_map.get_name(f"{lp}{module_name}.weight", try_suffixes=(".weight",))
+                    if gguf_name is not None and gguf_name.startswith("blk."):
+                        handles.append(module.register_forward_pre_hook(hook_for(gguf_name)))
+                params = dict(module.named_parameters(recurse=False))
+                if params.get("gate_up_proj") is not None and getattr(params.get("down_proj"), "dim", lambda: 0)() == 3:
+                    exps = {part: name_map.get_name(f"{lp}{module_name}.{part}_proj.weight", try_suffixes=(".weight",))
+                            for part in ("gate", "up", "down")}
+                    if all(exps.values()):
+                        handles.append(module.register_forward_pre_hook(
+                            _expert_hook(module, exps, expert_sums, expert_tokens), with_kwargs=True))
+            with torch.no_grad():
+                for batch in _batches(kwargs[i], max(1, BATCH_TOKENS // ctx)):
+                    last["x"] = last["sq_of"] = None
+                    x = hidden[batch[0]] if len(batch) == 1 else torch.cat([hidden[c] for c in batch])
+                    out = layer(x, **kwargs[i][batch[0]])
+                    out = out[0] if isinstance(out, tuple) else out       # (len(batch), ctx, hidden) f32
+                    for k, c in enumerate(batch):
+                        hidden[c] = out[k:k + 1]
+            for h in handles:
+                h.remove()
+            del layer
+            if stats is not None:
+                for group, acc in cov.items():
+                    np.save(stats.directory / group, acc.numpy())
+                    stats.tokens[group] = cov_tokens[group]
+                del cov
+                stats.save()
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
 
     if process_output and final_norm is not None:
         with torch.no_grad():

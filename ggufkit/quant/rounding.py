@@ -46,7 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-__all__ = ["METHOD", "SUPPORTED", "decode", "enable", "pack", "refine", "unpack", "weighted_error"]
+__all__ = ["METHOD", "SUPPORTED", "decode", "enable", "pack", "refine", "refine_blocks", "refine_blocks_reference",
+           "unpack", "weighted_error"]
 
 ROUNDS = 2
 
@@ -299,9 +300,36 @@ def _refit_d(x, w, d, dmin, sc, m, f: Form):
     return best_d, best_m
 
 
-def refine_blocks(x: np.ndarray, w: np.ndarray, data: np.ndarray, qtype: QT) -> np.ndarray:
+def refine_blocks(x: np.ndarray, w: np.ndarray, data: np.ndarray, qtype: QT, threads: int | None = None) -> np.ndarray:
     """x (nb, 256) f32, w (nb, 256) f32 importance, data (nb, block bytes) u8 (any valid encoding of x) ->
-    (nb, block bytes) u8 whose weighted error is never larger, super-block by super-block."""
+    (nb, block bytes) u8 whose weighted error is never larger, super-block by super-block. The native search
+    (native/src/search_k.c: the same bytes as refine_blocks_reference, threads, the GIL released); w may be a
+    broadcast view (rows of one block's weights repeated), which is passed without copying."""
+    f = FORMS[QT(qtype)]
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 256)
+    nb = len(x)
+    w = np.asarray(w)
+    if w.ndim == 2 and w.shape[0] == nb and w.strides[0] == 0:
+        w = w[:1]
+    w = np.ascontiguousarray(w, dtype=np.float32).reshape(-1, 256)
+    if len(w) not in (1, nb):
+        raise ValueError(f"w has {len(w)} blocks for {nb} blocks of x")
+    return _native_search(x, w, data, QT(qtype), f, threads)
+
+
+def _native_search(x, w, data, qtype, f: Form, threads) -> np.ndarray:
+    """x (nb, 256) f32 contiguous, w (w_blocks, 256) f32 (block b uses row b % w_blocks), data (nb, block bytes)."""
+    from ggufkit import _quants, quant
+
+    nb = len(x)
+    data = np.ascontiguousarray(data, dtype=np.uint8).reshape(nb, f.block_bytes)
+    out = np.empty_like(data)
+    _quants.search_k(int(qtype), x, w, len(w), data, nb, quant._check_threads(threads), out)
+    return out
+
+
+def refine_blocks_reference(x: np.ndarray, w: np.ndarray, data: np.ndarray, qtype: QT) -> np.ndarray:
+    """The search in numpy: the reference the native one is tested against (same arguments as refine_blocks)."""
     f = FORMS[qtype]
     d0, dmin0, sc0, m0, q0 = unpack(data, qtype)
     start_err = weighted_error(x, decode(d0, dmin0, sc0, m0, q0), w)
@@ -328,20 +356,26 @@ def enable(plan) -> None:
     plan.metadata["ggufkit.optimize.rounding"] = METHOD
 
 
-def refine(x: np.ndarray, qtype, imatrix: np.ndarray | None, data: np.ndarray, name: str | None = None) -> np.ndarray:
+def refine(x: np.ndarray, qtype, imatrix: np.ndarray | None, data: np.ndarray, name: str | None = None,
+           threads: int | None = None, reference: bool = False) -> np.ndarray:
     """Rows x (rows, cols) f32 and their encoding data (rows, row bytes) u8 -> a re-encoding, never worse on the
     importance-weighted error of any super-block. Types other than SUPPORTED come back unchanged. name: the
-    tensor's (unused: every tensor is searched alike)."""
+    tensor's (unused: every tensor is searched alike). The native search (threads: default all CPUs);
+    reference=True runs the numpy code instead (the same bytes, ~100x slower)."""
     qtype = QT[qtype.upper()] if isinstance(qtype, str) else QT(qtype)
     if qtype not in FORMS:
         return data
     rows, cols = x.shape
     nb = rows * cols // 256
     w = np.ones(cols, dtype=np.float32) if imatrix is None else np.asarray(imatrix, dtype=np.float32)
+    if not reference:  # w's cols / 256 blocks repeat on every row: block b of the tensor uses b % (cols / 256)
+        xb = np.ascontiguousarray(x, dtype=np.float32).reshape(nb, 256)
+        out = _native_search(xb, np.ascontiguousarray(w).reshape(-1, 256), data, qtype, FORMS[qtype], threads)
+        return out.reshape(rows, -1)
     wb = np.broadcast_to(w, (rows, cols)).reshape(nb, 256)
     out = np.empty((nb, FORMS[qtype].block_bytes), dtype=np.uint8)
     step = 2048  # super-blocks per batch: bounds the temporaries (~100 MB)
     xb, db = x.reshape(nb, 256), np.ascontiguousarray(data).reshape(nb, -1)
     for i in range(0, nb, step):
-        out[i:i + step] = refine_blocks(xb[i:i + step], wb[i:i + step], db[i:i + step], qtype)
+        out[i:i + step] = refine_blocks_reference(xb[i:i + step], wb[i:i + step], db[i:i + step], qtype)
     return out.reshape(rows, -1)

@@ -74,4 +74,16 @@ static inline float load_half(const uint8_t *src) {
 /* Round half to even (rintf in the default rounding mode); |f| < 2^22. Not roundf (half away from zero). */
 int gk_nearest_int(float f);
 
+/* ---- the K-quant scale search (search_k.c): ggufkit.quant.rounding's algorithm, bytes equal to its numpy code
+ *
+ *   gk_search_k(type, x, w, w_blocks, in, out, begin, end)
+ *     x: (nb, 256) f32 super-blocks, w: (w_blocks, 256) f32 importance (block b uses row b % w_blocks),
+ *     in: (nb, block bytes) a valid encoding of x (llama.cpp's), out: the same shape; blocks [begin, end) are
+ *     searched, each written as its re-encoding when that lowers sum w (x - x̂)^2, else copied from in.
+ *     Returns -1 for a type other than Q2_K..Q6_K. */
+int gk_search_k_supported(int ggml_type);
+int gk_search_k_block_bytes(int ggml_type);
+int gk_search_k(int ggml_type, const float *x, const float *w, int64_t w_blocks, const uint8_t *in, uint8_t *out,
+                int64_t begin, int64_t end);
+
 #endif

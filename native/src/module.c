@@ -300,6 +300,86 @@ static PyObject *py_scan_nonfinite(PyObject *self, PyObject *arg) {
     return Py_BuildValue("nn", count, first);
 }
 
+PyDoc_STRVAR(search_k_doc,
+    "search_k(ggml_type, x, w, w_blocks, data, nb, threads, out)\n"
+    "The K-quant scale search (search_k.c, = ggufkit.quant.rounding.refine_blocks' numpy code): x (nb, 256) f32,\n"
+    "w (w_blocks, 256) f32 (block b uses row b % w_blocks), data and out (nb, block bytes) u8.");
+
+typedef struct {
+    int ggml_type;
+    const float *x, *w;
+    int64_t w_blocks;
+    const uint8_t *in;
+    uint8_t *out;
+    int64_t begin, end;
+} search_job;
+
+static void *run_search(void *arg) {
+    search_job *j = (search_job *)arg;
+    gk_search_k(j->ggml_type, j->x, j->w, j->w_blocks, j->in, j->out, j->begin, j->end);
+    return NULL;
+}
+
+// As run_parallel: [0, nb) in `threads` contiguous ranges, the calling thread takes the first; every block is
+// searched on its own, so the split never changes the bytes.
+static void search_parallel(search_job base, int64_t nb, int threads) {
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > nb) threads = (int)nb;
+    if (threads < 1) threads = 1;
+    pthread_t tids[MAX_THREADS];
+    int joinable[MAX_THREADS] = {0};
+    search_job jobs[MAX_THREADS];
+    for (int i = 0; i < threads; i++) {
+        jobs[i] = base;
+        jobs[i].begin = nb * i / threads;
+        jobs[i].end = nb * (i + 1) / threads;
+    }
+    for (int i = 1; i < threads; i++) {
+        if (pthread_create(&tids[i], NULL, run_search, &jobs[i]) == 0)
+            joinable[i] = 1;
+        else
+            run_search(&jobs[i]);
+    }
+    run_search(&jobs[0]);
+    for (int i = 1; i < threads; i++)
+        if (joinable[i]) pthread_join(tids[i], NULL);
+}
+
+static PyObject *py_search_k(PyObject *self, PyObject *args) {
+    (void)self;
+    int ggml_type, threads;
+    Py_ssize_t w_blocks, nb;
+    PyObject *xo, *wo, *dato, *outo;
+    if (!PyArg_ParseTuple(args, "iOOnOniO", &ggml_type, &xo, &wo, &w_blocks, &dato, &nb, &threads, &outo))
+        return NULL;
+    const int bb = gk_search_k_block_bytes(ggml_type);
+    if (bb == 0) return PyErr_Format(PyExc_ValueError, "GGML type %d has no scale search", ggml_type);
+    if (nb < 0 || w_blocks < 1) return PyErr_Format(PyExc_ValueError, "nb=%zd, w_blocks=%zd", nb, w_blocks);
+    Py_buffer xb, wb, db, ob;
+    if (get_buffer(xo, &xb, 0, "x") != 0) return NULL;
+    if (get_buffer(wo, &wb, 0, "w") != 0) { PyBuffer_Release(&xb); return NULL; }
+    if (get_buffer(dato, &db, 0, "data") != 0) { PyBuffer_Release(&xb); PyBuffer_Release(&wb); return NULL; }
+    if (get_buffer(outo, &ob, 1, "out") != 0) {
+        PyBuffer_Release(&xb); PyBuffer_Release(&wb); PyBuffer_Release(&db); return NULL;
+    }
+    PyObject *result = NULL;
+    if (xb.len != nb * 256 * 4 || wb.len != w_blocks * 256 * 4 || db.len != nb * bb || ob.len != nb * bb) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match nb, w_blocks and the type");
+    } else {
+        search_job job = {ggml_type, (const float *)xb.buf, (const float *)wb.buf, w_blocks,
+                          (const uint8_t *)db.buf, (uint8_t *)ob.buf, 0, 0};
+        Py_BEGIN_ALLOW_THREADS
+        if (nb > 0) search_parallel(job, nb, threads);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&wb);
+    PyBuffer_Release(&db);
+    PyBuffer_Release(&ob);
+    return result;
+}
+
 PyDoc_STRVAR(types_doc,
     "types() -> list of (ggml_type, name, block_size, type_size, simd_feature or None, simd_active, path)\n"
     "path: the quantizer quantize() takes here now: 'avx512', 'avx2', 'neon' or 'plain'.");
@@ -327,6 +407,7 @@ static PyMethodDef methods[] = {
     {"dequantize", py_dequantize, METH_VARARGS, dequantize_doc},
     {"scan_nonfinite", py_scan_nonfinite, METH_O, scan_nonfinite_doc},
     {"types", py_types, METH_NOARGS, types_doc},
+    {"search_k", py_search_k, METH_VARARGS, search_k_doc},
     {NULL, NULL, 0, NULL},
 };
 
