@@ -57,3 +57,20 @@ def test_merged_imatrix_sums_tokens():
     np.testing.assert_allclose(m.column_weights("blk.0.attn_q.weight"), (sa[0] + sb[0]) / 400, rtol=1e-6)
     np.testing.assert_allclose(m.column_weights("blk.0.ffn_up.weight"), sb[0] / 300, rtol=1e-6)
     assert m.chunk_count == 4
+
+
+@pytest.mark.parametrize("call", ["halves", "whole-model", "chunks"])
+def test_bad_calibration_text_is_one_line_naming_the_file(demo_dir, tmp_path, tokenizer, call):
+    """A missing text and a context under 16 tokens: one-line InputErrors, the same from every calibration entry."""
+    from ggufkit.quant.imatrix_collect import compute
+
+    missing = tmp_path / "no-such-text.txt"
+    run = {"halves": lambda p, ctx: holdout.calibrate_halves(demo_dir, p, ctx=ctx, chunks=2, progress=False),
+           "whole-model": lambda p, ctx: compute(demo_dir, p, ctx=ctx, chunks=2, progress=False),
+           "chunks": lambda p, ctx: calibration_ids(tokenizer, p, ctx, 2)}[call]
+    with pytest.raises(InputError) as e:
+        run(missing, 128)
+    assert "cannot read calibration text" in str(e.value) and "no-such-text.txt" in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="--ctx 8 is too small"):
+        run(SHAKESPEARE, 8)

@@ -96,14 +96,10 @@ def calibrate_halves(model_dir: Path, text_path: Path, ctx: int = 512, chunks: i
     from transformers import AutoTokenizer
 
     from ggufkit.quant.calibrate import calibrate
+    from ggufkit.quant.imatrix_collect import calibration_text
 
     model_dir, text_path = Path(model_dir), Path(text_path)
-    if ctx < 16:
-        raise InputError(f"--ctx {ctx} is too small (llama.cpp ignores batches under 16 tokens)")
-    try:
-        text = text_path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise InputError(f"cannot read calibration text: {e.strerror}", text_path) from None
+    text = calibration_text(text_path, ctx)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     first, second, na, nb = split_text(tokenizer, text, ctx, chunks, text_path)
     results = []

@@ -35,16 +35,21 @@ def _gguf_names(model, model_dir: Path, config: dict) -> dict[str, str]:
     return names
 
 
+def calibration_text(text_path: Path, ctx: int) -> str:
+    """The calibration text, after checking the context length: a one-line InputError naming the file otherwise."""
+    if ctx < 16:
+        raise InputError(f"--ctx {ctx} is too small (llama.cpp ignores batches under 16 tokens)")
+    try:
+        return Path(text_path).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise InputError(f"cannot read calibration text: {e.strerror}", text_path) from None
+
+
 def calibration_ids(tokenizer, text_path: Path, ctx: int, chunks: int | None, text: str | None = None) -> list:
     """llama-imatrix's chunks: the whole text tokenized once, cut into `ctx` tokens, the first token of each chunk
     BOS when the tokenizer adds one. -> list of (ctx,) token id lists (at most `chunks`)."""
     if text is None:
-        if ctx < 16:
-            raise InputError(f"--ctx {ctx} is too small (llama.cpp ignores batches under 16 tokens)")
-        try:
-            text = Path(text_path).read_text(encoding="utf-8", errors="replace")
-        except OSError as e:
-            raise InputError(f"cannot read calibration text: {e.strerror}", text_path) from None
+        text = calibration_text(text_path, ctx)
     ids = tokenizer(text, add_special_tokens=True)["input_ids"]  # (n_tokens,)
     bos = tokenizer.bos_token_id
     adds_bos = bos is not None and len(ids) > 0 and ids[0] == bos and not text.startswith(tokenizer.bos_token)
@@ -69,12 +74,7 @@ def compute(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir, text_path = Path(model_dir), Path(text_path)
-    if ctx < 16:
-        raise InputError(f"--ctx {ctx} is too small (llama.cpp ignores batches under 16 tokens)")
-    try:
-        text = text_path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise InputError(f"cannot read calibration text: {e.strerror}", text_path) from None
+    text = calibration_text(text_path, ctx)
     config = json.loads((model_dir / "config.json").read_text())
     if threads:
         torch.set_num_threads(threads)
