@@ -166,13 +166,10 @@ def chat_reply(path: Path) -> str:
 
 def prepare(work: Path, args):
     """bench/optimize.py's inputs: held-out text, imatrix, F32/BF16 GGUFs, reference logits (reused if present)."""
-    from optimize import BRITANNICA, EVAL_CHARS, EVAL_START
+    from optimize import BRITANNICA, EVAL_CHARS, EVAL_START, reference_files
 
-    from ggufkit.conversion import convert
-    from ggufkit.evaluate import EvalResult
     from ggufkit.quant import imatrix as imatrix_files
     from ggufkit.quant.calibrate import calibrate
-    from ggufkit.reflogits import save_reference
 
     text = work / "britannica-shakespeare.txt"
     text.write_text(BRITANNICA.read_text(encoding="utf-8", errors="replace")[EVAL_START:EVAL_START + EVAL_CHARS])
@@ -182,17 +179,7 @@ def prepare(work: Path, args):
     else:  # layer by layer, no covariance (llama.cpp needs the imatrix only)
         im, _ = calibrate(DEMO, HAMLET, ctx=args.ctx, chunks=args.calibration_chunks, progress=False)
         im.save(imatrix)
-    f32, bf16 = work / "demo-F32.gguf", work / "demo-BF16.gguf"
-    for path, scheme in ((f32, "f32"), (bf16, "bf16")):
-        if not path.exists():
-            convert(DEMO, path, scheme=scheme, quiet=True)
-    ref = work / f"demo-BF16-{args.chunks}x{args.ctx}.ref-logits"
-    own_file = ref.with_suffix(".json")
-    if ref.exists() and own_file.exists():
-        own = EvalResult(**json.loads(own_file.read_text()))
-    else:
-        own = save_reference(bf16, text, ref, ctx=args.ctx, chunks=args.chunks)
-        own_file.write_text(json.dumps(own.as_dict()))
+    f32, ref, own = reference_files(work, text, args.ctx, args.chunks)
     return im, f32, ref, own
 
 

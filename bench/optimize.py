@@ -119,6 +119,27 @@ def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimiz
     return out, info
 
 
+def reference_files(work: Path, text: Path, ctx: int, chunks: int):
+    """The demo's F32 and BF16 GGUFs and the BF16 reference logits on `text`, in `work` (reused if present).
+    -> (F32 path, reference-logits path, the reference's own EvalResult)."""
+    from ggufkit.conversion import convert
+    from ggufkit.evaluate import EvalResult
+    from ggufkit.reflogits import save_reference
+
+    f32, bf16 = work / "demo-F32.gguf", work / "demo-BF16.gguf"
+    for path, scheme in ((f32, "f32"), (bf16, "bf16")):
+        if not path.exists():
+            convert(DEMO, path, scheme=scheme, quiet=True)
+    ref = work / f"demo-BF16-{chunks}x{ctx}.ref-logits"
+    own_file = ref.with_suffix(".json")
+    if ref.exists() and own_file.exists():
+        own = EvalResult(**json.loads(own_file.read_text()))
+    else:
+        own = save_reference(bf16, text, ref, ctx=ctx, chunks=chunks)
+        own_file.write_text(json.dumps(own.as_dict()))
+    return f32, ref, own
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--schemes", default="q2_k,q3_k_m,iq4_xs,q4_k_m")
@@ -133,12 +154,10 @@ def main() -> None:
                     help=f"ggufkit variants, from {', '.join(VARIANTS)}")
     args = ap.parse_args()
 
-    from ggufkit.conversion import convert
-    from ggufkit.evaluate import EvalResult, evaluate
+    from ggufkit.evaluate import evaluate
     from ggufkit.quant import imatrix as imatrix_files
     from ggufkit.quant.calibrate import Statistics, calibrate
     from ggufkit.quant.holdout import HalfStatistics, calibrate_halves
-    from ggufkit.reflogits import save_reference
     from ggufkit.runtime import backends
 
     backends.ensure()
@@ -169,17 +188,7 @@ def main() -> None:
                 im, STATS = calibrate(DEMO, HAMLET, ctx=args.ctx, chunks=args.calibration_chunks, progress=False,
                                       stats_dir=stats_dir)
                 im.save(imatrix)
-        f32, bf16 = work / "demo-F32.gguf", work / "demo-BF16.gguf"
-        for path, scheme in ((f32, "f32"), (bf16, "bf16")):
-            if not path.exists():
-                convert(DEMO, path, scheme=scheme, quiet=True)
-        ref = work / f"demo-BF16-{args.chunks}x{args.ctx}.ref-logits"
-        own_file = ref.with_suffix(".json")
-        if ref.exists() and own_file.exists():
-            own = EvalResult(**json.loads(own_file.read_text()))
-        else:
-            own = save_reference(bf16, text, ref, ctx=args.ctx, chunks=args.chunks)
-            own_file.write_text(json.dumps(own.as_dict()))
+        f32, ref, own = reference_files(work, text, args.ctx, args.chunks)
         print(f"reference BF16: PPL {own.ppl:.3f} over {own.tokens_scored} tokens", file=sys.stderr)
         rows = []
         cache_file = work / "results.json"  # --keep DIR: rows already measured are not measured again
