@@ -221,10 +221,13 @@ def test_ctrl_c_leaves_nothing(demo_dir, tmp_path):
     while it is stopped."""
     import time
 
+    from test_crash_safety import default_sigint
+
     out = tmp_path / "o.gguf"
     proc = subprocess.Popen([sys.executable, "-m", "ggufkit.cli", "convert", str(demo_dir), "--scheme", "f32",
                              "-o", str(out), "--quiet"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "GGUFKIT_TEST_STOP_AT_BYTES": "20000000"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "GGUFKIT_TEST_STOP_AT_BYTES": "20000000"},
+                            preexec_fn=default_sigint)  # noqa: PLW1509 (one signal() call)
     try:
         deadline = time.monotonic() + 300  # a guard against a hang, not the synchronisation
         while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":

@@ -35,7 +35,14 @@ def _spawn(src: Path, out: Path, stop_at: int | None = None) -> subprocess.Popen
     return subprocess.Popen([sys.executable, "-m", "ggufkit.cli", "convert", str(src), "-o", str(out),
                              "--scheme", SCHEME, "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", **stop})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **stop},
+                            preexec_fn=default_sigint)  # noqa: PLW1509 (one signal() call, no locks)
+
+
+def default_sigint() -> None:
+    """In the child: SIGINT back to its default, so that Python turns it into KeyboardInterrupt even when the test
+    runner was started in the background of a non-interactive shell (which ignores SIGINT, and children inherit it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _temp_files(out: Path) -> list[Path]:

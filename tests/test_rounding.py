@@ -103,7 +103,8 @@ def test_convert_optimize_loads_and_is_never_worse(tiny_checkpoint, tmp_path):
     assert changed >= 4
     meta = gguf.GGUFReader(out).fields["ggufkit.optimize.rounding"]
     assert bytes(meta.parts[-1]).decode() == rounding.METHOD
-    llm = llama_cpp.Llama(str(out), n_ctx=64, n_threads=2, verbose=False)
+    # logits_all: every row of llm.scores is computed (without it only the last is; the rest is uninitialised)
+    llm = llama_cpp.Llama(str(out), n_ctx=64, n_threads=2, verbose=False, logits_all=True)
     try:
         llm.eval(llm.tokenize(b"To be, or not to be"))
         assert np.isfinite(np.array(llm.scores[: llm.n_tokens])).all()
