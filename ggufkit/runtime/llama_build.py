@@ -149,14 +149,17 @@ def _stamp(wheel: Path, stamp: dict) -> None:
 
 
 def build(cache: Path, config: dict = CONFIG, python: str = sys.executable) -> Path:
+    """Build the wheel into CACHE and return its path. The child pips write to stderr: stdout carries only the
+    path (the Makefile reads it; on a fresh machine pip's own lines there made setup fail)."""
     out = cache_dir(cache, config)
     with tempfile.TemporaryDirectory(prefix="ggufkit-llama-") as tmpdir:
         tmp = Path(tmpdir)
         pip = [python, "-m", "pip"]
         subprocess.run(pip + ["install", "-q", "scikit-build-core[pyproject]>=0.9.2", "cmake>=3.21", "ninja"],
-                       check=True)
+                       check=True, stdout=sys.stderr)
         subprocess.run(pip + ["download", "-q", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-                              f"llama-cpp-python=={config['llama_cpp_python']}", "-d", str(tmp)], check=True)
+                              f"llama-cpp-python=={config['llama_cpp_python']}", "-d", str(tmp)], check=True,
+                       stdout=sys.stderr)
         sdist = next(tmp.glob("llama_cpp_python-*.tar.gz"))
         with tarfile.open(sdist) as t:
             try:
@@ -170,7 +173,7 @@ def build(cache: Path, config: dict = CONFIG, python: str = sys.executable) -> P
                    CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
         dist = tmp / "dist"
         subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)],
-                       check=True, env=env)
+                       check=True, env=env, stdout=sys.stderr)
         wheel = next(dist.glob("llama_cpp_python-*.whl"))
         _stamp(wheel, {**config, "key": config_key(config)})
         out.mkdir(parents=True, exist_ok=True)
