@@ -139,32 +139,44 @@ static void *run_rows(void *arg) {
     return NULL;
 }
 
-// Splits [0, rows) into `threads` contiguous ranges; the calling thread takes the first. Which thread does which
-// rows never changes the bytes: every row is quantized independently.
+// ---- threads
+//
+// A job is split into `threads` contiguous ranges, one per thread; the calling thread takes the first. Which
+// thread does which range never changes the bytes: every row (and every searched block) is encoded on its own.
 enum { MAX_THREADS = 256 };
 
-// Returns the first row (over all ranges) that a quantize job found non-finite, or -1.
-static int64_t run_parallel(rows_job base, int64_t rows, int threads) {
+static int clamp_threads(int threads, int64_t n) {
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > rows) threads = (int)rows;
-    if (threads < 1) threads = 1;
+    if (threads > n) threads = (int)n;
+    return threads < 1 ? 1 : threads;
+}
+
+// Runs fn on each of the n job structs at `jobs` (`size` bytes apart): jobs 1..n-1 on new threads, job 0 on the
+// calling thread; a job whose thread cannot start runs here too. Returns when all have finished.
+static void run_jobs(void *(*fn)(void *), char *jobs, size_t size, int n) {
     pthread_t tids[MAX_THREADS];
     int joinable[MAX_THREADS] = {0};
+    for (int i = 1; i < n; i++) {
+        if (pthread_create(&tids[i], NULL, fn, jobs + (size_t)i * size) == 0)
+            joinable[i] = 1;
+        else
+            fn(jobs + (size_t)i * size);
+    }
+    fn(jobs);
+    for (int i = 1; i < n; i++)
+        if (joinable[i]) pthread_join(tids[i], NULL);
+}
+
+// [0, rows) over the threads; returns the first row (over all ranges) a quantize job found non-finite, or -1.
+static int64_t run_parallel(rows_job base, int64_t rows, int threads) {
+    threads = clamp_threads(threads, rows);
     rows_job jobs[MAX_THREADS];
     for (int i = 0; i < threads; i++) {
         jobs[i] = base;
         jobs[i].row_begin = rows * i / threads;
         jobs[i].row_end = rows * (i + 1) / threads;
     }
-    for (int i = 1; i < threads; i++) {
-        if (pthread_create(&tids[i], NULL, run_rows, &jobs[i]) == 0)
-            joinable[i] = 1;
-        else
-            run_rows(&jobs[i]);  // could not start a thread: do its share here
-    }
-    run_rows(&jobs[0]);
-    for (int i = 1; i < threads; i++)
-        if (joinable[i]) pthread_join(tids[i], NULL);
+    run_jobs(run_rows, (char *)jobs, sizeof jobs[0], threads);
     for (int i = 0; i < threads; i++)
         if (jobs[i].bad_row >= 0) return jobs[i].bad_row;  // ranges are in row order: the first one found
     return -1;
@@ -320,29 +332,16 @@ static void *run_search(void *arg) {
     return NULL;
 }
 
-// As run_parallel: [0, nb) in `threads` contiguous ranges, the calling thread takes the first; every block is
-// searched on its own, so the split never changes the bytes.
+// [0, nb) over the threads, as run_parallel.
 static void search_parallel(search_job base, int64_t nb, int threads) {
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > nb) threads = (int)nb;
-    if (threads < 1) threads = 1;
-    pthread_t tids[MAX_THREADS];
-    int joinable[MAX_THREADS] = {0};
+    threads = clamp_threads(threads, nb);
     search_job jobs[MAX_THREADS];
     for (int i = 0; i < threads; i++) {
         jobs[i] = base;
         jobs[i].begin = nb * i / threads;
         jobs[i].end = nb * (i + 1) / threads;
     }
-    for (int i = 1; i < threads; i++) {
-        if (pthread_create(&tids[i], NULL, run_search, &jobs[i]) == 0)
-            joinable[i] = 1;
-        else
-            run_search(&jobs[i]);
-    }
-    run_search(&jobs[0]);
-    for (int i = 1; i < threads; i++)
-        if (joinable[i]) pthread_join(tids[i], NULL);
+    run_jobs(run_search, (char *)jobs, sizeof jobs[0], threads);
 }
 
 static PyObject *py_search_k(PyObject *self, PyObject *args) {
