@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ggufkit.sources import intgrid
-from ggufkit.sources.prequant import QuantRef, read_all, read_window, take, to_f32
+from ggufkit.sources.prequant import read_all, read_window, to_f32
 
 ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # GEMM: nibble i of a word holds output 8w + ORDER[i]
 _INVERSE = np.argsort(ORDER)  # output 8w + j sits in nibble _INVERSE[j]
@@ -55,7 +55,7 @@ def _awq_order(nib: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(nib.reshape(n, m // 8, 8)[:, :, _INVERSE].reshape(n, m))
 
 
-class AwqRef(QuantRef):
+class AwqRef(intgrid.GridRef):
     def __init__(self, name, qweight, qzeros, scales, qcfg: dict):
         self.gemm = version_of(qcfg) == "gemm"
         rows, cols = (scales.shape[1], qweight.shape[0]) if self.gemm else (qweight.shape[0], qweight.shape[1] * 8)
@@ -63,7 +63,7 @@ class AwqRef(QuantRef):
         self.qweight, self.qzeros, self.scales = qweight, qzeros, scales
         group_size = int(qcfg.get("group_size", qcfg.get("q_group_size", 128)))
         self.group_size = cols if group_size <= 0 else group_size
-        if qweight.dtype != "I32" or qzeros.dtype != "I32" or scales.dtype not in ("F16", "BF16", "F32"):
+        if qweight.dtype != "I32" or qzeros.dtype != "I32" or scales.dtype not in intgrid.SCALE_DTYPES:
             self.fail("qweight and qzeros must be I32 and scales a float tensor")
         if cols % self.group_size:
             self.fail(f"group_size {self.group_size} does not divide {cols} input columns")
@@ -79,7 +79,7 @@ class AwqRef(QuantRef):
             if tuple(ref.shape) != shape or rows % 8:
                 self.fail(f"{part} has shape {list(ref.shape)}, awq {version_of(qcfg)} over [{rows}, {cols}] with "
                           f"group_size {self.group_size} needs {list(shape)}")
-        self.dtype_name = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}[scales.dtype]
+        self.dtype_name = intgrid.SCALE_DTYPES[scales.dtype]
         self.group = np.arange(cols) // self.group_size
         kind = "channel" if group_size <= 0 else f"g{self.group_size}"
         self.source = f"awq {'gemm' if self.gemm else 'gemv'} int4 {kind} asym"
@@ -121,23 +121,7 @@ class AwqRef(QuantRef):
             self._lossless = t
         return self._lossless
 
-    def decode(self, start: int, stop: int) -> np.ndarray:
-        q, scale, zero = self._grid(start, stop)
-        return intgrid.dequantize(q, scale, zero, self.group, self.dtype_name)
-
-    def read_blocks(self, start: int, stop: int, qtype) -> np.ndarray:
-        q, scale, zero = self._grid(start, stop)
-        return intgrid.q4_blocks(q, scale, None if qtype == intgrid.QT.Q4_0 else zero, self.group_size)
-
 
 def group(tensors: dict, qcfg: dict, config_path) -> dict:
     """Every module with qweight + qzeros + scales -> AwqRef named `<module>.weight`."""
-    out = {}
-    for key in [k for k in tensors if k.endswith(".qweight")]:
-        module = key[:-len(".qweight")]
-        name = f"{module}.weight"
-        qweight = take(tensors, key, name)
-        qzeros = take(tensors, f"{module}.qzeros", name)
-        scales = take(tensors, f"{module}.scales", name)
-        out[name] = AwqRef(name, qweight, qzeros, scales, qcfg)
-    return out
+    return intgrid.group_modules(tensors, lambda name, *parts: AwqRef(name, *parts, qcfg), ())

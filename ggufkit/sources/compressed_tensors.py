@@ -38,7 +38,7 @@ from ggufkit.sources.fp8 import Fp8Ref
 from ggufkit.sources.prequant import QuantRef, read_all, read_window, take, to_f32
 
 FORMATS = ("pack-quantized", "float-quantized", "nvfp4-pack-quantized")
-_SCALE_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+_SCALE_DTYPES = intgrid.SCALE_DTYPES
 
 
 def _groups(qcfg: dict) -> list[dict]:

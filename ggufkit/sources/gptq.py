@@ -16,9 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ggufkit.sources import intgrid
-from ggufkit.sources.prequant import QuantRef, read_all, read_window, take, to_f32
-
-_SCALE_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+from ggufkit.sources.prequant import read_all, read_window, to_f32
 
 
 def unsupported(qcfg: dict) -> str | None:
@@ -31,7 +29,7 @@ def unsupported(qcfg: dict) -> str | None:
     return None
 
 
-class GptqRef(QuantRef):
+class GptqRef(intgrid.GridRef):
     def __init__(self, name, qweight, qzeros, scales, g_idx, qcfg: dict):
         super().__init__(name, (scales.shape[1], qweight.shape[0] * 32 // int(qcfg["bits"])),
                          [p for p in (qweight, qzeros, scales, g_idx) if p is not None], "")
@@ -40,7 +38,7 @@ class GptqRef(QuantRef):
         self.qweight, self.qzeros, self.scales = qweight, qzeros, scales
         rows, cols = self.shape
         n_groups = scales.shape[0]
-        if qweight.dtype != "I32" or qzeros.dtype != "I32" or scales.dtype not in _SCALE_DTYPES:
+        if qweight.dtype != "I32" or qzeros.dtype != "I32" or scales.dtype not in intgrid.SCALE_DTYPES:
             self.fail("qweight and qzeros must be I32 and scales a float tensor")
         if qzeros.shape != (n_groups, rows * self.bits // 32) or (rows * self.bits) % 32:
             self.fail(f"qzeros has shape {list(qzeros.shape)}, expected [{n_groups}, {rows * self.bits // 32}]")
@@ -56,7 +54,7 @@ class GptqRef(QuantRef):
             self.group = gi
         if -(-cols // self.group_size) != n_groups and not act_order:
             self.fail(f"{n_groups} scale groups do not match group_size {self.group_size} over {cols} columns")
-        self.dtype_name = _SCALE_DTYPES[scales.dtype]
+        self.dtype_name = intgrid.SCALE_DTYPES[scales.dtype]
         self.symmetric = bool(qcfg.get("sym", True))
         self._act_order = act_order
         kind = "channel" if group_size <= 0 else f"g{self.group_size}"
@@ -93,26 +91,7 @@ class GptqRef(QuantRef):
             self._lossless = t
         return self._lossless
 
-    def decode(self, start: int, stop: int) -> np.ndarray:
-        q, scale, zero = self._grid(start, stop)
-        return intgrid.dequantize(q, scale, zero, self.group, self.dtype_name)
-
-    def read_blocks(self, start: int, stop: int, qtype) -> np.ndarray:
-        q, scale, zero = self._grid(start, stop)
-        if qtype == intgrid.QT.Q8_0:
-            return intgrid.q8_blocks(q, scale, self.group_size)
-        return intgrid.q4_blocks(q, scale, None if qtype == intgrid.QT.Q4_0 else zero, self.group_size)
-
 
 def group(tensors: dict, qcfg: dict, config_path) -> dict:
     """Every module with qweight + qzeros + scales (+ g_idx) -> GptqRef named `<module>.weight`."""
-    out = {}
-    for key in [k for k in tensors if k.endswith(".qweight")]:
-        module = key[:-len(".qweight")]
-        name = f"{module}.weight"
-        qweight = take(tensors, key, name)
-        qzeros = take(tensors, f"{module}.qzeros", name)
-        scales = take(tensors, f"{module}.scales", name)
-        g_idx = tensors.pop(f"{module}.g_idx", None)
-        out[name] = GptqRef(name, qweight, qzeros, scales, g_idx, qcfg)
-    return out
+    return intgrid.group_modules(tensors, lambda name, *parts: GptqRef(name, *parts, qcfg), ("g_idx",))

@@ -19,7 +19,9 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from ggufkit.sources.prequant import round_to
+from ggufkit.sources.prequant import QuantRef, round_to, take
+
+SCALE_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}  # safetensors dtype -> numpy name
 
 
 def unpack_bits(data: np.ndarray, bits: int, first_bit: int, count: int) -> np.ndarray:
@@ -95,3 +97,32 @@ def q4_blocks(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, group_s
         out[:, :, 2:4] = m.view(np.uint8).reshape(n, nb, 2)
         out[:, :, 4:] = qs
     return out.reshape(n, -1)
+
+
+class GridRef(QuantRef):
+    """A QuantRef whose format unpacks to this module's grid. Subclasses set group (cols,) i64, group_size,
+    dtype_name (the scale dtype) and implement _grid(start, stop) -> (q (n, cols), scale (n, groups) f32,
+    zero (n, groups) f32) for output rows [start, stop)."""
+
+    def decode(self, start: int, stop: int) -> np.ndarray:
+        q, scale, zero = self._grid(start, stop)
+        return dequantize(q, scale, zero, self.group, self.dtype_name)
+
+    def read_blocks(self, start: int, stop: int, qtype) -> np.ndarray:
+        """The rows' lossless GGUF blocks (qtype = self.lossless: Q4_0, Q4_1 or Q8_0)."""
+        q, scale, zero = self._grid(start, stop)
+        if qtype == QT.Q8_0:
+            return q8_blocks(q, scale, self.group_size)
+        return q4_blocks(q, scale, None if qtype == QT.Q4_0 else zero, self.group_size)
+
+
+def group_modules(tensors: dict, make, extra: tuple[str, ...] = ()) -> dict:
+    """Every module M with M.qweight, M.qzeros and M.scales (taken out of TENSORS; each name in EXTRA, e.g.
+    "g_idx", popped if present) -> make(name, qweight, qzeros, scales, *extras), keyed `M.weight`."""
+    out = {}
+    for key in [k for k in tensors if k.endswith(".qweight")]:
+        module = key[:-len(".qweight")]
+        name = f"{module}.weight"
+        parts = [take(tensors, f"{module}.{part}", name) for part in ("qweight", "qzeros", "scales")]
+        out[name] = make(name, *parts, *(tensors.pop(f"{module}.{e}", None) for e in extra))
+    return out
