@@ -1117,139 +1117,57 @@ static void iq1_order(const float *xb, int n, float *pairs, int *idx_of) {
     for (int j = 0; j < n; j++) memcpy(&idx_of[j], &pairs[2 * j + 1], 4);
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-// IQ1_S's search over the two split points (i1 <= i2) of the sorted values and the two shifts, eight values of i2
-// at a time. Each lane forms sumqx and sumq2 from the same products and sums as the plain loop; the products that
-// depend on i1 alone (the first run's) or on i2 alone (the last run's) are formed once per i1 / per i2 instead of
-// per candidate, and the middle run's products of shift -1 are those of shift +1 negated / equal (its level is the
-// negated one: x * -l == -(x * l) and (x * -l) * -l == (x * l) * l exactly). The test against the best so far runs
-// in lanes; only a chunk where some candidate passes is walked candidate by candidate in the plain loop's order
-// (i2, then shift) from its first passing lane, updating the best as the plain loop does: a chunk none of whose
-// candidates passes changes nothing there either, so the result is the same. sumx and sumw (S1_SUB + 1 values) are
-// padded with 8 more.
-__attribute__((target("avx2"))) static void iq1s_best_split_avx2(const float *sumx, const float *sumw,
-                                                                  const float *x_p, const float *x_m, float *score,
-                                                                  float *scale, int *besti1, int *besti2,
-                                                                  int *shift) {
-    float best_score = *score;
-    // (2, S1_SUB + 1 + 8) the last run's products per i2 and shift: (sumx[n] - sumx[i2]) * l2, (sumw[n] - ...) * l2 * l2
-    float cx[2][S1_SUB + 1 + 8], cw[2][S1_SUB + 1 + 8];
-    const float *xs[2] = {x_p, x_m};
-    for (int sh = 0; sh < 2; sh++)
-        for (int i2 = 0; i2 <= S1_SUB + 8; i2++) {
-            cx[sh][i2] = (sumx[S1_SUB] - sumx[i2]) * xs[sh][2];
-            cw[sh][i2] = (sumw[S1_SUB] - sumw[i2]) * xs[sh][2] * xs[sh][2];
-        }
-    const __m256 l1 = _mm256_set1_ps(x_p[1]), zero = _mm256_setzero_ps();
-    for (int i1 = 0; i1 <= S1_SUB; i1++) {
-        const __m256 a_p = _mm256_set1_ps((sumx[i1] - sumx[0]) * x_p[0]);
-        const __m256 a_m = _mm256_set1_ps((sumx[i1] - sumx[0]) * x_m[0]);
-        const __m256 d_p = _mm256_set1_ps((sumw[i1] - sumw[0]) * x_p[0] * x_p[0]);
-        const __m256 d_m = _mm256_set1_ps((sumw[i1] - sumw[0]) * x_m[0] * x_m[0]);
-        const __m256 sx1 = _mm256_set1_ps(sumx[i1]), sw1 = _mm256_set1_ps(sumw[i1]);
-        for (int i2 = i1; i2 <= S1_SUB; i2 += 8) {
-            const __m256 b = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(sumx + i2), sx1), l1);
-            const __m256 e = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(sumw + i2), sw1), l1), l1);
-            const __m256 qx_p = _mm256_add_ps(_mm256_add_ps(a_p, b), _mm256_loadu_ps(cx[0] + i2));
-            const __m256 qx_m = _mm256_add_ps(_mm256_sub_ps(a_m, b), _mm256_loadu_ps(cx[1] + i2));
-            const __m256 q2_p = _mm256_add_ps(_mm256_add_ps(d_p, e), _mm256_loadu_ps(cw[0] + i2));
-            const __m256 q2_m = _mm256_add_ps(_mm256_add_ps(d_m, e), _mm256_loadu_ps(cw[1] + i2));
-            const __m256 sq_p = _mm256_mul_ps(qx_p, qx_p), sq_m = _mm256_mul_ps(qx_m, qx_m);
-            const __m256 pos_p = _mm256_cmp_ps(q2_p, zero, _CMP_GT_OQ), pos_m = _mm256_cmp_ps(q2_m, zero, _CMP_GT_OQ);
-            const __m256 best = _mm256_set1_ps(best_score);
-            const int valid = S1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (S1_SUB + 1 - i2)) - 1;
-            int pass = _mm256_movemask_ps(_mm256_or_ps(
-                _mm256_and_ps(pos_p, _mm256_cmp_ps(sq_p, _mm256_mul_ps(best, q2_p), _CMP_GT_OQ)),
-                _mm256_and_ps(pos_m, _mm256_cmp_ps(sq_m, _mm256_mul_ps(best, q2_m), _CMP_GT_OQ)))) & valid;
-            if (!pass) continue;
-            // the walk: from the first passing lane on, each candidate tested against the best in the plain order;
-            // its scale and score (the plain loop's division and product) formed in lanes beforehand, so that an
-            // acceptance is a load, not a division, on the walk's chain
-            float qq[2][8], q2[2][8], sc[2][8], sco[2][8];
-            _mm256_storeu_ps(qq[0], sq_p);
-            _mm256_storeu_ps(qq[1], sq_m);
-            _mm256_storeu_ps(q2[0], q2_p);
-            _mm256_storeu_ps(q2[1], q2_m);
-            const __m256 sc_p = _mm256_div_ps(qx_p, q2_p), sc_m = _mm256_div_ps(qx_m, q2_m);
-            _mm256_storeu_ps(sc[0], sc_p);
-            _mm256_storeu_ps(sc[1], sc_m);
-            _mm256_storeu_ps(sco[0], _mm256_mul_ps(sc_p, qx_p));
-            _mm256_storeu_ps(sco[1], _mm256_mul_ps(sc_m, qx_m));
-            for (int k = __builtin_ctz((unsigned)pass); k < 8 && i2 + k <= S1_SUB; k++)
-                for (int sh = 0; sh < 2; sh++)
-                    if (q2[sh][k] > 0 && qq[sh][k] > best_score * q2[sh][k]) {
-                        *scale = sc[sh][k];
-                        best_score = sco[sh][k];
-                        *besti1 = i1;
-                        *besti2 = i2 + k;
-                        *shift = sh == 0 ? 1 : -1;
-                    }
-        }
+// ---- the split search in lanes (quants_iq1_split.h: one source, AVX2 and NEON; IQ1_S and IQ1_M)
+// A sub-block the lanes' exactness bound holds for: weights >= 0, their total in [2^-40, 2^40], sum w |x| <= 2^40
+// and max |x| <= 2^20, so every product, quotient and score the bound relies on is a normal float; the others
+// (zero or huge rows, negative importance, NaN) take the plain loop.
+static int iq1_tame(int n, const float *weight, const float *xb, float max) {
+    float total = 0.0f, wx = 0.0f;
+    int ok = max <= 0x1p20f;
+    for (int i = 0; i < n; i++) {
+        ok &= weight[i] >= 0.0f;
+        total += weight[i];
+        wx += weight[i] * fabsf(xb[i]);
     }
-    *score = best_score;
+    return ok && total >= 0x1p-40f && total <= 0x1p40f && wx <= 0x1p40f;
 }
-#endif
 
-#if defined(__aarch64__)
-// iq1s_best_split_avx2 with four i2 per float32x4_t (NEON): the same hoisted products, the same lane test; a passing
-// chunk is walked lane by lane in the plain order with the plain test and lane-formed scales and scores.
-static void iq1s_best_split_neon(const float *sumx, const float *sumw, const float *x_p, const float *x_m,
-                                 float *score, float *scale, int *besti1, int *besti2, int *shift) {
-    float best_score = *score;
-    float cx[2][S1_SUB + 1 + 8], cw[2][S1_SUB + 1 + 8];
-    const float *xs[2] = {x_p, x_m};
-    for (int sh = 0; sh < 2; sh++)
-        for (int i2 = 0; i2 <= S1_SUB + 8; i2++) {
-            cx[sh][i2] = (sumx[S1_SUB] - sumx[i2]) * xs[sh][2];
-            cw[sh][i2] = (sumw[S1_SUB] - sumw[i2]) * xs[sh][2] * xs[sh][2];
-        }
-    const float32x4_t l1 = vdupq_n_f32(x_p[1]), zero = vdupq_n_f32(0.0f);
-    const uint32_t lane_no[4] = {0, 1, 2, 3};
-    const uint32x4_t lane = vld1q_u32(lane_no);
-    for (int i1 = 0; i1 <= S1_SUB; i1++) {
-        const float32x4_t a_p = vdupq_n_f32((sumx[i1] - sumx[0]) * x_p[0]);
-        const float32x4_t a_m = vdupq_n_f32((sumx[i1] - sumx[0]) * x_m[0]);
-        const float32x4_t d_p = vdupq_n_f32((sumw[i1] - sumw[0]) * x_p[0] * x_p[0]);
-        const float32x4_t d_m = vdupq_n_f32((sumw[i1] - sumw[0]) * x_m[0] * x_m[0]);
-        const float32x4_t sx1 = vdupq_n_f32(sumx[i1]), sw1 = vdupq_n_f32(sumw[i1]);
-        for (int i2 = i1; i2 <= S1_SUB; i2 += 4) {
-            const float32x4_t b = vmulq_f32(vsubq_f32(vld1q_f32(sumx + i2), sx1), l1);
-            const float32x4_t e = vmulq_f32(vmulq_f32(vsubq_f32(vld1q_f32(sumw + i2), sw1), l1), l1);
-            const float32x4_t qx_p = vaddq_f32(vaddq_f32(a_p, b), vld1q_f32(cx[0] + i2));
-            const float32x4_t qx_m = vaddq_f32(vsubq_f32(a_m, b), vld1q_f32(cx[1] + i2));
-            const float32x4_t q2_p = vaddq_f32(vaddq_f32(d_p, e), vld1q_f32(cw[0] + i2));
-            const float32x4_t q2_m = vaddq_f32(vaddq_f32(d_m, e), vld1q_f32(cw[1] + i2));
-            const float32x4_t sq_p = vmulq_f32(qx_p, qx_p), sq_m = vmulq_f32(qx_m, qx_m);
-            const float32x4_t best = vdupq_n_f32(best_score);
-            const uint32x4_t ok = vorrq_u32(
-                vandq_u32(vcgtq_f32(q2_p, zero), vcgtq_f32(sq_p, vmulq_f32(best, q2_p))),
-                vandq_u32(vcgtq_f32(q2_m, zero), vcgtq_f32(sq_m, vmulq_f32(best, q2_m))));
-            const uint32x4_t valid = vcltq_u32(lane, vdupq_n_u32((uint32_t)(S1_SUB + 1 - i2)));
-            if (vmaxvq_u32(vandq_u32(ok, valid)) == 0) continue;
-            float qq[2][4], q2[2][4], sc[2][4], sco[2][4];
-            vst1q_f32(qq[0], sq_p);
-            vst1q_f32(qq[1], sq_m);
-            vst1q_f32(q2[0], q2_p);
-            vst1q_f32(q2[1], q2_m);
-            const float32x4_t sc_p = vdivq_f32(qx_p, q2_p), sc_m = vdivq_f32(qx_m, q2_m);
-            vst1q_f32(sc[0], sc_p);
-            vst1q_f32(sc[1], sc_m);
-            vst1q_f32(sco[0], vmulq_f32(sc_p, qx_p));
-            vst1q_f32(sco[1], vmulq_f32(sc_m, qx_m));
-            for (int k = 0; k < 4 && i2 + k <= S1_SUB; k++)
-                for (int sh = 0; sh < 2; sh++)
-                    if (q2[sh][k] > 0 && qq[sh][k] > best_score * q2[sh][k]) {
-                        *scale = sc[sh][k];
-                        best_score = sco[sh][k];
-                        *besti1 = i1;
-                        *besti2 = i2 + k;
-                        *shift = sh == 0 ? 1 : -1;
-                    }
-        }
-    }
-    *score = best_score;
-}
+#if defined(__x86_64__) || defined(__i386__)
+#define IL_TARGET __attribute__((target("avx2")))
+#define IL_VW 8
+#define IL_RCP(v) ((il_vf)_mm256_rcp_ps((__m256)(v)))
+#define IL_MAX(a, b) ((il_vf)_mm256_max_ps((__m256)(a), (__m256)(b)))
+#define IL_BITS(m) ((unsigned)_mm256_movemask_ps((__m256)(m)))
+#define IL_NAME iq1s_split_avx2
+#define IL_SUB 32
+#include "quants_iq1_split.h"
+#undef IL_NAME
+#undef IL_SUB
+#define IL_NAME iq1m_split_avx2
+#define IL_SUB 16
+#include "quants_iq1_split.h"
+#elif defined(__aarch64__)
+#define IL_TARGET
+#define IL_VW 4
+#define IL_RCP(v) (1.0f / (v))
+#define IL_MAX(a, b) ((il_vf)vmaxnmq_f32((float32x4_t)(a), (float32x4_t)(b)))
+#define IL_BITS(m) ((unsigned)vaddvq_u32(vandq_u32((uint32x4_t)(m), (uint32x4_t){1, 2, 4, 8})))
+#define IL_NAME iq1s_split_neon
+#define IL_SUB 32
+#include "quants_iq1_split.h"
+#undef IL_NAME
+#undef IL_SUB
+#define IL_NAME iq1m_split_neon
+#define IL_SUB 16
+#include "quants_iq1_split.h"
 #endif
+#undef IL_NAME
+#undef IL_SUB
+#undef IL_TARGET
+#undef IL_VW
+#undef IL_RCP
+#undef IL_MAX
+#undef IL_BITS
 
 static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float *imatrix) {
     const lattice8 *g = get_lattice(2048);
@@ -1290,16 +1208,16 @@ static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float 
                 sumw[j + 1] = sumw[j] + weight[i];
             }
             float best_score = -FLT_MAX, scale = max;
-            int besti1 = -1, besti2 = -1, best_shift = 0;
+            int besti1 = -1, besti2 = -1, best_shift = 0, k = -1, found = 0;
 #if defined(__x86_64__) || defined(__i386__)
-            if (use_lanes) {
-                iq1s_best_split_avx2(sumx, sumw, x_p, x_m, &best_score, &scale, &besti1, &besti2, &best_shift);
-            } else
+            if (use_lanes && iq1_tame(S1_SUB, weight, xb, max))
+                found = iq1s_split_avx2(sumx, sumw, x_p, x_m, &scale, &besti1, &besti2, &k);
 #elif defined(__aarch64__)
-            if (use_lanes) {
-                iq1s_best_split_neon(sumx, sumw, x_p, x_m, &best_score, &scale, &besti1, &besti2, &best_shift);
-            } else
+            if (use_lanes && iq1_tame(S1_SUB, weight, xb, max))
+                found = iq1s_split_neon(sumx, sumw, x_p, x_m, &scale, &besti1, &besti2, &k);
 #endif
+            if (found) best_shift = k == 0 ? 1 : -1;
+            else
             for (int i1 = 0; i1 <= S1_SUB; i1++) {
                 for (int i2 = i1; i2 <= S1_SUB; i2++) {
                     for (int sh = 0; sh < 2; sh++) {
@@ -1424,156 +1342,6 @@ static void m1_weights(const float *xb, const float *qw, float sigma2, float *we
         for (int i = 0; i < M1_SUB; i++) weight[i] = xb[i] * xb[i];
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-// IQ1_M's split-point search, as iq1s_best_split_avx2: eight i2 per vector, each lane with the plain loop's
-// operations, the products that depend on i1 alone or i2 alone formed once per i1 / i2; a passing chunk is walked
-// in the plain order (i2, then the four shift combinations k) from its first passing lane, with the candidates'
-// scales and scores formed in lanes.
-__attribute__((target("avx2"))) static void iq1m_best_split_avx2(
-    const float px[2][M1_SUB + 1 + 8], const float pw[2][M1_SUB + 1 + 8], const float *txs, const float *tws,
-    float p2, float m2, float cp1, float cp2, float cm1, float cm2, float *score, float *scale, int *besti1,
-    int *besti2, int *best_k) {
-    float best_score = *score;
-    // (2 halves, M1_SUB + 1 + 8) the last run's products pw[h][i2] * cp2, * cm2
-    float hp[2][M1_SUB + 1 + 8], hm[2][M1_SUB + 1 + 8];
-    for (int h = 0; h < 2; h++)
-        for (int i2 = 0; i2 <= M1_SUB + 8; i2++) {
-            hp[h][i2] = pw[h][i2] * cp2;
-            hm[h][i2] = pw[h][i2] * cm2;
-        }
-    const __m256 zero = _mm256_setzero_ps();
-    __m256 tp[2], tm[2];
-    for (int h = 0; h < 2; h++) {
-        tp[h] = _mm256_set1_ps(txs[h] * p2);
-        tm[h] = _mm256_set1_ps(txs[h] * m2);
-    }
-    for (int i1 = 0; i1 <= M1_SUB; i1++) {
-        __m256 x1[2], gp[2], gm[2];
-        for (int h = 0; h < 2; h++) {
-            x1[h] = _mm256_set1_ps(px[h][i1]);
-            gp[h] = _mm256_set1_ps(tws[h] * p2 * p2 + pw[h][i1] * cp1);
-            gm[h] = _mm256_set1_ps(tws[h] * m2 * m2 + pw[h][i1] * cm1);
-        }
-        for (int i2 = i1; i2 <= M1_SUB; i2 += 8) {
-            __m256 qx_p[2], qx_m[2], q2_p[2], q2_m[2];
-            for (int h = 0; h < 2; h++) {
-                const __m256 sx = _mm256_add_ps(x1[h], _mm256_loadu_ps(px[h] + i2));
-                qx_p[h] = _mm256_sub_ps(tp[h], sx);
-                qx_m[h] = _mm256_sub_ps(tm[h], sx);
-                q2_p[h] = _mm256_add_ps(gp[h], _mm256_loadu_ps(hp[h] + i2));
-                q2_m[h] = _mm256_add_ps(gm[h], _mm256_loadu_ps(hm[h] + i2));
-            }
-            // k: shift signs of (first half, second half): 0 = ++, 1 = +-, 2 = -+, 3 = --
-            const __m256 sqx[4] = {_mm256_add_ps(qx_p[0], qx_p[1]), _mm256_add_ps(qx_p[0], qx_m[1]),
-                                   _mm256_add_ps(qx_m[0], qx_p[1]), _mm256_add_ps(qx_m[0], qx_m[1])};
-            const __m256 sq2[4] = {_mm256_add_ps(q2_p[0], q2_p[1]), _mm256_add_ps(q2_p[0], q2_m[1]),
-                                   _mm256_add_ps(q2_m[0], q2_p[1]), _mm256_add_ps(q2_m[0], q2_m[1])};
-            const __m256 best = _mm256_set1_ps(best_score);
-            __m256 ok = zero, sq[4];
-            for (int k = 0; k < 4; k++) {
-                sq[k] = _mm256_mul_ps(sqx[k], sqx[k]);
-                ok = _mm256_or_ps(ok, _mm256_and_ps(_mm256_cmp_ps(sq2[k], zero, _CMP_GT_OQ),
-                                                    _mm256_cmp_ps(sq[k], _mm256_mul_ps(best, sq2[k]), _CMP_GT_OQ)));
-            }
-            const int valid = M1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (M1_SUB + 1 - i2)) - 1;
-            const int pass = _mm256_movemask_ps(ok) & valid;
-            if (!pass) continue;
-            float qq[4][8], q2[4][8], sc[4][8], sco[4][8];
-            for (int k = 0; k < 4; k++) {
-                const __m256 s = _mm256_div_ps(sqx[k], sq2[k]);
-                _mm256_storeu_ps(qq[k], sq[k]);
-                _mm256_storeu_ps(q2[k], sq2[k]);
-                _mm256_storeu_ps(sc[k], s);
-                _mm256_storeu_ps(sco[k], _mm256_mul_ps(s, sqx[k]));
-            }
-            for (int j = __builtin_ctz((unsigned)pass); j < 8 && i2 + j <= M1_SUB; j++)
-                for (int k = 0; k < 4; k++)
-                    if (q2[k][j] > 0 && qq[k][j] > best_score * q2[k][j]) {
-                        *scale = sc[k][j];
-                        best_score = sco[k][j];
-                        *besti1 = i1;
-                        *besti2 = i2 + j;
-                        *best_k = k;
-                    }
-        }
-    }
-    *score = best_score;
-}
-#endif
-
-#if defined(__aarch64__)
-// iq1m_best_split_avx2 with four i2 per float32x4_t (NEON).
-static void iq1m_best_split_neon(const float px[2][M1_SUB + 1 + 8], const float pw[2][M1_SUB + 1 + 8],
-                                 const float *txs, const float *tws, float p2, float m2, float cp1, float cp2,
-                                 float cm1, float cm2, float *score, float *scale, int *besti1, int *besti2,
-                                 int *best_k) {
-    float best_score = *score;
-    float hp[2][M1_SUB + 1 + 8], hm[2][M1_SUB + 1 + 8];
-    for (int h = 0; h < 2; h++)
-        for (int i2 = 0; i2 <= M1_SUB + 8; i2++) {
-            hp[h][i2] = pw[h][i2] * cp2;
-            hm[h][i2] = pw[h][i2] * cm2;
-        }
-    const float32x4_t zero = vdupq_n_f32(0.0f);
-    const uint32_t lane_no[4] = {0, 1, 2, 3};
-    const uint32x4_t lane = vld1q_u32(lane_no);
-    float32x4_t tp[2], tm[2];
-    for (int h = 0; h < 2; h++) {
-        tp[h] = vdupq_n_f32(txs[h] * p2);
-        tm[h] = vdupq_n_f32(txs[h] * m2);
-    }
-    for (int i1 = 0; i1 <= M1_SUB; i1++) {
-        float32x4_t x1[2], gp[2], gm[2];
-        for (int h = 0; h < 2; h++) {
-            x1[h] = vdupq_n_f32(px[h][i1]);
-            gp[h] = vdupq_n_f32(tws[h] * p2 * p2 + pw[h][i1] * cp1);
-            gm[h] = vdupq_n_f32(tws[h] * m2 * m2 + pw[h][i1] * cm1);
-        }
-        for (int i2 = i1; i2 <= M1_SUB; i2 += 4) {
-            float32x4_t qx_p[2], qx_m[2], q2_p[2], q2_m[2];
-            for (int h = 0; h < 2; h++) {
-                const float32x4_t sx = vaddq_f32(x1[h], vld1q_f32(px[h] + i2));
-                qx_p[h] = vsubq_f32(tp[h], sx);
-                qx_m[h] = vsubq_f32(tm[h], sx);
-                q2_p[h] = vaddq_f32(gp[h], vld1q_f32(hp[h] + i2));
-                q2_m[h] = vaddq_f32(gm[h], vld1q_f32(hm[h] + i2));
-            }
-            const float32x4_t sqx[4] = {vaddq_f32(qx_p[0], qx_p[1]), vaddq_f32(qx_p[0], qx_m[1]),
-                                        vaddq_f32(qx_m[0], qx_p[1]), vaddq_f32(qx_m[0], qx_m[1])};
-            const float32x4_t sq2[4] = {vaddq_f32(q2_p[0], q2_p[1]), vaddq_f32(q2_p[0], q2_m[1]),
-                                        vaddq_f32(q2_m[0], q2_p[1]), vaddq_f32(q2_m[0], q2_m[1])};
-            const float32x4_t best = vdupq_n_f32(best_score);
-            uint32x4_t ok = vdupq_n_u32(0);
-            float32x4_t sq[4];
-            for (int k = 0; k < 4; k++) {
-                sq[k] = vmulq_f32(sqx[k], sqx[k]);
-                ok = vorrq_u32(ok, vandq_u32(vcgtq_f32(sq2[k], zero), vcgtq_f32(sq[k], vmulq_f32(best, sq2[k]))));
-            }
-            const uint32x4_t valid = vcltq_u32(lane, vdupq_n_u32((uint32_t)(M1_SUB + 1 - i2)));
-            if (vmaxvq_u32(vandq_u32(ok, valid)) == 0) continue;
-            float qq[4][4], q2[4][4], sc[4][4], sco[4][4];
-            for (int k = 0; k < 4; k++) {
-                const float32x4_t s = vdivq_f32(sqx[k], sq2[k]);
-                vst1q_f32(qq[k], sq[k]);
-                vst1q_f32(q2[k], sq2[k]);
-                vst1q_f32(sc[k], s);
-                vst1q_f32(sco[k], vmulq_f32(s, sqx[k]));
-            }
-            for (int j = 0; j < 4 && i2 + j <= M1_SUB; j++)
-                for (int k = 0; k < 4; k++)
-                    if (q2[k][j] > 0 && qq[k][j] > best_score * q2[k][j]) {
-                        *scale = sc[k][j];
-                        best_score = sco[k][j];
-                        *besti1 = i1;
-                        *besti2 = i2 + j;
-                        *best_k = k;
-                    }
-        }
-    }
-    *score = best_score;
-}
-#endif
-
 static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float *imatrix) {
     const lattice8 *g = get_lattice(2048);
     const float x_p[3] = {-1 + IQ1_DELTA, IQ1_DELTA, 1 + IQ1_DELTA};
@@ -1616,17 +1384,17 @@ static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float 
             const float p2 = x_p[2], m2 = x_m[2];
             const float cp1 = x_p[0] * x_p[0] - x_p[1] * x_p[1], cp2 = x_p[1] * x_p[1] - x_p[2] * x_p[2];
             const float cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1], cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2];
+            int found = 0;
 #if defined(__x86_64__) || defined(__i386__)
-            if (use_lanes) {
-                iq1m_best_split_avx2(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &best_score, &scale, &besti1,
-                                     &besti2, &best_k);
-            } else
+            if (use_lanes && iq1_tame(M1_SUB, weight, xb, max))
+                found = iq1m_split_avx2(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &scale, &besti1, &besti2,
+                                        &best_k);
 #elif defined(__aarch64__)
-            if (use_lanes) {
-                iq1m_best_split_neon(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &best_score, &scale, &besti1,
-                                     &besti2, &best_k);
-            } else
+            if (use_lanes && iq1_tame(M1_SUB, weight, xb, max))
+                found = iq1m_split_neon(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &scale, &besti1, &besti2,
+                                        &best_k);
 #endif
+            if (!found)
             for (int i1 = 0; i1 <= M1_SUB; i1++) {
                 for (int i2 = i1; i2 <= M1_SUB; i2++) {
                     float qx_p[2], qx_m[2], q2_p[2], q2_m[2], sqx[4], sq2[4];
