@@ -1121,15 +1121,18 @@ static void iq1_order(const float *xb, int n, float *pairs, int *idx_of) {
 // A sub-block the lanes' exactness bound holds for: weights >= 0, their total in [2^-40, 2^40], sum w |x| <= 2^40
 // and max |x| <= 2^20, so every product, quotient and score the bound relies on is a normal float; the others
 // (zero or huge rows, negative importance, NaN) take the plain loop.
+// (Four partial sums: the bound has room for any order of summation.)
 static int iq1_tame(int n, const float *weight, const float *xb, float max) {
-    float total = 0.0f, wx = 0.0f;
+    float total[4] = {0}, wx[4] = {0};
     int ok = max <= 0x1p20f;
-    for (int i = 0; i < n; i++) {
-        ok &= weight[i] >= 0.0f;
-        total += weight[i];
-        wx += weight[i] * fabsf(xb[i]);
-    }
-    return ok && total >= 0x1p-40f && total <= 0x1p40f && wx <= 0x1p40f;
+    for (int i = 0; i < n; i += 4)
+        for (int l = 0; l < 4; l++) {
+            ok &= weight[i + l] >= 0.0f;
+            total[l] += weight[i + l];
+            wx[l] += weight[i + l] * fabsf(xb[i + l]);
+        }
+    const float t = (total[0] + total[1]) + (total[2] + total[3]), a = (wx[0] + wx[1]) + (wx[2] + wx[3]);
+    return ok && t >= 0x1p-40f && t <= 0x1p40f && a <= 0x1p40f;
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -1342,6 +1345,15 @@ static void m1_weights(const float *xb, const float *qw, float sigma2, float *we
         for (int i = 0; i < M1_SUB; i++) weight[i] = xb[i] * xb[i];
 }
 
+// v where mask is all ones, +0.0f where it is zero (bit for bit: any v, inf and NaN included).
+static inline float masked(float v, uint32_t mask) {
+    uint32_t bits;
+    memcpy(&bits, &v, 4);
+    bits &= mask;
+    memcpy(&v, &bits, 4);
+    return v;
+}
+
 static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float *imatrix) {
     const lattice8 *g = get_lattice(2048);
     const float x_p[3] = {-1 + IQ1_DELTA, IQ1_DELTA, 1 + IQ1_DELTA};
@@ -1354,7 +1366,7 @@ static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float 
     uint16_t index[2];
     for (int64_t b = 0; b < n / QK; b++, x += QK, y += M1_BYTES) {
         memset(y, 0, M1_BYTES);
-        const float sigma2 = 2 * mean_square(x);
+        const float sigma2 = imatrix ? 2 * mean_square(x) : 0.0f;   // without imatrix unused (w = x^2)
         const float *imb = imatrix ? imatrix + b * QK : NULL;
         float max_scale = 0.0f;
         for (int s = 0; s < QK / M1_SUB; s++) {
@@ -1370,15 +1382,23 @@ static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float 
             iq1_order(xb, M1_SUB, pairs, idx_of);
             float best_score = -FLT_MAX, scale = max;
             int besti1 = -1, besti2 = -1, best_k = -1;
-            // per half h of the sub-block: prefix sums of w*x and w in sorted order (the other half's stay flat)
+            // per half h of the sub-block: prefix sums of w*x and w in sorted order; the other half's stay flat by
+            // adding +0.0f (exact: a sum that starts at +0 is never -0 when rounding to nearest), kept in registers,
+            // the +0.0f picked by a bit mask (a branch on the half mispredicts)
             float px[2][M1_SUB + 1 + 8] = {{0}}, pw[2][M1_SUB + 1 + 8] = {{0}};  // + 8: read by the lanes
-            px[0][0] = px[1][0] = pw[0][0] = pw[1][0] = 0;
+            float sx0 = 0.0f, sx1 = 0.0f, sw0 = 0.0f, sw1 = 0.0f;
             for (int j = 0; j < M1_SUB; j++) {
-                const int i = idx_of[j], h = i < M1_SUB / 2 ? 0 : 1;
-                px[h][j + 1] = px[h][j] + weight[i] * xb[i];
-                px[1 - h][j + 1] = px[1 - h][j];
-                pw[h][j + 1] = pw[h][j] + weight[i];
-                pw[1 - h][j + 1] = pw[1 - h][j];
+                const int i = idx_of[j];
+                const uint32_t first = (uint32_t)(i >= M1_SUB / 2) - 1u;   // all ones in the first half
+                const float wx = weight[i] * xb[i], w = weight[i];
+                sx0 = sx0 + masked(wx, first);
+                sx1 = sx1 + masked(wx, ~first);
+                sw0 = sw0 + masked(w, first);
+                sw1 = sw1 + masked(w, ~first);
+                px[0][j + 1] = sx0;
+                px[1][j + 1] = sx1;
+                pw[0][j + 1] = sw0;
+                pw[1][j + 1] = sw1;
             }
             const float txs[2] = {px[0][M1_SUB], px[1][M1_SUB]}, tws[2] = {pw[0][M1_SUB], pw[1][M1_SUB]};
             const float p2 = x_p[2], m2 = x_m[2];
