@@ -225,31 +225,20 @@ static _Thread_local int use_lanes;
 enum { IQ_SIMD_MIN_LIST = 12 };
 #endif
 
-static int best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale, int8_t *L) {
+// The grid index of u's neighbour with the least distance below FLT_MAX by the table term[i][c] (a neighbour's
+// distance sums its eight terms in coordinate order from 0.0f; the first of equals), -1 when none; NEON lanes
+// for long lists where the row entry point chose them.
+static int nearest_by_table(const lattice8 *g, int u, const float term[GROUP][MAX_LEVEL]) {
     const uint16_t *nb = g->neighbours - g->index_of[u] - 1;
-    // term[i][c] = w[i] * (scale * (2c + 1) - x[i])^2, exactly as the per-neighbour loop computes it; a neighbour's
-    // distance sums its eight terms in coordinate order (the same floats, 24 products per group)
-    float term[GROUP][MAX_LEVEL];
-    for (int i = 0; i < GROUP; i++)
-        for (int c = 0; c < MAX_LEVEL; c++) {
-            const float diff = scale * (float)(2 * c + 1) - xval[i];
-            term[i][c] = w[i] * diff * diff;
-        }
-    float best_d2 = FLT_MAX;
-    int best = -1;
-#if defined(__x86_64__) || defined(__i386__)
-    if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {  // short lists are quicker one by one
-        float rows[GROUP][8] = {{0}};
-        for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
-        best = nearest_avx2(g, u, rows);
-    } else
-#elif defined(__aarch64__)
+#if defined(__aarch64__)
     if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {
         float rows[GROUP][8] = {{0}};
         for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
-        best = nearest_neon(g, u, rows);
-    } else
+        return nearest_neon(g, u, rows);
+    }
 #endif
+    float best_d2 = FLT_MAX;
+    int best = -1;
     for (int j = 1; j <= nb[0]; j++) {
         const uint16_t code = g->codes[nb[j]];
         float d2 = 0.0f;
@@ -259,6 +248,27 @@ static int best_neighbour(const lattice8 *g, int u, const float *xval, const flo
             best = nb[j];
         }
     }
+    return best;
+}
+
+static int best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale, int8_t *L) {
+    // term[i][c] = w[i] * (scale * (2c + 1) - x[i])^2, exactly as the per-neighbour loop computes it; a neighbour's
+    // distance sums its eight terms in coordinate order (the same floats, 24 products per group)
+    float term[GROUP][MAX_LEVEL];
+    for (int i = 0; i < GROUP; i++)
+        for (int c = 0; c < MAX_LEVEL; c++) {
+            const float diff = scale * (float)(2 * c + 1) - xval[i];
+            term[i][c] = w[i] * diff * diff;
+        }
+    int best;
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_lanes && g->neighbours[-g->index_of[u] - 1] >= IQ_SIMD_MIN_LIST) {  // short lists: one by one
+        float rows[GROUP][8] = {{0}};
+        for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
+        best = nearest_avx2(g, u, rows);
+    } else
+#endif
+    best = nearest_by_table(g, u, term);
     for (int i = 0; i < GROUP; i++) L[i] = (int8_t)((g->point[best][i] - 1) / 2);
     return best;
 }
@@ -423,24 +433,32 @@ __attribute__((target("avx2"))) static int lane_nearest_avx2(const lattice8 *g, 
     __m256 rows[4];
     term_rows_avx2(xval, w, sl, rows);
     const int n = nb[0];
-    float best_d2 = FLT_MAX;
-    int best = -1;
-    for (int j = 0; j < n; j += 8) {
+    // Without a walk: lane k keeps the least distance below FLT_MAX of the entries j + k (strict <: the first of
+    // equals) and its list position; then the least over the lanes, the smallest position among equal ones. That
+    // is the plain scan's pick, the first of the least (a minimum rounds nothing; NaN never compares below).
+    __m256 least = _mm256_set1_ps(FLT_MAX);
+    __m256i at = _mm256_set1_epi32(INT32_MAX), pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i eight = _mm256_set1_epi32(8), end = _mm256_set1_epi32(n);
+    for (int j = 0; j < n; j += 8, pos = _mm256_add_epi32(pos, eight)) {
         const __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)(codes + 1 + j));
         __m256 d2 = _mm256_add_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(rows[0], c));
         for (int i = 1; i < GROUP; i++)
             d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(rows[i & 3], _mm256_srli_epi32(c, 4 * i)));
-        const int valid = n - j >= 8 ? 0xff : (1 << (n - j)) - 1;
-        if (!(_mm256_movemask_ps(_mm256_cmp_ps(d2, _mm256_set1_ps(best_d2), _CMP_LT_OQ)) & valid)) continue;
-        float d[8];
-        _mm256_storeu_ps(d, d2);
-        for (int k = 0; k < 8 && j + k < n; k++)
-            if (d[k] < best_d2) {
-                best_d2 = d[k];
-                best = nb[1 + j + k];
-            }
+        const __m256 below = _mm256_and_ps(_mm256_cmp_ps(d2, least, _CMP_LT_OQ),
+                                           _mm256_castsi256_ps(_mm256_cmpgt_epi32(end, pos)));
+        least = _mm256_blendv_ps(least, d2, below);
+        at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(at), _mm256_castsi256_ps(pos), below));
     }
-    return best;
+    __m256 m = _mm256_min_ps(least, _mm256_permute2f128_ps(least, least, 1));
+    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0x4e));
+    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0xb1));
+    __m256i p = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(_mm256_set1_epi32(INT32_MAX)),
+                                                     _mm256_castsi256_ps(at), _mm256_cmp_ps(least, m, _CMP_EQ_OQ)));
+    p = _mm256_min_epi32(p, _mm256_permute2x128_si256(p, p, 1));
+    p = _mm256_min_epi32(p, _mm256_shuffle_epi32(p, 0x4e));
+    p = _mm256_min_epi32(p, _mm256_shuffle_epi32(p, 0xb1));
+    const int first = _mm256_cvtsi256_si32(p);
+    return first == INT32_MAX ? -1 : nb[1 + first];
 }
 
 #define IQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2")))
@@ -988,35 +1006,21 @@ __attribute__((target("avx2"))) static void iq1_weights_avx2(int n, const float 
 // The neighbour of u nearest (weighted squared distance) to xval at scale with levels xx[c]; L gets its levels.
 static int iq1_best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale,
                               const float *xx, int8_t *L) {
-    const uint16_t *nb = g->neighbours - g->index_of[u] - 1;
-    float term[GROUP][3];   // w[i] * (scale * xx[c] - x[i])^2, as the per-neighbour loop computes it
-    for (int i = 0; i < GROUP; i++)
-        for (int c = 0; c < 3; c++) {
-            const float diff = scale * xx[c] - xval[i];
-            term[i][c] = w[i] * diff * diff;
-        }
-    float best_d2 = FLT_MAX;
-    int best = -1;
+    int best;
 #if defined(__x86_64__) || defined(__i386__)
-    if (use_lanes) {
+    if (use_lanes) {   // (the lanes build their own term table)
         const float sl[3] = {scale * xx[0], scale * xx[1], scale * xx[2]};
         best = lane_nearest(g, u, xval, w, sl);
     } else
-#elif defined(__aarch64__)
-    if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {
-        float rows[GROUP][8] = {{0}};
-        for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
-        best = nearest_neon(g, u, rows);
-    } else
 #endif
-    for (int j = 1; j <= nb[0]; j++) {
-        const uint16_t code = g->codes[nb[j]];
-        float d2 = 0.0f;
-        for (int i = 0; i < GROUP; i++) d2 += term[i][(code >> (2 * i)) & 3];
-        if (d2 < best_d2) {
-            best_d2 = d2;
-            best = nb[j];
-        }
+    {
+        float term[GROUP][3];   // w[i] * (scale * xx[c] - x[i])^2, as the per-neighbour loop computes it
+        for (int i = 0; i < GROUP; i++)
+            for (int c = 0; c < 3; c++) {
+                const float diff = scale * xx[c] - xval[i];
+                term[i][c] = w[i] * diff * diff;
+            }
+        best = nearest_by_table(g, u, term);
     }
     if (best < 0) best = 0;   // only when every distance overflowed (llama.cpp then reads past its arrays)
     for (int i = 0; i < GROUP; i++) L[i] = (int8_t)((g->point[best][i] - 1) / 2);
