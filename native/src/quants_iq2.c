@@ -225,31 +225,20 @@ static _Thread_local int use_lanes;
 enum { IQ_SIMD_MIN_LIST = 12 };
 #endif
 
-static int best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale, int8_t *L) {
+// The grid index of u's neighbour with the least distance below FLT_MAX by the table term[i][c] (a neighbour's
+// distance sums its eight terms in coordinate order from 0.0f; the first of equals), -1 when none; NEON lanes
+// for long lists where the row entry point chose them.
+static int nearest_by_table(const lattice8 *g, int u, const float term[GROUP][MAX_LEVEL]) {
     const uint16_t *nb = g->neighbours - g->index_of[u] - 1;
-    // term[i][c] = w[i] * (scale * (2c + 1) - x[i])^2, exactly as the per-neighbour loop computes it; a neighbour's
-    // distance sums its eight terms in coordinate order (the same floats, 24 products per group)
-    float term[GROUP][MAX_LEVEL];
-    for (int i = 0; i < GROUP; i++)
-        for (int c = 0; c < MAX_LEVEL; c++) {
-            const float diff = scale * (float)(2 * c + 1) - xval[i];
-            term[i][c] = w[i] * diff * diff;
-        }
-    float best_d2 = FLT_MAX;
-    int best = -1;
-#if defined(__x86_64__) || defined(__i386__)
-    if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {  // short lists are quicker one by one
-        float rows[GROUP][8] = {{0}};
-        for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
-        best = nearest_avx2(g, u, rows);
-    } else
-#elif defined(__aarch64__)
+#if defined(__aarch64__)
     if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {
         float rows[GROUP][8] = {{0}};
         for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
-        best = nearest_neon(g, u, rows);
-    } else
+        return nearest_neon(g, u, rows);
+    }
 #endif
+    float best_d2 = FLT_MAX;
+    int best = -1;
     for (int j = 1; j <= nb[0]; j++) {
         const uint16_t code = g->codes[nb[j]];
         float d2 = 0.0f;
@@ -259,6 +248,27 @@ static int best_neighbour(const lattice8 *g, int u, const float *xval, const flo
             best = nb[j];
         }
     }
+    return best;
+}
+
+static int best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale, int8_t *L) {
+    // term[i][c] = w[i] * (scale * (2c + 1) - x[i])^2, exactly as the per-neighbour loop computes it; a neighbour's
+    // distance sums its eight terms in coordinate order (the same floats, 24 products per group)
+    float term[GROUP][MAX_LEVEL];
+    for (int i = 0; i < GROUP; i++)
+        for (int c = 0; c < MAX_LEVEL; c++) {
+            const float diff = scale * (float)(2 * c + 1) - xval[i];
+            term[i][c] = w[i] * diff * diff;
+        }
+    int best;
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_lanes && g->neighbours[-g->index_of[u] - 1] >= IQ_SIMD_MIN_LIST) {  // short lists: one by one
+        float rows[GROUP][8] = {{0}};
+        for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
+        best = nearest_avx2(g, u, rows);
+    } else
+#endif
+    best = nearest_by_table(g, u, term);
     for (int i = 0; i < GROUP; i++) L[i] = (int8_t)((g->point[best][i] - 1) / 2);
     return best;
 }
@@ -423,24 +433,32 @@ __attribute__((target("avx2"))) static int lane_nearest_avx2(const lattice8 *g, 
     __m256 rows[4];
     term_rows_avx2(xval, w, sl, rows);
     const int n = nb[0];
-    float best_d2 = FLT_MAX;
-    int best = -1;
-    for (int j = 0; j < n; j += 8) {
+    // Without a walk: lane k keeps the least distance below FLT_MAX of the entries j + k (strict <: the first of
+    // equals) and its list position; then the least over the lanes, the smallest position among equal ones. That
+    // is the plain scan's pick, the first of the least (a minimum rounds nothing; NaN never compares below).
+    __m256 least = _mm256_set1_ps(FLT_MAX);
+    __m256i at = _mm256_set1_epi32(INT32_MAX), pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i eight = _mm256_set1_epi32(8), end = _mm256_set1_epi32(n);
+    for (int j = 0; j < n; j += 8, pos = _mm256_add_epi32(pos, eight)) {
         const __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)(codes + 1 + j));
         __m256 d2 = _mm256_add_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(rows[0], c));
         for (int i = 1; i < GROUP; i++)
             d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(rows[i & 3], _mm256_srli_epi32(c, 4 * i)));
-        const int valid = n - j >= 8 ? 0xff : (1 << (n - j)) - 1;
-        if (!(_mm256_movemask_ps(_mm256_cmp_ps(d2, _mm256_set1_ps(best_d2), _CMP_LT_OQ)) & valid)) continue;
-        float d[8];
-        _mm256_storeu_ps(d, d2);
-        for (int k = 0; k < 8 && j + k < n; k++)
-            if (d[k] < best_d2) {
-                best_d2 = d[k];
-                best = nb[1 + j + k];
-            }
+        const __m256 below = _mm256_and_ps(_mm256_cmp_ps(d2, least, _CMP_LT_OQ),
+                                           _mm256_castsi256_ps(_mm256_cmpgt_epi32(end, pos)));
+        least = _mm256_blendv_ps(least, d2, below);
+        at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(at), _mm256_castsi256_ps(pos), below));
     }
-    return best;
+    __m256 m = _mm256_min_ps(least, _mm256_permute2f128_ps(least, least, 1));
+    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0x4e));
+    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0xb1));
+    __m256i p = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(_mm256_set1_epi32(INT32_MAX)),
+                                                     _mm256_castsi256_ps(at), _mm256_cmp_ps(least, m, _CMP_EQ_OQ)));
+    p = _mm256_min_epi32(p, _mm256_permute2x128_si256(p, p, 1));
+    p = _mm256_min_epi32(p, _mm256_shuffle_epi32(p, 0x4e));
+    p = _mm256_min_epi32(p, _mm256_shuffle_epi32(p, 0xb1));
+    const int first = _mm256_cvtsi256_si32(p);
+    return first == INT32_MAX ? -1 : nb[1 + first];
 }
 
 #define IQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2")))
@@ -988,35 +1006,21 @@ __attribute__((target("avx2"))) static void iq1_weights_avx2(int n, const float 
 // The neighbour of u nearest (weighted squared distance) to xval at scale with levels xx[c]; L gets its levels.
 static int iq1_best_neighbour(const lattice8 *g, int u, const float *xval, const float *w, float scale,
                               const float *xx, int8_t *L) {
-    const uint16_t *nb = g->neighbours - g->index_of[u] - 1;
-    float term[GROUP][3];   // w[i] * (scale * xx[c] - x[i])^2, as the per-neighbour loop computes it
-    for (int i = 0; i < GROUP; i++)
-        for (int c = 0; c < 3; c++) {
-            const float diff = scale * xx[c] - xval[i];
-            term[i][c] = w[i] * diff * diff;
-        }
-    float best_d2 = FLT_MAX;
-    int best = -1;
+    int best;
 #if defined(__x86_64__) || defined(__i386__)
-    if (use_lanes) {
+    if (use_lanes) {   // (the lanes build their own term table)
         const float sl[3] = {scale * xx[0], scale * xx[1], scale * xx[2]};
         best = lane_nearest(g, u, xval, w, sl);
     } else
-#elif defined(__aarch64__)
-    if (use_lanes && nb[0] >= IQ_SIMD_MIN_LIST) {
-        float rows[GROUP][8] = {{0}};
-        for (int i = 0; i < GROUP; i++) memcpy(rows[i], term[i], sizeof term[i]);
-        best = nearest_neon(g, u, rows);
-    } else
 #endif
-    for (int j = 1; j <= nb[0]; j++) {
-        const uint16_t code = g->codes[nb[j]];
-        float d2 = 0.0f;
-        for (int i = 0; i < GROUP; i++) d2 += term[i][(code >> (2 * i)) & 3];
-        if (d2 < best_d2) {
-            best_d2 = d2;
-            best = nb[j];
-        }
+    {
+        float term[GROUP][3];   // w[i] * (scale * xx[c] - x[i])^2, as the per-neighbour loop computes it
+        for (int i = 0; i < GROUP; i++)
+            for (int c = 0; c < 3; c++) {
+                const float diff = scale * xx[c] - xval[i];
+                term[i][c] = w[i] * diff * diff;
+            }
+        best = nearest_by_table(g, u, term);
     }
     if (best < 0) best = 0;   // only when every distance overflowed (llama.cpp then reads past its arrays)
     for (int i = 0; i < GROUP; i++) L[i] = (int8_t)((g->point[best][i] - 1) / 2);
@@ -1117,139 +1121,60 @@ static void iq1_order(const float *xb, int n, float *pairs, int *idx_of) {
     for (int j = 0; j < n; j++) memcpy(&idx_of[j], &pairs[2 * j + 1], 4);
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-// IQ1_S's search over the two split points (i1 <= i2) of the sorted values and the two shifts, eight values of i2
-// at a time. Each lane forms sumqx and sumq2 from the same products and sums as the plain loop; the products that
-// depend on i1 alone (the first run's) or on i2 alone (the last run's) are formed once per i1 / per i2 instead of
-// per candidate, and the middle run's products of shift -1 are those of shift +1 negated / equal (its level is the
-// negated one: x * -l == -(x * l) and (x * -l) * -l == (x * l) * l exactly). The test against the best so far runs
-// in lanes; only a chunk where some candidate passes is walked candidate by candidate in the plain loop's order
-// (i2, then shift) from its first passing lane, updating the best as the plain loop does: a chunk none of whose
-// candidates passes changes nothing there either, so the result is the same. sumx and sumw (S1_SUB + 1 values) are
-// padded with 8 more.
-__attribute__((target("avx2"))) static void iq1s_best_split_avx2(const float *sumx, const float *sumw,
-                                                                  const float *x_p, const float *x_m, float *score,
-                                                                  float *scale, int *besti1, int *besti2,
-                                                                  int *shift) {
-    float best_score = *score;
-    // (2, S1_SUB + 1 + 8) the last run's products per i2 and shift: (sumx[n] - sumx[i2]) * l2, (sumw[n] - ...) * l2 * l2
-    float cx[2][S1_SUB + 1 + 8], cw[2][S1_SUB + 1 + 8];
-    const float *xs[2] = {x_p, x_m};
-    for (int sh = 0; sh < 2; sh++)
-        for (int i2 = 0; i2 <= S1_SUB + 8; i2++) {
-            cx[sh][i2] = (sumx[S1_SUB] - sumx[i2]) * xs[sh][2];
-            cw[sh][i2] = (sumw[S1_SUB] - sumw[i2]) * xs[sh][2] * xs[sh][2];
+// ---- the split search in lanes (quants_iq1_split.h: one source, AVX2 and NEON; IQ1_S and IQ1_M)
+// A sub-block the lanes' exactness bound holds for: weights >= 0, their total in [2^-40, 2^40], sum w |x| <= 2^40
+// and max |x| <= 2^20, so every product, quotient and score the bound relies on is a normal float; the others
+// (zero or huge rows, negative importance, NaN) take the plain loop.
+// (Four partial sums: the bound has room for any order of summation.)
+static int iq1_tame(int n, const float *weight, const float *xb, float max) {
+    float total[4] = {0}, wx[4] = {0};
+    int ok = max <= 0x1p20f;
+    for (int i = 0; i < n; i += 4)
+        for (int l = 0; l < 4; l++) {
+            ok &= weight[i + l] >= 0.0f;
+            total[l] += weight[i + l];
+            wx[l] += weight[i + l] * fabsf(xb[i + l]);
         }
-    const __m256 l1 = _mm256_set1_ps(x_p[1]), zero = _mm256_setzero_ps();
-    for (int i1 = 0; i1 <= S1_SUB; i1++) {
-        const __m256 a_p = _mm256_set1_ps((sumx[i1] - sumx[0]) * x_p[0]);
-        const __m256 a_m = _mm256_set1_ps((sumx[i1] - sumx[0]) * x_m[0]);
-        const __m256 d_p = _mm256_set1_ps((sumw[i1] - sumw[0]) * x_p[0] * x_p[0]);
-        const __m256 d_m = _mm256_set1_ps((sumw[i1] - sumw[0]) * x_m[0] * x_m[0]);
-        const __m256 sx1 = _mm256_set1_ps(sumx[i1]), sw1 = _mm256_set1_ps(sumw[i1]);
-        for (int i2 = i1; i2 <= S1_SUB; i2 += 8) {
-            const __m256 b = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(sumx + i2), sx1), l1);
-            const __m256 e = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(sumw + i2), sw1), l1), l1);
-            const __m256 qx_p = _mm256_add_ps(_mm256_add_ps(a_p, b), _mm256_loadu_ps(cx[0] + i2));
-            const __m256 qx_m = _mm256_add_ps(_mm256_sub_ps(a_m, b), _mm256_loadu_ps(cx[1] + i2));
-            const __m256 q2_p = _mm256_add_ps(_mm256_add_ps(d_p, e), _mm256_loadu_ps(cw[0] + i2));
-            const __m256 q2_m = _mm256_add_ps(_mm256_add_ps(d_m, e), _mm256_loadu_ps(cw[1] + i2));
-            const __m256 sq_p = _mm256_mul_ps(qx_p, qx_p), sq_m = _mm256_mul_ps(qx_m, qx_m);
-            const __m256 pos_p = _mm256_cmp_ps(q2_p, zero, _CMP_GT_OQ), pos_m = _mm256_cmp_ps(q2_m, zero, _CMP_GT_OQ);
-            const __m256 best = _mm256_set1_ps(best_score);
-            const int valid = S1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (S1_SUB + 1 - i2)) - 1;
-            int pass = _mm256_movemask_ps(_mm256_or_ps(
-                _mm256_and_ps(pos_p, _mm256_cmp_ps(sq_p, _mm256_mul_ps(best, q2_p), _CMP_GT_OQ)),
-                _mm256_and_ps(pos_m, _mm256_cmp_ps(sq_m, _mm256_mul_ps(best, q2_m), _CMP_GT_OQ)))) & valid;
-            if (!pass) continue;
-            // the walk: from the first passing lane on, each candidate tested against the best in the plain order;
-            // its scale and score (the plain loop's division and product) formed in lanes beforehand, so that an
-            // acceptance is a load, not a division, on the walk's chain
-            float qq[2][8], q2[2][8], sc[2][8], sco[2][8];
-            _mm256_storeu_ps(qq[0], sq_p);
-            _mm256_storeu_ps(qq[1], sq_m);
-            _mm256_storeu_ps(q2[0], q2_p);
-            _mm256_storeu_ps(q2[1], q2_m);
-            const __m256 sc_p = _mm256_div_ps(qx_p, q2_p), sc_m = _mm256_div_ps(qx_m, q2_m);
-            _mm256_storeu_ps(sc[0], sc_p);
-            _mm256_storeu_ps(sc[1], sc_m);
-            _mm256_storeu_ps(sco[0], _mm256_mul_ps(sc_p, qx_p));
-            _mm256_storeu_ps(sco[1], _mm256_mul_ps(sc_m, qx_m));
-            for (int k = __builtin_ctz((unsigned)pass); k < 8 && i2 + k <= S1_SUB; k++)
-                for (int sh = 0; sh < 2; sh++)
-                    if (q2[sh][k] > 0 && qq[sh][k] > best_score * q2[sh][k]) {
-                        *scale = sc[sh][k];
-                        best_score = sco[sh][k];
-                        *besti1 = i1;
-                        *besti2 = i2 + k;
-                        *shift = sh == 0 ? 1 : -1;
-                    }
-        }
-    }
-    *score = best_score;
+    const float t = (total[0] + total[1]) + (total[2] + total[3]), a = (wx[0] + wx[1]) + (wx[2] + wx[3]);
+    return ok && t >= 0x1p-40f && t <= 0x1p40f && a <= 0x1p40f;
 }
-#endif
 
-#if defined(__aarch64__)
-// iq1s_best_split_avx2 with four i2 per float32x4_t (NEON): the same hoisted products, the same lane test; a passing
-// chunk is walked lane by lane in the plain order with the plain test and lane-formed scales and scores.
-static void iq1s_best_split_neon(const float *sumx, const float *sumw, const float *x_p, const float *x_m,
-                                 float *score, float *scale, int *besti1, int *besti2, int *shift) {
-    float best_score = *score;
-    float cx[2][S1_SUB + 1 + 8], cw[2][S1_SUB + 1 + 8];
-    const float *xs[2] = {x_p, x_m};
-    for (int sh = 0; sh < 2; sh++)
-        for (int i2 = 0; i2 <= S1_SUB + 8; i2++) {
-            cx[sh][i2] = (sumx[S1_SUB] - sumx[i2]) * xs[sh][2];
-            cw[sh][i2] = (sumw[S1_SUB] - sumw[i2]) * xs[sh][2] * xs[sh][2];
-        }
-    const float32x4_t l1 = vdupq_n_f32(x_p[1]), zero = vdupq_n_f32(0.0f);
-    const uint32_t lane_no[4] = {0, 1, 2, 3};
-    const uint32x4_t lane = vld1q_u32(lane_no);
-    for (int i1 = 0; i1 <= S1_SUB; i1++) {
-        const float32x4_t a_p = vdupq_n_f32((sumx[i1] - sumx[0]) * x_p[0]);
-        const float32x4_t a_m = vdupq_n_f32((sumx[i1] - sumx[0]) * x_m[0]);
-        const float32x4_t d_p = vdupq_n_f32((sumw[i1] - sumw[0]) * x_p[0] * x_p[0]);
-        const float32x4_t d_m = vdupq_n_f32((sumw[i1] - sumw[0]) * x_m[0] * x_m[0]);
-        const float32x4_t sx1 = vdupq_n_f32(sumx[i1]), sw1 = vdupq_n_f32(sumw[i1]);
-        for (int i2 = i1; i2 <= S1_SUB; i2 += 4) {
-            const float32x4_t b = vmulq_f32(vsubq_f32(vld1q_f32(sumx + i2), sx1), l1);
-            const float32x4_t e = vmulq_f32(vmulq_f32(vsubq_f32(vld1q_f32(sumw + i2), sw1), l1), l1);
-            const float32x4_t qx_p = vaddq_f32(vaddq_f32(a_p, b), vld1q_f32(cx[0] + i2));
-            const float32x4_t qx_m = vaddq_f32(vsubq_f32(a_m, b), vld1q_f32(cx[1] + i2));
-            const float32x4_t q2_p = vaddq_f32(vaddq_f32(d_p, e), vld1q_f32(cw[0] + i2));
-            const float32x4_t q2_m = vaddq_f32(vaddq_f32(d_m, e), vld1q_f32(cw[1] + i2));
-            const float32x4_t sq_p = vmulq_f32(qx_p, qx_p), sq_m = vmulq_f32(qx_m, qx_m);
-            const float32x4_t best = vdupq_n_f32(best_score);
-            const uint32x4_t ok = vorrq_u32(
-                vandq_u32(vcgtq_f32(q2_p, zero), vcgtq_f32(sq_p, vmulq_f32(best, q2_p))),
-                vandq_u32(vcgtq_f32(q2_m, zero), vcgtq_f32(sq_m, vmulq_f32(best, q2_m))));
-            const uint32x4_t valid = vcltq_u32(lane, vdupq_n_u32((uint32_t)(S1_SUB + 1 - i2)));
-            if (vmaxvq_u32(vandq_u32(ok, valid)) == 0) continue;
-            float qq[2][4], q2[2][4], sc[2][4], sco[2][4];
-            vst1q_f32(qq[0], sq_p);
-            vst1q_f32(qq[1], sq_m);
-            vst1q_f32(q2[0], q2_p);
-            vst1q_f32(q2[1], q2_m);
-            const float32x4_t sc_p = vdivq_f32(qx_p, q2_p), sc_m = vdivq_f32(qx_m, q2_m);
-            vst1q_f32(sc[0], sc_p);
-            vst1q_f32(sc[1], sc_m);
-            vst1q_f32(sco[0], vmulq_f32(sc_p, qx_p));
-            vst1q_f32(sco[1], vmulq_f32(sc_m, qx_m));
-            for (int k = 0; k < 4 && i2 + k <= S1_SUB; k++)
-                for (int sh = 0; sh < 2; sh++)
-                    if (q2[sh][k] > 0 && qq[sh][k] > best_score * q2[sh][k]) {
-                        *scale = sc[sh][k];
-                        best_score = sco[sh][k];
-                        *besti1 = i1;
-                        *besti2 = i2 + k;
-                        *shift = sh == 0 ? 1 : -1;
-                    }
-        }
-    }
-    *score = best_score;
-}
+#if defined(__x86_64__) || defined(__i386__)
+#define IL_TARGET __attribute__((target("avx2")))
+#define IL_VW 8
+#define IL_RCP(v) ((il_vf)_mm256_rcp_ps((__m256)(v)))
+#define IL_MAX(a, b) ((il_vf)_mm256_max_ps((__m256)(a), (__m256)(b)))
+#define IL_BITS(m) ((unsigned)_mm256_movemask_ps((__m256)(m)))
+#define IL_NAME iq1s_split_avx2
+#define IL_SUB 32
+#include "quants_iq1_split.h"
+#undef IL_NAME
+#undef IL_SUB
+#define IL_NAME iq1m_split_avx2
+#define IL_SUB 16
+#include "quants_iq1_split.h"
+#elif defined(__aarch64__)
+#define IL_TARGET
+#define IL_VW 4
+#define IL_RCP(v) (1.0f / (v))
+#define IL_MAX(a, b) ((il_vf)vmaxnmq_f32((float32x4_t)(a), (float32x4_t)(b)))
+#define IL_BITS(m) ((unsigned)vaddvq_u32(vandq_u32((uint32x4_t)(m), (uint32x4_t){1, 2, 4, 8})))
+#define IL_NAME iq1s_split_neon
+#define IL_SUB 32
+#include "quants_iq1_split.h"
+#undef IL_NAME
+#undef IL_SUB
+#define IL_NAME iq1m_split_neon
+#define IL_SUB 16
+#include "quants_iq1_split.h"
 #endif
+#undef IL_NAME
+#undef IL_SUB
+#undef IL_TARGET
+#undef IL_VW
+#undef IL_RCP
+#undef IL_MAX
+#undef IL_BITS
 
 static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float *imatrix) {
     const lattice8 *g = get_lattice(2048);
@@ -1290,16 +1215,16 @@ static void quantize_row_iq1_s(const float *x, void *vy, int64_t n, const float 
                 sumw[j + 1] = sumw[j] + weight[i];
             }
             float best_score = -FLT_MAX, scale = max;
-            int besti1 = -1, besti2 = -1, best_shift = 0;
+            int besti1 = -1, besti2 = -1, best_shift = 0, k = -1, found = 0;
 #if defined(__x86_64__) || defined(__i386__)
-            if (use_lanes) {
-                iq1s_best_split_avx2(sumx, sumw, x_p, x_m, &best_score, &scale, &besti1, &besti2, &best_shift);
-            } else
+            if (use_lanes && iq1_tame(S1_SUB, weight, xb, max))
+                found = iq1s_split_avx2(sumx, sumw, x_p, x_m, &scale, &besti1, &besti2, &k);
 #elif defined(__aarch64__)
-            if (use_lanes) {
-                iq1s_best_split_neon(sumx, sumw, x_p, x_m, &best_score, &scale, &besti1, &besti2, &best_shift);
-            } else
+            if (use_lanes && iq1_tame(S1_SUB, weight, xb, max))
+                found = iq1s_split_neon(sumx, sumw, x_p, x_m, &scale, &besti1, &besti2, &k);
 #endif
+            if (found) best_shift = k == 0 ? 1 : -1;
+            else
             for (int i1 = 0; i1 <= S1_SUB; i1++) {
                 for (int i2 = i1; i2 <= S1_SUB; i2++) {
                     for (int sh = 0; sh < 2; sh++) {
@@ -1424,155 +1349,14 @@ static void m1_weights(const float *xb, const float *qw, float sigma2, float *we
         for (int i = 0; i < M1_SUB; i++) weight[i] = xb[i] * xb[i];
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-// IQ1_M's split-point search, as iq1s_best_split_avx2: eight i2 per vector, each lane with the plain loop's
-// operations, the products that depend on i1 alone or i2 alone formed once per i1 / i2; a passing chunk is walked
-// in the plain order (i2, then the four shift combinations k) from its first passing lane, with the candidates'
-// scales and scores formed in lanes.
-__attribute__((target("avx2"))) static void iq1m_best_split_avx2(
-    const float px[2][M1_SUB + 1 + 8], const float pw[2][M1_SUB + 1 + 8], const float *txs, const float *tws,
-    float p2, float m2, float cp1, float cp2, float cm1, float cm2, float *score, float *scale, int *besti1,
-    int *besti2, int *best_k) {
-    float best_score = *score;
-    // (2 halves, M1_SUB + 1 + 8) the last run's products pw[h][i2] * cp2, * cm2
-    float hp[2][M1_SUB + 1 + 8], hm[2][M1_SUB + 1 + 8];
-    for (int h = 0; h < 2; h++)
-        for (int i2 = 0; i2 <= M1_SUB + 8; i2++) {
-            hp[h][i2] = pw[h][i2] * cp2;
-            hm[h][i2] = pw[h][i2] * cm2;
-        }
-    const __m256 zero = _mm256_setzero_ps();
-    __m256 tp[2], tm[2];
-    for (int h = 0; h < 2; h++) {
-        tp[h] = _mm256_set1_ps(txs[h] * p2);
-        tm[h] = _mm256_set1_ps(txs[h] * m2);
-    }
-    for (int i1 = 0; i1 <= M1_SUB; i1++) {
-        __m256 x1[2], gp[2], gm[2];
-        for (int h = 0; h < 2; h++) {
-            x1[h] = _mm256_set1_ps(px[h][i1]);
-            gp[h] = _mm256_set1_ps(tws[h] * p2 * p2 + pw[h][i1] * cp1);
-            gm[h] = _mm256_set1_ps(tws[h] * m2 * m2 + pw[h][i1] * cm1);
-        }
-        for (int i2 = i1; i2 <= M1_SUB; i2 += 8) {
-            __m256 qx_p[2], qx_m[2], q2_p[2], q2_m[2];
-            for (int h = 0; h < 2; h++) {
-                const __m256 sx = _mm256_add_ps(x1[h], _mm256_loadu_ps(px[h] + i2));
-                qx_p[h] = _mm256_sub_ps(tp[h], sx);
-                qx_m[h] = _mm256_sub_ps(tm[h], sx);
-                q2_p[h] = _mm256_add_ps(gp[h], _mm256_loadu_ps(hp[h] + i2));
-                q2_m[h] = _mm256_add_ps(gm[h], _mm256_loadu_ps(hm[h] + i2));
-            }
-            // k: shift signs of (first half, second half): 0 = ++, 1 = +-, 2 = -+, 3 = --
-            const __m256 sqx[4] = {_mm256_add_ps(qx_p[0], qx_p[1]), _mm256_add_ps(qx_p[0], qx_m[1]),
-                                   _mm256_add_ps(qx_m[0], qx_p[1]), _mm256_add_ps(qx_m[0], qx_m[1])};
-            const __m256 sq2[4] = {_mm256_add_ps(q2_p[0], q2_p[1]), _mm256_add_ps(q2_p[0], q2_m[1]),
-                                   _mm256_add_ps(q2_m[0], q2_p[1]), _mm256_add_ps(q2_m[0], q2_m[1])};
-            const __m256 best = _mm256_set1_ps(best_score);
-            __m256 ok = zero, sq[4];
-            for (int k = 0; k < 4; k++) {
-                sq[k] = _mm256_mul_ps(sqx[k], sqx[k]);
-                ok = _mm256_or_ps(ok, _mm256_and_ps(_mm256_cmp_ps(sq2[k], zero, _CMP_GT_OQ),
-                                                    _mm256_cmp_ps(sq[k], _mm256_mul_ps(best, sq2[k]), _CMP_GT_OQ)));
-            }
-            const int valid = M1_SUB + 1 - i2 >= 8 ? 0xff : (1 << (M1_SUB + 1 - i2)) - 1;
-            const int pass = _mm256_movemask_ps(ok) & valid;
-            if (!pass) continue;
-            float qq[4][8], q2[4][8], sc[4][8], sco[4][8];
-            for (int k = 0; k < 4; k++) {
-                const __m256 s = _mm256_div_ps(sqx[k], sq2[k]);
-                _mm256_storeu_ps(qq[k], sq[k]);
-                _mm256_storeu_ps(q2[k], sq2[k]);
-                _mm256_storeu_ps(sc[k], s);
-                _mm256_storeu_ps(sco[k], _mm256_mul_ps(s, sqx[k]));
-            }
-            for (int j = __builtin_ctz((unsigned)pass); j < 8 && i2 + j <= M1_SUB; j++)
-                for (int k = 0; k < 4; k++)
-                    if (q2[k][j] > 0 && qq[k][j] > best_score * q2[k][j]) {
-                        *scale = sc[k][j];
-                        best_score = sco[k][j];
-                        *besti1 = i1;
-                        *besti2 = i2 + j;
-                        *best_k = k;
-                    }
-        }
-    }
-    *score = best_score;
+// v where mask is all ones, +0.0f where it is zero (bit for bit: any v, inf and NaN included).
+static inline float masked(float v, uint32_t mask) {
+    uint32_t bits;
+    memcpy(&bits, &v, 4);
+    bits &= mask;
+    memcpy(&v, &bits, 4);
+    return v;
 }
-#endif
-
-#if defined(__aarch64__)
-// iq1m_best_split_avx2 with four i2 per float32x4_t (NEON).
-static void iq1m_best_split_neon(const float px[2][M1_SUB + 1 + 8], const float pw[2][M1_SUB + 1 + 8],
-                                 const float *txs, const float *tws, float p2, float m2, float cp1, float cp2,
-                                 float cm1, float cm2, float *score, float *scale, int *besti1, int *besti2,
-                                 int *best_k) {
-    float best_score = *score;
-    float hp[2][M1_SUB + 1 + 8], hm[2][M1_SUB + 1 + 8];
-    for (int h = 0; h < 2; h++)
-        for (int i2 = 0; i2 <= M1_SUB + 8; i2++) {
-            hp[h][i2] = pw[h][i2] * cp2;
-            hm[h][i2] = pw[h][i2] * cm2;
-        }
-    const float32x4_t zero = vdupq_n_f32(0.0f);
-    const uint32_t lane_no[4] = {0, 1, 2, 3};
-    const uint32x4_t lane = vld1q_u32(lane_no);
-    float32x4_t tp[2], tm[2];
-    for (int h = 0; h < 2; h++) {
-        tp[h] = vdupq_n_f32(txs[h] * p2);
-        tm[h] = vdupq_n_f32(txs[h] * m2);
-    }
-    for (int i1 = 0; i1 <= M1_SUB; i1++) {
-        float32x4_t x1[2], gp[2], gm[2];
-        for (int h = 0; h < 2; h++) {
-            x1[h] = vdupq_n_f32(px[h][i1]);
-            gp[h] = vdupq_n_f32(tws[h] * p2 * p2 + pw[h][i1] * cp1);
-            gm[h] = vdupq_n_f32(tws[h] * m2 * m2 + pw[h][i1] * cm1);
-        }
-        for (int i2 = i1; i2 <= M1_SUB; i2 += 4) {
-            float32x4_t qx_p[2], qx_m[2], q2_p[2], q2_m[2];
-            for (int h = 0; h < 2; h++) {
-                const float32x4_t sx = vaddq_f32(x1[h], vld1q_f32(px[h] + i2));
-                qx_p[h] = vsubq_f32(tp[h], sx);
-                qx_m[h] = vsubq_f32(tm[h], sx);
-                q2_p[h] = vaddq_f32(gp[h], vld1q_f32(hp[h] + i2));
-                q2_m[h] = vaddq_f32(gm[h], vld1q_f32(hm[h] + i2));
-            }
-            const float32x4_t sqx[4] = {vaddq_f32(qx_p[0], qx_p[1]), vaddq_f32(qx_p[0], qx_m[1]),
-                                        vaddq_f32(qx_m[0], qx_p[1]), vaddq_f32(qx_m[0], qx_m[1])};
-            const float32x4_t sq2[4] = {vaddq_f32(q2_p[0], q2_p[1]), vaddq_f32(q2_p[0], q2_m[1]),
-                                        vaddq_f32(q2_m[0], q2_p[1]), vaddq_f32(q2_m[0], q2_m[1])};
-            const float32x4_t best = vdupq_n_f32(best_score);
-            uint32x4_t ok = vdupq_n_u32(0);
-            float32x4_t sq[4];
-            for (int k = 0; k < 4; k++) {
-                sq[k] = vmulq_f32(sqx[k], sqx[k]);
-                ok = vorrq_u32(ok, vandq_u32(vcgtq_f32(sq2[k], zero), vcgtq_f32(sq[k], vmulq_f32(best, sq2[k]))));
-            }
-            const uint32x4_t valid = vcltq_u32(lane, vdupq_n_u32((uint32_t)(M1_SUB + 1 - i2)));
-            if (vmaxvq_u32(vandq_u32(ok, valid)) == 0) continue;
-            float qq[4][4], q2[4][4], sc[4][4], sco[4][4];
-            for (int k = 0; k < 4; k++) {
-                const float32x4_t s = vdivq_f32(sqx[k], sq2[k]);
-                vst1q_f32(qq[k], sq[k]);
-                vst1q_f32(q2[k], sq2[k]);
-                vst1q_f32(sc[k], s);
-                vst1q_f32(sco[k], vmulq_f32(s, sqx[k]));
-            }
-            for (int j = 0; j < 4 && i2 + j <= M1_SUB; j++)
-                for (int k = 0; k < 4; k++)
-                    if (q2[k][j] > 0 && qq[k][j] > best_score * q2[k][j]) {
-                        *scale = sc[k][j];
-                        best_score = sco[k][j];
-                        *besti1 = i1;
-                        *besti2 = i2 + j;
-                        *best_k = k;
-                    }
-        }
-    }
-    *score = best_score;
-}
-#endif
 
 static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float *imatrix) {
     const lattice8 *g = get_lattice(2048);
@@ -1586,7 +1370,7 @@ static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float 
     uint16_t index[2];
     for (int64_t b = 0; b < n / QK; b++, x += QK, y += M1_BYTES) {
         memset(y, 0, M1_BYTES);
-        const float sigma2 = 2 * mean_square(x);
+        const float sigma2 = imatrix ? 2 * mean_square(x) : 0.0f;   // without imatrix unused (w = x^2)
         const float *imb = imatrix ? imatrix + b * QK : NULL;
         float max_scale = 0.0f;
         for (int s = 0; s < QK / M1_SUB; s++) {
@@ -1602,31 +1386,39 @@ static void quantize_row_iq1_m(const float *x, void *vy, int64_t n, const float 
             iq1_order(xb, M1_SUB, pairs, idx_of);
             float best_score = -FLT_MAX, scale = max;
             int besti1 = -1, besti2 = -1, best_k = -1;
-            // per half h of the sub-block: prefix sums of w*x and w in sorted order (the other half's stay flat)
+            // per half h of the sub-block: prefix sums of w*x and w in sorted order; the other half's stay flat by
+            // adding +0.0f (exact: a sum that starts at +0 is never -0 when rounding to nearest), kept in registers,
+            // the +0.0f picked by a bit mask (a branch on the half mispredicts)
             float px[2][M1_SUB + 1 + 8] = {{0}}, pw[2][M1_SUB + 1 + 8] = {{0}};  // + 8: read by the lanes
-            px[0][0] = px[1][0] = pw[0][0] = pw[1][0] = 0;
+            float sx0 = 0.0f, sx1 = 0.0f, sw0 = 0.0f, sw1 = 0.0f;
             for (int j = 0; j < M1_SUB; j++) {
-                const int i = idx_of[j], h = i < M1_SUB / 2 ? 0 : 1;
-                px[h][j + 1] = px[h][j] + weight[i] * xb[i];
-                px[1 - h][j + 1] = px[1 - h][j];
-                pw[h][j + 1] = pw[h][j] + weight[i];
-                pw[1 - h][j + 1] = pw[1 - h][j];
+                const int i = idx_of[j];
+                const uint32_t first = (uint32_t)(i >= M1_SUB / 2) - 1u;   // all ones in the first half
+                const float wx = weight[i] * xb[i], w = weight[i];
+                sx0 = sx0 + masked(wx, first);
+                sx1 = sx1 + masked(wx, ~first);
+                sw0 = sw0 + masked(w, first);
+                sw1 = sw1 + masked(w, ~first);
+                px[0][j + 1] = sx0;
+                px[1][j + 1] = sx1;
+                pw[0][j + 1] = sw0;
+                pw[1][j + 1] = sw1;
             }
             const float txs[2] = {px[0][M1_SUB], px[1][M1_SUB]}, tws[2] = {pw[0][M1_SUB], pw[1][M1_SUB]};
             const float p2 = x_p[2], m2 = x_m[2];
             const float cp1 = x_p[0] * x_p[0] - x_p[1] * x_p[1], cp2 = x_p[1] * x_p[1] - x_p[2] * x_p[2];
             const float cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1], cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2];
+            int found = 0;
 #if defined(__x86_64__) || defined(__i386__)
-            if (use_lanes) {
-                iq1m_best_split_avx2(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &best_score, &scale, &besti1,
-                                     &besti2, &best_k);
-            } else
+            if (use_lanes && iq1_tame(M1_SUB, weight, xb, max))
+                found = iq1m_split_avx2(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &scale, &besti1, &besti2,
+                                        &best_k);
 #elif defined(__aarch64__)
-            if (use_lanes) {
-                iq1m_best_split_neon(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &best_score, &scale, &besti1,
-                                     &besti2, &best_k);
-            } else
+            if (use_lanes && iq1_tame(M1_SUB, weight, xb, max))
+                found = iq1m_split_neon(px, pw, txs, tws, p2, m2, cp1, cp2, cm1, cm2, &scale, &besti1, &besti2,
+                                        &best_k);
 #endif
+            if (!found)
             for (int i1 = 0; i1 <= M1_SUB; i1++) {
                 for (int i2 = i1; i2 <= M1_SUB; i2++) {
                     float qx_p[2], qx_m[2], q2_p[2], q2_m[2], sqx[4], sq2[4];
