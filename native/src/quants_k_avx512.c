@@ -70,6 +70,17 @@ KQ_TARGET static inline kv v_round_clamp_small(kv v, int lo, int hi) {
     return _mm512_cvtepi32_ps(r);
 }
 
+// Round to nearest even as a float for |v| < 2^22: adding 1.5 * 2^23 leaves no fraction bits, subtracting it back
+// is exact (kq_round_magic's adder, read back as a float instead of through the integer bits).
+KQ_TARGET static inline kv v_round_small(kv v) {
+    return _mm512_sub_ps(_mm512_add_ps(v, v_set(12582912.0f)), v_set(12582912.0f));
+}
+// Float min / max for values that are not NaN.
+KQ_TARGET static inline kv v_minf(kv a, kv b) { return _mm512_min_ps(a, b); }
+KQ_TARGET static inline kv v_maxf(kv a, kv b) { return _mm512_max_ps(a, b); }
+#define KQ_AFFINE_SHORT 1
+#define KQ_AFFINE_GROUPS 4
+
 KQ_TARGET static inline kvi vi_from(kv v) { return _mm512_cvttps_epi32(v); }
 KQ_TARGET static inline kvi vi_set(int i) { return _mm512_set1_epi32(i); }
 KQ_TARGET static inline kvi vi_and(kvi a, kvi b) { return _mm512_and_si512(a, b); }

@@ -75,67 +75,207 @@ KQ_TARGET static void store_lane_bytes(const kvi *bytes, int n, uint8_t *y, int 
 // ---- fitting, KQ_LANES groups at once (see the plain versions in quants_k.c for what each computes)
 
 // kq_fit_affine per lane. q[i] receives the levels as floats.
-KQ_TARGET static kv fit_affine_v(int n, int nmax, const kv *x, const kv *w, kv *q, kv *neg_min, float rmin,
-                                 float rdelta, int nstep, int use_mad) {
-    kv trial_q[32];
-    const kv zero = v_zero();
-    kv min = x[0], max = x[0];
-    kv sum_w = w[0];
-    kv sum_x = v_mul(sum_w, x[0]);
-    for (int i = 1; i < n; i++) {
-        min = v_pick(min, x[i], v_lt(x[i], min));
-        max = v_pick(max, x[i], v_gt(x[i], max));
-        sum_w = v_add(sum_w, w[i]);
-        sum_x = v_add(sum_x, v_mul(w[i], x[i]));
-    }
-    min = v_pick(min, zero, v_gt(min, zero));
-    const km flat = v_eq(max, min);
-    const kv flat_neg_min = v_neg(min);
-    const kv inv = v_div(v_set((float)nmax), v_sub(max, min));
-    kv scale = v_div(v_set(1.0f), inv);
-    kv best_err = zero;
+// Short rounding (KQ_AFFINE_SHORT, where the backend has v_round_small, v_minf and v_maxf): a level is
+// clamp(round(t * (x[i] - min)), 0, nmax) with t > 0, and x[i] - min lies in [xmin - min, max - min] (rounding is
+// monotone), so t * (xmin - min) <= the rounded product <= t * (max - min). When every lane that is not flat has
+// both bounds inside (-2^22, 2^22) (t * (max - min) is NaN or inf for t = inf or NaN, and fails the test), the
+// magic-number rounding is round-to-nearest-even, which v_round_small does in floats; when also xmin >= min (the
+// start, and whenever the min has not moved above a value) the products are >= 0 and the clamp at 0 is dropped.
+// Flat lanes (max == min) compute throw-away levels and are discarded at the end.
+#ifndef KQ_AFFINE_SHORT
+#define KQ_AFFINE_SHORT 0
+#endif
+enum { KQ_ROUND_FULL = 0, KQ_ROUND_SHORT = 1, KQ_ROUND_SHORT_NONNEG = 2 };
+
+#if KQ_AFFINE_SHORT
+KQ_TARGET static inline int affine_round_mode(kv t, kv max, kv min, kv xmin, km flat) {
+    const kv big = v_set(4194304.0f);
+    const km small = m_and(v_lt(v_mul(t, v_sub(max, min)), big), v_gt(v_mul(t, v_sub(xmin, min)), v_neg(big)));
+    if (!m_all(m_or(small, flat))) return KQ_ROUND_FULL;
+    return (m_bits(v_lt(xmin, min)) & ~m_bits(flat)) == 0 ? KQ_ROUND_SHORT_NONNEG : KQ_ROUND_SHORT;
+}
+#define KQ_AFFINE_LEVEL(v, nmax, mode)                                                                          \
+    ((mode) == KQ_ROUND_FULL ? v_round_clamp(v, 0, nmax)                                                       \
+     : (mode) == KQ_ROUND_SHORT ? v_maxf(v_minf(v_round_small(v), v_set((float)(nmax))), v_zero())             \
+                                : v_minf(v_round_small(v), v_set((float)(nmax))))
+#else
+#define KQ_AFFINE_LEVEL(v, nmax, mode) v_round_clamp(v, 0, nmax)
+#endif
+
+// One trial of the range-stretch search: levels for scale t against min, and the weighted sums.
+__attribute__((always_inline)) KQ_TARGET static inline void affine_trial_sums(int n, int nmax, const kv *x,
+                                                                               const kv *w, kv t, kv min, kv *tq,
+                                                                               kv *sum_l, kv *sum_l2, kv *sum_xl,
+                                                                               const int mode) {
+    kv sl = v_zero(), sl2 = v_zero(), sxl = v_zero();
     for (int i = 0; i < n; i++) {
-        q[i] = v_round_clamp(v_mul(inv, v_sub(x[i], min)), 0, nmax);
-        kv diff = v_sub(v_add(v_mul(scale, q[i]), min), x[i]);
-        diff = use_mad ? v_abs(diff) : v_mul(diff, diff);
-        best_err = v_add(best_err, v_mul(w[i], diff));
+        const kv l = KQ_AFFINE_LEVEL(v_mul(t, v_sub(x[i], min)), nmax, mode);
+        tq[i] = l;
+        const kv wl = v_mul(w[i], l);
+        sl = v_add(sl, wl);
+        sl2 = v_add(sl2, v_mul(wl, l));
+        sxl = v_add(sxl, v_mul(wl, x[i]));
+    }
+    *sum_l = sl;
+    *sum_l2 = sl2;
+    *sum_xl = sxl;
+}
+
+// KQ_AFFINE_GROUPS groups at once (x, w and q hold them one after another, n each): each trial's steps depend on the
+// one before through the running min, and the sums and errors are chains of adds, so a single group leaves the
+// vector units idle between trials; G independent groups interleaved element by element fill them. Per group the
+// operations and their order are those of kq_fit_affine.
+#ifndef KQ_AFFINE_GROUPS
+#define KQ_AFFINE_GROUPS 1
+#endif
+
+__attribute__((always_inline)) KQ_TARGET static inline void fit_affine_gv(const int G, int n, int nmax, const kv *x,
+                                                                           const kv *w, kv *q, kv *neg_min_out,
+                                                                           kv *scale_out, float rmin, float rdelta,
+                                                                           int nstep, int use_mad) {
+    kv trial_q[KQ_AFFINE_GROUPS * 32];
+    const kv zero = v_zero();
+    kv min[KQ_AFFINE_GROUPS], max[KQ_AFFINE_GROUPS], sum_w[KQ_AFFINE_GROUPS], sum_x[KQ_AFFINE_GROUPS];
+    kv flat_neg_min[KQ_AFFINE_GROUPS], scale[KQ_AFFINE_GROUPS], best_err[KQ_AFFINE_GROUPS];
+    km flat[KQ_AFFINE_GROUPS];
+#if KQ_AFFINE_SHORT
+    kv xmin[KQ_AFFINE_GROUPS];
+#endif
+    for (int g = 0; g < G; g++) {
+        const kv *xg = x + n * g, *wg = w + n * g;
+        min[g] = xg[0];
+        max[g] = xg[0];
+        sum_w[g] = wg[0];
+        sum_x[g] = v_mul(sum_w[g], xg[0]);
+    }
+    for (int i = 1; i < n; i++) {
+        for (int g = 0; g < G; g++) {
+            const kv xi = x[n * g + i], wi = w[n * g + i];
+            min[g] = v_pick(min[g], xi, v_lt(xi, min[g]));
+            max[g] = v_pick(max[g], xi, v_gt(xi, max[g]));
+            sum_w[g] = v_add(sum_w[g], wi);
+            sum_x[g] = v_add(sum_x[g], v_mul(wi, xi));
+        }
+    }
+    for (int g = 0; g < G; g++) {
+#if KQ_AFFINE_SHORT
+        xmin[g] = min[g];
+#endif
+        min[g] = v_pick(min[g], zero, v_gt(min[g], zero));
+        flat[g] = v_eq(max[g], min[g]);
+        flat_neg_min[g] = v_neg(min[g]);
+        const kv inv = v_div(v_set((float)nmax), v_sub(max[g], min[g]));
+        scale[g] = v_div(v_set(1.0f), inv);
+        kv unused[3];
+#if KQ_AFFINE_SHORT
+        if (affine_round_mode(inv, max[g], min[g], xmin[g], flat[g]) == KQ_ROUND_SHORT_NONNEG)
+            affine_trial_sums(n, nmax, x + n * g, w + n * g, inv, min[g], q + n * g, &unused[0], &unused[1],
+                              &unused[2], KQ_ROUND_SHORT_NONNEG);
+        else
+#endif
+            affine_trial_sums(n, nmax, x + n * g, w + n * g, inv, min[g], q + n * g, &unused[0], &unused[1],
+                              &unused[2], KQ_ROUND_FULL);
+        best_err[g] = zero;
+    }
+    for (int i = 0; i < n; i++) {
+        for (int g = 0; g < G; g++) {
+            const int e = n * g + i;
+            kv diff = v_sub(v_add(v_mul(scale[g], q[e]), min[g]), x[e]);
+            diff = use_mad ? v_abs(diff) : v_mul(diff, diff);
+            best_err[g] = v_add(best_err[g], v_mul(w[e], diff));
+        }
     }
     for (int k = 0; k <= nstep; k++) {
         // min is the best fit so far: it moves when a trial is taken, and so do the range and the levels
-        const kv trial = v_div(v_set(rmin + rdelta * k + nmax), v_sub(max, min));
-        kv sum_l = zero, sum_l2 = zero, sum_xl = zero;
-        for (int i = 0; i < n; i++) {
-            const kv l = v_round_clamp(v_mul(trial, v_sub(x[i], min)), 0, nmax);
-            trial_q[i] = l;
-            const kv wl = v_mul(w[i], l);
-            sum_l = v_add(sum_l, wl);
-            sum_l2 = v_add(sum_l2, v_mul(wl, l));
-            sum_xl = v_add(sum_xl, v_mul(wl, x[i]));
+        kv sum_l[KQ_AFFINE_GROUPS], sum_l2[KQ_AFFINE_GROUPS], sum_xl[KQ_AFFINE_GROUPS];
+        kv trial[KQ_AFFINE_GROUPS];
+        int mode[KQ_AFFINE_GROUPS];
+        for (int g = 0; g < G; g++) {
+            trial[g] = v_div(v_set(rmin + rdelta * k + nmax), v_sub(max[g], min[g]));
+#if KQ_AFFINE_SHORT
+            mode[g] = affine_round_mode(trial[g], max[g], min[g], xmin[g], flat[g]);
+#else
+            mode[g] = KQ_ROUND_FULL;
+#endif
         }
-        const kv det = v_sub(v_mul(sum_w, sum_l2), v_mul(sum_l, sum_l));
-        const km solvable = v_gt(det, zero);
-        if (!m_any(solvable)) continue;
-        kv t_scale = v_div(v_sub(v_mul(sum_w, sum_xl), v_mul(sum_x, sum_l)), det);
-        kv t_min = v_div(v_sub(v_mul(sum_l2, sum_x), v_mul(sum_l, sum_xl)), det);
-        const km positive_min = v_gt(t_min, zero);
-        t_min = v_pick(t_min, zero, positive_min);
-        t_scale = v_pick(t_scale, v_div(sum_xl, sum_l2), positive_min);
-        kv err = zero;
-        for (int i = 0; i < n; i++) {
-            kv diff = v_sub(v_add(v_mul(t_scale, trial_q[i]), t_min), x[i]);
-            diff = use_mad ? v_abs(diff) : v_mul(diff, diff);
-            err = v_add(err, v_mul(w[i], diff));
+        int same = 1;
+        for (int g = 1; g < G; g++) same &= mode[g] == mode[0];
+        if (G > 1 && same && mode[0] != KQ_ROUND_FULL) {
+            // all groups on the same short rounding: one interleaved loop
+            for (int g = 0; g < G; g++) sum_l[g] = sum_l2[g] = sum_xl[g] = zero;
+            for (int i = 0; i < n; i++) {
+                for (int g = 0; g < G; g++) {
+                    const int e = n * g + i;
+                    const kv v = v_mul(trial[g], v_sub(x[e], min[g]));
+                    const kv l = mode[0] == KQ_ROUND_SHORT_NONNEG ? KQ_AFFINE_LEVEL(v, nmax, KQ_ROUND_SHORT_NONNEG)
+                                                                  : KQ_AFFINE_LEVEL(v, nmax, KQ_ROUND_SHORT);
+                    trial_q[e] = l;
+                    const kv wl = v_mul(w[e], l);
+                    sum_l[g] = v_add(sum_l[g], wl);
+                    sum_l2[g] = v_add(sum_l2[g], v_mul(wl, l));
+                    sum_xl[g] = v_add(sum_xl[g], v_mul(wl, x[e]));
+                }
+            }
+        } else {
+            for (int g = 0; g < G; g++) {
+                const kv *xg = x + n * g, *wg = w + n * g;
+                kv *tq = trial_q + n * g;
+#if KQ_AFFINE_SHORT
+                if (mode[g] == KQ_ROUND_SHORT_NONNEG)
+                    affine_trial_sums(n, nmax, xg, wg, trial[g], min[g], tq, &sum_l[g], &sum_l2[g], &sum_xl[g],
+                                      KQ_ROUND_SHORT_NONNEG);
+                else if (mode[g] == KQ_ROUND_SHORT)
+                    affine_trial_sums(n, nmax, xg, wg, trial[g], min[g], tq, &sum_l[g], &sum_l2[g], &sum_xl[g],
+                                      KQ_ROUND_SHORT);
+                else
+#endif
+                    affine_trial_sums(n, nmax, xg, wg, trial[g], min[g], tq, &sum_l[g], &sum_l2[g], &sum_xl[g],
+                                      KQ_ROUND_FULL);
+            }
         }
-        const km take = m_and(solvable, v_lt(err, best_err));
-        if (!m_any(take)) continue;
-        for (int i = 0; i < n; i++) q[i] = v_pick(q[i], trial_q[i], take);
-        best_err = v_pick(best_err, err, take);
-        scale = v_pick(scale, t_scale, take);
-        min = v_pick(min, t_min, take);
+        km solvable[KQ_AFFINE_GROUPS];
+        kv t_scale[KQ_AFFINE_GROUPS], t_min[KQ_AFFINE_GROUPS], err[KQ_AFFINE_GROUPS];
+        int any = 0;
+        for (int g = 0; g < G; g++) {
+            const kv det = v_sub(v_mul(sum_w[g], sum_l2[g]), v_mul(sum_l[g], sum_l[g]));
+            solvable[g] = v_gt(det, zero);
+            any |= m_any(solvable[g]);
+            t_scale[g] = v_div(v_sub(v_mul(sum_w[g], sum_xl[g]), v_mul(sum_x[g], sum_l[g])), det);
+            t_min[g] = v_div(v_sub(v_mul(sum_l2[g], sum_x[g]), v_mul(sum_l[g], sum_xl[g])), det);
+            const km positive_min = v_gt(t_min[g], zero);
+            t_min[g] = v_pick(t_min[g], zero, positive_min);
+            t_scale[g] = v_pick(t_scale[g], v_div(sum_xl[g], sum_l2[g]), positive_min);
+            err[g] = zero;
+        }
+        if (!any) continue;
+        for (int i = 0; i < n; i++) {
+            for (int g = 0; g < G; g++) {
+                const int e = n * g + i;
+                kv diff = v_sub(v_add(v_mul(t_scale[g], trial_q[e]), t_min[g]), x[e]);
+                diff = use_mad ? v_abs(diff) : v_mul(diff, diff);
+                err[g] = v_add(err[g], v_mul(w[e], diff));
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            const km take = m_and(solvable[g], v_lt(err[g], best_err[g]));
+            if (!m_any(take)) continue;
+            for (int i = 0; i < n; i++) q[n * g + i] = v_pick(q[n * g + i], trial_q[n * g + i], take);
+            best_err[g] = v_pick(best_err[g], err[g], take);
+            scale[g] = v_pick(scale[g], t_scale[g], take);
+            min[g] = v_pick(min[g], t_min[g], take);
+        }
     }
-    for (int i = 0; i < n; i++) q[i] = v_pick(q[i], zero, flat);
-    *neg_min = v_pick(v_neg(min), flat_neg_min, flat);
-    return v_pick(scale, zero, flat);
+    for (int g = 0; g < G; g++) {
+        for (int i = 0; i < n; i++) q[n * g + i] = v_pick(q[n * g + i], zero, flat[g]);
+        neg_min_out[g] = v_pick(v_neg(min[g]), flat_neg_min[g], flat[g]);
+        scale_out[g] = v_pick(scale[g], zero, flat[g]);
+    }
+}
+
+// KQ_AFFINE_GROUPS groups of n at x, w, q (one after another): scales and negated mins to scales[g], neg_mins[g].
+KQ_TARGET static void fit_affine_v(int n, int nmax, const kv *x, const kv *w, kv *q, kv *neg_mins, kv *scales,
+                                   float rmin, float rdelta, int nstep, int use_mad) {
+    fit_affine_gv(KQ_AFFINE_GROUPS, n, nmax, x, w, q, neg_mins, scales, rmin, rdelta, nstep, use_mad);
 }
 
 // Largest magnitude per lane and the signed value holding it (first occurrence wins, like the scalar scan).
@@ -372,7 +512,7 @@ typedef struct {
     kv x[256];      // (256 elements, KQ_LANES lanes) the blocks' values
     kv im[256];     // (256, KQ_LANES) importance, when given
     kv q[256];      // (256, KQ_LANES) fitted levels
-    kv w[32];       // one group's weights
+    kv w[32 * KQ_AFFINE_GROUPS];  // the weights of the groups being fitted
     kvi bytes[192]; // (packed byte, KQ_LANES lanes)
     float scales[16][KQ_LANES], mins[16][KQ_LANES], group_w[16][KQ_LANES];
     float dg[16][KQ_LANES], mg[16][KQ_LANES];  // per group and lane: the stored scale and min as floats
@@ -395,18 +535,22 @@ KQ_TARGET static void q2k_eight(lanes_t *s, const float *x, const float *imatrix
     load_lanes(s, x, imatrix);
     kv sigma2 = v_zero();
     if (imatrix) sigma2 = v_div(block_sumsq_v(s->x), v_set(256.0f));
-    for (int g = 0; g < 16; g++) {
+    for (int g = 0; g < 16; g += KQ_AFFINE_GROUPS) {
         const kv *xg = s->x + 16 * g;
-        kv neg_min, scale;
+        kv neg_min[KQ_AFFINE_GROUPS], scale[KQ_AFFINE_GROUPS];
         if (imatrix) {
-            v_store(s->group_w[g], importance_weights_v(16, xg, s->im + 16 * g, sigma2, s->w));
-            scale = fit_affine_v(16, 3, xg, s->w, s->q + 16 * g, &neg_min, -0.9f, 0.05f, 36, 0);
+            for (int j = 0; j < KQ_AFFINE_GROUPS; j++)
+                v_store(s->group_w[g + j],
+                        importance_weights_v(16, xg + 16 * j, s->im + 16 * (g + j), sigma2, s->w + 16 * j));
+            fit_affine_v(16, 3, xg, s->w, s->q + 16 * g, neg_min, scale, -0.9f, 0.05f, 36, 0);
         } else {
-            for (int i = 0; i < 16; i++) s->w[i] = v_abs(xg[i]);
-            scale = fit_affine_v(16, 3, xg, s->w, s->q + 16 * g, &neg_min, -0.5f, 0.1f, 15, 1);
+            for (int i = 0; i < 16 * KQ_AFFINE_GROUPS; i++) s->w[i] = v_abs(xg[i]);
+            fit_affine_v(16, 3, xg, s->w, s->q + 16 * g, neg_min, scale, -0.5f, 0.1f, 15, 1);
         }
-        v_store(s->scales[g], scale);
-        v_store(s->mins[g], neg_min);
+        for (int j = 0; j < KQ_AFFINE_GROUPS; j++) {
+            v_store(s->scales[g + j], scale[j]);
+            v_store(s->mins[g + j], neg_min[j]);
+        }
     }
     for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];  // unused until packing: the header step does not read it
@@ -488,22 +632,29 @@ KQ_TARGET static void q45k_eight(lanes_t *s, const float *x, const float *imatri
     load_lanes(s, x, imatrix);
     kv sigma2 = v_zero();
     if (imatrix) sigma2 = v_div(v_mul(v_set(2.0f), block_sumsq_v(s->x)), v_set(256.0f));
-    for (int g = 0; g < 8; g++) {
+    for (int g = 0; g < 8; g += KQ_AFFINE_GROUPS) {
         const kv *xg = s->x + 32 * g;
-        kv neg_min, scale;
+        kv neg_min[KQ_AFFINE_GROUPS], scale[KQ_AFFINE_GROUPS];
         if (imatrix) {
-            v_store(s->group_w[g], importance_weights_v(32, xg, s->im + 32 * g, sigma2, s->w));
-            scale = fit_affine_v(32, nmax, xg, s->w, s->q + 32 * g, &neg_min, -0.9f, 0.05f, 36, 0);
+            for (int j = 0; j < KQ_AFFINE_GROUPS; j++)
+                v_store(s->group_w[g + j],
+                        importance_weights_v(32, xg + 32 * j, s->im + 32 * (g + j), sigma2, s->w + 32 * j));
+            fit_affine_v(32, nmax, xg, s->w, s->q + 32 * g, neg_min, scale, -0.9f, 0.05f, 36, 0);
         } else {
-            kv sumsq = v_zero();
-            for (int i = 0; i < 32; i++) sumsq = v_add(sumsq, v_mul(xg[i], xg[i]));
-            const kv av = v_sqrt(v_div(sumsq, v_set(32.0f)));
-            for (int i = 0; i < 32; i++) s->w[i] = v_add(av, v_abs(xg[i]));
-            scale = fit_affine_v(32, nmax, xg, s->w, s->q + 32 * g, &neg_min, KQ_Q45K_RMIN(nmax), 0.1f,
-                                 KQ_Q45K_NSTEP(nmax), 0);
+            for (int j = 0; j < KQ_AFFINE_GROUPS; j++) {
+                const kv *xj = xg + 32 * j;
+                kv sumsq = v_zero();
+                for (int i = 0; i < 32; i++) sumsq = v_add(sumsq, v_mul(xj[i], xj[i]));
+                const kv av = v_sqrt(v_div(sumsq, v_set(32.0f)));
+                for (int i = 0; i < 32; i++) s->w[32 * j + i] = v_add(av, v_abs(xj[i]));
+            }
+            fit_affine_v(32, nmax, xg, s->w, s->q + 32 * g, neg_min, scale, KQ_Q45K_RMIN(nmax), 0.1f,
+                         KQ_Q45K_NSTEP(nmax), 0);
         }
-        v_store(s->scales[g], scale);
-        v_store(s->mins[g], neg_min);
+        for (int j = 0; j < KQ_AFFINE_GROUPS; j++) {
+            v_store(s->scales[g + j], scale[j]);
+            v_store(s->mins[g + j], neg_min[j]);
+        }
     }
     for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];
