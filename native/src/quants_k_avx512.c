@@ -80,6 +80,13 @@ KQ_TARGET static inline kv v_minf(kv a, kv b) { return _mm512_min_ps(a, b); }
 KQ_TARGET static inline kv v_maxf(kv a, kv b) { return _mm512_max_ps(a, b); }
 #define KQ_AFFINE_SHORT 1
 #define KQ_AFFINE_GROUPS 4
+// x / d from r = 1/d (correctly rounded): q = x * r, then q + r * (x - q * d) with the remainder exact by FMA
+// (AVX-512F's own FMA: no further CPU feature). Conditions and checks: requantize_v in quants_k_lanes.h.
+KQ_TARGET static inline kv v_div_recip(kv x, kv d, kv r) {
+    const kv q = _mm512_mul_ps(x, r);
+    return _mm512_fmadd_ps(_mm512_fnmadd_ps(q, d, x), r, q);
+}
+#define KQ_DIV_SHARED 1
 
 KQ_TARGET static inline kvi vi_from(kv v) { return _mm512_cvttps_epi32(v); }
 KQ_TARGET static inline kvi vi_set(int i) { return _mm512_set1_epi32(i); }

@@ -455,6 +455,17 @@ KQ_TARGET static kv importance_weights_v(int n, const kv *x, const kv *im, kv si
 
 // For each group g of `size` elements: lanes whose stored scale dg is non-zero get
 // clamp(round((x + mg) / dg), lo, hi) + offset (x / dg when mg is NULL); the others keep their fitted levels.
+// With KQ_DIV_SHARED (the backend has v_div_recip(x, d, r): q = x * r, then one FMA correction
+// q + r * (x - q * d), Markstein's division by a shared divisor with r = 1/d correctly rounded), the divisions of a
+// group become one division and three multiply-adds per value. That is the IEEE quotient when r and the products
+// stay normal: so only groups whose non-kept scales all lie in [2^-64, 2^64] take it (the stored scales are at most
+// 65504 * 128, at least 2^-24: all real ones), and a vector whose quotient has |q| >= 2^22, inf or NaN in any lane
+// (huge x, overflow: where the magic rounding's garbage depends on the exact quotient) is divided again. Tiny
+// quotients (an underflowing remainder) round to level 0 either way.
+#ifndef KQ_DIV_SHARED
+#define KQ_DIV_SHARED 0
+#endif
+
 KQ_TARGET static void requantize_v(const kv *x, kv *q, int groups, int size, float dg[][KQ_LANES], float mg[][KQ_LANES], int lo,
                                    int hi, float offset) {
     const kv zero = v_zero(), off = v_set(offset);
@@ -463,6 +474,20 @@ KQ_TARGET static void requantize_v(const kv *x, kv *q, int groups, int size, flo
         const km keep = v_eq(d, zero);
         if (m_all(keep)) continue;
         const kv m = mg ? v_load(mg[g]) : zero;
+#if KQ_DIV_SHARED
+        const kv ad = v_abs(d);
+        const km normal = m_and(v_lt(ad, v_set(0x1p64f)), v_gt(ad, v_set(0x1p-64f)));
+        if (m_all(m_or(normal, keep))) {
+            const kv dn = v_pick(d, v_set(1.0f), keep), r = v_div(v_set(1.0f), dn), limit = v_set(4194304.0f);
+            for (int i = size * g; i < size * (g + 1); i++) {
+                const kv num = mg ? v_add(x[i], m) : x[i];
+                kv v = v_div_recip(num, dn, r);
+                if (!m_all(v_lt(v_abs(v), limit))) v = v_div(num, d);
+                q[i] = v_pick(v_add(v_round_clamp(v, lo, hi), off), q[i], keep);
+            }
+            continue;
+        }
+#endif
         for (int i = size * g; i < size * (g + 1); i++) {
             const kv v = mg ? v_div(v_add(x[i], m), d) : v_div(x[i], d);
             q[i] = v_pick(v_add(v_round_clamp(v, lo, hi), off), q[i], keep);
