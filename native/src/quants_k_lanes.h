@@ -74,60 +74,101 @@ KQ_TARGET static void store_lane_bytes(const kvi *bytes, int n, uint8_t *y, int 
 
 // ---- fitting, KQ_LANES groups at once (see the plain versions in quants_k.c for what each computes)
 
-// kq_fit_affine per lane. q[i] receives the levels as floats.
+// kq_fit_affine per lane, KQ_AFFINE_GROUPS groups at once (x, w and q hold them one after another, n each); q[i]
+// receives the levels as floats. Each trial's steps depend on the one before through the running min, and the sums
+// and errors are chains of adds, so a single group leaves the vector units idle between trials; G independent
+// groups interleaved element by element fill them. Per group the operations and their order are kq_fit_affine's.
+//
 // Short rounding (KQ_AFFINE_SHORT, where the backend has v_round_small, v_minf and v_maxf): a level is
 // clamp(round(t * (x[i] - min)), 0, nmax) with t > 0, and x[i] - min lies in [xmin - min, max - min] (rounding is
-// monotone), so t * (xmin - min) <= the rounded product <= t * (max - min). When every lane that is not flat has
-// both bounds inside (-2^22, 2^22) (t * (max - min) is NaN or inf for t = inf or NaN, and fails the test), the
-// magic-number rounding is round-to-nearest-even, which v_round_small does in floats; when also xmin >= min (the
-// start, and whenever the min has not moved above a value) the products are >= 0 and the clamp at 0 is dropped.
+// monotone), so bottom = t * (xmin - min) <= the rounded product <= top = t * (max - min). When every lane that is
+// not flat has both inside (-2^22, 2^22) (for t = inf or NaN, top is inf or NaN and fails the test), the
+// magic-number rounding is round-to-nearest-even, which v_round_small does in floats; the clamp at 0 is needed only
+// if some bottom <= -0.5, the one at nmax only if some top >= nmax + 0.5 (most trials stretch the range by less).
 // Flat lanes (max == min) compute throw-away levels and are discarded at the end.
 #ifndef KQ_AFFINE_SHORT
 #define KQ_AFFINE_SHORT 0
 #endif
-enum { KQ_ROUND_FULL = 0, KQ_ROUND_SHORT = 1, KQ_ROUND_SHORT_NONNEG = 2 };
+#ifndef KQ_AFFINE_GROUPS
+#define KQ_AFFINE_GROUPS 1
+#endif
+// rounding modes: FULL (kq_round_magic and clamp), or SHORT plus the clamps that are needed
+enum { KQ_ROUND_FULL = 0, KQ_ROUND_SHORT = 1, KQ_CLAMP_LO = 2, KQ_CLAMP_HI = 4 };
 
 #if KQ_AFFINE_SHORT
-KQ_TARGET static inline int affine_round_mode(kv t, kv max, kv min, kv xmin, km flat) {
+KQ_TARGET static inline int affine_round_mode(kv t, kv max, kv min, kv xmin, km flat, int nmax) {
+    const kv top = v_mul(t, v_sub(max, min)), bottom = v_mul(t, v_sub(xmin, min));
     const kv big = v_set(4194304.0f);
-    const km small = m_and(v_lt(v_mul(t, v_sub(max, min)), big), v_gt(v_mul(t, v_sub(xmin, min)), v_neg(big)));
-    if (!m_all(m_or(small, flat))) return KQ_ROUND_FULL;
-    return (m_bits(v_lt(xmin, min)) & ~m_bits(flat)) == 0 ? KQ_ROUND_SHORT_NONNEG : KQ_ROUND_SHORT;
+    if (!m_all(m_or(m_and(v_lt(top, big), v_gt(bottom, v_neg(big))), flat))) return KQ_ROUND_FULL;
+    const int flat_bits = m_bits(flat);
+    const int lo = (m_bits(v_gt(bottom, v_set(-0.5f))) | flat_bits) == m_bits(m_true()) ? 0 : KQ_CLAMP_LO;
+    const int hi = (m_bits(v_lt(top, v_set((float)nmax + 0.5f))) | flat_bits) == m_bits(m_true()) ? 0 : KQ_CLAMP_HI;
+    return KQ_ROUND_SHORT | lo | hi;
 }
 #define KQ_AFFINE_LEVEL(v, nmax, mode)                                                                          \
     ((mode) == KQ_ROUND_FULL ? v_round_clamp(v, 0, nmax)                                                       \
-     : (mode) == KQ_ROUND_SHORT ? v_maxf(v_minf(v_round_small(v), v_set((float)(nmax))), v_zero())             \
-                                : v_minf(v_round_small(v), v_set((float)(nmax))))
+     : (mode) == (KQ_ROUND_SHORT | KQ_CLAMP_LO | KQ_CLAMP_HI)                                                    \
+         ? v_maxf(v_minf(v_round_small(v), v_set((float)(nmax))), v_zero())                                     \
+     : (mode) == (KQ_ROUND_SHORT | KQ_CLAMP_LO) ? v_maxf(v_round_small(v), v_zero())                            \
+     : (mode) == (KQ_ROUND_SHORT | KQ_CLAMP_HI) ? v_minf(v_round_small(v), v_set((float)(nmax)))                \
+                                                : v_round_small(v))
 #else
 #define KQ_AFFINE_LEVEL(v, nmax, mode) v_round_clamp(v, 0, nmax)
 #endif
 
-// One trial of the range-stretch search: levels for scale t against min, and the weighted sums.
-__attribute__((always_inline)) KQ_TARGET static inline void affine_trial_sums(int n, int nmax, const kv *x,
-                                                                               const kv *w, kv t, kv min, kv *tq,
+// One trial of the range-stretch search for G groups: levels for scale t[g] against min[g], and the weighted sums.
+__attribute__((always_inline)) KQ_TARGET static inline void affine_trial_sums(const int G, int n, int nmax,
+                                                                               const kv *x, const kv *w,
+                                                                               const kv *t, const kv *min, kv *tq,
                                                                                kv *sum_l, kv *sum_l2, kv *sum_xl,
                                                                                const int mode) {
-    kv sl = v_zero(), sl2 = v_zero(), sxl = v_zero();
+    for (int g = 0; g < G; g++) sum_l[g] = sum_l2[g] = sum_xl[g] = v_zero();
     for (int i = 0; i < n; i++) {
-        const kv l = KQ_AFFINE_LEVEL(v_mul(t, v_sub(x[i], min)), nmax, mode);
-        tq[i] = l;
-        const kv wl = v_mul(w[i], l);
-        sl = v_add(sl, wl);
-        sl2 = v_add(sl2, v_mul(wl, l));
-        sxl = v_add(sxl, v_mul(wl, x[i]));
+        for (int g = 0; g < G; g++) {
+            const int e = n * g + i;
+            const kv l = KQ_AFFINE_LEVEL(v_mul(t[g], v_sub(x[e], min[g])), nmax, mode);
+            tq[e] = l;
+            const kv wl = v_mul(w[e], l);
+            sum_l[g] = v_add(sum_l[g], wl);
+            sum_l2[g] = v_add(sum_l2[g], v_mul(wl, l));
+            sum_xl[g] = v_add(sum_xl[g], v_mul(wl, x[e]));
+        }
     }
-    *sum_l = sl;
-    *sum_l2 = sl2;
-    *sum_xl = sxl;
 }
 
-// KQ_AFFINE_GROUPS groups at once (x, w and q hold them one after another, n each): each trial's steps depend on the
-// one before through the running min, and the sums and errors are chains of adds, so a single group leaves the
-// vector units idle between trials; G independent groups interleaved element by element fill them. Per group the
-// operations and their order are those of kq_fit_affine.
-#ifndef KQ_AFFINE_GROUPS
-#define KQ_AFFINE_GROUPS 1
+// The mode shared by the G groups (the union of the clamps each needs; FULL if any needs it), then the trial.
+__attribute__((always_inline)) KQ_TARGET static inline void affine_trial(const int G, int n, int nmax, const kv *x,
+                                                                          const kv *w, const kv *t, const kv *max,
+                                                                          const kv *min, const kv *xmin,
+                                                                          const km *flat, kv *tq, kv *sum_l,
+                                                                          kv *sum_l2, kv *sum_xl) {
+#if KQ_AFFINE_SHORT
+    int mode = KQ_ROUND_SHORT;
+    for (int g = 0; g < G && mode != KQ_ROUND_FULL; g++) {
+        const int m = affine_round_mode(t[g], max[g], min[g], xmin[g], flat[g], nmax);
+        mode = m == KQ_ROUND_FULL ? KQ_ROUND_FULL : mode | m;
+    }
+    switch (mode) {
+    case KQ_ROUND_SHORT:
+        affine_trial_sums(G, n, nmax, x, w, t, min, tq, sum_l, sum_l2, sum_xl, KQ_ROUND_SHORT);
+        return;
+    case KQ_ROUND_SHORT | KQ_CLAMP_LO:
+        affine_trial_sums(G, n, nmax, x, w, t, min, tq, sum_l, sum_l2, sum_xl, KQ_ROUND_SHORT | KQ_CLAMP_LO);
+        return;
+    case KQ_ROUND_SHORT | KQ_CLAMP_HI:
+        affine_trial_sums(G, n, nmax, x, w, t, min, tq, sum_l, sum_l2, sum_xl, KQ_ROUND_SHORT | KQ_CLAMP_HI);
+        return;
+    case KQ_ROUND_SHORT | KQ_CLAMP_LO | KQ_CLAMP_HI:
+        affine_trial_sums(G, n, nmax, x, w, t, min, tq, sum_l, sum_l2, sum_xl,
+                          KQ_ROUND_SHORT | KQ_CLAMP_LO | KQ_CLAMP_HI);
+        return;
+    default: break;
+    }
+#else
+    (void)max, (void)xmin, (void)flat;
 #endif
+    affine_trial_sums(G, n, nmax, x, w, t, min, tq, sum_l, sum_l2, sum_xl, KQ_ROUND_FULL);
+}
 
 __attribute__((always_inline)) KQ_TARGET static inline void fit_affine_gv(const int G, int n, int nmax, const kv *x,
                                                                            const kv *w, kv *q, kv *neg_min_out,
@@ -137,10 +178,9 @@ __attribute__((always_inline)) KQ_TARGET static inline void fit_affine_gv(const 
     const kv zero = v_zero();
     kv min[KQ_AFFINE_GROUPS], max[KQ_AFFINE_GROUPS], sum_w[KQ_AFFINE_GROUPS], sum_x[KQ_AFFINE_GROUPS];
     kv flat_neg_min[KQ_AFFINE_GROUPS], scale[KQ_AFFINE_GROUPS], best_err[KQ_AFFINE_GROUPS];
+    kv xmin[KQ_AFFINE_GROUPS], inv[KQ_AFFINE_GROUPS];
+    kv sum_l[KQ_AFFINE_GROUPS], sum_l2[KQ_AFFINE_GROUPS], sum_xl[KQ_AFFINE_GROUPS];
     km flat[KQ_AFFINE_GROUPS];
-#if KQ_AFFINE_SHORT
-    kv xmin[KQ_AFFINE_GROUPS];
-#endif
     for (int g = 0; g < G; g++) {
         const kv *xg = x + n * g, *wg = w + n * g;
         min[g] = xg[0];
@@ -158,25 +198,15 @@ __attribute__((always_inline)) KQ_TARGET static inline void fit_affine_gv(const 
         }
     }
     for (int g = 0; g < G; g++) {
-#if KQ_AFFINE_SHORT
         xmin[g] = min[g];
-#endif
         min[g] = v_pick(min[g], zero, v_gt(min[g], zero));
         flat[g] = v_eq(max[g], min[g]);
         flat_neg_min[g] = v_neg(min[g]);
-        const kv inv = v_div(v_set((float)nmax), v_sub(max[g], min[g]));
-        scale[g] = v_div(v_set(1.0f), inv);
-        kv unused[3];
-#if KQ_AFFINE_SHORT
-        if (affine_round_mode(inv, max[g], min[g], xmin[g], flat[g]) == KQ_ROUND_SHORT_NONNEG)
-            affine_trial_sums(n, nmax, x + n * g, w + n * g, inv, min[g], q + n * g, &unused[0], &unused[1],
-                              &unused[2], KQ_ROUND_SHORT_NONNEG);
-        else
-#endif
-            affine_trial_sums(n, nmax, x + n * g, w + n * g, inv, min[g], q + n * g, &unused[0], &unused[1],
-                              &unused[2], KQ_ROUND_FULL);
+        inv[g] = v_div(v_set((float)nmax), v_sub(max[g], min[g]));
+        scale[g] = v_div(v_set(1.0f), inv[g]);
         best_err[g] = zero;
     }
+    affine_trial(G, n, nmax, x, w, inv, max, min, xmin, flat, q, sum_l, sum_l2, sum_xl);  // sums unused
     for (int i = 0; i < n; i++) {
         for (int g = 0; g < G; g++) {
             const int e = n * g + i;
@@ -187,52 +217,9 @@ __attribute__((always_inline)) KQ_TARGET static inline void fit_affine_gv(const 
     }
     for (int k = 0; k <= nstep; k++) {
         // min is the best fit so far: it moves when a trial is taken, and so do the range and the levels
-        kv sum_l[KQ_AFFINE_GROUPS], sum_l2[KQ_AFFINE_GROUPS], sum_xl[KQ_AFFINE_GROUPS];
         kv trial[KQ_AFFINE_GROUPS];
-        int mode[KQ_AFFINE_GROUPS];
-        for (int g = 0; g < G; g++) {
-            trial[g] = v_div(v_set(rmin + rdelta * k + nmax), v_sub(max[g], min[g]));
-#if KQ_AFFINE_SHORT
-            mode[g] = affine_round_mode(trial[g], max[g], min[g], xmin[g], flat[g]);
-#else
-            mode[g] = KQ_ROUND_FULL;
-#endif
-        }
-        int same = 1;
-        for (int g = 1; g < G; g++) same &= mode[g] == mode[0];
-        if (G > 1 && same && mode[0] != KQ_ROUND_FULL) {
-            // all groups on the same short rounding: one interleaved loop
-            for (int g = 0; g < G; g++) sum_l[g] = sum_l2[g] = sum_xl[g] = zero;
-            for (int i = 0; i < n; i++) {
-                for (int g = 0; g < G; g++) {
-                    const int e = n * g + i;
-                    const kv v = v_mul(trial[g], v_sub(x[e], min[g]));
-                    const kv l = mode[0] == KQ_ROUND_SHORT_NONNEG ? KQ_AFFINE_LEVEL(v, nmax, KQ_ROUND_SHORT_NONNEG)
-                                                                  : KQ_AFFINE_LEVEL(v, nmax, KQ_ROUND_SHORT);
-                    trial_q[e] = l;
-                    const kv wl = v_mul(w[e], l);
-                    sum_l[g] = v_add(sum_l[g], wl);
-                    sum_l2[g] = v_add(sum_l2[g], v_mul(wl, l));
-                    sum_xl[g] = v_add(sum_xl[g], v_mul(wl, x[e]));
-                }
-            }
-        } else {
-            for (int g = 0; g < G; g++) {
-                const kv *xg = x + n * g, *wg = w + n * g;
-                kv *tq = trial_q + n * g;
-#if KQ_AFFINE_SHORT
-                if (mode[g] == KQ_ROUND_SHORT_NONNEG)
-                    affine_trial_sums(n, nmax, xg, wg, trial[g], min[g], tq, &sum_l[g], &sum_l2[g], &sum_xl[g],
-                                      KQ_ROUND_SHORT_NONNEG);
-                else if (mode[g] == KQ_ROUND_SHORT)
-                    affine_trial_sums(n, nmax, xg, wg, trial[g], min[g], tq, &sum_l[g], &sum_l2[g], &sum_xl[g],
-                                      KQ_ROUND_SHORT);
-                else
-#endif
-                    affine_trial_sums(n, nmax, xg, wg, trial[g], min[g], tq, &sum_l[g], &sum_l2[g], &sum_xl[g],
-                                      KQ_ROUND_FULL);
-            }
-        }
+        for (int g = 0; g < G; g++) trial[g] = v_div(v_set(rmin + rdelta * k + nmax), v_sub(max[g], min[g]));
+        affine_trial(G, n, nmax, x, w, trial, max, min, xmin, flat, trial_q, sum_l, sum_l2, sum_xl);
         km solvable[KQ_AFFINE_GROUPS];
         kv t_scale[KQ_AFFINE_GROUPS], t_min[KQ_AFFINE_GROUPS], err[KQ_AFFINE_GROUPS];
         int any = 0;
@@ -434,6 +421,100 @@ KQ_TARGET static void fit_descent_v(const kv *x, kv *q, kv *scales) {
     }
 }
 
+// kq_fit_positive per lane (KQ_POSITIVE_LANES, where the backend has v_round_byte and v_wrap_byte): the super-block
+// scale of a block's group scales (or mins), n <= 16 values per lane; q[i] receives the levels as the scalar
+// code's bytes, as floats. The scalar code keeps int levels (clamped above only, so a negative value gives a
+// negative level) where it sums and compares, and bytes (wrapped) where it stores: both are kept here. The
+// descent stops when no lane changed in a pass: a pass that changes nothing leaves its lane as it was, so running
+// more of them on a lane the scalar code has stopped is a no-op.
+#ifndef KQ_POSITIVE_LANES
+#define KQ_POSITIVE_LANES 0
+#endif
+#if KQ_POSITIVE_LANES
+KQ_TARGET static kv fit_positive_v(int n, int nmax, const kv *x, const kv *w, kv *q) {
+    const kv zero = v_zero();
+    const int lowest = -0x400000;  // kq_round_magic's smallest result: a clamp there is none
+    kv max = zero;
+    for (int i = 0; i < n; i++) max = v_pick(x[i], max, v_gt(max, x[i]));
+    const km all_zero = v_lt(max, v_set(1e-15f));
+    kv inv = v_div(v_set((float)nmax), max);
+    for (int i = 0; i < n; i++) q[i] = v_round_byte(v_mul(inv, x[i]));
+    const kv scale = v_div(v_set(1.0f), inv);
+    kv best_err = zero;
+    for (int i = 0; i < n; i++) {
+        const kv diff = v_sub(x[i], v_mul(scale, q[i]));
+        best_err = v_add(best_err, v_mul(v_mul(w[i], diff), diff));
+    }
+    for (int k = -4; k <= 4; k++) {
+        if (k == 0) continue;
+        const kv t_inv = v_div(v_set(0.1f * k + nmax), max);
+        const kv t_scale = v_div(v_set(1.0f), t_inv);
+        kv err = zero;
+        for (int i = 0; i < n; i++) {
+            const kv l = v_round_clamp(v_mul(t_inv, x[i]), lowest, nmax);
+            const kv diff = v_sub(x[i], v_mul(t_scale, l));
+            err = v_add(err, v_mul(v_mul(w[i], diff), diff));
+        }
+        const km better = v_lt(err, best_err);
+        best_err = v_pick(best_err, err, better);
+        inv = v_pick(inv, t_inv, better);
+    }
+    kv sumlx = zero, suml2 = zero, wx[16];
+    for (int i = 0; i < n; i++) {
+        const kv l = v_round_clamp(v_mul(inv, x[i]), lowest, nmax);
+        q[i] = v_wrap_byte(l);
+        wx[i] = v_mul(w[i], x[i]);
+        sumlx = v_add(sumlx, v_mul(wx[i], l));
+        suml2 = v_add(suml2, v_mul(v_mul(w[i], l), l));
+    }
+    for (int pass = 0; pass < 5; pass++) {
+        km changed = v_lt(zero, zero);
+        for (int i = 0; i < n; i++) {
+            kv slx = v_sub(sumlx, v_mul(wx[i], q[i]));
+            kv sl2 = v_sub(suml2, v_mul(v_mul(w[i], q[i]), q[i]));
+            const km can = m_and(v_gt(slx, zero), v_gt(sl2, zero));
+            const kv l = v_round_clamp(v_div(v_mul(x[i], sl2), slx), lowest, nmax);
+            const km differs = v_ne(l, q[i]);
+            slx = v_add(slx, v_mul(wx[i], l));
+            sl2 = v_add(sl2, v_mul(v_mul(w[i], l), l));
+            const km better = v_gt(v_mul(v_mul(slx, slx), suml2), v_mul(v_mul(sumlx, sumlx), sl2));
+            const km take = m_and(m_and(can, differs), better);
+            q[i] = v_pick(q[i], v_wrap_byte(l), take);
+            sumlx = v_pick(sumlx, slx, take);
+            suml2 = v_pick(suml2, sl2, take);
+            changed = m_or(changed, take);
+        }
+        if (!m_any(changed)) break;
+    }
+    for (int i = 0; i < n; i++) q[i] = v_pick(q[i], zero, all_zero);
+    return v_pick(v_pick(zero, v_div(sumlx, suml2), v_gt(suml2, zero)), zero, all_zero);
+}
+
+// The weighted header of KQ_LANES blocks in lanes: super-block scale and min fitted over the group scales and mins
+// (n groups) -> per lane the levels as bytes and the two scales.
+KQ_TARGET static void fit_positive_pair_v(int n, int nmax, float scales[][KQ_LANES], float mins[][KQ_LANES],
+                                          float group_w[][KQ_LANES], uint8_t ls[][16], uint8_t lm[][16],
+                                          float *d, float *dmin) {
+    kv sc[16], mn[16], gw[16], qs[16], qm[16];
+    for (int g = 0; g < n; g++) {
+        sc[g] = v_load(scales[g]);
+        mn[g] = v_load(mins[g]);
+        gw[g] = v_load(group_w[g]);
+    }
+    v_store(d, fit_positive_v(n, nmax, sc, gw, qs));
+    v_store(dmin, fit_positive_v(n, nmax, mn, gw, qm));
+    for (int g = 0; g < n; g++) {
+        float fs[KQ_LANES], fm[KQ_LANES];
+        v_store(fs, qs[g]);
+        v_store(fm, qm[g]);
+        for (int b = 0; b < KQ_LANES; b++) {
+            ls[b][g] = (uint8_t)(int)fs[b];
+            lm[b][g] = (uint8_t)(int)fm[b];
+        }
+    }
+}
+#endif
+
 // ---- shared per-group weight helpers
 
 // Per lane: the sum of x^2 over the whole 256-block, in element order.
@@ -577,11 +658,21 @@ KQ_TARGET static void q2k_eight(lanes_t *s, const float *x, const float *imatrix
             v_store(s->mins[g + j], neg_min[j]);
         }
     }
+#if KQ_POSITIVE_LANES
+    uint8_t ls[KQ_LANES][16], lm[KQ_LANES][16];
+    float d[KQ_LANES], dmin[KQ_LANES];
+    if (imatrix) fit_positive_pair_v(16, 15, s->scales, s->mins, s->group_w, ls, lm, d, dmin);
+#endif
     for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];  // unused until packing: the header step does not read it
         float scales[16], mins[16], group_w[16];
         lane_column(s->scales, 16, b, scales);
         lane_column(s->mins, 16, b, mins);
+#if KQ_POSITIVE_LANES
+        if (imatrix) {
+            kq_q2k_write_header(y + 84 * b, ls[b], lm[b], d[b], dmin[b]);
+        } else
+#endif
         if (imatrix) {
             lane_column(s->group_w, 16, b, group_w);
             kq_q2k_finish_weighted(NULL, y + 84 * b, scales, mins, group_w, levels);
@@ -681,11 +772,21 @@ KQ_TARGET static void q45k_eight(lanes_t *s, const float *x, const float *imatri
             v_store(s->mins[g + j], neg_min[j]);
         }
     }
+#if KQ_POSITIVE_LANES
+    uint8_t ls[KQ_LANES][16], lm[KQ_LANES][16];
+    float d[KQ_LANES], dmin[KQ_LANES];
+    if (imatrix) fit_positive_pair_v(8, 63, s->scales, s->mins, s->group_w, ls, lm, d, dmin);
+#endif
     for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];
         float scales[8], mins[8], group_w[8];
         lane_column(s->scales, 8, b, scales);
         lane_column(s->mins, 8, b, mins);
+#if KQ_POSITIVE_LANES
+        if (imatrix) {
+            kq_q45k_write_header(y + block_bytes * b, ls[b], lm[b], d[b], dmin[b], nmax);
+        } else
+#endif
         if (imatrix) {
             lane_column(s->group_w, 8, b, group_w);
             kq_q45k_finish_weighted(NULL, y + block_bytes * b, scales, mins, group_w, levels, nmax);
