@@ -178,7 +178,7 @@ __attribute__((always_inline)) KQ_TARGET static inline void fit_affine_gv(const 
     const kv zero = v_zero();
     kv min[KQ_AFFINE_GROUPS], max[KQ_AFFINE_GROUPS], sum_w[KQ_AFFINE_GROUPS], sum_x[KQ_AFFINE_GROUPS];
     kv flat_neg_min[KQ_AFFINE_GROUPS], scale[KQ_AFFINE_GROUPS], best_err[KQ_AFFINE_GROUPS];
-    kv xmin[KQ_AFFINE_GROUPS], inv[KQ_AFFINE_GROUPS];
+    kv xmin[KQ_AFFINE_GROUPS], inv[KQ_AFFINE_GROUPS], best_t[KQ_AFFINE_GROUPS], best_m[KQ_AFFINE_GROUPS];
     kv sum_l[KQ_AFFINE_GROUPS], sum_l2[KQ_AFFINE_GROUPS], sum_xl[KQ_AFFINE_GROUPS];
     km flat[KQ_AFFINE_GROUPS];
     for (int g = 0; g < G; g++) {
@@ -205,6 +205,8 @@ __attribute__((always_inline)) KQ_TARGET static inline void fit_affine_gv(const 
         inv[g] = v_div(v_set((float)nmax), v_sub(max[g], min[g]));
         scale[g] = v_div(v_set(1.0f), inv[g]);
         best_err[g] = zero;
+        best_t[g] = inv[g];
+        best_m[g] = min[g];
     }
     affine_trial(G, n, nmax, x, w, inv, max, min, xmin, flat, q, sum_l, sum_l2, sum_xl);  // sums unused
     for (int i = 0; i < n; i++) {
@@ -245,15 +247,19 @@ __attribute__((always_inline)) KQ_TARGET static inline void fit_affine_gv(const 
         }
         for (int g = 0; g < G; g++) {
             const km take = m_and(solvable[g], v_lt(err[g], best_err[g]));
-            if (!m_any(take)) continue;
-            for (int i = 0; i < n; i++) q[n * g + i] = v_pick(q[n * g + i], trial_q[n * g + i], take);
             best_err[g] = v_pick(best_err[g], err[g], take);
+            best_t[g] = v_pick(best_t[g], trial[g], take);
+            best_m[g] = v_pick(best_m[g], min[g], take);
             scale[g] = v_pick(scale[g], t_scale[g], take);
             min[g] = v_pick(min[g], t_min[g], take);
         }
     }
+    // the levels of the trial taken last (or the start), from its scale and the min it was computed against: the
+    // same function of (t, min, x) the trials computed, whichever rounding they took
     for (int g = 0; g < G; g++) {
-        for (int i = 0; i < n; i++) q[n * g + i] = v_pick(q[n * g + i], zero, flat[g]);
+        for (int i = 0; i < n; i++)
+            q[n * g + i] = v_pick(v_round_clamp(v_mul(best_t[g], v_sub(x[n * g + i], best_m[g])), 0, nmax), zero,
+                                  flat[g]);
         neg_min_out[g] = v_pick(v_neg(min[g]), flat_neg_min[g], flat[g]);
         scale_out[g] = v_pick(scale[g], zero, flat[g]);
     }
@@ -286,6 +292,36 @@ KQ_TARGET static void signed_absmax_v(int n, const kv *x, kv *amax, kv *max) {
 // short rounding is exact. data == 0 (the fit of Q3_K's group scales, which may be inf or NaN): the full rounding.
 #define KQ_ROUND_SYM(v, lo, hi) (data ? v_round_clamp_small(v, lo, hi) : v_round_clamp(v, lo, hi))
 
+#if KQ_AFFINE_SHORT
+// Which clamps a trial of the symmetric fit needs (its products lie between trial * xhi and trial * xlo): below,
+// where some lane reaches -nmax - 0.5 (rounding to -nmax - 1 or beyond), above where one reaches nmax - 0.5.
+// KQ_ROUND_SHORT | KQ_CLAMP_LO | KQ_CLAMP_HI is returned as KQ_ROUND_FULL (the cvtps2dq sequence is as short).
+KQ_TARGET static inline int symmetric_round_mode(kv trial, kv xhi, kv xlo, km all_zero, int nmax) {
+    const kv a = v_mul(trial, xhi), b = v_mul(trial, xlo);
+    const kv lower = v_pick(a, b, v_lt(b, a)), upper = v_pick(a, b, v_gt(b, a));
+    const int skip = m_bits(all_zero), all = m_bits(m_true());
+    const int lo = (m_bits(v_gt(lower, v_set(-(float)nmax - 0.5f))) | skip) == all ? 0 : KQ_CLAMP_LO;
+    const int hi = (m_bits(v_lt(upper, v_set((float)nmax - 0.5f))) | skip) == all ? 0 : KQ_CLAMP_HI;
+    return lo && hi ? KQ_ROUND_FULL : KQ_ROUND_SHORT | lo | hi;
+}
+
+__attribute__((always_inline)) KQ_TARGET static inline void symmetric_trial_sums(int n, int nmax, const kv *x,
+                                                                                  const kv *w, const kv *wx,
+                                                                                  kv trial, kv *tlx_out,
+                                                                                  kv *tl2_out, const int mode) {
+    kv tlx = v_zero(), tl2 = v_zero();
+    for (int i = 0; i < n; i++) {
+        kv l = v_round_small(v_mul(trial, x[i]));
+        if (mode & KQ_CLAMP_LO) l = v_maxf(l, v_set((float)-nmax));
+        if (mode & KQ_CLAMP_HI) l = v_minf(l, v_set((float)(nmax - 1)));
+        tlx = v_add(tlx, v_mul(wx[i], l));
+        tl2 = v_add(tl2, v_mul(v_mul(w[i], l), l));
+    }
+    *tlx_out = tlx;
+    *tl2_out = tl2;
+}
+#endif
+
 KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in, kv *q, int data) {
     kv w[16], wx[16];
     const kv zero = v_zero(), offset = v_set((float)nmax);
@@ -300,30 +336,55 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
     kv sumlx = zero, suml2 = zero;
     for (int i = 0; i < n; i++) {
         const kv l = KQ_ROUND_SYM(v_mul(inv, x[i]), -nmax, nmax - 1);
-        q[i] = v_add(l, offset);
         sumlx = v_add(sumlx, v_mul(wx[i], l));
         suml2 = v_add(suml2, v_mul(v_mul(w[i], l), l));
     }
     kv scale = v_pick(zero, v_div(sumlx, suml2), v_ne(suml2, zero));
-    kv best = v_mul(scale, sumlx);
+    kv best = v_mul(scale, sumlx), best_t = inv;
+#if KQ_AFFINE_SHORT
+    kv xhi = x[0], xlo = x[0];  // the largest and smallest value: trial * x lies between their products
+    for (int i = 1; i < n; i++) {
+        xhi = v_pick(xhi, x[i], v_gt(x[i], xhi));
+        xlo = v_pick(xlo, x[i], v_lt(x[i], xlo));
+    }
+#endif
     for (int k = -9; k <= 9; k++) {
         if (k == 0) continue;
         const kv trial = v_div(v_set(-(nmax + 0.1f * k)), max);
         kv tlx = zero, tl2 = zero;
-        for (int i = 0; i < n; i++) {
-            const kv l = KQ_ROUND_SYM(v_mul(trial, x[i]), -nmax, nmax - 1);
-            tlx = v_add(tlx, v_mul(wx[i], l));
-            tl2 = v_add(tl2, v_mul(v_mul(w[i], l), l));
+#if KQ_AFFINE_SHORT
+        // data: every product is below 2^22 (above), so round_small is the magic rounding; the clamps at -nmax and
+        // nmax - 1 only where some lane that is not all zero reaches -nmax - 0.5 or nmax - 0.5
+        const int mode = data ? symmetric_round_mode(trial, xhi, xlo, all_zero, nmax) : KQ_ROUND_FULL;
+        switch (mode) {
+        case KQ_ROUND_SHORT:
+            symmetric_trial_sums(n, nmax, x, w, wx, trial, &tlx, &tl2, KQ_ROUND_SHORT);
+            break;
+        case KQ_ROUND_SHORT | KQ_CLAMP_LO:
+            symmetric_trial_sums(n, nmax, x, w, wx, trial, &tlx, &tl2, KQ_ROUND_SHORT | KQ_CLAMP_LO);
+            break;
+        case KQ_ROUND_SHORT | KQ_CLAMP_HI:
+            symmetric_trial_sums(n, nmax, x, w, wx, trial, &tlx, &tl2, KQ_ROUND_SHORT | KQ_CLAMP_HI);
+            break;
+        default:
+#endif
+            for (int i = 0; i < n; i++) {
+                const kv l = KQ_ROUND_SYM(v_mul(trial, x[i]), -nmax, nmax - 1);
+                tlx = v_add(tlx, v_mul(wx[i], l));
+                tl2 = v_add(tl2, v_mul(v_mul(w[i], l), l));
+            }
+#if KQ_AFFINE_SHORT
         }
+#endif
         const km take = m_and(v_gt(tl2, zero), v_gt(v_mul(tlx, tlx), v_mul(best, tl2)));
-        if (!m_any(take)) continue;
-        for (int i = 0; i < n; i++)
-            q[i] = v_pick(q[i], v_add(KQ_ROUND_SYM(v_mul(trial, x[i]), -nmax, nmax - 1), offset), take);
         const kv t_scale = v_div(tlx, tl2);
         scale = v_pick(scale, t_scale, take);
         best = v_pick(best, v_mul(t_scale, tlx), take);
+        best_t = v_pick(best_t, trial, take);
     }
-    for (int i = 0; i < n; i++) q[i] = v_pick(q[i], zero, all_zero);
+    // the levels of the trial taken last (or the start): the same function of (t, x) the trials computed
+    for (int i = 0; i < n; i++)
+        q[i] = v_pick(v_add(KQ_ROUND_SYM(v_mul(best_t, x[i]), -nmax, nmax - 1), offset), zero, all_zero);
     return v_pick(scale, zero, all_zero);
 }
 
