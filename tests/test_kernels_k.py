@@ -85,7 +85,30 @@ def degenerate_rows(blocks: int = BLOCKS) -> dict[str, np.ndarray]:
         "tiny": (rng.standard_normal((2, cols)) * 1e-30).astype(np.float32),
         "denormal": (rng.standard_normal((2, cols)) * 1e-39).astype(np.float32),
         "huge": (rng.standard_normal((2, cols)) * 1e30).astype(np.float32),
+        # the edges of the AVX-512 shortcuts (quants_k_lanes.h: short rounding where products stay below 2^22,
+        # clamps dropped by range, division by a shared 1/d with an FMA correction):
+        # exact ties everywhere: small integers and half-integers give products and quotients on .5
+        "integers": rng.integers(-31, 32, (2, cols)).astype(np.float32),
+        "halves": (rng.integers(-16, 16, (2, cols)) + 0.5).astype(np.float32),
+        # max - min overflows to inf (trial scales 0, products 0 * inf = NaN): the full rounding
+        "near_float_max": (rng.choice([-1.0, 1.0], (2, cols)) * rng.uniform(1e38, 3.4e38, (2, cols)))
+        .astype(np.float32),
+        # super-block scales above fp16's range: stored as inf, so the requantization divides by inf
+        "fp16_overflow": (rng.standard_normal((2, cols)) * 1e7).astype(np.float32),
+        # ranges of a few denormal steps: trial scales overflow to inf
+        "deep_denormal": (rng.integers(-8, 9, (2, cols)) * 1e-45).astype(np.float32),
+        # every lane of one group a different one of these (each 16-lane vector mixes rounding modes)
+        "mixed_edges": mixed_edges(rng, blocks),
     }
+
+
+def mixed_edges(rng, blocks: int) -> np.ndarray:
+    """One row whose consecutive blocks cycle through the shortcut edge kinds and normal blocks."""
+    kinds = [lambda: rng.standard_normal(256), lambda: rng.integers(-31, 32, 256),
+             lambda: rng.integers(-16, 16, 256) + 0.5, lambda: rng.uniform(1e38, 3.4e38, 256),
+             lambda: rng.standard_normal(256) * 1e7, lambda: rng.integers(-8, 9, 256) * 1e-45,
+             lambda: np.where(rng.random(256) < 0.9, rng.standard_normal(256), 0.0)]
+    return np.concatenate([kinds[i % len(kinds)]() for i in range(blocks)]).reshape(1, -1).astype(np.float32)
 
 
 def imatrices(cols: int) -> dict[str, np.ndarray | None]:
