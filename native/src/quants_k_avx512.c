@@ -129,17 +129,39 @@ KQ_TARGET static inline void transpose8_256(const __m256 *r, __m256 *out) {
     out[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
+// out[j] lane b = r[b] lane j for a 16x16 tile: pairs interleaved (unpack), then 4-float quarters gathered
+// (shuffle_ps), then 128-bit lanes in two steps (shuffle_f32x4: imm 0x88 takes lanes 0 and 2 of each source, 0xDD
+// lanes 1 and 3). 64 shuffles for 256 floats, where two 8x8 256-bit tiles and the inserts take 112.
+KQ_TARGET static inline void transpose16(const __m512 *r, __m512 *out) {
+    __m512 t[16], u[16], v[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);      // per 128-bit lane L: r_i[4L], r_i+1[4L], r_i[4L+1], r_i+1[4L+1]
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);  // the same for elements 4L+2, 4L+3
+    }
+    for (int i = 0; i < 16; i += 4) {  // u[i + c] lane L: rows i..i+3 of element 4L + c
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int h = 0; h < 16; h += 8) {  // v[h + c]: elements c, c + 8 of rows h..h+7; v[h + 4 + c]: c + 4, c + 12
+        for (int c = 0; c < 4; c++) {
+            v[h + c] = _mm512_shuffle_f32x4(u[h + c], u[h + 4 + c], 0x88);
+            v[h + 4 + c] = _mm512_shuffle_f32x4(u[h + c], u[h + 4 + c], 0xDD);
+        }
+    }
+    for (int c = 0; c < 8; c++) {
+        out[c] = _mm512_shuffle_f32x4(v[c], v[8 + c], 0x88);
+        out[c + 8] = _mm512_shuffle_f32x4(v[c], v[8 + c], 0xDD);
+    }
+}
+
 // src: 16 blocks of 256 floats, block b at src + 256b -> dst[e] lane b = element e of block b.
 KQ_TARGET static void to_lanes(const float *src, kv *dst) {
-    for (int e = 0; e < 256; e += 8) {
-        __m256 lo[8], hi[8], tlo[8], thi[8];
-        for (int b = 0; b < 8; b++) {
-            lo[b] = _mm256_loadu_ps(src + 256 * b + e);
-            hi[b] = _mm256_loadu_ps(src + 256 * (b + 8) + e);
-        }
-        transpose8_256(lo, tlo);
-        transpose8_256(hi, thi);
-        for (int j = 0; j < 8; j++) dst[e + j] = _mm512_insertf32x8(_mm512_castps256_ps512(tlo[j]), thi[j], 1);
+    for (int e = 0; e < 256; e += 16) {
+        __m512 rows[16];
+        for (int b = 0; b < 16; b++) rows[b] = _mm512_loadu_ps(src + 256 * b + e);
+        transpose16(rows, dst + e);
     }
 }
 

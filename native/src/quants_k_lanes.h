@@ -89,6 +89,9 @@ KQ_TARGET static void store_lane_bytes(const kvi *bytes, int n, uint8_t *y, int 
 #ifndef KQ_AFFINE_SHORT
 #define KQ_AFFINE_SHORT 0
 #endif
+#ifndef KQ_DIV_SHARED
+#define KQ_DIV_SHARED 0  // see requantize_v
+#endif
 #ifndef KQ_AFFINE_GROUPS
 #define KQ_AFFINE_GROUPS 1
 #endif
@@ -333,6 +336,13 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
         wx[i] = v_mul(w[i], x[i]);
     }
     const kv inv = v_div(v_set((float)-nmax), max);
+#if KQ_DIV_SHARED
+    // the 18 trial scales c / max by one division and a correction each (requantize_v says when that is exact):
+    // lanes that are all zero (discarded) divide by 1 instead
+    const kv max_n = v_pick(max, v_set(1.0f), all_zero), amax_n = v_abs(max_n);
+    const int shared = m_all(m_and(v_lt(amax_n, v_set(0x1p64f)), v_gt(amax_n, v_set(0x1p-64f))));
+    const kv r_max = v_div(v_set(1.0f), max_n);
+#endif
     kv sumlx = zero, suml2 = zero;
     for (int i = 0; i < n; i++) {
         const kv l = KQ_ROUND_SYM(v_mul(inv, x[i]), -nmax, nmax - 1);
@@ -350,7 +360,12 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
 #endif
     for (int k = -9; k <= 9; k++) {
         if (k == 0) continue;
+#if KQ_DIV_SHARED
+        const kv trial = shared ? v_div_recip(v_set(-(nmax + 0.1f * k)), max_n, r_max)
+                                : v_div(v_set(-(nmax + 0.1f * k)), max);
+#else
         const kv trial = v_div(v_set(-(nmax + 0.1f * k)), max);
+#endif
         kv tlx = zero, tl2 = zero;
 #if KQ_AFFINE_SHORT
         // data: every product is below 2^22 (above), so round_small is the magic rounding; the clamps at -nmax and
