@@ -99,6 +99,15 @@ KQ_TARGET static inline kv v_wrap_byte(kv l) {
     return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_cvttps_epi32(l), _mm512_set1_epi32(255)));
 }
 #define KQ_POSITIVE_LANES 1
+// (float)(int8_t)kq_round_magic(v) per lane, any v.
+KQ_TARGET static inline kv v_round_int8(kv v) {
+    __m512i bits = _mm512_castps_si512(_mm512_add_ps(v, v_set(12582912.0f)));
+    __m512i r = _mm512_sub_epi32(_mm512_and_si512(bits, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x00400000));
+    r = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(r, _mm512_set1_epi32(128)), _mm512_set1_epi32(255)),
+                         _mm512_set1_epi32(128));
+    return _mm512_cvtepi32_ps(r);
+}
+#define KQ_Q3K_HEADER_LANES 1
 
 KQ_TARGET static inline kvi vi_from(kv v) { return _mm512_cvttps_epi32(v); }
 KQ_TARGET static inline kvi vi_set(int i) { return _mm512_set1_epi32(i); }

@@ -786,6 +786,35 @@ KQ_TARGET static void q3k_scales_weighted(lanes_t *s, uint8_t *y) {
     }
 }
 
+// kq_q3k_finish_plain's header in lanes (KQ_Q3K_HEADER_LANES, where the backend has v_round_int8): the scale
+// of largest magnitude maps to -32, each group scale to (int8_t)round(inv * scale) clamped to [-32, 31], stored
+// +32; a block whose largest-magnitude scale is 0 gets zero scales and d = 0 (its bytes are then all zero, as
+// the scalar memset's).
+#ifndef KQ_Q3K_HEADER_LANES
+#define KQ_Q3K_HEADER_LANES 0
+#endif
+#if KQ_Q3K_HEADER_LANES
+KQ_TARGET static void q3k_header_plain_v(lanes_t *s, uint8_t *y) {
+    kv sc[16], amax, max;
+    for (int g = 0; g < 16; g++) sc[g] = v_load(s->scales[g]);
+    signed_absmax_v(16, sc, &amax, &max);
+    const km zero_max = v_eq(max, v_zero());
+    const kv inv = v_div(v_set(-32.0f), max);
+    float d[KQ_LANES], l_f[16][KQ_LANES];
+    v_store(d, v_pick(v_div(v_set(1.0f), inv), v_zero(), zero_max));
+    for (int g = 0; g < 16; g++) {
+        const kv l = v_round_int8(v_mul(inv, sc[g]));
+        const kv clamped = v_maxf(v_minf(l, v_set(31.0f)), v_set(-32.0f));
+        v_store(l_f[g], v_pick(v_add(clamped, v_set(32.0f)), v_zero(), zero_max));
+    }
+    for (int b = 0; b < KQ_LANES; b++) {
+        uint8_t s6[16];
+        for (int g = 0; g < 16; g++) s6[g] = (uint8_t)(int)l_f[g][b];
+        kq_q3k_write_header(y + 110 * b, s6, d[b]);
+    }
+}
+#endif
+
 KQ_TARGET static void q3k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y) {
     load_lanes(s, x, imatrix);
     if (imatrix) {
@@ -802,12 +831,16 @@ KQ_TARGET static void q3k_eight(lanes_t *s, const float *x, const float *imatrix
             fit_descent_v(s->x + 16 * g, s->q + 16 * g, scales);
             for (int j = 0; j < KQ_DESCENT_GROUPS; j++) v_store(s->scales[g + j], scales[j]);
         }
+#if KQ_Q3K_HEADER_LANES
+        q3k_header_plain_v(s, y);
+#else
         for (int b = 0; b < KQ_LANES; b++) {
             int8_t levels[256];  // unused: the header step does not read it
             float scales[16];
             lane_column(s->scales, 16, b, scales);
             kq_q3k_finish_plain(NULL, y + 110 * b, scales, levels);
         }
+#endif
     }
     for (int b = 0; b < KQ_LANES; b++) {
         float dg[16];
