@@ -210,3 +210,22 @@ def test_short_rows_joined_into_lanes_match_llama_cpp(qtype, path, monkeypatch):
                 assert np.array_equal(ours, ref), (f"{qtype.name} {blocks} blocks x {rows} rows imatrix={im_name} "
                                                    f"threads={threads} ({path}): "
                                                    + describe_mismatch(ours, ref, TYPE_BYTES[qtype]))
+
+
+def test_avx512_shared_divisor_division_is_ieee(tmp_path):
+    """The AVX-512 requantization and symmetric trials divide by one 1/d and an FMA correction per value
+    (v_div_recip): bit-equal to the IEEE quotient for every x significand (2^23, five binades) over 300 divisors -
+    the kernels' fp16-times-integer scales, significands next to 1 and 2, and random ones (tests/data/
+    div_shared_check.c, built here against the kernel source)."""
+    if not HAS_AVX512:
+        pytest.skip("this CPU lacks AVX-512: the shared-divisor division is not used")
+    root = Path(__file__).resolve().parent.parent
+    src = root / "native" / "src"
+    exe = tmp_path / "div_shared_check"
+    import subprocess
+
+    subprocess.run(["gcc", "-O2", "-ffp-contract=off", "-std=c11", "-I", str(root / "native" / "include"), "-o",
+                    str(exe), str(root / "tests" / "data" / "div_shared_check.c"), str(src / "quants_k.c"),
+                    str(src / "quants_k_avx2.c"), str(src / "quants_common.c"), "-lm"], check=True)
+    run = subprocess.run([str(exe), "300"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("checked 12582912000 wrong 0"), run.stdout + run.stderr
