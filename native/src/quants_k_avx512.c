@@ -2,8 +2,11 @@
 // time, one block per lane of a __m512. Lane masks are AVX-512 mask registers (__mmask16), so a per-lane pick is
 // one masked blend. Only "avx512f,avx512bw,avx512dq,avx512vl" (plus "avx2" for the 256-bit transposes) are
 // targeted, per function: the translation unit stays baseline x86-64 and the extension loads on any x86-64 CPU;
-// module.c calls these only when the CPU (and OS) has all four (cpu_has("avx512")). No "fma": every multiply and
-// add stays separate, and the file is built with -ffp-contract=off, as the plain-C reference.
+// module.c calls these only when the CPU (and OS) has all four (cpu_has("avx512")). The file is built with
+// -ffp-contract=off, as the plain-C reference: multiplies and adds stay separate, except AVX-512F's own FMA in
+// v_div_recip (Markstein's correction of a quotient from a shared reciprocal, bit-equal to the division where
+// quants_k_lanes.h uses it). Beyond the primitives of every backend this one has the shortcuts quants_k_lanes.h
+// switches on (KQ_AFFINE_SHORT, KQ_AFFINE_GROUPS, KQ_DIV_SHARED, KQ_POSITIVE_LANES, KQ_Q3K_HEADER_LANES).
 //
 // Blocks left over (fewer than sixteen) go through the AVX2 row function, which passes its own leftovers (fewer
 // than eight) to the plain path: every path gives the same bytes.

@@ -5,10 +5,13 @@
 // quants_k.c, in the same order (sums run element by element within a block; nothing is reordered or
 // reassociated). Data-dependent branches become per-lane masks and picks; a lane that the scalar code would skip
 // (a `continue`, an early `break`) computes throw-away values that are never picked. Division and sqrt are the
-// IEEE-exact instructions; no reciprocal approximations, no FMA (the including files are built with
-// -ffp-contract=off and use separate multiply and add). The per-group fits run here, and so does the packing of
-// Q3_K's and Q6_K's levels (pure data movement); the small per-block header steps (super-block scales) run
-// through the shared plain-C code. Blocks left over when a row holds fewer than KQ_LANES go through KQ_TAIL(t)
+// IEEE-exact instructions, and the including files are built with -ffp-contract=off and use separate multiply and
+// add. A backend may replace a step by a shorter one that gives the same value bit for bit, each behind a switch
+// that says when it applies (KQ_AFFINE_SHORT: rounding in floats where the range proves it is the magic rounding;
+// KQ_DIV_SHARED: division by a shared divisor through its reciprocal and one FMA correction, where the divisor's
+// range and the quotient's make it the IEEE quotient; KQ_POSITIVE_LANES, KQ_Q3K_HEADER_LANES: per-block header
+// steps in lanes). Without them (AVX2, NEON) the per-block header steps run through the shared plain-C code. The
+// per-group fits run here, and so does the packing of Q3_K's and Q6_K's levels (pure data movement). Blocks left over when a row holds fewer than KQ_LANES go through KQ_TAIL(t)
 // (the next narrower path: AVX-512 hands them to AVX2, which hands its own leftovers to the plain path).
 //
 // The including file (quants_k_avx2.c, quants_k_neon.c, quants_k_avx512.c) defines, before including this header:
