@@ -85,7 +85,30 @@ def degenerate_rows(blocks: int = BLOCKS) -> dict[str, np.ndarray]:
         "tiny": (rng.standard_normal((2, cols)) * 1e-30).astype(np.float32),
         "denormal": (rng.standard_normal((2, cols)) * 1e-39).astype(np.float32),
         "huge": (rng.standard_normal((2, cols)) * 1e30).astype(np.float32),
+        # the edges of the AVX-512 shortcuts (quants_k_lanes.h: short rounding where products stay below 2^22,
+        # clamps dropped by range, division by a shared 1/d with an FMA correction):
+        # exact ties everywhere: small integers and half-integers give products and quotients on .5
+        "integers": rng.integers(-31, 32, (2, cols)).astype(np.float32),
+        "halves": (rng.integers(-16, 16, (2, cols)) + 0.5).astype(np.float32),
+        # max - min overflows to inf (trial scales 0, products 0 * inf = NaN): the full rounding
+        "near_float_max": (rng.choice([-1.0, 1.0], (2, cols)) * rng.uniform(1e38, 3.4e38, (2, cols)))
+        .astype(np.float32),
+        # super-block scales above fp16's range: stored as inf, so the requantization divides by inf
+        "fp16_overflow": (rng.standard_normal((2, cols)) * 1e7).astype(np.float32),
+        # ranges of a few denormal steps: trial scales overflow to inf
+        "deep_denormal": (rng.integers(-8, 9, (2, cols)) * 1e-45).astype(np.float32),
+        # every lane of one group a different one of these (each 16-lane vector mixes rounding modes)
+        "mixed_edges": mixed_edges(rng, blocks),
     }
+
+
+def mixed_edges(rng, blocks: int) -> np.ndarray:
+    """One row whose consecutive blocks cycle through the shortcut edge kinds and normal blocks."""
+    kinds = [lambda: rng.standard_normal(256), lambda: rng.integers(-31, 32, 256),
+             lambda: rng.integers(-16, 16, 256) + 0.5, lambda: rng.uniform(1e38, 3.4e38, 256),
+             lambda: rng.standard_normal(256) * 1e7, lambda: rng.integers(-8, 9, 256) * 1e-45,
+             lambda: np.where(rng.random(256) < 0.9, rng.standard_normal(256), 0.0)]
+    return np.concatenate([kinds[i % len(kinds)]() for i in range(blocks)]).reshape(1, -1).astype(np.float32)
 
 
 def imatrices(cols: int) -> dict[str, np.ndarray | None]:
@@ -187,3 +210,22 @@ def test_short_rows_joined_into_lanes_match_llama_cpp(qtype, path, monkeypatch):
                 assert np.array_equal(ours, ref), (f"{qtype.name} {blocks} blocks x {rows} rows imatrix={im_name} "
                                                    f"threads={threads} ({path}): "
                                                    + describe_mismatch(ours, ref, TYPE_BYTES[qtype]))
+
+
+def test_avx512_shared_divisor_division_is_ieee(tmp_path):
+    """The AVX-512 requantization and symmetric trials divide by one 1/d and an FMA correction per value
+    (v_div_recip): bit-equal to the IEEE quotient for every x significand (2^23, five binades) over 300 divisors -
+    the kernels' fp16-times-integer scales, significands next to 1 and 2, and random ones (tests/data/
+    div_shared_check.c, built here against the kernel source)."""
+    if not HAS_AVX512:
+        pytest.skip("this CPU lacks AVX-512: the shared-divisor division is not used")
+    root = Path(__file__).resolve().parent.parent
+    src = root / "native" / "src"
+    exe = tmp_path / "div_shared_check"
+    import subprocess
+
+    subprocess.run(["gcc", "-O2", "-ffp-contract=off", "-std=c11", "-I", str(root / "native" / "include"), "-o",
+                    str(exe), str(root / "tests" / "data" / "div_shared_check.c"), str(src / "quants_k.c"),
+                    str(src / "quants_k_avx2.c"), str(src / "quants_common.c"), "-lm"], check=True)
+    run = subprocess.run([str(exe), "300"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("checked 12582912000 wrong 0"), run.stdout + run.stderr

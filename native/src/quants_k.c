@@ -407,10 +407,14 @@ void kq_q2k_finish_weighted(const float *x, uint8_t *blk, const float *scales, c
     uint8_t ls[16], lm[16];
     float d = kq_fit_positive(16, 15, scales, group_w, ls);
     float dmin = kq_fit_positive(16, 15, mins, group_w, lm);
+    kq_q2k_write_header(blk, ls, lm, d, dmin);
+    if (x) kq_q2k_requantize_pack(x, blk, levels);
+}
+
+void kq_q2k_write_header(uint8_t *blk, const uint8_t *ls, const uint8_t *lm, float d, float dmin) {
     store_fp16(blk + Q2K_D, d);
     store_fp16(blk + Q2K_DMIN, dmin);
     for (int g = 0; g < 16; g++) blk[Q2K_SCALES + g] = (uint8_t)(ls[g] | (lm[g] << 4));
-    if (x) kq_q2k_requantize_pack(x, blk, levels);
 }
 
 void kq_quantize_row_q2_k(const float *x, void *vy, int64_t n, const float *imatrix) {
@@ -664,6 +668,11 @@ void kq_q45k_finish_weighted(const float *x, uint8_t *blk, const float *scales, 
     uint8_t s6[8], m6[8];
     float d = kq_fit_positive(8, 63, scales, group_w, s6);
     float dmin = kq_fit_positive(8, 63, mins, group_w, m6);
+    kq_q45k_write_header(blk, s6, m6, d, dmin, nmax);
+    if (x) kq_q45k_requantize_pack(x, blk, levels, nmax);
+}
+
+void kq_q45k_write_header(uint8_t *blk, uint8_t *s6, uint8_t *m6, float d, float dmin, int nmax) {
     // A negative fitted scale can wrap to a byte above 63; llama.cpp caps that for Q5_K only.
     for (int g = 0; nmax == 31 && g < 8; g++) {
         if (s6[g] > 63) s6[g] = 63;
@@ -672,7 +681,6 @@ void kq_q45k_finish_weighted(const float *x, uint8_t *blk, const float *scales, 
     kq_pack_scale_min6(s6, m6, blk + Q45K_SCALES);
     store_fp16(blk + Q45K_D, d);
     store_fp16(blk + Q45K_DMIN, dmin);
-    if (x) kq_q45k_requantize_pack(x, blk, levels, nmax);
 }
 
 void kq_quantize_row_q4_k(const float *x, void *vy, int64_t n, const float *imatrix) {

@@ -2,8 +2,11 @@
 // time, one block per lane of a __m512. Lane masks are AVX-512 mask registers (__mmask16), so a per-lane pick is
 // one masked blend. Only "avx512f,avx512bw,avx512dq,avx512vl" (plus "avx2" for the 256-bit transposes) are
 // targeted, per function: the translation unit stays baseline x86-64 and the extension loads on any x86-64 CPU;
-// module.c calls these only when the CPU (and OS) has all four (cpu_has("avx512")). No "fma": every multiply and
-// add stays separate, and the file is built with -ffp-contract=off, as the plain-C reference.
+// module.c calls these only when the CPU (and OS) has all four (cpu_has("avx512")). The file is built with
+// -ffp-contract=off, as the plain-C reference: multiplies and adds stay separate, except AVX-512F's own FMA in
+// v_div_recip (Markstein's correction of a quotient from a shared reciprocal, bit-equal to the division where
+// quants_k_lanes.h uses it). Beyond the primitives of every backend this one has the shortcuts quants_k_lanes.h
+// switches on (KQ_AFFINE_SHORT, KQ_AFFINE_GROUPS, KQ_DIV_SHARED, KQ_POSITIVE_LANES, KQ_Q3K_HEADER_LANES).
 //
 // Blocks left over (fewer than sixteen) go through the AVX2 row function, which passes its own leftovers (fewer
 // than eight) to the plain path: every path gives the same bytes.
@@ -70,6 +73,45 @@ KQ_TARGET static inline kv v_round_clamp_small(kv v, int lo, int hi) {
     return _mm512_cvtepi32_ps(r);
 }
 
+// Round to nearest even as a float for |v| < 2^22: adding 1.5 * 2^23 leaves no fraction bits, subtracting it back
+// is exact (kq_round_magic's adder, read back as a float instead of through the integer bits).
+KQ_TARGET static inline kv v_round_small(kv v) {
+    return _mm512_sub_ps(_mm512_add_ps(v, v_set(12582912.0f)), v_set(12582912.0f));
+}
+// Float min / max for values that are not NaN.
+KQ_TARGET static inline kv v_minf(kv a, kv b) { return _mm512_min_ps(a, b); }
+KQ_TARGET static inline kv v_maxf(kv a, kv b) { return _mm512_max_ps(a, b); }
+#define KQ_AFFINE_SHORT 1
+#define KQ_AFFINE_GROUPS 4
+// x / d from r = 1/d (correctly rounded): q = x * r, then q + r * (x - q * d) with the remainder exact by FMA
+// (AVX-512F's own FMA: no further CPU feature). Conditions and checks: requantize_v in quants_k_lanes.h.
+KQ_TARGET static inline kv v_div_recip(kv x, kv d, kv r) {
+    const kv q = _mm512_mul_ps(x, r);
+    return _mm512_fmadd_ps(_mm512_fnmadd_ps(q, d, x), r, q);
+}
+#define KQ_DIV_SHARED 1
+
+// (float)(uint8_t)kq_round_magic(v) per lane, any v: the magic rounding's int, wrapped to a byte.
+KQ_TARGET static inline kv v_round_byte(kv v) {
+    __m512i bits = _mm512_castps_si512(_mm512_add_ps(v, v_set(12582912.0f)));
+    __m512i r = _mm512_sub_epi32(_mm512_and_si512(bits, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x00400000));
+    return _mm512_cvtepi32_ps(_mm512_and_si512(r, _mm512_set1_epi32(255)));
+}
+// (float)(uint8_t)l for exact integer floats l (|l| < 2^23).
+KQ_TARGET static inline kv v_wrap_byte(kv l) {
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_cvttps_epi32(l), _mm512_set1_epi32(255)));
+}
+#define KQ_POSITIVE_LANES 1
+// (float)(int8_t)kq_round_magic(v) per lane, any v.
+KQ_TARGET static inline kv v_round_int8(kv v) {
+    __m512i bits = _mm512_castps_si512(_mm512_add_ps(v, v_set(12582912.0f)));
+    __m512i r = _mm512_sub_epi32(_mm512_and_si512(bits, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x00400000));
+    r = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(r, _mm512_set1_epi32(128)), _mm512_set1_epi32(255)),
+                         _mm512_set1_epi32(128));
+    return _mm512_cvtepi32_ps(r);
+}
+#define KQ_Q3K_HEADER_LANES 1
+
 KQ_TARGET static inline kvi vi_from(kv v) { return _mm512_cvttps_epi32(v); }
 KQ_TARGET static inline kvi vi_set(int i) { return _mm512_set1_epi32(i); }
 KQ_TARGET static inline kvi vi_and(kvi a, kvi b) { return _mm512_and_si512(a, b); }
@@ -99,17 +141,39 @@ KQ_TARGET static inline void transpose8_256(const __m256 *r, __m256 *out) {
     out[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
+// out[j] lane b = r[b] lane j for a 16x16 tile: pairs interleaved (unpack), then 4-float quarters gathered
+// (shuffle_ps), then 128-bit lanes in two steps (shuffle_f32x4: imm 0x88 takes lanes 0 and 2 of each source, 0xDD
+// lanes 1 and 3). 64 shuffles for 256 floats, where two 8x8 256-bit tiles and the inserts take 112.
+KQ_TARGET static inline void transpose16(const __m512 *r, __m512 *out) {
+    __m512 t[16], u[16], v[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);      // per 128-bit lane L: r_i[4L], r_i+1[4L], r_i[4L+1], r_i+1[4L+1]
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);  // the same for elements 4L+2, 4L+3
+    }
+    for (int i = 0; i < 16; i += 4) {  // u[i + c] lane L: rows i..i+3 of element 4L + c
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int h = 0; h < 16; h += 8) {  // v[h + c]: elements c, c + 8 of rows h..h+7; v[h + 4 + c]: c + 4, c + 12
+        for (int c = 0; c < 4; c++) {
+            v[h + c] = _mm512_shuffle_f32x4(u[h + c], u[h + 4 + c], 0x88);
+            v[h + 4 + c] = _mm512_shuffle_f32x4(u[h + c], u[h + 4 + c], 0xDD);
+        }
+    }
+    for (int c = 0; c < 8; c++) {
+        out[c] = _mm512_shuffle_f32x4(v[c], v[8 + c], 0x88);
+        out[c + 8] = _mm512_shuffle_f32x4(v[c], v[8 + c], 0xDD);
+    }
+}
+
 // src: 16 blocks of 256 floats, block b at src + 256b -> dst[e] lane b = element e of block b.
 KQ_TARGET static void to_lanes(const float *src, kv *dst) {
-    for (int e = 0; e < 256; e += 8) {
-        __m256 lo[8], hi[8], tlo[8], thi[8];
-        for (int b = 0; b < 8; b++) {
-            lo[b] = _mm256_loadu_ps(src + 256 * b + e);
-            hi[b] = _mm256_loadu_ps(src + 256 * (b + 8) + e);
-        }
-        transpose8_256(lo, tlo);
-        transpose8_256(hi, thi);
-        for (int j = 0; j < 8; j++) dst[e + j] = _mm512_insertf32x8(_mm512_castps256_ps512(tlo[j]), thi[j], 1);
+    for (int e = 0; e < 256; e += 16) {
+        __m512 rows[16];
+        for (int b = 0; b < 16; b++) rows[b] = _mm512_loadu_ps(src + 256 * b + e);
+        transpose16(rows, dst + e);
     }
 }
 

@@ -51,6 +51,10 @@ void kq_q45k_finish_plain(const float *x, uint8_t *blk, const float *scales, con
 void kq_q45k_finish_weighted(const float *x, uint8_t *blk, const float *scales, const float *mins,
                              const float *group_w, uint8_t *levels, int nmax);
 int kq_q6k_header(uint8_t *blk, const float *scales);
+// The weighted headers from the fitted (kq_fit_positive) super-block scales and their levels: Q2_K's 4-bit scale
+// and min levels, Q4_K's / Q5_K's 6-bit ones (capped at 63 for Q5_K, in place).
+void kq_q2k_write_header(uint8_t *blk, const uint8_t *ls, const uint8_t *lm, float d, float dmin);
+void kq_q45k_write_header(uint8_t *blk, uint8_t *s6, uint8_t *m6, float d, float dmin, int nmax);
 // Q3_K header from the 6-bit scales (stored +32) and the super-block scale d.
 void kq_q3k_write_header(uint8_t *blk, const uint8_t *s6, float d);
 

@@ -5,10 +5,13 @@
 // quants_k.c, in the same order (sums run element by element within a block; nothing is reordered or
 // reassociated). Data-dependent branches become per-lane masks and picks; a lane that the scalar code would skip
 // (a `continue`, an early `break`) computes throw-away values that are never picked. Division and sqrt are the
-// IEEE-exact instructions; no reciprocal approximations, no FMA (the including files are built with
-// -ffp-contract=off and use separate multiply and add). The per-group fits run here, and so does the packing of
-// Q3_K's and Q6_K's levels (pure data movement); the small per-block header steps (super-block scales) run
-// through the shared plain-C code. Blocks left over when a row holds fewer than KQ_LANES go through KQ_TAIL(t)
+// IEEE-exact instructions, and the including files are built with -ffp-contract=off and use separate multiply and
+// add. A backend may replace a step by a shorter one that gives the same value bit for bit, each behind a switch
+// that says when it applies (KQ_AFFINE_SHORT: rounding in floats where the range proves it is the magic rounding;
+// KQ_DIV_SHARED: division by a shared divisor through its reciprocal and one FMA correction, where the divisor's
+// range and the quotient's make it the IEEE quotient; KQ_POSITIVE_LANES, KQ_Q3K_HEADER_LANES: per-block header
+// steps in lanes). Without them (AVX2, NEON) the per-block header steps run through the shared plain-C code. The
+// per-group fits run here, and so does the packing of Q3_K's and Q6_K's levels (pure data movement). Blocks left over when a row holds fewer than KQ_LANES go through KQ_TAIL(t)
 // (the next narrower path: AVX-512 hands them to AVX2, which hands its own leftovers to the plain path).
 //
 // The including file (quants_k_avx2.c, quants_k_neon.c, quants_k_avx512.c) defines, before including this header:
@@ -74,68 +77,204 @@ KQ_TARGET static void store_lane_bytes(const kvi *bytes, int n, uint8_t *y, int 
 
 // ---- fitting, KQ_LANES groups at once (see the plain versions in quants_k.c for what each computes)
 
-// kq_fit_affine per lane. q[i] receives the levels as floats.
-KQ_TARGET static kv fit_affine_v(int n, int nmax, const kv *x, const kv *w, kv *q, kv *neg_min, float rmin,
-                                 float rdelta, int nstep, int use_mad) {
-    kv trial_q[32];
-    const kv zero = v_zero();
-    kv min = x[0], max = x[0];
-    kv sum_w = w[0];
-    kv sum_x = v_mul(sum_w, x[0]);
-    for (int i = 1; i < n; i++) {
-        min = v_pick(min, x[i], v_lt(x[i], min));
-        max = v_pick(max, x[i], v_gt(x[i], max));
-        sum_w = v_add(sum_w, w[i]);
-        sum_x = v_add(sum_x, v_mul(w[i], x[i]));
-    }
-    min = v_pick(min, zero, v_gt(min, zero));
-    const km flat = v_eq(max, min);
-    const kv flat_neg_min = v_neg(min);
-    const kv inv = v_div(v_set((float)nmax), v_sub(max, min));
-    kv scale = v_div(v_set(1.0f), inv);
-    kv best_err = zero;
+// kq_fit_affine per lane, KQ_AFFINE_GROUPS groups at once (x, w and q hold them one after another, n each); q[i]
+// receives the levels as floats. Each trial's steps depend on the one before through the running min, and the sums
+// and errors are chains of adds, so a single group leaves the vector units idle between trials; G independent
+// groups interleaved element by element fill them. Per group the operations and their order are kq_fit_affine's.
+//
+// Short rounding (KQ_AFFINE_SHORT, where the backend has v_round_small, v_minf and v_maxf): a level is
+// clamp(round(t * (x[i] - min)), 0, nmax) with t > 0, and x[i] - min lies in [xmin - min, max - min] (rounding is
+// monotone), so bottom = t * (xmin - min) <= the rounded product <= top = t * (max - min). When every lane that is
+// not flat has both inside (-2^22, 2^22) (for t = inf or NaN, top is inf or NaN and fails the test), the
+// magic-number rounding is round-to-nearest-even, which v_round_small does in floats; the clamp at 0 is needed only
+// if some bottom <= -0.5, the one at nmax only if some top >= nmax + 0.5 (most trials stretch the range by less).
+// Flat lanes (max == min) compute throw-away levels and are discarded at the end.
+#ifndef KQ_AFFINE_SHORT
+#define KQ_AFFINE_SHORT 0
+#endif
+#ifndef KQ_DIV_SHARED
+#define KQ_DIV_SHARED 0  // see requantize_v
+#endif
+#ifndef KQ_AFFINE_GROUPS
+#define KQ_AFFINE_GROUPS 1
+#endif
+// rounding modes: FULL (kq_round_magic and clamp), or SHORT plus the clamps that are needed
+enum { KQ_ROUND_FULL = 0, KQ_ROUND_SHORT = 1, KQ_CLAMP_LO = 2, KQ_CLAMP_HI = 4 };
+
+#if KQ_AFFINE_SHORT
+KQ_TARGET static inline int affine_round_mode(kv t, kv max, kv min, kv xmin, km flat, int nmax) {
+    const kv top = v_mul(t, v_sub(max, min)), bottom = v_mul(t, v_sub(xmin, min));
+    const kv big = v_set(4194304.0f);
+    if (!m_all(m_or(m_and(v_lt(top, big), v_gt(bottom, v_neg(big))), flat))) return KQ_ROUND_FULL;
+    const int flat_bits = m_bits(flat);
+    const int lo = (m_bits(v_gt(bottom, v_set(-0.5f))) | flat_bits) == m_bits(m_true()) ? 0 : KQ_CLAMP_LO;
+    const int hi = (m_bits(v_lt(top, v_set((float)nmax + 0.5f))) | flat_bits) == m_bits(m_true()) ? 0 : KQ_CLAMP_HI;
+    return KQ_ROUND_SHORT | lo | hi;
+}
+#define KQ_AFFINE_LEVEL(v, nmax, mode)                                                                          \
+    ((mode) == KQ_ROUND_FULL ? v_round_clamp(v, 0, nmax)                                                       \
+     : (mode) == (KQ_ROUND_SHORT | KQ_CLAMP_LO | KQ_CLAMP_HI)                                                    \
+         ? v_maxf(v_minf(v_round_small(v), v_set((float)(nmax))), v_zero())                                     \
+     : (mode) == (KQ_ROUND_SHORT | KQ_CLAMP_LO) ? v_maxf(v_round_small(v), v_zero())                            \
+     : (mode) == (KQ_ROUND_SHORT | KQ_CLAMP_HI) ? v_minf(v_round_small(v), v_set((float)(nmax)))                \
+                                                : v_round_small(v))
+#else
+#define KQ_AFFINE_LEVEL(v, nmax, mode) v_round_clamp(v, 0, nmax)
+#endif
+
+// One trial of the range-stretch search for G groups: levels for scale t[g] against min[g], and the weighted sums.
+__attribute__((always_inline)) KQ_TARGET static inline void affine_trial_sums(const int G, int n, int nmax,
+                                                                               const kv *x, const kv *w,
+                                                                               const kv *t, const kv *min, kv *tq,
+                                                                               kv *sum_l, kv *sum_l2, kv *sum_xl,
+                                                                               const int mode) {
+    for (int g = 0; g < G; g++) sum_l[g] = sum_l2[g] = sum_xl[g] = v_zero();
     for (int i = 0; i < n; i++) {
-        q[i] = v_round_clamp(v_mul(inv, v_sub(x[i], min)), 0, nmax);
-        kv diff = v_sub(v_add(v_mul(scale, q[i]), min), x[i]);
-        diff = use_mad ? v_abs(diff) : v_mul(diff, diff);
-        best_err = v_add(best_err, v_mul(w[i], diff));
+        for (int g = 0; g < G; g++) {
+            const int e = n * g + i;
+            const kv l = KQ_AFFINE_LEVEL(v_mul(t[g], v_sub(x[e], min[g])), nmax, mode);
+            tq[e] = l;
+            const kv wl = v_mul(w[e], l);
+            sum_l[g] = v_add(sum_l[g], wl);
+            sum_l2[g] = v_add(sum_l2[g], v_mul(wl, l));
+            sum_xl[g] = v_add(sum_xl[g], v_mul(wl, x[e]));
+        }
+    }
+}
+
+// The mode shared by the G groups (the union of the clamps each needs; FULL if any needs it), then the trial.
+__attribute__((always_inline)) KQ_TARGET static inline void affine_trial(const int G, int n, int nmax, const kv *x,
+                                                                          const kv *w, const kv *t, const kv *max,
+                                                                          const kv *min, const kv *xmin,
+                                                                          const km *flat, kv *tq, kv *sum_l,
+                                                                          kv *sum_l2, kv *sum_xl) {
+#if KQ_AFFINE_SHORT
+    int mode = KQ_ROUND_SHORT;
+    for (int g = 0; g < G && mode != KQ_ROUND_FULL; g++) {
+        const int m = affine_round_mode(t[g], max[g], min[g], xmin[g], flat[g], nmax);
+        mode = m == KQ_ROUND_FULL ? KQ_ROUND_FULL : mode | m;
+    }
+    switch (mode) {
+    case KQ_ROUND_SHORT:
+        affine_trial_sums(G, n, nmax, x, w, t, min, tq, sum_l, sum_l2, sum_xl, KQ_ROUND_SHORT);
+        return;
+    case KQ_ROUND_SHORT | KQ_CLAMP_LO:
+        affine_trial_sums(G, n, nmax, x, w, t, min, tq, sum_l, sum_l2, sum_xl, KQ_ROUND_SHORT | KQ_CLAMP_LO);
+        return;
+    case KQ_ROUND_SHORT | KQ_CLAMP_HI:
+        affine_trial_sums(G, n, nmax, x, w, t, min, tq, sum_l, sum_l2, sum_xl, KQ_ROUND_SHORT | KQ_CLAMP_HI);
+        return;
+    case KQ_ROUND_SHORT | KQ_CLAMP_LO | KQ_CLAMP_HI:
+        affine_trial_sums(G, n, nmax, x, w, t, min, tq, sum_l, sum_l2, sum_xl,
+                          KQ_ROUND_SHORT | KQ_CLAMP_LO | KQ_CLAMP_HI);
+        return;
+    default: break;
+    }
+#else
+    (void)max, (void)xmin, (void)flat;
+#endif
+    affine_trial_sums(G, n, nmax, x, w, t, min, tq, sum_l, sum_l2, sum_xl, KQ_ROUND_FULL);
+}
+
+__attribute__((always_inline)) KQ_TARGET static inline void fit_affine_gv(const int G, int n, int nmax, const kv *x,
+                                                                           const kv *w, kv *q, kv *neg_min_out,
+                                                                           kv *scale_out, float rmin, float rdelta,
+                                                                           int nstep, int use_mad) {
+    kv trial_q[KQ_AFFINE_GROUPS * 32];
+    const kv zero = v_zero();
+    kv min[KQ_AFFINE_GROUPS], max[KQ_AFFINE_GROUPS], sum_w[KQ_AFFINE_GROUPS], sum_x[KQ_AFFINE_GROUPS];
+    kv flat_neg_min[KQ_AFFINE_GROUPS], scale[KQ_AFFINE_GROUPS], best_err[KQ_AFFINE_GROUPS];
+    kv xmin[KQ_AFFINE_GROUPS], inv[KQ_AFFINE_GROUPS], best_t[KQ_AFFINE_GROUPS], best_m[KQ_AFFINE_GROUPS];
+    kv sum_l[KQ_AFFINE_GROUPS], sum_l2[KQ_AFFINE_GROUPS], sum_xl[KQ_AFFINE_GROUPS];
+    km flat[KQ_AFFINE_GROUPS];
+    for (int g = 0; g < G; g++) {
+        const kv *xg = x + n * g, *wg = w + n * g;
+        min[g] = xg[0];
+        max[g] = xg[0];
+        sum_w[g] = wg[0];
+        sum_x[g] = v_mul(sum_w[g], xg[0]);
+    }
+    for (int i = 1; i < n; i++) {
+        for (int g = 0; g < G; g++) {
+            const kv xi = x[n * g + i], wi = w[n * g + i];
+            min[g] = v_pick(min[g], xi, v_lt(xi, min[g]));
+            max[g] = v_pick(max[g], xi, v_gt(xi, max[g]));
+            sum_w[g] = v_add(sum_w[g], wi);
+            sum_x[g] = v_add(sum_x[g], v_mul(wi, xi));
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        xmin[g] = min[g];
+        min[g] = v_pick(min[g], zero, v_gt(min[g], zero));
+        flat[g] = v_eq(max[g], min[g]);
+        flat_neg_min[g] = v_neg(min[g]);
+        inv[g] = v_div(v_set((float)nmax), v_sub(max[g], min[g]));
+        scale[g] = v_div(v_set(1.0f), inv[g]);
+        best_err[g] = zero;
+        best_t[g] = inv[g];
+        best_m[g] = min[g];
+    }
+    affine_trial(G, n, nmax, x, w, inv, max, min, xmin, flat, q, sum_l, sum_l2, sum_xl);  // sums unused
+    for (int i = 0; i < n; i++) {
+        for (int g = 0; g < G; g++) {
+            const int e = n * g + i;
+            kv diff = v_sub(v_add(v_mul(scale[g], q[e]), min[g]), x[e]);
+            diff = use_mad ? v_abs(diff) : v_mul(diff, diff);
+            best_err[g] = v_add(best_err[g], v_mul(w[e], diff));
+        }
     }
     for (int k = 0; k <= nstep; k++) {
         // min is the best fit so far: it moves when a trial is taken, and so do the range and the levels
-        const kv trial = v_div(v_set(rmin + rdelta * k + nmax), v_sub(max, min));
-        kv sum_l = zero, sum_l2 = zero, sum_xl = zero;
-        for (int i = 0; i < n; i++) {
-            const kv l = v_round_clamp(v_mul(trial, v_sub(x[i], min)), 0, nmax);
-            trial_q[i] = l;
-            const kv wl = v_mul(w[i], l);
-            sum_l = v_add(sum_l, wl);
-            sum_l2 = v_add(sum_l2, v_mul(wl, l));
-            sum_xl = v_add(sum_xl, v_mul(wl, x[i]));
+        kv trial[KQ_AFFINE_GROUPS];
+        for (int g = 0; g < G; g++) trial[g] = v_div(v_set(rmin + rdelta * k + nmax), v_sub(max[g], min[g]));
+        affine_trial(G, n, nmax, x, w, trial, max, min, xmin, flat, trial_q, sum_l, sum_l2, sum_xl);
+        km solvable[KQ_AFFINE_GROUPS];
+        kv t_scale[KQ_AFFINE_GROUPS], t_min[KQ_AFFINE_GROUPS], err[KQ_AFFINE_GROUPS];
+        int any = 0;
+        for (int g = 0; g < G; g++) {
+            const kv det = v_sub(v_mul(sum_w[g], sum_l2[g]), v_mul(sum_l[g], sum_l[g]));
+            solvable[g] = v_gt(det, zero);
+            any |= m_any(solvable[g]);
+            t_scale[g] = v_div(v_sub(v_mul(sum_w[g], sum_xl[g]), v_mul(sum_x[g], sum_l[g])), det);
+            t_min[g] = v_div(v_sub(v_mul(sum_l2[g], sum_x[g]), v_mul(sum_l[g], sum_xl[g])), det);
+            const km positive_min = v_gt(t_min[g], zero);
+            t_min[g] = v_pick(t_min[g], zero, positive_min);
+            t_scale[g] = v_pick(t_scale[g], v_div(sum_xl[g], sum_l2[g]), positive_min);
+            err[g] = zero;
         }
-        const kv det = v_sub(v_mul(sum_w, sum_l2), v_mul(sum_l, sum_l));
-        const km solvable = v_gt(det, zero);
-        if (!m_any(solvable)) continue;
-        kv t_scale = v_div(v_sub(v_mul(sum_w, sum_xl), v_mul(sum_x, sum_l)), det);
-        kv t_min = v_div(v_sub(v_mul(sum_l2, sum_x), v_mul(sum_l, sum_xl)), det);
-        const km positive_min = v_gt(t_min, zero);
-        t_min = v_pick(t_min, zero, positive_min);
-        t_scale = v_pick(t_scale, v_div(sum_xl, sum_l2), positive_min);
-        kv err = zero;
+        if (!any) continue;
         for (int i = 0; i < n; i++) {
-            kv diff = v_sub(v_add(v_mul(t_scale, trial_q[i]), t_min), x[i]);
-            diff = use_mad ? v_abs(diff) : v_mul(diff, diff);
-            err = v_add(err, v_mul(w[i], diff));
+            for (int g = 0; g < G; g++) {
+                const int e = n * g + i;
+                kv diff = v_sub(v_add(v_mul(t_scale[g], trial_q[e]), t_min[g]), x[e]);
+                diff = use_mad ? v_abs(diff) : v_mul(diff, diff);
+                err[g] = v_add(err[g], v_mul(w[e], diff));
+            }
         }
-        const km take = m_and(solvable, v_lt(err, best_err));
-        if (!m_any(take)) continue;
-        for (int i = 0; i < n; i++) q[i] = v_pick(q[i], trial_q[i], take);
-        best_err = v_pick(best_err, err, take);
-        scale = v_pick(scale, t_scale, take);
-        min = v_pick(min, t_min, take);
+        for (int g = 0; g < G; g++) {
+            const km take = m_and(solvable[g], v_lt(err[g], best_err[g]));
+            best_err[g] = v_pick(best_err[g], err[g], take);
+            best_t[g] = v_pick(best_t[g], trial[g], take);
+            best_m[g] = v_pick(best_m[g], min[g], take);
+            scale[g] = v_pick(scale[g], t_scale[g], take);
+            min[g] = v_pick(min[g], t_min[g], take);
+        }
     }
-    for (int i = 0; i < n; i++) q[i] = v_pick(q[i], zero, flat);
-    *neg_min = v_pick(v_neg(min), flat_neg_min, flat);
-    return v_pick(scale, zero, flat);
+    // the levels of the trial taken last (or the start), from its scale and the min it was computed against: the
+    // same function of (t, min, x) the trials computed, whichever rounding they took
+    for (int g = 0; g < G; g++) {
+        for (int i = 0; i < n; i++)
+            q[n * g + i] = v_pick(v_round_clamp(v_mul(best_t[g], v_sub(x[n * g + i], best_m[g])), 0, nmax), zero,
+                                  flat[g]);
+        neg_min_out[g] = v_pick(v_neg(min[g]), flat_neg_min[g], flat[g]);
+        scale_out[g] = v_pick(scale[g], zero, flat[g]);
+    }
+}
+
+// KQ_AFFINE_GROUPS groups of n at x, w, q (one after another): scales and negated mins to scales[g], neg_mins[g].
+KQ_TARGET static void fit_affine_v(int n, int nmax, const kv *x, const kv *w, kv *q, kv *neg_mins, kv *scales,
+                                   float rmin, float rdelta, int nstep, int use_mad) {
+    fit_affine_gv(KQ_AFFINE_GROUPS, n, nmax, x, w, q, neg_mins, scales, rmin, rdelta, nstep, use_mad);
 }
 
 // Largest magnitude per lane and the signed value holding it (first occurrence wins, like the scalar scan).
@@ -159,6 +298,36 @@ KQ_TARGET static void signed_absmax_v(int n, const kv *x, kv *amax, kv *max) {
 // short rounding is exact. data == 0 (the fit of Q3_K's group scales, which may be inf or NaN): the full rounding.
 #define KQ_ROUND_SYM(v, lo, hi) (data ? v_round_clamp_small(v, lo, hi) : v_round_clamp(v, lo, hi))
 
+#if KQ_AFFINE_SHORT
+// Which clamps a trial of the symmetric fit needs (its products lie between trial * xhi and trial * xlo): below,
+// where some lane reaches -nmax - 0.5 (rounding to -nmax - 1 or beyond), above where one reaches nmax - 0.5.
+// KQ_ROUND_SHORT | KQ_CLAMP_LO | KQ_CLAMP_HI is returned as KQ_ROUND_FULL (the cvtps2dq sequence is as short).
+KQ_TARGET static inline int symmetric_round_mode(kv trial, kv xhi, kv xlo, km all_zero, int nmax) {
+    const kv a = v_mul(trial, xhi), b = v_mul(trial, xlo);
+    const kv lower = v_pick(a, b, v_lt(b, a)), upper = v_pick(a, b, v_gt(b, a));
+    const int skip = m_bits(all_zero), all = m_bits(m_true());
+    const int lo = (m_bits(v_gt(lower, v_set(-(float)nmax - 0.5f))) | skip) == all ? 0 : KQ_CLAMP_LO;
+    const int hi = (m_bits(v_lt(upper, v_set((float)nmax - 0.5f))) | skip) == all ? 0 : KQ_CLAMP_HI;
+    return lo && hi ? KQ_ROUND_FULL : KQ_ROUND_SHORT | lo | hi;
+}
+
+__attribute__((always_inline)) KQ_TARGET static inline void symmetric_trial_sums(int n, int nmax, const kv *x,
+                                                                                  const kv *w, const kv *wx,
+                                                                                  kv trial, kv *tlx_out,
+                                                                                  kv *tl2_out, const int mode) {
+    kv tlx = v_zero(), tl2 = v_zero();
+    for (int i = 0; i < n; i++) {
+        kv l = v_round_small(v_mul(trial, x[i]));
+        if (mode & KQ_CLAMP_LO) l = v_maxf(l, v_set((float)-nmax));
+        if (mode & KQ_CLAMP_HI) l = v_minf(l, v_set((float)(nmax - 1)));
+        tlx = v_add(tlx, v_mul(wx[i], l));
+        tl2 = v_add(tl2, v_mul(v_mul(w[i], l), l));
+    }
+    *tlx_out = tlx;
+    *tl2_out = tl2;
+}
+#endif
+
 KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in, kv *q, int data) {
     kv w[16], wx[16];
     const kv zero = v_zero(), offset = v_set((float)nmax);
@@ -170,33 +339,70 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
         wx[i] = v_mul(w[i], x[i]);
     }
     const kv inv = v_div(v_set((float)-nmax), max);
+#if KQ_DIV_SHARED
+    // the 18 trial scales c / max by one division and a correction each (requantize_v says when that is exact):
+    // lanes that are all zero (discarded) divide by 1 instead
+    const kv max_n = v_pick(max, v_set(1.0f), all_zero), amax_n = v_abs(max_n);
+    const int shared = m_all(m_and(v_lt(amax_n, v_set(0x1p64f)), v_gt(amax_n, v_set(0x1p-64f))));
+    const kv r_max = v_div(v_set(1.0f), max_n);
+#endif
     kv sumlx = zero, suml2 = zero;
     for (int i = 0; i < n; i++) {
         const kv l = KQ_ROUND_SYM(v_mul(inv, x[i]), -nmax, nmax - 1);
-        q[i] = v_add(l, offset);
         sumlx = v_add(sumlx, v_mul(wx[i], l));
         suml2 = v_add(suml2, v_mul(v_mul(w[i], l), l));
     }
     kv scale = v_pick(zero, v_div(sumlx, suml2), v_ne(suml2, zero));
-    kv best = v_mul(scale, sumlx);
+    kv best = v_mul(scale, sumlx), best_t = inv;
+#if KQ_AFFINE_SHORT
+    kv xhi = x[0], xlo = x[0];  // the largest and smallest value: trial * x lies between their products
+    for (int i = 1; i < n; i++) {
+        xhi = v_pick(xhi, x[i], v_gt(x[i], xhi));
+        xlo = v_pick(xlo, x[i], v_lt(x[i], xlo));
+    }
+#endif
     for (int k = -9; k <= 9; k++) {
         if (k == 0) continue;
+#if KQ_DIV_SHARED
+        const kv trial = shared ? v_div_recip(v_set(-(nmax + 0.1f * k)), max_n, r_max)
+                                : v_div(v_set(-(nmax + 0.1f * k)), max);
+#else
         const kv trial = v_div(v_set(-(nmax + 0.1f * k)), max);
+#endif
         kv tlx = zero, tl2 = zero;
-        for (int i = 0; i < n; i++) {
-            const kv l = KQ_ROUND_SYM(v_mul(trial, x[i]), -nmax, nmax - 1);
-            tlx = v_add(tlx, v_mul(wx[i], l));
-            tl2 = v_add(tl2, v_mul(v_mul(w[i], l), l));
+#if KQ_AFFINE_SHORT
+        // data: every product is below 2^22 (above), so round_small is the magic rounding; the clamps at -nmax and
+        // nmax - 1 only where some lane that is not all zero reaches -nmax - 0.5 or nmax - 0.5
+        const int mode = data ? symmetric_round_mode(trial, xhi, xlo, all_zero, nmax) : KQ_ROUND_FULL;
+        switch (mode) {
+        case KQ_ROUND_SHORT:
+            symmetric_trial_sums(n, nmax, x, w, wx, trial, &tlx, &tl2, KQ_ROUND_SHORT);
+            break;
+        case KQ_ROUND_SHORT | KQ_CLAMP_LO:
+            symmetric_trial_sums(n, nmax, x, w, wx, trial, &tlx, &tl2, KQ_ROUND_SHORT | KQ_CLAMP_LO);
+            break;
+        case KQ_ROUND_SHORT | KQ_CLAMP_HI:
+            symmetric_trial_sums(n, nmax, x, w, wx, trial, &tlx, &tl2, KQ_ROUND_SHORT | KQ_CLAMP_HI);
+            break;
+        default:
+#endif
+            for (int i = 0; i < n; i++) {
+                const kv l = KQ_ROUND_SYM(v_mul(trial, x[i]), -nmax, nmax - 1);
+                tlx = v_add(tlx, v_mul(wx[i], l));
+                tl2 = v_add(tl2, v_mul(v_mul(w[i], l), l));
+            }
+#if KQ_AFFINE_SHORT
         }
+#endif
         const km take = m_and(v_gt(tl2, zero), v_gt(v_mul(tlx, tlx), v_mul(best, tl2)));
-        if (!m_any(take)) continue;
-        for (int i = 0; i < n; i++)
-            q[i] = v_pick(q[i], v_add(KQ_ROUND_SYM(v_mul(trial, x[i]), -nmax, nmax - 1), offset), take);
         const kv t_scale = v_div(tlx, tl2);
         scale = v_pick(scale, t_scale, take);
         best = v_pick(best, v_mul(t_scale, tlx), take);
+        best_t = v_pick(best_t, trial, take);
     }
-    for (int i = 0; i < n; i++) q[i] = v_pick(q[i], zero, all_zero);
+    // the levels of the trial taken last (or the start): the same function of (t, x) the trials computed
+    for (int i = 0; i < n; i++)
+        q[i] = v_pick(v_add(KQ_ROUND_SYM(v_mul(best_t, x[i]), -nmax, nmax - 1), offset), zero, all_zero);
     return v_pick(scale, zero, all_zero);
 }
 
@@ -294,6 +500,100 @@ KQ_TARGET static void fit_descent_v(const kv *x, kv *q, kv *scales) {
     }
 }
 
+// kq_fit_positive per lane (KQ_POSITIVE_LANES, where the backend has v_round_byte and v_wrap_byte): the super-block
+// scale of a block's group scales (or mins), n <= 16 values per lane; q[i] receives the levels as the scalar
+// code's bytes, as floats. The scalar code keeps int levels (clamped above only, so a negative value gives a
+// negative level) where it sums and compares, and bytes (wrapped) where it stores: both are kept here. The
+// descent stops when no lane changed in a pass: a pass that changes nothing leaves its lane as it was, so running
+// more of them on a lane the scalar code has stopped is a no-op.
+#ifndef KQ_POSITIVE_LANES
+#define KQ_POSITIVE_LANES 0
+#endif
+#if KQ_POSITIVE_LANES
+KQ_TARGET static kv fit_positive_v(int n, int nmax, const kv *x, const kv *w, kv *q) {
+    const kv zero = v_zero();
+    const int lowest = -0x400000;  // kq_round_magic's smallest result: a clamp there is none
+    kv max = zero;
+    for (int i = 0; i < n; i++) max = v_pick(x[i], max, v_gt(max, x[i]));
+    const km all_zero = v_lt(max, v_set(1e-15f));
+    kv inv = v_div(v_set((float)nmax), max);
+    for (int i = 0; i < n; i++) q[i] = v_round_byte(v_mul(inv, x[i]));
+    const kv scale = v_div(v_set(1.0f), inv);
+    kv best_err = zero;
+    for (int i = 0; i < n; i++) {
+        const kv diff = v_sub(x[i], v_mul(scale, q[i]));
+        best_err = v_add(best_err, v_mul(v_mul(w[i], diff), diff));
+    }
+    for (int k = -4; k <= 4; k++) {
+        if (k == 0) continue;
+        const kv t_inv = v_div(v_set(0.1f * k + nmax), max);
+        const kv t_scale = v_div(v_set(1.0f), t_inv);
+        kv err = zero;
+        for (int i = 0; i < n; i++) {
+            const kv l = v_round_clamp(v_mul(t_inv, x[i]), lowest, nmax);
+            const kv diff = v_sub(x[i], v_mul(t_scale, l));
+            err = v_add(err, v_mul(v_mul(w[i], diff), diff));
+        }
+        const km better = v_lt(err, best_err);
+        best_err = v_pick(best_err, err, better);
+        inv = v_pick(inv, t_inv, better);
+    }
+    kv sumlx = zero, suml2 = zero, wx[16];
+    for (int i = 0; i < n; i++) {
+        const kv l = v_round_clamp(v_mul(inv, x[i]), lowest, nmax);
+        q[i] = v_wrap_byte(l);
+        wx[i] = v_mul(w[i], x[i]);
+        sumlx = v_add(sumlx, v_mul(wx[i], l));
+        suml2 = v_add(suml2, v_mul(v_mul(w[i], l), l));
+    }
+    for (int pass = 0; pass < 5; pass++) {
+        km changed = v_lt(zero, zero);
+        for (int i = 0; i < n; i++) {
+            kv slx = v_sub(sumlx, v_mul(wx[i], q[i]));
+            kv sl2 = v_sub(suml2, v_mul(v_mul(w[i], q[i]), q[i]));
+            const km can = m_and(v_gt(slx, zero), v_gt(sl2, zero));
+            const kv l = v_round_clamp(v_div(v_mul(x[i], sl2), slx), lowest, nmax);
+            const km differs = v_ne(l, q[i]);
+            slx = v_add(slx, v_mul(wx[i], l));
+            sl2 = v_add(sl2, v_mul(v_mul(w[i], l), l));
+            const km better = v_gt(v_mul(v_mul(slx, slx), suml2), v_mul(v_mul(sumlx, sumlx), sl2));
+            const km take = m_and(m_and(can, differs), better);
+            q[i] = v_pick(q[i], v_wrap_byte(l), take);
+            sumlx = v_pick(sumlx, slx, take);
+            suml2 = v_pick(suml2, sl2, take);
+            changed = m_or(changed, take);
+        }
+        if (!m_any(changed)) break;
+    }
+    for (int i = 0; i < n; i++) q[i] = v_pick(q[i], zero, all_zero);
+    return v_pick(v_pick(zero, v_div(sumlx, suml2), v_gt(suml2, zero)), zero, all_zero);
+}
+
+// The weighted header of KQ_LANES blocks in lanes: super-block scale and min fitted over the group scales and mins
+// (n groups) -> per lane the levels as bytes and the two scales.
+KQ_TARGET static void fit_positive_pair_v(int n, int nmax, float scales[][KQ_LANES], float mins[][KQ_LANES],
+                                          float group_w[][KQ_LANES], uint8_t ls[][16], uint8_t lm[][16],
+                                          float *d, float *dmin) {
+    kv sc[16], mn[16], gw[16], qs[16], qm[16];
+    for (int g = 0; g < n; g++) {
+        sc[g] = v_load(scales[g]);
+        mn[g] = v_load(mins[g]);
+        gw[g] = v_load(group_w[g]);
+    }
+    v_store(d, fit_positive_v(n, nmax, sc, gw, qs));
+    v_store(dmin, fit_positive_v(n, nmax, mn, gw, qm));
+    for (int g = 0; g < n; g++) {
+        float fs[KQ_LANES], fm[KQ_LANES];
+        v_store(fs, qs[g]);
+        v_store(fm, qm[g]);
+        for (int b = 0; b < KQ_LANES; b++) {
+            ls[b][g] = (uint8_t)(int)fs[b];
+            lm[b][g] = (uint8_t)(int)fm[b];
+        }
+    }
+}
+#endif
+
 // ---- shared per-group weight helpers
 
 // Per lane: the sum of x^2 over the whole 256-block, in element order.
@@ -315,6 +615,17 @@ KQ_TARGET static kv importance_weights_v(int n, const kv *x, const kv *im, kv si
 
 // For each group g of `size` elements: lanes whose stored scale dg is non-zero get
 // clamp(round((x + mg) / dg), lo, hi) + offset (x / dg when mg is NULL); the others keep their fitted levels.
+// With KQ_DIV_SHARED (the backend has v_div_recip(x, d, r): q = x * r, then one FMA correction
+// q + r * (x - q * d), Markstein's division by a shared divisor with r = 1/d correctly rounded), the divisions of a
+// group become one division and three multiply-adds per value. That is the IEEE quotient when r and the products
+// stay normal: so only groups whose non-kept scales all lie in [2^-64, 2^64] take it (the stored scales are at most
+// 65504 * 128, at least 2^-24: all real ones), and a vector whose quotient has |q| >= 2^22, inf or NaN in any lane
+// (huge x, overflow: where the magic rounding's garbage depends on the exact quotient) is divided again. Tiny
+// quotients (an underflowing remainder) round to level 0 either way.
+#ifndef KQ_DIV_SHARED
+#define KQ_DIV_SHARED 0
+#endif
+
 KQ_TARGET static void requantize_v(const kv *x, kv *q, int groups, int size, float dg[][KQ_LANES], float mg[][KQ_LANES], int lo,
                                    int hi, float offset) {
     const kv zero = v_zero(), off = v_set(offset);
@@ -323,6 +634,20 @@ KQ_TARGET static void requantize_v(const kv *x, kv *q, int groups, int size, flo
         const km keep = v_eq(d, zero);
         if (m_all(keep)) continue;
         const kv m = mg ? v_load(mg[g]) : zero;
+#if KQ_DIV_SHARED
+        const kv ad = v_abs(d);
+        const km normal = m_and(v_lt(ad, v_set(0x1p64f)), v_gt(ad, v_set(0x1p-64f)));
+        if (m_all(m_or(normal, keep))) {
+            const kv dn = v_pick(d, v_set(1.0f), keep), r = v_div(v_set(1.0f), dn), limit = v_set(4194304.0f);
+            for (int i = size * g; i < size * (g + 1); i++) {
+                const kv num = mg ? v_add(x[i], m) : x[i];
+                kv v = v_div_recip(num, dn, r);
+                if (!m_all(v_lt(v_abs(v), limit))) v = v_div(num, d);
+                q[i] = v_pick(v_add(v_round_clamp(v, lo, hi), off), q[i], keep);
+            }
+            continue;
+        }
+#endif
         for (int i = size * g; i < size * (g + 1); i++) {
             const kv v = mg ? v_div(v_add(x[i], m), d) : v_div(x[i], d);
             q[i] = v_pick(v_add(v_round_clamp(v, lo, hi), off), q[i], keep);
@@ -372,7 +697,7 @@ typedef struct {
     kv x[256];      // (256 elements, KQ_LANES lanes) the blocks' values
     kv im[256];     // (256, KQ_LANES) importance, when given
     kv q[256];      // (256, KQ_LANES) fitted levels
-    kv w[32];       // one group's weights
+    kv w[32 * KQ_AFFINE_GROUPS];  // the weights of the groups being fitted
     kvi bytes[192]; // (packed byte, KQ_LANES lanes)
     float scales[16][KQ_LANES], mins[16][KQ_LANES], group_w[16][KQ_LANES];
     float dg[16][KQ_LANES], mg[16][KQ_LANES];  // per group and lane: the stored scale and min as floats
@@ -395,24 +720,38 @@ KQ_TARGET static void q2k_eight(lanes_t *s, const float *x, const float *imatrix
     load_lanes(s, x, imatrix);
     kv sigma2 = v_zero();
     if (imatrix) sigma2 = v_div(block_sumsq_v(s->x), v_set(256.0f));
-    for (int g = 0; g < 16; g++) {
+    for (int g = 0; g < 16; g += KQ_AFFINE_GROUPS) {
         const kv *xg = s->x + 16 * g;
-        kv neg_min, scale;
+        kv neg_min[KQ_AFFINE_GROUPS], scale[KQ_AFFINE_GROUPS];
         if (imatrix) {
-            v_store(s->group_w[g], importance_weights_v(16, xg, s->im + 16 * g, sigma2, s->w));
-            scale = fit_affine_v(16, 3, xg, s->w, s->q + 16 * g, &neg_min, -0.9f, 0.05f, 36, 0);
+            for (int j = 0; j < KQ_AFFINE_GROUPS; j++)
+                v_store(s->group_w[g + j],
+                        importance_weights_v(16, xg + 16 * j, s->im + 16 * (g + j), sigma2, s->w + 16 * j));
+            fit_affine_v(16, 3, xg, s->w, s->q + 16 * g, neg_min, scale, -0.9f, 0.05f, 36, 0);
         } else {
-            for (int i = 0; i < 16; i++) s->w[i] = v_abs(xg[i]);
-            scale = fit_affine_v(16, 3, xg, s->w, s->q + 16 * g, &neg_min, -0.5f, 0.1f, 15, 1);
+            for (int i = 0; i < 16 * KQ_AFFINE_GROUPS; i++) s->w[i] = v_abs(xg[i]);
+            fit_affine_v(16, 3, xg, s->w, s->q + 16 * g, neg_min, scale, -0.5f, 0.1f, 15, 1);
         }
-        v_store(s->scales[g], scale);
-        v_store(s->mins[g], neg_min);
+        for (int j = 0; j < KQ_AFFINE_GROUPS; j++) {
+            v_store(s->scales[g + j], scale[j]);
+            v_store(s->mins[g + j], neg_min[j]);
+        }
     }
+#if KQ_POSITIVE_LANES
+    uint8_t ls[KQ_LANES][16], lm[KQ_LANES][16];
+    float d[KQ_LANES], dmin[KQ_LANES];
+    if (imatrix) fit_positive_pair_v(16, 15, s->scales, s->mins, s->group_w, ls, lm, d, dmin);
+#endif
     for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];  // unused until packing: the header step does not read it
         float scales[16], mins[16], group_w[16];
         lane_column(s->scales, 16, b, scales);
         lane_column(s->mins, 16, b, mins);
+#if KQ_POSITIVE_LANES
+        if (imatrix) {
+            kq_q2k_write_header(y + 84 * b, ls[b], lm[b], d[b], dmin[b]);
+        } else
+#endif
         if (imatrix) {
             lane_column(s->group_w, 16, b, group_w);
             kq_q2k_finish_weighted(NULL, y + 84 * b, scales, mins, group_w, levels);
@@ -450,6 +789,35 @@ KQ_TARGET static void q3k_scales_weighted(lanes_t *s, uint8_t *y) {
     }
 }
 
+// kq_q3k_finish_plain's header in lanes (KQ_Q3K_HEADER_LANES, where the backend has v_round_int8): the scale
+// of largest magnitude maps to -32, each group scale to (int8_t)round(inv * scale) clamped to [-32, 31], stored
+// +32; a block whose largest-magnitude scale is 0 gets zero scales and d = 0 (its bytes are then all zero, as
+// the scalar memset's).
+#ifndef KQ_Q3K_HEADER_LANES
+#define KQ_Q3K_HEADER_LANES 0
+#endif
+#if KQ_Q3K_HEADER_LANES
+KQ_TARGET static void q3k_header_plain_v(lanes_t *s, uint8_t *y) {
+    kv sc[16], amax, max;
+    for (int g = 0; g < 16; g++) sc[g] = v_load(s->scales[g]);
+    signed_absmax_v(16, sc, &amax, &max);
+    const km zero_max = v_eq(max, v_zero());
+    const kv inv = v_div(v_set(-32.0f), max);
+    float d[KQ_LANES], l_f[16][KQ_LANES];
+    v_store(d, v_pick(v_div(v_set(1.0f), inv), v_zero(), zero_max));
+    for (int g = 0; g < 16; g++) {
+        const kv l = v_round_int8(v_mul(inv, sc[g]));
+        const kv clamped = v_maxf(v_minf(l, v_set(31.0f)), v_set(-32.0f));
+        v_store(l_f[g], v_pick(v_add(clamped, v_set(32.0f)), v_zero(), zero_max));
+    }
+    for (int b = 0; b < KQ_LANES; b++) {
+        uint8_t s6[16];
+        for (int g = 0; g < 16; g++) s6[g] = (uint8_t)(int)l_f[g][b];
+        kq_q3k_write_header(y + 110 * b, s6, d[b]);
+    }
+}
+#endif
+
 KQ_TARGET static void q3k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y) {
     load_lanes(s, x, imatrix);
     if (imatrix) {
@@ -466,12 +834,16 @@ KQ_TARGET static void q3k_eight(lanes_t *s, const float *x, const float *imatrix
             fit_descent_v(s->x + 16 * g, s->q + 16 * g, scales);
             for (int j = 0; j < KQ_DESCENT_GROUPS; j++) v_store(s->scales[g + j], scales[j]);
         }
+#if KQ_Q3K_HEADER_LANES
+        q3k_header_plain_v(s, y);
+#else
         for (int b = 0; b < KQ_LANES; b++) {
             int8_t levels[256];  // unused: the header step does not read it
             float scales[16];
             lane_column(s->scales, 16, b, scales);
             kq_q3k_finish_plain(NULL, y + 110 * b, scales, levels);
         }
+#endif
     }
     for (int b = 0; b < KQ_LANES; b++) {
         float dg[16];
@@ -488,28 +860,45 @@ KQ_TARGET static void q45k_eight(lanes_t *s, const float *x, const float *imatri
     load_lanes(s, x, imatrix);
     kv sigma2 = v_zero();
     if (imatrix) sigma2 = v_div(v_mul(v_set(2.0f), block_sumsq_v(s->x)), v_set(256.0f));
-    for (int g = 0; g < 8; g++) {
+    for (int g = 0; g < 8; g += KQ_AFFINE_GROUPS) {
         const kv *xg = s->x + 32 * g;
-        kv neg_min, scale;
+        kv neg_min[KQ_AFFINE_GROUPS], scale[KQ_AFFINE_GROUPS];
         if (imatrix) {
-            v_store(s->group_w[g], importance_weights_v(32, xg, s->im + 32 * g, sigma2, s->w));
-            scale = fit_affine_v(32, nmax, xg, s->w, s->q + 32 * g, &neg_min, -0.9f, 0.05f, 36, 0);
+            for (int j = 0; j < KQ_AFFINE_GROUPS; j++)
+                v_store(s->group_w[g + j],
+                        importance_weights_v(32, xg + 32 * j, s->im + 32 * (g + j), sigma2, s->w + 32 * j));
+            fit_affine_v(32, nmax, xg, s->w, s->q + 32 * g, neg_min, scale, -0.9f, 0.05f, 36, 0);
         } else {
-            kv sumsq = v_zero();
-            for (int i = 0; i < 32; i++) sumsq = v_add(sumsq, v_mul(xg[i], xg[i]));
-            const kv av = v_sqrt(v_div(sumsq, v_set(32.0f)));
-            for (int i = 0; i < 32; i++) s->w[i] = v_add(av, v_abs(xg[i]));
-            scale = fit_affine_v(32, nmax, xg, s->w, s->q + 32 * g, &neg_min, KQ_Q45K_RMIN(nmax), 0.1f,
-                                 KQ_Q45K_NSTEP(nmax), 0);
+            for (int j = 0; j < KQ_AFFINE_GROUPS; j++) {
+                const kv *xj = xg + 32 * j;
+                kv sumsq = v_zero();
+                for (int i = 0; i < 32; i++) sumsq = v_add(sumsq, v_mul(xj[i], xj[i]));
+                const kv av = v_sqrt(v_div(sumsq, v_set(32.0f)));
+                for (int i = 0; i < 32; i++) s->w[32 * j + i] = v_add(av, v_abs(xj[i]));
+            }
+            fit_affine_v(32, nmax, xg, s->w, s->q + 32 * g, neg_min, scale, KQ_Q45K_RMIN(nmax), 0.1f,
+                         KQ_Q45K_NSTEP(nmax), 0);
         }
-        v_store(s->scales[g], scale);
-        v_store(s->mins[g], neg_min);
+        for (int j = 0; j < KQ_AFFINE_GROUPS; j++) {
+            v_store(s->scales[g + j], scale[j]);
+            v_store(s->mins[g + j], neg_min[j]);
+        }
     }
+#if KQ_POSITIVE_LANES
+    uint8_t ls[KQ_LANES][16], lm[KQ_LANES][16];
+    float d[KQ_LANES], dmin[KQ_LANES];
+    if (imatrix) fit_positive_pair_v(8, 63, s->scales, s->mins, s->group_w, ls, lm, d, dmin);
+#endif
     for (int b = 0; b < KQ_LANES; b++) {
         uint8_t levels[256];
         float scales[8], mins[8], group_w[8];
         lane_column(s->scales, 8, b, scales);
         lane_column(s->mins, 8, b, mins);
+#if KQ_POSITIVE_LANES
+        if (imatrix) {
+            kq_q45k_write_header(y + block_bytes * b, ls[b], lm[b], d[b], dmin[b], nmax);
+        } else
+#endif
         if (imatrix) {
             lane_column(s->group_w, 8, b, group_w);
             kq_q45k_finish_weighted(NULL, y + block_bytes * b, scales, mins, group_w, levels, nmax);
