@@ -172,6 +172,10 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
                                        "guard": guard, "tensors": allocation.rows}, indent=1))
             else:
                 click.echo(budgets.format_allocation(allocation))
+                if guard:
+                    scheme_kl = "does not fit" if guard["kl_scheme"] is None else f"{guard['kl_scheme']:.5f}"
+                    click.echo(f"guard (held-out KL): this mix {guard['kl_budget']:.5f}, the scheme's own types "
+                               f"{scheme_kl}: keeps {'the scheme' if guard['mix'] == 'scheme' else 'this mix'}")
             return
     if dry_run:
         if as_json:
