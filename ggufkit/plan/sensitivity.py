@@ -75,7 +75,16 @@ class Session:
         fit_chunks = min(fit_chunks, len(ids) - 1)
         self.fit_ids = ids[:fit_chunks]
         self.held_ids = [ids[held_out] if fit_chunks <= held_out < len(ids) else ids[-1]]
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False)
+        from transformers.utils import logging as hf_logging
+
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()   # no "Loading weights" bar on stderr (convert --json, --quiet)
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                              trust_remote_code=False)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         self.model.eval()
         self.names = _gguf_names(self.model, model_dir, ckpt.config)   # module name -> GGUF name
         self.embed = self.model.get_input_embeddings()
