@@ -236,13 +236,15 @@ def test_calibrated_budget_met_types_as_dry_run_and_guard_recorded(tied, calibra
 
 @pytest.mark.parametrize("prefer", ["scheme", "budget"])
 def test_guard_keeps_the_better_mix(tiny, prefer, tmp_path):
-    """keep_better keeps the allocation unless the scheme's own types score lower; reverted, the file has exactly
-    llama-quantize's types at the size --dry-run's allocation reports, and records ggufkit.optimize.mix."""
+    """keep_better keeps the allocation unless the scheme's own types score lower; reverted, at a budget of exactly
+    llama-quantize's file size, the file has llama-quantize's tensors (types and bytes) at the size the
+    allocation reports, within the budget, and records only ggufkit.optimize.mix."""
     from ggufkit.conversion import make_plan, run
 
     plan = make_plan(tiny, "q4_k_m")
     scheme_types = {p.tensor.name: p.qtype for p in plan.tensors}
-    target = converted(tiny, "q4_k_m").stat().st_size + 4096
+    theirs = llama_quantized(converted(tiny, "f32"), "q4_k_m")
+    target = theirs.stat().st_size
     a = B.allocate_plan(plan, B.parse_budget(target_size=target))
     allocated = {p.tensor.name: p.qtype for p in plan.tensors}
     assert allocated != scheme_types
@@ -259,10 +261,13 @@ def test_guard_keeps_the_better_mix(tiny, prefer, tmp_path):
     assert out.stat().st_size == a.file_bytes <= target
     read = {name: QT(t) for name, t, _ in tensor_table(out)}
     assert read == (scheme_types if prefer == "scheme" else allocated)
-    assert metadata_strings(out)["ggufkit.optimize.mix"] == prefer
-    if prefer == "scheme":
-        ref = {name: QT(t) for name, t, _ in tensor_table(llama_quantized(converted(tiny, "f32"), "q4_k_m"))}
-        assert read == ref
+    meta = metadata_strings(out)
+    if prefer == "scheme":  # no room for a key at llama-quantize's own size: its file, byte for byte
+        assert meta == {} and out.read_bytes() == theirs.read_bytes()
+        ref = {name: (QT(t), d.tobytes()) for name, t, d in tensor_table(theirs)}
+        assert {name: (QT(t), d.tobytes()) for name, t, d in tensor_table(out)} == ref
+    else:
+        assert meta["ggufkit.optimize.budget"] == str(target) and meta["ggufkit.optimize.mix"] == "budget"
 
 
 def test_guard_without_room_for_the_scheme_keeps_the_allocation(tiny):

@@ -590,15 +590,36 @@ def keep_better(plan, allocation: Allocation, scheme_types: dict, score: Callabl
     """Score the allocated mix and the scheme's own (SCHEME_TYPES: name -> type, llama.cpp's) with SCORE (mix ->
     measured error, lower is better: the KL on held-out calibration chunks, ggufkit.plan.sensitivity.Session.kl)
     and keep the better one, when the scheme's mix fits the budget too. A reverted plan gets the scheme's types
-    back (plan.tensors, plan.scheme_rows, the allocation's rows) and ggufkit.optimize.mix = "scheme" (the same
-    length as "budget": the header size, and so the budget, stay exact). -> {"mix", "kl_budget", "kl_scheme"}."""
+    back (plan.tensors, plan.scheme_rows, the allocation's rows) and, instead of the budget's keys, only
+    ggufkit.optimize.mix = "scheme", or no key where that does not fit (a budget of exactly llama.cpp's file
+    size has room for llama.cpp's mix and header, not for more). -> {"mix", "kl_budget", "kl_scheme"}."""
     from ggufkit.output.writer import tensor_nbytes
     from ggufkit.plan.schemes import PlanRow
 
     allocated = {p.tensor.name: p.qtype for p in plan.tensors}
-    fits = allocation.scheme_tensor_bytes <= allocation.limit if allocation.budget.kind != "size" else (
-        sum(_aligned(tensor_nbytes(p.tensor.shape, scheme_types[p.tensor.name])) for p in plan.tensors)
-        <= allocation.limit)
+    # the budget's own keys are dropped from a reverted file: a budget of exactly llama.cpp's file size must leave
+    # room for llama.cpp's mix (its header has no ggufkit keys), so only ggufkit.optimize.mix (and what --optimize
+    # recorded) is added
+    # (and, when even that key does not fit, nothing: the file is then llama-quantize's own)
+    bare = {k: v for k, v in plan.metadata.items() if k not in metadata(allocation.budget, "")}
+    reverted_meta = {**bare, "ggufkit.optimize.mix": "scheme"}
+    scheme_tensor_bytes = sum(tensor_nbytes(p.tensor.shape, scheme_types[p.tensor.name]) for p in plan.tensors)
+    if allocation.budget.kind == "size":
+        data = sum(_aligned(tensor_nbytes(p.tensor.shape, scheme_types[p.tensor.name])) for p in plan.tensors)
+        kept = plan.metadata.copy()
+        fits = False
+        try:
+            for meta in (reverted_meta, bare):
+                plan.metadata.clear()
+                plan.metadata.update(meta)
+                if _aligned(header_bytes(plan)) + data <= int(allocation.budget.value):
+                    reverted_meta, fits = meta, True
+                    break
+        finally:
+            plan.metadata.clear()
+            plan.metadata.update(kept)
+    else:
+        fits = scheme_tensor_bytes <= allocation.limit
     out = {"mix": "budget", "kl_budget": score(allocated), "kl_scheme": None}
     if not fits or allocated == scheme_types:
         return out
@@ -609,7 +630,8 @@ def keep_better(plan, allocation: Allocation, scheme_types: dict, score: Callabl
     plan.tensors[:] = [type(p)(p.tensor, scheme_types[p.tensor.name],
                                tensor_nbytes(p.tensor.shape, scheme_types[p.tensor.name])) for p in plan.tensors]
     plan.scheme_rows[:] = [PlanRow(p.tensor.name, tuple(p.tensor.shape), p.qtype, p.nbytes) for p in plan.tensors]
-    plan.metadata["ggufkit.optimize.mix"] = "scheme"
+    plan.metadata.clear()
+    plan.metadata.update(reverted_meta)
     for r, p in zip(allocation.rows, plan.tensors):
         r["type"], r["bytes"] = p.qtype.name, p.nbytes
         r["error"] = r.get("scheme_error", r["error"])
