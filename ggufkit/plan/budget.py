@@ -44,7 +44,7 @@ of the next-token distribution, g the gradient of log p(t) at the layer's output
 (ggufkit/plan/sensitivity.py). It replaces the stream model's assumptions (gain 1 after the entry point, the
 output's g^2 weight, q/k like v) by what the model does: on the demo at Q4_K_M's size the stream model ranked 20
 type mixes (groups of tensors swapped between its allocation and llama.cpp's) at Spearman 0.32 against their
-measured KLD, this one at 0.97; the stream model under-weighted the tied embedding and attn_v 4.6x against the
+measured KLD, this one at 0.98; the stream model under-weighted the tied embedding and attn_v 4.6x against the
 blocks' writers and q/k (bench/error_model.py --swap). Then the guard (keep_better): the allocated mix and the
 scheme's own types (when they fit the budget) are run on a held-out calibration chunk in the float32 model,
 quantized as each mix says, and the lower KL wins, recorded as ggufkit.optimize.mix.
