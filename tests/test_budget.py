@@ -279,3 +279,21 @@ def test_guard_without_room_for_the_scheme_keeps_the_allocation(tiny):
     calls = []
     guard = B.keep_better(plan, a, scheme_types, lambda mix: calls.append(mix) or 1.0)
     assert guard == {"mix": "budget", "kl_budget": 1.0, "kl_scheme": None} and len(calls) == 1
+
+
+def test_calibrated_budget_falls_back_when_the_f32_model_does_not_fit(tied, calibration_text, monkeypatch):
+    """The measured sensitivities hold the float32 model whole: where it would not fit in the available memory,
+    the budget uses the stream error model (no guard) and says so in one line, instead of running out of memory."""
+    from ggufkit.runtime import rpc
+
+    q2, q6 = converted(tied, "q2_k").stat().st_size, converted(tied, "q6_k").stat().st_size
+    args = [tied, "--calibration", calibration_text, "--calibration-chunks", 2, "--calibration-ctx", 64,
+            "--target-size", int(q2 + 0.5 * (q6 - q2)), "--dry-run", "--json"]
+    fits = json.loads(convert_cli(*args))
+    assert fits["guard"]["mix"] in ("budget", "scheme")
+    monkeypatch.setattr(rpc, "local_free_bytes", lambda: 2**20)
+    result = CliRunner().invoke(cli, ["convert", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    assert "stream error model" in result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["guard"] == {} and plan["file_bytes"] <= int(q2 + 0.5 * (q6 - q2))

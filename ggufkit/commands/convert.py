@@ -157,7 +157,19 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
         gptq.enable(plan, stats, search=optimize == "gptq", threads=threads)
     if budget is not None:
         guard = {}
-        if calibration is not None:  # measured sensitivities, and the guard on a chunk the imatrix did not see
+        sensitivity_fits = True
+        if calibration is not None:
+            from ggufkit.plan.sensitivity import memory_needed
+            from ggufkit.runtime import rpc
+
+            need, free = memory_needed(plan.n_elements), rpc.local_free_bytes()
+            sensitivity_fits = need <= free
+            if not sensitivity_fits:  # the float32 model would not fit: the modelled errors, no guard
+                click.echo(f"note: the measured sensitivities need the float32 model in memory (~{need / 2**30:.1f}"
+                           f" GiB, {free / 2**30:.1f} GiB available): the budget uses the stream error model",
+                           err=True)
+        if calibration is not None and sensitivity_fits:
+            # measured sensitivities, and the guard on a chunk the imatrix did not see
             from ggufkit.sources.hf import resolve
 
             allocation, guard = budgets.allocate_calibrated(

@@ -37,6 +37,13 @@ from pathlib import Path
 import numpy as np
 
 
+def memory_needed(n_params: int) -> int:
+    """Bytes a Session needs for a model of n_params parameters: the float32 model held whole, plus the pass's
+    activations and gradients and the torch baseline (the demo's 135M measured ~1.2x its f32 size; 1.5x + 1 GiB
+    leaves room)."""
+    return int(1.5 * 4 * n_params) + 2**30
+
+
 @dataclass
 class Sensitivity:
     g2: float                 # mean over tokens and output units of (d log p(t) / d y_i)^2
