@@ -221,10 +221,11 @@ def inverse_factor(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
 
 
 def encode_rows(w: np.ndarray, qtype, imatrix: np.ndarray | None, u: np.ndarray, search: bool = False,
-                threads: int | None = None) -> np.ndarray:
+                threads: int | None = None, reference: bool = False) -> np.ndarray:
     """GPTQ encoding of rows w (rows, cols) f32 with the inverse-Hessian factor u (cols, cols) (inverse_factor)
     -> (rows, row bytes) u8 of qtype. imatrix: the importance weights the native quantizer (and the scale search,
-    search=True, K-quants only) use for each group's scales."""
+    search=True, K-quants only) use for each group's scales. The column loop inside each group runs in C
+    (native/src/gptq.c); reference=True runs the numpy loop it is tested against (same bytes)."""
     qtype = QT[qtype.upper()] if isinstance(qtype, str) else QT(qtype)
     rows, cols = w.shape
     g = _block_width(qtype)
@@ -244,13 +245,21 @@ def encode_rows(w: np.ndarray, qtype, imatrix: np.ndarray | None, u: np.ndarray,
                 data = rounding.refine_blocks(block, np.broadcast_to(wb, (rows, g)), data, qtype)
             group = _Group(data, qtype)
             levels = np.empty((g, rows), dtype=np.int32)
-            for j in range(g):  # column by column inside the group, the error fed to the group's later columns
-                c = a + j
-                levels[j], decoded = group.round(wt[c], j)
-                e = (wt[c] - decoded) / ut[c, c]
-                err[c - b0] = e
-                if j + 1 < g:
-                    wt[c + 1:a + g] -= np.outer(ut[c, c + 1:a + g], e)
+            if reference:
+                for j in range(g):  # column by column inside the group, the error fed to its later columns
+                    c = a + j
+                    levels[j], decoded = group.round(wt[c], j)
+                    e = (wt[c] - decoded) / ut[c, c]
+                    err[c - b0] = e
+                    if j + 1 < g:
+                        wt[c + 1:a + g] -= np.outer(ut[c, c + 1:a + g], e)
+            else:  # the same loop in C (native/src/gptq.c: same bytes), rows over threads
+                from ggufkit import _quants
+
+                table = None if group.table is None else np.ascontiguousarray(group.table, dtype=np.float32)
+                _quants.gptq_group(wt[a:a + g], group.s, group.o, table, group.lo, group.hi,
+                                   ut[a:a + g].reshape(-1)[a:], cols, g, rows, levels, err[a - b0:a - b0 + g],
+                                   quant._check_threads(threads))
             if a + g < b1:  # then the group's errors to the batch's later columns at once
                 wt[a + g:b1] -= ut[a:a + g, a + g:b1].T @ err[a - b0:a - b0 + g]
             out[:, (a // g) * gbytes:(a // g + 1) * gbytes] = group.bytes(np.ascontiguousarray(levels.T))
