@@ -9,7 +9,7 @@ a few thousand calibration tokens and inputs 1536 to 8192 wide, H is estimated f
 it has dimensions, and the fit can follow the calibration text's own directions (measured: blk.5.ffn_down at
 IQ4_XS, 1.019x llama.cpp's output error on held-out text). Whether the feedback generalises, and with how much
 damping, is a question for text it was not fitted on: gptq.ErrorFeedback answers it per tensor by fitting on one
-half and scoring on the other (both ways), before encoding with the pooled covariance.
+half and scoring on the other, before encoding with the pooled covariance.
 
 The halves are the calibration chunks llama-imatrix would take (the text tokenized once, cut into ctx tokens, at
 most `chunks`), split at the middle chunk: ggufkit.quant.calibrate runs them all in one layer-wise pass with two
