@@ -91,7 +91,7 @@ def main() -> None:
         c = time.process_time()
         h = stats.hessian(name).astype(np.float64)
 
-        def error(d):
+        def error(d, x=x, h=h):
             e = (x - quant.dequantize(d, args.type, x.shape)).astype(np.float64)
             return float(np.einsum("rc,rc->", e @ h, e))
         print(short, enc.choices.get(name), f"pooled error {error(out) / error(data):.5f}x", flush=True)
