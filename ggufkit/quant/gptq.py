@@ -56,6 +56,11 @@ DAMP = 0.5    # added to H's diagonal, as a fraction of its mean (GPTQ's percdam
 DAMPS = (0.1, 0.3, 1.0, 3.0)   # the dampings tried per tensor on held-out halves
 SELECT_ROWS = 256              # rows the per-tensor choice is made on
 BATCH = 256   # columns per lazy batch update
+# ErrorFeedback's factorisations (held-out fits and the final one) in f32, as GPTQ's reference code does: on
+# bench-1b's blk.0.ffn_down (8192 wide, 2048 tokens) the final encoding's calibration error changed by -3e-5
+# (Q4_K, damping 0.3) and +3.5e-4 (IQ4_XS, 0.1) relative to f64 with the same per-row choices, at 7.6 instead
+# of 13.8 CPU s per factorisation (BENCHMARKS.md, 2026-12-01 late night)
+FACTOR_DTYPE = np.float32
 
 # legacy type -> (block bytes, has min, q range as stored, offset of the signed level, has qh)
 LEGACY = {
@@ -348,8 +353,8 @@ class ErrorFeedback:
         if damp is None:
             return self._cache[which]
         key = (which, damp)
-        if key not in self._cache:  # the held-out fits in f32 (see choose), the final one in f64
-            self._cache[key] = inverse_factor(self._cache[which], damp, np.float64 if which == "h" else np.float32)
+        if key not in self._cache:  # f32 factorisations: FACTOR_DTYPE
+            self._cache[key] = inverse_factor(self._cache[which], damp, FACTOR_DTYPE)
         return self._cache[key]
 
     def _done(self, name: str) -> None:
@@ -366,8 +371,8 @@ class ErrorFeedback:
         The held-out error as a function of the damping is taken to be unimodal over DAMPS (too little damping
         follows the fitting half's own directions, too much forgets H): of 4 dampings, the middle two are
         scored first, and only the neighbour on the better one's side after them (3 fits instead of 4; the same
-        choice when unimodal). The fits' factorisations are in f32: they only rank dampings, and with a damping
-        of at least 0.1 mean(diag H) the factor is accurate to ~1e-4 relative, far below the differences ranked."""
+        choice when unimodal). The factorisations are in f32 (FACTOR_DTYPE): with a damping of at least 0.1
+        mean(diag H) the factor is accurate to ~1e-4 relative, far below the differences the choice ranks."""
         ha, hb = self._get(name, "ha"), self._get(name, "hb")
         idx = _spread_rows(len(x), SELECT_ROWS)
         xs = np.ascontiguousarray(x[idx])
