@@ -48,7 +48,8 @@ def main() -> None:
         se.seek(0)
         stdout, stderr = so.read(), se.read()
     if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"convert failed: {stderr[-3000:]}")
+        sys.exit(f"convert failed (exit {os.waitstatus_to_exitcode(status)} after {wall:.0f} s, "
+                 f"{usage.ru_utime + usage.ru_stime:.0f} CPU s): {stderr[-3000:]}{stdout[-1000:]}")
     summary = json.loads(stdout.strip().splitlines()[-1])
     import gguf
 

@@ -1,14 +1,15 @@
-"""Calibration in two halves (ggufkit.quant.holdout): the halves are the chunks llama-imatrix would take, split at
-the middle without overlap, and the pooled statistics are those of both halves' tokens."""
+"""Calibration in two halves (ggufkit.quant.holdout): the halves are the calibration chunks llama-imatrix would
+take, split at the middle, gathered in one pass, and the pooled statistics are those of all the chunks."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from convert_fixtures import SHAKESPEARE
+from test_calibrate import assert_same_imatrix
 
 from ggufkit.errors import InputError
 from ggufkit.quant import holdout
-from ggufkit.quant.imatrix import Imatrix, ImatrixEntry
+from ggufkit.quant.calibrate import calibrate
 from ggufkit.quant.imatrix_collect import calibration_ids
 
 
@@ -19,44 +20,35 @@ def tokenizer(demo_dir):
     return AutoTokenizer.from_pretrained(demo_dir)
 
 
-@pytest.mark.parametrize("chunks", [2, 5, 8])
-def test_halves_are_the_calibration_chunks_split_without_overlap(tokenizer, tmp_path, chunks):
-    text = SHAKESPEARE.read_text(encoding="utf-8", errors="replace")
-    ctx = 128
-    whole = calibration_ids(tokenizer, SHAKESPEARE, ctx, chunks)   # what one calibrate() run would take
-    first, second, na, nb = holdout.split_text(tokenizer, text, ctx, chunks)
-    assert (na, nb) == (chunks // 2, chunks - chunks // 2)
-    a = tmp_path / "a.txt"
-    b = tmp_path / "b.txt"
-    a.write_text(first, encoding="utf-8")
-    b.write_text(second, encoding="utf-8")
-    ca, cb = calibration_ids(tokenizer, a, ctx, na), calibration_ids(tokenizer, b, ctx, nb)
-    assert len(ca) == na and len(cb) == nb
-    # the first half's chunks are the whole run's first chunks, token for token
-    assert ca == whole[:na]
-    # no overlap: the second half's text begins after the last character of the first half's chunks
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    n_special = len(whole[0]) - len(tokenizer(text[:2000], add_special_tokens=False)["input_ids"][:ctx])
-    assert len(text) - len(second) >= offsets[na * ctx - n_special - 1][1]
-    # and it takes the whole run's next chunk from there (up to the first token at the cut)
-    assert cb[0][1:ctx // 2] == whole[na][1:ctx // 2]
+@pytest.mark.parametrize("chunks", [2, 5])
+def test_halves_are_the_first_and_the_second_half_of_the_chunks(tiny_checkpoint, tmp_path, chunks):
+    """One pass with two accumulators: half a's covariance is a run over the first chunks // 2 chunks alone (which
+    are the whole run's first chunks), the pooled one and the importance matrix are the whole run's, and half b
+    holds the remaining tokens."""
+    src = tiny_checkpoint("llama")
+    ctx, na = 64, chunks // 2
+    im, halves = holdout.calibrate_halves(src, SHAKESPEARE, ctx=ctx, chunks=chunks, progress=False,
+                                          stats_dir=tmp_path / "halves")
+    im_all, whole = calibrate(src, SHAKESPEARE, ctx=ctx, chunks=chunks, progress=False, stats_dir=tmp_path / "all")
+    _, first = calibrate(src, SHAKESPEARE, ctx=ctx, chunks=na, progress=False, stats_dir=tmp_path / "first")
+    assert_same_imatrix(im, im_all)
+    assert sorted(halves.groups) == sorted(whole.groups)
+    for name in whole.groups:
+        ga, gb = halves.a.groups[name], halves.b.groups[name]
+        assert (halves.a.tokens[ga], halves.b.tokens[gb]) == (na * ctx, (chunks - na) * ctx)
+        h_all, h_first = whole.hessian(name), first.hessian(name)
+        tol = {"rtol": 1e-4, "atol": 1e-6 * float(np.abs(h_all).max())}
+        np.testing.assert_allclose(halves.a.hessian(name), h_first, **tol, err_msg=name)
+        np.testing.assert_allclose(halves.hessian(name), h_all, **tol, err_msg=name)
+        rest = (h_all.astype(np.float64) * chunks - h_first.astype(np.float64) * na) / (chunks - na)
+        np.testing.assert_allclose(halves.b.hessian(name), rest, rtol=1e-3, atol=1e-5 * float(np.abs(h_all).max()),
+                                   err_msg=name)
 
 
-def test_two_chunks_are_needed(tokenizer):
+def test_two_chunks_are_needed(tiny_checkpoint, tmp_path):
     with pytest.raises(InputError, match="at least 2 calibration chunks"):
-        holdout.split_text(tokenizer, "To be, or not to be: that is the question.", 16, None)
-
-
-def test_merged_imatrix_sums_tokens():
-    rng = np.random.default_rng(0)
-    sa, sb = rng.random((1, 8)).astype(np.float32), rng.random((1, 8)).astype(np.float32)
-    a = Imatrix({"blk.0.attn_q.weight": ImatrixEntry(sa, np.array([100.0]))}, chunk_count=1, chunk_size=100)
-    b = Imatrix({"blk.0.attn_q.weight": ImatrixEntry(sb, np.array([300.0])),
-                 "blk.0.ffn_up.weight": ImatrixEntry(sb, np.array([300.0]))}, chunk_count=3, chunk_size=100)
-    m = holdout.merge_imatrix(a, b)
-    np.testing.assert_allclose(m.column_weights("blk.0.attn_q.weight"), (sa[0] + sb[0]) / 400, rtol=1e-6)
-    np.testing.assert_allclose(m.column_weights("blk.0.ffn_up.weight"), sb[0] / 300, rtol=1e-6)
-    assert m.chunk_count == 4
+        holdout.calibrate_halves(tiny_checkpoint("llama"), SHAKESPEARE, ctx=64, chunks=1, progress=False,
+                                 stats_dir=tmp_path)
 
 
 @pytest.mark.parametrize("call", ["halves", "whole-model", "chunks"])

@@ -160,9 +160,11 @@ def _batches(chunk_kwargs: list[dict], most: int) -> list[list[int]]:
 
 def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | None = None,
               process_output: bool = False, threads: int | None = None, progress: bool = True,
-              stats_dir: Path | None = None) -> tuple[Imatrix, Statistics | None]:
+              stats_dir: Path | None = None, halves: bool = False) -> tuple[Imatrix, Statistics | tuple | None]:
     """The importance matrix (as imatrix_collect.compute, within float tolerance) and, with stats_dir, the input
-    covariance of every 2-D block matrix, layer by layer. -> (Imatrix, Statistics or None)."""
+    covariance of every 2-D block matrix, layer by layer. -> (Imatrix, Statistics or None).
+    halves=True: two covariance accumulators in the same pass, one for the first len(chunks) // 2 chunks and
+    one for the rest (stats_dir/a, stats_dir/b) -> (Imatrix of all chunks, (Statistics a, Statistics b) or None)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -178,6 +180,10 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
         torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     token_chunks = calibration_ids(tokenizer, Path(text_path), ctx, chunks)  # list of (ctx,) token id lists
+    n_first = len(token_chunks) // 2 if halves else len(token_chunks)  # chunks [0, n_first) go to part 0
+    if halves and n_first < 1:
+        raise InputError(f"{len(token_chunks)} chunk of {ctx} tokens: error feedback needs at least 2 calibration "
+                         f"chunks (one to fit, one to check)", text_path)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
@@ -229,10 +235,12 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
     tokens: dict[str, int] = {}
     expert_sums: dict[str, torch.Tensor] = {}
     expert_tokens: dict[str, torch.Tensor] = {}
-    stats = None
+    parts: list[Statistics] = []   # one Statistics per part of the chunks (two with halves)
     if stats_dir is not None:
-        stats = Statistics(Path(stats_dir))
-        stats.directory.mkdir(parents=True, exist_ok=True)
+        dirs = [Path(stats_dir) / "a", Path(stats_dir) / "b"] if halves else [Path(stats_dir)]
+        parts = [Statistics(d) for d in dirs]
+        for part in parts:
+            part.directory.mkdir(parents=True, exist_ok=True)
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -252,9 +260,9 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
             layer.load_state_dict(state_i, strict=True, assign=True)
             del state_i
             layer.eval()
-            cov: dict[str, torch.Tensor] = {}     # group file -> (cols, cols) f32 sum x x^T
-            cov_tokens: dict[str, int] = {}
-            last = {"x": None, "group": None, "sq_of": None, "sq": None}
+            cov: list[dict[str, torch.Tensor]] = [{} for _ in parts]   # per part: group file -> (cols, cols) f32
+            cov_tokens: list[dict[str, int]] = [{} for _ in parts]      # sum x x^T and its tokens
+            last = {"x": None, "group": None, "sq_of": None, "sq": None, "cut": 0}  # cut: tokens of part 0
             handles = []
 
             def hook_for(gguf_name: str, cov=cov, cov_tokens=cov_tokens, last=last):
@@ -266,17 +274,22 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
                     sq = last["sq"]
                     sums[gguf_name] = sq if gguf_name not in sums else sums[gguf_name] + sq
                     tokens[gguf_name] = tokens.get(gguf_name, 0) + x.shape[0]
-                    if stats is None:
+                    if not parts:
                         return
                     if last["x"] is inputs[0]:  # same input as the previous matrix (q/k/v, gate/up): shared
                         group = last["group"]
                     else:
-                        group = stats.groups.get(gguf_name) or f"{gguf_name.removesuffix('.weight')}.input.npy"
-                        acc = cov.get(group)  # (n_cols, n_cols) f32 += x^T x, in place (no temporary)
-                        cov[group] = x.T @ x if acc is None else acc.addmm_(x.T, x)
-                        cov_tokens[group] = cov_tokens.get(group, 0) + x.shape[0]
+                        group = parts[0].groups.get(gguf_name) or f"{gguf_name.removesuffix('.weight')}.input.npy"
+                        cut = last["cut"] if len(parts) == 2 else x.shape[0]
+                        for p, xp in enumerate((x[:cut], x[cut:])[:len(parts)]):
+                            if xp.shape[0] == 0:
+                                continue
+                            acc = cov[p].get(group)  # (n_cols, n_cols) f32 += x^T x, in place (no temporary)
+                            cov[p][group] = xp.T @ xp if acc is None else acc.addmm_(xp.T, xp)
+                            cov_tokens[p][group] = cov_tokens[p].get(group, 0) + xp.shape[0]
                         last["x"], last["group"] = inputs[0], group
-                    stats.groups.setdefault(gguf_name, group)
+                    for part in parts:
+                        part.groups.setdefault(gguf_name, group)
                 return hook
 
             for module_name, module in layer.named_modules():
@@ -294,6 +307,7 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
             with torch.no_grad():
                 for batch in _batches(kwargs[i], max(1, BATCH_TOKENS // ctx)):
                     last["x"] = last["sq_of"] = None
+                    last["cut"] = sum(c < n_first for c in batch) * ctx  # the batch's chunks are consecutive
                     x = hidden[batch[0]] if len(batch) == 1 else torch.cat([hidden[c] for c in batch])
                     out = layer(x, **kwargs[i][batch[0]])
                     out = out[0] if isinstance(out, tuple) else out       # (len(batch), ctx, hidden) f32
@@ -302,12 +316,12 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
             for h in handles:
                 h.remove()
             del layer
-            if stats is not None:
-                for group, acc in cov.items():
-                    np.save(stats.directory / group, acc.numpy())
-                    stats.tokens[group] = cov_tokens[group]
-                del cov
-                stats.save()
+            for part, part_cov, part_tokens in zip(parts, cov, cov_tokens):
+                for group, acc in part_cov.items():
+                    np.save(part.directory / group, acc.numpy())
+                    part.tokens[group] = part_tokens[group]
+                part.save()
+            del cov
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
 
@@ -327,4 +341,6 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
         out.entries[name] = ImatrixEntry(expert_sums[name].numpy().astype(np.float32),
                                          expert_tokens[name].numpy().astype(np.float64))
     out.entries = dict(sorted(out.entries.items()))
-    return out, stats
+    if not parts:
+        return out, None
+    return out, tuple(parts) if halves else parts[0]

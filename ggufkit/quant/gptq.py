@@ -21,12 +21,12 @@ worse than llama.cpp's on the calibration statistics.
 
 Whether to use it at all, and with how much damping, is chosen per tensor on held-out data when the statistics
 come in two halves (ggufkit.quant.holdout.calibrate_halves): on up to SELECT_ROWS rows spread over the tensor
-(the rows are encoded independently of each other, so a row sample estimates the whole tensor), encode with each
-damping of DAMPS fitted on one half's covariance (with the per-row choice on that half) and score tr(E H E^T) on
-the other half's, both ways; the damping with the lowest held-out error wins if that error is below llama.cpp's
-encoding's on the same rows, else the tensor keeps llama.cpp's bytes. Fitting on half the tokens is the harder
-case, so the pooled fit the file gets generalises at least as well as the choice assumed. Without halves (one
-Statistics), the damping is DAMP for every tensor.
+(the rows are encoded independently of each other, so a row sample estimates the whole tensor), encode with
+dampings of DAMPS fitted on the first half's covariance (with the per-row choice on that half) and score tr(E H
+E^T) on the second half's (one way: half the fits of scoring both ways); the damping with the lowest held-out
+error wins if that error is below llama.cpp's encoding's on the same rows, else the tensor keeps llama.cpp's
+bytes. Fitting on half the tokens is the harder case, so the pooled fit the file gets generalises at least as
+well as the choice assumed. Without halves (one Statistics), the damping is DAMP for every tensor.
 
 Layouts of the legacy blocks (ggml's block_q*):
     Q4_0 (18 B): d f16 | qs[16]                  value l: low nibble of qs[l], value l+16: high nibble; x = d (q-8)
@@ -49,12 +49,17 @@ from ggufkit import quant
 from ggufkit.quant import rounding
 
 __all__ = ["DAMP", "DAMPS", "METHOD", "METHOD_HELD_OUT", "SUPPORTED", "ErrorFeedback", "encode_rows",
-           "output_error"]
+           "output_error", "output_gain"]
 
 DAMP = 0.5    # added to H's diagonal, as a fraction of its mean (GPTQ's percdamp; see BENCHMARKS.md)
 DAMPS = (0.1, 0.3, 1.0, 3.0)   # the dampings tried per tensor on held-out halves
 SELECT_ROWS = 256              # rows the per-tensor choice is made on
 BATCH = 256   # columns per lazy batch update
+# ErrorFeedback's factorisations (held-out fits and the final one) in f32, as GPTQ's reference code does: on
+# bench-1b's blk.0.ffn_down (8192 wide, 2048 tokens) the final encoding's calibration error changed by -3e-5
+# (Q4_K, damping 0.3) and +3.5e-4 (IQ4_XS, 0.1) relative to f64 with the same per-row choices, at 7.6 instead
+# of 13.8 CPU s per factorisation (BENCHMARKS.md, 2026-12-01 late night)
+FACTOR_DTYPE = np.float32
 
 # legacy type -> (block bytes, has min, q range as stored, offset of the signed level, has qh)
 LEGACY = {
@@ -69,8 +74,8 @@ IQ4 = {QT.IQ4_NL: (18, 32), QT.IQ4_XS: (136, 256)}
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
 SUPPORTED = tuple(rounding.SUPPORTED) + tuple(LEGACY) + tuple(IQ4)
 METHOD = f"gptq (damp {DAMP}; " + ", ".join(t.name for t in SUPPORTED) + ")"
-METHOD_HELD_OUT = ("gptq (damping per tensor from " + "/".join(map(str, DAMPS)) + " or none, on held-out "
-                   "calibration halves; " + ", ".join(t.name for t in SUPPORTED) + ")")
+METHOD_HELD_OUT = ("gptq (damping per tensor from " + "/".join(map(str, DAMPS)) + " or none, on a held-out "
+                   "calibration half; " + ", ".join(t.name for t in SUPPORTED) + ")")
 
 
 # ---- legacy layouts: bytes <-> (scale, offset, q)
@@ -194,37 +199,61 @@ def _block_width(qtype: QT) -> int:
     return 32 if qtype in LEGACY or qtype == QT.IQ4_NL else 256
 
 
-def inverse_factor(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
-    """H (cols, cols) -> the upper Cholesky factor U of (H + damp mean(diag H) I)^-1, (cols, cols) f32. Columns
-    that never saw an input (H[j, j] = 0) get a unit diagonal. More damping is added while H is not positive
-    definite in float arithmetic."""
+def _invert_lower_(m, base: int = 512) -> None:
+    """Inverts a lower triangular torch matrix (n, n) in place, by halves: [[A, 0], [B, C]]^-1 = [[A^-1, 0],
+    [-C^-1 B A^-1, C^-1]] (matrix products instead of a triangular solve against an identity: ~20% less CPU;
+    memory: the matrix and one (n/2, n/2) product)."""
     import torch
 
-    h = torch.from_numpy(np.array(h, dtype=np.float64))
-    dead = torch.diagonal(h) <= 0
-    h[dead, dead] = 1.0
-    mean = float(torch.diagonal(h).mean())
+    n = m.shape[0]
+    if n <= base:
+        m.copy_(torch.linalg.solve_triangular(m, torch.eye(n, dtype=m.dtype), upper=False))
+        return
+    k = n // 2
+    _invert_lower_(m[:k, :k], base)
+    _invert_lower_(m[k:, k:], base)
+    m[k:, :k] = m[k:, k:] @ (m[k:, :k] @ m[:k, :k])
+    m[k:, :k].neg_()
+
+
+def inverse_factor(h: np.ndarray, damp: float = DAMP, dtype=np.float64) -> np.ndarray:
+    """H (cols, cols) -> the upper Cholesky factor U of (H + damp mean(diag H) I)^-1, (cols, cols) f32. Columns
+    that never saw an input (H[j, j] = 0) get a unit diagonal. More damping is added while H is not positive
+    definite in float arithmetic. dtype: the precision of the factorisation (f32: half the time and memory, for
+    the held-out choice, ErrorFeedback.choose)."""
+    import torch
+
+    diag = np.diagonal(h).astype(np.float64)
+    dead = np.flatnonzero(diag <= 0)
+    mean = float(np.where(diag <= 0, 1.0, diag).mean())
     # U without forming the inverse: with J the reversal, J A J = L L^T (Cholesky) gives A = (J L J)(J L J)^T with
     # J L J upper triangular, so A^-1 = U^T U for the upper U = (J L J)^-1 = J L^-1 J: one Cholesky and one
-    # triangular inverse (2n^3/3 flops) instead of Cholesky, cholesky_inverse and a second Cholesky (torch's
-    # cholesky_inverse alone took 44 CPU s for one 8192-wide H; all of it 54 s -> 13 s; U equal to 5e-14)
+    # triangular inverse instead of Cholesky, cholesky_inverse and a second Cholesky (torch's cholesky_inverse
+    # alone took 44 CPU s for one 8192-wide H; all of it 54 s -> 13 s; U equal to 5e-14). Memory: two (cols, cols)
+    # arrays of dtype at a time (the reversed copy of H, then L and its inverse) and U.
     for attempt in range(6):
-        a = h.clone()
+        a = torch.flip(torch.from_numpy(np.asarray(h)), (0, 1)).to(torch.float64 if dtype == np.float64
+                                                                    else torch.float32)   # J H J, a copy
+        rev = a.shape[0] - 1 - torch.from_numpy(dead)
+        a[rev, rev] = 1.0
         a.diagonal().add_(damp * (10 ** attempt) * mean)
-        lower, info = torch.linalg.cholesky_ex(torch.flip(a, (0, 1)))
+        lower, info = torch.linalg.cholesky_ex(a)
+        del a
         if int(info) == 0:
-            eye = torch.eye(a.shape[0], dtype=a.dtype)
-            upper = torch.flip(torch.linalg.solve_triangular(lower, eye, upper=False), (0, 1))
+            _invert_lower_(lower)
+            upper = torch.flip(lower.to(torch.float32), (0, 1))
+            del lower
             if bool(torch.isfinite(upper).all()):
-                return upper.to(torch.float32).numpy()
+                return upper.numpy()
     raise ValueError("input covariance is not positive definite even with damping")
 
 
 def encode_rows(w: np.ndarray, qtype, imatrix: np.ndarray | None, u: np.ndarray, search: bool = False,
-                threads: int | None = None) -> np.ndarray:
+                threads: int | None = None, reference: bool = False) -> np.ndarray:
     """GPTQ encoding of rows w (rows, cols) f32 with the inverse-Hessian factor u (cols, cols) (inverse_factor)
     -> (rows, row bytes) u8 of qtype. imatrix: the importance weights the native quantizer (and the scale search,
-    search=True, K-quants only) use for each group's scales."""
+    search=True, K-quants only) use for each group's scales. The column loop inside each group runs in C
+    (native/src/gptq.c); reference=True runs the numpy loop it is tested against (same bytes)."""
     qtype = QT[qtype.upper()] if isinstance(qtype, str) else QT(qtype)
     rows, cols = w.shape
     g = _block_width(qtype)
@@ -244,13 +273,21 @@ def encode_rows(w: np.ndarray, qtype, imatrix: np.ndarray | None, u: np.ndarray,
                 data = rounding.refine_blocks(block, np.broadcast_to(wb, (rows, g)), data, qtype)
             group = _Group(data, qtype)
             levels = np.empty((g, rows), dtype=np.int32)
-            for j in range(g):  # column by column inside the group, the error fed to the group's later columns
-                c = a + j
-                levels[j], decoded = group.round(wt[c], j)
-                e = (wt[c] - decoded) / ut[c, c]
-                err[c - b0] = e
-                if j + 1 < g:
-                    wt[c + 1:a + g] -= np.outer(ut[c, c + 1:a + g], e)
+            if reference:
+                for j in range(g):  # column by column inside the group, the error fed to its later columns
+                    c = a + j
+                    levels[j], decoded = group.round(wt[c], j)
+                    e = (wt[c] - decoded) / ut[c, c]
+                    err[c - b0] = e
+                    if j + 1 < g:
+                        wt[c + 1:a + g] -= np.outer(ut[c, c + 1:a + g], e)
+            else:  # the same loop in C (native/src/gptq.c: same bytes), rows over threads
+                from ggufkit import _quants
+
+                table = None if group.table is None else np.ascontiguousarray(group.table, dtype=np.float32)
+                _quants.gptq_group(wt[a:a + g], group.s, group.o, table, group.lo, group.hi,
+                                   ut[a:a + g].reshape(-1)[a:], cols, g, rows, levels, err[a - b0:a - b0 + g],
+                                   quant._check_threads(threads))
             if a + g < b1:  # then the group's errors to the batch's later columns at once
                 wt[a + g:b1] -= ut[a:a + g, a + g:b1].T @ err[a - b0:a - b0 + g]
             out[:, (a // g) * gbytes:(a // g + 1) * gbytes] = group.bytes(np.ascontiguousarray(levels.T))
@@ -265,6 +302,19 @@ def output_error(x: np.ndarray, data: np.ndarray, qtype, h: np.ndarray) -> np.nd
     return np.einsum("rc,rc->r", e @ np.asarray(h, dtype=np.float64), e)
 
 
+def output_gain(x: np.ndarray, new: np.ndarray, base: np.ndarray, qtype, h: np.ndarray) -> np.ndarray:
+    """Per row e_n^T H e_n - e_b^T H e_b for the errors of two encodings of x (negative where `new` is better):
+    (rows, cols) f32, bytes, bytes, H (cols, cols) -> (rows,) f64. One product instead of two: with H symmetric,
+    the difference is (e_n - e_b)^T H (e_n + e_b), and e_n - e_b = decode(base) - decode(new) is computed
+    directly, so f32 is accurate relative to the difference itself (the GEMM's relative error, ~1e-6 sqrt(cols)
+    of |e_n - e_b| |H| |e_n + e_b|), not to the two errors: a row's choice can flip only where the two encodings'
+    errors agree to about that, where either choice is as good."""
+    dn, db = quant.dequantize(new, qtype, x.shape), quant.dequantize(base, qtype, x.shape)
+    diff = db - dn                                                   # (rows, cols) f32: e_n - e_b
+    both = (x - dn) + (x - db)                                       # e_n + e_b
+    return np.einsum("rc,rc->r", diff @ np.asarray(h, dtype=np.float32), both, dtype=np.float64)
+
+
 def _spread_rows(n: int, k: int) -> np.ndarray:
     """Up to k row indices spread evenly over n rows."""
     return np.arange(n) if n <= k else np.unique(np.linspace(0, n - 1, k).round().astype(int))
@@ -273,7 +323,8 @@ def _spread_rows(n: int, k: int) -> np.ndarray:
 class ErrorFeedback:
     """A conversion re-encoder (ggufkit.conversion.Plan.refine): GPTQ for every 2-D tensor of a SUPPORTED type
     that has an input covariance in `stats`; everything else comes back as given. The inverse factors are
-    computed once per covariance group (q/k/v and gate/up share one) and damping.
+    computed once per covariance group (q/k/v and gate/up share one) and damping, and kept only while later
+    tensors of the group can use them (an 8192-wide group's U is 256 MB).
     stats: ggufkit.quant.calibrate.Statistics (damping `damp` everywhere) or holdout.HalfStatistics (damping and
     whether to use feedback chosen per tensor on the held-out half, module docstring)."""
 
@@ -282,6 +333,9 @@ class ErrorFeedback:
         self.stats, self.search, self.damp, self.threads, self.damps = stats, search, damp, threads, tuple(damps)
         self._group: str | None = None
         self._cache: dict = {}   # for the current group: "h" / "ha" / "hb" -> H, (which, damp) -> U
+        self._left: dict[str, int] = {}  # group -> its tensors not encoded yet
+        for group in stats.groups.values():
+            self._left[group] = self._left.get(group, 0) + 1
         self.rows_kept = 0       # rows where GPTQ's encoding won
         self.rows_total = 0
         self.choices: dict[str, tuple[float | None, float]] = {}  # tensor -> (damping or None, held-out ratio)
@@ -298,30 +352,41 @@ class ErrorFeedback:
         if damp is None:
             return self._cache[which]
         key = (which, damp)
-        if key not in self._cache:
-            self._cache[key] = inverse_factor(self._cache[which], damp)
+        if key not in self._cache:  # f32 factorisations: FACTOR_DTYPE
+            self._cache[key] = inverse_factor(self._cache[which], damp, FACTOR_DTYPE)
         return self._cache[key]
 
+    def _done(self, name: str) -> None:
+        """`name` is encoded: its group's arrays go when no tensor of the group is left."""
+        group = self.stats.groups.get(name)
+        self._left[group] = self._left.get(group, 1) - 1
+        if self._left[group] <= 0 and group == self._group:
+            self._group, self._cache = None, {}
+
     def choose(self, x: np.ndarray, qtype: QT, imatrix, data: np.ndarray, name: str) -> tuple[float | None, float]:
-        """(damping, held-out error ratio against `data`): fit on one half, score on the other, both ways, on a
-        row sample; damping None when no damping beats `data` on the held-out half."""
+        """(damping, held-out error ratio against `data`): fit on the first half, score on the second, on a row
+        sample; damping None when no damping beats `data` on the held-out half.
+
+        Every damping of DAMPS is scored: the held-out error is not unimodal in the damping (bench-1b's
+        blk.0.ffn_down at Q4_K: 0.718, 0.673, 0.677, 0.652 of llama.cpp's for 0.1, 0.3, 1, 3), so a search that
+        skips some would miss the best. The factorisations are in f32 (FACTOR_DTYPE): with a damping of at least
+        0.1 mean(diag H) the factor is accurate to ~1e-4 relative, far below the differences the choice ranks."""
         ha, hb = self._get(name, "ha"), self._get(name, "hb")
         idx = _spread_rows(len(x), SELECT_ROWS)
         xs = np.ascontiguousarray(x[idx])
-        base = np.ascontiguousarray(data).reshape(len(x), -1)[idx]
-        base_a, base_b = output_error(xs, base, qtype, ha), output_error(xs, base, qtype, hb)
-        total = float(base_a.sum() + base_b.sum())
+        base = np.ascontiguousarray(np.ascontiguousarray(data).reshape(len(x), -1)[idx])
+        total = float(output_error(xs, base, qtype, hb).sum())
         best, best_ratio = None, 1.0
-        for d in self.damps:
-            err = 0.0
-            for fit, fit_base, check, check_base in (("ha", base_a, hb, base_b), ("hb", base_b, ha, base_a)):
-                new = encode_rows(xs, qtype, imatrix, self._get(name, fit, d), search=self.search,
-                                  threads=self.threads)
-                won = output_error(xs, new, qtype, self._cache[fit]) < fit_base   # the per-row choice, as below
-                err += float(np.where(won, output_error(xs, new, qtype, check), check_base).sum())
-            ratio = err / max(total, 1e-300)
-            if ratio < best_ratio:
+        for d in sorted(self.damps):
+            new = encode_rows(xs, qtype, imatrix, self._get(name, "ha", d), search=self.search, threads=self.threads)
+            won = output_gain(xs, new, base, qtype, ha) < 0          # the per-row choice, as in __call__
+            gain = output_gain(xs[won], new[won], base[won], qtype, hb).sum() if won.any() else 0.0
+            ratio = (total + float(gain)) / max(total, 1e-300)
+            if ratio < best_ratio:  # the least, below llama.cpp's encoding's (1)
                 best, best_ratio = d, ratio
+        if self._left.get(self.stats.groups.get(name), 1) <= 1:  # no later tensor of the group needs the halves
+            for key in [k for k in self._cache if k in ("ha", "hb") or (isinstance(k, tuple) and k[0] == "ha")]:
+                del self._cache[key]
         return best, best_ratio
 
     def __call__(self, x: np.ndarray, qtype, imatrix, data: np.ndarray, name: str | None = None) -> np.ndarray:
@@ -331,6 +396,12 @@ class ErrorFeedback:
         group = self.stats.groups.get(name)
         if group is None:
             return data
+        try:
+            return self._encode(x, qtype, imatrix, data, name)
+        finally:
+            self._done(name)
+
+    def _encode(self, x: np.ndarray, qtype: QT, imatrix, data: np.ndarray, name: str) -> np.ndarray:
         h = self._get(name, "h")
         if h is None or h.shape[0] != x.shape[1]:
             return data
@@ -344,10 +415,11 @@ class ErrorFeedback:
                 self.rows_total += len(x)
                 return data
         new = encode_rows(x, qtype, imatrix, self._get(name, "h", damp), search=self.search, threads=self.threads)
-        better = output_error(x, new, qtype, h) < output_error(x, data, qtype, h)
+        data = np.ascontiguousarray(data).reshape(len(x), -1)
+        better = output_gain(x, new, data, qtype, h) < 0
         self.rows_kept += int(better.sum())
         self.rows_total += len(better)
-        out = np.ascontiguousarray(data).reshape(len(x), -1).copy()
+        out = data.copy()
         out[better] = new[better]
         return out
 

@@ -86,4 +86,13 @@ int gk_search_k_block_bytes(int ggml_type);
 int gk_search_k(int ggml_type, const float *x, const float *w, int64_t w_blocks, const uint8_t *in, uint8_t *out,
                 int64_t begin, int64_t end);
 
+/* ---- the GPTQ column loop of one block-wide group (gptq.c): ggufkit.quant.gptq's numpy loop, bytes equal
+ *
+ *   gk_gptq_group(w, s, o, table, lo, hi, u, ld, g, rows, levels, err, begin, end)
+ *     w, s, o: (g, rows) f32 column-major weights (updated), scales, offsets; table: 16 f32 levels (IQ4) or NULL
+ *     for the uniform levels lo..hi; u: (g, ld) f32 rows of the inverse-Hessian factor at the group's diagonal;
+ *     levels: (g, rows) i32 out, err: (g, rows) f32 out (the scaled errors); rows [begin, end). */
+void gk_gptq_group(float *w, const float *s, const float *o, const float *table, int lo, int hi, const float *u,
+                   int64_t ld, int g, int64_t rows, int32_t *levels, float *err, int64_t row_begin, int64_t row_end);
+
 #endif

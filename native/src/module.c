@@ -4,6 +4,7 @@
 #include <Python.h>
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -167,15 +168,25 @@ static void run_jobs(void *(*fn)(void *), char *jobs, size_t size, int n) {
         if (joinable[i]) pthread_join(tids[i], NULL);
 }
 
+// Copies job 0 (`size` bytes) to jobs 1..n-1 and gives job i the range [total i / n, total (i + 1) / n) in its
+// int64_t fields at byte offsets `begin` and `end`.
+static void split_ranges(char *jobs, size_t size, int n, int64_t total, size_t begin, size_t end) {
+    for (int i = 0; i < n; i++) {
+        char *job = jobs + (size_t)i * size;
+        if (i > 0) memcpy(job, jobs, size);
+        const int64_t b = total * i / n, e = total * (i + 1) / n;
+        memcpy(job + begin, &b, sizeof b);
+        memcpy(job + end, &e, sizeof e);
+    }
+}
+
 // [0, rows) over the threads; returns the first row (over all ranges) a quantize job found non-finite, or -1.
 static int64_t run_parallel(rows_job base, int64_t rows, int threads) {
     threads = clamp_threads(threads, rows);
     rows_job jobs[MAX_THREADS];
-    for (int i = 0; i < threads; i++) {
-        jobs[i] = base;
-        jobs[i].row_begin = rows * i / threads;
-        jobs[i].row_end = rows * (i + 1) / threads;
-    }
+    jobs[0] = base;
+    split_ranges((char *)jobs, sizeof jobs[0], threads, rows, offsetof(rows_job, row_begin),
+                 offsetof(rows_job, row_end));
     run_jobs(run_rows, (char *)jobs, sizeof jobs[0], threads);
     for (int i = 0; i < threads; i++)
         if (jobs[i].bad_row >= 0) return jobs[i].bad_row;  // ranges are in row order: the first one found
@@ -336,11 +347,8 @@ static void *run_search(void *arg) {
 static void search_parallel(search_job base, int64_t nb, int threads) {
     threads = clamp_threads(threads, nb);
     search_job jobs[MAX_THREADS];
-    for (int i = 0; i < threads; i++) {
-        jobs[i] = base;
-        jobs[i].begin = nb * i / threads;
-        jobs[i].end = nb * (i + 1) / threads;
-    }
+    jobs[0] = base;
+    split_ranges((char *)jobs, sizeof jobs[0], threads, nb, offsetof(search_job, begin), offsetof(search_job, end));
     run_jobs(run_search, (char *)jobs, sizeof jobs[0], threads);
 }
 
@@ -379,6 +387,71 @@ static PyObject *py_search_k(PyObject *self, PyObject *args) {
     return result;
 }
 
+PyDoc_STRVAR(gptq_group_doc,
+    "gptq_group(w, s, o, table, lo, hi, u, ld, g, rows, levels, err, threads)\n"
+    "The GPTQ column loop of one group (gptq.c, = ggufkit.quant.gptq's numpy loop): w, s, o (g, rows) f32\n"
+    "(w updated in place), table 16 f32 or None (levels lo..hi), u: f32 buffer holding (g, ld) rows of U from\n"
+    "the group's diagonal, levels (g, rows) i32 and err (g, rows) f32 written.");
+
+typedef struct {
+    float *w;
+    const float *s, *o, *table, *u;
+    int lo, hi, g;
+    int64_t ld, rows;
+    int32_t *levels;
+    float *err;
+    int64_t begin, end;
+} gptq_job;
+
+static void *run_gptq(void *arg) {
+    gptq_job *j = (gptq_job *)arg;
+    gk_gptq_group(j->w, j->s, j->o, j->table, j->lo, j->hi, j->u, j->ld, j->g, j->rows, j->levels, j->err,
+                  j->begin, j->end);
+    return NULL;
+}
+
+static PyObject *py_gptq_group(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *wo, *so, *oo, *to, *uo, *lo_, *eo;
+    int lo, hi, g, threads;
+    Py_ssize_t ld, rows;
+    if (!PyArg_ParseTuple(args, "OOOOiiOninOOi", &wo, &so, &oo, &to, &lo, &hi, &uo, &ld, &g, &rows, &lo_, &eo,
+                          &threads))
+        return NULL;
+    if (g < 1 || rows < 0 || ld < g) return PyErr_Format(PyExc_ValueError, "g=%d, rows=%zd, ld=%zd", g, rows, ld);
+    Py_buffer b[7];
+    PyObject *objs[7] = {wo, so, oo, uo, lo_, eo, to};
+    const char *names[7] = {"w", "s", "o", "u", "levels", "err", "table"};
+    const int writable[7] = {1, 0, 0, 0, 1, 1, 0};
+    const int n_buf = to == Py_None ? 6 : 7;
+    for (int i = 0; i < n_buf; i++) {
+        if (get_buffer(objs[i], &b[i], writable[i], names[i]) != 0) {
+            for (int k = 0; k < i; k++) PyBuffer_Release(&b[k]);
+            return NULL;
+        }
+    }
+    const Py_ssize_t plane = (Py_ssize_t)g * rows * 4;
+    PyObject *result = NULL;
+    if (b[0].len != plane || b[1].len != plane || b[2].len != plane || b[4].len != plane || b[5].len != plane ||
+        b[3].len < ((Py_ssize_t)(g - 1) * ld + g) * 4 || (n_buf == 7 && b[6].len != 16 * 4)) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match g, rows and ld");
+    } else {
+        gptq_job base = {(float *)b[0].buf, (const float *)b[1].buf, (const float *)b[2].buf,
+                         n_buf == 7 ? (const float *)b[6].buf : NULL, (const float *)b[3].buf, lo, hi, g, ld, rows,
+                         (int32_t *)b[4].buf, (float *)b[5].buf, 0, 0};
+        Py_BEGIN_ALLOW_THREADS
+        const int n = clamp_threads(threads, rows > 0 ? rows : 1);
+        gptq_job jobs[MAX_THREADS];
+        jobs[0] = base;
+        split_ranges((char *)jobs, sizeof jobs[0], n, rows, offsetof(gptq_job, begin), offsetof(gptq_job, end));
+        run_jobs(run_gptq, (char *)jobs, sizeof jobs[0], n);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    for (int i = 0; i < n_buf; i++) PyBuffer_Release(&b[i]);
+    return result;
+}
+
 PyDoc_STRVAR(types_doc,
     "types() -> list of (ggml_type, name, block_size, type_size, simd_feature or None, simd_active, path)\n"
     "path: the quantizer quantize() takes here now: 'avx512', 'avx2', 'neon' or 'plain'.");
@@ -407,6 +480,7 @@ static PyMethodDef methods[] = {
     {"scan_nonfinite", py_scan_nonfinite, METH_O, scan_nonfinite_doc},
     {"types", py_types, METH_NOARGS, types_doc},
     {"search_k", py_search_k, METH_VARARGS, search_k_doc},
+    {"gptq_group", py_gptq_group, METH_VARARGS, gptq_group_doc},
     {NULL, NULL, 0, NULL},
 };
 
