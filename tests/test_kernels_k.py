@@ -227,5 +227,5 @@ def test_avx512_shared_divisor_division_is_ieee(tmp_path):
     subprocess.run(["gcc", "-O2", "-ffp-contract=off", "-std=c11", "-I", str(root / "native" / "include"), "-o",
                     str(exe), str(root / "tests" / "data" / "div_shared_check.c"), str(src / "quants_k.c"),
                     str(src / "quants_k_avx2.c"), str(src / "quants_common.c"), "-lm"], check=True)
-    run = subprocess.run([str(exe), "300"], capture_output=True, text=True)
+    run = subprocess.run([str(exe), "300"], check=False, capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.startswith("checked 12582912000 wrong 0"), run.stdout + run.stderr
