@@ -150,6 +150,18 @@ def text_ids(tokenizer_dir: Path, n: int = 64) -> list[int]:
     return ids[:n]
 
 
+def assert_llama_cpp_runs(gguf_path: Path) -> None:
+    """llama-cpp-python loads the file and evaluates a short prompt to finite logits."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(gguf_path), n_ctx=64, n_threads=2, verbose=False)
+    try:
+        llm.eval(llm.tokenize(b"To be, or not to be"))
+        assert np.isfinite(np.array(llm.scores[: llm.n_tokens])).all()
+    finally:
+        llm.close()
+
+
 def llama_cpp_logits(gguf_path: Path, ids: list[int]) -> np.ndarray:
     """llama.cpp's logits for every position: (n_tokens, n_vocab) f32."""
     import llama_cpp

@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from convert_fixtures import OUT_DIR, converted, llama_quantized, tensor_table
+from convert_fixtures import OUT_DIR, assert_llama_cpp_runs, converted, llama_quantized, tensor_table
 
 from ggufkit.cli import cli
 from ggufkit.plan import budget as B
@@ -54,14 +54,7 @@ def test_size_budget_met_and_types_as_dry_run(tiny, sizes, fraction, tmp_path):
     read = {name: QT(t).name for name, t, _ in tensor_table(out)}
     assert read == {r["name"]: r["type"] for r in plan["tensors"]}
     assert len(set(read.values()) - {"F32"}) >= 2  # a real mix, not one type
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(out), n_ctx=64, n_threads=2, verbose=False)
-    try:
-        llm.eval(llm.tokenize(b"To be, or not to be"))
-        assert np.isfinite(np.array(llm.scores[: llm.n_tokens])).all()
-    finally:
-        llm.close()
+    assert_llama_cpp_runs(out)
     meta = metadata_strings(out)
     assert meta == {"ggufkit.optimize.method": "budget", "ggufkit.optimize.budget": str(target),
                     "ggufkit.optimize.budget_kind": "size", "ggufkit.optimize.mix": "budget"}
@@ -224,14 +217,7 @@ def test_calibrated_budget_met_types_as_dry_run_and_guard_recorded(tied, calibra
     guard = plan["guard"]
     assert guard["mix"] in ("budget", "scheme") and guard["kl_budget"] > 0
     assert metadata_strings(out)["ggufkit.optimize.mix"] == guard["mix"]
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(out), n_ctx=64, n_threads=2, verbose=False)
-    try:
-        llm.eval(llm.tokenize(b"To be, or not to be"))
-        assert np.isfinite(np.array(llm.scores[: llm.n_tokens])).all()
-    finally:
-        llm.close()
+    assert_llama_cpp_runs(out)
 
 
 @pytest.mark.parametrize("prefer", ["scheme", "budget"])

@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from convert_fixtures import SHAKESPEARE, tensor_table
+from convert_fixtures import SHAKESPEARE, assert_llama_cpp_runs, tensor_table
 from ggml_ref import ggml_quantize
 from gguf import GGMLQuantizationType as QT
 
@@ -102,7 +102,6 @@ def test_lower_output_error_on_held_out_activations(demo_statistics, demo_dir, h
 def test_convert_optimize_gptq_loads_with_the_planned_types(tiny_checkpoint, tmp_path):
     """A budgeted + error-feedback conversion: its types are --dry-run's, llama.cpp loads and runs it, it records
     the method, and tensors error feedback could reach did change."""
-    import llama_cpp
 
     src = tiny_checkpoint("llama-untied")
     args = ["convert", str(src), "--scheme", "q4_k_m", "--calibration", str(SHAKESPEARE), "--calibration-chunks",
@@ -124,12 +123,7 @@ def test_convert_optimize_gptq_loads_with_the_planned_types(tiny_checkpoint, tmp
     assert len(changed) >= 10
     fields = gguf.GGUFReader(out).fields
     assert bytes(fields["ggufkit.optimize.error_feedback"].parts[-1]).decode() == gptq.METHOD_HELD_OUT
-    llm = llama_cpp.Llama(str(out), n_ctx=64, n_threads=2, verbose=False)
-    try:
-        llm.eval(llm.tokenize(b"To be, or not to be"))
-        assert np.isfinite(np.array(llm.scores[: llm.n_tokens])).all()
-    finally:
-        llm.close()
+    assert_llama_cpp_runs(out)
 
 
 def test_optimize_gptq_needs_calibration(tiny_checkpoint, tmp_path):
