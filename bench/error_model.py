@@ -44,6 +44,56 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _optimize():
+    """bench/optimize.py as a module (its llama.cpp route and calibration text)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import optimize
+
+    sys.path.pop(0)
+    return optimize
+
+
+class Work:
+    """What both modes share: the --work files, the imatrix, the reference logits and the candidate types."""
+
+    def __init__(self, args) -> None:
+        from ggufkit.conversion import load_imatrix
+        from ggufkit.plan import budget as B
+        from ggufkit.quant import imatrix as imatrix_files
+        from ggufkit.runtime import backends
+
+        backends.ensure()
+        self.work = args.work
+        self.im_path = self.work / "hamlet-8.imatrix.gguf"
+        self.im = imatrix_files.load(self.im_path)
+        self.lookup = load_imatrix(self.im)
+        self.ref = self.work / f"demo-BF16-{args.chunks}x512.ref-logits"
+        self.types = tuple(t for t in B.CANDIDATES if t.name not in ("Q4_1", "Q5_1"))
+
+    def llama_cpp_size(self, scheme: str) -> int:
+        """The size of llama_model_quantize's file of the scheme with the imatrix (written once, kept in --work)."""
+        base = self.work / f"demo-{scheme}-llamacpp.gguf"
+        if not base.exists():
+            _optimize().llama_cpp_quantize(self.work / "demo-F32.gguf", base, scheme, self.im)
+        return base.stat().st_size
+
+    def score(self, scheme: str, mix: dict, stem: str) -> dict:
+        """Write the demo with the mix's type per tensor (llama.cpp's rounding) and score it against the reference."""
+        from ggufkit.conversion import make_plan, run
+        from ggufkit.evaluate import evaluate
+        from ggufkit.output.writer import tensor_nbytes
+
+        plan = make_plan(DEMO, scheme, self.im_path)
+        plan.tensors[:] = [type(p)(p.tensor, mix[p.tensor.name], tensor_nbytes(p.tensor.shape, mix[p.tensor.name]))
+                           for p in plan.tensors]
+        out = self.work / f"{stem}.gguf"
+        run(plan, out, imatrix=self.lookup)
+        r = evaluate(out, None, ref=self.ref)
+        row = {"bytes": out.stat().st_size, "kld": r.kld, "top1": r.top1}
+        out.unlink()
+        return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True)
@@ -56,31 +106,16 @@ def main() -> None:
     if args.swap:
         return swap(args)
 
-    from ggufkit.conversion import load_imatrix, make_plan, run
-    from ggufkit.evaluate import evaluate
+    from ggufkit.conversion import make_plan
     from ggufkit.plan import budget as B
-    from ggufkit.quant import imatrix as imatrix_files
-    from ggufkit.runtime import backends
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from optimize import llama_cpp_quantize
-
-    sys.path.pop(0)
-    backends.ensure()
-    work = args.work
-    im_path = work / "hamlet-8.imatrix.gguf"
-    im = imatrix_files.load(im_path)
-    lookup = load_imatrix(im)
-    ref = work / f"demo-BF16-{args.chunks}x512.ref-logits"
-    types = tuple(t for t in B.CANDIDATES if t.name not in ("Q4_1", "Q5_1"))
+    w = Work(args)
+    work, im_path, lookup, types = w.work, w.im_path, w.lookup, w.types
     results = {}
     cache_file = work / "error_model_cache.json"  # scheme/mix -> measured KLD: a rerun measures only new mixes
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     for scheme in args.schemes.split(","):
-        base = work / f"demo-{scheme}-llamacpp.gguf"
-        if not base.exists():
-            llama_cpp_quantize(work / "demo-F32.gguf", base, scheme, im)
-        size = base.stat().st_size
+        size = w.llama_cpp_size(scheme)
         plan = make_plan(DEMO, scheme, im_path)
         measured = B.measure(plan, lookup, types)
         names = {p.tensor.name for p in plan.tensors}
@@ -106,17 +141,7 @@ def main() -> None:
             if f"{scheme}/{label}" in cache:  # measured by an earlier run (same mix: the allocation is deterministic)
                 rows.append({**cache[f"{scheme}/{label}"], "predicted": pred})
                 continue
-            p2 = make_plan(DEMO, scheme, im_path)
-            from ggufkit.output.writer import tensor_nbytes
-
-            p2.tensors[:] = [type(p)(p.tensor, mix[p.tensor.name], tensor_nbytes(p.tensor.shape, mix[p.tensor.name]))
-                             for p in p2.tensors]
-            out = work / f"mix-{scheme}.gguf"
-            run(p2, out, imatrix=lookup)
-            r = evaluate(out, None, ref=ref)
-            row = {"scheme": scheme, "mix": label, "bytes": out.stat().st_size, "kld": r.kld, "top1": r.top1,
-                   "predicted": pred}
-            out.unlink()
+            row = {"scheme": scheme, "mix": label, **w.score(scheme, mix, f"mix-{scheme}"), "predicted": pred}
             cache[f"{scheme}/{label}"] = {k: row[k] for k in ("scheme", "mix", "bytes", "kld", "top1")}
             cache_file.write_text(json.dumps(cache, indent=1))
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -150,31 +175,15 @@ def _layers(name: str) -> str | None:
 
 
 def swap(args) -> None:
-    from ggufkit.conversion import load_imatrix, make_plan, run
-    from ggufkit.evaluate import evaluate
-    from ggufkit.output.writer import tensor_nbytes
+    from ggufkit.conversion import make_plan
     from ggufkit.plan import budget as B
     from ggufkit.plan.sensitivity import Session
-    from ggufkit.quant import imatrix as imatrix_files
-    from ggufkit.runtime import backends
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from optimize import HAMLET, llama_cpp_quantize
-
-    sys.path.pop(0)
-    backends.ensure()
-    work = args.work
-    im_path = work / "hamlet-8.imatrix.gguf"
-    im = imatrix_files.load(im_path)
-    lookup = load_imatrix(im)
-    ref = work / f"demo-BF16-{args.chunks}x512.ref-logits"
-    types = tuple(t for t in B.CANDIDATES if t.name not in ("Q4_1", "Q5_1"))
-    sens = Session(DEMO, HAMLET, ctx=512, fit_chunks=B.SENSITIVITY_CHUNKS, held_out=8, threads=2).sensitivity()
+    w = Work(args)
+    work, im_path, lookup, types = w.work, w.im_path, w.lookup, w.types
+    sens = Session(DEMO, _optimize().HAMLET, ctx=512, fit_chunks=B.SENSITIVITY_CHUNKS, held_out=8, threads=2).sensitivity()
     for scheme in args.schemes.split(","):
-        base = work / f"demo-{scheme}-llamacpp.gguf"
-        if not base.exists():
-            llama_cpp_quantize(work / "demo-F32.gguf", base, scheme, im)
-        size = base.stat().st_size
+        size = w.llama_cpp_size(scheme)
         plan = make_plan(DEMO, scheme, im_path)
         measured = B.measure(plan, lookup, types, sensitivity=sens)
         names = {p.tensor.name for p in plan.tensors}
@@ -197,15 +206,7 @@ def swap(args) -> None:
         for label, mix in mixes.items():
             pred = {k: sum(e[n][mix[n]] for n in e) for k, e in models.items()}
             if label not in cache:
-                p3 = make_plan(DEMO, scheme, im_path)
-                p3.tensors[:] = [type(p)(p.tensor, mix[p.tensor.name], tensor_nbytes(p.tensor.shape,
-                                                                                    mix[p.tensor.name]))
-                                 for p in p3.tensors]
-                out = work / f"swap-{scheme}.gguf"
-                run(p3, out, imatrix=lookup)
-                r = evaluate(out, None, ref=ref)
-                cache[label] = {"bytes": out.stat().st_size, "kld": r.kld, "top1": r.top1}
-                out.unlink()
+                cache[label] = w.score(scheme, mix, f"swap-{scheme}")
                 cache_file.write_text(json.dumps(cache, indent=1))
             rows.append({"mix": label, **cache[label], "predicted": pred})
         klds = [r["kld"] for r in rows]
