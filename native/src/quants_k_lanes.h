@@ -298,6 +298,12 @@ KQ_TARGET static void signed_absmax_v(int n, const kv *x, kv *amax, kv *max) {
 // short rounding is exact. data == 0 (the fit of Q3_K's group scales, which may be inf or NaN): the full rounding.
 #define KQ_ROUND_SYM(v, lo, hi) (data ? v_round_clamp_small(v, lo, hi) : v_round_clamp(v, lo, hi))
 
+// Trials of the symmetric fit computed together (KQ_SYM_TRIALS: 1, 2, 3, 6 or 9): each trial's sums are two chains
+// of n dependent adds and the take that follows waits on them; interleaving trials fills the vector units between.
+#ifndef KQ_SYM_TRIALS
+#define KQ_SYM_TRIALS 1
+#endif
+
 #if KQ_AFFINE_SHORT
 // Which clamps a trial of the symmetric fit needs (its products lie between trial * xhi and trial * xlo): below,
 // where some lane reaches -nmax - 0.5 (rounding to -nmax - 1 or beyond), above where one reaches nmax - 0.5.
@@ -311,20 +317,22 @@ KQ_TARGET static inline int symmetric_round_mode(kv trial, kv xhi, kv xlo, km al
     return lo && hi ? KQ_ROUND_FULL : KQ_ROUND_SHORT | lo | hi;
 }
 
-__attribute__((always_inline)) KQ_TARGET static inline void symmetric_trial_sums(int n, int nmax, const kv *x,
-                                                                                  const kv *w, const kv *wx,
-                                                                                  kv trial, kv *tlx_out,
-                                                                                  kv *tl2_out, const int mode) {
-    kv tlx = v_zero(), tl2 = v_zero();
+// T trials at once, their chains of adds interleaved, with the clamps any of them needs (a clamp that no lane
+// reaches changes nothing).
+__attribute__((always_inline)) KQ_TARGET static inline void symmetric_trial_sums(const int T, int n, int nmax,
+                                                                                  const kv *x, const kv *w,
+                                                                                  const kv *wx, const kv *trial,
+                                                                                  kv *tlx, kv *tl2, const int mode) {
+    for (int t = 0; t < T; t++) tlx[t] = tl2[t] = v_zero();
     for (int i = 0; i < n; i++) {
-        kv l = v_round_small(v_mul(trial, x[i]));
-        if (mode & KQ_CLAMP_LO) l = v_maxf(l, v_set((float)-nmax));
-        if (mode & KQ_CLAMP_HI) l = v_minf(l, v_set((float)(nmax - 1)));
-        tlx = v_add(tlx, v_mul(wx[i], l));
-        tl2 = v_add(tl2, v_mul(v_mul(w[i], l), l));
+        for (int t = 0; t < T; t++) {
+            kv l = v_round_small(v_mul(trial[t], x[i]));
+            if (mode & KQ_CLAMP_LO) l = v_maxf(l, v_set((float)-nmax));
+            if (mode & KQ_CLAMP_HI) l = v_minf(l, v_set((float)(nmax - 1)));
+            tlx[t] = v_add(tlx[t], v_mul(wx[i], l));
+            tl2[t] = v_add(tl2[t], v_mul(v_mul(w[i], l), l));
+        }
     }
-    *tlx_out = tlx;
-    *tl2_out = tl2;
 }
 #endif
 
@@ -361,44 +369,57 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
         xlo = v_pick(xlo, x[i], v_lt(x[i], xlo));
     }
 #endif
-    for (int k = -9; k <= 9; k++) {
-        if (k == 0) continue;
+    // the 18 trials k = -9..-1, 1..9, KQ_SYM_TRIALS at a time; the takes in order of k
+    for (int j = 0; j < 18; j += KQ_SYM_TRIALS) {
+        kv trial[KQ_SYM_TRIALS], tlx[KQ_SYM_TRIALS], tl2[KQ_SYM_TRIALS];
+        for (int t = 0; t < KQ_SYM_TRIALS; t++) {
+            const int k = j + t < 9 ? j + t - 9 : j + t - 8;
 #if KQ_DIV_SHARED
-        const kv trial = shared ? v_div_recip(v_set(-(nmax + 0.1f * k)), max_n, r_max)
-                                : v_div(v_set(-(nmax + 0.1f * k)), max);
+            trial[t] = shared ? v_div_recip(v_set(-(nmax + 0.1f * k)), max_n, r_max)
+                              : v_div(v_set(-(nmax + 0.1f * k)), max);
 #else
-        const kv trial = v_div(v_set(-(nmax + 0.1f * k)), max);
+            trial[t] = v_div(v_set(-(nmax + 0.1f * k)), max);
 #endif
-        kv tlx = zero, tl2 = zero;
+        }
 #if KQ_AFFINE_SHORT
         // data: every product is below 2^22 (above), so round_small is the magic rounding; the clamps at -nmax and
-        // nmax - 1 only where some lane that is not all zero reaches -nmax - 0.5 or nmax - 0.5
-        const int mode = data ? symmetric_round_mode(trial, xhi, xlo, all_zero, nmax) : KQ_ROUND_FULL;
+        // nmax - 1 only where some lane that is not all zero reaches -nmax - 0.5 or nmax - 0.5 in one of the trials
+        int mode = KQ_ROUND_SHORT;
+        for (int t = 0; t < KQ_SYM_TRIALS && mode != KQ_ROUND_FULL; t++) {
+            const int m = data ? symmetric_round_mode(trial[t], xhi, xlo, all_zero, nmax) : KQ_ROUND_FULL;
+            mode = m == KQ_ROUND_FULL || (mode | m) == (KQ_ROUND_SHORT | KQ_CLAMP_LO | KQ_CLAMP_HI) ? KQ_ROUND_FULL
+                                                                                                    : mode | m;
+        }
         switch (mode) {
         case KQ_ROUND_SHORT:
-            symmetric_trial_sums(n, nmax, x, w, wx, trial, &tlx, &tl2, KQ_ROUND_SHORT);
+            symmetric_trial_sums(KQ_SYM_TRIALS, n, nmax, x, w, wx, trial, tlx, tl2, KQ_ROUND_SHORT);
             break;
         case KQ_ROUND_SHORT | KQ_CLAMP_LO:
-            symmetric_trial_sums(n, nmax, x, w, wx, trial, &tlx, &tl2, KQ_ROUND_SHORT | KQ_CLAMP_LO);
+            symmetric_trial_sums(KQ_SYM_TRIALS, n, nmax, x, w, wx, trial, tlx, tl2, KQ_ROUND_SHORT | KQ_CLAMP_LO);
             break;
         case KQ_ROUND_SHORT | KQ_CLAMP_HI:
-            symmetric_trial_sums(n, nmax, x, w, wx, trial, &tlx, &tl2, KQ_ROUND_SHORT | KQ_CLAMP_HI);
+            symmetric_trial_sums(KQ_SYM_TRIALS, n, nmax, x, w, wx, trial, tlx, tl2, KQ_ROUND_SHORT | KQ_CLAMP_HI);
             break;
         default:
 #endif
+            for (int t = 0; t < KQ_SYM_TRIALS; t++) tlx[t] = tl2[t] = zero;
             for (int i = 0; i < n; i++) {
-                const kv l = KQ_ROUND_SYM(v_mul(trial, x[i]), -nmax, nmax - 1);
-                tlx = v_add(tlx, v_mul(wx[i], l));
-                tl2 = v_add(tl2, v_mul(v_mul(w[i], l), l));
+                for (int t = 0; t < KQ_SYM_TRIALS; t++) {
+                    const kv l = KQ_ROUND_SYM(v_mul(trial[t], x[i]), -nmax, nmax - 1);
+                    tlx[t] = v_add(tlx[t], v_mul(wx[i], l));
+                    tl2[t] = v_add(tl2[t], v_mul(v_mul(w[i], l), l));
+                }
             }
 #if KQ_AFFINE_SHORT
         }
 #endif
-        const km take = m_and(v_gt(tl2, zero), v_gt(v_mul(tlx, tlx), v_mul(best, tl2)));
-        const kv t_scale = v_div(tlx, tl2);
-        scale = v_pick(scale, t_scale, take);
-        best = v_pick(best, v_mul(t_scale, tlx), take);
-        best_t = v_pick(best_t, trial, take);
+        for (int t = 0; t < KQ_SYM_TRIALS; t++) {
+            const km take = m_and(v_gt(tl2[t], zero), v_gt(v_mul(tlx[t], tlx[t]), v_mul(best, tl2[t])));
+            const kv t_scale = v_div(tlx[t], tl2[t]);
+            scale = v_pick(scale, t_scale, take);
+            best = v_pick(best, v_mul(t_scale, tlx[t]), take);
+            best_t = v_pick(best_t, trial[t], take);
+        }
     }
     // the levels of the trial taken last (or the start): the same function of (t, x) the trials computed
     for (int i = 0; i < n; i++)
