@@ -90,11 +90,19 @@ static int64_t rows_per_call(const rows_job *j) {
     return 16 / a;
 }
 
+// Asks for the next row's cache lines before a row is quantized (a hint: it never faults), so that its finiteness
+// scan reads from cache instead of waiting on memory (measured: the scan, the first touch of each row, was 6-10% of
+// a Q3_K / Q6_K row on AVX-512; the quantization of a row is long enough to bring the next one in).
+static void prefetch_row(const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i, 0, 2);  // to L2 (prefetcht1): into L1 it would evict the row being quantized
+}
+
 // Rows [r, r + n) as one long row (contiguous in x and y): the imatrix repeats per row, in `im_rep`.
 static int64_t run_joined(rows_job *j, int64_t r, int64_t n, float *im_rep) {
     for (int64_t k = 0; k < n; k++)
         if (count_nonfinite((const uint32_t *)(const void *)(j->x + (r + k) * j->cols), (Py_ssize_t)j->cols) != 0)
             return r + k;
+    if (r + 2 * n <= j->row_end) prefetch_row(j->x + (r + n) * j->cols, n * j->cols);
     j->quantize(j->x + r * j->cols, j->y + r * j->row_bytes, n * j->cols, j->imatrix ? im_rep : NULL);
     return -1;
 }
@@ -135,6 +143,7 @@ static void *run_rows(void *arg) {
             j->bad_row = r;
             return NULL;
         }
+        if (r + 1 < j->row_end) prefetch_row(row + j->cols, j->cols);
         j->quantize(row, j->y + r * j->row_bytes, j->cols, j->imatrix);
     }
     return NULL;

@@ -435,8 +435,10 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
 // any of the KQ_LANES x KQ_DESCENT_GROUPS groups still moves, which took 3.2 passes on average for 8 lanes (3.6
 // for 16) where the plain code takes 1.25. So the lanes run KQ_DESCENT_LANE_PASSES passes, and the groups still
 // moving after them continue one by one through the plain pass (kq_descent_pass: the same operations). The
-// including file may set KQ_DESCENT_LANE_PASSES (default 1).
+// including file may set KQ_DESCENT_LANE_PASSES (default 1) and KQ_DESCENT_GROUPS (default 4, divides 16).
+#ifndef KQ_DESCENT_GROUPS
 #define KQ_DESCENT_GROUPS 4
+#endif
 #ifndef KQ_DESCENT_LANE_PASSES
 #define KQ_DESCENT_LANE_PASSES 1
 #endif
