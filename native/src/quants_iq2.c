@@ -1589,7 +1589,8 @@ static void quantize_row_iq1_m_avx2(const float *x, void *vy, int64_t n, const f
     quantize_row_iq1_m(x, vy, n, imatrix);
     use_lanes = 0;
 }
-// AVX-512: IQ2_XXS only, its neighbour search sixteen neighbours per vector (1.05x its AVX2 path, BENCHMARKS.md).
+// AVX-512: IQ2_XXS and IQ2_XS, their neighbour search sixteen neighbours per vector (AMD EPYC Zen 4, 1T, imatrix:
+// IQ2_XXS 1.06-1.08x its AVX2 path, IQ2_XS 1.17x with lists of ~30; BENCHMARKS.md).
 // IQ1_S and IQ1_M measured 0.93x their AVX2 path with the same search in AVX-512 (and IQ1_M's split search over
 // sixteen split points per vector gained nothing: its walks, not its lanes, take the time), so they take AVX2.
 #define IQ_WIDE_ENTRY(f)                                                        \
@@ -1601,6 +1602,7 @@ static void quantize_row_iq1_m_avx2(const float *x, void *vy, int64_t n, const f
         use_lanes = 0;                                                          \
     }
 IQ_WIDE_ENTRY(quantize_row_iq2_xxs)
+IQ_WIDE_ENTRY(quantize_row_iq2_xs)
 #define IQ_SIMD(f) f##_avx2, "avx2"
 #define IQ1_SIMD(f) f##_avx2, "avx2"
 #define IQ_WIDE(f) f##_avx512, "avx512"
@@ -1642,7 +1644,8 @@ static void quantize_row_iq1_m_neon(const float *x, void *vy, int64_t n, const f
 const gk_type_traits gk_iq2_types[] = {
     {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, IQ_SIMD(quantize_row_iq2_xxs), dequantize_row_iq2_xxs,
      IQ_WIDE(quantize_row_iq2_xxs)},
-    {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, IQ_SIMD(quantize_row_iq2_xs), dequantize_row_iq2_xs},
+    {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, IQ_SIMD(quantize_row_iq2_xs), dequantize_row_iq2_xs,
+     IQ_WIDE(quantize_row_iq2_xs)},
     {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, IQ2S_SIMD, dequantize_row_iq2_s},
     {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, IQ1_SIMD(quantize_row_iq1_s), dequantize_row_iq1_s},
     {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, IQ1_SIMD(quantize_row_iq1_m), dequantize_row_iq1_m},
