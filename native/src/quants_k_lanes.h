@@ -739,6 +739,52 @@ static inline void set_lane_column(float dst[][KQ_LANES], int groups, int lane, 
     for (int g = 0; g < groups; g++) dst[g][lane] = in[g];
 }
 
+// The affine K-quants' finish (Q2_K: nmax 3, Q4_K: 15, Q5_K: 31) from the fitted group scales and mins in s: each
+// block's header (super-block scales, group scale and min levels: the weighted fit in lanes where the backend has
+// it, else the shared plain steps), the stored scales as factors, the requantization in lanes, and the packing.
+__attribute__((always_inline)) KQ_TARGET static inline void affine_finish(lanes_t *s, const float *imatrix,
+                                                                           uint8_t *y, const int nmax) {
+    const int q2 = nmax == 3, groups = q2 ? 16 : 8, block_bytes = q2 ? 84 : nmax == 15 ? 144 : 176;
+#if KQ_POSITIVE_LANES
+    uint8_t ls[KQ_LANES][16], lm[KQ_LANES][16];
+    float d[KQ_LANES], dmin[KQ_LANES];
+    if (imatrix) fit_positive_pair_v(groups, q2 ? 15 : 63, s->scales, s->mins, s->group_w, ls, lm, d, dmin);
+#endif
+    for (int b = 0; b < KQ_LANES; b++) {
+        uint8_t levels[256];  // unused until packing: the header step does not read it
+        float scales[16], mins[16], group_w[16], dg[16], mg[16];
+        uint8_t *blk = y + block_bytes * b;
+        lane_column(s->scales, groups, b, scales);
+        lane_column(s->mins, groups, b, mins);
+#if KQ_POSITIVE_LANES
+        if (imatrix) {
+            if (q2) kq_q2k_write_header(blk, ls[b], lm[b], d[b], dmin[b]);
+            else kq_q45k_write_header(blk, ls[b], lm[b], d[b], dmin[b], nmax);
+        } else
+#endif
+        if (imatrix) {
+            lane_column(s->group_w, groups, b, group_w);
+            if (q2) kq_q2k_finish_weighted(NULL, blk, scales, mins, group_w, levels);
+            else kq_q45k_finish_weighted(NULL, blk, scales, mins, group_w, levels, nmax);
+        } else if (q2) {
+            kq_q2k_finish_plain(NULL, blk, scales, mins, levels);
+        } else {
+            kq_q45k_finish_plain(NULL, blk, scales, mins, levels, nmax);
+        }
+        if (q2) kq_q2k_group_factors(blk, dg, mg);
+        else kq_q45k_group_factors(blk, dg, mg);
+        set_lane_column(s->dg, groups, b, dg);
+        set_lane_column(s->mg, groups, b, mg);
+    }
+    requantize_v(s->x, s->q, groups, 256 / groups, s->dg, s->mg, 0, nmax, 0.0f);
+    for (int b = 0; b < KQ_LANES; b++) {
+        uint8_t levels[256];
+        lane_levels_u8(s->q, b, levels);
+        if (q2) kq_q2k_requantize_pack(NULL, y + block_bytes * b, levels);
+        else kq_q45k_requantize_pack(NULL, y + block_bytes * b, levels, nmax);
+    }
+}
+
 KQ_TARGET static void q2k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y) {
     load_lanes(s, x, imatrix);
     kv sigma2 = v_zero();
@@ -760,38 +806,7 @@ KQ_TARGET static void q2k_eight(lanes_t *s, const float *x, const float *imatrix
             v_store(s->mins[g + j], neg_min[j]);
         }
     }
-#if KQ_POSITIVE_LANES
-    uint8_t ls[KQ_LANES][16], lm[KQ_LANES][16];
-    float d[KQ_LANES], dmin[KQ_LANES];
-    if (imatrix) fit_positive_pair_v(16, 15, s->scales, s->mins, s->group_w, ls, lm, d, dmin);
-#endif
-    for (int b = 0; b < KQ_LANES; b++) {
-        uint8_t levels[256];  // unused until packing: the header step does not read it
-        float scales[16], mins[16], group_w[16];
-        lane_column(s->scales, 16, b, scales);
-        lane_column(s->mins, 16, b, mins);
-#if KQ_POSITIVE_LANES
-        if (imatrix) {
-            kq_q2k_write_header(y + 84 * b, ls[b], lm[b], d[b], dmin[b]);
-        } else
-#endif
-        if (imatrix) {
-            lane_column(s->group_w, 16, b, group_w);
-            kq_q2k_finish_weighted(NULL, y + 84 * b, scales, mins, group_w, levels);
-        } else {
-            kq_q2k_finish_plain(NULL, y + 84 * b, scales, mins, levels);
-        }
-        float dg[16], mg[16];
-        kq_q2k_group_factors(y + 84 * b, dg, mg);
-        set_lane_column(s->dg, 16, b, dg);
-        set_lane_column(s->mg, 16, b, mg);
-    }
-    requantize_v(s->x, s->q, 16, 16, s->dg, s->mg, 0, 3, 0.0f);
-    for (int b = 0; b < KQ_LANES; b++) {
-        uint8_t levels[256];
-        lane_levels_u8(s->q, b, levels);
-        kq_q2k_requantize_pack(NULL, y + 84 * b, levels);
-    }
+    affine_finish(s, imatrix, y, 3);
 }
 
 // Q3_K with importance: the sixteen group scales of each block are fitted to 6 bits (kq_q3k_finish_weighted's
@@ -879,7 +894,6 @@ KQ_TARGET static void q3k_eight(lanes_t *s, const float *x, const float *imatrix
 }
 
 KQ_TARGET static void q45k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y, int nmax) {
-    const int block_bytes = nmax == 15 ? 144 : 176;
     load_lanes(s, x, imatrix);
     kv sigma2 = v_zero();
     if (imatrix) sigma2 = v_div(v_mul(v_set(2.0f), block_sumsq_v(s->x)), v_set(256.0f));
@@ -907,38 +921,7 @@ KQ_TARGET static void q45k_eight(lanes_t *s, const float *x, const float *imatri
             v_store(s->mins[g + j], neg_min[j]);
         }
     }
-#if KQ_POSITIVE_LANES
-    uint8_t ls[KQ_LANES][16], lm[KQ_LANES][16];
-    float d[KQ_LANES], dmin[KQ_LANES];
-    if (imatrix) fit_positive_pair_v(8, 63, s->scales, s->mins, s->group_w, ls, lm, d, dmin);
-#endif
-    for (int b = 0; b < KQ_LANES; b++) {
-        uint8_t levels[256];
-        float scales[8], mins[8], group_w[8];
-        lane_column(s->scales, 8, b, scales);
-        lane_column(s->mins, 8, b, mins);
-#if KQ_POSITIVE_LANES
-        if (imatrix) {
-            kq_q45k_write_header(y + block_bytes * b, ls[b], lm[b], d[b], dmin[b], nmax);
-        } else
-#endif
-        if (imatrix) {
-            lane_column(s->group_w, 8, b, group_w);
-            kq_q45k_finish_weighted(NULL, y + block_bytes * b, scales, mins, group_w, levels, nmax);
-        } else {
-            kq_q45k_finish_plain(NULL, y + block_bytes * b, scales, mins, levels, nmax);
-        }
-        float dg[8], mg[8];
-        kq_q45k_group_factors(y + block_bytes * b, dg, mg);
-        set_lane_column(s->dg, 8, b, dg);
-        set_lane_column(s->mg, 8, b, mg);
-    }
-    requantize_v(s->x, s->q, 8, 32, s->dg, s->mg, 0, nmax, 0.0f);
-    for (int b = 0; b < KQ_LANES; b++) {
-        uint8_t levels[256];
-        lane_levels_u8(s->q, b, levels);
-        kq_q45k_requantize_pack(NULL, y + block_bytes * b, levels, nmax);
-    }
+    affine_finish(s, imatrix, y, nmax);
 }
 
 KQ_TARGET static void q6k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y) {
