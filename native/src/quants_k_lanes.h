@@ -930,10 +930,34 @@ KQ_TARGET static void q6k_eight(lanes_t *s, const float *x, const float *imatrix
         v_store(s->scales[g],
                 fit_symmetric_v(16, 32, s->x + 16 * g, imatrix ? s->im + 16 * g : NULL, s->q + 16 * g, 1));
     int done[KQ_LANES];
+#if KQ_POSITIVE_LANES
+    // kq_q6k_header in lanes (v_wrap_byte: the backend has the byte wrap): the signed scale of largest magnitude,
+    // inv = -128 / it, levels kq_round_magic(inv * scale) capped at 127 and stored as bytes, d = 1 / inv
+    kv sc[16], amax, max;
+    for (int g = 0; g < 16; g++) sc[g] = v_load(s->scales[g]);
+    signed_absmax_v(16, sc, &amax, &max);
+    const int zero_bits = m_bits(v_lt(amax, v_set(1e-15f)));  // KQ_ZERO_GROUP: the block is all zero
+    const kv inv = v_div(v_set(-128.0f), max);
+    float d[KQ_LANES], l_f[16][KQ_LANES];
+    v_store(d, v_div(v_set(1.0f), inv));
+    for (int g = 0; g < 16; g++) v_store(l_f[g], v_wrap_byte(v_round_clamp(v_mul(inv, sc[g]), INT32_MIN, 127)));
+#endif
     for (int b = 0; b < KQ_LANES; b++) {
         float scales[16], dg[16];
+#if KQ_POSITIVE_LANES
+        (void)scales;
+        done[b] = zero_bits >> b & 1;
+        if (done[b]) {
+            memset(y + 210 * b, 0, 210);
+        } else {
+            uint8_t s8[16];
+            for (int g = 0; g < 16; g++) s8[g] = (uint8_t)(int)l_f[g][b];
+            kq_q6k_write_header(y + 210 * b, s8, d[b]);
+        }
+#else
         lane_column(s->scales, 16, b, scales);
         done[b] = kq_q6k_header(y + 210 * b, scales);
+#endif
         if (done[b]) memset(dg, 0, sizeof dg);  // all-zero block: written, nothing to requantize
         else kq_q6k_group_factors(y + 210 * b, dg);
         set_lane_column(s->dg, 16, b, dg);
