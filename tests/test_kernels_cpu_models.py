@@ -105,7 +105,7 @@ def test_lattice_i_quants_on_a_cpu_without_avx512(cpu, tmp_path):
 
 @pytest.mark.parametrize("cpu", ["Haswell", "EPYC-Rome"])
 def test_iq1_and_iq2_xxs_on_a_cpu_without_avx512(cpu, tmp_path):
-    """IQ1_S, IQ1_M and IQ2_XXS (AVX-512 entry points next to their AVX2 ones) take AVX2 there, exactly."""
+    """IQ1_S, IQ1_M, IQ2_XXS and IQ2_XS (AVX-512 entry points next to their AVX2 ones) take AVX2 there, exactly."""
     from gguf import GGMLQuantizationType as T
 
     from ggufkit import quant
@@ -121,7 +121,7 @@ def test_iq1_and_iq2_xxs_on_a_cpu_without_avx512(cpu, tmp_path):
     im[rng.random(cols) < 0.3] = 0
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "im.npy", im)
-    types = [T.IQ1_S, T.IQ1_M, T.IQ2_XXS]
+    types = [T.IQ1_S, T.IQ1_M, T.IQ2_XXS, T.IQ2_XS]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GGUFKIT_FORCE_SCALAR": "0", "GGUFKIT_FORCE_AVX2": "0"}
     run = subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, "-c", CHILD, str(tmp_path / "x.npy"),
                           str(tmp_path / "im.npy"), str(tmp_path / "out.npz"), ",".join(t.name for t in types)],

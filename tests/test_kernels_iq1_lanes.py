@@ -1,4 +1,4 @@
-"""IQ1_S, IQ1_M and IQ2_XXS on every x86-64 path the CPU has (AVX-512 for IQ2_XXS, AVX2 forced by
+"""IQ1_S, IQ1_M, IQ2_XXS and IQ2_XS on every x86-64 path the CPU has (AVX-512 for the IQ2 types, AVX2 forced by
 GGUFKIT_FORCE_AVX2, plain) against llama.cpp's ggml_quantize_chunk, with and without importance weights (IQ1_M
 allows none), on the row kinds of test_kernels.py and on rows built to stress the lanes: many equal values (the
 sort by ranks must give qsort's order of equal values), values on a coarse lattice (many groups on the grid, and
@@ -20,10 +20,10 @@ from test_kernels_k import HAS_AVX512, PATH_ENV
 
 from ggufkit import quant
 
-LANE_TYPES = [T.IQ1_S, T.IQ1_M, T.IQ2_XXS]
+LANE_TYPES = [T.IQ1_S, T.IQ1_M, T.IQ2_XXS, T.IQ2_XS]
 COLS = 256 * 5
 PATHS = ["avx512", "simd", "scalar"] if HAS_AVX512 else ["simd", "scalar"]
-WIDE = {T.IQ2_XXS}   # the types with an AVX-512 path (IQ1_S / IQ1_M measured slower there: they take AVX2)
+WIDE = {T.IQ2_XXS, T.IQ2_XS}   # the types with an AVX-512 path (IQ1_S / IQ1_M measured slower there: they take AVX2)
 
 
 def _lane_rows(kind: str, rows: int = 4, cols: int = COLS) -> np.ndarray:

@@ -90,11 +90,19 @@ static int64_t rows_per_call(const rows_job *j) {
     return 16 / a;
 }
 
+// Asks for the next row's cache lines before a row is quantized (a hint: it never faults), so that its finiteness
+// scan reads from cache instead of waiting on memory (measured: the scan, the first touch of each row, was 6-10% of
+// a Q3_K / Q6_K row on AVX-512; the quantization of a row is long enough to bring the next one in).
+static void prefetch_row(const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i, 0, 2);  // to L2 (prefetcht1): into L1 it would evict the row being quantized
+}
+
 // Rows [r, r + n) as one long row (contiguous in x and y): the imatrix repeats per row, in `im_rep`.
 static int64_t run_joined(rows_job *j, int64_t r, int64_t n, float *im_rep) {
     for (int64_t k = 0; k < n; k++)
         if (count_nonfinite((const uint32_t *)(const void *)(j->x + (r + k) * j->cols), (Py_ssize_t)j->cols) != 0)
             return r + k;
+    if (r + 2 * n <= j->row_end) prefetch_row(j->x + (r + n) * j->cols, n * j->cols);
     j->quantize(j->x + r * j->cols, j->y + r * j->row_bytes, n * j->cols, j->imatrix ? im_rep : NULL);
     return -1;
 }
@@ -135,6 +143,7 @@ static void *run_rows(void *arg) {
             j->bad_row = r;
             return NULL;
         }
+        if (r + 1 < j->row_end) prefetch_row(row + j->cols, j->cols);
         j->quantize(row, j->y + r * j->row_bytes, j->cols, j->imatrix);
     }
     return NULL;
@@ -300,11 +309,78 @@ PyDoc_STRVAR(scan_nonfinite_doc,
     "scan_nonfinite(x) -> (count, first_index)\n"
     "Counts NaN/Inf in a C-contiguous f32 buffer; first_index is the flat index of the first, or -1.");
 
-// NaN and Inf are the floats whose exponent bits are all ones: a branch-free bit test the compiler vectorises.
-static Py_ssize_t count_nonfinite(const uint32_t *bits, Py_ssize_t n) {
+// NaN and Inf are the floats whose exponent bits are all ones: a branch-free bit test the compiler vectorises
+// (baseline x86-64: SSE2, 4 per instruction).
+static Py_ssize_t count_nonfinite_plain(const uint32_t *bits, Py_ssize_t n) {
     Py_ssize_t count = 0;
     for (Py_ssize_t i = 0; i < n; i++) count += (bits[i] & 0x7f800000u) == 0x7f800000u;
     return count;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+// The same test 8 (AVX2) or 16 (AVX-512) at a time, four vectors per step: it runs on every row before the row
+// is quantized (on every path), so at SSE2 width it was ~10% of a Q6_K row on AVX-512. Per-lane counters are
+// reduced every 2^24 values (at most 2^21 per lane: no overflow for any n).
+enum { NONFINITE_CHUNK = 1 << 24 };
+
+__attribute__((target("avx2"))) static Py_ssize_t count_nonfinite_avx2(const uint32_t *bits, Py_ssize_t n) {
+    const __m256i e = _mm256_set1_epi32(0x7f800000);
+    Py_ssize_t count = 0, i = 0;
+    while (n - i >= 32) {
+        const Py_ssize_t end = i + ((n - i) / 32 * 32 < NONFINITE_CHUNK ? (n - i) / 32 * 32 : NONFINITE_CHUNK);
+        __m256i acc = _mm256_setzero_si256();  // lanes hold minus the count (cmpeq gives -1)
+        for (; i < end; i += 32) {
+            const __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(bits + i));
+            const __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(bits + i + 8));
+            const __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)(bits + i + 16));
+            const __m256i d = _mm256_loadu_si256((const __m256i *)(const void *)(bits + i + 24));
+            const __m256i ab = _mm256_add_epi32(_mm256_cmpeq_epi32(_mm256_and_si256(a, e), e),
+                                                _mm256_cmpeq_epi32(_mm256_and_si256(b, e), e));
+            const __m256i cd = _mm256_add_epi32(_mm256_cmpeq_epi32(_mm256_and_si256(c, e), e),
+                                                _mm256_cmpeq_epi32(_mm256_and_si256(d, e), e));
+            acc = _mm256_add_epi32(acc, _mm256_add_epi32(ab, cd));
+        }
+        int32_t lanes[8];
+        _mm256_storeu_si256((__m256i *)(void *)lanes, acc);
+        for (int k = 0; k < 8; k++) count -= lanes[k];
+    }
+    return count + count_nonfinite_plain(bits + i, n - i);
+}
+
+__attribute__((target("avx512f,avx512bw"))) static Py_ssize_t count_nonfinite_avx512(const uint32_t *bits,
+                                                                                     Py_ssize_t n) {
+    const __m512i e = _mm512_set1_epi32(0x7f800000), one = _mm512_set1_epi32(1);
+    Py_ssize_t count = 0, i = 0;
+    while (n - i >= 64) {
+        const Py_ssize_t end = i + ((n - i) / 64 * 64 < NONFINITE_CHUNK ? (n - i) / 64 * 64 : NONFINITE_CHUNK);
+        __m512i acc = _mm512_setzero_si512();
+        for (; i < end; i += 64) {
+            const __m512i a = _mm512_loadu_si512((const void *)(bits + i));
+            const __m512i b = _mm512_loadu_si512((const void *)(bits + i + 16));
+            const __m512i c = _mm512_loadu_si512((const void *)(bits + i + 32));
+            const __m512i d = _mm512_loadu_si512((const void *)(bits + i + 48));
+            acc = _mm512_mask_add_epi32(acc, _mm512_cmpeq_epi32_mask(_mm512_and_si512(a, e), e), acc, one);
+            acc = _mm512_mask_add_epi32(acc, _mm512_cmpeq_epi32_mask(_mm512_and_si512(b, e), e), acc, one);
+            acc = _mm512_mask_add_epi32(acc, _mm512_cmpeq_epi32_mask(_mm512_and_si512(c, e), e), acc, one);
+            acc = _mm512_mask_add_epi32(acc, _mm512_cmpeq_epi32_mask(_mm512_and_si512(d, e), e), acc, one);
+        }
+        count += _mm512_reduce_add_epi32(acc);
+    }
+    return count + count_nonfinite_plain(bits + i, n - i);
+}
+#endif
+
+// The widest scan the CPU runs (the choice is made once; GGUFKIT_FORCE_* do not apply: every scan gives the
+// same count).
+static Py_ssize_t count_nonfinite(const uint32_t *bits, Py_ssize_t n) {
+#if defined(__x86_64__) || defined(__i386__)
+    static int width = -1;  // 0 plain, 1 AVX2, 2 AVX-512 (a benign race: every thread computes the same value)
+    if (width < 0) width = cpu_has("avx512") ? 2 : cpu_has("avx2") ? 1 : 0;
+    if (width == 2) return count_nonfinite_avx512(bits, n);
+    if (width == 1) return count_nonfinite_avx2(bits, n);
+#endif
+    return count_nonfinite_plain(bits, n);
 }
 
 static PyObject *py_scan_nonfinite(PyObject *self, PyObject *arg) {

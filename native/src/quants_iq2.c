@@ -377,7 +377,8 @@ typedef struct {
     uint32_t *nib;
 } lane_codes;
 
-static lane_codes XXS_NIB = {PTHREAD_ONCE_INIT, &IQ2XXS_LATTICE, NULL}, IQ1_NIB = {PTHREAD_ONCE_INIT, &IQ1S_LATTICE, NULL};
+static lane_codes XXS_NIB = {PTHREAD_ONCE_INIT, &IQ2XXS_LATTICE, NULL}, IQ1_NIB = {PTHREAD_ONCE_INIT, &IQ1S_LATTICE, NULL},
+                  XS_NIB = {PTHREAD_ONCE_INIT, &IQ2XS_LATTICE, NULL};
 
 static void build_nibbles(lane_codes *lc) {
     const lattice8 *g = lc->g;
@@ -397,11 +398,16 @@ static void build_nibbles(lane_codes *lc) {
 }
 static void build_xxs_nib(void) { build_nibbles(&XXS_NIB); }
 static void build_iq1_nib(void) { build_nibbles(&IQ1_NIB); }
+static void build_xs_nib(void) { build_nibbles(&XS_NIB); }
 
 static const uint32_t *lane_nibbles(const lattice8 *g) {
     if (g == &IQ2XXS_LATTICE) {
         pthread_once(&XXS_NIB.once, build_xxs_nib);
         return XXS_NIB.nib;
+    }
+    if (g == &IQ2XS_LATTICE) {
+        pthread_once(&XS_NIB.once, build_xs_nib);
+        return XS_NIB.nib;
     }
     pthread_once(&IQ1_NIB.once, build_iq1_nib);
     return IQ1_NIB.nib;
@@ -736,6 +742,18 @@ static void quantize_row_iq2_xs(const float *x, void *vy, int64_t n, const float
                 const float id = (2 * MAX_LEVEL - 1 + is * 0.1f) / max;
                 const float this_scale = 1 / id;
                 for (int k = 0; k < 2; k++) {
+#if defined(__x86_64__) || defined(__i386__)
+                    if (use_lanes) {  // xxs_onto_grid's lanes (the same choice), keeping whether it was on the grid
+                        const int u = round_group_avx2(xval + 8 * k, id, Laux + 8 * k);
+                        on_grid_aux[k] = g->index_of[u] >= 0;
+                        if (!on_grid_aux[k]) {
+                            const float sl[3] = {this_scale * 1.0f, this_scale * 3.0f, this_scale * 5.0f};
+                            const int j = lane_nearest(g, u, xval + 8 * k, waux + 8 * k, sl);
+                            for (int i = 0; i < GROUP; i++) Laux[8 * k + i] = (int8_t)((g->point[j][i] - 1) / 2);
+                        }
+                        continue;
+                    }
+#endif
                     const int u = round_group(xval + 8 * k, id, Laux + 8 * k);
                     on_grid_aux[k] = g->index_of[u] >= 0;
                     if (!on_grid_aux[k]) best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Laux + 8 * k);
@@ -752,7 +770,7 @@ static void quantize_row_iq2_xs(const float *x, void *vy, int64_t n, const float
             if ((!on_grid[0] || !on_grid[1]) && scale > 0) {
                 const float id = 1 / scale;
                 for (int k = 0; k < 2; k++)
-                    if (!on_grid[k]) onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
+                    if (!on_grid[k]) xxs_onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
                 float sumqx, sumq2;
                 weighted_sums(XS_SUB, weight, xval, L, &sumqx, &sumq2);
                 if (sumq2 > 0) scale = sumqx / sumq2;
@@ -918,7 +936,7 @@ static inline void iq2_s_rows(const float *x, void *vy, int64_t n, const float *
             if ((!on_grid[0] || !on_grid[1]) && scale > 0) {
                 const float id = 1 / scale;
                 for (int k = 0; k < 2; k++)
-                    if (!on_grid[k]) onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
+                    if (!on_grid[k]) xxs_onto_grid(g, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
                 float sumqx, sumq2;
                 weighted_sums(XS_SUB, weight, xval, L, &sumqx, &sumq2);
                 if (sumq2 > 0) scale = sumqx / sumq2;
@@ -1571,7 +1589,8 @@ static void quantize_row_iq1_m_avx2(const float *x, void *vy, int64_t n, const f
     quantize_row_iq1_m(x, vy, n, imatrix);
     use_lanes = 0;
 }
-// AVX-512: IQ2_XXS only, its neighbour search sixteen neighbours per vector (1.05x its AVX2 path, BENCHMARKS.md).
+// AVX-512: IQ2_XXS and IQ2_XS, their neighbour search sixteen neighbours per vector (AMD EPYC Zen 4, 1T, imatrix:
+// IQ2_XXS 1.06-1.08x its AVX2 path, IQ2_XS 1.17x with lists of ~30; BENCHMARKS.md).
 // IQ1_S and IQ1_M measured 0.93x their AVX2 path with the same search in AVX-512 (and IQ1_M's split search over
 // sixteen split points per vector gained nothing: its walks, not its lanes, take the time), so they take AVX2.
 #define IQ_WIDE_ENTRY(f)                                                        \
@@ -1583,6 +1602,7 @@ static void quantize_row_iq1_m_avx2(const float *x, void *vy, int64_t n, const f
         use_lanes = 0;                                                          \
     }
 IQ_WIDE_ENTRY(quantize_row_iq2_xxs)
+IQ_WIDE_ENTRY(quantize_row_iq2_xs)
 #define IQ_SIMD(f) f##_avx2, "avx2"
 #define IQ1_SIMD(f) f##_avx2, "avx2"
 #define IQ_WIDE(f) f##_avx512, "avx512"
@@ -1624,7 +1644,8 @@ static void quantize_row_iq1_m_neon(const float *x, void *vy, int64_t n, const f
 const gk_type_traits gk_iq2_types[] = {
     {16, "IQ2_XXS", QK, XXS_BYTES, quantize_row_iq2_xxs, IQ_SIMD(quantize_row_iq2_xxs), dequantize_row_iq2_xxs,
      IQ_WIDE(quantize_row_iq2_xxs)},
-    {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, IQ_SIMD(quantize_row_iq2_xs), dequantize_row_iq2_xs},
+    {17, "IQ2_XS", QK, XS_BYTES, quantize_row_iq2_xs, IQ_SIMD(quantize_row_iq2_xs), dequantize_row_iq2_xs,
+     IQ_WIDE(quantize_row_iq2_xs)},
     {22, "IQ2_S", QK, S_BYTES, quantize_row_iq2_s, IQ2S_SIMD, dequantize_row_iq2_s},
     {19, "IQ1_S", QK, S1_BYTES, quantize_row_iq1_s, IQ1_SIMD(quantize_row_iq1_s), dequantize_row_iq1_s},
     {29, "IQ1_M", QK, M1_BYTES, quantize_row_iq1_m, IQ1_SIMD(quantize_row_iq1_m), dequantize_row_iq1_m},

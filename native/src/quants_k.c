@@ -754,6 +754,11 @@ int kq_q6k_header(uint8_t *blk, const float *scales) {
     return 0;
 }
 
+void kq_q6k_write_header(uint8_t *blk, const uint8_t *scales8, float d) {
+    store_fp16(blk + Q6K_D, d);
+    memcpy(blk + Q6K_SCALES, scales8, 16);
+}
+
 void kq_q6k_group_factors(const uint8_t *blk, float *dg) {
     const float d = load_fp16(blk + Q6K_D);
     for (int g = 0; g < 16; g++) dg[g] = d * (int8_t)blk[Q6K_SCALES + g];

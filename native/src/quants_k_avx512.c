@@ -23,6 +23,8 @@
 // Q3_K's descent: two passes in lanes before the plain continuation (measured: 1598 -> 1855 MB/s here; on AVX2 one
 // pass is quicker, 1312 vs 1258)
 #define KQ_DESCENT_LANE_PASSES 2
+// the symmetric fit (Q6_K, Q3_K with imatrix): two trials at once (their chains of adds interleaved)
+#define KQ_SYM_TRIALS 2
 
 typedef __m512 kv;
 typedef __mmask16 km;

@@ -51,6 +51,8 @@ void kq_q45k_finish_plain(const float *x, uint8_t *blk, const float *scales, con
 void kq_q45k_finish_weighted(const float *x, uint8_t *blk, const float *scales, const float *mins,
                              const float *group_w, uint8_t *levels, int nmax);
 int kq_q6k_header(uint8_t *blk, const float *scales);
+// Q6_K header from the 8-bit group scales (the bytes of the int8 levels) and the super-block scale d.
+void kq_q6k_write_header(uint8_t *blk, const uint8_t *scales8, float d);
 // The weighted headers from the fitted (kq_fit_positive) super-block scales and their levels: Q2_K's 4-bit scale
 // and min levels, Q4_K's / Q5_K's 6-bit ones (capped at 63 for Q5_K, in place).
 void kq_q2k_write_header(uint8_t *blk, const uint8_t *ls, const uint8_t *lm, float d, float dmin);

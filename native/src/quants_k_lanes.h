@@ -298,6 +298,12 @@ KQ_TARGET static void signed_absmax_v(int n, const kv *x, kv *amax, kv *max) {
 // short rounding is exact. data == 0 (the fit of Q3_K's group scales, which may be inf or NaN): the full rounding.
 #define KQ_ROUND_SYM(v, lo, hi) (data ? v_round_clamp_small(v, lo, hi) : v_round_clamp(v, lo, hi))
 
+// Trials of the symmetric fit computed together (KQ_SYM_TRIALS: 1, 2, 3, 6 or 9): each trial's sums are two chains
+// of n dependent adds and the take that follows waits on them; interleaving trials fills the vector units between.
+#ifndef KQ_SYM_TRIALS
+#define KQ_SYM_TRIALS 1
+#endif
+
 #if KQ_AFFINE_SHORT
 // Which clamps a trial of the symmetric fit needs (its products lie between trial * xhi and trial * xlo): below,
 // where some lane reaches -nmax - 0.5 (rounding to -nmax - 1 or beyond), above where one reaches nmax - 0.5.
@@ -311,20 +317,22 @@ KQ_TARGET static inline int symmetric_round_mode(kv trial, kv xhi, kv xlo, km al
     return lo && hi ? KQ_ROUND_FULL : KQ_ROUND_SHORT | lo | hi;
 }
 
-__attribute__((always_inline)) KQ_TARGET static inline void symmetric_trial_sums(int n, int nmax, const kv *x,
-                                                                                  const kv *w, const kv *wx,
-                                                                                  kv trial, kv *tlx_out,
-                                                                                  kv *tl2_out, const int mode) {
-    kv tlx = v_zero(), tl2 = v_zero();
+// T trials at once, their chains of adds interleaved, with the clamps any of them needs (a clamp that no lane
+// reaches changes nothing).
+__attribute__((always_inline)) KQ_TARGET static inline void symmetric_trial_sums(const int T, int n, int nmax,
+                                                                                  const kv *x, const kv *w,
+                                                                                  const kv *wx, const kv *trial,
+                                                                                  kv *tlx, kv *tl2, const int mode) {
+    for (int t = 0; t < T; t++) tlx[t] = tl2[t] = v_zero();
     for (int i = 0; i < n; i++) {
-        kv l = v_round_small(v_mul(trial, x[i]));
-        if (mode & KQ_CLAMP_LO) l = v_maxf(l, v_set((float)-nmax));
-        if (mode & KQ_CLAMP_HI) l = v_minf(l, v_set((float)(nmax - 1)));
-        tlx = v_add(tlx, v_mul(wx[i], l));
-        tl2 = v_add(tl2, v_mul(v_mul(w[i], l), l));
+        for (int t = 0; t < T; t++) {
+            kv l = v_round_small(v_mul(trial[t], x[i]));
+            if (mode & KQ_CLAMP_LO) l = v_maxf(l, v_set((float)-nmax));
+            if (mode & KQ_CLAMP_HI) l = v_minf(l, v_set((float)(nmax - 1)));
+            tlx[t] = v_add(tlx[t], v_mul(wx[i], l));
+            tl2[t] = v_add(tl2[t], v_mul(v_mul(w[i], l), l));
+        }
     }
-    *tlx_out = tlx;
-    *tl2_out = tl2;
 }
 #endif
 
@@ -361,44 +369,57 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
         xlo = v_pick(xlo, x[i], v_lt(x[i], xlo));
     }
 #endif
-    for (int k = -9; k <= 9; k++) {
-        if (k == 0) continue;
+    // the 18 trials k = -9..-1, 1..9, KQ_SYM_TRIALS at a time; the takes in order of k
+    for (int j = 0; j < 18; j += KQ_SYM_TRIALS) {
+        kv trial[KQ_SYM_TRIALS], tlx[KQ_SYM_TRIALS], tl2[KQ_SYM_TRIALS];
+        for (int t = 0; t < KQ_SYM_TRIALS; t++) {
+            const int k = j + t < 9 ? j + t - 9 : j + t - 8;
 #if KQ_DIV_SHARED
-        const kv trial = shared ? v_div_recip(v_set(-(nmax + 0.1f * k)), max_n, r_max)
-                                : v_div(v_set(-(nmax + 0.1f * k)), max);
+            trial[t] = shared ? v_div_recip(v_set(-(nmax + 0.1f * k)), max_n, r_max)
+                              : v_div(v_set(-(nmax + 0.1f * k)), max);
 #else
-        const kv trial = v_div(v_set(-(nmax + 0.1f * k)), max);
+            trial[t] = v_div(v_set(-(nmax + 0.1f * k)), max);
 #endif
-        kv tlx = zero, tl2 = zero;
+        }
 #if KQ_AFFINE_SHORT
         // data: every product is below 2^22 (above), so round_small is the magic rounding; the clamps at -nmax and
-        // nmax - 1 only where some lane that is not all zero reaches -nmax - 0.5 or nmax - 0.5
-        const int mode = data ? symmetric_round_mode(trial, xhi, xlo, all_zero, nmax) : KQ_ROUND_FULL;
+        // nmax - 1 only where some lane that is not all zero reaches -nmax - 0.5 or nmax - 0.5 in one of the trials
+        int mode = KQ_ROUND_SHORT;
+        for (int t = 0; t < KQ_SYM_TRIALS && mode != KQ_ROUND_FULL; t++) {
+            const int m = data ? symmetric_round_mode(trial[t], xhi, xlo, all_zero, nmax) : KQ_ROUND_FULL;
+            mode = m == KQ_ROUND_FULL || (mode | m) == (KQ_ROUND_SHORT | KQ_CLAMP_LO | KQ_CLAMP_HI) ? KQ_ROUND_FULL
+                                                                                                    : mode | m;
+        }
         switch (mode) {
         case KQ_ROUND_SHORT:
-            symmetric_trial_sums(n, nmax, x, w, wx, trial, &tlx, &tl2, KQ_ROUND_SHORT);
+            symmetric_trial_sums(KQ_SYM_TRIALS, n, nmax, x, w, wx, trial, tlx, tl2, KQ_ROUND_SHORT);
             break;
         case KQ_ROUND_SHORT | KQ_CLAMP_LO:
-            symmetric_trial_sums(n, nmax, x, w, wx, trial, &tlx, &tl2, KQ_ROUND_SHORT | KQ_CLAMP_LO);
+            symmetric_trial_sums(KQ_SYM_TRIALS, n, nmax, x, w, wx, trial, tlx, tl2, KQ_ROUND_SHORT | KQ_CLAMP_LO);
             break;
         case KQ_ROUND_SHORT | KQ_CLAMP_HI:
-            symmetric_trial_sums(n, nmax, x, w, wx, trial, &tlx, &tl2, KQ_ROUND_SHORT | KQ_CLAMP_HI);
+            symmetric_trial_sums(KQ_SYM_TRIALS, n, nmax, x, w, wx, trial, tlx, tl2, KQ_ROUND_SHORT | KQ_CLAMP_HI);
             break;
         default:
 #endif
+            for (int t = 0; t < KQ_SYM_TRIALS; t++) tlx[t] = tl2[t] = zero;
             for (int i = 0; i < n; i++) {
-                const kv l = KQ_ROUND_SYM(v_mul(trial, x[i]), -nmax, nmax - 1);
-                tlx = v_add(tlx, v_mul(wx[i], l));
-                tl2 = v_add(tl2, v_mul(v_mul(w[i], l), l));
+                for (int t = 0; t < KQ_SYM_TRIALS; t++) {
+                    const kv l = KQ_ROUND_SYM(v_mul(trial[t], x[i]), -nmax, nmax - 1);
+                    tlx[t] = v_add(tlx[t], v_mul(wx[i], l));
+                    tl2[t] = v_add(tl2[t], v_mul(v_mul(w[i], l), l));
+                }
             }
 #if KQ_AFFINE_SHORT
         }
 #endif
-        const km take = m_and(v_gt(tl2, zero), v_gt(v_mul(tlx, tlx), v_mul(best, tl2)));
-        const kv t_scale = v_div(tlx, tl2);
-        scale = v_pick(scale, t_scale, take);
-        best = v_pick(best, v_mul(t_scale, tlx), take);
-        best_t = v_pick(best_t, trial, take);
+        for (int t = 0; t < KQ_SYM_TRIALS; t++) {
+            const km take = m_and(v_gt(tl2[t], zero), v_gt(v_mul(tlx[t], tlx[t]), v_mul(best, tl2[t])));
+            const kv t_scale = v_div(tlx[t], tl2[t]);
+            scale = v_pick(scale, t_scale, take);
+            best = v_pick(best, v_mul(t_scale, tlx[t]), take);
+            best_t = v_pick(best_t, trial[t], take);
+        }
     }
     // the levels of the trial taken last (or the start): the same function of (t, x) the trials computed
     for (int i = 0; i < n; i++)
@@ -414,8 +435,10 @@ KQ_TARGET static kv fit_symmetric_v(int n, int nmax, const kv *x, const kv *w_in
 // any of the KQ_LANES x KQ_DESCENT_GROUPS groups still moves, which took 3.2 passes on average for 8 lanes (3.6
 // for 16) where the plain code takes 1.25. So the lanes run KQ_DESCENT_LANE_PASSES passes, and the groups still
 // moving after them continue one by one through the plain pass (kq_descent_pass: the same operations). The
-// including file may set KQ_DESCENT_LANE_PASSES (default 1).
+// including file may set KQ_DESCENT_LANE_PASSES (default 1) and KQ_DESCENT_GROUPS (default 4, divides 16).
+#ifndef KQ_DESCENT_GROUPS
 #define KQ_DESCENT_GROUPS 4
+#endif
 #ifndef KQ_DESCENT_LANE_PASSES
 #define KQ_DESCENT_LANE_PASSES 1
 #endif
@@ -716,6 +739,52 @@ static inline void set_lane_column(float dst[][KQ_LANES], int groups, int lane, 
     for (int g = 0; g < groups; g++) dst[g][lane] = in[g];
 }
 
+// The affine K-quants' finish (Q2_K: nmax 3, Q4_K: 15, Q5_K: 31) from the fitted group scales and mins in s: each
+// block's header (super-block scales, group scale and min levels: the weighted fit in lanes where the backend has
+// it, else the shared plain steps), the stored scales as factors, the requantization in lanes, and the packing.
+__attribute__((always_inline)) KQ_TARGET static inline void affine_finish(lanes_t *s, const float *imatrix,
+                                                                           uint8_t *y, const int nmax) {
+    const int q2 = nmax == 3, groups = q2 ? 16 : 8, block_bytes = q2 ? 84 : nmax == 15 ? 144 : 176;
+#if KQ_POSITIVE_LANES
+    uint8_t ls[KQ_LANES][16], lm[KQ_LANES][16];
+    float d[KQ_LANES], dmin[KQ_LANES];
+    if (imatrix) fit_positive_pair_v(groups, q2 ? 15 : 63, s->scales, s->mins, s->group_w, ls, lm, d, dmin);
+#endif
+    for (int b = 0; b < KQ_LANES; b++) {
+        uint8_t levels[256];  // unused until packing: the header step does not read it
+        float scales[16], mins[16], group_w[16], dg[16], mg[16];
+        uint8_t *blk = y + block_bytes * b;
+        lane_column(s->scales, groups, b, scales);
+        lane_column(s->mins, groups, b, mins);
+#if KQ_POSITIVE_LANES
+        if (imatrix) {
+            if (q2) kq_q2k_write_header(blk, ls[b], lm[b], d[b], dmin[b]);
+            else kq_q45k_write_header(blk, ls[b], lm[b], d[b], dmin[b], nmax);
+        } else
+#endif
+        if (imatrix) {
+            lane_column(s->group_w, groups, b, group_w);
+            if (q2) kq_q2k_finish_weighted(NULL, blk, scales, mins, group_w, levels);
+            else kq_q45k_finish_weighted(NULL, blk, scales, mins, group_w, levels, nmax);
+        } else if (q2) {
+            kq_q2k_finish_plain(NULL, blk, scales, mins, levels);
+        } else {
+            kq_q45k_finish_plain(NULL, blk, scales, mins, levels, nmax);
+        }
+        if (q2) kq_q2k_group_factors(blk, dg, mg);
+        else kq_q45k_group_factors(blk, dg, mg);
+        set_lane_column(s->dg, groups, b, dg);
+        set_lane_column(s->mg, groups, b, mg);
+    }
+    requantize_v(s->x, s->q, groups, 256 / groups, s->dg, s->mg, 0, nmax, 0.0f);
+    for (int b = 0; b < KQ_LANES; b++) {
+        uint8_t levels[256];
+        lane_levels_u8(s->q, b, levels);
+        if (q2) kq_q2k_requantize_pack(NULL, y + block_bytes * b, levels);
+        else kq_q45k_requantize_pack(NULL, y + block_bytes * b, levels, nmax);
+    }
+}
+
 KQ_TARGET static void q2k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y) {
     load_lanes(s, x, imatrix);
     kv sigma2 = v_zero();
@@ -737,38 +806,7 @@ KQ_TARGET static void q2k_eight(lanes_t *s, const float *x, const float *imatrix
             v_store(s->mins[g + j], neg_min[j]);
         }
     }
-#if KQ_POSITIVE_LANES
-    uint8_t ls[KQ_LANES][16], lm[KQ_LANES][16];
-    float d[KQ_LANES], dmin[KQ_LANES];
-    if (imatrix) fit_positive_pair_v(16, 15, s->scales, s->mins, s->group_w, ls, lm, d, dmin);
-#endif
-    for (int b = 0; b < KQ_LANES; b++) {
-        uint8_t levels[256];  // unused until packing: the header step does not read it
-        float scales[16], mins[16], group_w[16];
-        lane_column(s->scales, 16, b, scales);
-        lane_column(s->mins, 16, b, mins);
-#if KQ_POSITIVE_LANES
-        if (imatrix) {
-            kq_q2k_write_header(y + 84 * b, ls[b], lm[b], d[b], dmin[b]);
-        } else
-#endif
-        if (imatrix) {
-            lane_column(s->group_w, 16, b, group_w);
-            kq_q2k_finish_weighted(NULL, y + 84 * b, scales, mins, group_w, levels);
-        } else {
-            kq_q2k_finish_plain(NULL, y + 84 * b, scales, mins, levels);
-        }
-        float dg[16], mg[16];
-        kq_q2k_group_factors(y + 84 * b, dg, mg);
-        set_lane_column(s->dg, 16, b, dg);
-        set_lane_column(s->mg, 16, b, mg);
-    }
-    requantize_v(s->x, s->q, 16, 16, s->dg, s->mg, 0, 3, 0.0f);
-    for (int b = 0; b < KQ_LANES; b++) {
-        uint8_t levels[256];
-        lane_levels_u8(s->q, b, levels);
-        kq_q2k_requantize_pack(NULL, y + 84 * b, levels);
-    }
+    affine_finish(s, imatrix, y, 3);
 }
 
 // Q3_K with importance: the sixteen group scales of each block are fitted to 6 bits (kq_q3k_finish_weighted's
@@ -856,7 +894,6 @@ KQ_TARGET static void q3k_eight(lanes_t *s, const float *x, const float *imatrix
 }
 
 KQ_TARGET static void q45k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y, int nmax) {
-    const int block_bytes = nmax == 15 ? 144 : 176;
     load_lanes(s, x, imatrix);
     kv sigma2 = v_zero();
     if (imatrix) sigma2 = v_div(v_mul(v_set(2.0f), block_sumsq_v(s->x)), v_set(256.0f));
@@ -884,38 +921,7 @@ KQ_TARGET static void q45k_eight(lanes_t *s, const float *x, const float *imatri
             v_store(s->mins[g + j], neg_min[j]);
         }
     }
-#if KQ_POSITIVE_LANES
-    uint8_t ls[KQ_LANES][16], lm[KQ_LANES][16];
-    float d[KQ_LANES], dmin[KQ_LANES];
-    if (imatrix) fit_positive_pair_v(8, 63, s->scales, s->mins, s->group_w, ls, lm, d, dmin);
-#endif
-    for (int b = 0; b < KQ_LANES; b++) {
-        uint8_t levels[256];
-        float scales[8], mins[8], group_w[8];
-        lane_column(s->scales, 8, b, scales);
-        lane_column(s->mins, 8, b, mins);
-#if KQ_POSITIVE_LANES
-        if (imatrix) {
-            kq_q45k_write_header(y + block_bytes * b, ls[b], lm[b], d[b], dmin[b], nmax);
-        } else
-#endif
-        if (imatrix) {
-            lane_column(s->group_w, 8, b, group_w);
-            kq_q45k_finish_weighted(NULL, y + block_bytes * b, scales, mins, group_w, levels, nmax);
-        } else {
-            kq_q45k_finish_plain(NULL, y + block_bytes * b, scales, mins, levels, nmax);
-        }
-        float dg[8], mg[8];
-        kq_q45k_group_factors(y + block_bytes * b, dg, mg);
-        set_lane_column(s->dg, 8, b, dg);
-        set_lane_column(s->mg, 8, b, mg);
-    }
-    requantize_v(s->x, s->q, 8, 32, s->dg, s->mg, 0, nmax, 0.0f);
-    for (int b = 0; b < KQ_LANES; b++) {
-        uint8_t levels[256];
-        lane_levels_u8(s->q, b, levels);
-        kq_q45k_requantize_pack(NULL, y + block_bytes * b, levels, nmax);
-    }
+    affine_finish(s, imatrix, y, nmax);
 }
 
 KQ_TARGET static void q6k_eight(lanes_t *s, const float *x, const float *imatrix, uint8_t *y) {
@@ -924,10 +930,34 @@ KQ_TARGET static void q6k_eight(lanes_t *s, const float *x, const float *imatrix
         v_store(s->scales[g],
                 fit_symmetric_v(16, 32, s->x + 16 * g, imatrix ? s->im + 16 * g : NULL, s->q + 16 * g, 1));
     int done[KQ_LANES];
+#if KQ_POSITIVE_LANES
+    // kq_q6k_header in lanes (v_wrap_byte: the backend has the byte wrap): the signed scale of largest magnitude,
+    // inv = -128 / it, levels kq_round_magic(inv * scale) capped at 127 and stored as bytes, d = 1 / inv
+    kv sc[16], amax, max;
+    for (int g = 0; g < 16; g++) sc[g] = v_load(s->scales[g]);
+    signed_absmax_v(16, sc, &amax, &max);
+    const int zero_bits = m_bits(v_lt(amax, v_set(1e-15f)));  // KQ_ZERO_GROUP: the block is all zero
+    const kv inv = v_div(v_set(-128.0f), max);
+    float d[KQ_LANES], l_f[16][KQ_LANES];
+    v_store(d, v_div(v_set(1.0f), inv));
+    for (int g = 0; g < 16; g++) v_store(l_f[g], v_wrap_byte(v_round_clamp(v_mul(inv, sc[g]), INT32_MIN, 127)));
+#endif
     for (int b = 0; b < KQ_LANES; b++) {
         float scales[16], dg[16];
+#if KQ_POSITIVE_LANES
+        (void)scales;
+        done[b] = zero_bits >> b & 1;
+        if (done[b]) {
+            memset(y + 210 * b, 0, 210);
+        } else {
+            uint8_t s8[16];
+            for (int g = 0; g < 16; g++) s8[g] = (uint8_t)(int)l_f[g][b];
+            kq_q6k_write_header(y + 210 * b, s8, d[b]);
+        }
+#else
         lane_column(s->scales, 16, b, scales);
         done[b] = kq_q6k_header(y + 210 * b, scales);
+#endif
         if (done[b]) memset(dg, 0, sizeof dg);  // all-zero block: written, nothing to requantize
         else kq_q6k_group_factors(y + 210 * b, dg);
         set_lane_column(s->dg, 16, b, dg);
