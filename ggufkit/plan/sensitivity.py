@@ -51,14 +51,16 @@ from pathlib import Path
 import numpy as np
 
 
-def memory_needed(plan, ctx: int, chunks: int) -> int:
-    """Bytes a Session needs for the model of PLAN (its tensors' shapes) with CHUNKS chunks of CTX tokens (the
-    sensitivity's and the held-out one): the largest layer's float32 weights twice (the next one is read
-    meanwhile) and its autograd graph, the non-layer weights (embedding, LM head, final norm), the boundary
-    activations, one chunk's logits and their gradient and the reference log-probabilities, plus the torch
-    baseline (1 GiB). Measured against this on the demo and the 1B: BENCHMARKS.md, "The sensitivity pass layer by
-    layer"."""
+def memory_needed(plan, ctx: int, fit_chunks: int) -> int:
+    """Bytes a Session needs for the model of PLAN (its tensors' shapes) with FIT_CHUNKS sensitivity chunks of CTX
+    tokens: the largest layer's float32 weights twice (the next one is read meanwhile) and its autograd graph, the
+    non-layer weights (embedding, LM head, final norm), the boundary activations (every layer's input for the
+    sensitivity chunks), one chunk's logits and their gradient and the reference log-probabilities, plus the
+    torch baseline (1 GiB). Against the measured peak on the demo and the 1B: BENCHMARKS.md, "The sensitivity pass
+    layer by layer"."""
     import re
+
+    from ggufkit.quant.calibrate import BATCH_TOKENS
 
     layers: dict[str, int] = {}
     other, hidden, vocab, widest = 0, 0, 0, 0
@@ -72,10 +74,10 @@ def memory_needed(plan, ctx: int, chunks: int) -> int:
             other += n
         if p.tensor.name == "token_embd.weight":
             hidden, vocab = int(min(p.tensor.shape)), int(max(p.tensor.shape))
-    tokens = ctx * chunks
+    tokens = ctx * fit_chunks
     boundary = 4 * len(layers) * tokens * hidden
-    graph = 4 * 16 * tokens * widest     # one layer's saved activations for autograd (~16 widest-sized tensors)
-    logits = 4 * 5 * ctx * vocab         # logits, log-probabilities, probabilities, their gradient, the reference
+    graph = 4 * 16 * max(ctx, min(tokens, BATCH_TOKENS)) * widest   # ~16 widest-sized activations saved by autograd
+    logits = 4 * 5 * ctx * vocab   # logits, log-probabilities, probabilities, their gradient, the reference
     return 4 * (2 * max(layers.values(), default=0) + other) + boundary + graph + logits + 2**30
 
 
