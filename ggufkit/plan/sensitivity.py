@@ -350,7 +350,7 @@ class Session:
                 return None
             return _requantized(w, qtype, imatrix(name) if imatrix is not None else None, self.threads)
 
-        saved = {}
+        changed = {}
         try:
             with torch.no_grad():
                 if self._ref is None:
@@ -359,15 +359,17 @@ class Session:
                 if self.lm_head.weight is not self.embed.weight:   # tied: quantized once, as token_embd
                     ends.append(("output.weight", self.lm_head))
                 for name, module in ends:
+                    changed[name] = module.weight   # before the copy: an interrupted one is restored too
                     y = requantized(name, module.weight)
-                    if y is not None:
-                        saved[name] = (module, module.weight.detach().clone())
-                        module.weight.copy_(y)
-                logp = self._held_logp(requantized, fresh_input="token_embd.weight" in saved)
+                    if y is None:
+                        del changed[name]
+                        continue
+                    module.weight.copy_(y)
+                    del y
+                logp = self._held_logp(requantized, fresh_input="token_embd.weight" in changed)
         finally:
-            with torch.no_grad():
-                for module, w in saved.values():
-                    module.weight.copy_(w)
+            for w in changed.values():   # read back from the checkpoint: no f32 copy held meanwhile
+                self.lm.reload(w)
         return _kl(self._ref, [logp])
 
     def _held_logp(self, requantized, fresh_input: bool = False):

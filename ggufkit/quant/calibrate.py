@@ -219,6 +219,7 @@ class LayerModel:
                 raise InputError(f"layer-wise calibration: no tensor {top_prefix + untied[0]} in the checkpoint",
                                  ckpt.weights_file)
         del state
+        self._shell_prefix = top_prefix
         self.decoder = self.shell.get_submodule(base_name) if head and base_name else self.shell
         arch = for_config(ckpt.config, ckpt.config_path)
         self.name_map = gguf.get_tensor_name_map(arch.gguf_arch, arch.n_layer)
@@ -242,6 +243,15 @@ class LayerModel:
             self.decoder.layers = torch.nn.ModuleList()
         hidden = [c.pop(0) for c in calls]
         return hidden, [[c[i] for c in calls] for i in range(self.n_layer)]
+
+    def reload(self, weight) -> None:
+        """Read the shell's parameter WEIGHT back from the checkpoint (after it was overwritten in place)."""
+        import torch
+
+        key = next(k for k, v in self.shell.named_parameters() if v is weight)
+        with torch.no_grad():
+            weight.copy_(torch.from_numpy(self.ckpt.tensors[self._shell_prefix + key].read().astype(np.float32,
+                                                                                                  copy=False)))
 
     def gguf_name(self, i: int, module_name: str) -> str | None:
         """The GGUF name of layer i's weight `module_name`.weight (None: not a tensor of the GGUF file)."""
