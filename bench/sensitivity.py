@@ -96,6 +96,13 @@ def main() -> None:
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     work = Path(tempfile.mkdtemp(prefix="ggufkit-bench-sens-"))
     rows = []
+    if not args.skip_whole:   # the whole model's measured peak is 2.6x its f32 size: never run it into the OOM killer
+        from ggufkit.runtime import rpc
+
+        if rpc.local_free_bytes() < 3 * 4 * n_params + 2**30:
+            print(f"whole model skipped: {rpc.local_free_bytes() / 2**30:.1f} GiB available, it needs "
+                  f"~{(12 * n_params + 2**30) / 2**30:.1f}", file=sys.stderr)
+            args.skip_whole = True
     for mode in ("layers",) + (() if args.skip_whole else ("whole",)):
         r = run(mode, args, work / f"{mode}.npz")
         rows.append({"variant": "layer by layer (Session)" if mode == "layers" else "whole f32 model (WholeModel)",
