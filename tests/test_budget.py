@@ -267,9 +267,10 @@ def test_guard_without_room_for_the_scheme_keeps_the_allocation(tiny):
     assert guard == {"mix": "budget", "kl_budget": 1.0, "kl_scheme": None} and len(calls) == 1
 
 
-def test_calibrated_budget_falls_back_when_the_f32_model_does_not_fit(tied, calibration_text, monkeypatch):
-    """The measured sensitivities hold the float32 model whole: where it would not fit in the available memory,
-    the budget uses the stream error model (no guard) and says so in one line, instead of running out of memory."""
+def test_calibrated_budget_falls_back_when_one_layer_does_not_fit(tied, calibration_text, monkeypatch):
+    """The measured sensitivities hold one float32 layer at a time (sensitivity.memory_needed): where even that
+    would not fit in the available memory, the budget uses the stream error model (no guard) and says so in one
+    line, instead of running out of memory."""
     from ggufkit.runtime import rpc
 
     q2, q6 = converted(tied, "q2_k").stat().st_size, converted(tied, "q6_k").stat().st_size

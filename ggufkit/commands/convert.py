@@ -162,11 +162,12 @@ def command(src, out, scheme, imatrix, calibration, calibration_chunks, calibrat
             from ggufkit.plan.sensitivity import memory_needed
             from ggufkit.runtime import rpc
 
-            need, free = memory_needed(plan.n_elements), rpc.local_free_bytes()
+            need = memory_needed(plan, calibration_ctx, budgets.SENSITIVITY_CHUNKS)   # one f32 layer at a time
+            free = rpc.local_free_bytes()
             sensitivity_fits = need <= free
-            if not sensitivity_fits:  # the float32 model would not fit: the modelled errors, no guard
-                click.echo(f"note: the measured sensitivities need the float32 model in memory (~{need / 2**30:.1f}"
-                           f" GiB, {free / 2**30:.1f} GiB available): the budget uses the stream error model",
+            if not sensitivity_fits:  # not even one layer at a time fits: the modelled errors, no guard
+                click.echo(f"note: the measured sensitivities need ~{need / 2**30:.1f} GiB (one float32 layer at a "
+                           f"time), {free / 2**30:.1f} GiB available: the budget uses the stream error model",
                            err=True)
         if calibration is not None and sensitivity_fits:
             # measured sensitivities, and the guard on a chunk the imatrix did not see

@@ -158,6 +158,137 @@ def _batches(chunk_kwargs: list[dict], most: int) -> list[list[int]]:
     return out
 
 
+class LayerModel:
+    """A checkpoint's model one decoder layer at a time, each layer's weights read from the safetensors when it is
+    built (what calibrate and ggufkit.plan.sensitivity run):
+
+        lm = LayerModel(model_dir, head=True)
+        hidden, kwargs = lm.layer_inputs(chunks)   # per chunk the first layer's input, per layer its arguments
+        for i, layer in lm.layers(range(lm.n_layer)):   # layer i built with its transformers class
+            ...                                         # (del layer at the end of the body: one layer at a time)
+
+    `shell` is the model around the layers, built by transformers from config.json with no decoder layer and its
+    few weights read from the checkpoint: the base model (`decoder`: embeddings, rotary tables, final norm) or,
+    with head=True, the causal LM (its LM head, tied or not, and whatever its forward does to the logits). The
+    next layer's weights are read (file, bf16 -> f32) by a second thread while the current one computes. No code
+    from the model repository runs (trust_remote_code is off)."""
+
+    def __init__(self, model_dir: Path, head: bool = False):
+        import gguf
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.initialization import no_init_weights
+
+        from ggufkit.archs import for_config
+        from ggufkit.sources.hf import open_checkpoint
+
+        model_dir = Path(model_dir)
+        self.ckpt = ckpt = open_checkpoint(model_dir)
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+        with torch.device("meta"):
+            meta = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        base_meta = meta.get_decoder() if hasattr(meta, "get_decoder") else meta.model
+        base_name = next(n for n, m in meta.named_modules() if m is base_meta)
+        self.prefix = base_name + "." if base_name else ""
+        if not isinstance(getattr(base_meta, "layers", None), torch.nn.ModuleList):
+            raise InputError("layer-wise calibration: the model has no .layers list of decoder layers", ckpt.config_path)
+        self.n_layer = len(base_meta.layers)
+        self._meta_layers = list(base_meta.layers)
+        self.config = base_meta.config
+        top, top_prefix = (meta, "") if head else (base_meta, self.prefix)
+        self.config.num_hidden_layers = 0
+        try:
+            with no_init_weights():  # every weight is read below: no random initialisation (was ~20% of the time)
+                self.shell = type(top)(top.config).to(torch.float32)
+        finally:
+            self.config.num_hidden_layers = self.n_layer
+        self.shell.eval()
+        state, missing = {}, []
+        for key in self.shell.state_dict():
+            name = top_prefix + key
+            if name in ckpt.tensors:
+                state[key] = torch.from_numpy(ckpt.tensors[name].read().astype(np.float32, copy=False))
+            else:
+                missing.append(key)
+        self.shell.load_state_dict(state, strict=False, assign=True)  # assign: the arrays read are the weights
+        if missing:  # a tied LM head: the embedding's weight, tied as from_pretrained ties it
+            self.shell.tie_weights()
+            loaded = {id(v) for k, v in self.shell.state_dict(keep_vars=True).items() if k in state}
+            untied = [k for k, v in self.shell.state_dict(keep_vars=True).items() if k in missing and id(v) not in loaded]
+            if untied:
+                raise InputError(f"layer-wise calibration: no tensor {top_prefix + untied[0]} in the checkpoint",
+                                 ckpt.weights_file)
+        del state
+        self._shell_prefix = top_prefix
+        self.decoder = self.shell.get_submodule(base_name) if head and base_name else self.shell
+        arch = for_config(ckpt.config, ckpt.config_path)
+        self.name_map = gguf.get_tensor_name_map(arch.gguf_arch, arch.n_layer)
+
+    def layer_inputs(self, token_chunks: list) -> tuple[list, list]:
+        """One run of the model without its layers per chunk, up to the first layer: -> (per chunk the first
+        layer's hidden states (1, ctx, hidden) f32, per layer per chunk its keyword arguments: mask, positions,
+        rotary tables, per layer since hybrid models differ per layer)."""
+        import torch
+
+        self.decoder.layers = _catchers(self.n_layer, calls := [])
+        try:
+            with torch.no_grad():
+                for chunk in token_chunks:
+                    calls.append([])
+                    try:
+                        self.decoder(input_ids=torch.tensor([chunk]), use_cache=False)
+                    except _StopForward:
+                        pass
+        finally:
+            self.decoder.layers = torch.nn.ModuleList()
+        hidden = [c.pop(0) for c in calls]
+        return hidden, [[c[i] for c in calls] for i in range(self.n_layer)]
+
+    def reload(self, weight) -> None:
+        """Read the shell's parameter WEIGHT back from the checkpoint (after it was overwritten in place)."""
+        import torch
+
+        key = next(k for k, v in self.shell.named_parameters() if v is weight)
+        with torch.no_grad():
+            weight.copy_(torch.from_numpy(self.ckpt.tensors[self._shell_prefix + key].read().astype(np.float32,
+                                                                                                  copy=False)))
+
+    def gguf_name(self, i: int, module_name: str) -> str | None:
+        """The GGUF name of layer i's weight `module_name`.weight (None: not a tensor of the GGUF file)."""
+        return self.name_map.get_name(f"{self.prefix}layers.{i}.{module_name}.weight", try_suffixes=(".weight",))
+
+    def layers(self, order):
+        """(i, layer i with its weights, in eval mode) for i in ORDER; the next one's weights read meanwhile."""
+        import torch
+        from transformers.initialization import no_init_weights
+
+        order = list(order)
+        if not order:
+            return
+
+        def read(i):
+            return _layer_state(self.ckpt, f"{self.prefix}layers.{i}.", self._meta_layers[i])
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        reader = ThreadPoolExecutor(max_workers=1)
+        try:
+            read_next = reader.submit(read, order[0])
+            for k, i in enumerate(order):
+                state = read_next.result()
+                if k + 1 < len(order):
+                    read_next = reader.submit(read, order[k + 1])
+                with no_init_weights():
+                    layer = type(self._meta_layers[i])(self.config, i).to(torch.float32)
+                layer.load_state_dict(state, strict=True, assign=True)
+                del state
+                layer.eval()
+                yield i, layer
+                del layer
+        finally:
+            reader.shutdown(wait=True, cancel_futures=True)
+
+
 def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | None = None,
               process_output: bool = False, threads: int | None = None, progress: bool = True,
               stats_dir: Path | None = None, halves: bool = False) -> tuple[Imatrix, Statistics | tuple | None]:
@@ -167,15 +298,11 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
     one for the rest (stats_dir/a, stats_dir/b) -> (Imatrix of all chunks, (Statistics a, Statistics b) or None)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.initialization import no_init_weights
+    from transformers import AutoTokenizer
 
-    from ggufkit.archs import for_config
     from ggufkit.quant.imatrix_collect import _expert_hook, calibration_ids
-    from ggufkit.sources.hf import open_checkpoint
 
     model_dir = Path(model_dir)
-    ckpt = open_checkpoint(model_dir)
     if threads:
         torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
@@ -184,53 +311,14 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
     if halves and n_first < 1:
         raise InputError(f"{len(token_chunks)} chunk of {ctx} tokens: error feedback needs at least 2 calibration "
                          f"chunks (one to fit, one to check)", text_path)
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    with torch.device("meta"):
-        meta = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    base_meta = meta.get_decoder() if hasattr(meta, "get_decoder") else meta.model
-    base_name = next(n for n, m in meta.named_modules() if m is base_meta)
-    prefix = base_name + "." if base_name else ""
-    if not isinstance(getattr(base_meta, "layers", None), torch.nn.ModuleList):
-        raise InputError("layer-wise calibration: the model has no .layers list of decoder layers", ckpt.config_path)
-    n_layer = len(base_meta.layers)
-    layer_cls = [type(layer) for layer in base_meta.layers]
-    base_config = base_meta.config
-
     # 1-2: the model without its layers, run once per chunk up to the first layer's arguments
-    base_config.num_hidden_layers = 0
-    try:
-        with no_init_weights():  # every weight is read below: no random initialisation (was ~20% of the time)
-            base = type(base_meta)(base_config).to(torch.float32)
-    finally:
-        base_config.num_hidden_layers = n_layer
-    base.eval()
-    state = {}
-    for key in base.state_dict():
-        name = prefix + key
-        if name not in ckpt.tensors:
-            raise InputError(f"layer-wise calibration: no tensor {name} in the checkpoint", ckpt.weights_file)
-        state[key] = torch.from_numpy(ckpt.tensors[name].read().astype(np.float32, copy=False))
-    base.load_state_dict(state, strict=True, assign=True)  # assign: the arrays read become the weights, no copy
-    del state
-    base.layers = _catchers(n_layer, calls := [])
-    with torch.no_grad():
-        for chunk in token_chunks:
-            calls.append([])
-            try:
-                base(input_ids=torch.tensor([chunk]), use_cache=False)
-            except _StopForward:
-                pass
-    hidden = [c.pop(0) for c in calls]          # per chunk (1, ctx, hidden) f32
-    kwargs = [[c[i] for c in calls] for i in range(n_layer)]  # per layer, per chunk
-    del calls
-    final_norm = getattr(base, "norm", None)
-    base.embed_tokens = None  # the largest non-layer weight: not needed any more
+    lm = LayerModel(model_dir)
+    n_layer = lm.n_layer
+    hidden, kwargs = lm.layer_inputs(token_chunks)   # per chunk (1, ctx, hidden) f32; per layer, per chunk
+    final_norm = getattr(lm.decoder, "norm", None)
+    lm.decoder.embed_tokens = None  # the largest non-layer weight: not needed any more
 
     # 3: one layer at a time
-    arch = for_config(ckpt.config, ckpt.config_path)
-    import gguf
-
-    name_map = gguf.get_tensor_name_map(arch.gguf_arch, arch.n_layer)
     sums: dict[str, torch.Tensor] = {}
     tokens: dict[str, int] = {}
     expert_sums: dict[str, torch.Tensor] = {}
@@ -242,88 +330,73 @@ def calibrate(model_dir: Path, text_path: Path, ctx: int = 512, chunks: int | No
         for part in parts:
             part.directory.mkdir(parents=True, exist_ok=True)
 
-    from concurrent.futures import ThreadPoolExecutor
-
     from tqdm import tqdm
 
-    # the next layer's weights are read (file, bf16 -> f32) by a second thread while this one computes
-    reader = ThreadPoolExecutor(max_workers=1)
-    read_next = reader.submit(_layer_state, ckpt, f"{prefix}layers.0.", base_meta.layers[0])
-    try:
-        for i in tqdm(range(n_layer), desc="calibration", unit="layer", disable=not progress):
-            lp = f"{prefix}layers.{i}."
-            state_i = read_next.result()
-            if i + 1 < n_layer:
-                read_next = reader.submit(_layer_state, ckpt, f"{prefix}layers.{i + 1}.", base_meta.layers[i + 1])
-            with no_init_weights():
-                layer = layer_cls[i](base_config, i).to(torch.float32)
-            layer.load_state_dict(state_i, strict=True, assign=True)
-            del state_i
-            layer.eval()
-            cov: list[dict[str, torch.Tensor]] = [{} for _ in parts]   # per part: group file -> (cols, cols) f32
-            cov_tokens: list[dict[str, int]] = [{} for _ in parts]      # sum x x^T and its tokens
-            last = {"x": None, "group": None, "sq_of": None, "sq": None, "cut": 0}  # cut: tokens of part 0
-            handles = []
+    for i, layer in tqdm(lm.layers(range(n_layer)), total=n_layer, desc="calibration", unit="layer",
+                         disable=not progress):
+        lp = f"{lm.prefix}layers.{i}."
+        cov: list[dict[str, torch.Tensor]] = [{} for _ in parts]   # per part: group file -> (cols, cols) f32
+        cov_tokens: list[dict[str, int]] = [{} for _ in parts]      # sum x x^T and its tokens
+        last = {"x": None, "group": None, "sq_of": None, "sq": None, "cut": 0}  # cut: tokens of part 0
+        handles = []
 
-            def hook_for(gguf_name: str, cov=cov, cov_tokens=cov_tokens, last=last):
-                def hook(_module, inputs):
-                    x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])  # (tokens, n_cols)
-                    if last["sq_of"] is not inputs[0]:  # q/k/v and gate/up read one input: its squares once
-                        xd = x.double()
-                        last["sq_of"], last["sq"] = inputs[0], xd.mul_(xd).sum(dim=0)  # (n_cols,) f64
-                    sq = last["sq"]
-                    sums[gguf_name] = sq if gguf_name not in sums else sums[gguf_name] + sq
-                    tokens[gguf_name] = tokens.get(gguf_name, 0) + x.shape[0]
-                    if not parts:
-                        return
-                    if last["x"] is inputs[0]:  # same input as the previous matrix (q/k/v, gate/up): shared
-                        group = last["group"]
-                    else:
-                        group = parts[0].groups.get(gguf_name) or f"{gguf_name.removesuffix('.weight')}.input.npy"
-                        cut = last["cut"] if len(parts) == 2 else x.shape[0]
-                        for p, xp in enumerate((x[:cut], x[cut:])[:len(parts)]):
-                            if xp.shape[0] == 0:
-                                continue
-                            acc = cov[p].get(group)  # (n_cols, n_cols) f32 += x^T x, in place (no temporary)
-                            cov[p][group] = xp.T @ xp if acc is None else acc.addmm_(xp.T, xp)
-                            cov_tokens[p][group] = cov_tokens[p].get(group, 0) + xp.shape[0]
-                        last["x"], last["group"] = inputs[0], group
-                    for part in parts:
-                        part.groups.setdefault(gguf_name, group)
-                return hook
+        def hook_for(gguf_name: str, cov=cov, cov_tokens=cov_tokens, last=last):
+            def hook(_module, inputs):
+                x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])  # (tokens, n_cols)
+                if last["sq_of"] is not inputs[0]:  # q/k/v and gate/up read one input: its squares once
+                    xd = x.double()
+                    last["sq_of"], last["sq"] = inputs[0], xd.mul_(xd).sum(dim=0)  # (n_cols,) f64
+                sq = last["sq"]
+                sums[gguf_name] = sq if gguf_name not in sums else sums[gguf_name] + sq
+                tokens[gguf_name] = tokens.get(gguf_name, 0) + x.shape[0]
+                if not parts:
+                    return
+                if last["x"] is inputs[0]:  # same input as the previous matrix (q/k/v, gate/up): shared
+                    group = last["group"]
+                else:
+                    group = parts[0].groups.get(gguf_name) or f"{gguf_name.removesuffix('.weight')}.input.npy"
+                    cut = last["cut"] if len(parts) == 2 else x.shape[0]
+                    for p, xp in enumerate((x[:cut], x[cut:])[:len(parts)]):
+                        if xp.shape[0] == 0:
+                            continue
+                        acc = cov[p].get(group)  # (n_cols, n_cols) f32 += x^T x, in place (no temporary)
+                        cov[p][group] = xp.T @ xp if acc is None else acc.addmm_(xp.T, xp)
+                        cov_tokens[p][group] = cov_tokens[p].get(group, 0) + xp.shape[0]
+                    last["x"], last["group"] = inputs[0], group
+                for part in parts:
+                    part.groups.setdefault(gguf_name, group)
+            return hook
 
-            for module_name, module in layer.named_modules():
-                if isinstance(module, torch.nn.Linear):
-                    gguf_name = name_map.get_name(f"{lp}{module_name}.weight", try_suffixes=(".weight",))
-                    if gguf_name is not None and gguf_name.startswith("blk."):
-                        handles.append(module.register_forward_pre_hook(hook_for(gguf_name)))
-                params = dict(module.named_parameters(recurse=False))
-                if params.get("gate_up_proj") is not None and getattr(params.get("down_proj"), "dim", lambda: 0)() == 3:
-                    exps = {part: name_map.get_name(f"{lp}{module_name}.{part}_proj.weight", try_suffixes=(".weight",))
-                            for part in ("gate", "up", "down")}
-                    if all(exps.values()):
-                        handles.append(module.register_forward_pre_hook(
-                            _expert_hook(module, exps, expert_sums, expert_tokens), with_kwargs=True))
-            with torch.no_grad():
-                for batch in _batches(kwargs[i], max(1, BATCH_TOKENS // ctx)):
-                    last["x"] = last["sq_of"] = None
-                    last["cut"] = sum(c < n_first for c in batch) * ctx  # the batch's chunks are consecutive
-                    x = hidden[batch[0]] if len(batch) == 1 else torch.cat([hidden[c] for c in batch])
-                    out = layer(x, **kwargs[i][batch[0]])
-                    out = out[0] if isinstance(out, tuple) else out       # (len(batch), ctx, hidden) f32
-                    for k, c in enumerate(batch):
-                        hidden[c] = out[k:k + 1]
-            for h in handles:
-                h.remove()
-            del layer
-            for part, part_cov, part_tokens in zip(parts, cov, cov_tokens):
-                for group, acc in part_cov.items():
-                    np.save(part.directory / group, acc.numpy())
-                    part.tokens[group] = part_tokens[group]
-                part.save()
-            del cov
-    finally:
-        reader.shutdown(wait=True, cancel_futures=True)
+        for module_name, module in layer.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                gguf_name = lm.gguf_name(i, module_name)
+                if gguf_name is not None and gguf_name.startswith("blk."):
+                    handles.append(module.register_forward_pre_hook(hook_for(gguf_name)))
+            params = dict(module.named_parameters(recurse=False))
+            if params.get("gate_up_proj") is not None and getattr(params.get("down_proj"), "dim", lambda: 0)() == 3:
+                exps = {part: lm.name_map.get_name(f"{lp}{module_name}.{part}_proj.weight", try_suffixes=(".weight",))
+                        for part in ("gate", "up", "down")}
+                if all(exps.values()):
+                    handles.append(module.register_forward_pre_hook(
+                        _expert_hook(module, exps, expert_sums, expert_tokens), with_kwargs=True))
+        with torch.no_grad():
+            for batch in _batches(kwargs[i], max(1, BATCH_TOKENS // ctx)):
+                last["x"] = last["sq_of"] = None
+                last["cut"] = sum(c < n_first for c in batch) * ctx  # the batch's chunks are consecutive
+                x = hidden[batch[0]] if len(batch) == 1 else torch.cat([hidden[c] for c in batch])
+                out = layer(x, **kwargs[i][batch[0]])
+                out = out[0] if isinstance(out, tuple) else out       # (len(batch), ctx, hidden) f32
+                for k, c in enumerate(batch):
+                    hidden[c] = out[k:k + 1]
+        for h in handles:
+            h.remove()
+        del layer
+        for part, part_cov, part_tokens in zip(parts, cov, cov_tokens):
+            for group, acc in part_cov.items():
+                np.save(part.directory / group, acc.numpy())
+                part.tokens[group] = part_tokens[group]
+            part.save()
+        del cov
 
     if process_output and final_norm is not None:
         with torch.no_grad():
