@@ -48,7 +48,7 @@ from gguf import GGMLQuantizationType as QT
 from ggufkit import quant
 from ggufkit.quant import rounding
 
-__all__ = ["DAMP", "DAMPS", "METHOD", "METHOD_HELD_OUT", "SUPPORTED", "ErrorFeedback", "encode_rows",
+__all__ = ["DAMP", "DAMPS", "METHOD", "METHOD_HELD_OUT", "SUPPORTED", "ErrorFeedback", "cholesky_factor", "encode_rows",
            "output_error", "output_gain"]
 
 DAMP = 0.5    # added to H's diagonal, as a fraction of its mean (GPTQ's percdamp; see BENCHMARKS.md)
@@ -216,21 +216,15 @@ def _invert_lower_(m, base: int = 512) -> None:
     m[k:, :k].neg_()
 
 
-def inverse_factor(h: np.ndarray, damp: float = DAMP, dtype=np.float64) -> np.ndarray:
-    """H (cols, cols) -> the upper Cholesky factor U of (H + damp mean(diag H) I)^-1, (cols, cols) f32. Columns
-    that never saw an input (H[j, j] = 0) get a unit diagonal. More damping is added while H is not positive
-    definite in float arithmetic. dtype: the precision of the factorisation (f32: half the time and memory, for
-    the held-out choice, ErrorFeedback.choose)."""
+def _reverse_cholesky(h: np.ndarray, damp: float, dtype):
+    """The lower L of J (H + damp mean(diag H) I) J = L L^T (J the reversal) as a torch matrix of dtype, with
+    columns that never saw an input (H[j, j] = 0) given a unit diagonal; more damping while H is not positive
+    definite in float arithmetic. Memory: two (cols, cols) arrays of dtype at a time."""
     import torch
 
     diag = np.diagonal(h).astype(np.float64)
     dead = np.flatnonzero(diag <= 0)
     mean = float(np.where(diag <= 0, 1.0, diag).mean())
-    # U without forming the inverse: with J the reversal, J A J = L L^T (Cholesky) gives A = (J L J)(J L J)^T with
-    # J L J upper triangular, so A^-1 = U^T U for the upper U = (J L J)^-1 = J L^-1 J: one Cholesky and one
-    # triangular inverse instead of Cholesky, cholesky_inverse and a second Cholesky (torch's cholesky_inverse
-    # alone took 44 CPU s for one 8192-wide H; all of it 54 s -> 13 s; U equal to 5e-14). Memory: two (cols, cols)
-    # arrays of dtype at a time (the reversed copy of H, then L and its inverse) and U.
     for attempt in range(6):
         a = torch.flip(torch.from_numpy(np.asarray(h)), (0, 1)).to(torch.float64 if dtype == np.float64
                                                                     else torch.float32)   # J H J, a copy
@@ -239,34 +233,94 @@ def inverse_factor(h: np.ndarray, damp: float = DAMP, dtype=np.float64) -> np.nd
         a.diagonal().add_(damp * (10 ** attempt) * mean)
         lower, info = torch.linalg.cholesky_ex(a)
         del a
-        if int(info) == 0:
-            _invert_lower_(lower)
-            upper = torch.flip(lower.to(torch.float32), (0, 1))
-            del lower
-            if bool(torch.isfinite(upper).all()):
-                return upper.numpy()
+        if int(info) == 0 and bool(torch.isfinite(lower).all()):
+            yield lower
     raise ValueError("input covariance is not positive definite even with damping")
 
 
+def inverse_factor(h: np.ndarray, damp: float = DAMP, dtype=np.float64) -> np.ndarray:
+    """H (cols, cols) -> the upper Cholesky factor U of (H + damp mean(diag H) I)^-1, (cols, cols) f32. Columns
+    that never saw an input (H[j, j] = 0) get a unit diagonal. More damping is added while H is not positive
+    definite in float arithmetic. dtype: the precision of the factorisation (f32: half the time and memory, for
+    the held-out choice, ErrorFeedback.choose)."""
+    import torch
+
+    # U without forming the inverse: with J the reversal, J A J = L L^T (Cholesky) gives A = (J L J)(J L J)^T with
+    # J L J upper triangular, so A^-1 = U^T U for the upper U = (J L J)^-1 = J L^-1 J: one Cholesky and one
+    # triangular inverse instead of Cholesky, cholesky_inverse and a second Cholesky (torch's cholesky_inverse
+    # alone took 44 CPU s for one 8192-wide H; all of it 54 s -> 13 s; U equal to 5e-14). Memory: two (cols, cols)
+    # arrays of dtype at a time (the reversed copy of H, then L and its inverse) and U.
+    for lower in _reverse_cholesky(h, damp, dtype):
+        _invert_lower_(lower)
+        upper = torch.flip(lower.to(torch.float32), (0, 1))
+        del lower
+        if bool(torch.isfinite(upper).all()):
+            return upper.numpy()
+    raise ValueError("input covariance is not positive definite even with damping")
+
+
+def cholesky_factor(h: np.ndarray, damp: float = DAMP, dtype=np.float64) -> np.ndarray:
+    """H (cols, cols) -> the upper V with H + damp mean(diag H) I = V V^T, (cols, cols) f32: V = U^-1 for
+    inverse_factor's U, without the triangular inverse (encode_rows(..., factor="cholesky") runs GPTQ from V:
+    about half the CPU time of inverse_factor for an 8192-wide H, BENCHMARKS.md 2026-12-02 morning)."""
+    import torch
+
+    for lower in _reverse_cholesky(h, damp, dtype):   # V = J L J
+        return torch.flip(lower.to(torch.float32), (0, 1)).numpy()
+    raise ValueError("input covariance is not positive definite even with damping")
+
+
+def _diagonal_inverses(v: np.ndarray, g: int) -> np.ndarray:
+    """The inverses of the upper triangular (g, g) diagonal blocks of v (cols, cols) -> (cols // g, g, g) f32:
+    the diagonal blocks of U = V^-1 (a triangular matrix's inverse has the inverses of its diagonal blocks)."""
+    import torch
+
+    n = v.shape[0] // g
+    blocks = np.lib.stride_tricks.as_strided(v, (n, g, g), ((g * v.shape[1] + g) * v.itemsize,
+                                                            v.strides[0], v.strides[1]))
+    b = torch.from_numpy(np.array(blocks, dtype=np.float64))
+    eye = torch.eye(g, dtype=torch.float64).expand(n, g, g)
+    return torch.linalg.solve_triangular(b, eye, upper=True).to(torch.float32).numpy()
+
+
 def encode_rows(w: np.ndarray, qtype, imatrix: np.ndarray | None, u: np.ndarray, search: bool = False,
-                threads: int | None = None, reference: bool = False) -> np.ndarray:
+                threads: int | None = None, reference: bool = False, factor: str = "inverse") -> np.ndarray:
     """GPTQ encoding of rows w (rows, cols) f32 with the inverse-Hessian factor u (cols, cols) (inverse_factor)
     -> (rows, row bytes) u8 of qtype. imatrix: the importance weights the native quantizer (and the scale search,
     search=True, K-quants only) use for each group's scales. The column loop inside each group runs in C
-    (native/src/gptq.c); reference=True runs the numpy loop it is tested against (same bytes)."""
+    (native/src/gptq.c); reference=True runs the numpy loop it is tested against (same bytes).
+
+    factor="cholesky": u is instead V = U^-1 (cholesky_factor, H = V V^T), and the same encoding is computed
+    without U's off-diagonal blocks. With Δ = W - Q (original weights minus the rounded ones) and Err the scaled
+    errors (rows, cols), GPTQ's update w'_k = w_k - sum_{j<k} Err_j U_jk gives Δ = Err U, so Err = Δ V, and for a
+    group G after the columns P before it (U's blocks: U_PG = -U_PP V_PG U_GG), the group's starting weights are
+    w_G - Err_P U_PG = w_G + (Δ_P V_PG) U_GG. So the lazy batches accumulate Δ_P V_PG (the same GEMMs as with U),
+    each group adds that times U_GG (its (g, g) diagonal block, the inverse of V_GG), and the column loop inside
+    the group is the one above with U_GG. Equal to the U route up to float rounding (tests/test_gptq.py)."""
     qtype = QT[qtype.upper()] if isinstance(qtype, str) else QT(qtype)
     rows, cols = w.shape
     g = _block_width(qtype)
+    chol = factor == "cholesky"
+    if factor not in ("inverse", "cholesky") or (chol and reference):
+        raise ValueError(f"factor={factor!r} (reference=True needs factor='inverse')")
     wt = np.array(w.T, dtype=np.float32, order="C")        # (cols, rows) f32: a column is contiguous; updated
     ut = np.ascontiguousarray(u)
+    if chol:
+        ug = _diagonal_inverses(ut, g)                      # (cols // g, g, g): U's diagonal blocks
+        acc = np.zeros((cols, rows), dtype=np.float32)      # sum over rounded columns i of Δ_i V_ik
     out = np.empty((rows, quant.row_size(qtype, cols)), dtype=np.uint8)
     gbytes = out.shape[1] // (cols // g)
     for b0 in range(0, cols, BATCH):
         b1 = min(cols, b0 + BATCH)
-        err = np.empty((b1 - b0, rows), dtype=np.float32)  # scaled errors of the batch's columns
+        err = np.empty((b1 - b0, rows), dtype=np.float32)  # scaled errors of the batch's columns (Δ: cholesky)
         for a in range(b0, b1, g):
             im = None if imatrix is None else imatrix[a:a + g]
-            block = np.ascontiguousarray(wt[a:a + g].T)     # (rows, g) f32
+            if chol:   # the group's starting weights w_G + (Δ_P V_PG) U_GG, transposed
+                ugg = ug[a // g]
+                cur = wt[a:a + g] + ugg.T @ acc[a:a + g]
+            else:
+                cur = wt[a:a + g]
+            block = np.ascontiguousarray(cur.T)             # (rows, g) f32
             data = quant.quantize(block, qtype, imatrix=im, threads=threads)
             if search and qtype in rounding.FORMS:
                 wb = np.ones(g, np.float32) if im is None else im
@@ -285,14 +339,29 @@ def encode_rows(w: np.ndarray, qtype, imatrix: np.ndarray | None, u: np.ndarray,
                 from ggufkit import _quants
 
                 table = None if group.table is None else np.ascontiguousarray(group.table, dtype=np.float32)
-                _quants.gptq_group(wt[a:a + g], group.s, group.o, table, group.lo, group.hi,
-                                   ut[a:a + g].reshape(-1)[a:], cols, g, rows, levels, err[a - b0:a - b0 + g],
-                                   quant._check_threads(threads))
+                if chol:
+                    e = err[a - b0:a - b0 + g]
+                    _quants.gptq_group(cur, group.s, group.o, table, group.lo, group.hi, ugg.reshape(-1), g, g,
+                                       rows, levels, e, quant._check_threads(threads))
+                    # cur holds each column as it was rounded: decoded = cur - e U_cc, Δ = w - decoded
+                    e *= np.diagonal(ugg)[:, None]
+                    e += wt[a:a + g]
+                    e -= cur
+                else:
+                    _quants.gptq_group(wt[a:a + g], group.s, group.o, table, group.lo, group.hi,
+                                       ut[a:a + g].reshape(-1)[a:], cols, g, rows, levels, err[a - b0:a - b0 + g],
+                                       quant._check_threads(threads))
             if a + g < b1:  # then the group's errors to the batch's later columns at once
-                wt[a + g:b1] -= ut[a:a + g, a + g:b1].T @ err[a - b0:a - b0 + g]
+                if chol:
+                    acc[a + g:b1] += ut[a:a + g, a + g:b1].T @ err[a - b0:a - b0 + g]
+                else:
+                    wt[a + g:b1] -= ut[a:a + g, a + g:b1].T @ err[a - b0:a - b0 + g]
             out[:, (a // g) * gbytes:(a // g + 1) * gbytes] = group.bytes(np.ascontiguousarray(levels.T))
         if b1 < cols:
-            wt[b1:] -= ut[b0:b1, b1:].T @ err
+            if chol:
+                acc[b1:] += ut[b0:b1, b1:].T @ err
+            else:
+                wt[b1:] -= ut[b0:b1, b1:].T @ err
     return out
 
 
@@ -323,8 +392,9 @@ def _spread_rows(n: int, k: int) -> np.ndarray:
 class ErrorFeedback:
     """A conversion re-encoder (ggufkit.conversion.Plan.refine): GPTQ for every 2-D tensor of a SUPPORTED type
     that has an input covariance in `stats`; everything else comes back as given. The inverse factors are
-    computed once per covariance group (q/k/v and gate/up share one) and damping, and kept only while later
-    tensors of the group can use them (an 8192-wide group's U is 256 MB).
+    computed once per covariance group (q/k/v and gate/up share one) and damping, as V = U^-1 (cholesky_factor,
+    encode_rows(..., factor="cholesky")), and kept only while later tensors of the group can use them (an
+    8192-wide group's V is 256 MB).
     stats: ggufkit.quant.calibrate.Statistics (damping `damp` everywhere) or holdout.HalfStatistics (damping and
     whether to use feedback chosen per tensor on the held-out half, module docstring)."""
 
@@ -352,8 +422,8 @@ class ErrorFeedback:
         if damp is None:
             return self._cache[which]
         key = (which, damp)
-        if key not in self._cache:  # f32 factorisations: FACTOR_DTYPE
-            self._cache[key] = inverse_factor(self._cache[which], damp, FACTOR_DTYPE)
+        if key not in self._cache:  # f32 factorisations (FACTOR_DTYPE), V = U^-1: no triangular inverse
+            self._cache[key] = cholesky_factor(self._cache[which], damp, FACTOR_DTYPE)
         return self._cache[key]
 
     def _done(self, name: str) -> None:
@@ -378,7 +448,8 @@ class ErrorFeedback:
         total = float(output_error(xs, base, qtype, hb).sum())
         best, best_ratio = None, 1.0
         for d in sorted(self.damps):
-            new = encode_rows(xs, qtype, imatrix, self._get(name, "ha", d), search=self.search, threads=self.threads)
+            new = encode_rows(xs, qtype, imatrix, self._get(name, "ha", d), search=self.search, threads=self.threads,
+                              factor="cholesky")
             won = output_gain(xs, new, base, qtype, ha) < 0          # the per-row choice, as in __call__
             gain = output_gain(xs[won], new[won], base[won], qtype, hb).sum() if won.any() else 0.0
             ratio = (total + float(gain)) / max(total, 1e-300)
@@ -414,7 +485,8 @@ class ErrorFeedback:
             if damp is None:
                 self.rows_total += len(x)
                 return data
-        new = encode_rows(x, qtype, imatrix, self._get(name, "h", damp), search=self.search, threads=self.threads)
+        new = encode_rows(x, qtype, imatrix, self._get(name, "h", damp), search=self.search, threads=self.threads,
+                          factor="cholesky")
         data = np.ascontiguousarray(data).reshape(len(x), -1)
         better = output_gain(x, new, data, qtype, h) < 0
         self.rows_kept += int(better.sum())
