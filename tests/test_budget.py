@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from convert_fixtures import OUT_DIR, SHAKESPEARE, assert_llama_cpp_runs, converted, llama_quantized, tensor_table
+from convert_fixtures import OUT_DIR, assert_llama_cpp_runs, converted, llama_quantized, tensor_table
 
 from ggufkit.cli import cli
 from ggufkit.plan import budget as B
@@ -262,6 +262,7 @@ def test_guard_compares_llama_cpp_mix_at_llama_model_quantize_size_with_imatrix(
     quantize.imatrix.* keys; ggufkit's file of the same mix has them, and --optimize's key), llama.cpp's mix is
     still a candidate: the guard scores it, and when it wins the file, metadata included, is within the budget
     and has llama.cpp's tensors (its bytes, without the search)."""
+    from convert_fixtures import SHAKESPEARE
     from quantize_ref import llama_quantize
 
     from ggufkit.conversion import load_imatrix, make_plan, run
