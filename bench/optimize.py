@@ -197,6 +197,8 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None)
     ap.add_argument("--halves", action="store_true",
                     help="calibrate in two halves (the error feedback's per-tensor choice on held-out chunks)")
+    ap.add_argument("--score-only", action="store_true",
+                    help="make no new file: print the rows DIR already has (cached or files left), the rest as not run")
     ap.add_argument("--error-model", default=None, help="the size budget's error model (budget.ERROR_MODEL)")
     ap.add_argument("--variants", default="budget,budget-opt,scheme-opt",
                     help=f"ggufkit variants, from {', '.join(VARIANTS)}, and autoround")
@@ -218,7 +220,7 @@ def main() -> None:
         global STATS, ERROR_MODEL, SESSION, CALIBRATION_CHUNKS
         ERROR_MODEL = args.error_model
         CALIBRATION_CHUNKS = args.calibration_chunks
-        budgeted = any(VARIANTS[k][1] for k in args.variants.split(",") if k in VARIANTS)
+        budgeted = not args.score_only and any(VARIANTS[k][1] for k in args.variants.split(",") if k in VARIANTS)
         if ERROR_MODEL in (None, "fisher") and budgeted:
             from ggufkit.plan import budget as budgets
             from ggufkit.plan.sensitivity import Session
@@ -263,7 +265,9 @@ def main() -> None:
 
         loads = [os.getloadavg()[0]]
         for scheme in args.schemes.split(","):
-            base = llama_cpp_quantize(f32, work / f"demo-{scheme}-llamacpp.gguf", scheme, im)
+            base = work / f"demo-{scheme}-llamacpp.gguf"
+            if not base.exists():  # DIR's imatrix is the one it was made with
+                llama_cpp_quantize(f32, base, scheme, im)
             size = base.stat().st_size
             variants = [("llama.cpp", "llama.cpp imatrix", base, {})]
             for key in filter(None, args.variants.split(",")):
@@ -275,21 +279,29 @@ def main() -> None:
                 if f"{scheme}/{key}" in cache:  # measured in an earlier run with --keep (its file deleted)
                     variants.append((key, label, path, None))
                     continue
+                if key != "autoround" and path.exists():  # made by an interrupted run (the writer renames a
+                    from gguf import GGUFReader  # complete file only): scored as it is, its mix read back
+
+                    mix: dict[str, int] = {}
+                    for t in GGUFReader(str(path)).tensors:
+                        if t.tensor_type.name != "F32":
+                            mix[t.tensor_type.name] = mix.get(t.tensor_type.name, 0) + 1
+                    variants.append((key, label, path, {"file_from_earlier_run": True, "mix": mix}))
+                    continue
+                if args.score_only:
+                    variants.append((key, label, None, {"error": "not run (--score-only)"}))
+                    continue
                 if key == "autoround":
                     path, info = autoround_file(work, scheme, base, args.ctx, args.calibration_chunks)
-                    if path is None:
-                        row = {"scheme": scheme.upper(), "variant": label, **info}
-                        save(f"{scheme}/{key}", row)
-                        rows.append(row)
-                        print(json.dumps(row), file=sys.stderr, flush=True)
-                        continue
+                    if path is None:  # the error is a row (cached: AutoRound is not run again)
+                        save(f"{scheme}/{key}", {"scheme": scheme.upper(), "variant": label, **info})
                 else:
                     path, info = ggufkit_convert(path, scheme, imatrix, size if budgeted else None, opt, exclude)
                 loads.append(os.getloadavg()[0])
                 variants.append((key, label, path, info))
             for key, label, path, info in variants:
-                if info is None or (key == "llama.cpp" and f"{scheme}/{key}" in cache):
-                    rows.append(cache[f"{scheme}/{key}"])
+                if info is None or (key == "llama.cpp" and f"{scheme}/{key}" in cache) or path is None:
+                    rows.append(cache.get(f"{scheme}/{key}") or {"scheme": scheme.upper(), "variant": label, **info})
                     continue
                 t = time.time()
                 r = evaluate(path, None, ref=ref)
