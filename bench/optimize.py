@@ -328,7 +328,9 @@ def main() -> None:
     for r in rows:
         b = base_of[r["scheme"]]
         if "kld" not in r:
-            print(f"| {r['scheme']} | {r['variant']} | failed: {r.get('error', '?')} | | | | | | |")
+            why = r.get("error", "?")
+            print(f"| {r['scheme']} | {r['variant']} | {why if why.startswith('not run') else 'failed: ' + why} "
+                  "| | | | | | |")
             continue
         diff = 100 * (r["size_bytes"] / b["size_bytes"] - 1)
         flag = "" if abs(diff) <= 0.5 else " (outside +-0.5%)"
