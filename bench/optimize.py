@@ -12,14 +12,23 @@ On models/smollm2-135m-instruct, with one importance matrix computed by ggufkit 
   *-gptq     the same with --optimize gptq (search + GPTQ-style error feedback from the calibration covariance)
   *-feedback the same with --optimize feedback (error feedback alone, on llama.cpp's block scales)
   blind      (--variants ...,blind,blind-opt) budgets without Q4_1/Q5_1, the types that re-fit the demo's grid
+  autoround  AutoRound's GGUF export on CPU (auto-round from PyPI, bench/autoround.py's child process): its
+             optimised RTN (iters 0) on the same calibration chunks, with llama.cpp's type for every tensor
+             (bench/autoround.py --match-types: AutoRound's layer_config on a gguf:q4_0 base), so the file has
+             llama.cpp's size where AutoRound can write llama.cpp's types (the size column says where it cannot);
+             a failed export is a row with AutoRound's error
 Each candidate is scored alone against the stored reference: KLD, top-1 agreement, PPL. Prints a Markdown table
-(machine, date) and the raw numbers as JSON. AutoRound's GGUF export is not run here (see BENCHMARKS.md).
+(machine, date, load) and the raw numbers as JSON. The whole issue-16 table (ggufkit's three stages beside
+llama.cpp and AutoRound at the four sizes):
+    bench/optimize.py --keep DIR --halves --calibration-chunks 8 --chunks 4 \
+        --variants blind,blind-opt,blind-gptq,autoround
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -126,6 +135,38 @@ def ggufkit_convert(out: Path, scheme: str, imatrix, target: int | None, optimiz
     return out, info
 
 
+def autoround_file(work: Path, scheme: str, base: Path, ctx: int, chunks: int) -> tuple[Path | None, dict]:
+    """AutoRound's export at llama.cpp's types for SCHEME (bench/autoround.py --match-types, iters 0, CHUNKS x CTX
+    Hamlet tokens: the imatrix's chunks), in a niced child process. -> (the GGUF, timing) or (None, {"error"})."""
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("bench_autoround", ROOT / "bench" / "autoround.py")
+    ar = importlib.util.module_from_spec(spec)
+    path_before = list(sys.path)
+    spec.loader.exec_module(ar)
+    sys.path[:] = path_before  # it puts bench/ first (see the top of this file)
+    tag = f"autoround-{scheme}-types-on-q4_0-iters0-n{chunks}"
+    out_dir = work / tag
+    made = sorted(out_dir.rglob("*.gguf"))
+    if made:
+        return made[0], {}
+    calib = ar.calibration_json(work / f"autoround-calib-{chunks}x{ctx}.json", chunks, ctx)
+    layer_config = work / f"{tag}.layer_config.json"
+    log = work / f"{tag}.log"
+    try:
+        layer_config.write_text(json.dumps(ar.matched_layer_config(base), indent=0))
+        args = SimpleNamespace(keep=work, iters=0, nsamples=chunks, ctx=ctx, threads=2, plain_rtn=False,
+                               batch_size=None, torch_compile=False, omp_wait_policy="PASSIVE")
+        timing = ar.run_child(args, "q4_0", out_dir, calib, log, layer_config)
+    except SystemExit as e:  # matched_layer_config / run_child exit with the reason
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
+        return None, {"error": f"{e.code}; " + " | ".join(tail)}
+    made = sorted(out_dir.rglob("*.gguf"))
+    if not made:
+        return None, {"error": f"AutoRound wrote no GGUF into {out_dir} (log {log})", **timing}
+    return made[0], timing
+
+
 def reference_files(work: Path, text: Path, ctx: int, chunks: int):
     """The demo's F32 and BF16 GGUFs and the BF16 reference logits on `text`, in `work` (reused if present).
     -> (F32 path, reference-logits path, the reference's own EvalResult)."""
@@ -156,9 +197,11 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None)
     ap.add_argument("--halves", action="store_true",
                     help="calibrate in two halves (the error feedback's per-tensor choice on held-out chunks)")
+    ap.add_argument("--score-only", action="store_true",
+                    help="make no new file: print the rows DIR already has (cached or files left), the rest as not run")
     ap.add_argument("--error-model", default=None, help="the size budget's error model (budget.ERROR_MODEL)")
     ap.add_argument("--variants", default="budget,budget-opt,scheme-opt",
-                    help=f"ggufkit variants, from {', '.join(VARIANTS)}")
+                    help=f"ggufkit variants, from {', '.join(VARIANTS)}, and autoround")
     args = ap.parse_args()
 
     from ggufkit.evaluate import evaluate
@@ -177,7 +220,8 @@ def main() -> None:
         global STATS, ERROR_MODEL, SESSION, CALIBRATION_CHUNKS
         ERROR_MODEL = args.error_model
         CALIBRATION_CHUNKS = args.calibration_chunks
-        if ERROR_MODEL in (None, "fisher"):
+        budgeted = not args.score_only and any(VARIANTS[k][1] for k in args.variants.split(",") if k in VARIANTS)
+        if ERROR_MODEL in (None, "fisher") and budgeted:
             from ggufkit.plan import budget as budgets
             from ggufkit.plan.sensitivity import Session
 
@@ -210,21 +254,54 @@ def main() -> None:
         rows = []
         cache_file = work / "results.json"  # --keep DIR: rows already measured are not measured again
         cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+
+        def save(key: str, row: dict) -> None:  # merged into the file as it is now (another run may share DIR)
+            cache[key] = row
+            now = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+            now[key] = row
+            tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(now, indent=1))
+            tmp.replace(cache_file)
+
+        loads = [os.getloadavg()[0]]
         for scheme in args.schemes.split(","):
-            base = llama_cpp_quantize(f32, work / f"demo-{scheme}-llamacpp.gguf", scheme, im)
+            base = work / f"demo-{scheme}-llamacpp.gguf"
+            if not base.exists():  # DIR's imatrix is the one it was made with
+                llama_cpp_quantize(f32, base, scheme, im)
             size = base.stat().st_size
             variants = [("llama.cpp", "llama.cpp imatrix", base, {})]
             for key in filter(None, args.variants.split(",")):
-                label, budgeted, opt, exclude = VARIANTS[key]
+                if key == "autoround":
+                    label = "AutoRound, llama.cpp's types, iters 0 (CPU)"
+                else:
+                    label, budgeted, opt, exclude = VARIANTS[key]
                 path = work / f"demo-{scheme}-{key}.gguf"
                 if f"{scheme}/{key}" in cache:  # measured in an earlier run with --keep (its file deleted)
                     variants.append((key, label, path, None))
                     continue
-                path, info = ggufkit_convert(path, scheme, imatrix, size if budgeted else None, opt, exclude)
+                if key != "autoround" and path.exists():  # made by an interrupted run (the writer renames a
+                    from gguf import GGUFReader  # complete file only): scored as it is, its mix read back
+
+                    mix: dict[str, int] = {}
+                    for t in GGUFReader(str(path)).tensors:
+                        if t.tensor_type.name != "F32":
+                            mix[t.tensor_type.name] = mix.get(t.tensor_type.name, 0) + 1
+                    variants.append((key, label, path, {"file_from_earlier_run": True, "mix": mix}))
+                    continue
+                if args.score_only:
+                    variants.append((key, label, None, {"error": "not run (--score-only)"}))
+                    continue
+                if key == "autoround":
+                    path, info = autoround_file(work, scheme, base, args.ctx, args.calibration_chunks)
+                    if path is None:  # the error is a row (cached: AutoRound is not run again)
+                        save(f"{scheme}/{key}", {"scheme": scheme.upper(), "variant": label, **info})
+                else:
+                    path, info = ggufkit_convert(path, scheme, imatrix, size if budgeted else None, opt, exclude)
+                loads.append(os.getloadavg()[0])
                 variants.append((key, label, path, info))
             for key, label, path, info in variants:
-                if info is None or (key == "llama.cpp" and f"{scheme}/{key}" in cache):
-                    rows.append(cache[f"{scheme}/{key}"])
+                if info is None or (key == "llama.cpp" and f"{scheme}/{key}" in cache) or path is None:
+                    rows.append(cache.get(f"{scheme}/{key}") or {"scheme": scheme.upper(), "variant": label, **info})
                     continue
                 t = time.time()
                 r = evaluate(path, None, ref=ref)
@@ -234,21 +311,32 @@ def main() -> None:
                 rows.append(row)
                 if key != "llama.cpp":  # ~100 MB each: deleted once scored (the llama.cpp file sets the sizes)
                     path.unlink()
-                cache[f"{scheme}/{key}"] = row
-                cache_file.write_text(json.dumps(cache, indent=1))
+                save(f"{scheme}/{key}", row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    by_scheme: dict[str, float] = {r["scheme"]: r["kld"] for r in rows if r["variant"] == "llama.cpp imatrix"}
-    print(f"SmolLM2-135M-Instruct (demo), {platform.machine()}, {datetime.date.today()}, reference BF16 PPL "
-          f"{own.ppl:.3f}, {own.tokens_scored} tokens of held-out text ({args.chunks} chunks of {args.ctx}), "
-          f"imatrix from Hamlet ({args.calibration_chunks} chunks); {time.time() - t0:.0f} s in all\n")
-    print("| size of | variant | file MiB | vs llama.cpp size | KLD | KLD vs llama.cpp | top-1 % | PPL |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base_of = {r["scheme"]: r for r in rows if r["variant"] == "llama.cpp imatrix"}
+    print(f"SmolLM2-135M-Instruct (demo), {platform.machine()}, {platform.processor() or ''} {os.cpu_count()} CPUs, "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, load average "
+          f"{min(loads):.1f}-{max(loads):.1f}; reference BF16 PPL {own.ppl:.3f}, {own.tokens_scored} tokens of held-out "
+          f"text ({args.chunks} chunks of {args.ctx}), imatrix from Hamlet ({args.calibration_chunks} chunks); "
+          f"{time.time() - t0:.0f} s in all (rows from an earlier run with --keep are reused)\n")
+    print("| size of | variant | file bytes | size vs llama.cpp | KLD | KLD vs llama.cpp | top-1 % | top-1 vs "
+          "llama.cpp | PPL |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['scheme']} | {r['variant']} | {r['size_bytes'] / 2**20:.2f} | {r['size_vs_llama_cpp']:.4f} | "
-              f"{r['kld']:.5f} | {r['kld'] / by_scheme[r['scheme']]:.2f}x | {100 * r['top1']:.2f} | {r['ppl']:.3f} |")
+        b = base_of[r["scheme"]]
+        if "kld" not in r:
+            why = r.get("error", "?")
+            print(f"| {r['scheme']} | {r['variant']} | {why if why.startswith('not run') else 'failed: ' + why} "
+                  "| | | | | | |")
+            continue
+        diff = 100 * (r["size_bytes"] / b["size_bytes"] - 1)
+        flag = "" if abs(diff) <= 0.5 else " (outside +-0.5%)"
+        top = "" if r is b else f"{100 * (r['top1'] - b['top1']):+.2f}"
+        print(f"| {r['scheme']} | {r['variant']} | {r['size_bytes']} | {diff:+.3f}%{flag} | {r['kld']:.5f} | "
+              f"{r['kld'] / b['kld']:.3f}x | {100 * r['top1']:.2f} | {top} | {r['ppl']:.3f} |")
     print("\n" + json.dumps(rows, indent=1))
 
 

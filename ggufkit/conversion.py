@@ -47,6 +47,9 @@ class Plan:
     split: dict = field(default_factory=dict)  # {"max_size": bytes} or {"max_tensors": n}: a split set
     metadata: dict = field(default_factory=dict)  # extra string key-values (ggufkit's opt-in options); none by default
     refine: object = None  # opt-in re-encoder (x, qtype, imatrix, data, name=) -> data, e.g. quant.rounding.refine
+    # write the imatrix's quantize.imatrix.* keys (False: the size guard's reverted file where they do not fit, as
+    # llama_model_quantize's own output has none)
+    imatrix_keys: bool = True
 
     @property
     def total_bytes(self) -> int:
@@ -254,7 +257,7 @@ def _write_overrides(w, plan: Plan) -> None:
     controls = plan.controls or Controls()
     entries = [(o.key, *override_value(o)) for o in controls.kv_overrides]
     source = plan.imatrix_source
-    if source is not None and not isinstance(source, Mapping):
+    if source is not None and not isinstance(source, Mapping) and plan.imatrix_keys:
         im = load_imatrix(source, controls)
         entries += im.metadata if im else []
     for key, vtype, value in entries:

@@ -256,6 +256,47 @@ def test_guard_keeps_the_better_mix(tiny, prefer, tmp_path):
         assert meta["ggufkit.optimize.budget"] == str(target) and meta["ggufkit.optimize.mix"] == "budget"
 
 
+@pytest.mark.parametrize("search", [False, True])
+def test_guard_compares_llama_cpp_mix_at_llama_model_quantize_size_with_imatrix(tiny, search, tmp_path):
+    """At a budget of exactly llama_model_quantize's file size with an imatrix (the library call writes no
+    quantize.imatrix.* keys; ggufkit's file of the same mix has them, and --optimize's key), llama.cpp's mix is
+    still a candidate: the guard scores it, and when it wins the file, metadata included, is within the budget
+    and has llama.cpp's tensors (its bytes, without the search)."""
+    from convert_fixtures import SHAKESPEARE
+    from quantize_ref import llama_quantize
+
+    from ggufkit.conversion import load_imatrix, make_plan, run
+    from ggufkit.quant import rounding
+    from ggufkit.quant.imatrix_collect import compute
+
+    collected = compute(tiny, SHAKESPEARE, ctx=64, chunks=2, progress=False)
+    im_path = collected.save(tmp_path / "tiny.imatrix.gguf")
+    im = load_imatrix(im_path)
+    weights = {n: [float(v) for v in collected.column_weights(n)] for n in collected.entries}
+    theirs = tmp_path / "llamacpp-q4_k_m.gguf"
+    llama_quantize(converted(tiny, "f32"), theirs, "q4_k_m", imatrix=weights)
+    target = theirs.stat().st_size
+    plan = make_plan(tiny, "q4_k_m", im_path)
+    if search:
+        rounding.enable(plan)
+    scheme_types = {p.tensor.name: p.qtype for p in plan.tensors}
+    a = B.allocate_plan(plan, B.parse_budget(target_size=target), im)
+    assert {p.tensor.name: p.qtype for p in plan.tensors} != scheme_types
+    calls = []
+    guard = B.keep_better(plan, a, scheme_types, lambda mix: calls.append(dict(mix)) or (
+        0.5 if mix == scheme_types else 1.0))
+    assert len(calls) == 2 and guard["kl_scheme"] == 0.5 and guard["mix"] == "scheme"
+    out = tmp_path / "guarded.gguf"
+    run(plan, out, imatrix=im)
+    assert out.stat().st_size == a.file_bytes <= target
+    read = {name: (QT(t), d.tobytes()) for name, t, d in tensor_table(out)}
+    ref = {name: (QT(t), d.tobytes()) for name, t, d in tensor_table(theirs)}
+    assert {n: t for n, (t, _) in read.items()} == scheme_types == {n: t for n, (t, _) in ref.items()}
+    if not search:
+        assert read == ref
+    assert_llama_cpp_runs(out)
+
+
 def test_guard_without_room_for_the_scheme_keeps_the_allocation(tiny):
     from ggufkit.conversion import make_plan
 

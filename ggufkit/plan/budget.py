@@ -591,33 +591,38 @@ def keep_better(plan, allocation: Allocation, scheme_types: dict, score: Callabl
     measured error, lower is better: the KL on held-out calibration chunks, ggufkit.plan.sensitivity.Session.kl)
     and keep the better one, when the scheme's mix fits the budget too. A reverted plan gets the scheme's types
     back (plan.tensors, plan.scheme_rows, the allocation's rows) and, instead of the budget's keys, only
-    ggufkit.optimize.mix = "scheme", or no key where that does not fit (a budget of exactly llama.cpp's file
-    size has room for llama.cpp's mix and header, not for more). -> {"mix", "kl_budget", "kl_scheme"}."""
+    ggufkit.optimize.mix = "scheme"; where that does not fit, the first of these that does: without that key;
+    without the quantize.imatrix.* keys (llama_model_quantize writes none, llama-quantize does); without any
+    ggufkit key (what --optimize recorded). The last is llama.cpp's own header, so a budget of exactly
+    llama.cpp's file size -- llama-quantize's or llama_model_quantize's, with or without an imatrix -- always has
+    room for llama.cpp's mix, and the guard always compares it. -> {"mix", "kl_budget", "kl_scheme"}."""
     from ggufkit.output.writer import tensor_nbytes
     from ggufkit.plan.schemes import PlanRow
 
     allocated = {p.tensor.name: p.qtype for p in plan.tensors}
-    # the budget's own keys are dropped from a reverted file: a budget of exactly llama.cpp's file size must leave
-    # room for llama.cpp's mix (its header has no ggufkit keys), so only ggufkit.optimize.mix (and what --optimize
-    # recorded) is added
-    # (and, when even that key does not fit, nothing: the file is then llama-quantize's own)
+    # the budget's own keys are dropped from a reverted file; the rest is kept as far as it fits (docstring)
     bare = {k: v for k, v in plan.metadata.items() if k not in metadata(allocation.budget, "")}
     reverted_meta = {**bare, "ggufkit.optimize.mix": "scheme"}
+    original_keys = imatrix_keys = plan.imatrix_keys
     scheme_tensor_bytes = sum(tensor_nbytes(p.tensor.shape, scheme_types[p.tensor.name]) for p in plan.tensors)
     if allocation.budget.kind == "size":
         data = sum(_aligned(tensor_nbytes(p.tensor.shape, scheme_types[p.tensor.name])) for p in plan.tensors)
         kept = plan.metadata.copy()
         fits = False
+        minimal = {k: v for k, v in bare.items() if not k.startswith("ggufkit.")}
         try:
-            for meta in (reverted_meta, bare):
+            for meta, keys in ((reverted_meta, True), (bare, True), (reverted_meta, False), (bare, False),
+                               (minimal, False)):
                 plan.metadata.clear()
                 plan.metadata.update(meta)
+                plan.imatrix_keys = original_keys and keys
                 if _aligned(header_bytes(plan)) + data <= int(allocation.budget.value):
-                    reverted_meta, fits = meta, True
+                    reverted_meta, imatrix_keys, fits = meta, plan.imatrix_keys, True
                     break
         finally:
             plan.metadata.clear()
             plan.metadata.update(kept)
+            plan.imatrix_keys = original_keys
     else:
         fits = scheme_tensor_bytes <= allocation.limit
     out = {"mix": "budget", "kl_budget": score(allocated), "kl_scheme": None}
@@ -632,6 +637,7 @@ def keep_better(plan, allocation: Allocation, scheme_types: dict, score: Callabl
     plan.scheme_rows[:] = [PlanRow(p.tensor.name, tuple(p.tensor.shape), p.qtype, p.nbytes) for p in plan.tensors]
     plan.metadata.clear()
     plan.metadata.update(reverted_meta)
+    plan.imatrix_keys = imatrix_keys
     for r, p in zip(allocation.rows, plan.tensors):
         r["type"], r["bytes"] = p.qtype.name, p.nbytes
         r["error"] = r.get("scheme_error", r["error"])
