@@ -151,10 +151,12 @@ def text_ids(tokenizer_dir: Path, n: int = 64) -> list[int]:
 
 
 def assert_llama_cpp_runs(gguf_path: Path) -> None:
-    """llama-cpp-python loads the file and evaluates a short prompt to finite logits."""
+    """llama-cpp-python loads the file and evaluates a short prompt to finite logits at every position."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(gguf_path), n_ctx=64, n_threads=2, verbose=False)
+    # logits_all: every row of llm.scores is computed; without it only the last row is, and the rest is
+    # uninitialised memory whose contents (NaN or not) depend on what ran before in the process
+    llm = llama_cpp.Llama(str(gguf_path), n_ctx=64, n_threads=2, verbose=False, logits_all=True)
     try:
         llm.eval(llm.tokenize(b"To be, or not to be"))
         assert np.isfinite(np.array(llm.scores[: llm.n_tokens])).all()

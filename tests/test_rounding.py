@@ -76,9 +76,8 @@ def test_other_types_pass_through():
 def test_convert_optimize_loads_and_is_never_worse(tiny_checkpoint, tmp_path):
     """`convert --optimize`: llama.cpp loads and runs the file, it records the method, and every Q4_K / Q5_K
     tensor's error against the F32 weights (gguf-py's dequantizer) is at most that of the default file."""
-    import llama_cpp
     from click.testing import CliRunner
-    from convert_fixtures import converted, tensor_table
+    from convert_fixtures import assert_llama_cpp_runs, converted, tensor_table
 
     from ggufkit.cli import cli
 
@@ -103,10 +102,4 @@ def test_convert_optimize_loads_and_is_never_worse(tiny_checkpoint, tmp_path):
     assert changed >= 4
     meta = gguf.GGUFReader(out).fields["ggufkit.optimize.rounding"]
     assert bytes(meta.parts[-1]).decode() == rounding.METHOD
-    # logits_all: every row of llm.scores is computed (without it only the last is; the rest is uninitialised)
-    llm = llama_cpp.Llama(str(out), n_ctx=64, n_threads=2, verbose=False, logits_all=True)
-    try:
-        llm.eval(llm.tokenize(b"To be, or not to be"))
-        assert np.isfinite(np.array(llm.scores[: llm.n_tokens])).all()
-    finally:
-        llm.close()
+    assert_llama_cpp_runs(out)
