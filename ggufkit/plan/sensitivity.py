@@ -194,6 +194,20 @@ def _standins(n_layer: int, fn):
     return torch.nn.ModuleList([Standin(i) for i in range(n_layer)])
 
 
+def _start(obj, model_dir: Path, text_path: Path, ctx: int, fit_chunks: int, held_out: int,
+           threads: int | None) -> None:
+    """What both passes do first: offline hub, torch's thread count, and the fit and held-out chunks on obj."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    obj.threads = threads
+    obj.fit_ids, obj.held_ids = _chunks(model_dir, text_path, ctx, fit_chunks, held_out)
+
+
 class Session:
     """The model of model_dir, one decoder layer at a time, and chunks of ctx tokens of the text
     (calibration_ids): the first `fit_chunks` feed sensitivity(); kl() scores one held-out chunk, the one at
@@ -201,19 +215,11 @@ class Session:
 
     def __init__(self, model_dir: Path, text_path: Path, ctx: int = 512, fit_chunks: int = 2, held_out: int = 2,
                  threads: int | None = None):
-        import os
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
-
         from ggufkit.quant.calibrate import LayerModel
 
         model_dir = Path(model_dir)
-        if threads:
-            torch.set_num_threads(threads)
-        self.threads = threads
+        _start(self, model_dir, text_path, ctx, fit_chunks, held_out, threads)
         self.ctx = ctx
-        self.fit_ids, self.held_ids = _chunks(model_dir, text_path, ctx, fit_chunks, held_out)
         self.lm = LayerModel(model_dir, head=True)
         self.lm.shell.requires_grad_(False)
         self.embed = self.lm.shell.get_input_embeddings()
@@ -397,9 +403,8 @@ class WholeModel:
 
     def __init__(self, model_dir: Path, text_path: Path, ctx: int = 512, fit_chunks: int = 2, held_out: int = 2,
                  threads: int | None = None):
-        import os
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        model_dir = Path(model_dir)
+        _start(self, model_dir, text_path, ctx, fit_chunks, held_out, threads)
         import torch
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -407,11 +412,6 @@ class WholeModel:
         from ggufkit.quant.imatrix_collect import _gguf_names
         from ggufkit.sources.hf import open_checkpoint
 
-        model_dir = Path(model_dir)
-        if threads:
-            torch.set_num_threads(threads)
-        self.threads = threads
-        self.fit_ids, self.held_ids = _chunks(model_dir, text_path, ctx, fit_chunks, held_out)
         shown = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()   # no "Loading weights" bar on stderr
         try:
