@@ -74,3 +74,20 @@ def test_imatrix_of_wrong_length_is_refused():
 def test_unknown_type_is_refused():
     with pytest.raises(ValueError, match="unknown quantization type"):
         quant.quantize(np.zeros((1, 64), np.float32), "Q9_9")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7, 33])
+def test_nonfinite_count_equals_numpy_at_any_position(rows):
+    """The finiteness scan (AVX-512, AVX2 or plain, whichever this CPU runs) counts NaN (any payload) and +-inf
+    wherever they sit: vector bodies and the tails after them (total lengths not a multiple of 16, 64 or 128)."""
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 96)).astype(np.float32)
+    bits = x.view(np.uint32).reshape(-1)
+    where = rng.choice(bits.size, size=min(bits.size, 5 + rows), replace=False)
+    specials = np.array([0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFFFFFFF], np.uint32)
+    bits[where] = specials[np.arange(where.size) % specials.size]
+    bits[-1] = 0x7F7FFFFF  # the largest finite float is not counted
+    expected = int((~np.isfinite(x)).sum())
+    first = int(np.flatnonzero(~np.isfinite(x).reshape(-1))[0])
+    with pytest.raises(ValueError, match=rf"{expected} non-finite .*row {first // 96}, col {first % 96}\)"):
+        quant.quantize(x, "Q8_0")
